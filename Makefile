@@ -1,0 +1,35 @@
+# The two commands of the README:
+#   make run    the daemon on its embedded RocksDB in ./data, on 127.0.0.1:7070
+#   make test   the whole test suite: format, lints, unit/integration/doc tests, examples
+# Both first install what the build needs (scripts/ensure-deps.sh).
+
+CARGO ?= cargo
+ARGS ?=
+
+.PHONY: run test deps fmt lint unit doc examples bench
+
+run: deps
+	$(CARGO) run --release --locked -p oncelyd -- serve $(ARGS)
+
+test: deps fmt lint unit doc examples
+
+deps:
+	@./scripts/ensure-deps.sh
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+lint:
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+unit:
+	$(CARGO) test --workspace --locked --lib --bins --tests --examples
+
+doc:
+	$(CARGO) test --workspace --locked --doc
+
+examples:
+	@true
+
+bench: deps
+	$(CARGO) bench --locked -p oncely-benches $(ARGS)

@@ -1,0 +1,119 @@
+//! The error type of the `oncely` crate.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in Oncely.
+///
+/// Validation errors ([`Error::InvalidConfig`], [`Error::InvalidId`],
+/// [`Error::InvalidNamespace`], ...) mean the request was refused and nothing changed.
+/// Storage errors ([`Error::Storage`], [`Error::Io`]) mean a write may not have
+/// happened: nothing in that call was acknowledged.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is out of range.
+    #[error("invalid {field}: {reason}")]
+    InvalidConfig {
+        /// The offending field, as named in configuration files.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// An event ID in a batch is empty or too long; nothing in the batch was marked.
+    #[error("invalid event id at index {index}: {reason}")]
+    InvalidId {
+        /// Position of the first bad ID in the batch.
+        index: usize,
+        /// What is wrong with it.
+        reason: IdError,
+    },
+
+    /// A namespace name breaks the naming rules.
+    #[error("invalid namespace name {name:?}: {reason}")]
+    InvalidNamespace {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// A snapshot could not be decoded.
+    #[error("damaged snapshot{}: {source}", path_suffix(path.as_ref()))]
+    Snapshot {
+        /// The file it came from, when it came from a file.
+        path: Option<PathBuf>,
+        /// What is wrong with it.
+        #[source]
+        source: SnapshotError,
+    },
+
+    /// An I/O operation on a file failed.
+    #[error("I/O error on {}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn path_suffix(path: Option<&PathBuf>) -> String {
+    path.map(|p| format!(" {}", p.display()))
+        .unwrap_or_default()
+}
+
+/// Why an event ID was rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdError {
+    /// The ID has no bytes.
+    #[error("empty")]
+    Empty,
+    /// The ID is longer than [`crate::MAX_ID_LEN`] bytes.
+    #[error("{len} bytes, over the limit of {max}")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// Why a filter snapshot could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// It does not start with the snapshot magic bytes.
+    #[error("not an Oncely filter snapshot (bad magic bytes)")]
+    BadMagic,
+    /// It was written by a format version this build cannot read.
+    #[error("unsupported snapshot format version {found} (this build reads version {supported})")]
+    UnsupportedVersion {
+        /// The version in the snapshot.
+        found: u16,
+        /// The version this build reads.
+        supported: u16,
+    },
+    /// It is shorter or longer than its header says.
+    #[error("length {found} bytes, expected {expected}")]
+    Length {
+        /// Bytes present.
+        found: usize,
+        /// Bytes the header calls for.
+        expected: usize,
+    },
+    /// Its checksum does not match its contents.
+    #[error("checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    Checksum {
+        /// The checksum in the snapshot.
+        stored: u32,
+        /// The checksum of the bytes read.
+        computed: u32,
+    },
+    /// Its header describes an impossible filter.
+    #[error("invalid parameters: {0}")]
+    Parameters(String),
+}

@@ -1,0 +1,448 @@
+//! Generations: a ring of Bloom filters that forgets the oldest slice of IDs.
+//!
+//! A namespace's memory is a ring of up to `generations` [`Generation`]s. The newest
+//! is open and takes every new ID; it seals when it holds `generation_capacity` new IDs
+//! or has been open for `generation_span`, whichever comes first. Sealing opens a new
+//! generation and, once the ring is full, drops the oldest. Memory stays bounded and
+//! every ID is remembered for the window [`NamespaceConfig::remembers_at_least`]
+//! states.
+//!
+//! Time-based sealing is lazy: [`GenerationRing::due`] compares the injected clock with
+//! the open generation's age on every access (and a background ticker can call it on
+//! idle namespaces). Sealing late only lengthens memory, never shortens it, and a new
+//! generation's span starts when it opens.
+//!
+//! The ring on its own is a complete in-memory deduplicator
+//! ([`GenerationRing::check_and_mark`]). [`crate::Tracker`] adds exact tables and
+//! persistence around it.
+
+use std::collections::VecDeque;
+
+use crate::clock::Timestamp;
+use crate::config::NamespaceConfig;
+use crate::error::Error;
+use crate::filter::{BloomFilter, FilterStats};
+use crate::hash::{HashSeed, IdHash};
+
+/// The sequence number of a generation within its namespace: 1, 2, 3, ...
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct GenerationId(pub u64);
+
+/// One slice of a namespace's memory.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    id: GenerationId,
+    filter: BloomFilter,
+    opened_at: Timestamp,
+    sealed_at: Option<Timestamp>,
+    ids: u64,
+}
+
+impl Generation {
+    /// A generation rebuilt from persisted parts.
+    #[must_use]
+    pub const fn from_parts(
+        id: GenerationId,
+        filter: BloomFilter,
+        opened_at: Timestamp,
+        sealed_at: Option<Timestamp>,
+        ids: u64,
+    ) -> Self {
+        Self {
+            id,
+            filter,
+            opened_at,
+            sealed_at,
+            ids,
+        }
+    }
+
+    /// Its sequence number.
+    #[must_use]
+    pub const fn id(&self) -> GenerationId {
+        self.id
+    }
+
+    /// Its filter.
+    #[must_use]
+    pub const fn filter(&self) -> &BloomFilter {
+        &self.filter
+    }
+
+    /// When it opened.
+    #[must_use]
+    pub const fn opened_at(&self) -> Timestamp {
+        self.opened_at
+    }
+
+    /// When it sealed; `None` while it is open.
+    #[must_use]
+    pub const fn sealed_at(&self) -> Option<Timestamp> {
+        self.sealed_at
+    }
+
+    /// New IDs marked into it.
+    #[must_use]
+    pub const fn ids(&self) -> u64 {
+        self.ids
+    }
+
+    /// Statistics of its filter.
+    #[must_use]
+    pub fn stats(&self) -> FilterStats {
+        self.filter.stats()
+    }
+}
+
+/// Why a generation sealed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SealReason {
+    /// It held `generation_capacity` new IDs.
+    Capacity,
+    /// It had been open for `generation_span`.
+    Span,
+    /// A caller asked for it.
+    Manual,
+}
+
+/// What a rotation did.
+#[derive(Debug)]
+#[must_use]
+pub struct Rotation {
+    /// The generation that sealed.
+    pub sealed: GenerationId,
+    /// Why.
+    pub reason: SealReason,
+    /// The generation that opened.
+    pub opened: GenerationId,
+    /// Generations that left the ring, oldest first.
+    pub dropped: Vec<Generation>,
+}
+
+/// A ring of generations: the newest open, up to `generations` in all.
+#[derive(Clone, Debug)]
+pub struct GenerationRing {
+    config: NamespaceConfig,
+    seed: HashSeed,
+    /// Oldest first; the back is open.
+    gens: VecDeque<Generation>,
+}
+
+impl GenerationRing {
+    /// A ring with one empty, open generation.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when the filter cannot be allocated.
+    pub fn new(config: NamespaceConfig, seed: HashSeed, now: Timestamp) -> Result<Self, Error> {
+        let first = Generation::from_parts(
+            GenerationId(1),
+            BloomFilter::new(config.filter_sizing(), seed)?,
+            now,
+            None,
+            0,
+        );
+        Ok(Self {
+            config,
+            seed,
+            gens: VecDeque::from([first]),
+        })
+    }
+
+    /// A ring rebuilt from persisted generations, given oldest first with the newest
+    /// open.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when the generations are not in increasing order, the
+    /// newest is sealed, an older one is open, or a filter's seed differs.
+    pub fn restore(
+        config: NamespaceConfig,
+        seed: HashSeed,
+        gens: Vec<Generation>,
+    ) -> Result<Self, Error> {
+        let bad = |reason: String| Error::InvalidConfig {
+            field: "generations",
+            reason,
+        };
+        let Some(newest) = gens.last() else {
+            return Err(bad("no generations to restore".into()));
+        };
+        if newest.sealed_at.is_some() {
+            return Err(bad(format!("newest generation {} is sealed", newest.id.0)));
+        }
+        for pair in gens.windows(2) {
+            if pair[0].id >= pair[1].id || pair[0].sealed_at.is_none() {
+                return Err(bad(format!(
+                    "generations {} and {} are out of order or the older is open",
+                    pair[0].id.0, pair[1].id.0
+                )));
+            }
+        }
+        if let Some(g) = gens.iter().find(|g| g.filter.seed() != seed) {
+            return Err(bad(format!("generation {} has another hash seed", g.id.0)));
+        }
+        let mut ring = Self {
+            config,
+            seed,
+            gens: gens.into(),
+        };
+        ring.trim();
+        Ok(ring)
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub const fn config(&self) -> &NamespaceConfig {
+        &self.config
+    }
+
+    /// Replaces the configuration. The new filter size applies from the next
+    /// generation on; a smaller `generations` drops the oldest generations now.
+    pub fn reconfigure(&mut self, config: NamespaceConfig) -> Vec<Generation> {
+        self.config = config;
+        self.trim()
+    }
+
+    /// The hash seed.
+    #[must_use]
+    pub const fn seed(&self) -> HashSeed {
+        self.seed
+    }
+
+    /// Hashes an ID with the ring's seed.
+    #[inline]
+    #[must_use]
+    pub fn hash(&self, id: &[u8]) -> IdHash {
+        self.seed.hash(id)
+    }
+
+    /// The open generation.
+    #[must_use]
+    pub fn current(&self) -> &Generation {
+        self.gens
+            .back()
+            .expect("a ring always has an open generation")
+    }
+
+    /// Live generations, newest first.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &Generation> + DoubleEndedIterator {
+        self.gens.iter().rev()
+    }
+
+    /// Number of live generations.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.gens.len()
+    }
+
+    /// Always `false`: a ring holds at least its open generation.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Why the open generation must seal now, if it must.
+    #[must_use]
+    pub fn due(&self, now: Timestamp) -> Option<SealReason> {
+        let open = self.current();
+        if open.ids >= self.config.generation_capacity() {
+            Some(SealReason::Capacity)
+        } else if now.saturating_since(open.opened_at) >= self.config.generation_span() {
+            Some(SealReason::Span)
+        } else {
+            None
+        }
+    }
+
+    /// Seals the open generation, opens a new one at `now` and drops what no longer
+    /// fits the ring.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when the new filter cannot be allocated; the ring is
+    /// then unchanged.
+    pub fn rotate(&mut self, now: Timestamp, reason: SealReason) -> Result<Rotation, Error> {
+        let filter = BloomFilter::new(self.config.filter_sizing(), self.seed)?;
+        let open = self
+            .gens
+            .back_mut()
+            .expect("a ring always has an open generation");
+        open.sealed_at = Some(now);
+        let sealed = open.id;
+        let opened = GenerationId(sealed.0 + 1);
+        self.gens
+            .push_back(Generation::from_parts(opened, filter, now, None, 0));
+        Ok(Rotation {
+            sealed,
+            reason,
+            opened,
+            dropped: self.trim(),
+        })
+    }
+
+    /// Seals as often as the clock and capacity require (at most once per call:
+    /// a generation opened now is neither full nor old).
+    ///
+    /// # Errors
+    ///
+    /// As [`rotate`](Self::rotate).
+    pub fn advance(&mut self, now: Timestamp) -> Result<Option<Rotation>, Error> {
+        match self.due(now) {
+            Some(reason) => self.rotate(now, reason).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether any live generation may hold the ID.
+    #[must_use]
+    pub fn contains(&self, id: &[u8]) -> bool {
+        self.contains_hash(self.hash(id))
+    }
+
+    /// [`contains`](Self::contains) for a hash from [`hash`](Self::hash).
+    #[must_use]
+    pub fn contains_hash(&self, h: IdHash) -> bool {
+        self.gens.iter().rev().any(|g| g.filter.contains_hash(h))
+    }
+
+    /// The live generations whose filters may hold the hash, newest first.
+    pub fn hits(&self, h: IdHash) -> impl Iterator<Item = &Generation> {
+        self.gens
+            .iter()
+            .rev()
+            .filter(move |g| g.filter.contains_hash(h))
+    }
+
+    /// Adds a hash to the open generation as a new ID. Callers decide newness (this
+    /// counts the ID towards the generation's capacity whatever its filter says).
+    pub fn record_new(&mut self, h: IdHash) {
+        let open = self
+            .gens
+            .back_mut()
+            .expect("a ring always has an open generation");
+        let _ = open.filter.insert_hash(h);
+        open.ids += 1;
+    }
+
+    /// In-memory check-and-mark: rotates if due, then answers whether the ID was
+    /// possibly seen within the window, marking it when it was not.
+    ///
+    /// # Errors
+    ///
+    /// As [`rotate`](Self::rotate).
+    pub fn check_and_mark(&mut self, id: &[u8], now: Timestamp) -> Result<bool, Error> {
+        let _ = self.advance(now)?;
+        let h = self.hash(id);
+        if self.contains_hash(h) {
+            return Ok(true);
+        }
+        self.record_new(h);
+        Ok(false)
+    }
+
+    fn trim(&mut self) -> Vec<Generation> {
+        let keep = self.config.generations() as usize;
+        let excess = self.gens.len().saturating_sub(keep);
+        self.gens.drain(..excess).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn config(generations: u32, capacity: u64, span_ms: u64) -> NamespaceConfig {
+        NamespaceConfig::builder()
+            .generations(generations)
+            .exact_generations(1)
+            .generation_capacity(capacity)
+            .generation_span(Duration::from_millis(span_ms))
+            .fp_rate(1e-6)
+            .build()
+            .unwrap()
+    }
+
+    fn t(ms: u64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    #[test]
+    fn seals_on_capacity() {
+        let mut ring =
+            GenerationRing::new(config(3, 2, 1_000_000), HashSeed::from_u64(1), t(0)).unwrap();
+        assert!(!ring.check_and_mark(b"a", t(0)).unwrap());
+        assert!(!ring.check_and_mark(b"b", t(0)).unwrap());
+        assert_eq!(ring.due(t(0)), Some(SealReason::Capacity));
+        assert!(!ring.check_and_mark(b"c", t(0)).unwrap());
+        assert_eq!(ring.len(), 2);
+        assert_eq!(ring.current().id(), GenerationId(2));
+        assert!(ring.check_and_mark(b"a", t(0)).unwrap());
+    }
+
+    #[test]
+    fn seals_on_span_and_drops_the_oldest() {
+        let mut ring =
+            GenerationRing::new(config(2, 1_000, 100), HashSeed::from_u64(1), t(0)).unwrap();
+        assert!(!ring.check_and_mark(b"a", t(0)).unwrap());
+        assert_eq!(ring.due(t(99)), None);
+        assert_eq!(ring.due(t(100)), Some(SealReason::Span));
+        assert!(
+            ring.check_and_mark(b"a", t(150)).unwrap(),
+            "one span later: still remembered"
+        );
+        let rotation = ring.advance(t(250)).unwrap().expect("due");
+        assert_eq!(rotation.dropped.len(), 1);
+        assert_eq!(rotation.dropped[0].id(), GenerationId(1));
+        assert!(!ring.contains(b"a"), "two seals later: forgotten");
+    }
+
+    #[test]
+    fn restore_checks_order_and_seed() {
+        let ring = GenerationRing::new(config(3, 10, 100), HashSeed::from_u64(1), t(0)).unwrap();
+        let open = ring.current().clone();
+        assert!(
+            GenerationRing::restore(
+                ring.config().clone(),
+                HashSeed::from_u64(1),
+                vec![open.clone()]
+            )
+            .is_ok()
+        );
+        assert!(
+            GenerationRing::restore(
+                ring.config().clone(),
+                HashSeed::from_u64(2),
+                vec![open.clone()]
+            )
+            .is_err()
+        );
+        assert!(
+            GenerationRing::restore(ring.config().clone(), HashSeed::from_u64(1), vec![]).is_err()
+        );
+        assert!(
+            GenerationRing::restore(
+                ring.config().clone(),
+                HashSeed::from_u64(1),
+                vec![open.clone(), open]
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn shrinking_the_ring_drops_the_oldest_now() {
+        let mut ring =
+            GenerationRing::new(config(4, 1, 1_000), HashSeed::from_u64(1), t(0)).unwrap();
+        for i in 0..5_u8 {
+            let _ = ring.check_and_mark(&[i], t(0)).unwrap();
+        }
+        assert_eq!(ring.len(), 4);
+        let dropped = ring.reconfigure(config(2, 1, 1_000));
+        assert_eq!(dropped.len(), 2);
+        assert_eq!(ring.len(), 2);
+    }
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what building Oncely needs on a Debian machine with Rust, when missing:
+# libclang (the rocksdb crate generates its bindings with bindgen) and a C++ compiler.
+# As root it installs with apt-get; otherwise it names the packages to install.
+set -euo pipefail
+
+missing=()
+have_libclang() {
+    [ -n "${LIBCLANG_PATH:-}" ] && return 0
+    ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1
+}
+have_libclang || missing+=(libclang-dev)
+command -v c++ >/dev/null 2>&1 || missing+=(g++)
+command -v make >/dev/null 2>&1 || missing+=(make)
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "error: cargo is not on PATH; install Rust first (https://rustup.rs)" >&2
+    exit 1
+fi
+
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "error: missing packages: ${missing[*]}" >&2
+    echo "install them as root:  apt-get install -y ${missing[*]}" >&2
+    exit 1
+fi
+
+echo "installing: ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get install -y --no-install-recommends "${missing[@]}" \
+    || { apt-get update && apt-get install -y --no-install-recommends "${missing[@]}"; }
