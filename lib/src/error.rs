@@ -49,6 +49,26 @@ pub enum Error {
         source: SnapshotError,
     },
 
+    /// The namespace does not exist.
+    #[error("unknown namespace {0:?}")]
+    UnknownNamespace(String),
+
+    /// An owner token is empty or too long.
+    #[error("invalid owner: {0}")]
+    InvalidOwner(&'static str),
+
+    /// The operation is not allowed (for example deleting the `default` namespace).
+    #[error("{0}")]
+    Refused(String),
+
+    /// A stored record is damaged or from an unknown format version.
+    #[error("damaged store: {0}")]
+    Corrupt(String),
+
+    /// RocksDB failed: nothing in the call was acknowledged.
+    #[error("storage error: {0}")]
+    Storage(#[from] rocksdb::Error),
+
     /// An I/O operation on a file failed.
     #[error("I/O error on {}: {source}", path.display())]
     Io {

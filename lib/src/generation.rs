@@ -265,6 +265,11 @@ impl GenerationRing {
     /// then unchanged.
     pub fn rotate(&mut self, now: Timestamp, reason: SealReason) -> Result<Rotation, Error> {
         let filter = BloomFilter::new(self.config.filter_sizing(), self.seed)?;
+        Ok(self.rotate_with(filter, now, reason))
+    }
+
+    /// [`rotate`](Self::rotate) with the new generation's (empty) filter supplied.
+    fn rotate_with(&mut self, filter: BloomFilter, now: Timestamp, reason: SealReason) -> Rotation {
         let open = self
             .gens
             .back_mut()
@@ -274,12 +279,35 @@ impl GenerationRing {
         let opened = GenerationId(sealed.0 + 1);
         self.gens
             .push_back(Generation::from_parts(opened, filter, now, None, 0));
-        Ok(Rotation {
+        Rotation {
             sealed,
             reason,
             opened,
             dropped: self.trim(),
-        })
+        }
+    }
+
+    /// Reverts the last rotation, when what it implies could not be persisted.
+    pub(crate) fn undo(&mut self, rotation: Rotation) {
+        let opened = self.gens.pop_back().expect("the rotation's new generation");
+        debug_assert_eq!(opened.id, rotation.opened);
+        let sealed = self
+            .gens
+            .back_mut()
+            .expect("the rotation's sealed generation");
+        debug_assert_eq!(sealed.id, rotation.sealed);
+        sealed.sealed_at = None;
+        for g in rotation.dropped.into_iter().rev() {
+            self.gens.push_front(g);
+        }
+    }
+
+    /// The oldest live generation.
+    #[must_use]
+    pub fn oldest(&self) -> &Generation {
+        self.gens
+            .front()
+            .expect("a ring always has an open generation")
     }
 
     /// Seals as often as the clock and capacity require (at most once per call:
@@ -431,6 +459,23 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn undo_restores_the_ring() {
+        let mut ring =
+            GenerationRing::new(config(2, 1, 1_000), HashSeed::from_u64(1), t(0)).unwrap();
+        let _ = ring.check_and_mark(b"a", t(0)).unwrap();
+        let _ = ring.check_and_mark(b"b", t(0)).unwrap();
+        let before: Vec<(GenerationId, Option<Timestamp>)> =
+            ring.iter().map(|g| (g.id(), g.sealed_at())).collect();
+        let rotation = ring.rotate(t(5), SealReason::Manual).unwrap();
+        assert_eq!(rotation.dropped.len(), 1);
+        ring.undo(rotation);
+        let after: Vec<(GenerationId, Option<Timestamp>)> =
+            ring.iter().map(|g| (g.id(), g.sealed_at())).collect();
+        assert_eq!(before, after);
+        assert!(ring.contains(b"a") && ring.contains(b"b"));
     }
 
     #[test]

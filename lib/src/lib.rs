@@ -30,17 +30,26 @@
 pub mod clock;
 pub mod config;
 mod error;
+mod exact;
 pub mod filter;
 pub mod generation;
 mod hash;
 mod id;
+mod records;
 pub mod sizing;
+pub mod store;
+mod tracker;
+mod verdict;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use config::{HumanDuration, NamespaceConfig, NamespaceConfigBuilder};
 pub use error::{Error, IdError, SnapshotError};
+pub use exact::MAX_OWNER_LEN;
 pub use filter::{BloomFilter, FilterStats};
 pub use generation::{Generation, GenerationId, GenerationRing, Rotation, SealReason};
 pub use hash::{HashSeed, IdHash};
 pub use id::{EventId, MAX_ID_LEN, MAX_NAMESPACE_LEN, NamespaceName};
 pub use sizing::{FilterSizing, Layout};
+pub use store::{MemoryStore, RocksOptions, RocksStore, Store};
+pub use tracker::{Configured, Durability, GenerationInfo, NamespaceInfo, Tracker, TrackerBuilder};
+pub use verdict::Verdict;

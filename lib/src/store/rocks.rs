@@ -1,0 +1,463 @@
+//! The embedded RocksDB backend: durability `flush` and `sync`.
+//!
+//! Layout of a data directory:
+//!
+//! ```text
+//! <dir>/rocksdb/                  RocksDB: column families `default` (meta), `marks`, `user`
+//! <dir>/snapshots/<ns>/<gen>.bloom  one filter snapshot per sealed generation
+//! ```
+
+use std::fs::{self, File};
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
+    IteratorMode, Options, ReadOptions, WriteBatch, WriteBufferManager, WriteOptions,
+};
+
+use super::{Batch, Entries, MarkVisitor, NamespaceId, Op, Store, keys};
+use crate::error::Error;
+use crate::filter::BloomFilter;
+use crate::generation::GenerationId;
+
+const CF_MARKS: &str = "marks";
+const CF_USER: &str = "user";
+
+/// Memory budgets of the RocksDB backend.
+///
+/// RocksDB's memory is fixed by these two numbers, whatever the number of IDs stored:
+/// index and filter blocks live inside the block cache, and memtables are charged to
+/// it through a write-buffer manager.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RocksOptions {
+    /// Block cache, in bytes (default 64 MiB).
+    pub cache_bytes: usize,
+    /// Memtables, in bytes, across column families (default 64 MiB).
+    pub memtable_bytes: usize,
+}
+
+impl Default for RocksOptions {
+    fn default() -> Self {
+        Self {
+            cache_bytes: 64 << 20,
+            memtable_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Marks, metadata and user keys in one RocksDB; snapshots as files beside it.
+pub struct RocksStore {
+    db: DB,
+    dir: PathBuf,
+    snapshots: PathBuf,
+}
+
+impl std::fmt::Debug for RocksStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksStore")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl RocksStore {
+    /// Opens (creating if needed) the store in `dir`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the directory cannot be created, [`Error::Storage`] when
+    /// RocksDB refuses to open (a damaged file, another process holding the lock).
+    pub fn open(dir: impl AsRef<Path>, options: RocksOptions) -> Result<Self, Error> {
+        let dir = dir.as_ref().to_owned();
+        let db_dir = dir.join("rocksdb");
+        let snapshots = dir.join("snapshots");
+        for d in [&dir, &db_dir, &snapshots] {
+            fs::create_dir_all(d).map_err(|e| io_err(d, e))?;
+        }
+        remove_temporaries(&snapshots)?;
+
+        let cache = Cache::new_lru_cache(options.cache_bytes);
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        // Two cores: one flush and one compaction at a time.
+        db_opts.set_max_background_jobs(2);
+        // Write back SST and WAL data in 1 MiB steps instead of in bursts at fsync.
+        db_opts.set_bytes_per_sync(1 << 20);
+        db_opts.set_wal_bytes_per_sync(1 << 20);
+        // Charge memtables to the block cache so that one number bounds RocksDB's
+        // memory; stall writers rather than exceed it.
+        let wbm = WriteBufferManager::new_write_buffer_manager_with_cache(
+            options.memtable_bytes,
+            true,
+            cache.clone(),
+        );
+        db_opts.set_write_buffer_manager(&wbm);
+
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(
+                rocksdb::DEFAULT_COLUMN_FAMILY_NAME,
+                small_cf_options(&cache),
+            ),
+            ColumnFamilyDescriptor::new(CF_MARKS, marks_cf_options(&cache, options)),
+            ColumnFamilyDescriptor::new(CF_USER, small_cf_options(&cache)),
+        ];
+        let db = DB::open_cf_descriptors(&db_opts, &db_dir, cfs)?;
+        Ok(Self { db, dir, snapshots })
+    }
+
+    /// The data directory.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Compacts the exact tables fully: for measuring disk use after compaction.
+    pub fn compact(&self) {
+        let cf = self.marks();
+        self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+    }
+
+    fn marks(&self) -> &ColumnFamily {
+        self.db
+            .cf_handle(CF_MARKS)
+            .expect("opened with the marks column family")
+    }
+
+    fn meta(&self) -> &ColumnFamily {
+        self.db
+            .cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
+            .expect("the default column family always exists")
+    }
+
+    fn user(&self) -> &ColumnFamily {
+        self.db
+            .cf_handle(CF_USER)
+            .expect("opened with the user column family")
+    }
+
+    fn ns_dir(&self, ns: NamespaceId) -> PathBuf {
+        self.snapshots.join(ns.0.to_string())
+    }
+
+    fn snapshot_path(&self, ns: NamespaceId, generation: GenerationId) -> PathBuf {
+        self.ns_dir(ns).join(format!("{}.bloom", generation.0))
+    }
+}
+
+/// The exact ID tables: point lookups of random keys, written once, dropped by range.
+fn marks_cf_options(cache: &Cache, options: RocksOptions) -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    // Index and filter blocks inside the cache, so their memory is part of the fixed
+    // budget rather than growing with the number of SST files; L0's are pinned
+    // because every lookup consults them.
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    table.set_bloom_filter(10.0, false);
+    let mut opts = Options::default();
+    opts.set_block_based_table_factory(&table);
+    // Lookups only reach RocksDB after our in-memory filter said "maybe", so they are
+    // mostly hits; a last-level filter would cost memory to answer what we already
+    // know. RocksDB then builds filters for the upper levels only (~90% less filter
+    // memory; see the RocksDB tuning guide, "optimize_filters_for_hits").
+    opts.set_optimize_filters_for_hits(true);
+    // IDs are random bytes, but each entry's 8-byte sequence/type trailer and the
+    // shared namespace/generation prefix compress well: lz4 while data is young,
+    // zstd once it settles in the last level.
+    opts.set_compression_type(DBCompressionType::Lz4);
+    opts.set_bottommost_compression_type(DBCompressionType::Zstd);
+    opts.set_level_compaction_dynamic_level_bytes(true);
+    opts.set_write_buffer_size(options.memtable_bytes / 2);
+    opts
+}
+
+fn small_cf_options(cache: &Cache) -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    let mut opts = Options::default();
+    opts.set_block_based_table_factory(&table);
+    opts.set_write_buffer_size(4 << 20);
+    opts
+}
+
+impl Store for RocksStore {
+    fn persistent(&self) -> bool {
+        true
+    }
+
+    fn write(&self, batch: &Batch, sync: bool) -> Result<(), Error> {
+        let mut wb = WriteBatch::default();
+        let mut key = Vec::with_capacity(keys::MARK_PREFIX_LEN + 32);
+        for op in batch.ops() {
+            match op {
+                Op::PutMark {
+                    ns,
+                    generation,
+                    id,
+                    value,
+                } => {
+                    key.clear();
+                    keys::mark_key(&mut key, ns, generation, id);
+                    wb.put_cf(self.marks(), &key, value);
+                }
+                Op::DeleteMark { ns, generation, id } => {
+                    key.clear();
+                    keys::mark_key(&mut key, ns, generation, id);
+                    wb.delete_cf(self.marks(), &key);
+                }
+                Op::DropMarks { ns, below } => {
+                    let (start, end) = keys::mark_range(ns, GenerationId(0), Some(below));
+                    wb.delete_range_cf(self.marks(), start, end);
+                }
+                Op::DropNamespace { ns } => {
+                    let (start, end) = keys::mark_range(ns, GenerationId(0), None);
+                    wb.delete_range_cf(self.marks(), start, end);
+                }
+                Op::PutMeta { key, value } => wb.put_cf(self.meta(), key, value),
+                Op::DeleteMeta { key } => wb.delete_cf(self.meta(), key),
+                Op::DeleteMetaPrefix { prefix } => {
+                    let end =
+                        keys::prefix_end(prefix).unwrap_or_else(|| vec![0xff; prefix.len() + 1]);
+                    wb.delete_range_cf(self.meta(), prefix, &end);
+                }
+                Op::PutUser { key, value } => wb.put_cf(self.user(), key, value),
+                Op::DeleteUser { key } => wb.delete_cf(self.user(), key),
+            }
+        }
+        let mut opts = WriteOptions::default();
+        // Without sync, RocksDB still hands the WAL record to the OS before
+        // returning (manual_wal_flush is off), which is what survives kill -9.
+        opts.set_sync(sync);
+        self.db.write_opt(wb, &opts)?;
+        Ok(())
+    }
+
+    fn get_marks(
+        &self,
+        ns: NamespaceId,
+        keys_in: &[(GenerationId, &[u8])],
+    ) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        let encoded: Vec<Vec<u8>> = keys_in
+            .iter()
+            .map(|&(generation, id)| {
+                let mut k = Vec::with_capacity(keys::MARK_PREFIX_LEN + id.len());
+                keys::mark_key(&mut k, ns, generation, id);
+                k
+            })
+            .collect();
+        self.db
+            .batched_multi_get_cf(self.marks(), &encoded, false)
+            .into_iter()
+            .map(|r| Ok(r?.map(|v| v.to_vec())))
+            .collect()
+    }
+
+    fn scan_marks(
+        &self,
+        ns: NamespaceId,
+        generation: GenerationId,
+        visit: &mut MarkVisitor<'_>,
+    ) -> Result<(), Error> {
+        let prefix = keys::mark_prefix(ns, generation);
+        let next = generation.0.checked_add(1).map(GenerationId);
+        let (_, end) = keys::mark_range(ns, generation, next);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(end);
+        // A recovery scan reads each block once: keep it out of the cache.
+        ro.fill_cache(false);
+        ro.set_readahead_size(2 << 20);
+        let iter = self.db.iterator_cf_opt(
+            self.marks(),
+            ro,
+            IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            visit(&k[keys::MARK_PREFIX_LEN..], &v)?;
+        }
+        Ok(())
+    }
+
+    fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.db.get_cf(self.meta(), key)?)
+    }
+
+    fn scan_meta(&self, prefix: &[u8]) -> Result<Entries, Error> {
+        let iter = self.db.iterator_cf(
+            self.meta(),
+            IteratorMode::From(prefix, rocksdb::Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn get_user(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.db.get_cf(self.user(), key)?)
+    }
+
+    fn save_snapshot(
+        &self,
+        ns: NamespaceId,
+        generation: GenerationId,
+        filter: &BloomFilter,
+    ) -> Result<(), Error> {
+        let dir = self.ns_dir(ns);
+        fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        let path = self.snapshot_path(ns, generation);
+        let tmp = path.with_extension("bloom.tmp");
+        // Write aside, fsync, then rename over: a crash leaves either the old file or
+        // the complete new one, never a torn snapshot under the real name.
+        let write = || -> std::io::Result<()> {
+            let file = File::create(&tmp)?;
+            let mut w = BufWriter::with_capacity(1 << 20, file);
+            filter.write_snapshot(&mut w)?;
+            w.flush()?;
+            w.get_ref().sync_all()?;
+            Ok(())
+        };
+        write().map_err(|e| io_err(&tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+        sync_dir(&dir)
+    }
+
+    fn load_snapshot(
+        &self,
+        ns: NamespaceId,
+        generation: GenerationId,
+    ) -> Result<Option<BloomFilter>, Error> {
+        let path = self.snapshot_path(ns, generation);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path, e)),
+        };
+        match BloomFilter::read_snapshot(BufReader::with_capacity(1 << 20, file)) {
+            Ok(f) => Ok(Some(f)),
+            Err(Error::Snapshot { source, .. }) => Err(Error::Snapshot {
+                path: Some(path),
+                source,
+            }),
+            Err(Error::Io { source, .. }) => Err(io_err(&path, source)),
+            Err(other) => Err(other),
+        }
+    }
+
+    fn snapshot_generations(&self, ns: NamespaceId) -> Result<Vec<GenerationId>, Error> {
+        let dir = self.ns_dir(ns);
+        let mut gens = Vec::new();
+        for name in list_dir(&dir)? {
+            if let Some(g) = name.strip_suffix(".bloom").and_then(|g| g.parse().ok()) {
+                gens.push(GenerationId(g));
+            }
+        }
+        gens.sort_unstable();
+        Ok(gens)
+    }
+
+    fn snapshot_namespaces(&self) -> Result<Vec<NamespaceId>, Error> {
+        let mut out: Vec<NamespaceId> = list_dir(&self.snapshots)?
+            .iter()
+            .filter_map(|name| name.parse().ok().map(NamespaceId))
+            .collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    fn delete_snapshot(&self, ns: NamespaceId, generation: GenerationId) -> Result<(), Error> {
+        let path = self.snapshot_path(ns, generation);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path, e)),
+        }?;
+        let dir = self.ns_dir(ns);
+        if list_dir(&dir)?.is_empty() {
+            // Only succeeds when empty; a racing writer simply keeps it.
+            let _ = fs::remove_dir(&dir);
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), Error> {
+        self.db.flush_wal(true)?;
+        for cf in [self.meta(), self.marks(), self.user()] {
+            self.db.flush_cf(cf)?;
+        }
+        Ok(())
+    }
+
+    fn disk_bytes(&self) -> Option<u64> {
+        dir_size(&self.dir).ok()
+    }
+}
+
+/// Removes snapshot files a crash left half-written (`*.tmp`): they were never
+/// renamed into place, so nothing refers to them.
+fn remove_temporaries(snapshots: &Path) -> Result<(), Error> {
+    for ns in list_dir(snapshots)? {
+        let dir = snapshots.join(ns);
+        let entries = fs::read_dir(&dir).map_err(|e| io_err(&dir, e))?;
+        for entry in entries {
+            let path = entry.map_err(|e| io_err(&dir, e))?.path();
+            if path.extension().is_some_and(|ext| ext == "tmp") {
+                fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(dir, e))
+}
+
+/// File names in `dir` (temporary files excluded); empty when `dir` is absent.
+fn list_dir(dir: &Path) -> Result<Vec<String>, Error> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(dir, e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| io_err(dir, e))?;
+        if let Some(name) = entry.file_name().to_str()
+            && !name.ends_with(".tmp")
+        {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(names)
+}
+
+fn dir_size(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            dir_size(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}

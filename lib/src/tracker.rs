@@ -1,0 +1,1301 @@
+//! The tracker: namespaces of generations, exact tables in a [`Store`], and the
+//! atomic check-and-mark.
+//!
+//! # How a batch is decided
+//!
+//! For every ID, under the namespace's lock:
+//!
+//! 1. If another call is writing the same ID right now, wait for that write (below).
+//! 2. Probe every live generation's filter. No hit anywhere: the ID is new, decided
+//!    without touching disk.
+//! 3. A hit in a generation that still has its exact table is confirmed or ruled out
+//!    by the table (one batched read for the whole call). Inside the exact horizon
+//!    there are therefore no false positives, and never false negatives.
+//! 4. A hit only in Bloom-only generations answers `probable_duplicate`.
+//! 5. New IDs are added to the open generation's filter, registered as in flight, and
+//!    put in one write batch.
+//!
+//! The lock is released for the write itself, so concurrent calls reach RocksDB
+//! together and share its group commit (one WAL write, and in `sync` mode one fsync,
+//! for the whole group). Only after the write returns are the IDs reported `new`; a
+//! concurrent call that met one of them in flight then answers `duplicate` (or, for
+//! the same owner, `new` replayed). If the write fails, nothing of the batch is
+//! reported `new`, and waiters decide again from scratch. Bits already set in the
+//! filter for a failed write are harmless: the exact table rules them out.
+//!
+//! # Rotation
+//!
+//! A generation seals by capacity inside the mark path and by time on access (or from
+//! [`Tracker::tick`]). Rotation happens under the namespace's lock: the sealed
+//! generation's filter is snapshotted (fsynced), then one atomic batch records the new
+//! ring and range-deletes the exact table that left the horizon. A crash before that
+//! batch leaves the old ring, whose open generation is rebuilt from its exact table on
+//! start-up; a crash after it finds the snapshot in place. Either way no acknowledged
+//! mark is lost.
+//!
+//! # Start-up
+//!
+//! Opening reads each namespace's records, loads the snapshots of sealed generations
+//! (cost: their size in bytes, read sequentially) and rebuilds the open generation's
+//! filter by scanning its exact table (cost: one sequential scan of at most
+//! `generation_capacity` keys). After a clean [`Tracker::close`], the open generation
+//! was snapshotted too, and even that scan is skipped. Nothing else is read: older
+//! exact tables are consulted only on filter hits.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
+
+use crate::clock::{Clock, SystemClock, Timestamp};
+use crate::config::NamespaceConfig;
+use crate::error::Error;
+use crate::exact::{MarkValue, OwnerFp};
+use crate::filter::{BloomFilter, FilterStats};
+use crate::generation::{Generation, GenerationId, GenerationRing, SealReason};
+use crate::hash::{HashSeed, IdHash};
+use crate::id::{EventId, NamespaceName};
+use crate::records::{
+    self, CleanRecord, NamespaceRecord, RECORD_VERSION, RingRecord, clean_key, ns_key, ring_key,
+};
+use crate::store::{Batch, MemoryStore, NamespaceId, RocksOptions, RocksStore, Store};
+use crate::verdict::Verdict;
+
+/// When a mark counts as acknowledged.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// In RocksDB's write-ahead log, written to the OS: survives kill -9 of the
+    /// process.
+    #[default]
+    Flush,
+    /// The write-ahead log is fsynced (concurrent callers share one fsync): survives
+    /// power loss.
+    Sync,
+    /// In memory only: survives nothing. For tests and ephemeral use.
+    Memory,
+}
+
+impl Durability {
+    /// The mode's name: `flush`, `sync` or `memory`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Flush => "flush",
+            Self::Sync => "sync",
+            Self::Memory => "memory",
+        }
+    }
+}
+
+impl fmt::Display for Durability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Durability {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "flush" => Ok(Self::Flush),
+            "sync" => Ok(Self::Sync),
+            "memory" => Ok(Self::Memory),
+            other => Err(Error::InvalidConfig {
+                field: "durability",
+                reason: format!("{other:?} is not one of flush, sync, memory"),
+            }),
+        }
+    }
+}
+
+/// Opens a [`Tracker`]. A consuming builder: [`open`](Self::open) validates.
+#[must_use]
+pub struct TrackerBuilder {
+    path: Option<PathBuf>,
+    durability: Durability,
+    clock: Arc<dyn Clock>,
+    default_config: NamespaceConfig,
+    rocks: RocksOptions,
+    store: Option<Box<dyn Store>>,
+}
+
+impl fmt::Debug for TrackerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrackerBuilder")
+            .field("path", &self.path)
+            .field("durability", &self.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TrackerBuilder {
+    /// The data directory (required for `flush` and `sync`).
+    pub fn path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+
+    /// The durability mode (default `flush`).
+    pub const fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// The clock (default: the system clock). Tests pass a [`crate::ManualClock`].
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The configuration of the `default` namespace when it is first created.
+    pub fn default_config(mut self, config: NamespaceConfig) -> Self {
+        self.default_config = config;
+        self
+    }
+
+    /// RocksDB's memory budgets.
+    pub const fn rocks_options(mut self, options: RocksOptions) -> Self {
+        self.rocks = options;
+        self
+    }
+
+    /// A custom storage backend instead of RocksDB or memory (a distributed backend,
+    /// or a fault-injecting wrapper in tests). `durability` still decides whether
+    /// writes are synced.
+    pub fn store(mut self, store: Box<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Opens the tracker, recovering whatever the store holds.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a missing or superfluous path, storage errors,
+    /// and [`Error::Corrupt`] or [`Error::Snapshot`] naming what is damaged. A damaged
+    /// store is never opened as empty.
+    pub fn open(self) -> Result<Tracker, Error> {
+        let store: Box<dyn Store> = match (self.store, self.durability, self.path) {
+            (Some(store), _, None) => store,
+            (Some(_), _, Some(_)) => {
+                return Err(Error::InvalidConfig {
+                    field: "path",
+                    reason: "give either a path or a custom store, not both".into(),
+                });
+            }
+            (None, Durability::Memory, None) => Box::new(MemoryStore::new()),
+            (None, Durability::Memory, Some(path)) => {
+                return Err(Error::InvalidConfig {
+                    field: "path",
+                    reason: format!(
+                        "durability memory keeps nothing on disk, but a path was given ({})",
+                        path.display()
+                    ),
+                });
+            }
+            (None, _, Some(path)) => Box::new(RocksStore::open(path, self.rocks)?),
+            (None, d, None) => {
+                return Err(Error::InvalidConfig {
+                    field: "path",
+                    reason: format!("durability {d} needs a data directory"),
+                });
+            }
+        };
+        Tracker::recover(store, self.durability, self.clock, self.default_config)
+    }
+}
+
+/// The dedup authority: namespaces, their generations and exact tables, and atomic
+/// check-and-mark. Cheap to clone; clones share everything.
+///
+/// ```
+/// use oncely::{Durability, Tracker, Verdict};
+///
+/// let dir = tempfile::tempdir()?;
+/// let tracker = Tracker::builder().path(dir.path()).open()?;
+/// let first = tracker.check_and_mark("default", &["order-1", "order-2"], None)?;
+/// assert_eq!(first, [Verdict::New, Verdict::New]);
+/// let again = tracker.check_and_mark("default", &["order-2", "order-3"], None)?;
+/// assert_eq!(again, [Verdict::Duplicate, Verdict::New]);
+/// tracker.close()?;
+/// drop(tracker); // the last handle releases the data directory
+///
+/// // Marks survive a restart.
+/// let tracker = Tracker::builder().path(dir.path()).open()?;
+/// assert_eq!(tracker.check("default", &["order-1"])?, [Verdict::Duplicate]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Tracker {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Tracker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tracker")
+            .field("store", &self.inner.store)
+            .field("durability", &self.inner.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    store: Box<dyn Store>,
+    clock: Arc<dyn Clock>,
+    durability: Durability,
+    namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
+    /// Serialises namespace creation, reconfiguration and deletion.
+    admin: Mutex<()>,
+    closed: AtomicBool,
+}
+
+struct Namespace {
+    name: NamespaceName,
+    id: NamespaceId,
+    seed: HashSeed,
+    // A std mutex, not an async one: critical sections are short, CPU-bound or a
+    // quick RocksDB read, and never span an await; the daemon calls the tracker from
+    // blocking threads.
+    state: Mutex<State>,
+}
+
+struct State {
+    ring: GenerationRing,
+    /// Generations numbered from here up keep their exact tables.
+    exact_floor: GenerationId,
+    /// IDs being written right now, by hash, to the write (flight) carrying them.
+    inflight: HashMap<u128, u64, BuildHasherDefault<IdentityHasher>>,
+    flights: HashMap<u64, Arc<Flight>>,
+    next_flight: u64,
+    /// Set by delete; calls holding an old handle then fail as unknown.
+    deleted: bool,
+    /// Set by close, after the open generation's final snapshot: no mark may land
+    /// after it, or the snapshot would miss it.
+    closed: bool,
+}
+
+/// One call's write in progress. Waiters block on it, then read the outcome.
+struct Flight {
+    owner: Option<OwnerFp>,
+    outcome: Mutex<Option<bool>>,
+    done: Condvar,
+}
+
+impl Flight {
+    fn new(owner: Option<OwnerFp>) -> Self {
+        Self {
+            owner,
+            outcome: Mutex::new(None),
+            done: Condvar::new(),
+        }
+    }
+
+    fn finish(&self, ok: bool) {
+        *lock(&self.outcome) = Some(ok);
+        self.done.notify_all();
+    }
+
+    /// Whether the write succeeded, once it has finished.
+    fn wait(&self) -> bool {
+        let mut outcome = lock(&self.outcome);
+        loop {
+            if let Some(ok) = *outcome {
+                return ok;
+            }
+            outcome = self
+                .done
+                .wait(outcome)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// Hash maps keyed by ID hashes: the key is already a uniform 128-bit hash, so its
+/// low 64 bits are the map's hash. (Two distinct IDs sharing all 128 bits would be
+/// treated as one in-flight ID, a 2^-128 event per pair.)
+#[derive(Default)]
+struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0_u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(word);
+        }
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
+}
+
+fn key_of(h: IdHash) -> u128 {
+    (u128::from(h.hi) << 64) | u128::from(h.lo)
+}
+
+/// Locks a mutex, recovering from poisoning: every critical section leaves the state
+/// consistent at each step that can panic (allocation failure aside), so the data
+/// behind a poisoned lock is still sound, and one panicking caller must not take the
+/// whole namespace down with it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Check,
+    Mark(Option<OwnerFp>),
+}
+
+/// What one locked pass over a batch decided.
+#[derive(Default)]
+struct Pass {
+    batch: Batch,
+    /// Indices this pass marks new, to confirm after the write.
+    mine: Vec<usize>,
+    /// Indices in flight elsewhere, with the flight to wait for.
+    waits: Vec<(usize, Arc<Flight>)>,
+}
+
+/// Configuration and live statistics of a namespace.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NamespaceInfo {
+    /// The namespace's name.
+    pub name: String,
+    /// Its configuration.
+    pub config: NamespaceConfig,
+    /// Live generations, newest first.
+    pub generations: Vec<GenerationInfo>,
+    /// The chance that an unseen ID is answered `probable_duplicate` now: the
+    /// combined estimated rate of the Bloom-only generations. (Generations with
+    /// exact tables never produce false positives.)
+    pub estimated_fp: f64,
+    /// Bytes of filter memory across generations.
+    pub memory_bytes: u64,
+}
+
+/// Statistics of one generation.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GenerationInfo {
+    /// Sequence number.
+    pub id: u64,
+    /// When it opened (ms since the epoch).
+    pub opened_at: u64,
+    /// When it sealed; `None` while open.
+    pub sealed_at: Option<u64>,
+    /// New IDs marked into it.
+    pub ids: u64,
+    /// Whether it still has its exact table.
+    pub exact: bool,
+    /// Its filter's statistics.
+    pub filter: FilterStats,
+    /// Its filter's memory in bytes.
+    pub memory_bytes: u64,
+}
+
+/// Whether [`Tracker::configure_namespace`] created the namespace or updated it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Configured {
+    /// It did not exist and was created.
+    Created,
+    /// It existed; the changes apply as documented on the method.
+    Updated,
+}
+
+impl Tracker {
+    /// A builder with the defaults: durability `flush`, the system clock, the default
+    /// namespace configuration.
+    pub fn builder() -> TrackerBuilder {
+        TrackerBuilder {
+            path: None,
+            durability: Durability::default(),
+            clock: Arc::new(SystemClock::new()),
+            default_config: NamespaceConfig::default(),
+            rocks: RocksOptions::default(),
+            store: None,
+        }
+    }
+
+    /// The durability mode.
+    #[must_use]
+    pub fn durability(&self) -> Durability {
+        self.inner.durability
+    }
+
+    /// The clock the tracker reads.
+    #[must_use]
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// Checks and marks a batch of IDs atomically per ID: among any number of
+    /// concurrent callers marking the same ID, exactly one gets [`Verdict::New`].
+    ///
+    /// With an `owner`, the same owner marking an ID again gets
+    /// [`Verdict::Replayed`] (its original `new`) instead of `duplicate`, as long as
+    /// the mark is inside the exact horizon: a client whose response was lost can
+    /// retry safely. Verdicts come back in the order of `ids`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidId`], [`Error::InvalidOwner`] or [`Error::UnknownNamespace`]
+    /// before anything is marked; storage errors, in which case nothing of the batch
+    /// was acknowledged.
+    pub fn check_and_mark<T: AsRef<[u8]>>(
+        &self,
+        namespace: &str,
+        ids: &[T],
+        owner: Option<&str>,
+    ) -> Result<Vec<Verdict>, Error> {
+        let ids = EventId::batch(ids)?;
+        let ns = self.namespace_handle(namespace)?;
+        let owner = owner.map(|o| OwnerFp::new(o, ns.seed)).transpose()?;
+        self.run(&ns, &ids, Mode::Mark(owner))
+    }
+
+    /// Answers like [`check_and_mark`](Self::check_and_mark) without marking: `New`
+    /// here means unseen.
+    ///
+    /// # Errors
+    ///
+    /// As [`check_and_mark`](Self::check_and_mark).
+    pub fn check<T: AsRef<[u8]>>(&self, namespace: &str, ids: &[T]) -> Result<Vec<Verdict>, Error> {
+        let ids = EventId::batch(ids)?;
+        let ns = self.namespace_handle(namespace)?;
+        self.run(&ns, &ids, Mode::Check)
+    }
+
+    fn namespace_handle(&self, name: &str) -> Result<Arc<Namespace>, Error> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Refused("the tracker is closed".into()));
+        }
+        let map = self
+            .inner
+            .namespaces
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(ns) = map.get(name) {
+            return Ok(Arc::clone(ns));
+        }
+        drop(map);
+        // Distinguish a malformed name (400) from an unknown one (404).
+        NamespaceName::new(name)?;
+        Err(Error::UnknownNamespace(name.to_owned()))
+    }
+
+    fn sync_writes(&self) -> bool {
+        self.inner.durability == Durability::Sync
+    }
+
+    fn run(&self, ns: &Namespace, ids: &[EventId<'_>], mode: Mode) -> Result<Vec<Verdict>, Error> {
+        let hashes: Vec<IdHash> = ids.iter().map(|id| ns.seed.hash(id.as_bytes())).collect();
+        let mut verdicts: Vec<Option<Verdict>> = vec![None; ids.len()];
+        let mut todo: Vec<usize> = (0..ids.len()).collect();
+        while !todo.is_empty() {
+            // `decide` relies on ascending order (input order wins among repeats).
+            todo.sort_unstable();
+            let waits = self.pass(ns, ids, &hashes, &todo, mode, &mut verdicts)?;
+            todo.clear();
+            for (i, flight) in waits {
+                if flight.wait() {
+                    verdicts[i] = Some(match mode {
+                        Mode::Mark(Some(owner)) if flight.owner == Some(owner) => Verdict::Replayed,
+                        _ => Verdict::Duplicate,
+                    });
+                } else {
+                    // The other write failed: nothing was marked, decide afresh.
+                    todo.push(i);
+                }
+            }
+        }
+        Ok(verdicts
+            .into_iter()
+            .map(|v| v.expect("every ID is decided before the loop ends"))
+            .collect())
+    }
+
+    /// One locked decision over `todo`, the write, and its confirmation. Returns the
+    /// IDs found in flight elsewhere.
+    fn pass(
+        &self,
+        ns: &Namespace,
+        ids: &[EventId<'_>],
+        hashes: &[IdHash],
+        todo: &[usize],
+        mode: Mode,
+        verdicts: &mut [Option<Verdict>],
+    ) -> Result<Vec<(usize, Arc<Flight>)>, Error> {
+        let owner = match mode {
+            Mode::Mark(owner) => owner,
+            Mode::Check => None,
+        };
+        let flight = Arc::new(Flight::new(owner));
+        let mut pass = Pass {
+            batch: Batch::with_capacity(
+                todo.len(),
+                ids.first().map_or(16, |id| id.as_bytes().len()),
+            ),
+            ..Pass::default()
+        };
+        let flight_id;
+        {
+            let mut st = lock(&ns.state);
+            flight_id = st.next_flight;
+            st.next_flight += 1;
+            let decided = self.decide(
+                ns, &mut st, ids, hashes, todo, mode, verdicts, &mut pass, flight_id,
+            );
+            if !pass.mine.is_empty() {
+                st.flights.insert(flight_id, Arc::clone(&flight));
+            }
+            if let Err(e) = decided {
+                Self::settle(&mut st, &pass.mine, hashes, flight_id);
+                drop(st);
+                flight.finish(false);
+                return Err(e);
+            }
+        }
+        let written = if pass.batch.is_empty() {
+            Ok(())
+        } else {
+            self.inner.store.write(&pass.batch, self.sync_writes())
+        };
+        if !pass.mine.is_empty() {
+            Self::settle(&mut lock(&ns.state), &pass.mine, hashes, flight_id);
+            flight.finish(written.is_ok());
+        }
+        written?;
+        for &i in &pass.mine {
+            verdicts[i] = Some(Verdict::New);
+        }
+        Ok(pass.waits)
+    }
+
+    /// Removes a finished flight and its IDs from the in-flight tables.
+    fn settle(st: &mut State, mine: &[usize], hashes: &[IdHash], flight_id: u64) {
+        for &i in mine {
+            let key = key_of(hashes[i]);
+            if st.inflight.get(&key) == Some(&flight_id) {
+                st.inflight.remove(&key);
+            }
+        }
+        st.flights.remove(&flight_id);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &self,
+        ns: &Namespace,
+        st: &mut State,
+        ids: &[EventId<'_>],
+        hashes: &[IdHash],
+        todo: &[usize],
+        mode: Mode,
+        verdicts: &mut [Option<Verdict>],
+        pass: &mut Pass,
+        flight_id: u64,
+    ) -> Result<(), Error> {
+        if st.deleted {
+            return Err(Error::UnknownNamespace(ns.name.to_string()));
+        }
+        if st.closed {
+            return Err(Error::Refused("the tracker is closed".into()));
+        }
+        let now = self.inner.clock.now();
+        self.rotate_due(ns, st, now)?;
+
+        // Probe the filters; collect exact-table lookups.
+        let mut lookups: Vec<(usize, GenerationId)> = Vec::new();
+        let mut probable: Vec<usize> = Vec::new();
+        let mut candidates: Vec<usize> = Vec::new();
+        for &i in todo {
+            let h = hashes[i];
+            if let Some(fid) = st.inflight.get(&key_of(h)) {
+                pass.waits.push((i, Arc::clone(&st.flights[fid])));
+                continue;
+            }
+            let before = lookups.len();
+            let mut bloom_only_hit = false;
+            for g in st.ring.iter() {
+                if g.filter().contains_hash(h) {
+                    if g.id() >= st.exact_floor {
+                        lookups.push((i, g.id()));
+                    } else {
+                        bloom_only_hit = true;
+                    }
+                }
+            }
+            if bloom_only_hit {
+                probable.push(i);
+            }
+            if lookups.len() == before {
+                if bloom_only_hit {
+                    verdicts[i] = Some(Verdict::ProbableDuplicate);
+                } else {
+                    candidates.push(i);
+                }
+            }
+        }
+
+        if !lookups.is_empty() {
+            let keys: Vec<(GenerationId, &[u8])> = lookups
+                .iter()
+                .map(|&(i, g)| (g, ids[i].as_bytes()))
+                .collect();
+            let values = self.inner.store.get_marks(ns.id, &keys)?;
+            // Lookups of one ID are adjacent, newest generation first: the first
+            // value found is the one that counts.
+            let mut at = 0;
+            while at < lookups.len() {
+                let i = lookups[at].0;
+                let mut found = None;
+                while at < lookups.len() && lookups[at].0 == i {
+                    if found.is_none() {
+                        found = values[at].as_deref().map(MarkValue::decode).transpose()?;
+                    }
+                    at += 1;
+                }
+                let verdict = match (found, mode) {
+                    (Some(MarkValue::Claimed { until, .. }), _) if until > now => {
+                        Some(Verdict::InProgress { until })
+                    }
+                    // An expired claim is as good as absent.
+                    (Some(MarkValue::Claimed { .. }) | None, _) => None,
+                    (Some(MarkValue::Done { owner: Some(o) }), Mode::Mark(Some(me))) if o == me => {
+                        Some(Verdict::Replayed)
+                    }
+                    (Some(MarkValue::Done { .. }), _) => Some(Verdict::Duplicate),
+                };
+                match verdict {
+                    Some(v) => verdicts[i] = Some(v),
+                    None if probable.binary_search(&i).is_ok() => {
+                        verdicts[i] = Some(Verdict::ProbableDuplicate);
+                    }
+                    None => candidates.push(i),
+                }
+            }
+        }
+
+        let Mode::Mark(owner) = mode else {
+            for i in candidates {
+                verdicts[i] = Some(Verdict::New);
+            }
+            return Ok(());
+        };
+        // Input order decides which occurrence of a repeated ID is the new one, and
+        // which generation each ID lands in.
+        candidates.sort_unstable();
+        let value = MarkValue::Done { owner }.encode();
+        for i in candidates {
+            let key = key_of(hashes[i]);
+            if let Some(fid) = st.inflight.get(&key) {
+                // Repeated within this batch (or, by a 2^-128 chance, a collision).
+                let f = if *fid == flight_id {
+                    None
+                } else {
+                    Some(Arc::clone(&st.flights[fid]))
+                };
+                match f {
+                    Some(f) => pass.waits.push((i, f)),
+                    None => {
+                        verdicts[i] = Some(match owner {
+                            Some(_) => Verdict::Replayed,
+                            None => Verdict::Duplicate,
+                        });
+                    }
+                }
+                continue;
+            }
+            if st.ring.current().ids() >= st.ring.config().generation_capacity() {
+                self.rotate(ns, st, now, SealReason::Capacity)?;
+            }
+            st.ring.record_new(hashes[i]);
+            pass.batch.put_mark(
+                ns.id,
+                st.ring.current().id(),
+                ids[i].as_bytes(),
+                value.as_slice(),
+            );
+            st.inflight.insert(key, flight_id);
+            pass.mine.push(i);
+        }
+        Ok(())
+    }
+
+    fn rotate_due(&self, ns: &Namespace, st: &mut State, now: Timestamp) -> Result<(), Error> {
+        if let Some(reason) = st.ring.due(now) {
+            self.rotate(ns, st, now, reason)?;
+        }
+        Ok(())
+    }
+
+    /// Seals the open generation, persisting the new ring before it takes effect.
+    fn rotate(
+        &self,
+        ns: &Namespace,
+        st: &mut State,
+        now: Timestamp,
+        reason: SealReason,
+    ) -> Result<(), Error> {
+        let rotation = st.ring.rotate(now, reason)?;
+        let floor = exact_floor(&st.ring, st.exact_floor);
+        let persisted = (|| {
+            if self.inner.store.persistent() {
+                let sealed = st
+                    .ring
+                    .iter()
+                    .nth(1)
+                    .expect("a rotation leaves the sealed generation behind the new one");
+                self.inner
+                    .store
+                    .save_snapshot(ns.id, sealed.id(), sealed.filter())?;
+            }
+            let mut b = Batch::new();
+            b.put_meta(
+                &ring_key(ns.id),
+                &records::encode(&RingRecord::of(&st.ring, floor)),
+            );
+            if floor > st.exact_floor {
+                b.drop_marks(ns.id, floor);
+            }
+            self.inner.store.write(&b, self.sync_writes())
+        })();
+        if let Err(e) = persisted {
+            st.ring.undo(rotation);
+            return Err(e);
+        }
+        st.exact_floor = floor;
+        tracing::debug!(
+            namespace = %ns.name,
+            sealed = rotation.sealed.0,
+            reason = ?rotation.reason,
+            dropped = rotation.dropped.len(),
+            "generation sealed"
+        );
+        for g in &rotation.dropped {
+            self.delete_snapshot_logged(ns, g.id());
+        }
+        Ok(())
+    }
+
+    fn delete_snapshot_logged(&self, ns: &Namespace, g: GenerationId) {
+        // A leftover snapshot is only wasted disk, and start-up removes orphans.
+        if let Err(e) = self.inner.store.delete_snapshot(ns.id, g) {
+            tracing::warn!(namespace = %ns.name, generation = g.0, error = %e, "could not delete snapshot");
+        }
+    }
+
+    /// Seals every generation whose span has passed. The daemon calls this from a
+    /// background ticker, so idle namespaces rotate too.
+    ///
+    /// # Errors
+    ///
+    /// The first storage error; other namespaces are still ticked.
+    pub fn tick(&self) -> Result<(), Error> {
+        let mut first_error = None;
+        for ns in self.all_namespaces() {
+            let mut st = lock(&ns.state);
+            if st.deleted {
+                continue;
+            }
+            let now = self.inner.clock.now();
+            if let Err(e) = self.rotate_due(&ns, &mut st, now) {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Seals the open generation of a namespace now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownNamespace`], or a storage error (the ring is then unchanged).
+    pub fn rotate_namespace(&self, namespace: &str) -> Result<(), Error> {
+        let ns = self.namespace_handle(namespace)?;
+        let mut st = lock(&ns.state);
+        if st.deleted {
+            return Err(Error::UnknownNamespace(namespace.to_owned()));
+        }
+        let now = self.inner.clock.now();
+        self.rotate(&ns, &mut st, now, SealReason::Manual)
+    }
+
+    fn all_namespaces(&self) -> Vec<Arc<Namespace>> {
+        self.inner
+            .namespaces
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Names of all namespaces, sorted.
+    #[must_use]
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .inner
+            .namespaces
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Configuration and live statistics of a namespace.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownNamespace`].
+    pub fn namespace_info(&self, namespace: &str) -> Result<NamespaceInfo, Error> {
+        let ns = self.namespace_handle(namespace)?;
+        let st = lock(&ns.state);
+        let generations: Vec<GenerationInfo> = st
+            .ring
+            .iter()
+            .map(|g| GenerationInfo {
+                id: g.id().0,
+                opened_at: g.opened_at().as_millis(),
+                sealed_at: g.sealed_at().map(Timestamp::as_millis),
+                ids: g.ids(),
+                exact: g.id() >= st.exact_floor,
+                filter: g.stats(),
+                memory_bytes: g.filter().sizing().memory_bytes(),
+            })
+            .collect();
+        let miss_all = generations
+            .iter()
+            .filter(|g| !g.exact)
+            .fold(1.0, |acc, g| acc * (1.0 - g.filter.estimated_fp));
+        Ok(NamespaceInfo {
+            name: ns.name.to_string(),
+            config: st.ring.config().clone(),
+            estimated_fp: 1.0 - miss_all,
+            memory_bytes: generations.iter().map(|g| g.memory_bytes).sum(),
+            generations,
+        })
+    }
+
+    /// Creates a namespace, or reconfigures an existing one.
+    ///
+    /// What a reconfiguration changes, and when:
+    ///
+    /// * `generation_span` applies at once, to the open generation too.
+    /// * `generation_capacity` applies at once to when the open generation seals, and
+    ///   with `fp_rate` sizes the filters of generations opened from then on; existing
+    ///   filters keep their size.
+    /// * A larger `generations` keeps more generations from then on; a smaller one
+    ///   drops the oldest generations now.
+    /// * A smaller `exact_generations` drops the exact tables that fall outside the
+    ///   new horizon now (those generations answer `probable_duplicate` from then on);
+    ///   a larger one keeps more tables as new generations arrive (tables already
+    ///   dropped do not come back).
+    ///
+    /// The namespace's secret seed never changes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidNamespace`] for a bad name; storage errors (then nothing
+    /// changed).
+    pub fn configure_namespace(
+        &self,
+        namespace: &str,
+        config: NamespaceConfig,
+    ) -> Result<Configured, Error> {
+        let name = NamespaceName::new(namespace)?;
+        let _admin = lock(&self.inner.admin);
+        if let Ok(ns) = self.namespace_handle(namespace) {
+            self.reconfigure(&ns, config)?;
+            return Ok(Configured::Updated);
+        }
+        let ns = self.create_namespace(name, config)?;
+        self.inner
+            .namespaces
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(namespace.to_owned(), Arc::new(ns));
+        Ok(Configured::Created)
+    }
+
+    fn create_namespace(
+        &self,
+        name: NamespaceName,
+        config: NamespaceConfig,
+    ) -> Result<Namespace, Error> {
+        let store = &self.inner.store;
+        let next = match store.get_meta(records::NEXT_NS_KEY)? {
+            Some(bytes) => u32::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
+                Error::Corrupt("record \"next-ns\" is not a 4-byte counter".into())
+            })?),
+            None => 1,
+        };
+        let id = NamespaceId(next);
+        let following = next.checked_add(1).ok_or_else(|| {
+            Error::Refused("namespace ids are exhausted (2^32 namespaces created)".into())
+        })?;
+        let seed = HashSeed::random()?;
+        let now = self.inner.clock.now();
+        let ring = GenerationRing::new(config.clone(), seed, now)?;
+        let record = NamespaceRecord {
+            v: RECORD_VERSION,
+            id: id.0,
+            name: name.to_string(),
+            config,
+            seed: seed.to_u64(),
+        };
+        let floor = GenerationId(1);
+        let mut b = Batch::new();
+        b.put_meta(records::NEXT_NS_KEY, &following.to_be_bytes());
+        b.put_meta(&ns_key(name.as_str()), &records::encode(&record));
+        b.put_meta(
+            &ring_key(id),
+            &records::encode(&RingRecord::of(&ring, floor)),
+        );
+        store.write(&b, self.sync_writes())?;
+        tracing::info!(namespace = %name, id = id.0, "namespace created");
+        Ok(Namespace {
+            name,
+            id,
+            seed,
+            state: Mutex::new(State::new(ring, floor)),
+        })
+    }
+
+    fn reconfigure(&self, ns: &Namespace, config: NamespaceConfig) -> Result<(), Error> {
+        let mut st = lock(&ns.state);
+        if st.deleted {
+            return Err(Error::UnknownNamespace(ns.name.to_string()));
+        }
+        let mut next = st.ring.clone();
+        let dropped = next.reconfigure(config.clone());
+        let floor = exact_floor(&next, st.exact_floor);
+        let record = NamespaceRecord {
+            v: RECORD_VERSION,
+            id: ns.id.0,
+            name: ns.name.to_string(),
+            config,
+            seed: ns.seed.to_u64(),
+        };
+        let mut b = Batch::new();
+        b.put_meta(&ns_key(ns.name.as_str()), &records::encode(&record));
+        b.put_meta(
+            &ring_key(ns.id),
+            &records::encode(&RingRecord::of(&next, floor)),
+        );
+        if floor > st.exact_floor {
+            b.drop_marks(ns.id, floor);
+        }
+        self.inner.store.write(&b, self.sync_writes())?;
+        st.ring = next;
+        st.exact_floor = floor;
+        drop(st);
+        for g in &dropped {
+            self.delete_snapshot_logged(ns, g.id());
+        }
+        Ok(())
+    }
+
+    /// Deletes a namespace with all its marks, snapshots and checkpoints.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownNamespace`]; [`Error::Refused`] for `default`, which always
+    /// exists; storage errors (then nothing changed).
+    pub fn delete_namespace(&self, namespace: &str) -> Result<(), Error> {
+        if namespace == NamespaceName::DEFAULT {
+            return Err(Error::Refused(
+                "the default namespace cannot be deleted".into(),
+            ));
+        }
+        let _admin = lock(&self.inner.admin);
+        let ns = self.namespace_handle(namespace)?;
+        let mut st = lock(&ns.state);
+        let mut b = Batch::new();
+        b.delete_meta(&ns_key(namespace));
+        b.delete_meta(&ring_key(ns.id));
+        b.delete_meta(&clean_key(ns.id));
+        b.delete_meta_prefix(&records::checkpoint_prefix(ns.id));
+        b.drop_namespace(ns.id);
+        self.inner.store.write(&b, self.sync_writes())?;
+        st.deleted = true;
+        let gens: Vec<GenerationId> = st.ring.iter().map(Generation::id).collect();
+        drop(st);
+        self.inner
+            .namespaces
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(namespace);
+        for g in gens {
+            self.delete_snapshot_logged(&ns, g);
+        }
+        tracing::info!(namespace, "namespace deleted");
+        Ok(())
+    }
+
+    /// Flushes everything to disk and snapshots each open generation, so the next
+    /// start-up needs no scan. Further calls are refused.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors. Marks acknowledged earlier are safe regardless: they are in
+    /// the write-ahead log.
+    pub fn close(&self) -> Result<(), Error> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let store = &self.inner.store;
+        if store.persistent() {
+            for ns in self.all_namespaces() {
+                let mut st = lock(&ns.state);
+                st.closed = true;
+                if st.deleted {
+                    continue;
+                }
+                let open = st.ring.current();
+                store.save_snapshot(ns.id, open.id(), open.filter())?;
+                let mut b = Batch::new();
+                let clean = CleanRecord {
+                    v: RECORD_VERSION,
+                    generation: open.id().0,
+                    ids: open.ids(),
+                };
+                b.put_meta(&clean_key(ns.id), &records::encode(&clean));
+                store.write(&b, true)?;
+            }
+        }
+        store.flush()
+    }
+
+    /// Space the store uses on disk, in bytes, where known.
+    #[must_use]
+    pub fn disk_bytes(&self) -> Option<u64> {
+        self.inner.store.disk_bytes()
+    }
+
+    fn recover(
+        store: Box<dyn Store>,
+        durability: Durability,
+        clock: Arc<dyn Clock>,
+        default_config: NamespaceConfig,
+    ) -> Result<Self, Error> {
+        match store.get_meta(records::FORMAT_KEY)? {
+            Some(f) if f == records::FORMAT_VALUE => {}
+            Some(f) => {
+                return Err(Error::Corrupt(format!(
+                    "the store's format is {:?}; this build reads {:?}",
+                    String::from_utf8_lossy(&f),
+                    String::from_utf8_lossy(records::FORMAT_VALUE)
+                )));
+            }
+            None => {
+                if !store.scan_meta(b"")?.is_empty() {
+                    return Err(Error::Corrupt(
+                        "the store has data but no format record: not an Oncely store".into(),
+                    ));
+                }
+                let mut b = Batch::new();
+                b.put_meta(records::FORMAT_KEY, records::FORMAT_VALUE);
+                store.write(&b, true)?;
+            }
+        }
+
+        let mut namespaces = HashMap::new();
+        let mut cleared = Batch::new();
+        for (key, value) in store.scan_meta(records::NS_PREFIX)? {
+            let record: NamespaceRecord = records::decode(&key, &value)?;
+            let ns = load_namespace(&*store, record, &mut cleared)?;
+            namespaces.insert(ns.name.to_string(), Arc::new(ns));
+        }
+        // The open generations' clean snapshots are about to go stale: forget them
+        // before the first new mark can land.
+        if !cleared.is_empty() {
+            store.write(&cleared, true)?;
+        }
+        remove_orphan_snapshots(&*store, &namespaces)?;
+
+        let tracker = Self {
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                durability,
+                namespaces: RwLock::new(namespaces),
+                admin: Mutex::new(()),
+                closed: AtomicBool::new(false),
+            }),
+        };
+        if tracker.namespace_handle(NamespaceName::DEFAULT).is_err() {
+            let _ = tracker.configure_namespace(NamespaceName::DEFAULT, default_config)?;
+        }
+        Ok(tracker)
+    }
+}
+
+impl State {
+    fn new(ring: GenerationRing, exact_floor: GenerationId) -> Self {
+        Self {
+            ring,
+            exact_floor,
+            inflight: HashMap::default(),
+            flights: HashMap::new(),
+            next_flight: 0,
+            deleted: false,
+            closed: false,
+        }
+    }
+}
+
+/// The exact floor after the ring changed: only the newest `exact_generations` keep
+/// tables, tables never come back, and nothing below the oldest live generation has
+/// one.
+fn exact_floor(ring: &GenerationRing, old: GenerationId) -> GenerationId {
+    let newest = ring.current().id().0;
+    let horizon = newest.saturating_sub(u64::from(ring.config().exact_generations()) - 1);
+    GenerationId(old.0.max(horizon).max(ring.oldest().id().0))
+}
+
+fn load_namespace(
+    store: &dyn Store,
+    record: NamespaceRecord,
+    cleared: &mut Batch,
+) -> Result<Namespace, Error> {
+    let name = NamespaceName::new(record.name.clone())
+        .map_err(|e| Error::Corrupt(format!("namespace record {:?}: {e}", record.name)))?;
+    let id = NamespaceId(record.id);
+    let seed = HashSeed::from_u64(record.seed);
+    let ring_bytes = store
+        .get_meta(&ring_key(id))?
+        .ok_or_else(|| Error::Corrupt(format!("namespace {name} has no generation ring record")))?;
+    let ring_record: RingRecord = records::decode(&ring_key(id), &ring_bytes)?;
+    let floor = GenerationId(ring_record.exact_floor);
+    let clean = match store.get_meta(&clean_key(id))? {
+        Some(bytes) => {
+            cleared.delete_meta(&clean_key(id));
+            Some(records::decode::<CleanRecord>(&clean_key(id), &bytes)?)
+        }
+        None => None,
+    };
+
+    let sizing = record.config.filter_sizing();
+    let mut gens = Vec::with_capacity(ring_record.generations.len());
+    for g in &ring_record.generations {
+        let gid = GenerationId(g.id);
+        let exact = gid >= floor;
+        let clean_open =
+            g.sealed_at.is_none() && clean.as_ref().is_some_and(|c| c.generation == g.id);
+        let (filter, ids) = if g.sealed_at.is_some() || clean_open {
+            match store.load_snapshot(id, gid) {
+                Ok(Some(filter)) => {
+                    let ids = match (&clean, g.sealed_at) {
+                        (Some(c), None) => c.ids,
+                        _ => g.ids,
+                    };
+                    (filter, ids)
+                }
+                Ok(None) if g.sealed_at.is_none() => rebuild(store, id, gid, sizing, seed)?,
+                Ok(None) if exact => {
+                    tracing::warn!(namespace = %name, generation = g.id, "snapshot missing; rebuilding the filter from the exact table");
+                    let (filter, _) = rebuild(store, id, gid, sizing, seed)?;
+                    (filter, g.ids)
+                }
+                Ok(None) => {
+                    return Err(Error::Corrupt(format!(
+                        "namespace {name}: the snapshot of Bloom-only generation {} is missing",
+                        g.id
+                    )));
+                }
+                Err(e) if exact => {
+                    tracing::warn!(namespace = %name, generation = g.id, error = %e, "damaged snapshot; rebuilding the filter from the exact table");
+                    let (filter, rebuilt_ids) = rebuild(store, id, gid, sizing, seed)?;
+                    (
+                        filter,
+                        if g.sealed_at.is_some() {
+                            g.ids
+                        } else {
+                            rebuilt_ids
+                        },
+                    )
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            rebuild(store, id, gid, sizing, seed)?
+        };
+        if filter.seed() != seed {
+            return Err(Error::Corrupt(format!(
+                "namespace {name}: the snapshot of generation {} belongs to another namespace (seed differs)",
+                g.id
+            )));
+        }
+        gens.push(Generation::from_parts(
+            gid,
+            filter,
+            Timestamp::from_millis(g.opened_at),
+            g.sealed_at.map(Timestamp::from_millis),
+            ids,
+        ));
+    }
+    let ring = GenerationRing::restore(record.config, seed, gens)
+        .map_err(|e| Error::Corrupt(format!("namespace {name}: {e}")))?;
+    tracing::info!(namespace = %name, generations = ring.len(), "namespace recovered");
+    Ok(Namespace {
+        name,
+        id,
+        seed,
+        state: Mutex::new(State::new(ring, floor)),
+    })
+}
+
+/// Rebuilds a generation's filter from its exact table; returns it with the number
+/// of IDs in the table.
+fn rebuild(
+    store: &dyn Store,
+    ns: NamespaceId,
+    g: GenerationId,
+    sizing: crate::sizing::FilterSizing,
+    seed: HashSeed,
+) -> Result<(BloomFilter, u64), Error> {
+    let mut filter = BloomFilter::new(sizing, seed)?;
+    let mut ids = 0_u64;
+    store.scan_marks(ns, g, &mut |id, _| {
+        let _ = filter.insert(id);
+        ids += 1;
+        Ok(())
+    })?;
+    Ok((filter, ids))
+}
+
+fn remove_orphan_snapshots(
+    store: &dyn Store,
+    namespaces: &HashMap<String, Arc<Namespace>>,
+) -> Result<(), Error> {
+    let live: HashMap<NamespaceId, &Namespace> =
+        namespaces.values().map(|ns| (ns.id, &**ns)).collect();
+    for ns_id in store.snapshot_namespaces()? {
+        let keep: Vec<GenerationId> = live
+            .get(&ns_id)
+            .map(|ns| lock(&ns.state).ring.iter().map(Generation::id).collect())
+            .unwrap_or_default();
+        for g in store.snapshot_generations(ns_id)? {
+            if !keep.contains(&g) {
+                store.delete_snapshot(ns_id, g)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! Shared test fixtures: a fault-injecting store and tracker constructors.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use oncely::store::{Batch, Entries, MarkVisitor, NamespaceId};
+use oncely::{
+    BloomFilter, Durability, Error, GenerationId, ManualClock, NamespaceConfig, RocksOptions,
+    RocksStore, Store, Timestamp, Tracker,
+};
+
+/// Wraps a store: fails writes while told to, and counts scans.
+#[derive(Debug)]
+pub struct Faulty {
+    inner: Box<dyn Store>,
+    pub fail_writes: Arc<AtomicBool>,
+    pub scans: Arc<AtomicUsize>,
+}
+
+#[derive(Clone, Debug)]
+pub struct FaultHandle {
+    pub fail_writes: Arc<AtomicBool>,
+    pub scans: Arc<AtomicUsize>,
+}
+
+impl Faulty {
+    pub fn wrap(inner: Box<dyn Store>) -> (Self, FaultHandle) {
+        let fail_writes = Arc::new(AtomicBool::new(false));
+        let scans = Arc::new(AtomicUsize::new(0));
+        let handle = FaultHandle {
+            fail_writes: Arc::clone(&fail_writes),
+            scans: Arc::clone(&scans),
+        };
+        (
+            Self {
+                inner,
+                fail_writes,
+                scans,
+            },
+            handle,
+        )
+    }
+}
+
+fn disk_full() -> Error {
+    Error::Io {
+        path: "/injected".into(),
+        source: std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left on device"),
+    }
+}
+
+impl Store for Faulty {
+    fn persistent(&self) -> bool {
+        self.inner.persistent()
+    }
+    fn write(&self, batch: &Batch, sync: bool) -> Result<(), Error> {
+        if self.fail_writes.load(Ordering::SeqCst) {
+            return Err(disk_full());
+        }
+        self.inner.write(batch, sync)
+    }
+    fn get_marks(
+        &self,
+        ns: NamespaceId,
+        keys: &[(GenerationId, &[u8])],
+    ) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        self.inner.get_marks(ns, keys)
+    }
+    fn scan_marks(
+        &self,
+        ns: NamespaceId,
+        generation: GenerationId,
+        visit: &mut MarkVisitor<'_>,
+    ) -> Result<(), Error> {
+        self.scans.fetch_add(1, Ordering::SeqCst);
+        self.inner.scan_marks(ns, generation, visit)
+    }
+    fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.inner.get_meta(key)
+    }
+    fn scan_meta(&self, prefix: &[u8]) -> Result<Entries, Error> {
+        self.inner.scan_meta(prefix)
+    }
+    fn get_user(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.inner.get_user(key)
+    }
+    fn save_snapshot(
+        &self,
+        ns: NamespaceId,
+        g: GenerationId,
+        f: &BloomFilter,
+    ) -> Result<(), Error> {
+        if self.fail_writes.load(Ordering::SeqCst) {
+            return Err(disk_full());
+        }
+        self.inner.save_snapshot(ns, g, f)
+    }
+    fn load_snapshot(
+        &self,
+        ns: NamespaceId,
+        g: GenerationId,
+    ) -> Result<Option<BloomFilter>, Error> {
+        self.inner.load_snapshot(ns, g)
+    }
+    fn snapshot_generations(&self, ns: NamespaceId) -> Result<Vec<GenerationId>, Error> {
+        self.inner.snapshot_generations(ns)
+    }
+    fn snapshot_namespaces(&self) -> Result<Vec<NamespaceId>, Error> {
+        self.inner.snapshot_namespaces()
+    }
+    fn delete_snapshot(&self, ns: NamespaceId, g: GenerationId) -> Result<(), Error> {
+        self.inner.delete_snapshot(ns, g)
+    }
+    fn flush(&self) -> Result<(), Error> {
+        self.inner.flush()
+    }
+}
+
+pub fn clock() -> ManualClock {
+    ManualClock::new(Timestamp::from_millis(1_700_000_000_000))
+}
+
+/// A small ring: 4 generations of `capacity` IDs or 1 minute, 2 exact.
+pub fn small_config(capacity: u64) -> NamespaceConfig {
+    NamespaceConfig::builder()
+        .generations(4)
+        .exact_generations(2)
+        .generation_capacity(capacity)
+        .generation_span(Duration::from_secs(60))
+        .fp_rate(1e-6)
+        .build()
+        .unwrap()
+}
+
+pub fn open_rocks(dir: &Path, clock: &ManualClock, config: NamespaceConfig) -> Tracker {
+    Tracker::builder()
+        .path(dir)
+        .clock(Arc::new(clock.clone()))
+        .default_config(config)
+        .rocks_options(small_rocks())
+        .open()
+        .unwrap()
+}
+
+pub fn open_faulty(
+    dir: &Path,
+    clock: &ManualClock,
+    config: NamespaceConfig,
+) -> (Tracker, FaultHandle) {
+    let rocks = RocksStore::open(dir, small_rocks()).unwrap();
+    let (store, handle) = Faulty::wrap(Box::new(rocks));
+    let tracker = Tracker::builder()
+        .store(Box::new(store))
+        .durability(Durability::Flush)
+        .clock(Arc::new(clock.clone()))
+        .default_config(config)
+        .open()
+        .unwrap();
+    (tracker, handle)
+}
+
+pub fn small_rocks() -> RocksOptions {
+    RocksOptions {
+        cache_bytes: 8 << 20,
+        memtable_bytes: 8 << 20,
+    }
+}
+
+pub fn ids(range: std::ops::Range<u32>) -> Vec<String> {
+    range.map(|i| format!("event-{i:08}")).collect()
+}
