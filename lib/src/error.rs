@@ -49,6 +49,20 @@ pub enum Error {
         source: SnapshotError,
     },
 
+    /// An argument is out of range (a checkpoint position, a lease, a consumer name).
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument {
+        /// The argument, as named over HTTP.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The ID's state does not allow the operation: completing or releasing a claim
+    /// held by another owner, or one that does not exist.
+    #[error("conflict: {0}")]
+    Conflict(String),
+
     /// The namespace does not exist.
     #[error("unknown namespace {0:?}")]
     UnknownNamespace(String),

@@ -51,5 +51,8 @@ pub use hash::{HashSeed, IdHash};
 pub use id::{EventId, MAX_ID_LEN, MAX_NAMESPACE_LEN, NamespaceName};
 pub use sizing::{FilterSizing, Layout};
 pub use store::{MemoryStore, RocksOptions, RocksStore, Store};
-pub use tracker::{Configured, Durability, GenerationInfo, NamespaceInfo, Tracker, TrackerBuilder};
+pub use tracker::{
+    ClaimOutcome, Configured, Durability, GenerationInfo, MAX_LEASE, MAX_POSITION_LEN,
+    NamespaceInfo, Tracker, TrackerBuilder, Transacted, Transaction,
+};
 pub use verdict::Verdict;

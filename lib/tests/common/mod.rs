@@ -173,3 +173,74 @@ pub fn small_rocks() -> RocksOptions {
 pub fn ids(range: std::ops::Range<u32>) -> Vec<String> {
     range.map(|i| format!("event-{i:08}")).collect()
 }
+
+/// A ring with every knob given: the suites that stress rotation need more than
+/// `small_config` offers.
+pub fn ring_config(
+    generations: u32,
+    exact_generations: u32,
+    capacity: u64,
+    span: Duration,
+    fp_rate: f64,
+) -> NamespaceConfig {
+    NamespaceConfig::builder()
+        .generations(generations)
+        .exact_generations(exact_generations)
+        .generation_capacity(capacity)
+        .generation_span(span)
+        .fp_rate(fp_rate)
+        .build()
+        .unwrap()
+}
+
+/// `open_rocks` with a chosen durability (`flush` or `sync`).
+pub fn open_rocks_with(
+    dir: &Path,
+    clock: &ManualClock,
+    config: NamespaceConfig,
+    durability: Durability,
+) -> Tracker {
+    Tracker::builder()
+        .path(dir)
+        .durability(durability)
+        .clock(Arc::new(clock.clone()))
+        .default_config(config)
+        .rocks_options(small_rocks())
+        .open()
+        .unwrap()
+}
+
+/// A tracker that keeps nothing on disk.
+pub fn open_memory(clock: &ManualClock, config: NamespaceConfig) -> Tracker {
+    Tracker::builder()
+        .durability(Durability::Memory)
+        .clock(Arc::new(clock.clone()))
+        .default_config(config)
+        .open()
+        .unwrap()
+}
+
+pub trait NowMs {
+    fn now_ms(&self) -> Timestamp;
+}
+
+impl NowMs for ManualClock {
+    fn now_ms(&self) -> Timestamp {
+        oncely::Clock::now(self)
+    }
+}
+
+/// A temporary directory in memory (`/dev/shm`) where there is one, else the usual
+/// temporary directory. For suites that test logic rather than the disk and open
+/// RocksDB hundreds of times: every open and every rotation fsyncs, which costs ten
+/// times more on a real disk and proves nothing there. (Crash safety against kill -9
+/// rests on the OS page cache either way.)
+pub fn scratch_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(dir) = tempfile::Builder::new().prefix("oncely-").tempdir_in(shm)
+    {
+        return dir;
+    }
+    tempfile::tempdir().unwrap()
+}

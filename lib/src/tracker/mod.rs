@@ -53,7 +53,7 @@ use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::config::NamespaceConfig;
 use crate::error::Error;
 use crate::exact::{MarkValue, OwnerFp};
-use crate::filter::{BloomFilter, FilterStats};
+use crate::filter::FilterStats;
 use crate::generation::{Generation, GenerationId, GenerationRing, SealReason};
 use crate::hash::{HashSeed, IdHash};
 use crate::id::{EventId, NamespaceName};
@@ -62,6 +62,14 @@ use crate::records::{
 };
 use crate::store::{Batch, MemoryStore, NamespaceId, RocksOptions, RocksStore, Store};
 use crate::verdict::Verdict;
+
+mod claims;
+mod recovery;
+mod single;
+mod transaction;
+
+pub use claims::{ClaimOutcome, MAX_LEASE};
+pub use transaction::{MAX_POSITION_LEN, Transacted, Transaction};
 
 /// When a mark counts as acknowledged.
 #[derive(
@@ -252,6 +260,8 @@ struct Inner {
     namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
     /// Serialises namespace creation, reconfiguration and deletion.
     admin: Mutex<()>,
+    /// Serialises transactions, so each reads what the previous ones wrote.
+    transactions: Mutex<()>,
     closed: AtomicBool,
 }
 
@@ -358,6 +368,15 @@ enum Mode {
     Mark(Option<OwnerFp>),
 }
 
+/// One call's fixed inputs.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    ns: &'a Namespace,
+    ids: &'a [EventId<'a>],
+    hashes: &'a [IdHash],
+    mode: Mode,
+}
+
 /// What one locked pass over a batch decided.
 #[derive(Default)]
 struct Pass {
@@ -462,7 +481,7 @@ impl Tracker {
         let ids = EventId::batch(ids)?;
         let ns = self.namespace_handle(namespace)?;
         let owner = owner.map(|o| OwnerFp::new(o, ns.seed)).transpose()?;
-        self.run(&ns, &ids, Mode::Mark(owner))
+        self.run(&ns, &ids, Mode::Mark(owner), None)
     }
 
     /// Answers like [`check_and_mark`](Self::check_and_mark) without marking: `New`
@@ -474,7 +493,7 @@ impl Tracker {
     pub fn check<T: AsRef<[u8]>>(&self, namespace: &str, ids: &[T]) -> Result<Vec<Verdict>, Error> {
         let ids = EventId::batch(ids)?;
         let ns = self.namespace_handle(namespace)?;
-        self.run(&ns, &ids, Mode::Check)
+        self.run(&ns, &ids, Mode::Check, None)
     }
 
     fn namespace_handle(&self, name: &str) -> Result<Arc<Namespace>, Error> {
@@ -499,14 +518,30 @@ impl Tracker {
         self.inner.durability == Durability::Sync
     }
 
-    fn run(&self, ns: &Namespace, ids: &[EventId<'_>], mode: Mode) -> Result<Vec<Verdict>, Error> {
+    /// Decides a batch. `extra` (a checkpoint) is written atomically with the
+    /// batch's last marks: the pass that leaves nothing to wait for, or alone at the
+    /// end when every mark was someone else's.
+    fn run(
+        &self,
+        ns: &Namespace,
+        ids: &[EventId<'_>],
+        mode: Mode,
+        extra: Option<&Batch>,
+    ) -> Result<Vec<Verdict>, Error> {
         let hashes: Vec<IdHash> = ids.iter().map(|id| ns.seed.hash(id.as_bytes())).collect();
         let mut verdicts: Vec<Option<Verdict>> = vec![None; ids.len()];
         let mut todo: Vec<usize> = (0..ids.len()).collect();
+        let mut extra = extra;
         while !todo.is_empty() {
             // `decide` relies on ascending order (input order wins among repeats).
             todo.sort_unstable();
-            let waits = self.pass(ns, ids, &hashes, &todo, mode, &mut verdicts)?;
+            let call = Call {
+                ns,
+                ids,
+                hashes: &hashes,
+                mode,
+            };
+            let waits = self.pass(call, &todo, &mut verdicts, &mut extra)?;
             todo.clear();
             for (i, flight) in waits {
                 if flight.wait() {
@@ -520,6 +555,9 @@ impl Tracker {
                 }
             }
         }
+        if let Some(extra) = extra {
+            self.inner.store.write(extra, self.sync_writes())?;
+        }
         Ok(verdicts
             .into_iter()
             .map(|v| v.expect("every ID is decided before the loop ends"))
@@ -530,13 +568,17 @@ impl Tracker {
     /// IDs found in flight elsewhere.
     fn pass(
         &self,
-        ns: &Namespace,
-        ids: &[EventId<'_>],
-        hashes: &[IdHash],
+        call: Call<'_>,
         todo: &[usize],
-        mode: Mode,
         verdicts: &mut [Option<Verdict>],
+        extra: &mut Option<&Batch>,
     ) -> Result<Vec<(usize, Arc<Flight>)>, Error> {
+        let Call {
+            ns,
+            ids,
+            hashes,
+            mode,
+        } = call;
         let owner = match mode {
             Mode::Mark(owner) => owner,
             Mode::Check => None,
@@ -554,9 +596,7 @@ impl Tracker {
             let mut st = lock(&ns.state);
             flight_id = st.next_flight;
             st.next_flight += 1;
-            let decided = self.decide(
-                ns, &mut st, ids, hashes, todo, mode, verdicts, &mut pass, flight_id,
-            );
+            let decided = self.decide(call, &mut st, todo, verdicts, &mut pass, flight_id);
             if !pass.mine.is_empty() {
                 st.flights.insert(flight_id, Arc::clone(&flight));
             }
@@ -566,6 +606,11 @@ impl Tracker {
                 flight.finish(false);
                 return Err(e);
             }
+        }
+        if pass.waits.is_empty()
+            && let Some(extra) = extra.take()
+        {
+            pass.batch.extend(extra);
         }
         let written = if pass.batch.is_empty() {
             Ok(())
@@ -594,25 +639,22 @@ impl Tracker {
         st.flights.remove(&flight_id);
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn decide(
         &self,
-        ns: &Namespace,
+        call: Call<'_>,
         st: &mut State,
-        ids: &[EventId<'_>],
-        hashes: &[IdHash],
         todo: &[usize],
-        mode: Mode,
         verdicts: &mut [Option<Verdict>],
         pass: &mut Pass,
         flight_id: u64,
     ) -> Result<(), Error> {
-        if st.deleted {
-            return Err(Error::UnknownNamespace(ns.name.to_string()));
-        }
-        if st.closed {
-            return Err(Error::Refused("the tracker is closed".into()));
-        }
+        let Call {
+            ns,
+            ids,
+            hashes,
+            mode,
+        } = call;
+        Self::usable(ns, st)?;
         let now = self.inner.clock.now();
         self.rotate_due(ns, st, now)?;
 
@@ -668,6 +710,12 @@ impl Tracker {
                     at += 1;
                 }
                 let verdict = match (found, mode) {
+                    // The claim's owner marking its own ID completes the claim.
+                    (Some(MarkValue::Claimed { owner, .. }), Mode::Mark(Some(me)))
+                        if owner == me =>
+                    {
+                        None
+                    }
                     (Some(MarkValue::Claimed { until, .. }), _) if until > now => {
                         Some(Verdict::InProgress { until })
                     }
@@ -1087,63 +1135,6 @@ impl Tracker {
     pub fn disk_bytes(&self) -> Option<u64> {
         self.inner.store.disk_bytes()
     }
-
-    fn recover(
-        store: Box<dyn Store>,
-        durability: Durability,
-        clock: Arc<dyn Clock>,
-        default_config: NamespaceConfig,
-    ) -> Result<Self, Error> {
-        match store.get_meta(records::FORMAT_KEY)? {
-            Some(f) if f == records::FORMAT_VALUE => {}
-            Some(f) => {
-                return Err(Error::Corrupt(format!(
-                    "the store's format is {:?}; this build reads {:?}",
-                    String::from_utf8_lossy(&f),
-                    String::from_utf8_lossy(records::FORMAT_VALUE)
-                )));
-            }
-            None => {
-                if !store.scan_meta(b"")?.is_empty() {
-                    return Err(Error::Corrupt(
-                        "the store has data but no format record: not an Oncely store".into(),
-                    ));
-                }
-                let mut b = Batch::new();
-                b.put_meta(records::FORMAT_KEY, records::FORMAT_VALUE);
-                store.write(&b, true)?;
-            }
-        }
-
-        let mut namespaces = HashMap::new();
-        let mut cleared = Batch::new();
-        for (key, value) in store.scan_meta(records::NS_PREFIX)? {
-            let record: NamespaceRecord = records::decode(&key, &value)?;
-            let ns = load_namespace(&*store, record, &mut cleared)?;
-            namespaces.insert(ns.name.to_string(), Arc::new(ns));
-        }
-        // The open generations' clean snapshots are about to go stale: forget them
-        // before the first new mark can land.
-        if !cleared.is_empty() {
-            store.write(&cleared, true)?;
-        }
-        remove_orphan_snapshots(&*store, &namespaces)?;
-
-        let tracker = Self {
-            inner: Arc::new(Inner {
-                store,
-                clock,
-                durability,
-                namespaces: RwLock::new(namespaces),
-                admin: Mutex::new(()),
-                closed: AtomicBool::new(false),
-            }),
-        };
-        if tracker.namespace_handle(NamespaceName::DEFAULT).is_err() {
-            let _ = tracker.configure_namespace(NamespaceName::DEFAULT, default_config)?;
-        }
-        Ok(tracker)
-    }
 }
 
 impl State {
@@ -1167,135 +1158,4 @@ fn exact_floor(ring: &GenerationRing, old: GenerationId) -> GenerationId {
     let newest = ring.current().id().0;
     let horizon = newest.saturating_sub(u64::from(ring.config().exact_generations()) - 1);
     GenerationId(old.0.max(horizon).max(ring.oldest().id().0))
-}
-
-fn load_namespace(
-    store: &dyn Store,
-    record: NamespaceRecord,
-    cleared: &mut Batch,
-) -> Result<Namespace, Error> {
-    let name = NamespaceName::new(record.name.clone())
-        .map_err(|e| Error::Corrupt(format!("namespace record {:?}: {e}", record.name)))?;
-    let id = NamespaceId(record.id);
-    let seed = HashSeed::from_u64(record.seed);
-    let ring_bytes = store
-        .get_meta(&ring_key(id))?
-        .ok_or_else(|| Error::Corrupt(format!("namespace {name} has no generation ring record")))?;
-    let ring_record: RingRecord = records::decode(&ring_key(id), &ring_bytes)?;
-    let floor = GenerationId(ring_record.exact_floor);
-    let clean = match store.get_meta(&clean_key(id))? {
-        Some(bytes) => {
-            cleared.delete_meta(&clean_key(id));
-            Some(records::decode::<CleanRecord>(&clean_key(id), &bytes)?)
-        }
-        None => None,
-    };
-
-    let sizing = record.config.filter_sizing();
-    let mut gens = Vec::with_capacity(ring_record.generations.len());
-    for g in &ring_record.generations {
-        let gid = GenerationId(g.id);
-        let exact = gid >= floor;
-        let clean_open =
-            g.sealed_at.is_none() && clean.as_ref().is_some_and(|c| c.generation == g.id);
-        let (filter, ids) = if g.sealed_at.is_some() || clean_open {
-            match store.load_snapshot(id, gid) {
-                Ok(Some(filter)) => {
-                    let ids = match (&clean, g.sealed_at) {
-                        (Some(c), None) => c.ids,
-                        _ => g.ids,
-                    };
-                    (filter, ids)
-                }
-                Ok(None) if g.sealed_at.is_none() => rebuild(store, id, gid, sizing, seed)?,
-                Ok(None) if exact => {
-                    tracing::warn!(namespace = %name, generation = g.id, "snapshot missing; rebuilding the filter from the exact table");
-                    let (filter, _) = rebuild(store, id, gid, sizing, seed)?;
-                    (filter, g.ids)
-                }
-                Ok(None) => {
-                    return Err(Error::Corrupt(format!(
-                        "namespace {name}: the snapshot of Bloom-only generation {} is missing",
-                        g.id
-                    )));
-                }
-                Err(e) if exact => {
-                    tracing::warn!(namespace = %name, generation = g.id, error = %e, "damaged snapshot; rebuilding the filter from the exact table");
-                    let (filter, rebuilt_ids) = rebuild(store, id, gid, sizing, seed)?;
-                    (
-                        filter,
-                        if g.sealed_at.is_some() {
-                            g.ids
-                        } else {
-                            rebuilt_ids
-                        },
-                    )
-                }
-                Err(e) => return Err(e),
-            }
-        } else {
-            rebuild(store, id, gid, sizing, seed)?
-        };
-        if filter.seed() != seed {
-            return Err(Error::Corrupt(format!(
-                "namespace {name}: the snapshot of generation {} belongs to another namespace (seed differs)",
-                g.id
-            )));
-        }
-        gens.push(Generation::from_parts(
-            gid,
-            filter,
-            Timestamp::from_millis(g.opened_at),
-            g.sealed_at.map(Timestamp::from_millis),
-            ids,
-        ));
-    }
-    let ring = GenerationRing::restore(record.config, seed, gens)
-        .map_err(|e| Error::Corrupt(format!("namespace {name}: {e}")))?;
-    tracing::info!(namespace = %name, generations = ring.len(), "namespace recovered");
-    Ok(Namespace {
-        name,
-        id,
-        seed,
-        state: Mutex::new(State::new(ring, floor)),
-    })
-}
-
-/// Rebuilds a generation's filter from its exact table; returns it with the number
-/// of IDs in the table.
-fn rebuild(
-    store: &dyn Store,
-    ns: NamespaceId,
-    g: GenerationId,
-    sizing: crate::sizing::FilterSizing,
-    seed: HashSeed,
-) -> Result<(BloomFilter, u64), Error> {
-    let mut filter = BloomFilter::new(sizing, seed)?;
-    let mut ids = 0_u64;
-    store.scan_marks(ns, g, &mut |id, _| {
-        let _ = filter.insert(id);
-        ids += 1;
-        Ok(())
-    })?;
-    Ok((filter, ids))
-}
-
-fn remove_orphan_snapshots(
-    store: &dyn Store,
-    namespaces: &HashMap<String, Arc<Namespace>>,
-) -> Result<(), Error> {
-    let live: HashMap<NamespaceId, &Namespace> =
-        namespaces.values().map(|ns| (ns.id, &**ns)).collect();
-    for ns_id in store.snapshot_namespaces()? {
-        let keep: Vec<GenerationId> = live
-            .get(&ns_id)
-            .map(|ns| lock(&ns.state).ring.iter().map(Generation::id).collect())
-            .unwrap_or_default();
-        for g in store.snapshot_generations(ns_id)? {
-            if !keep.contains(&g) {
-                store.delete_snapshot(ns_id, g)?;
-            }
-        }
-    }
-    Ok(())
 }
