@@ -11,6 +11,9 @@ use crate::sizing::{FilterSizing, per_generation_fp, size_filter};
 /// The most generations a namespace may keep.
 pub const MAX_GENERATIONS: u32 = 1024;
 
+/// The most filter memory one namespace may need across its generations: 64 GiB.
+pub const MAX_NAMESPACE_FILTER_BYTES: u64 = 64 << 30;
+
 /// A namespace's configuration, validated.
 ///
 /// Build one with [`NamespaceConfig::builder`]; [`NamespaceConfig::default`] gives 4
@@ -151,7 +154,10 @@ impl NamespaceConfig {
         if !(spec.fp_rate > 0.0 && spec.fp_rate < 1.0) {
             return bad(
                 "fp_rate",
-                format!("{} is not strictly between 0 and 1", spec.fp_rate),
+                format!(
+                    "{} is not strictly between 0 and 1",
+                    crate::sizing::show_rate(spec.fp_rate)
+                ),
             );
         }
         if !(1..=spec.generations).contains(&spec.exact_generations) {
@@ -172,18 +178,34 @@ impl NamespaceConfig {
             exact_generations: spec.exact_generations,
         };
         // Surfaces sizes that overflow memory, or rates that need too many hashes.
-        size_filter(config.generation_capacity, config.generation_fp_rate()).map_err(
-            |e| match e {
-                Error::InvalidConfig {
-                    field: "capacity",
-                    reason,
-                } => Error::InvalidConfig {
-                    field: "generation_capacity",
-                    reason,
-                },
-                other => other,
-            },
-        )?;
+        let sizing =
+            size_filter(config.generation_capacity, config.generation_fp_rate()).map_err(|e| {
+                match e {
+                    Error::InvalidConfig {
+                        field: "capacity",
+                        reason,
+                    } => Error::InvalidConfig {
+                        field: "generation_capacity",
+                        reason,
+                    },
+                    other => other,
+                }
+            })?;
+        let total = sizing
+            .memory_bytes()
+            .saturating_mul(u64::from(config.generations));
+        if total > MAX_NAMESPACE_FILTER_BYTES {
+            return bad(
+                "generations",
+                format!(
+                    "{} generations of {} bytes of filter need {total} bytes, over the \
+                     {} GiB limit per namespace",
+                    config.generations,
+                    sizing.memory_bytes(),
+                    MAX_NAMESPACE_FILTER_BYTES >> 30
+                ),
+            );
+        }
         Ok(config)
     }
 }
@@ -401,6 +423,15 @@ mod tests {
         assert_eq!(
             field_of(b().generations(3).exact_generations(4).build()),
             "exact_generations"
+        );
+        // 1024 generations of 1e9 IDs fit one by one, not together.
+        assert_eq!(
+            field_of(
+                b().generations(1024)
+                    .generation_capacity(1_000_000_000)
+                    .build()
+            ),
+            "generations"
         );
     }
 

@@ -265,7 +265,10 @@ pub fn size_filter_with_layout(
     }
     let (blocks, hashes) = best.ok_or_else(|| Error::InvalidConfig {
         field: "fp_rate",
-        reason: format!("{fp} is too small: it needs more than {MAX_HASHES} hashes per ID"),
+        reason: format!(
+            "{} is too small: it needs more than {MAX_HASHES} hashes per ID",
+            show_rate(fp)
+        ),
     })?;
     let bits = blocks
         .checked_mul(BLOCK_BITS)
@@ -290,17 +293,28 @@ fn validate(capacity: u64, fp: f64) -> Result<(), Error> {
     if !(fp > 0.0 && fp < 1.0) {
         return Err(Error::InvalidConfig {
             field: "fp_rate",
-            reason: format!("{fp} is not strictly between 0 and 1"),
+            reason: format!("{} is not strictly between 0 and 1", show_rate(fp)),
         });
     }
     Ok(())
+}
+
+/// A rate for messages: plain decimals down to 1e-4, scientific notation below, so
+/// that 1e-300 does not print as three hundred digits.
+pub(crate) fn show_rate(fp: f64) -> String {
+    if fp.abs() >= 1e-4 || fp == 0.0 || !fp.is_finite() {
+        format!("{fp}")
+    } else {
+        format!("{fp:e}")
+    }
 }
 
 fn too_large(capacity: u64, fp: f64) -> Error {
     Error::InvalidConfig {
         field: "capacity",
         reason: format!(
-            "{capacity} IDs at fp {fp} need a filter over the {} GiB limit",
+            "{capacity} IDs at fp {} need a filter over the {} GiB limit",
+            show_rate(fp),
             MAX_FILTER_BYTES >> 30
         ),
     }
