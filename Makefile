@@ -29,7 +29,8 @@ doc:
 	$(CARGO) test --workspace --locked --doc
 
 examples:
-	@true
+	$(CARGO) run --locked -q -p oncely-examples --example consumer
+	$(CARGO) run --locked -q -p oncely-examples --example read_model
 
 bench: deps
 	$(CARGO) bench --locked -p oncely-benches $(ARGS)

@@ -3,9 +3,13 @@
 //! Each tool is one variant of [`Command`] with its own argument struct, so adding a
 //! command is one variant, one struct and one arm in `main`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use oncely::{Durability, HumanDuration};
+
+use crate::config::{ByteSize, parse_duration};
 
 /// `oncelyd`: the Oncely dedup daemon and its tools.
 #[derive(Debug, Parser)]
@@ -19,8 +23,75 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: the shared HTTP dedup authority on an embedded RocksDB.
+    Serve(ServeArgs),
     /// Size a namespace's Bloom filters and, optionally, measure their false-positive rate.
     Tune(TuneArgs),
+}
+
+/// Arguments of `oncelyd serve`.
+///
+/// Every setting is optional here: one not given on the command line is read from
+/// its `ONCELY_*` environment variable (clap does that), then from the `--config`
+/// file, then takes its default ([`crate::config::Settings::resolve`] merges them).
+/// `docs/configuration.md` is the reference.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:7070]. Port 0 picks a free port; the
+    /// start-up log line says which.
+    #[arg(long, env = "ONCELY_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Data directory: RocksDB and the filter snapshots [default: ./data].
+    #[arg(long, env = "ONCELY_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// TOML file with settings (the same names as these options, in snake_case) and
+    /// `[namespaces.NAME]` tables. No file is read unless given.
+    #[arg(long, env = "ONCELY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// A bearer token clients must present (repeatable; ONCELY_TOKENS takes a
+    /// comma-separated list). With any token configured, every route but /healthz and
+    /// /readyz needs `Authorization: Bearer <token>`.
+    #[arg(
+        long = "token",
+        env = "ONCELY_TOKENS",
+        value_name = "TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub tokens: Vec<String>,
+
+    /// When a mark is acknowledged: flush (survives kill -9), sync (survives power
+    /// loss) or memory (survives nothing) [default: flush].
+    #[arg(long, env = "ONCELY_DURABILITY", value_name = "MODE")]
+    pub durability: Option<Durability>,
+
+    /// Largest request body; larger ones are answered 413 [default: 4MiB].
+    #[arg(long, env = "ONCELY_MAX_BODY_BYTES", value_name = "SIZE")]
+    pub max_body_bytes: Option<ByteSize>,
+
+    /// Most IDs in one check or check-and-mark; more are answered 400 [default: 10000].
+    #[arg(long, env = "ONCELY_MAX_IDS", value_name = "N")]
+    pub max_ids: Option<usize>,
+
+    /// Most requests in progress at once; more are answered 503 at once rather than
+    /// queued [default: 256].
+    #[arg(long, env = "ONCELY_MAX_CONCURRENCY", value_name = "N")]
+    pub max_concurrency: Option<usize>,
+
+    /// RocksDB block cache [default: 64MiB].
+    #[arg(long, env = "ONCELY_CACHE_BYTES", value_name = "SIZE")]
+    pub cache_bytes: Option<ByteSize>,
+
+    /// RocksDB memtable budget, charged to the cache [default: 64MiB].
+    #[arg(long, env = "ONCELY_MEMTABLE_BYTES", value_name = "SIZE")]
+    pub memtable_bytes: Option<ByteSize>,
+
+    /// How long in-flight requests get to finish after SIGTERM or SIGINT [default: 10s].
+    #[arg(long, env = "ONCELY_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = parse_duration)]
+    pub shutdown_grace: Option<HumanDuration>,
 }
 
 /// The seed `oncelyd tune` uses unless told otherwise: fixed, so that two runs with the

@@ -10,12 +10,20 @@
 //! runs lives here, so it can be tested without a process:
 //!
 //! * [`cli`]: the command line (clap types), one subcommand per tool.
+//! * [`config`]: `oncelyd serve`'s settings from flags, environment and a TOML file.
+//! * [`server`]: `oncelyd serve`: the axum application ([`server::app`]), start-up,
+//!   graceful shutdown.
+//! * [`api`]: the HTTP API's request and response types, shared with clients.
 //! * [`tune`]: `oncelyd tune`: sizing report, measurement, text and JSON output, plot.
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
+pub mod api;
 pub mod cli;
+pub mod config;
+pub mod server;
 pub mod tune;
 
 /// Everything that can go wrong in `oncelyd`'s commands.
@@ -46,4 +54,61 @@ pub enum Error {
     /// The report could not be written to its output (standard output for the CLI).
     #[error("cannot write the report: {0}")]
     Output(#[source] io::Error),
+
+    /// A setting is out of range.
+    #[error("invalid setting {setting}: {reason}")]
+    Config {
+        /// The setting, by its file name (`max_ids`; `--max-ids`, `ONCELY_MAX_IDS`).
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The configuration file could not be read or parsed.
+    #[error("cannot use the configuration file {}: {reason}", path.display())]
+    ConfigFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong (the parser's message names the key and line).
+        reason: String,
+    },
+
+    /// A namespace declared in the configuration could not be created or updated.
+    #[error("cannot configure namespace {namespace:?} from the configuration: {source}")]
+    Namespace {
+        /// The namespace.
+        namespace: String,
+        /// What the library said.
+        #[source]
+        source: oncely::Error,
+    },
+
+    /// The tracker could not be opened (damaged store, unusable data directory, ...).
+    #[error("cannot open the data directory {}: {source}", path.display())]
+    Open {
+        /// The data directory (empty with `memory` durability).
+        path: PathBuf,
+        /// What the library said.
+        #[source]
+        source: oncely::Error,
+    },
+
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The server failed while running (accepting connections, the runtime).
+    #[error("server error: {0}")]
+    Serve(#[source] io::Error),
+
+    /// Closing the tracker at shutdown failed; acknowledged marks are still in the
+    /// write-ahead log.
+    #[error("cannot close the tracker cleanly: {0}")]
+    Close(#[source] oncely::Error),
 }

@@ -1,8 +1,9 @@
 //! The `oncelyd` binary: parses the command line, sets up logging and hands over to
 //! the `oncelyd` library, where every command lives.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -25,6 +26,19 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve(args) => {
+            let settings = oncelyd::config::Settings::resolve(&args)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("oncelyd")
+                .build()
+                .context("cannot start the async runtime")?;
+            let served = runtime.block_on(oncelyd::server::serve(settings));
+            // The tracker is closed by now; don't let a stuck blocking task (a
+            // request whose client left after the grace period) hold the exit.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            served?;
+        }
         Command::Tune(args) => {
             let mut out = std::io::stdout().lock();
             oncelyd::tune::run(&args, &mut out)?;
@@ -41,5 +55,7 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for people: log files and pipes get plain `key=value`.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }

@@ -13,6 +13,7 @@ fn args(extra: &[&str]) -> TuneArgs {
     let argv = ["oncelyd", "tune"].iter().chain(extra);
     match Cli::try_parse_from(argv).expect("arguments parse").command {
         Command::Tune(args) => args,
+        other => panic!("expected the tune command, got {other:?}"),
     }
 }
 

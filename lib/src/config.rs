@@ -44,17 +44,14 @@ pub struct NamespaceConfig {
     generation_span: Duration,
     fp_rate: f64,
     exact_generations: u32,
+    /// Derived from the fields above at validation, so every generation opened
+    /// reuses it instead of searching again.
+    sizing: FilterSizing,
 }
 
 impl Default for NamespaceConfig {
     fn default() -> Self {
-        Self {
-            generations: 4,
-            generation_capacity: 1_000_000,
-            generation_span: Duration::from_secs(3600),
-            fp_rate: 0.01,
-            exact_generations: 2,
-        }
+        Self::validate(&ConfigSpec::default()).expect("the defaults are valid")
     }
 }
 
@@ -111,9 +108,8 @@ impl NamespaceConfig {
 
     /// The sizing of each generation's filter.
     #[must_use]
-    pub fn filter_sizing(&self) -> FilterSizing {
-        size_filter(self.generation_capacity, self.generation_fp_rate())
-            .expect("validated at build time")
+    pub const fn filter_sizing(&self) -> FilterSizing {
+        self.sizing
     }
 
     /// The remembering guarantee as `(time, new IDs)`: an ID is remembered for at
@@ -170,43 +166,44 @@ impl NamespaceConfig {
                 ),
             );
         }
-        let config = Self {
-            generations: spec.generations,
-            generation_capacity: spec.generation_capacity,
-            generation_span: span,
-            fp_rate: spec.fp_rate,
-            exact_generations: spec.exact_generations,
-        };
         // Surfaces sizes that overflow memory, or rates that need too many hashes.
-        let sizing =
-            size_filter(config.generation_capacity, config.generation_fp_rate()).map_err(|e| {
-                match e {
-                    Error::InvalidConfig {
-                        field: "capacity",
-                        reason,
-                    } => Error::InvalidConfig {
-                        field: "generation_capacity",
-                        reason,
-                    },
-                    other => other,
-                }
-            })?;
+        let sizing = size_filter(
+            spec.generation_capacity,
+            per_generation_fp(spec.fp_rate, spec.generations),
+        )
+        .map_err(|e| match e {
+            Error::InvalidConfig {
+                field: "capacity",
+                reason,
+            } => Error::InvalidConfig {
+                field: "generation_capacity",
+                reason,
+            },
+            other => other,
+        })?;
         let total = sizing
             .memory_bytes()
-            .saturating_mul(u64::from(config.generations));
+            .saturating_mul(u64::from(spec.generations));
         if total > MAX_NAMESPACE_FILTER_BYTES {
             return bad(
                 "generations",
                 format!(
                     "{} generations of {} bytes of filter need {total} bytes, over the \
                      {} GiB limit per namespace",
-                    config.generations,
+                    spec.generations,
                     sizing.memory_bytes(),
                     MAX_NAMESPACE_FILTER_BYTES >> 30
                 ),
             );
         }
-        Ok(config)
+        Ok(Self {
+            generations: spec.generations,
+            generation_capacity: spec.generation_capacity,
+            generation_span: span,
+            fp_rate: spec.fp_rate,
+            exact_generations: spec.exact_generations,
+            sizing,
+        })
     }
 }
 
@@ -271,7 +268,13 @@ struct ConfigSpec {
 
 impl Default for ConfigSpec {
     fn default() -> Self {
-        NamespaceConfig::default().into()
+        Self {
+            generations: 4,
+            generation_capacity: 1_000_000,
+            generation_span: HumanDuration(Duration::from_secs(3600)),
+            fp_rate: 0.01,
+            exact_generations: 2,
+        }
     }
 }
 

@@ -75,6 +75,10 @@ pub enum Error {
     #[error("{0}")]
     Refused(String),
 
+    /// The tracker was closed; no further operations are accepted.
+    #[error("the tracker is closed")]
+    Closed,
+
     /// A stored record is damaged or from an unknown format version.
     #[error("damaged store: {0}")]
     Corrupt(String),

@@ -17,6 +17,7 @@
 //! persistence around it.
 
 use std::collections::VecDeque;
+use std::sync::OnceLock;
 
 use crate::clock::Timestamp;
 use crate::config::NamespaceConfig;
@@ -36,6 +37,9 @@ pub struct Generation {
     opened_at: Timestamp,
     sealed_at: Option<Timestamp>,
     ids: u64,
+    /// A sealed filter never changes, so its statistics (a pass over every bit) are
+    /// computed once.
+    sealed_stats: OnceLock<FilterStats>,
 }
 
 impl Generation {
@@ -54,6 +58,7 @@ impl Generation {
             opened_at,
             sealed_at,
             ids,
+            sealed_stats: OnceLock::new(),
         }
     }
 
@@ -90,7 +95,11 @@ impl Generation {
     /// Statistics of its filter.
     #[must_use]
     pub fn stats(&self) -> FilterStats {
-        self.filter.stats()
+        if self.sealed_at.is_some() {
+            *self.sealed_stats.get_or_init(|| self.filter.stats())
+        } else {
+            self.filter.stats()
+        }
     }
 }
 
@@ -297,6 +306,7 @@ impl GenerationRing {
             .expect("the rotation's sealed generation");
         debug_assert_eq!(sealed.id, rotation.sealed);
         sealed.sealed_at = None;
+        sealed.sealed_stats = OnceLock::new();
         for g in rotation.dropped.into_iter().rev() {
             self.gens.push_front(g);
         }

@@ -168,9 +168,9 @@ pub fn blocked_fp(bits: u64, hashes: u32, n: u64) -> f64 {
         return (-(lambda * k * miss_one).exp_m1()).powf(k);
     }
     let ln_lambda = lambda.ln();
-    // Sum the Poisson terms within mean +- (12 sigma + 40): the rest is below f64
-    // resolution. The window keeps the cost bounded for any load.
-    let spread = 12.0 * lambda.sqrt() + 40.0;
+    // Sum the Poisson terms within mean +- (8 sigma + 20): the mass outside is below
+    // 1e-12. The window keeps the cost bounded for any load.
+    let spread = 8.0 * lambda.sqrt() + 20.0;
     let first = (lambda - spread).max(0.0).floor() as u64;
     let last = (lambda + spread).ceil() as u64;
     let mut sum = 0.0;
@@ -254,13 +254,19 @@ pub fn size_filter_with_layout(
         return Err(too_large(capacity, fp));
     }
     let target = fp * SIZING_HEADROOM;
+    // The standard layout is best at k = log2(1/fp); the blocked layout at the same k
+    // or a few fewer. Searching that neighbourhood finds the optimum of both.
+    let k_star = (-target.log2()).round().max(1.0);
     let mut best: Option<(u64, u32)> = None;
-    for k in 1..=MAX_HASHES {
-        let Some(blocks) = min_blocks(layout, capacity, k, target) else {
-            continue;
-        };
-        if best.is_none_or(|(b, _)| blocks < b) {
-            best = Some((blocks, k));
+    if k_star <= f64::from(MAX_HASHES) {
+        let k_star = k_star as u32;
+        for k in k_star.saturating_sub(4).max(1)..=(k_star + 3).min(MAX_HASHES) {
+            let Some(blocks) = min_blocks(layout, capacity, k, target) else {
+                continue;
+            };
+            if best.is_none_or(|(b, _)| blocks < b) {
+                best = Some((blocks, k));
+            }
         }
     }
     let (blocks, hashes) = best.ok_or_else(|| Error::InvalidConfig {
@@ -324,17 +330,30 @@ fn too_large(capacity: u64, fp: f64) -> Error {
 /// `capacity` IDs, or `None` when no size within [`MAX_FILTER_BYTES`] does.
 fn min_blocks(layout: Layout, capacity: u64, k: u32, target: f64) -> Option<u64> {
     let max_blocks = MAX_FILTER_BYTES * 8 / BLOCK_BITS;
-    let fits = |blocks: u64| layout_fp(layout, blocks * BLOCK_BITS, k, capacity) <= target;
-    // Galloping search for an upper bound, then bisection: the rate falls as blocks grow.
-    // Start at one bit per ID: no useful rate needs fewer.
-    let mut hi = capacity.div_ceil(BLOCK_BITS).clamp(1, max_blocks);
+    // The standard layout's size in closed form: (1 - e^(-kn/m))^k = target.
+    let kf = f64::from(k);
+    let m_standard = -kf * capacity as f64 / (-target.powf(1.0 / kf)).ln_1p();
+    let blocks = (m_standard / BLOCK_BITS as f64).ceil();
+    if !blocks.is_finite() || blocks > max_blocks as f64 {
+        return None;
+    }
+    let standard = (blocks as u64).max(1);
+    if layout == Layout::Standard {
+        return Some(standard);
+    }
+    // A blocked filter does no better than a standard one of the same size, so the
+    // search starts there and gallops upwards, then bisects.
+    let fits = |blocks: u64| blocked_fp(blocks * BLOCK_BITS, k, capacity) <= target;
+    let (mut lo, mut hi) = (standard - 1, standard);
+    let mut step = standard / 32 + 1;
     while !fits(hi) {
-        if hi >= max_blocks {
+        if hi == max_blocks {
             return None;
         }
-        hi = (hi * 2).min(max_blocks);
+        lo = hi;
+        hi = (hi + step).min(max_blocks);
+        step *= 2;
     }
-    let mut lo = hi / 2; // does not fit, or 0
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
         if fits(mid) { hi = mid } else { lo = mid }

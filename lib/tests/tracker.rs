@@ -340,7 +340,7 @@ fn a_clean_close_spares_the_startup_scan() {
         let _ = t.check_and_mark("default", &ids(0..100), None).unwrap();
         assert_eq!(faults.scans.load(Ordering::SeqCst), 0);
         t.close().unwrap();
-        assert!(matches!(t.check("default", &["x"]), Err(Error::Refused(_))));
+        assert!(matches!(t.check("default", &["x"]), Err(Error::Closed)));
     }
     let (t, faults) = open_faulty(dir.path(), &c, small_config(1_000));
     assert_eq!(

@@ -93,6 +93,9 @@ impl RocksStore {
         // Write back SST and WAL data in 1 MiB steps instead of in bursts at fsync.
         db_opts.set_bytes_per_sync(1 << 20);
         db_opts.set_wal_bytes_per_sync(1 << 20);
+        // Every open starts a new info log; the default keeps 1,000 of them, which a
+        // frequently restarted process (tests, crash loops) turns into slow opens.
+        db_opts.set_keep_log_file_num(8);
         // Charge memtables to the block cache so that one number bounds RocksDB's
         // memory; stall writers rather than exceed it.
         let wbm = WriteBufferManager::new_write_buffer_manager_with_cache(

@@ -498,7 +498,7 @@ impl Tracker {
 
     fn namespace_handle(&self, name: &str) -> Result<Arc<Namespace>, Error> {
         if self.inner.closed.load(Ordering::Acquire) {
-            return Err(Error::Refused("the tracker is closed".into()));
+            return Err(Error::Closed);
         }
         let map = self
             .inner
@@ -855,7 +855,9 @@ impl Tracker {
         let mut first_error = None;
         for ns in self.all_namespaces() {
             let mut st = lock(&ns.state);
-            if st.deleted {
+            if st.deleted || st.closed {
+                // After close the open generation's final snapshot is written: a
+                // seal now would contradict it.
                 continue;
             }
             let now = self.inner.clock.now();

@@ -220,7 +220,7 @@ impl Tracker {
             return Err(Error::UnknownNamespace(ns.name.to_string()));
         }
         if st.closed {
-            return Err(Error::Refused("the tracker is closed".into()));
+            return Err(Error::Closed);
         }
         Ok(())
     }

@@ -1,0 +1,95 @@
+//! Bearer-token authentication.
+//!
+//! With no token configured every request passes. With tokens, every route but the
+//! health routes (`/healthz`, `/readyz`, which orchestrators probe without
+//! credentials) needs `Authorization: Bearer <token>` matching one of them, else 401.
+//! Unknown routes answer 401 too, so the route table is not disclosed to strangers.
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
+
+use super::AppState;
+use super::error::ApiError;
+
+/// Paths reachable without a token.
+const PUBLIC: [&str; 2] = ["/healthz", "/readyz"];
+
+/// Middleware: refuses requests without a valid token when tokens are configured.
+pub(crate) async fn require_token(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let tokens = state.tokens();
+    if tokens.is_empty() || PUBLIC.contains(&req.uri().path()) {
+        return next.run(req).await;
+    }
+    match presented(req.headers()) {
+        Some(given) if matches_any(tokens, given) => next.run(req).await,
+        Some(_) => unauthorized("the bearer token is not valid"),
+        None => unauthorized("this daemon requires Authorization: Bearer <token>"),
+    }
+}
+
+fn unauthorized(message: &str) -> Response {
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response()
+}
+
+/// The token of an `Authorization: Bearer <token>` header (the scheme is
+/// case-insensitive, as RFC 9110 says).
+fn presented(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let (scheme, rest) = value.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    Some(rest.trim_ascii())
+}
+
+/// Compares against every token in constant time, without stopping at the first
+/// match, so timing reveals neither the token's bytes nor which token matched. (Only
+/// a length mismatch is cheaper, which reveals a token's length at most.)
+fn matches_any(tokens: &[Box<[u8]>], given: &[u8]) -> bool {
+    let mut any = subtle::Choice::from(0);
+    for token in tokens {
+        any |= token.as_ref().ct_eq(given);
+    }
+    any.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(presented(&h), None);
+        for (value, want) in [
+            ("Bearer abc", Some(&b"abc"[..])),
+            ("bearer abc", Some(b"abc")),
+            ("BEARER  abc ", Some(b"abc")),
+            ("Basic abc", None),
+            ("Bearer", None),
+            ("Bearerabc", None),
+        ] {
+            h.insert(header::AUTHORIZATION, HeaderValue::from_static(value));
+            assert_eq!(presented(&h), want, "{value}");
+        }
+    }
+
+    #[test]
+    fn any_token_matches() {
+        let tokens: Vec<Box<[u8]>> = vec![Box::from(&b"one"[..]), Box::from(&b"two"[..])];
+        assert!(matches_any(&tokens, b"one"));
+        assert!(matches_any(&tokens, b"two"));
+        assert!(!matches_any(&tokens, b"three"));
+        assert!(!matches_any(&tokens, b""));
+        assert!(!matches_any(&tokens, b"on"));
+    }
+}

@@ -1,0 +1,181 @@
+//! HTTP errors: [`ApiError`] and the one [`IntoResponse`] that turns every error,
+//! ours, the library's and axum's rejections alike, into
+//! `{"error": {"code": "...", "message": "..."}}`.
+
+use std::fmt;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::api::{ErrorBody, ErrorResponse};
+
+/// An error answer: a status, a stable code and a message for humans.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    /// An error with any status and code.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 400 with a code naming the kind of bad input.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 500: a bug or damaged data, never bad input.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    /// 503 while the daemon shuts down.
+    pub fn shutting_down() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the daemon is shutting down; retry against another instance or after restart",
+        )
+    }
+
+    /// 503 when too many requests are in progress (load shedding).
+    pub fn overloaded(limit: usize) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!(
+                "{limit} requests are already in progress (max_concurrency); nothing in \
+                 this request was done, retry later"
+            ),
+        )
+    }
+
+    /// The status.
+    #[must_use]
+    pub const fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The code.
+    #[must_use]
+    pub const fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// The message.
+    #[must_use]
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl From<oncely::Error> for ApiError {
+    fn from(e: oncely::Error) -> Self {
+        use oncely::Error as E;
+        // Conflict and Refused carry a complete sentence; their Display would prefix
+        // "conflict: " to a message whose code already says so.
+        let message = match &e {
+            E::Conflict(m) | E::Refused(m) => m.clone(),
+            other => other.to_string(),
+        };
+        let (status, code) = match &e {
+            E::InvalidConfig { .. } => (StatusCode::BAD_REQUEST, "invalid_config"),
+            E::InvalidId { .. } => (StatusCode::BAD_REQUEST, "invalid_id"),
+            E::InvalidNamespace { .. } => (StatusCode::BAD_REQUEST, "invalid_namespace"),
+            E::InvalidOwner(_) => (StatusCode::BAD_REQUEST, "invalid_owner"),
+            E::InvalidArgument { .. } => (StatusCode::BAD_REQUEST, "invalid_argument"),
+            E::UnknownNamespace(_) => (StatusCode::NOT_FOUND, "unknown_namespace"),
+            E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            E::Refused(_) => (StatusCode::CONFLICT, "refused"),
+            E::Closed => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            // The library acknowledges nothing from a call whose write failed: the
+            // client may retry, here or elsewhere, once storage recovers.
+            E::Storage(_) | E::Io { .. } => {
+                return Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    format!("{message}; nothing in this request was acknowledged"),
+                );
+            }
+            // Damaged data and anything new in the library are ours to fix, not the
+            // caller's.
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        Self::new(status, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(status = self.status.as_u16(), code = self.code, message = %self.message, "request failed");
+        } else {
+            tracing::debug!(status = self.status.as_u16(), code = self.code, message = %self.message, "request refused");
+        }
+        let body = ErrorResponse {
+            error: ErrorBody {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
+        let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| {
+            br#"{"error":{"code":"internal","message":"cannot encode the error"}}"#.to_vec()
+        });
+        let mut response = (
+            self.status,
+            [(header::CONTENT_TYPE, HeaderValue::from_static(super::JSON))],
+            bytes,
+        )
+            .into_response();
+        let headers = response.headers_mut();
+        match self.status {
+            StatusCode::UNAUTHORIZED => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"oncelyd\""),
+                );
+            }
+            // Shedding and storage failures are transient: tell clients when to retry
+            // instead of letting them hammer an overloaded server.
+            StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// Maps serde_json's errors: syntax to `invalid_json`, types and fields to
+/// `invalid_request` (or `data_code`, e.g. `invalid_config` for a namespace body).
+pub(crate) fn json_error(e: &serde_json::Error, data_code: &'static str) -> ApiError {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Data => ApiError::bad_request(data_code, e.to_string()),
+        Category::Syntax | Category::Eof | Category::Io => {
+            ApiError::bad_request("invalid_json", format!("malformed JSON: {e}"))
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! `oncelyd serve`: the shared HTTP dedup authority.
+//!
+//! * [`app`] builds the axum application around an [`AppState`] (tests drive it
+//!   with `tower::ServiceExt::oneshot`, no socket needed).
+//! * [`run`] serves an application on a bound listener until a shutdown future
+//!   completes, then drains and closes the tracker; [`serve`] does everything from
+//!   [`Settings`]: opens the tracker, declares namespaces, binds, and runs until
+//!   SIGINT or SIGTERM.
+//!
+//! # Request path
+//!
+//! Outermost first: a panic guard (a last resort: no input is meant to panic), the
+//! metrics recorder (which counts every answer, refusals included), bearer
+//! authentication, the body limit, then the route. Routes that touch the tracker
+//! first take an admission permit (`Admitted`), shedding load with an immediate
+//! 503 when `max_concurrency` requests are already in progress instead of queueing
+//! without bound, then do their work on the blocking pool.
+//!
+//! # Why the blocking pool
+//!
+//! Every tracker call may wait on RocksDB (a WAL write, an fsync in `sync` mode, a
+//! read on a filter hit), so each runs in `tokio::task::spawn_blocking`, never on an
+//! async worker. That is also what makes the daemon fast: concurrent requests reach
+//! RocksDB from separate threads at the same moment, and RocksDB's group commit
+//! folds their writes into one WAL append (one fsync in `sync` mode) for the whole
+//! group. The admission limit bounds how many blocking threads requests can occupy.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::http::request::Parts;
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use oncely::{Durability, Tracker};
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::Error;
+use crate::config::Settings;
+
+mod auth;
+mod error;
+mod extract;
+mod metrics;
+mod openapi;
+mod routes;
+mod shutdown;
+
+pub use error::ApiError;
+pub use shutdown::{run, shutdown_signal};
+
+/// The content type of every JSON answer.
+pub(crate) const JSON: &str = "application/json";
+
+/// Request limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Most IDs in one check or check-and-mark (more: 400 `too_many_ids`).
+    pub max_ids: usize,
+    /// Largest request body in bytes (more: 413 `payload_too_large`).
+    pub max_body_bytes: usize,
+    /// Most tracker requests in progress at once (more: 503 `overloaded`).
+    pub max_concurrency: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let s = Settings::default();
+        Self {
+            max_ids: s.max_ids,
+            max_body_bytes: s.max_body_bytes,
+            max_concurrency: s.max_concurrency,
+        }
+    }
+}
+
+/// Permits of the task gate: far more than requests can ever hold at once (they are
+/// bounded by `max_concurrency`), so only shutdown, taking them all, ever waits.
+const TASK_PERMITS: u32 = 1 << 30;
+
+/// What every handler shares: the tracker, limits, tokens, metrics and the gates.
+/// Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    tracker: Tracker,
+    limits: Limits,
+    tokens: Vec<Box<[u8]>>,
+    metrics: Arc<metrics::Metrics>,
+    /// Admission: one permit per tracker request in progress.
+    admission: Arc<Semaphore>,
+    /// One permit per blocking task; shutdown takes them all to wait for the last.
+    tasks: Arc<Semaphore>,
+    ready: AtomicBool,
+}
+
+impl std::fmt::Debug for Shared {
+    // By hand, so that no log line or panic message ever shows a token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("tracker", &self.tracker)
+            .field("limits", &self.limits)
+            .field("tokens", &format_args!("[{} redacted]", self.tokens.len()))
+            .field("ready", &self.ready)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// State around an open tracker. With `tokens` non-empty, requests need one of
+    /// them as a bearer token.
+    pub fn new(tracker: Tracker, limits: Limits, tokens: &[String]) -> Self {
+        let metrics = Arc::new(metrics::Metrics::new(tracker.clone()));
+        Self {
+            inner: Arc::new(Shared {
+                tracker,
+                limits,
+                tokens: tokens.iter().map(|t| Box::from(t.as_bytes())).collect(),
+                metrics,
+                admission: Arc::new(Semaphore::new(limits.max_concurrency)),
+                tasks: Arc::new(Semaphore::new(TASK_PERMITS as usize)),
+                ready: AtomicBool::new(true),
+            }),
+        }
+    }
+
+    /// State from resolved settings.
+    pub fn from_settings(tracker: Tracker, settings: &Settings) -> Self {
+        let limits = Limits {
+            max_ids: settings.max_ids,
+            max_body_bytes: settings.max_body_bytes,
+            max_concurrency: settings.max_concurrency,
+        };
+        Self::new(tracker, limits, &settings.tokens)
+    }
+
+    /// The tracker.
+    #[must_use]
+    pub fn tracker(&self) -> &Tracker {
+        &self.inner.tracker
+    }
+
+    /// The limits.
+    #[must_use]
+    pub fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    /// Whether `/readyz` answers ready: true from construction until shutdown begins.
+    #[must_use]
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+
+    /// Marks the daemon ready or not (shutdown sets it to false first thing, so load
+    /// balancers stop sending traffic while in-flight requests finish).
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, Ordering::Release);
+    }
+
+    pub(crate) fn tokens(&self) -> &[Box<[u8]>] {
+        &self.inner.tokens
+    }
+
+    pub(crate) fn metrics(&self) -> &metrics::Metrics {
+        &self.inner.metrics
+    }
+
+    pub(crate) fn metrics_handle(&self) -> Arc<metrics::Metrics> {
+        Arc::clone(&self.inner.metrics)
+    }
+
+    /// Runs `f` on the blocking pool, holding the request's admission permit until
+    /// it returns (not merely until the client goes away), so `max_concurrency`
+    /// bounds the tracker calls actually running.
+    pub(crate) async fn blocking<T, F>(&self, admitted: Admitted, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&Tracker) -> Result<T, ApiError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.blocking_unadmitted(move |tracker| {
+            let _admitted = admitted;
+            f(tracker)
+        })
+        .await
+    }
+
+    /// Runs `f` on the blocking pool without an admission permit.
+    pub(crate) async fn blocking_unadmitted<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&Tracker) -> Result<T, ApiError> + Send + 'static,
+        T: Send + 'static,
+    {
+        // Fails only once shutdown has taken every permit: nothing new starts then.
+        let Ok(task) = Arc::clone(&self.inner.tasks).try_acquire_owned() else {
+            return Err(ApiError::shutting_down());
+        };
+        let tracker = self.inner.tracker.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let _task = task;
+            f(&tracker)
+        })
+        .await;
+        match joined {
+            Ok(Ok(t)) => Ok(t),
+            // After close, the tracker refuses calls: that is a shutdown, not a
+            // conflict.
+            Ok(Err(e)) if e.code() == "refused" && !self.is_ready() => {
+                Err(ApiError::shutting_down())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(join) => {
+                tracing::error!(error = %join, "a request handler panicked");
+                Err(ApiError::internal("the request failed unexpectedly"))
+            }
+        }
+    }
+}
+
+/// An admission permit: one of `max_concurrency`. Taking it fails at once, with 503
+/// `overloaded`, when all are in use; the request then does nothing.
+#[derive(Debug)]
+pub(crate) struct Admitted(#[allow(dead_code)] OwnedSemaphorePermit);
+
+impl FromRequestParts<AppState> for Admitted {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(_: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match Arc::clone(&state.inner.admission).try_acquire_owned() {
+            Ok(permit) => Ok(Self(permit)),
+            Err(_) => {
+                state.metrics().shed();
+                Err(ApiError::overloaded(state.limits().max_concurrency))
+            }
+        }
+    }
+}
+
+/// Every route, registered together with its OpenAPI description.
+fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(routes::check_and_mark))
+        .routes(routes!(routes::check))
+        .routes(routes!(routes::claim))
+        .routes(routes!(routes::complete))
+        .routes(routes!(routes::release))
+        .routes(routes!(
+            routes::put_namespace,
+            routes::get_namespace,
+            routes::delete_namespace
+        ))
+        .routes(routes!(routes::list_namespaces))
+        .routes(routes!(routes::put_checkpoint, routes::get_checkpoint))
+        .routes(routes!(routes::healthz))
+        .routes(routes!(routes::readyz))
+        .routes(routes!(routes::metrics))
+        .routes(routes!(routes::openapi_json))
+}
+
+/// The OpenAPI document of every route [`app`] serves.
+#[must_use]
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_router().into_openapi()
+}
+
+/// The daemon's HTTP application.
+pub fn app(state: AppState) -> Router {
+    let (router, _) = api_router().split_for_parts();
+    router
+        // Both must come after the routes: they wrap what exists.
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .fallback(routes::not_found)
+        .layer(DefaultBodyLimit::max(state.limits().max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::record,
+        ))
+        .layer(CatchPanicLayer::custom(|_| -> Response {
+            tracing::error!("a request panicked");
+            ApiError::internal("the request failed unexpectedly").into_response()
+        }))
+        .with_state(state)
+}
+
+/// Opens the tracker the settings describe, on the blocking pool (recovery reads
+/// snapshots and may scan an exact table).
+///
+/// # Errors
+///
+/// [`Error::Open`] naming the data directory.
+pub async fn open_tracker(settings: &Settings) -> Result<Tracker, Error> {
+    let mut builder = Tracker::builder()
+        .durability(settings.durability)
+        .rocks_options(settings.rocks);
+    if let Some(config) = settings.namespaces.get(oncely::NamespaceName::DEFAULT) {
+        builder = builder.default_config(config.clone());
+    }
+    let path = if settings.durability == Durability::Memory {
+        std::path::PathBuf::new()
+    } else {
+        builder = builder.path(&settings.data_dir);
+        settings.data_dir.clone()
+    };
+    let opened = tokio::task::spawn_blocking(move || builder.open())
+        .await
+        .map_err(|e| Error::Serve(std::io::Error::other(e)))?;
+    opened.map_err(|source| Error::Open { path, source })
+}
+
+/// Creates or updates the namespaces the settings declare.
+///
+/// # Errors
+///
+/// [`Error::Namespace`] naming the namespace.
+pub async fn declare_namespaces(tracker: &Tracker, settings: &Settings) -> Result<(), Error> {
+    let tracker = tracker.clone();
+    let namespaces = settings.namespaces.clone();
+    tokio::task::spawn_blocking(move || {
+        for (name, config) in namespaces {
+            let configured = tracker
+                .configure_namespace(&name, config)
+                .map_err(|source| Error::Namespace {
+                    namespace: name.clone(),
+                    source,
+                })?;
+            tracing::info!(namespace = %name, ?configured, "namespace declared by the configuration");
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| Error::Serve(std::io::Error::other(e)))?
+}
+
+/// Runs the daemon the settings describe until SIGINT or SIGTERM: opens the
+/// tracker, declares the configured namespaces, binds, serves, then shuts down
+/// gracefully (see [`run`]).
+///
+/// # Errors
+///
+/// Start-up failures ([`Error::Open`], [`Error::Namespace`], [`Error::Bind`]),
+/// [`Error::Serve`] and [`Error::Close`].
+pub async fn serve(settings: Settings) -> Result<(), Error> {
+    let tracker = open_tracker(&settings).await?;
+    let started = async {
+        declare_namespaces(&tracker, &settings).await?;
+        TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: settings.listen,
+                source,
+            })
+    }
+    .await;
+    let listener = match started {
+        Ok(listener) => listener,
+        Err(e) => {
+            let t = tracker.clone();
+            // Best effort: the error to report is the start-up failure.
+            let _ = tokio::task::spawn_blocking(move || t.close()).await;
+            return Err(e);
+        }
+    };
+    let addr = listener.local_addr().map_err(Error::Serve)?;
+    let data_dir = if settings.durability == Durability::Memory {
+        "(none: memory durability)".to_owned()
+    } else {
+        settings.data_dir.display().to_string()
+    };
+    // One line says where it listens, what it keeps and where: the process tests
+    // read the bound address from `listen=`.
+    tracing::info!(
+        listen = %addr,
+        data_dir = %data_dir,
+        durability = %settings.durability,
+        auth = if settings.tokens.is_empty() { "off" } else { "bearer" },
+        max_concurrency = settings.max_concurrency,
+        "oncelyd listening on http://{addr}"
+    );
+    let state = AppState::from_settings(tracker, &settings);
+    run(listener, state, shutdown_signal(), settings.shutdown_grace).await
+}
+
+/// How often the ticker seals generations whose span has passed.
+pub const TICK_INTERVAL: Duration = Duration::from_secs(1);

@@ -1,0 +1,616 @@
+//! The handlers, one per route, each annotated with its OpenAPI description (the
+//! router is built from these annotations, see [`super::app`], so the document and
+//! the routes cannot drift apart).
+//!
+//! Every handler that touches the tracker does all its work, parsing the body
+//! included, in one closure on the blocking pool ([`AppState::blocking`]): the
+//! parsed request borrows the body's bytes, and the async workers never wait on
+//! RocksDB.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use oncely::{NamespaceConfig, Tracker};
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::extract::{ApiPath, JsonBody};
+use super::metrics::{self, Op};
+use super::{Admitted, AppState, JSON};
+use crate::api::{
+    CheckRequest, CheckResponse, CheckResult, CheckpointBody, CheckpointResponse, ClaimAction,
+    ClaimActionResponse, ClaimRequest, ClaimResponse, ClaimState, ErrorResponse, Health,
+    MarkRequest, MarkResponse, MarkResult, NamespaceConfigSchema, NamespaceList, NamespaceView,
+};
+
+/// Serialises `value` as a JSON response. `capacity` is a guess of the size, so that
+/// a large answer is written into one allocation.
+pub(crate) fn json<T: Serialize>(
+    status: StatusCode,
+    value: &T,
+    capacity: usize,
+) -> Result<Response, ApiError> {
+    let mut buf = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut buf, value)
+        .map_err(|e| ApiError::internal(format!("cannot encode the response: {e}")))?;
+    Ok((
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(JSON))],
+        buf,
+    )
+        .into_response())
+}
+
+fn check_count(n: usize, max: usize) -> Result<(), ApiError> {
+    if n > max {
+        return Err(ApiError::bad_request(
+            "too_many_ids",
+            format!(
+                "{n} IDs in one request, over the limit of {max} (max_ids); nothing was marked"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Borrowed views of the IDs, as the tracker takes them (`Cow<str>` is not
+/// `AsRef<[u8]>`): one small vector per request, no copy of any ID.
+fn id_refs<'a>(ids: &'a [std::borrow::Cow<'a, str>]) -> Vec<&'a str> {
+    ids.iter().map(AsRef::as_ref).collect()
+}
+
+/// Bytes of JSON per result, roughly: `{"id":"…","verdict":"duplicate","replayed":false},`
+/// around a typical 16 to 36-byte ID.
+const RESULT_BYTES: usize = 96;
+
+/// Checks a batch of IDs and marks the new ones, atomically per ID.
+///
+/// Among any number of concurrent callers marking the same ID, exactly one gets
+/// `new`. Results come back in the order of `ids`. With an `owner`, the same owner
+/// marking an ID again gets `new` with `replayed: true`. A refused request (bad ID,
+/// too many IDs) marks nothing; a storage failure (503) acknowledges nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/namespaces/{ns}/check-and-mark",
+    tag = "dedup",
+    params(("ns" = String, Path, description = "Namespace name: 1 to 64 of A-Z a-z 0-9 . _ -")),
+    request_body = MarkRequest<'_>,
+    responses(
+        (status = 200, description = "One verdict per ID, in request order", body = MarkResponse<'_>),
+        (status = 400, description = "Bad ID, owner, namespace name, JSON, or too many IDs; nothing was marked", body = ErrorResponse),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
+        (status = 404, description = "Unknown namespace", body = ErrorResponse),
+        (status = 413, description = "Body over max_body_bytes", body = ErrorResponse),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorResponse),
+        (status = 503, description = "Storage failed (nothing acknowledged), overloaded, or shutting down", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn check_and_mark(
+    State(state): State<AppState>,
+    admitted: Admitted,
+    ApiPath(ns): ApiPath<String>,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    let max_ids = state.limits().max_ids;
+    let m = state.metrics_handle();
+    state
+        .blocking(admitted, move |tracker| {
+            let req: MarkRequest<'_> = body.parse("invalid_request")?;
+            check_count(req.ids.len(), max_ids)?;
+            let ids = id_refs(&req.ids);
+            let verdicts = tracker.check_and_mark(&ns, &ids, req.owner.as_deref())?;
+            m.count_verdicts(Op::CheckAndMark, &verdicts);
+            let results = ids
+                .iter()
+                .zip(verdicts)
+                .map(|(id, v)| MarkResult::new(id, v))
+                .collect();
+            json(
+                StatusCode::OK,
+                &MarkResponse { results },
+                ids.len() * RESULT_BYTES + 16,
+            )
+        })
+        .await
+}
+
+/// Checks a batch of IDs without marking: `new` here means unseen.
+#[utoipa::path(
+    post,
+    path = "/v1/namespaces/{ns}/check",
+    tag = "dedup",
+    params(("ns" = String, Path, description = "Namespace name")),
+    request_body = CheckRequest<'_>,
+    responses(
+        (status = 200, description = "One verdict per ID, in request order", body = CheckResponse<'_>),
+        (status = 400, description = "Bad ID, namespace name, JSON, or too many IDs", body = ErrorResponse),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
+        (status = 404, description = "Unknown namespace", body = ErrorResponse),
+        (status = 413, description = "Body over max_body_bytes", body = ErrorResponse),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorResponse),
+        (status = 503, description = "Storage failed, overloaded, or shutting down", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn check(
+    State(state): State<AppState>,
+    admitted: Admitted,
+    ApiPath(ns): ApiPath<String>,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    let max_ids = state.limits().max_ids;
+    let m = state.metrics_handle();
+    state
+        .blocking(admitted, move |tracker| {
+            let req: CheckRequest<'_> = body.parse("invalid_request")?;
+            check_count(req.ids.len(), max_ids)?;
+            let ids = id_refs(&req.ids);
+            let verdicts = tracker.check(&ns, &ids)?;
+            m.count_verdicts(Op::Check, &verdicts);
+            let results = ids
+                .iter()
+                .zip(verdicts)
+                .map(|(id, v)| CheckResult::new(id, v))
+                .collect();
+            json(
+                StatusCode::OK,
+                &CheckResponse { results },
+                ids.len() * RESULT_BYTES + 16,
+            )
+        })
+        .await
+}
+
+/// Claims an ID for `owner` for `lease_ms`: exclusive processing rights.
+///
+/// Answers 200 whatever the verdict: `acquired` (process, then complete or
+/// release), `in_progress` (another owner's lease is live until `until_ms`),
+/// `duplicate` (done) or `probable_duplicate`. The same owner claiming again renews
+/// its lease (`replayed: true`).
+#[utoipa::path(
+    post,
+    path = "/v1/namespaces/{ns}/claims",
+    tag = "claims",
+    params(("ns" = String, Path, description = "Namespace name")),
+    request_body = ClaimRequest,
+    responses(
+        (status = 200, description = "The claim's outcome", body = ClaimResponse),
+        (status = 400, description = "Bad ID, owner, lease, namespace name or JSON", body = ErrorResponse),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
+        (status = 404, description = "Unknown namespace", body = ErrorResponse),
+        (status = 413, description = "Body over max_body_bytes", body = ErrorResponse),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorResponse),
+        (status = 503, description = "Storage failed, overloaded, or shutting down", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn claim(
+    State(state): State<AppState>,
+    admitted: Admitted,
+    ApiPath(ns): ApiPath<String>,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    state
+        .blocking(admitted, move |tracker| {
+            let req: ClaimRequest = body.parse("invalid_request")?;
+            let lease = std::time::Duration::from_millis(req.lease_ms);
+            let outcome = tracker.claim(&ns, &req.id, &req.owner, lease)?;
+            json(StatusCode::OK, &ClaimResponse::from(outcome), 64)
+        })
+        .await
+}
+
+/// Turns `owner`'s claim into a done mark: the ID answers `duplicate` from then on.
+/// Completing twice is fine.
+#[utoipa::path(
+    post,
+    path = "/v1/namespaces/{ns}/claims/complete",
+    tag = "claims",
+    params(("ns" = String, Path, description = "Namespace name")),
+    request_body = ClaimAction,
+    responses(
+        (status = 200, description = "Completed", body = ClaimActionResponse),
+        (status = 400, description = "Bad ID, owner, namespace name or JSON", body = ErrorResponse),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
+        (status = 404, description = "Unknown namespace", body = ErrorResponse),
+        (status = 409, description = "Another owner holds or completed the ID, or there is no claim", body = ErrorResponse),
+        (status = 413, description = "Body over max_body_bytes", body = ErrorResponse),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorResponse),
+        (status = 503, description = "Storage failed, overloaded, or shutting down", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn complete(
+    State(state): State<AppState>,
+    admitted: Admitted,
+    ApiPath(ns): ApiPath<String>,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    claim_action(state, admitted, ns, body, ClaimState::Completed).await
+}
+
+/// Forgets `owner`'s claim so that a redelivery can claim the ID. Releasing an ID
+/// with no claim is fine (a retried release).
+#[utoipa::path(
+    post,
+    path = "/v1/namespaces/{ns}/claims/release",
+    tag = "claims",
+    params(("ns" = String, Path, description = "Namespace name")),
+    request_body = ClaimAction,
+    responses(
+        (status = 200, description = "Released", body = ClaimActionResponse),
+        (status = 400, description = "Bad ID, owner, namespace name or JSON", body = ErrorResponse),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
+        (status = 404, description = "Unknown namespace", body = ErrorResponse),
+        (status = 409, description = "Another owner holds the claim, or the ID is done", body = ErrorResponse),
+        (status = 413, description = "Body over max_body_bytes", body = ErrorResponse),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorResponse),
+        (status = 503, description = "Storage failed, overloaded, or shutting down", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn release(
+    State(state): State<AppState>,
+    admitted: Admitted,
+    ApiPath(ns): ApiPath<String>,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    claim_action(state, admitted, ns, body, ClaimState::Released).await
+}
+
+async fn claim_action(
+    state: AppState,
+    admitted: Admitted,
+    ns: String,
+    body: JsonBody,
+    action: ClaimState,
+) -> Result<Response, ApiError> {
+    state
+        .blocking(admitted, move |tracker| {
+            let req: ClaimAction = body.parse("invalid_request")?;
+            match action {
+                ClaimState::Completed => tracker.complete(&ns, &req.id, &req.owner)?,
+                ClaimState::Released => tracker.release(&ns, &req.id, &req.owner)?,
+            }
+            json(
+                StatusCode::OK,
+                &ClaimActionResponse {
+                    id: req.id,
+                    state: action,
+                },
+                64,
+            )
+        })
+        .await
+}
+
+/// Creates a namespace (201) or reconfigures an existing one (200).
+///
+/// The body is the namespace configuration; every field is optional (defaults for a
+/// new namespace), and an empty body means all defaults. A reconfiguration applies
+/// as `oncely::Tracker::configure_namespace` documents: for example a smaller
+/// `generations` drops the oldest generations at once.
+#[utoipa::path(
+    put,
+    path = "/v1/namespaces/{ns}",
+    tag = "namespaces",
+    params(("ns" = String, Path, description = "Namespace name")),
+    request_body = NamespaceConfigSchema,
+    responses(
+        (status = 201, description = "Created; its configuration and statistics", body = NamespaceView),
+        (status = 200, description = "Updated; its configuration and statistics", body = NamespaceView),
+        (status = 400, description = "Bad configuration (the message names the field), namespace name or JSON", body = ErrorResponse),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
+        (status = 413, description = "Body over max_body_bytes", body = ErrorResponse),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorResponse),
+        (status = 503, description = "Storage failed (nothing changed), overloaded, or shutting down", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn put_namespace(
+    State(state): State<AppState>,
+    admitted: Admitted,
+    ApiPath(ns): ApiPath<String>,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    state
+        .blocking(admitted, move |tracker| {
+            let config: NamespaceConfig = if body.is_blank() {
+                NamespaceConfig::default()
+            } else {
+                body.parse("invalid_config")?
+            };
+            let status = match tracker.configure_namespace(&ns, config)? {
+                oncely::Configured::Created => StatusCode::CREATED,
+                oncely::Configured::Updated => StatusCode::OK,
+            };
+            namespace_view(tracker, &ns, status)
+        })
+        .await
+}
+
+fn namespace_view(tracker: &Tracker, ns: &str, status: StatusCode) -> Result<Response, ApiError> {
+    let view = NamespaceView::from(tracker.namespace_info(ns)?);
+    json(status, &view, 512 + 384 * view.generations.len())
+}
+
+/// A namespace's configuration and live statistics: per generation its IDs, whether
+/// it keeps its exact table, its filter's fill ratio and estimated false-positive
+/// rate.
+#[utoipa::path(
+    get,
+    path = "/v1/namespaces/{ns}",
+    tag = "namespaces",
+    params(("ns" = String, Path, description = "Namespace name")),
+    responses(
+        (status = 200, description = "Configuration and statistics", body = NamespaceView),
+        (status = 400, description = "Bad namespace name", body = ErrorResponse),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
+        (status = 404, description = "Unknown namespace", body = ErrorResponse),
+        (status = 503, description = "Overloaded or shutting down", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn get_namespace(
+    State(state): State<AppState>,
+    admitted: Admitted,
+    ApiPath(ns): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    state
+        .blocking(admitted, move |tracker| {
+            namespace_view(tracker, &ns, StatusCode::OK)
+        })
+        .await
+}
+
+/// Deletes a namespace with all its marks, snapshots and checkpoints. The `default`
+/// namespace always exists: deleting it answers 409 `refused`.
+#[utoipa::path(
+    delete,
+    path = "/v1/namespaces/{ns}",
+    tag = "namespaces",
+    params(("ns" = String, Path, description = "Namespace name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Bad namespace name", body = ErrorResponse),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
+        (status = 404, description = "Unknown namespace", body = ErrorResponse),
+        (status = 409, description = "The default namespace cannot be deleted", body = ErrorResponse),
+        (status = 503, description = "Storage failed (nothing changed), overloaded, or shutting down", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn delete_namespace(
+    State(state): State<AppState>,
+    admitted: Admitted,
+    ApiPath(ns): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    state
+        .blocking(admitted, move |tracker| {
+            tracker.delete_namespace(&ns)?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        })
+        .await
+}
+
+/// Every namespace, sorted by name.
+#[utoipa::path(
+    get,
+    path = "/v1/namespaces",
+    tag = "namespaces",
+    responses(
+        (status = 200, description = "Namespace names", body = NamespaceList),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
+        (status = 503, description = "Overloaded or shutting down", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn list_namespaces(
+    State(state): State<AppState>,
+    admitted: Admitted,
+) -> Result<Response, ApiError> {
+    state
+        .blocking(admitted, move |tracker| {
+            let namespaces = tracker.namespaces();
+            json(StatusCode::OK, &NamespaceList { namespaces }, 256)
+        })
+        .await
+}
+
+/// Stores a consumer's last processed position in a namespace, durably (as a mark
+/// is). Resume from it with an inclusive lower bound.
+#[utoipa::path(
+    put,
+    path = "/v1/namespaces/{ns}/checkpoints/{consumer}",
+    tag = "checkpoints",
+    params(
+        ("ns" = String, Path, description = "Namespace name"),
+        ("consumer" = String, Path, description = "Consumer name: 1 to 64 of A-Z a-z 0-9 . _ -"),
+    ),
+    request_body = CheckpointBody,
+    responses(
+        (status = 200, description = "Stored", body = CheckpointResponse),
+        (status = 400, description = "Bad consumer name, position (1 to 1024 bytes), namespace name or JSON", body = ErrorResponse),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
+        (status = 404, description = "Unknown namespace", body = ErrorResponse),
+        (status = 413, description = "Body over max_body_bytes", body = ErrorResponse),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorResponse),
+        (status = 503, description = "Storage failed (nothing stored), overloaded, or shutting down", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn put_checkpoint(
+    State(state): State<AppState>,
+    admitted: Admitted,
+    ApiPath((ns, consumer)): ApiPath<(String, String)>,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    state
+        .blocking(admitted, move |tracker| {
+            let req: CheckpointBody = body.parse("invalid_request")?;
+            tracker.set_checkpoint(&ns, &consumer, &req.position)?;
+            json(
+                StatusCode::OK,
+                &CheckpointResponse {
+                    namespace: ns,
+                    consumer,
+                    position: req.position,
+                },
+                128,
+            )
+        })
+        .await
+}
+
+/// A consumer's stored position; 404 `checkpoint_not_found` when it has none.
+#[utoipa::path(
+    get,
+    path = "/v1/namespaces/{ns}/checkpoints/{consumer}",
+    tag = "checkpoints",
+    params(
+        ("ns" = String, Path, description = "Namespace name"),
+        ("consumer" = String, Path, description = "Consumer name"),
+    ),
+    responses(
+        (status = 200, description = "The stored position", body = CheckpointResponse),
+        (status = 400, description = "Bad consumer or namespace name", body = ErrorResponse),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
+        (status = 404, description = "Unknown namespace, or no checkpoint stored", body = ErrorResponse),
+        (status = 503, description = "Storage failed, overloaded, or shutting down", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn get_checkpoint(
+    State(state): State<AppState>,
+    admitted: Admitted,
+    ApiPath((ns, consumer)): ApiPath<(String, String)>,
+) -> Result<Response, ApiError> {
+    state
+        .blocking(admitted, move |tracker| {
+            let Some(position) = tracker.checkpoint(&ns, &consumer)? else {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "checkpoint_not_found",
+                    format!("consumer {consumer:?} has no checkpoint in namespace {ns:?}"),
+                ));
+            };
+            json(
+                StatusCode::OK,
+                &CheckpointResponse {
+                    namespace: ns,
+                    consumer,
+                    position,
+                },
+                128,
+            )
+        })
+        .await
+}
+
+/// Liveness: the process answers. Needs no token.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "Alive", body = Health))
+)]
+pub(crate) async fn healthz() -> Result<Response, ApiError> {
+    json(
+        StatusCode::OK,
+        &Health {
+            status: "ok".into(),
+        },
+        32,
+    )
+}
+
+/// Readiness: the tracker is open and the daemon is not shutting down. Needs no
+/// token.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "Ready", body = Health),
+        (status = 503, description = "Shutting down", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
+    if !state.is_ready() {
+        return Err(ApiError::shutting_down());
+    }
+    json(
+        StatusCode::OK,
+        &Health {
+            status: "ready".into(),
+        },
+        32,
+    )
+}
+
+/// Metrics in the Prometheus text format (0.0.4): requests by route and status,
+/// latency histograms, IDs by verdict, per-namespace fill ratio, estimated
+/// false-positive rate and generation count.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain; version=0.0.4", body = String),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    // Not admission-controlled: monitoring must see an overloaded daemon. It reads
+    // namespace statistics, so it runs on the blocking pool like the rest.
+    let m = state.metrics_handle();
+    let text = state
+        .blocking_unadmitted(move |_| {
+            m.encode()
+                .map_err(|_| ApiError::internal("cannot encode the metrics"))
+        })
+        .await?;
+    Ok((
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(metrics::CONTENT_TYPE),
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// This API's OpenAPI 3.1 document, generated from the handlers.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn openapi_json() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(JSON))],
+        Bytes::clone(&super::openapi::DOCUMENT),
+    )
+        .into_response()
+}
+
+/// Answers paths that match no route: 404 in the common error shape.
+pub(crate) async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {method} {}", uri.path()),
+    )
+}
+
+/// Answers a known path with a method it does not serve: 405 in the common error
+/// shape (axum adds the `Allow` header).
+pub(crate) async fn method_not_allowed(
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not accept {method}", uri.path()),
+    )
+}

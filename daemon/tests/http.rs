@@ -1,0 +1,935 @@
+//! The HTTP API through the whole application stack (routing, extractors, auth,
+//! limits, error mapping, metrics), driven in process with `oneshot`.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use common::{Answer, Harness, verdicts};
+use oncelyd::server::Limits;
+use serde_json::{Value, json};
+
+const MARK: &str = "/v1/namespaces/default/check-and-mark";
+const CHECK: &str = "/v1/namespaces/default/check";
+
+#[tokio::test]
+async fn mark_then_check_in_request_order() {
+    let h = Harness::new();
+    let a = h.post(MARK, r#"{"ids": ["a", "b", "c"]}"#).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        a.headers.get(header::CONTENT_TYPE).unwrap(),
+        "application/json"
+    );
+    assert_eq!(
+        a.json(),
+        json!({"results": [
+            {"id": "a", "verdict": "new", "replayed": false},
+            {"id": "b", "verdict": "new", "replayed": false},
+            {"id": "c", "verdict": "new", "replayed": false},
+        ]})
+    );
+    // Order follows the request, not the store; a repeat inside one batch is new once.
+    assert_eq!(
+        h.mark(&["d", "c", "d", "a", "e"], None).await,
+        ["new", "duplicate", "duplicate", "duplicate", "new"]
+    );
+    let a = h.post(CHECK, r#"{"ids": ["e", "zz", "b"]}"#).await;
+    assert_eq!(
+        a.json(),
+        json!({"results": [
+            {"id": "e", "verdict": "duplicate"},
+            {"id": "zz", "verdict": "new"},
+            {"id": "b", "verdict": "duplicate"},
+        ]})
+    );
+    // check marks nothing.
+    assert_eq!(h.check(&["zz"]).await, ["new"]);
+    // An empty batch is a valid, empty answer.
+    assert_eq!(
+        h.post(MARK, r#"{"ids": []}"#).await.json(),
+        json!({"results": []})
+    );
+}
+
+#[tokio::test]
+async fn ids_round_trip_through_json_escapes() {
+    let h = Harness::new();
+    let ids = ["quote\"d", "back\\slash", "é-ünïcode", "tab\there", "🦀"];
+    let body = json!({ "ids": ids }).to_string();
+    let a = h.post(MARK, &body).await;
+    let v = a.json();
+    let echoed: Vec<&str> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(echoed, ids);
+    // Escaped and unescaped spellings of one ID are one ID.
+    let a = h
+        .post(CHECK, r#"{"ids": ["\u00e9-\u00fcn\u00efcode"]}"#)
+        .await;
+    assert_eq!(verdicts(&a.json()), ["duplicate"]);
+}
+
+#[tokio::test]
+async fn owner_replay_over_http() {
+    let h = Harness::new();
+    let first = h
+        .post(MARK, r#"{"ids": ["o-1", "o-2"], "owner": "worker-7"}"#)
+        .await
+        .json();
+    assert_eq!(first["results"][0]["replayed"], false);
+    // The same owner retrying (its first answer was lost) gets its `new` back.
+    let retry = h
+        .post(
+            MARK,
+            r#"{"ids": ["o-1", "o-2", "o-3"], "owner": "worker-7"}"#,
+        )
+        .await
+        .json();
+    assert_eq!(
+        retry,
+        json!({"results": [
+            {"id": "o-1", "verdict": "new", "replayed": true},
+            {"id": "o-2", "verdict": "new", "replayed": true},
+            {"id": "o-3", "verdict": "new", "replayed": false},
+        ]})
+    );
+    // Anyone else, or no owner, sees a duplicate.
+    assert_eq!(h.mark(&["o-1"], Some("worker-8")).await, ["duplicate"]);
+    assert_eq!(h.mark(&["o-1"], None).await, ["duplicate"]);
+    // An explicit null owner is no owner.
+    let a = h.post(MARK, r#"{"ids": ["o-4"], "owner": null}"#).await;
+    assert_eq!(verdicts(&a.json()), ["new"]);
+}
+
+#[tokio::test]
+async fn every_kind_of_bad_input_is_400_and_marks_nothing() {
+    let h = Harness::with(
+        Limits {
+            max_ids: 5,
+            ..Limits::default()
+        },
+        &[],
+    );
+    let long = "x".repeat(257);
+    let cases: Vec<(&str, String, &str)> = vec![
+        (MARK, r#"{"ids": ["ok-1", ""]}"#.into(), "invalid_id"),
+        (
+            MARK,
+            format!(r#"{{"ids": ["ok-1", "{long}"]}}"#),
+            "invalid_id",
+        ),
+        (MARK, r#"{"ids": ["ok-1", "ok-2""#.into(), "invalid_json"),
+        (MARK, "not json at all".into(), "invalid_json"),
+        (MARK, "".into(), "invalid_json"),
+        (MARK, r#"{"ids": ["ok-1", 5]}"#.into(), "invalid_request"),
+        (MARK, r#"{"ids": "ok-1"}"#.into(), "invalid_request"),
+        (MARK, r#"{"owner": "w"}"#.into(), "invalid_request"),
+        (
+            MARK,
+            r#"{"ids": ["ok-1"], "extra": 1}"#.into(),
+            "invalid_request",
+        ),
+        (MARK, r#"["ok-1"]"#.into(), "invalid_request"),
+        (
+            MARK,
+            r#"{"ids": ["ok-1"], "owner": ""}"#.into(),
+            "invalid_owner",
+        ),
+        (
+            MARK,
+            format!(r#"{{"ids": ["ok-1"], "owner": "{long}"}}"#),
+            "invalid_owner",
+        ),
+        (
+            MARK,
+            r#"{"ids": ["ok-1", "ok-2", "ok-3", "ok-4", "ok-5", "ok-6"]}"#.into(),
+            "too_many_ids",
+        ),
+        (CHECK, r#"{"ids": [""]}"#.into(), "invalid_id"),
+        (
+            CHECK,
+            r#"{"ids": ["1", "2", "3", "4", "5", "6"]}"#.into(),
+            "too_many_ids",
+        ),
+        (
+            "/v1/namespaces/bad*name/check-and-mark",
+            r#"{"ids": ["ok-1"]}"#.into(),
+            "invalid_namespace",
+        ),
+        (
+            "/v1/namespaces/%FF%FE/check-and-mark",
+            r#"{"ids": ["ok-1"]}"#.into(),
+            "invalid_path",
+        ),
+        (
+            "/v1/namespaces/default/claims",
+            r#"{"id": "c", "owner": "w", "lease_ms": 0}"#.into(),
+            "invalid_argument",
+        ),
+        (
+            "/v1/namespaces/default/claims",
+            r#"{"id": "c", "owner": "w", "lease_ms": 999999999999}"#.into(),
+            "invalid_argument",
+        ),
+        (
+            "/v1/namespaces/default/claims",
+            r#"{"id": "c", "owner": "w", "lease_ms": -1}"#.into(),
+            "invalid_request",
+        ),
+        (
+            "/v1/namespaces/default/claims",
+            r#"{"id": "", "owner": "w", "lease_ms": 1000}"#.into(),
+            "invalid_id",
+        ),
+        (
+            "/v1/namespaces/default/claims",
+            r#"{"id": "c", "owner": "", "lease_ms": 1000}"#.into(),
+            "invalid_owner",
+        ),
+        (
+            "/v1/namespaces/default/claims/complete",
+            r#"{"id": "c"}"#.into(),
+            "invalid_request",
+        ),
+    ];
+    for (uri, body, code) in &cases {
+        let a = h.post(uri, body).await;
+        assert!(
+            a.status == StatusCode::BAD_REQUEST,
+            "{uri} {body}: {} {}",
+            a.status,
+            a.text
+        );
+        a.assert_error(StatusCode::BAD_REQUEST, code);
+    }
+    // Nothing of any refused batch was marked, nor claimed.
+    assert_eq!(
+        h.check(&["ok-1", "ok-2", "ok-3", "ok-4", "c"]).await,
+        ["new"; 5]
+    );
+
+    // Checkpoints: bad position, bad consumer.
+    let cp = "/v1/namespaces/default/checkpoints/consumer-1";
+    let a = h.call(Method::PUT, cp, Some(r#"{"position": ""}"#)).await;
+    a.assert_error(StatusCode::BAD_REQUEST, "invalid_argument");
+    let big = format!(r#"{{"position": "{}"}}"#, "p".repeat(1025));
+    let a = h.call(Method::PUT, cp, Some(&big)).await;
+    a.assert_error(StatusCode::BAD_REQUEST, "invalid_argument");
+    let a = h
+        .call(
+            Method::PUT,
+            "/v1/namespaces/default/checkpoints/bad*consumer",
+            Some(r#"{"position": "1"}"#),
+        )
+        .await;
+    a.assert_error(StatusCode::BAD_REQUEST, "invalid_argument");
+    assert!(
+        a.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("consumer")
+    );
+    let a = h
+        .get("/v1/namespaces/default/checkpoints/bad*consumer")
+        .await;
+    a.assert_error(StatusCode::BAD_REQUEST, "invalid_argument");
+
+    // Namespace configuration: each bad field is named.
+    for (body, field) in [
+        (r#"{"fp_rate": 2}"#, "fp_rate"),
+        (r#"{"generations": 0}"#, "generations"),
+        (r#"{"generation_span": "soon"}"#, "soon"),
+        (
+            r#"{"generations": 2, "exact_generations": 3}"#,
+            "exact_generations",
+        ),
+        (r#"{"bogus": 1}"#, "bogus"),
+    ] {
+        let a = h
+            .call(Method::PUT, "/v1/namespaces/orders", Some(body))
+            .await;
+        a.assert_error(StatusCode::BAD_REQUEST, "invalid_config");
+        let message = a.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.contains(field), "{body}: {message}");
+    }
+    let a = h
+        .call(Method::PUT, "/v1/namespaces/orders", Some("{"))
+        .await;
+    a.assert_error(StatusCode::BAD_REQUEST, "invalid_json");
+    let a = h
+        .call(Method::PUT, "/v1/namespaces/no%20spaces", Some("{}"))
+        .await;
+    a.assert_error(StatusCode::BAD_REQUEST, "invalid_namespace");
+    let long_name = format!("/v1/namespaces/{}", "n".repeat(65));
+    h.call(Method::PUT, &long_name, Some("{}"))
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_namespace");
+    // None of those created a namespace.
+    assert_eq!(
+        h.get("/v1/namespaces").await.json(),
+        json!({"namespaces": ["default"]})
+    );
+}
+
+#[tokio::test]
+async fn body_over_the_limit_is_413_and_marks_nothing() {
+    let h = Harness::with(
+        Limits {
+            max_body_bytes: 1024,
+            ..Limits::default()
+        },
+        &[],
+    );
+    let ids: Vec<String> = (0..100).map(|i| format!("big-{i:04}")).collect();
+    let body = json!({ "ids": ids }).to_string();
+    assert!(body.len() > 1024);
+    let a = h.post(MARK, &body).await;
+    a.assert_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    let first: Vec<&str> = ids.iter().take(5).map(String::as_str).collect();
+    assert_eq!(h.check(&first).await, ["new"; 5]);
+}
+
+#[tokio::test]
+async fn content_types() {
+    let h = Harness::new();
+    let send = |ct: Option<&'static str>, id: &'static str| {
+        let mut req = Request::post(MARK);
+        if let Some(ct) = ct {
+            req = req.header(header::CONTENT_TYPE, ct);
+        }
+        req.body(Body::from(format!(r#"{{"ids": ["{id}"]}}"#)))
+            .unwrap()
+    };
+    // No Content-Type, or any JSON one: accepted.
+    assert_eq!(h.raw(send(None, "ct-1")).await.status, StatusCode::OK);
+    let a = h
+        .raw(send(Some("application/json; charset=utf-8"), "ct-2"))
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    // The types a browser may send cross-origin without a preflight: refused.
+    for ct in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        h.raw(send(Some(ct), "ct-3"))
+            .await
+            .assert_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+    }
+    assert_eq!(h.check(&["ct-3"]).await, ["new"]);
+}
+
+#[tokio::test]
+async fn unknown_things_are_404_and_wrong_methods_405() {
+    let h = Harness::new();
+    let a = h
+        .post("/v1/namespaces/nope/check-and-mark", r#"{"ids": ["a"]}"#)
+        .await;
+    a.assert_error(StatusCode::NOT_FOUND, "unknown_namespace");
+    h.post("/v1/namespaces/nope/check", r#"{"ids": ["a"]}"#)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "unknown_namespace");
+    h.get("/v1/namespaces/nope")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "unknown_namespace");
+    h.call(Method::DELETE, "/v1/namespaces/nope", None)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "unknown_namespace");
+    h.get("/v1/namespaces/nope/checkpoints/c")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "unknown_namespace");
+    h.get("/v1/no-such-route")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    h.get("/")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+
+    let a = h.get(MARK).await;
+    a.assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    assert_eq!(a.headers.get(header::ALLOW).unwrap(), "POST");
+    let a = h
+        .call(Method::POST, "/v1/namespaces/default", Some("{}"))
+        .await;
+    a.assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    let allow = a.headers.get(header::ALLOW).unwrap().to_str().unwrap();
+    for m in ["GET", "PUT", "DELETE"] {
+        assert!(allow.contains(m), "{allow}");
+    }
+    h.call(Method::DELETE, "/healthz", None)
+        .await
+        .assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+}
+
+#[tokio::test]
+async fn auth_on() {
+    let h = Harness::with(Limits::default(), &["s3cret", "other-token"]);
+    let body = Some(r#"{"ids": ["auth-1"]}"#);
+    // Missing, wrong, malformed: 401 with a challenge, and nothing marked.
+    for headers in [
+        vec![],
+        vec![("authorization", "Bearer wrong")],
+        vec![("authorization", "Bearer s3cre")],
+        vec![("authorization", "Bearer s3cret-and-more")],
+        vec![("authorization", "Basic czNjcmV0")],
+        vec![("authorization", "s3cret")],
+    ] {
+        let a = h.send(Method::POST, MARK, body, &headers).await;
+        a.assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+        assert!(a.headers.get(header::WWW_AUTHENTICATE).is_some());
+    }
+    // Every configured token works, with any capitalisation of the scheme.
+    for auth in ["Bearer s3cret", "bearer other-token"] {
+        let a = h
+            .send(Method::POST, CHECK, body, &[("authorization", auth)])
+            .await;
+        assert_eq!(verdicts(&a.json()), ["new"], "{auth}");
+    }
+    // Health routes need no token; everything else does, unknown routes included.
+    assert_eq!(h.get("/healthz").await.status, StatusCode::OK);
+    assert_eq!(h.get("/readyz").await.status, StatusCode::OK);
+    for uri in [
+        "/metrics",
+        "/v1/openapi.json",
+        "/v1/namespaces",
+        "/v1/nowhere",
+    ] {
+        h.get(uri)
+            .await
+            .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    let a = h
+        .send(
+            Method::GET,
+            "/metrics",
+            None,
+            &[("authorization", "Bearer s3cret")],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn auth_off_needs_no_header() {
+    let h = Harness::new();
+    assert_eq!(h.mark(&["x"], None).await, ["new"]);
+    // A stray header is ignored when no token is configured.
+    let a = h
+        .send(
+            Method::GET,
+            "/v1/namespaces",
+            None,
+            &[("authorization", "Bearer anything")],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn claims_over_http() {
+    let h = Harness::new();
+    let claims = "/v1/namespaces/default/claims";
+    let a = h
+        .post(
+            claims,
+            r#"{"id": "job-1", "owner": "w1", "lease_ms": 30000}"#,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let now = 1_700_000_000_000_u64;
+    assert_eq!(
+        a.json(),
+        json!({"verdict": "acquired", "until_ms": now + 30_000, "replayed": false})
+    );
+    // Another owner: in progress (200, not an error), with the lease end.
+    let a = h
+        .post(
+            claims,
+            r#"{"id": "job-1", "owner": "w2", "lease_ms": 30000}"#,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        a.json(),
+        json!({"verdict": "in_progress", "until_ms": now + 30_000})
+    );
+    // check-and-mark sees the claim too.
+    let a = h.post(MARK, r#"{"ids": ["job-1"], "owner": "w2"}"#).await;
+    assert_eq!(
+        a.json()["results"][0],
+        json!({"id": "job-1", "verdict": "in_progress", "replayed": false, "until_ms": now + 30_000})
+    );
+    // The holder renews.
+    h.clock.advance(Duration::from_secs(10));
+    let a = h
+        .post(
+            claims,
+            r#"{"id": "job-1", "owner": "w1", "lease_ms": 30000}"#,
+        )
+        .await;
+    assert_eq!(
+        a.json(),
+        json!({"verdict": "acquired", "until_ms": now + 40_000, "replayed": true})
+    );
+    // Only the holder may complete or release.
+    let complete = "/v1/namespaces/default/claims/complete";
+    let release = "/v1/namespaces/default/claims/release";
+    h.post(complete, r#"{"id": "job-1", "owner": "w2"}"#)
+        .await
+        .assert_error(StatusCode::CONFLICT, "conflict");
+    h.post(release, r#"{"id": "job-1", "owner": "w2"}"#)
+        .await
+        .assert_error(StatusCode::CONFLICT, "conflict");
+    let a = h.post(complete, r#"{"id": "job-1", "owner": "w1"}"#).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json(), json!({"id": "job-1", "state": "completed"}));
+    // Done: a duplicate for claims and marks; releasing a done ID conflicts.
+    let a = h
+        .post(
+            claims,
+            r#"{"id": "job-1", "owner": "w2", "lease_ms": 1000}"#,
+        )
+        .await;
+    assert_eq!(a.json(), json!({"verdict": "duplicate"}));
+    assert_eq!(h.check(&["job-1"]).await, ["duplicate"]);
+    h.post(release, r#"{"id": "job-1", "owner": "w1"}"#)
+        .await
+        .assert_error(StatusCode::CONFLICT, "conflict");
+    // Completing something never claimed conflicts.
+    h.post(complete, r#"{"id": "never", "owner": "w1"}"#)
+        .await
+        .assert_error(StatusCode::CONFLICT, "conflict");
+
+    // Release lets the next claimant in; so does an expired lease.
+    h.post(
+        claims,
+        r#"{"id": "job-2", "owner": "w1", "lease_ms": 5000}"#,
+    )
+    .await;
+    let a = h.post(release, r#"{"id": "job-2", "owner": "w1"}"#).await;
+    assert_eq!(a.json(), json!({"id": "job-2", "state": "released"}));
+    let a = h
+        .post(
+            claims,
+            r#"{"id": "job-2", "owner": "w2", "lease_ms": 5000}"#,
+        )
+        .await;
+    assert_eq!(a.json()["verdict"], "acquired");
+    h.clock.advance(Duration::from_secs(6));
+    let a = h
+        .post(
+            claims,
+            r#"{"id": "job-2", "owner": "w3", "lease_ms": 5000}"#,
+        )
+        .await;
+    assert_eq!(a.json()["verdict"], "acquired");
+    assert_eq!(a.json()["replayed"], false);
+}
+
+#[tokio::test]
+async fn namespaces_lifecycle() {
+    let h = Harness::new();
+    let a = h
+        .call(
+            Method::PUT,
+            "/v1/namespaces/orders",
+            Some(r#"{"generations": 6, "generation_span": "10m", "fp_rate": 0.001}"#),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let v = a.json();
+    assert_eq!(v["name"], "orders");
+    assert_eq!(v["config"]["generations"], 6);
+    assert_eq!(v["config"]["generation_span"], "10m");
+    assert_eq!(v["config"]["fp_rate"], 0.001);
+    assert_eq!(
+        v["config"]["exact_generations"], 2,
+        "defaults fill the rest"
+    );
+    assert_eq!(v["remembers_at_least"]["ms"], 5 * 600_000);
+
+    let a = h
+        .post(
+            "/v1/namespaces/orders/check-and-mark",
+            r#"{"ids": ["o1", "o2", "o3"]}"#,
+        )
+        .await;
+    assert_eq!(verdicts(&a.json()), ["new"; 3]);
+    // Namespaces are independent.
+    assert_eq!(h.check(&["o1"]).await, ["new"]);
+
+    let v = h.get("/v1/namespaces/orders").await.json();
+    let open = &v["generations"][0];
+    assert_eq!(open["ids"], 3);
+    assert_eq!(open["exact"], true);
+    assert!(open["filter"]["fill_ratio"].as_f64().unwrap() > 0.0);
+    assert!(open["filter"]["estimated_fp"].as_f64().is_some());
+    assert!(open["filter"]["bits"].as_u64().unwrap() > 0);
+    assert!(v["memory_bytes"].as_u64().unwrap() > 0);
+    assert!(v["estimated_fp"].as_f64().is_some());
+
+    // Updating answers 200; an empty body means the defaults.
+    let a = h
+        .call(
+            Method::PUT,
+            "/v1/namespaces/orders",
+            Some(r#"{"generations": 5}"#),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json()["config"]["generations"], 5);
+    let a = h.call(Method::PUT, "/v1/namespaces/empty", None).await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    assert_eq!(a.json()["config"]["generations"], 4);
+
+    assert_eq!(
+        h.get("/v1/namespaces").await.json(),
+        json!({"namespaces": ["default", "empty", "orders"]})
+    );
+    let a = h.call(Method::DELETE, "/v1/namespaces/orders", None).await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    assert!(a.text.is_empty());
+    h.get("/v1/namespaces/orders")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "unknown_namespace");
+    h.post("/v1/namespaces/orders/check", r#"{"ids": ["o1"]}"#)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "unknown_namespace");
+    // The default namespace always exists.
+    h.call(Method::DELETE, "/v1/namespaces/default", None)
+        .await
+        .assert_error(StatusCode::CONFLICT, "refused");
+    assert_eq!(h.get("/v1/namespaces/default").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn checkpoints_round_trip() {
+    let h = Harness::new();
+    let uri = "/v1/namespaces/default/checkpoints/billing";
+    h.get(uri)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "checkpoint_not_found");
+    let a = h
+        .call(Method::PUT, uri, Some(r#"{"position": "offset:1041"}"#))
+        .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let stored = json!({"namespace": "default", "consumer": "billing", "position": "offset:1041"});
+    assert_eq!(a.json(), stored);
+    assert_eq!(h.get(uri).await.json(), stored);
+    h.call(Method::PUT, uri, Some(r#"{"position": "offset:2000"}"#))
+        .await;
+    assert_eq!(h.get(uri).await.json()["position"], "offset:2000");
+    // Per namespace.
+    h.call(Method::PUT, "/v1/namespaces/other", None).await;
+    h.get("/v1/namespaces/other/checkpoints/billing")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "checkpoint_not_found");
+    h.call(
+        Method::PUT,
+        "/v1/namespaces/nope/checkpoints/billing",
+        Some(r#"{"position": "1"}"#),
+    )
+    .await
+    .assert_error(StatusCode::NOT_FOUND, "unknown_namespace");
+}
+
+#[tokio::test]
+async fn storage_failure_is_503_and_acknowledges_nothing() {
+    let h = Harness::new();
+    h.faults
+        .fail_writes
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let a = h.post(MARK, r#"{"ids": ["s-1", "s-2"]}"#).await;
+    a.assert_error(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable");
+    assert_eq!(a.headers.get(header::RETRY_AFTER).unwrap(), "1");
+    h.call(
+        Method::PUT,
+        "/v1/namespaces/default/checkpoints/c",
+        Some(r#"{"position": "1"}"#),
+    )
+    .await
+    .assert_error(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable");
+    h.call(Method::PUT, "/v1/namespaces/new-one", None)
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable");
+    h.post(
+        "/v1/namespaces/default/claims",
+        r#"{"id": "s-1", "owner": "w", "lease_ms": 1000}"#,
+    )
+    .await
+    .assert_error(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable");
+    // Reads still work, and nothing was marked.
+    assert_eq!(h.check(&["s-1", "s-2"]).await, ["new", "new"]);
+    h.faults
+        .fail_writes
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(h.mark(&["s-1", "s-2"], None).await, ["new", "new"]);
+}
+
+#[tokio::test]
+async fn damaged_store_is_500() {
+    let h = Harness::new();
+    h.faults
+        .corrupt_meta
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    h.get("/v1/namespaces/default/checkpoints/c")
+        .await
+        .assert_error(StatusCode::INTERNAL_SERVER_ERROR, "internal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_shed_with_503_at_once() {
+    let h = Harness::with(
+        Limits {
+            max_concurrency: 1,
+            ..Limits::default()
+        },
+        &[],
+    );
+    h.faults.hold_writes();
+    let app = h.app.clone();
+    let held = tokio::spawn(async move {
+        let req = Request::post(MARK)
+            .body(Body::from(r#"{"ids": ["held-1"]}"#))
+            .unwrap();
+        tower::ServiceExt::oneshot(app, req).await.unwrap().status()
+    });
+    // Wait until the first request is inside the store, holding the only permit.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while h.faults.held.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the write never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let started = std::time::Instant::now();
+    let a = h.post(MARK, r#"{"ids": ["shed-1"]}"#).await;
+    a.assert_error(StatusCode::SERVICE_UNAVAILABLE, "overloaded");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shed, not queued"
+    );
+    // Health and metrics are not admission-controlled.
+    assert_eq!(h.get("/healthz").await.status, StatusCode::OK);
+    let metrics = h.get("/metrics").await.text;
+    assert!(
+        metrics.contains("oncelyd_requests_shed_total 1"),
+        "{metrics}"
+    );
+    h.faults.release_writes();
+    assert_eq!(held.await.unwrap(), StatusCode::OK);
+    // The permit is back: requests pass again; the shed one marked nothing.
+    assert_eq!(h.check(&["held-1", "shed-1"]).await, ["duplicate", "new"]);
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let h = Harness::new();
+    let a = h.get("/healthz").await;
+    assert_eq!(
+        (a.status, a.json()),
+        (StatusCode::OK, json!({"status": "ok"}))
+    );
+    let a = h.get("/readyz").await;
+    assert_eq!(
+        (a.status, a.json()),
+        (StatusCode::OK, json!({"status": "ready"}))
+    );
+    h.state.set_ready(false);
+    h.get("/readyz")
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down");
+    assert_eq!(h.get("/healthz").await.status, StatusCode::OK);
+    // Once the tracker is closed, calls answer 503 rather than a conflict.
+    let tracker = h.tracker().clone();
+    tokio::task::spawn_blocking(move || tracker.close())
+        .await
+        .unwrap()
+        .unwrap();
+    h.post(MARK, r#"{"ids": ["late"]}"#)
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down");
+}
+
+#[tokio::test]
+async fn metrics_have_the_expected_families() {
+    let h = Harness::new();
+    h.mark(&["m-1", "m-2", "m-3"], None).await;
+    h.mark(&["m-1", "m-4"], Some("w")).await;
+    h.mark(&["m-4"], Some("w")).await;
+    h.check(&["m-1", "m-9"]).await;
+    h.get("/nowhere").await;
+    let a = h.get("/metrics").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(
+        a.headers
+            .get(header::CONTENT_TYPE)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = a.text;
+    for needle in [
+        "# TYPE oncelyd_http_requests_total counter",
+        r#"oncelyd_http_requests_total{method="POST",route="/v1/namespaces/{ns}/check-and-mark",status="200"} 3"#,
+        r#"oncelyd_http_requests_total{method="GET",route="unmatched",status="404"} 1"#,
+        "# TYPE oncelyd_http_request_duration_seconds histogram",
+        r#"oncelyd_http_request_duration_seconds_count{method="POST",route="/v1/namespaces/{ns}/check"} 1"#,
+        r#"oncelyd_ids_total{op="check_and_mark",verdict="new"} 4"#,
+        r#"oncelyd_ids_total{op="check_and_mark",verdict="duplicate"} 1"#,
+        r#"oncelyd_ids_total{op="check_and_mark",verdict="replayed"} 1"#,
+        r#"oncelyd_ids_total{op="check",verdict="duplicate"} 1"#,
+        r#"oncelyd_ids_total{op="check",verdict="new"} 1"#,
+        "# TYPE oncelyd_namespace_fill_ratio gauge",
+        r#"oncelyd_namespace_fill_ratio{namespace="default"}"#,
+        r#"oncelyd_namespace_estimated_fp{namespace="default"}"#,
+        r#"oncelyd_namespace_generations{namespace="default"} 1"#,
+        r#"oncelyd_namespace_ids{namespace="default"} 4"#,
+        "oncelyd_requests_shed_total 0",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+}
+
+/// Every route of the contract, as (method, path pattern).
+const ROUTES: [(&str, &str); 15] = [
+    ("post", "/v1/namespaces/{ns}/check-and-mark"),
+    ("post", "/v1/namespaces/{ns}/check"),
+    ("post", "/v1/namespaces/{ns}/claims"),
+    ("post", "/v1/namespaces/{ns}/claims/complete"),
+    ("post", "/v1/namespaces/{ns}/claims/release"),
+    ("put", "/v1/namespaces/{ns}"),
+    ("get", "/v1/namespaces/{ns}"),
+    ("delete", "/v1/namespaces/{ns}"),
+    ("get", "/v1/namespaces"),
+    ("put", "/v1/namespaces/{ns}/checkpoints/{consumer}"),
+    ("get", "/v1/namespaces/{ns}/checkpoints/{consumer}"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/v1/openapi.json"),
+];
+
+#[tokio::test]
+async fn openapi_document_lists_every_route_and_every_listed_route_is_served() {
+    let h = Harness::new();
+    let a = h.get("/v1/openapi.json").await;
+    assert_eq!(a.status, StatusCode::OK);
+    let doc = a.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    let mut listed = Vec::new();
+    for (path, item) in paths {
+        for method in item.as_object().unwrap().keys() {
+            if ["get", "put", "post", "delete", "patch", "head"].contains(&method.as_str()) {
+                listed.push((method.clone(), path.clone()));
+            }
+        }
+    }
+    listed.sort();
+    let mut want: Vec<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    want.sort();
+    assert_eq!(listed, want);
+    // Schemas the handlers name are all defined, and bearer auth is declared.
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for s in [
+        "MarkRequest",
+        "MarkResponse",
+        "ErrorResponse",
+        "NamespaceView",
+        "NamespaceConfig",
+        "ClaimResponse",
+    ] {
+        assert!(schemas.contains_key(s), "schema {s} missing");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    let check_and_mark = &paths["/v1/namespaces/{ns}/check-and-mark"]["post"];
+    for status in ["200", "400", "401", "404", "413", "503"] {
+        assert!(check_and_mark["responses"][status].is_object(), "{status}");
+    }
+
+    // Each documented route is really served: no 404 `not_found`, no 405.
+    for (method, path) in &listed {
+        let uri = path.replace("{ns}", "default").replace("{consumer}", "c1");
+        let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let body = (method == Method::POST || method == Method::PUT).then_some("{}");
+        let a = h.call(method.clone(), &uri, body).await;
+        assert_ne!(a.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
+        if a.status == StatusCode::NOT_FOUND {
+            let v: Value = a.json();
+            assert_ne!(v["error"]["code"], "not_found", "{method} {uri}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn head_requests_and_odd_methods_do_not_break_anything() {
+    let h = Harness::new();
+    let req = Request::head("/healthz").body(Body::empty()).unwrap();
+    assert_eq!(h.raw(req).await.status, StatusCode::OK);
+    let req = Request::builder()
+        .method(Method::from_bytes(b"BREW").unwrap())
+        .uri("/v1/namespaces")
+        .body(Body::empty())
+        .unwrap();
+    h.raw(req)
+        .await
+        .assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    let metrics = h.get("/metrics").await.text;
+    assert!(metrics.contains(r#"method="other""#), "{metrics}");
+}
+
+/// Deterministic junk: random-ish bytes, truncated JSON, deep nesting. None of it may
+/// panic the daemon or mark anything.
+#[tokio::test]
+async fn junk_bodies_are_refused_cleanly() {
+    let h = Harness::new();
+    let mut bodies: Vec<Vec<u8>> = vec![
+        b"\xff\xfe\x00".to_vec(),
+        b"{\"ids\": [\"\xff\"]}".to_vec(),
+        "[".repeat(10_000).into_bytes(),
+        b"{\"ids\": null}".to_vec(),
+        b"{\"ids\": [null]}".to_vec(),
+        b"{\"ids\": [\"a\"], \"ids\": [\"b\"]}".to_vec(),
+        b"null".to_vec(),
+        b"{\"ids\": [\"\\ud800\"]}".to_vec(),
+    ];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for len in [1_usize, 7, 64, 300] {
+        let junk: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()[0]
+            })
+            .collect();
+        bodies.push(junk);
+    }
+    for body in bodies {
+        let req = Request::post(MARK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.clone()))
+            .unwrap();
+        let a: Answer = h.raw(req).await;
+        assert_eq!(
+            a.status,
+            StatusCode::BAD_REQUEST,
+            "{:?}: {}",
+            String::from_utf8_lossy(&body),
+            a.text
+        );
+    }
+    assert_eq!(h.check(&["a", "b"]).await, ["new", "new"]);
+}
