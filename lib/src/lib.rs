@@ -7,23 +7,27 @@
 //!
 //! # Architecture
 //!
-//! * [`sizing`]: pure maths: bits and hashes for a capacity and false-positive rate.
-//! * [`filter`]: the cache-blocked Bloom filter, with check-and-mark inserts and
-//!   versioned, checksummed snapshots.
-//! * [`generation`]: a ring of filters that seals by capacity or time and forgets the
-//!   oldest generation.
-//! * [`config`]: a namespace's validated configuration and its remembering guarantee.
-//! * [`clock`]: injected time.
+//! * [`Tracker`]: the API. Namespaces, atomic batch check-and-mark with owner replay,
+//!   claims, transactions, checkpoints, rotation and crash recovery.
+//! * [`generation`]: a ring of filters per namespace that seals by capacity or time
+//!   and forgets the oldest generation; [`config`] holds a namespace's validated
+//!   configuration and its remembering guarantee.
+//! * [`filter`]: the cache-line-blocked Bloom filter, with check-and-mark inserts and
+//!   versioned, checksummed snapshots; [`sizing`] is the pure maths behind it.
+//! * [`store`]: the small storage trait behind the exact tables, metadata and
+//!   snapshots, with the RocksDB and in-memory backends.
+//! * [`clock`]: injected time, so tests drive rotation and leases by hand.
 //!
 //! # Example
 //!
 //! ```
-//! use oncely::{GenerationRing, HashSeed, ManualClock, NamespaceConfig, Clock, Timestamp};
+//! use oncely::{Durability, Tracker, Verdict};
 //!
-//! let clock = ManualClock::new(Timestamp::from_millis(0));
-//! let mut ring = GenerationRing::new(NamespaceConfig::default(), HashSeed::random()?, clock.now())?;
-//! assert!(!ring.check_and_mark(b"order-1042", clock.now())?, "first delivery: new");
-//! assert!(ring.check_and_mark(b"order-1042", clock.now())?, "redelivery: seen");
+//! let tracker = Tracker::builder().durability(Durability::Memory).open()?;
+//! let verdicts = tracker.check_and_mark("default", &["order-1042", "order-1043"], None)?;
+//! assert_eq!(verdicts, [Verdict::New, Verdict::New]);
+//! // A redelivery is a duplicate.
+//! assert_eq!(tracker.check_and_mark("default", &["order-1042"], None)?, [Verdict::Duplicate]);
 //! # Ok::<(), oncely::Error>(())
 //! ```
 
@@ -56,3 +60,8 @@ pub use tracker::{
     NamespaceInfo, Tracker, TrackerBuilder, Transacted, Transaction,
 };
 pub use verdict::Verdict;
+
+/// The README's Rust snippets, compiled and run as doctests so they cannot rot.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
