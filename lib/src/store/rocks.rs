@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
+    DBRecoveryMode,
     IteratorMode, Options, ReadOptions, WriteBatch, WriteBufferManager, WriteOptions,
 };
 
@@ -96,6 +97,13 @@ impl RocksStore {
         // Every open starts a new info log; the default keeps 1,000 of them, which a
         // frequently restarted process (tests, crash loops) turns into slow opens.
         db_opts.set_keep_log_file_num(8);
+        // Replaying the write-ahead log: a torn last record is what an interrupted
+        // write leaves, and it was never acknowledged, so it is dropped; damage
+        // anywhere else refuses to open, naming the log file. (RocksDB's default,
+        // point-in-time recovery, would instead stop at the damage and silently drop
+        // every acknowledged mark after it. See the RocksDB wiki, "WAL Recovery
+        // Modes".)
+        db_opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
         // Charge memtables to the block cache so that one number bounds RocksDB's
         // memory; stall writers rather than exceed it.
         let wbm = WriteBufferManager::new_write_buffer_manager_with_cache(
