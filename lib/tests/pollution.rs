@@ -30,7 +30,10 @@ fn fast_range(x: u64, n: u64) -> u64 {
 /// IDs crafted against `GUESS`: at most `per_block + 1` per block, no two sharing a
 /// bit. Topped up with plain IDs if the budget runs out.
 fn crafted_ids(blocks: u64, hashes: u32) -> Vec<Vec<u8>> {
-    assert!(hashes <= 7, "the attack models up to 7 positions from one 64-bit half");
+    assert!(
+        hashes <= 7,
+        "the attack models up to 7 positions from one 64-bit half"
+    );
     let per_block = CAPACITY.div_ceil(blocks) as usize + 1;
     let mut masks = vec![[0_u64; 8]; blocks as usize];
     let mut load = vec![0_usize; blocks as usize];
@@ -66,7 +69,10 @@ fn crafted_ids(blocks: u64, hashes: u32) -> Vec<Vec<u8>> {
     }
     let crafted = ids.len();
     ids.extend((crafted as u64..CAPACITY).map(|i| format!("filler-{i}").into_bytes()));
-    assert!(crafted as u64 > CAPACITY * 9 / 10, "only {crafted} IDs crafted");
+    assert!(
+        crafted as u64 > CAPACITY * 9 / 10,
+        "only {crafted} IDs crafted"
+    );
     ids
 }
 
@@ -86,7 +92,9 @@ fn honest_fp(seed: HashSeed, inserted: &[Vec<u8>]) -> f64 {
 fn a_secret_seed_defeats_chosen_ids() {
     let sizing = size_filter_with_layout(CAPACITY, 0.01, Layout::Blocked).unwrap();
     let attack = crafted_ids(sizing.blocks(), sizing.hashes);
-    let random: Vec<Vec<u8>> = (0..CAPACITY).map(|i| format!("random-{i}").into_bytes()).collect();
+    let random: Vec<Vec<u8>> = (0..CAPACITY)
+        .map(|i| format!("random-{i}").into_bytes())
+        .collect();
 
     // A fixed, arbitrary seed stands in for a namespace's secret one, so the test is
     // deterministic; the attacker guessed 0.

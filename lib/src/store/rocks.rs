@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
-    DBRecoveryMode,
-    IteratorMode, Options, ReadOptions, WriteBatch, WriteBufferManager, WriteOptions,
+    DBRecoveryMode, IteratorMode, Options, ReadOptions, WriteBatch, WriteBufferManager,
+    WriteOptions,
 };
 
 use super::{Batch, Entries, MarkVisitor, NamespaceId, Op, Store, keys};
