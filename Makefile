@@ -24,6 +24,7 @@ lint:
 
 unit:
 	$(CARGO) test --workspace --locked --lib --bins --tests --examples
+	$(CARGO) test --locked -p oncely --features failpoints --test failpoints
 
 doc:
 	$(CARGO) test --workspace --locked --doc
@@ -31,6 +32,7 @@ doc:
 examples:
 	$(CARGO) run --locked -q -p oncely-examples --example consumer
 	$(CARGO) run --locked -q -p oncely-examples --example read_model
+	$(CARGO) run --locked -q -p oncely-examples --example http_consumer
 
 bench: deps
 	$(CARGO) bench --locked -p oncely-benches $(ARGS)

@@ -27,6 +27,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Size a namespace's Bloom filters and, optionally, measure their false-positive rate.
     Tune(TuneArgs),
+    /// Drive a running daemon with batches of unique IDs; report IDs per second and
+    /// latency percentiles.
+    Load(LoadArgs),
 }
 
 /// Arguments of `oncelyd serve`.
@@ -135,4 +138,74 @@ pub struct TuneArgs {
     /// Seed of the random IDs and of the filter's hash, for reproducible measurements.
     #[arg(long, default_value_t = DEFAULT_TUNE_SEED)]
     pub seed: u64,
+}
+
+/// Arguments of `oncelyd load`.
+///
+/// Each of `--concurrency` tasks keeps one keep-alive HTTP/1.1 connection and one
+/// request in flight on it, sending check-and-mark batches of `--batch` IDs until
+/// `--duration` has passed (or `--ids` IDs were sent). IDs are 16 random-looking
+/// bytes written as 32 lowercase hex characters; a `--duplicates` fraction of them
+/// repeats IDs the same task had marked earlier.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// The daemon's base URL, for example http://127.0.0.1:7070.
+    #[arg(long, value_name = "URL")]
+    pub url: String,
+
+    /// Namespace to mark into. It must exist.
+    #[arg(long, default_value = "default", value_name = "NS")]
+    pub namespace: String,
+
+    /// IDs per check-and-mark request (1: single-ID requests). At most the daemon's
+    /// max_ids.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub batch: usize,
+
+    /// Connections, each with one request in flight.
+    #[arg(long, default_value_t = 4, value_name = "C")]
+    pub concurrency: usize,
+
+    /// How long to send for; requests in flight at the end still count.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: HumanDuration,
+
+    /// Stop after sending this many IDs, if that comes before --duration.
+    #[arg(long, value_name = "N")]
+    pub ids: Option<u64>,
+
+    /// Fraction of IDs, from 0 to 1 (exclusive), that repeat an ID already marked, so
+    /// the daemon answers duplicate for them.
+    #[arg(
+        long,
+        default_value_t = 0.1,
+        value_name = "FRACTION",
+        allow_negative_numbers = true
+    )]
+    pub duplicates: f64,
+
+    /// Bearer token, when the daemon has tokens configured.
+    #[arg(
+        long,
+        env = "ONCELY_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
+    /// Print one JSON object on standard output instead of the text report (and no
+    /// progress lines on standard error).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Seed of the IDs and of the choice of repeats [default: random, printed in the
+    /// report]. The same seed against a fresh daemon sends the same IDs.
+    #[arg(long)]
+    pub seed: Option<u64>,
+
+    /// Worker threads of the load generator's runtime (1: everything on the main
+    /// thread). It shares the machine with the daemon when both run on one host:
+    /// keep this small.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub threads: usize,
 }

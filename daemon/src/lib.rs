@@ -15,6 +15,10 @@
 //!   graceful shutdown.
 //! * [`api`]: the HTTP API's request and response types, shared with clients.
 //! * [`tune`]: `oncelyd tune`: sizing report, measurement, text and JSON output, plot.
+//! * [`client`]: a typed async client of a running daemon, with retries that are
+//!   safe for check-and-mark (one owner token per call).
+//! * [`load`]: `oncelyd load`: a load generator for a running daemon, IDs per
+//!   second, latency percentiles, verdict counts.
 
 use std::io;
 use std::net::SocketAddr;
@@ -22,7 +26,9 @@ use std::path::PathBuf;
 
 pub mod api;
 pub mod cli;
+pub mod client;
 pub mod config;
+pub mod load;
 pub mod server;
 pub mod tune;
 
@@ -111,4 +117,12 @@ pub enum Error {
     /// write-ahead log.
     #[error("cannot close the tracker cleanly: {0}")]
     Close(#[source] oncely::Error),
+
+    /// A request to a running daemon failed (`oncelyd load`'s first look at it).
+    #[error(transparent)]
+    Client(#[from] client::Error),
+
+    /// A tool's async runtime could not be started.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] io::Error),
 }

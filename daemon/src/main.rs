@@ -44,6 +44,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             oncelyd::tune::run(&args, &mut out)?;
             out.flush().context("cannot write the report")?;
         }
+        Command::Load(args) => {
+            let report = oncelyd::load::run(&args)?;
+            let mut out = std::io::stdout().lock();
+            oncelyd::load::write_report(&report, args.json, &mut out)?;
+            out.flush().context("cannot write the report")?;
+        }
     }
     Ok(())
 }

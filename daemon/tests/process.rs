@@ -1,151 +1,15 @@
 //! The real `oncelyd serve` binary: start-up line, configuration from flags,
 //! environment and file, SIGTERM, and kill -9 under load.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::daemon::{Daemon, client, command, listen_addr, verdicts};
 use serde_json::{Value, json};
-
-/// A running daemon; killed on drop, so a failing test leaves no process behind.
-struct Daemon {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oncelyd"));
-    cmd.arg("serve").args(args);
-    // A clean environment for the settings: only what the test gives.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("ONCELY_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .envs(envs.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    cmd
-}
-
-impl Daemon {
-    /// Starts `oncelyd serve` on 127.0.0.1 port 0 and reads the bound address from
-    /// its start-up log line (no race for a free port).
-    fn start(data_dir: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Self {
-        let dir = data_dir.to_str().unwrap();
-        let mut args = vec!["--listen", "127.0.0.1:0", "--data-dir", dir];
-        args.extend_from_slice(extra);
-        let mut child = command(&args, envs).spawn().expect("the binary starts");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let lines = Arc::clone(&log);
-        // Keeps draining stderr for the process's whole life, so it never blocks on
-        // a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let addr = listen_addr(&line);
-                // Logged before the address is announced, so the test sees the line.
-                lines.lock().unwrap().push(line);
-                if let Some(addr) = addr {
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let mut daemon = Self {
-            child,
-            addr: "0.0.0.0:0".parse().unwrap(),
-            log,
-        };
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => daemon.addr = addr,
-            Err(_) => panic!("no start-up line; log:\n{}", daemon.log_text()),
-        }
-        daemon
-    }
-
-    fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-    }
-
-    /// Waits for the process to exit, at most `limit`.
-    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running after {limit:?}; log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// The address in `... listen=127.0.0.1:PORT ...`.
-fn listen_addr(line: &str) -> Option<SocketAddr> {
-    line.split_whitespace()
-        .find_map(|word| word.strip_prefix("listen="))
-        .and_then(|a| a.parse().ok())
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
-}
-
-async fn verdicts(c: &reqwest::Client, url: &str, ids: &[String]) -> Vec<String> {
-    let r = c
-        .post(url)
-        .json(&json!({ "ids": ids }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let v: Value = r.json().await.unwrap();
-    v["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["verdict"].as_str().unwrap().to_owned())
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_cleanly_and_marks_survive() {

@@ -83,6 +83,17 @@ pub enum Error {
     #[error("damaged store: {0}")]
     Corrupt(String),
 
+    /// RocksDB refused to open the store: damaged files, or another process holds
+    /// it. RocksDB's message names the damaged file where it knows it.
+    #[error("cannot open the store in {}: {source}", path.display())]
+    StoreOpen {
+        /// The RocksDB directory.
+        path: PathBuf,
+        /// What RocksDB said.
+        #[source]
+        source: rocksdb::Error,
+    },
+
     /// RocksDB failed: nothing in the call was acknowledged.
     #[error("storage error: {0}")]
     Storage(#[from] rocksdb::Error),

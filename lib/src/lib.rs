@@ -31,6 +31,26 @@
 //! # Ok::<(), oncely::Error>(())
 //! ```
 
+/// A named fault-injection point. Built with the `failpoints` feature, an active point
+/// makes the enclosing function return an injected I/O error (see the `fail` crate:
+/// `fail::cfg("store.before-write", "return")`); otherwise it compiles to nothing.
+#[cfg(feature = "failpoints")]
+macro_rules! failpoint {
+    ($name:literal) => {
+        fail::fail_point!($name, |_| Err($crate::Error::Io {
+            path: concat!("<failpoint ", $name, ">").into(),
+            source: std::io::Error::other("injected fault"),
+        }))
+    };
+}
+
+#[cfg(not(feature = "failpoints"))]
+macro_rules! failpoint {
+    ($name:literal) => {};
+}
+
+pub(crate) use failpoint;
+
 pub mod clock;
 pub mod config;
 mod error;

@@ -98,7 +98,7 @@ fn a_secret_seed_defeats_chosen_ids() {
 
     // A fixed, arbitrary seed stands in for a namespace's secret one, so the test is
     // deterministic; the attacker guessed 0.
-    let secret = HashSeed::from_u64(0x5ec2_e7_5eed);
+    let secret = HashSeed::from_u64(0x005e_c2e7_5eed);
     let baseline = honest_fp(secret, &random);
     let attacked = honest_fp(secret, &attack);
     println!("secret seed: baseline {baseline:.5}, under attack {attacked:.5}");

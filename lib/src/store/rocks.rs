@@ -74,7 +74,7 @@ impl RocksStore {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] when the directory cannot be created, [`Error::Storage`] when
+    /// [`Error::Io`] when the directory cannot be created, [`Error::StoreOpen`] when
     /// RocksDB refuses to open (a damaged file, another process holding the lock).
     pub fn open(dir: impl AsRef<Path>, options: RocksOptions) -> Result<Self, Error> {
         let dir = dir.as_ref().to_owned();
@@ -121,7 +121,11 @@ impl RocksStore {
             ColumnFamilyDescriptor::new(CF_MARKS, marks_cf_options(&cache, options)),
             ColumnFamilyDescriptor::new(CF_USER, small_cf_options(&cache)),
         ];
-        let db = DB::open_cf_descriptors(&db_opts, &db_dir, cfs)?;
+        let db =
+            DB::open_cf_descriptors(&db_opts, &db_dir, cfs).map_err(|source| Error::StoreOpen {
+                path: db_dir.clone(),
+                source,
+            })?;
         Ok(Self { db, dir, snapshots })
     }
 
@@ -244,11 +248,13 @@ impl Store for RocksStore {
                 Op::DeleteUser { key } => wb.delete_cf(self.user(), key),
             }
         }
+        crate::failpoint!("store.before-write");
         let mut opts = WriteOptions::default();
         // Without sync, RocksDB still hands the WAL record to the OS before
         // returning (manual_wal_flush is off), which is what survives kill -9.
         opts.set_sync(sync);
         self.db.write_opt(wb, &opts)?;
+        crate::failpoint!("store.after-write");
         Ok(())
     }
 
@@ -343,6 +349,7 @@ impl Store for RocksStore {
             Ok(())
         };
         write().map_err(|e| io_err(&tmp, e))?;
+        crate::failpoint!("snapshot.before-rename");
         fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
         sync_dir(&dir)
     }

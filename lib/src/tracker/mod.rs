@@ -46,7 +46,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 
 use crate::clock::{Clock, SystemClock, Timestamp};
@@ -269,6 +269,8 @@ struct Namespace {
     name: NamespaceName,
     id: NamespaceId,
     seed: HashSeed,
+    /// Numbers flights (writes in progress); only uniqueness matters.
+    next_flight: AtomicU64,
     // A std mutex, not an async one: critical sections are short, CPU-bound or a
     // quick RocksDB read, and never span an await; the daemon calls the tracker from
     // blocking threads.
@@ -282,7 +284,6 @@ struct State {
     /// IDs being written right now, by hash, to the write (flight) carrying them.
     inflight: HashMap<u128, u64, BuildHasherDefault<IdentityHasher>>,
     flights: HashMap<u64, Arc<Flight>>,
-    next_flight: u64,
     /// Set by delete; calls holding an old handle then fail as unknown.
     deleted: bool,
     /// Set by close, after the open generation's final snapshot: no mark may land
@@ -377,14 +378,49 @@ struct Call<'a> {
     mode: Mode,
 }
 
-/// What one locked pass over a batch decided.
-#[derive(Default)]
-struct Pass {
+/// What one locked pass over a batch decided, and its flight.
+///
+/// The pass's new IDs are registered in flight while it writes. Dropping the pass
+/// unfinished (an error, or a panic unwinding through it) settles the flight as
+/// failed, so that callers waiting on those IDs decide afresh instead of waiting
+/// forever.
+struct Pass<'a> {
+    ns: &'a Namespace,
+    hashes: &'a [IdHash],
+    flight: Arc<Flight>,
+    flight_id: u64,
+    finished: bool,
     batch: Batch,
     /// Indices this pass marks new, to confirm after the write.
     mine: Vec<usize>,
     /// Indices in flight elsewhere, with the flight to wait for.
     waits: Vec<(usize, Arc<Flight>)>,
+}
+
+impl Pass<'_> {
+    /// Takes this pass's IDs out of flight and wakes their waiters.
+    fn finish(&mut self, ok: bool) {
+        self.finished = true;
+        {
+            let mut st = lock(&self.ns.state);
+            for &i in &self.mine {
+                let key = key_of(self.hashes[i]);
+                if st.inflight.get(&key) == Some(&self.flight_id) {
+                    st.inflight.remove(&key);
+                }
+            }
+            st.flights.remove(&self.flight_id);
+        }
+        self.flight.finish(ok);
+    }
+}
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.finish(false);
+        }
+    }
 }
 
 /// Configuration and live statistics of a namespace.
@@ -583,30 +619,28 @@ impl Tracker {
             Mode::Mark(owner) => owner,
             Mode::Check => None,
         };
-        let flight = Arc::new(Flight::new(owner));
+        // The pass exists before the lock is taken, so that on an error or a panic
+        // the lock is released (dropped first) before the pass settles its flight,
+        // which takes the lock again.
         let mut pass = Pass {
+            ns,
+            hashes,
+            flight: Arc::new(Flight::new(owner)),
+            flight_id: ns.next_flight.fetch_add(1, Ordering::Relaxed),
+            finished: false,
             batch: Batch::with_capacity(
                 todo.len(),
                 ids.first().map_or(16, |id| id.as_bytes().len()),
             ),
-            ..Pass::default()
+            mine: Vec::new(),
+            waits: Vec::new(),
         };
-        let flight_id;
         {
             let mut st = lock(&ns.state);
-            flight_id = st.next_flight;
-            st.next_flight += 1;
-            let decided = self.decide(call, &mut st, todo, verdicts, &mut pass, flight_id);
-            if !pass.mine.is_empty() {
-                st.flights.insert(flight_id, Arc::clone(&flight));
-            }
-            if let Err(e) = decided {
-                Self::settle(&mut st, &pass.mine, hashes, flight_id);
-                drop(st);
-                flight.finish(false);
-                return Err(e);
-            }
+            st.flights.insert(pass.flight_id, Arc::clone(&pass.flight));
+            self.decide(call, &mut st, todo, verdicts, &mut pass)?;
         }
+        crate::failpoint!("mark.after-filter");
         if pass.waits.is_empty()
             && let Some(extra) = extra.take()
         {
@@ -617,26 +651,12 @@ impl Tracker {
         } else {
             self.inner.store.write(&pass.batch, self.sync_writes())
         };
-        if !pass.mine.is_empty() {
-            Self::settle(&mut lock(&ns.state), &pass.mine, hashes, flight_id);
-            flight.finish(written.is_ok());
-        }
+        pass.finish(written.is_ok());
         written?;
         for &i in &pass.mine {
             verdicts[i] = Some(Verdict::New);
         }
-        Ok(pass.waits)
-    }
-
-    /// Removes a finished flight and its IDs from the in-flight tables.
-    fn settle(st: &mut State, mine: &[usize], hashes: &[IdHash], flight_id: u64) {
-        for &i in mine {
-            let key = key_of(hashes[i]);
-            if st.inflight.get(&key) == Some(&flight_id) {
-                st.inflight.remove(&key);
-            }
-        }
-        st.flights.remove(&flight_id);
+        Ok(std::mem::take(&mut pass.waits))
     }
 
     fn decide(
@@ -645,9 +665,9 @@ impl Tracker {
         st: &mut State,
         todo: &[usize],
         verdicts: &mut [Option<Verdict>],
-        pass: &mut Pass,
-        flight_id: u64,
+        pass: &mut Pass<'_>,
     ) -> Result<(), Error> {
+        let flight_id = pass.flight_id;
         let Call {
             ns,
             ids,
@@ -810,6 +830,7 @@ impl Tracker {
                     .store
                     .save_snapshot(ns.id, sealed.id(), sealed.filter())?;
             }
+            crate::failpoint!("rotation.after-snapshot");
             let mut b = Batch::new();
             b.put_meta(
                 &ring_key(ns.id),
@@ -825,6 +846,8 @@ impl Tracker {
             return Err(e);
         }
         st.exact_floor = floor;
+        // The new ring is committed and in effect; only tidying is left.
+        crate::failpoint!("rotation.before-drop");
         tracing::debug!(
             namespace = %ns.name,
             sealed = rotation.sealed.0,
@@ -1023,6 +1046,7 @@ impl Tracker {
             name,
             id,
             seed,
+            next_flight: AtomicU64::new(0),
             state: Mutex::new(State::new(ring, floor)),
         })
     }
@@ -1146,7 +1170,6 @@ impl State {
             exact_floor,
             inflight: HashMap::default(),
             flights: HashMap::new(),
-            next_flight: 0,
             deleted: false,
             closed: false,
         }

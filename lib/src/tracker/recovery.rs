@@ -1,7 +1,7 @@
 //! Start-up: reading a store back into namespaces and generation rings.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::{Durability, Inner, Namespace, State, Tracker, lock};
@@ -163,6 +163,7 @@ fn load_namespace(
         name,
         id,
         seed,
+        next_flight: AtomicU64::new(0),
         state: Mutex::new(State::new(ring, floor)),
     })
 }

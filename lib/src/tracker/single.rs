@@ -2,6 +2,7 @@
 //! transactions), with the same in-flight protection as check-and-mark.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::{Flight, Namespace, State, Tracker, key_of, lock};
 use crate::clock::Timestamp;
@@ -192,8 +193,7 @@ impl Tracker {
             return Ok(match decision {
                 Decision::Answer(t) => Outcome::Answered(t),
                 Decision::Write(t) => {
-                    let flight_id = st.next_flight;
-                    st.next_flight += 1;
+                    let flight_id = ns.next_flight.fetch_add(1, Ordering::Relaxed);
                     let flight = Arc::new(Flight::new(owner));
                     st.inflight.insert(key, flight_id);
                     st.flights.insert(flight_id, Arc::clone(&flight));

@@ -1,0 +1,965 @@
+//! `oncelyd load`: a load generator for a running daemon.
+//!
+//! [`run`] checks the daemon with the typed [`Client`](crate::client::Client) (URL,
+//! token and namespace), then starts `--concurrency` tasks on a runtime of
+//! `--threads` workers. Each task owns one keep-alive HTTP/1.1 connection (hyper's
+//! connection API, no pool) and keeps one check-and-mark request in flight on it
+//! until `--duration` has passed or `--ids` IDs were sent. [`drive`] is the same on
+//! the caller's runtime, for tests and benchmarks. The [`LoadReport`] has the
+//! throughput, latency percentiles (an HDR histogram of microseconds per request),
+//! verdict counts and errors; [`write_report`] prints it as text or one JSON object.
+//!
+//! # IDs
+//!
+//! Every ID is 16 bytes written as 32 lowercase hex characters. Task `t`'s `n`-th
+//! fresh ID is a bijective mix (splitmix64) of `(t << 40 | n) + seed`, extended to
+//! 128 bits, so IDs are unique within a run, look random to RocksDB (no
+//! conveniently sorted inserts), and differ between seeds. With `--duplicates f`
+//! each slot of a batch is, with probability `f`, a repeat of one of the last
+//! [`REPEAT_WINDOW`] fresh IDs this task had answered `new`, so the daemon
+//! must answer `duplicate` for it; fresh IDs must get `new`. Anything else is counted
+//! as unexpected (a Bloom false positive, or a lost mark). The first batch of each
+//! task has no repeats, since nothing was marked yet.
+//!
+//! # Staying cheap
+//!
+//! The generator shares the machine with the daemon when both run on one host, so
+//! it does as little as it can per ID: a batch is a few multiplications and a hex
+//! table lookup per ID, written by hand into a reused buffer; an answer is scanned
+//! for its `"verdict":"` fields with `memchr` rather than parsed as JSON (the IDs
+//! are hex, so nothing inside them can look like a field); buffers are reused
+//! between requests; progress counters are updated once per request.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use memchr::memmem::Finder;
+use rand::RngCore;
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::Error;
+use crate::cli::LoadArgs;
+use crate::client::{Client, RetryPolicy};
+
+/// How many of its most recent acknowledged fresh IDs a task draws repeats from.
+/// Small enough that repeats stay inside the exact horizon of the default namespace
+/// (2 exact generations of 1,000,000 IDs) even with many tasks; large enough that
+/// repeats are spread out.
+pub const REPEAT_WINDOW: usize = 1 << 16;
+
+/// Latencies above this (60 s) are recorded as this.
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// How long a task waits after a failed request before the next, so that a daemon
+/// that is down is not hammered in a tight loop.
+const ERROR_PAUSE: Duration = Duration::from_millis(20);
+
+/// The whole command as the binary runs it: validates the arguments, starts a
+/// runtime of `--threads` workers (one: a current-thread runtime) and drives the
+/// daemon, printing a progress line on
+/// standard error once a second unless `--json`.
+///
+/// # Errors
+///
+/// [`Error::Config`] naming a bad argument; [`Error::Client`] when the daemon cannot
+/// be reached, refuses the token or does not have the namespace; [`Error::Runtime`].
+pub fn run(args: &LoadArgs) -> Result<LoadReport, Error> {
+    validate(args)?;
+    // One thread: a current-thread runtime, where a request's task and its
+    // connection's task wake each other without crossing threads.
+    let mut builder = if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(args.threads);
+        b
+    };
+    let runtime = builder
+        .enable_all()
+        .thread_name("oncelyd-load")
+        .build()
+        .map_err(Error::Runtime)?;
+    runtime.block_on(drive(args, !args.json))
+}
+
+/// Drives the daemon on the current tokio runtime (see the [module docs](self)).
+/// With `progress`, prints a line on standard error once a second. `args.threads`
+/// is only reported: the caller's runtime decides.
+///
+/// # Errors
+///
+/// As [`run`].
+pub async fn drive(args: &LoadArgs, progress: bool) -> Result<LoadReport, Error> {
+    validate(args)?;
+    let plan = Arc::new(Plan::new(args)?);
+    // One look first, through the typed client: a wrong URL, token or namespace is
+    // then one clear error rather than a run of nothing but failures.
+    let client = Client::builder(args.url.clone())
+        .timeout(Duration::from_secs(5))
+        .retry(RetryPolicy::default());
+    let client = match &args.token {
+        Some(t) => client.token(t.clone()),
+        None => client,
+    }
+    .build()?;
+    client.namespace(&args.namespace).await?;
+
+    let counters = Arc::new(Counters::default());
+    let started = Instant::now();
+    let deadline = started + args.duration.0;
+    let reporter = progress.then(|| {
+        let counters = Arc::clone(&counters);
+        tokio::spawn(report_progress(counters, started))
+    });
+    let mut tasks = Vec::with_capacity(args.concurrency);
+    for index in 0..args.concurrency {
+        let worker = Worker::new(Arc::clone(&plan), Arc::clone(&counters), index as u64);
+        tasks.push(tokio::spawn(worker.run(deadline)));
+    }
+    let mut total = Stats::new();
+    let mut join_error = None;
+    for task in tasks {
+        match task.await {
+            Ok(stats) => total.merge(&stats),
+            Err(e) => join_error = Some(e),
+        }
+    }
+    let elapsed = started.elapsed();
+    counters.done.store(true, Ordering::Release);
+    if let Some(reporter) = reporter {
+        reporter.abort();
+    }
+    if let Some(e) = join_error {
+        return Err(Error::Runtime(std::io::Error::other(e)));
+    }
+    Ok(total.report(args, plan.seed, elapsed))
+}
+
+fn validate(args: &LoadArgs) -> Result<(), Error> {
+    let bad = |setting: &'static str, reason: &str| {
+        Err(Error::Config {
+            setting,
+            reason: reason.to_owned(),
+        })
+    };
+    if args.batch == 0 {
+        return bad("batch", "must be at least 1");
+    }
+    if args.concurrency == 0 {
+        return bad("concurrency", "must be at least 1");
+    }
+    if args.threads == 0 {
+        return bad("threads", "must be at least 1");
+    }
+    if args.duration.0.is_zero() {
+        return bad("duration", "must be longer than 0");
+    }
+    if args.ids == Some(0) {
+        return bad("ids", "must be at least 1");
+    }
+    if !(0.0..1.0).contains(&args.duplicates) {
+        return bad("duplicates", "must be at least 0 and below 1");
+    }
+    Ok(())
+}
+
+/// What every task shares: where to send, and how to make IDs.
+struct Plan {
+    host: String,
+    port: u16,
+    authority: HeaderValue,
+    path: Uri,
+    auth: Option<HeaderValue>,
+    batch: usize,
+    /// `duplicates` as a threshold on a uniform `u64`.
+    repeat_below: u64,
+    seed: u64,
+    /// IDs to send in all, if limited; tasks reserve batches from it.
+    id_budget: Option<u64>,
+}
+
+impl Plan {
+    fn new(args: &LoadArgs) -> Result<Self, Error> {
+        let bad = |reason: String| Error::Config {
+            setting: "url",
+            reason,
+        };
+        let uri: Uri = args
+            .url
+            .parse()
+            .map_err(|e| bad(format!("{:?}: {e}", args.url)))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(bad(format!("{:?}: only http:// is supported", args.url)));
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| bad(format!("{:?}: no host", args.url)))?;
+        let host = authority.host().trim_matches(['[', ']']).to_owned();
+        let port = authority.port_u16().unwrap_or(80);
+        let prefix = uri.path().trim_end_matches('/');
+        let path = format!("{prefix}/v1/namespaces/{}/check-and-mark", args.namespace)
+            .parse()
+            .map_err(|_| Error::Config {
+                setting: "namespace",
+                reason: format!("{:?} cannot be part of a URL path", args.namespace),
+            })?;
+        let auth = args
+            .token
+            .as_ref()
+            .map(|t| {
+                let mut v =
+                    HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| Error::Config {
+                        setting: "token",
+                        reason: "must be visible ASCII".into(),
+                    })?;
+                v.set_sensitive(true);
+                Ok::<_, Error>(v)
+            })
+            .transpose()?;
+        let seed = args.seed.unwrap_or_else(|| rand::rng().next_u64());
+        // f x 2^64, computed in f64: exact enough for a fraction of IDs.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let repeat_below = (args.duplicates * 18_446_744_073_709_551_616.0) as u64;
+        Ok(Self {
+            host,
+            port,
+            authority: HeaderValue::from_str(authority.as_str())
+                .map_err(|_| bad(format!("{:?}: bad host", args.url)))?,
+            path,
+            auth,
+            batch: args.batch,
+            repeat_below,
+            seed,
+            id_budget: args.ids,
+        })
+    }
+}
+
+/// Progress shared by the tasks, updated once per request.
+#[derive(Default)]
+struct Counters {
+    ids: AtomicU64,
+    requests: AtomicU64,
+    errors: AtomicU64,
+    reserved: AtomicU64,
+    done: AtomicBool,
+}
+
+async fn report_progress(counters: Arc<Counters>, started: Instant) {
+    let mut tick =
+        tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if counters.done.load(Ordering::Acquire) {
+            return;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let ids = counters.ids.load(Ordering::Relaxed);
+        let requests = counters.requests.load(Ordering::Relaxed);
+        let errors = counters.errors.load(Ordering::Relaxed);
+        eprintln!(
+            "{secs:6.1} s  {} IDs  {} IDs/s  {} req/s  {errors} errors",
+            thousands(ids),
+            thousands(per_sec(ids, secs)),
+            thousands(per_sec(requests, secs)),
+        );
+    }
+}
+
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn per_sec(n: u64, secs: f64) -> u64 {
+    if secs > 0.0 {
+        (n as f64 / secs).round() as u64
+    } else {
+        0
+    }
+}
+
+/// splitmix64's output function: a bijection on `u64`, so distinct inputs give
+/// distinct outputs.
+const fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The 16 bytes of task `task`'s fresh ID number `n`, as 32 hex characters.
+fn id_hex(seed: u64, task: u64, n: u64, out: &mut [u8; 32]) {
+    let lo = mix(((task << 40) | n).wrapping_add(seed));
+    let hi = mix(lo ^ seed.rotate_left(32));
+    let bytes = ((u128::from(hi) << 64) | u128::from(lo)).to_be_bytes();
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
+    }
+}
+
+/// Every byte's two hex digits.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0_u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [DIGITS[i >> 4], DIGITS[i & 0xf]];
+        i += 1;
+    }
+    t
+};
+
+/// One task: one connection, one request in flight.
+struct Worker {
+    plan: Arc<Plan>,
+    counters: Arc<Counters>,
+    index: u64,
+    /// The task's random stream (splitmix64 state), for the choice of repeats.
+    rng: u64,
+    /// The next fresh ID number.
+    next: u64,
+    /// Recently acknowledged fresh ID numbers, a ring of [`REPEAT_WINDOW`].
+    recent: Vec<u64>,
+    recent_at: usize,
+    /// Which slots of the batch in flight are repeats.
+    repeat: Vec<bool>,
+    /// The ID number of each slot of the batch in flight.
+    numbers: Vec<u64>,
+    /// Fresh ID numbers of the batch in flight that were answered `new`.
+    marked: Vec<u64>,
+    body: BytesMut,
+    answer: Vec<u8>,
+    verdict_field: Finder<'static>,
+    stats: Stats,
+}
+
+/// The verdict a slot got, by the first letter of its name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    New,
+    Duplicate,
+    Probable,
+    InProgress,
+}
+
+impl Worker {
+    fn new(plan: Arc<Plan>, counters: Arc<Counters>, index: u64) -> Self {
+        let batch = plan.batch;
+        let rng = mix(plan.seed ^ mix(index));
+        Self {
+            plan,
+            counters,
+            index,
+            rng,
+            next: 0,
+            recent: Vec::with_capacity(REPEAT_WINDOW.min(batch * 64)),
+            recent_at: 0,
+            repeat: Vec::with_capacity(batch),
+            numbers: Vec::with_capacity(batch),
+            marked: Vec::with_capacity(batch),
+            // `{"ids":[` + 35 bytes per ID (`"…32 hex…",`) + `]}`.
+            body: BytesMut::with_capacity(16 + 35 * batch),
+            answer: Vec::with_capacity(64 + 64 * batch),
+            verdict_field: Finder::new(b"\"verdict\":\""),
+            stats: Stats::new(),
+        }
+    }
+
+    async fn run(mut self, deadline: Instant) -> Stats {
+        let mut conn: Option<SendRequest<Full<Bytes>>> = None;
+        while Instant::now() < deadline {
+            let Some(n) = self.reserve() else { break };
+            if conn.is_none() {
+                if let Ok(s) = connect(&self.plan).await {
+                    conn = Some(s);
+                } else {
+                    self.fail(Failure::Transport, n);
+                    tokio::time::sleep(ERROR_PAUSE).await;
+                    continue;
+                }
+            }
+            let Some(sender) = conn.as_mut() else {
+                continue;
+            };
+            let body = self.fill(n);
+            let started = Instant::now();
+            match self.exchange(sender, body).await {
+                Ok(StatusCode::OK) => {
+                    let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    self.stats
+                        .latency
+                        .saturating_record(us.clamp(1, MAX_LATENCY_US));
+                    if self.tally(n) {
+                        self.acknowledged();
+                        self.stats.requests += 1;
+                        self.stats.ids += n as u64;
+                        self.counters.ids.fetch_add(n as u64, Ordering::Relaxed);
+                        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        self.fail(Failure::Decode, n);
+                    }
+                }
+                Ok(status) => {
+                    self.fail(Failure::Status(status.as_u16()), n);
+                    tokio::time::sleep(ERROR_PAUSE).await;
+                }
+                Err(()) => {
+                    // The connection may be broken: start a new one.
+                    conn = None;
+                    self.fail(Failure::Transport, n);
+                    tokio::time::sleep(ERROR_PAUSE).await;
+                }
+            }
+        }
+        self.stats
+    }
+
+    /// The size of the next batch, or `None` when the ID budget is spent.
+    fn reserve(&self) -> Option<usize> {
+        let batch = self.plan.batch as u64;
+        let Some(budget) = self.plan.id_budget else {
+            return Some(self.plan.batch);
+        };
+        let before = self.counters.reserved.fetch_add(batch, Ordering::Relaxed);
+        let n = budget.saturating_sub(before).min(batch);
+        // `n <= batch`, a usize.
+        (n > 0).then(|| usize::try_from(n).unwrap_or(self.plan.batch))
+    }
+
+    fn next_random(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        mix(self.rng)
+    }
+
+    /// Writes a request body of `n` IDs and returns it.
+    fn fill(&mut self, n: usize) -> Bytes {
+        // The previous body was dropped with its request, so this reclaims the same
+        // allocation instead of making a new one.
+        self.body.reserve(16 + 35 * n);
+        self.body.extend_from_slice(b"{\"ids\":[");
+        self.repeat.clear();
+        self.numbers.clear();
+        let mut item = [0_u8; 35];
+        item[0] = b'"';
+        item[33] = b'"';
+        item[34] = b',';
+        for slot in 0..n {
+            let repeat = !self.recent.is_empty() && self.next_random() < self.plan.repeat_below;
+            let number = if repeat {
+                #[allow(clippy::cast_possible_truncation)] // the index is below len
+                let k = (self.next_random() % self.recent.len() as u64) as usize;
+                self.recent[k]
+            } else {
+                self.next += 1;
+                self.next - 1
+            };
+            self.repeat.push(repeat);
+            self.numbers.push(number);
+            let hex: &mut [u8; 32] = (&mut item[1..33]).try_into().expect("32 bytes");
+            id_hex(self.plan.seed, self.index, number, hex);
+            let len = if slot + 1 == n { 34 } else { 35 };
+            self.body.extend_from_slice(&item[..len]);
+        }
+        self.body.extend_from_slice(b"]}");
+        self.body.split().freeze()
+    }
+
+    /// Sends one request and reads the whole answer into `self.answer`.
+    async fn exchange(
+        &mut self,
+        sender: &mut SendRequest<Full<Bytes>>,
+        body: Bytes,
+    ) -> Result<StatusCode, ()> {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(self.plan.path.clone())
+            .header(header::HOST, self.plan.authority.clone())
+            .header(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        if let Some(auth) = &self.plan.auth {
+            request = request.header(header::AUTHORIZATION, auth.clone());
+        }
+        let request = request.body(Full::new(body)).map_err(|_| ())?;
+        sender.ready().await.map_err(|_| ())?;
+        let response = sender.send_request(request).await.map_err(|_| ())?;
+        let status = response.status();
+        let mut body = response.into_body();
+        self.answer.clear();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.map_err(|_| ())?.into_data() {
+                self.answer.extend_from_slice(&data);
+            }
+        }
+        Ok(status)
+    }
+
+    /// Counts the verdicts of the answer in `self.answer` against what each slot
+    /// should get. `false` when the answer does not have one verdict per ID.
+    fn tally(&mut self, n: usize) -> bool {
+        const FIELD: usize = b"\"verdict\":\"".len();
+        let mut slot = 0;
+        let mut ok = true;
+        let mut counts = VerdictCounts::default();
+        let mut unexpected = Unexpected::default();
+        self.marked.clear();
+        for at in self.verdict_field.find_iter(&self.answer) {
+            let verdict = match self.answer.get(at + FIELD) {
+                Some(b'n') => Seen::New,
+                Some(b'd') => Seen::Duplicate,
+                Some(b'p') => Seen::Probable,
+                Some(b'i') => Seen::InProgress,
+                _ => {
+                    ok = false;
+                    break;
+                }
+            };
+            let Some(&repeat) = self.repeat.get(slot) else {
+                ok = false;
+                break;
+            };
+            slot += 1;
+            match verdict {
+                Seen::New => counts.new += 1,
+                Seen::Duplicate => counts.duplicate += 1,
+                Seen::Probable => counts.probable_duplicate += 1,
+                Seen::InProgress => counts.in_progress += 1,
+            }
+            if repeat && verdict != Seen::Duplicate {
+                unexpected.repeated_not_duplicate += 1;
+            } else if !repeat && verdict != Seen::New {
+                unexpected.fresh_not_new += 1;
+            } else if !repeat {
+                self.marked.push(self.numbers[slot - 1]);
+            }
+        }
+        if !ok || slot != n {
+            return false;
+        }
+        let repeats = self.repeat.iter().filter(|r| **r).count() as u64;
+        self.stats.repeated_ids += repeats;
+        self.stats.fresh_ids += n as u64 - repeats;
+        self.stats.verdicts.add(&counts);
+        self.stats.unexpected.repeated_not_duplicate += unexpected.repeated_not_duplicate;
+        self.stats.unexpected.fresh_not_new += unexpected.fresh_not_new;
+        true
+    }
+
+    /// The batch's fresh IDs answered `new` are marked: they may be repeated from
+    /// now on. (A fresh ID answered otherwise, a Bloom false positive, was not
+    /// marked, and a repeat of it would not be answered `duplicate`.)
+    fn acknowledged(&mut self) {
+        for &number in &self.marked {
+            if self.recent.len() < REPEAT_WINDOW {
+                self.recent.push(number);
+            } else {
+                self.recent[self.recent_at] = number;
+                self.recent_at = (self.recent_at + 1) % REPEAT_WINDOW;
+            }
+        }
+    }
+
+    fn fail(&mut self, failure: Failure, ids: usize) {
+        self.stats.errors.count(failure);
+        self.stats.failed_ids += ids as u64;
+        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn connect(plan: &Plan) -> Result<SendRequest<Full<Bytes>>, ()> {
+    let stream = TcpStream::connect((plan.host.as_str(), plan.port))
+        .await
+        .map_err(|_| ())?;
+    // One request at a time per connection: Nagle would hold its last segment
+    // back for the daemon's delayed ACK.
+    stream.set_nodelay(true).map_err(|_| ())?;
+    let (sender, connection) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|_| ())?;
+    tokio::spawn(async move {
+        // Ends when the sender is dropped or the daemon closes the connection; the
+        // next request on it reports the error.
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+/// Why a request failed.
+#[derive(Clone, Copy)]
+enum Failure {
+    /// Connecting, sending or reading failed.
+    Transport,
+    /// An answer other than 200.
+    Status(u16),
+    /// A 200 answer without one verdict per ID.
+    Decode,
+}
+
+/// Per-task tallies, merged at the end.
+struct Stats {
+    requests: u64,
+    ids: u64,
+    fresh_ids: u64,
+    repeated_ids: u64,
+    failed_ids: u64,
+    verdicts: VerdictCounts,
+    unexpected: Unexpected,
+    errors: ErrorCounts,
+    latency: Histogram<u64>,
+}
+
+impl Stats {
+    fn new() -> Self {
+        Self {
+            requests: 0,
+            ids: 0,
+            fresh_ids: 0,
+            repeated_ids: 0,
+            failed_ids: 0,
+            verdicts: VerdictCounts::default(),
+            unexpected: Unexpected::default(),
+            errors: ErrorCounts::default(),
+            latency: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+                .expect("constant, valid histogram bounds"),
+        }
+    }
+
+    fn merge(&mut self, other: &Self) {
+        self.requests += other.requests;
+        self.ids += other.ids;
+        self.fresh_ids += other.fresh_ids;
+        self.repeated_ids += other.repeated_ids;
+        self.failed_ids += other.failed_ids;
+        self.verdicts.add(&other.verdicts);
+        self.unexpected.fresh_not_new += other.unexpected.fresh_not_new;
+        self.unexpected.repeated_not_duplicate += other.unexpected.repeated_not_duplicate;
+        self.errors.merge(&other.errors);
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.latency.add(&other.latency);
+    }
+
+    #[allow(clippy::cast_precision_loss)]
+    fn report(&self, args: &LoadArgs, seed: u64, elapsed: Duration) -> LoadReport {
+        let secs = elapsed.as_secs_f64();
+        let rate = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+        let h = &self.latency;
+        let latency_us = if h.is_empty() {
+            Latency::default()
+        } else {
+            Latency {
+                min: h.min(),
+                mean: h.mean(),
+                p50: h.value_at_quantile(0.50),
+                p90: h.value_at_quantile(0.90),
+                p99: h.value_at_quantile(0.99),
+                p999: h.value_at_quantile(0.999),
+                max: h.max(),
+            }
+        };
+        LoadReport {
+            url: args.url.clone(),
+            namespace: args.namespace.clone(),
+            batch: args.batch,
+            concurrency: args.concurrency,
+            threads: args.threads,
+            duplicates_requested: args.duplicates,
+            seed,
+            id_format: "16 bytes as 32 lowercase hex characters",
+            elapsed_s: secs,
+            requests: self.requests,
+            ids: self.ids,
+            fresh_ids: self.fresh_ids,
+            repeated_ids: self.repeated_ids,
+            duplicates_sent: if self.ids == 0 {
+                0.0
+            } else {
+                self.repeated_ids as f64 / self.ids as f64
+            },
+            ids_per_sec: rate(self.ids),
+            requests_per_sec: rate(self.requests),
+            verdicts: self.verdicts,
+            unexpected: self.unexpected,
+            errors: self.errors.clone(),
+            failed_ids: self.failed_ids,
+            latency_us,
+        }
+    }
+}
+
+/// What `oncelyd load` measured. Counts are of requests answered 200 unless said
+/// otherwise.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LoadReport {
+    /// The daemon's base URL.
+    pub url: String,
+    /// The namespace marked into.
+    pub namespace: String,
+    /// IDs per request.
+    pub batch: usize,
+    /// Connections, one request in flight on each.
+    pub concurrency: usize,
+    /// Worker threads of the generator's runtime.
+    pub threads: usize,
+    /// The `--duplicates` fraction asked for.
+    pub duplicates_requested: f64,
+    /// The seed of the IDs (give it as `--seed` to send the same IDs again).
+    pub seed: u64,
+    /// How IDs are written.
+    pub id_format: &'static str,
+    /// Seconds from the first request to the last answer.
+    pub elapsed_s: f64,
+    /// Requests answered 200.
+    pub requests: u64,
+    /// IDs in those requests: `fresh_ids + repeated_ids`, and the sum of `verdicts`.
+    pub ids: u64,
+    /// IDs sent for the first time.
+    pub fresh_ids: u64,
+    /// IDs that repeated one already marked.
+    pub repeated_ids: u64,
+    /// `repeated_ids / ids`.
+    pub duplicates_sent: f64,
+    /// `ids / elapsed_s`.
+    pub ids_per_sec: f64,
+    /// `requests / elapsed_s`.
+    pub requests_per_sec: f64,
+    /// The daemon's verdicts.
+    pub verdicts: VerdictCounts,
+    /// Verdicts other than expected: fresh IDs must be `new`, repeats `duplicate`.
+    pub unexpected: Unexpected,
+    /// Requests that failed.
+    pub errors: ErrorCounts,
+    /// IDs in failed requests (not in `ids`).
+    pub failed_ids: u64,
+    /// Latency per request, in microseconds, from sending to the last byte of the
+    /// answer.
+    pub latency_us: Latency,
+}
+
+/// IDs by verdict.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct VerdictCounts {
+    /// `new`.
+    pub new: u64,
+    /// `duplicate`.
+    pub duplicate: u64,
+    /// `probable_duplicate`.
+    pub probable_duplicate: u64,
+    /// `in_progress`.
+    pub in_progress: u64,
+}
+
+impl VerdictCounts {
+    fn add(&mut self, other: &Self) {
+        self.new += other.new;
+        self.duplicate += other.duplicate;
+        self.probable_duplicate += other.probable_duplicate;
+        self.in_progress += other.in_progress;
+    }
+}
+
+/// Verdicts other than expected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Unexpected {
+    /// Fresh IDs not answered `new`: Bloom false positives from generations without
+    /// an exact table (`probable_duplicate`), or a bug.
+    pub fresh_not_new: u64,
+    /// Repeats not answered `duplicate`: the earlier mark has left the exact horizon
+    /// (or been forgotten: a bug).
+    pub repeated_not_duplicate: u64,
+}
+
+/// Failed requests by cause.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ErrorCounts {
+    /// All failed requests.
+    pub total: u64,
+    /// Connecting, sending or reading failed.
+    pub transport: u64,
+    /// Answers 200 without one verdict per ID.
+    pub decode: u64,
+    /// Answers other than 200, by status.
+    pub http: BTreeMap<u16, u64>,
+}
+
+impl ErrorCounts {
+    fn count(&mut self, failure: Failure) {
+        self.total += 1;
+        match failure {
+            Failure::Transport => self.transport += 1,
+            Failure::Decode => self.decode += 1,
+            Failure::Status(s) => *self.http.entry(s).or_default() += 1,
+        }
+    }
+
+    fn merge(&mut self, other: &Self) {
+        self.total += other.total;
+        self.transport += other.transport;
+        self.decode += other.decode;
+        for (status, n) in &other.http {
+            *self.http.entry(*status).or_default() += n;
+        }
+    }
+}
+
+/// Latency percentiles in microseconds (all 0 when no request succeeded).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Latency {
+    /// Fastest.
+    pub min: u64,
+    /// Mean.
+    pub mean: f64,
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Slowest.
+    pub max: u64,
+}
+
+/// Writes the report: one JSON object and a newline with `json`, else text.
+///
+/// # Errors
+///
+/// [`Error::Output`] when `out` fails.
+pub fn write_report(report: &LoadReport, json: bool, out: &mut dyn Write) -> Result<(), Error> {
+    if json {
+        serde_json::to_writer(&mut *out, report).map_err(|e| Error::Output(e.into()))?;
+        writeln!(out).map_err(Error::Output)
+    } else {
+        out.write_all(render_text(report).as_bytes())
+            .map_err(Error::Output)
+    }
+}
+
+/// The text report.
+#[must_use]
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+pub fn render_text(r: &LoadReport) -> String {
+    let ms = |us: u64| format!("{:.3} ms", us as f64 / 1000.0);
+    let l = &r.latency_us;
+    let mut s = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        s,
+        "oncelyd load: {} namespace {}, batch {}, concurrency {}, {} thread{}, {:.1}% duplicates, seed {}",
+        r.url,
+        r.namespace,
+        r.batch,
+        r.concurrency,
+        r.threads,
+        if r.threads == 1 { "" } else { "s" },
+        r.duplicates_requested * 100.0,
+        r.seed,
+    );
+    let _ = writeln!(s, "  elapsed     {:.2} s", r.elapsed_s);
+    let _ = writeln!(
+        s,
+        "  IDs         {} ({} IDs/s): {} fresh, {} repeated ({:.2}%)",
+        thousands(r.ids),
+        thousands(r.ids_per_sec.round() as u64),
+        thousands(r.fresh_ids),
+        thousands(r.repeated_ids),
+        r.duplicates_sent * 100.0,
+    );
+    let _ = writeln!(
+        s,
+        "  requests    {} ({} req/s)",
+        thousands(r.requests),
+        thousands(r.requests_per_sec.round() as u64),
+    );
+    let v = &r.verdicts;
+    let _ = writeln!(
+        s,
+        "  verdicts    new {}, duplicate {}, probable_duplicate {}, in_progress {}",
+        thousands(v.new),
+        thousands(v.duplicate),
+        thousands(v.probable_duplicate),
+        thousands(v.in_progress),
+    );
+    let _ = writeln!(
+        s,
+        "  unexpected  {} fresh not new, {} repeats not duplicate",
+        thousands(r.unexpected.fresh_not_new),
+        thousands(r.unexpected.repeated_not_duplicate),
+    );
+    let mut errors = format!(
+        "{} ({} transport, {} malformed",
+        thousands(r.errors.total),
+        r.errors.transport,
+        r.errors.decode
+    );
+    for (status, n) in &r.errors.http {
+        let _ = write!(errors, ", {n} x HTTP {status}");
+    }
+    errors.push(')');
+    let _ = writeln!(s, "  errors      {errors}");
+    let _ = writeln!(
+        s,
+        "  latency     p50 {}, p90 {}, p99 {}, p99.9 {}, max {} (mean {:.3} ms)",
+        ms(l.p50),
+        ms(l.p90),
+        ms(l.p99),
+        ms(l.p999),
+        ms(l.max),
+        l.mean / 1000.0,
+    );
+    s
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_per_task_and_number_and_differ_by_seed() {
+        let mut seen = std::collections::HashSet::new();
+        let mut hex = [0_u8; 32];
+        for task in 0..4 {
+            for n in 0..5_000 {
+                id_hex(7, task, n, &mut hex);
+                assert!(hex.iter().all(u8::is_ascii_hexdigit));
+                assert!(seen.insert(hex), "duplicate ID");
+            }
+        }
+        let mut other = [0_u8; 32];
+        id_hex(8, 0, 0, &mut other);
+        id_hex(7, 0, 0, &mut hex);
+        assert_ne!(hex, other);
+    }
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+}

@@ -1,0 +1,611 @@
+//! The typed client against a real daemon on a loopback socket: every method, typed
+//! errors, and retries, with a small HTTP-aware TCP proxy in between that loses an
+//! answer, answers 503 or never answers, on cue.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use oncely::{ClaimOutcome, Configured, Durability, NamespaceConfig, RocksOptions, Tracker};
+use oncelyd::client::{Client, Error, RetryPolicy, Verdict};
+use oncelyd::server::{AppState, Limits, run};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// A daemon on 127.0.0.1, port chosen by the OS.
+struct Daemon {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<Result<(), oncelyd::Error>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Daemon {
+    /// On RocksDB in a temporary directory, durability `flush`, as in production.
+    async fn start(tokens: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        let tracker = tokio::task::spawn_blocking(move || {
+            Tracker::builder()
+                .path(path)
+                .durability(Durability::Flush)
+                .rocks_options(RocksOptions {
+                    cache_bytes: 8 << 20,
+                    memtable_bytes: 8 << 20,
+                })
+                .open()
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let tokens: Vec<String> = tokens.iter().map(|t| (*t).to_owned()).collect();
+        let mut daemon = Self::serve(AppState::new(tracker, Limits::default(), &tokens)).await;
+        daemon._dir = Some(dir);
+        daemon
+    }
+
+    async fn serve(state: AppState) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let done = tokio::spawn(run(
+            listener,
+            state,
+            async move {
+                let _ = stopped.await;
+            },
+            Duration::from_secs(5),
+        ));
+        Self {
+            addr,
+            stop: Some(stop),
+            done,
+            _dir: None,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(10), &mut self.done)
+            .await
+            .expect("the daemon stops within its grace period")
+            .unwrap()
+            .expect("a clean shutdown");
+    }
+}
+
+/// Quick retries, seeded jitter: a test's timing does not depend on luck.
+fn fast_retries(attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        attempts,
+        base_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(20),
+    }
+}
+
+fn client(url: &str, attempts: u32) -> Client {
+    Client::builder(url)
+        .timeout(Duration::from_secs(10))
+        .retry(fast_retries(attempts))
+        .jitter_seed(1)
+        .build()
+        .unwrap()
+}
+
+fn small_config() -> NamespaceConfig {
+    NamespaceConfig::builder()
+        .generations(3)
+        .generation_capacity(10_000)
+        .fp_rate(0.001)
+        .exact_generations(2)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_method_against_a_real_daemon() {
+    let daemon = Daemon::start(&[]).await;
+    let c = client(&daemon.url(), 3);
+
+    assert_eq!(c.health().await.unwrap().status, "ok");
+    assert_eq!(c.ready().await.unwrap().status, "ready");
+    assert_eq!(c.namespaces().await.unwrap(), ["default"]);
+
+    // Namespaces: created, then updated, listed, read back.
+    let (configured, view) = c.put_namespace("orders", &small_config()).await.unwrap();
+    assert_eq!(configured, Configured::Created);
+    assert_eq!(view.name, "orders");
+    assert_eq!(view.config, small_config());
+    let bigger = small_config().to_builder().generations(4).build().unwrap();
+    let (configured, view) = c.put_namespace("orders", &bigger).await.unwrap();
+    assert_eq!(configured, Configured::Updated);
+    assert_eq!(view.config.generations(), 4);
+    assert_eq!(c.namespaces().await.unwrap(), ["default", "orders"]);
+    assert_eq!(c.namespace("orders").await.unwrap().config, bigger);
+
+    // Check-and-mark: new, then the same owner's replay, another owner's duplicate.
+    let marked = c
+        .check_and_mark("orders", &["a", "b"], Some("w1"))
+        .await
+        .unwrap();
+    assert_eq!(marked.owner, "w1");
+    assert_eq!(marked.verdicts, [Verdict::New, Verdict::New]);
+    let again = c
+        .check_and_mark("orders", &["b", "c"], Some("w1"))
+        .await
+        .unwrap();
+    assert_eq!(again.verdicts, [Verdict::Replayed, Verdict::New]);
+    let other = c
+        .check_and_mark("orders", &["a", "c", "d"], None)
+        .await
+        .unwrap();
+    assert!(other.owner.starts_with("client-"), "a generated owner");
+    assert_eq!(
+        other.verdicts,
+        [Verdict::Duplicate, Verdict::Duplicate, Verdict::New]
+    );
+    let stats = c.namespace("orders").await.unwrap();
+    assert_eq!(stats.generations.iter().map(|g| g.ids).sum::<u64>(), 4);
+
+    // Check marks nothing.
+    assert_eq!(
+        c.check("orders", &["a", "zz"]).await.unwrap(),
+        [Verdict::Duplicate, Verdict::New]
+    );
+    assert_eq!(
+        c.check("orders", &["zz"]).await.unwrap(),
+        [Verdict::New],
+        "check marked nothing"
+    );
+
+    // Claims: acquired, in progress for another owner, renewed, completed; released.
+    let lease = Duration::from_secs(30);
+    let ClaimOutcome::Acquired { replayed, .. } =
+        c.claim("orders", "job-1", "w1", lease).await.unwrap()
+    else {
+        panic!("the first claim is acquired");
+    };
+    assert!(!replayed);
+    assert!(matches!(
+        c.claim("orders", "job-1", "w2", lease).await.unwrap(),
+        ClaimOutcome::InProgress { .. }
+    ));
+    assert!(matches!(
+        c.check_and_mark("orders", &["job-1"], Some("w2"))
+            .await
+            .unwrap()
+            .verdicts[0],
+        Verdict::InProgress { .. }
+    ));
+    assert!(matches!(
+        c.claim("orders", "job-1", "w1", lease).await.unwrap(),
+        ClaimOutcome::Acquired { replayed: true, .. }
+    ));
+    c.complete("orders", "job-1", "w1").await.unwrap();
+    c.complete("orders", "job-1", "w1")
+        .await
+        .expect("completing twice is fine");
+    assert_eq!(
+        c.claim("orders", "job-1", "w2", lease).await.unwrap(),
+        ClaimOutcome::Duplicate
+    );
+    assert!(matches!(
+        c.claim("orders", "job-2", "w1", lease).await.unwrap(),
+        ClaimOutcome::Acquired { .. }
+    ));
+    c.release("orders", "job-2", "w1").await.unwrap();
+    c.release("orders", "job-2", "w1")
+        .await
+        .expect("releasing twice is fine");
+    assert!(matches!(
+        c.claim("orders", "job-2", "w2", lease).await.unwrap(),
+        ClaimOutcome::Acquired { .. }
+    ));
+
+    // Checkpoints: none, stored, read back, moved.
+    assert_eq!(c.checkpoint("orders", "ledger").await.unwrap(), None);
+    c.set_checkpoint("orders", "ledger", "41").await.unwrap();
+    assert_eq!(
+        c.checkpoint("orders", "ledger").await.unwrap().as_deref(),
+        Some("41")
+    );
+    c.set_checkpoint("orders", "ledger", "42").await.unwrap();
+    assert_eq!(
+        c.checkpoint("orders", "ledger").await.unwrap().as_deref(),
+        Some("42")
+    );
+
+    // Deleted: gone, with its marks.
+    c.delete_namespace("orders").await.unwrap();
+    assert_eq!(c.namespaces().await.unwrap(), ["default"]);
+    let e = c.namespace("orders").await.unwrap_err();
+    assert_eq!(e.code(), Some("unknown_namespace"));
+    daemon.shutdown().await;
+}
+
+/// Asserts an [`Error::Http`] with this status and code, made in one attempt.
+#[track_caller]
+fn assert_http(e: &Error, status: u16, code: &str) {
+    match e {
+        Error::Http {
+            status: s,
+            code: c,
+            message,
+            attempts,
+        } => {
+            assert_eq!(s.as_u16(), status, "{e}");
+            assert_eq!(c, code, "{e}");
+            assert!(!message.is_empty(), "{e}");
+            assert_eq!(*attempts, 1, "a {status} is never retried: {e}");
+        }
+        other => panic!("expected HTTP {status} {code}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_typed_and_4xx_are_not_retried() {
+    let daemon = Daemon::start(&["s3cret"]).await;
+    let c = Client::builder(daemon.url())
+        .token("s3cret")
+        .retry(fast_retries(5))
+        .build()
+        .unwrap();
+
+    let e = c.check_and_mark("default", &[""], None).await.unwrap_err();
+    assert_http(&e, 400, "invalid_id");
+    let long = "x".repeat(257);
+    let e = c.check("default", &[long.as_str()]).await.unwrap_err();
+    assert_http(&e, 400, "invalid_id");
+    let e = c.check_and_mark("no such", &["a"], None).await.unwrap_err();
+    assert_http(&e, 400, "invalid_namespace");
+    let e = c.check_and_mark("nowhere", &["a"], None).await.unwrap_err();
+    assert_http(&e, 404, "unknown_namespace");
+    let e = c
+        .claim("default", "a", "w", Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert_http(&e, 400, "invalid_argument");
+    let e = c
+        .complete("default", "never-claimed", "w")
+        .await
+        .unwrap_err();
+    assert_http(&e, 409, "conflict");
+    let e = c.delete_namespace("default").await.unwrap_err();
+    assert_http(&e, 409, "refused");
+    let e = c.delete_namespace("nowhere").await.unwrap_err();
+    assert_http(&e, 404, "unknown_namespace");
+    let e = c.checkpoint("nowhere", "ledger").await.unwrap_err();
+    assert_http(&e, 404, "unknown_namespace");
+    let e = c.set_checkpoint("default", "ledger", "").await.unwrap_err();
+    assert_http(&e, 400, "invalid_argument");
+    let (configured, _) = c
+        .put_namespace("default", &small_config())
+        .await
+        .expect("with the token, reconfiguring default is allowed");
+    assert_eq!(configured, Configured::Updated);
+
+    // Without the token: 401, typed; health needs none.
+    let anonymous = client(&daemon.url(), 5);
+    let e = anonymous.namespaces().await.unwrap_err();
+    assert_http(&e, 401, "unauthorized");
+    assert_eq!(anonymous.health().await.unwrap().status, "ok");
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transport_errors_and_timeouts_are_retried_then_typed() {
+    // Nothing listens on a port just released.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let c = client(&format!("http://127.0.0.1:{port}"), 3);
+    match c.check_and_mark("default", &["a"], None).await {
+        Err(Error::Transport { attempts: 3, .. }) => {}
+        other => panic!("expected a transport error after 3 attempts, got {other:?}"),
+    }
+
+    // A daemon that takes the request and never answers.
+    let daemon = Daemon::start(&[]).await;
+    let proxy = Proxy::start(daemon.addr, |_| Act::Hang).await;
+    let c = Client::builder(proxy.url())
+        .timeout(Duration::from_millis(200))
+        .retry(fast_retries(2))
+        .build()
+        .unwrap();
+    match c.check("default", &["a"]).await {
+        Err(Error::Timeout { attempts: 2, .. }) => {}
+        other => panic!("expected a timeout after 2 attempts, got {other:?}"),
+    }
+    assert_eq!(proxy.requests(), 2, "one request per attempt");
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_is_retried_with_the_same_owner_and_replayed() {
+    let daemon = Daemon::start(&[]).await;
+    // The first request reaches the daemon, which marks the IDs and answers; the
+    // proxy drops the connection instead of passing the answer on.
+    let proxy = Proxy::start(daemon.addr, |n| {
+        if n == 0 {
+            Act::DropAnswer
+        } else {
+            Act::Forward
+        }
+    })
+    .await;
+    let c = client(&proxy.url(), 4);
+    let ids: Vec<String> = (0..100).map(|i| format!("lost-{i:03}")).collect();
+    let marked = c.check_and_mark("default", &ids, None).await.unwrap();
+    assert!(
+        marked.verdicts.iter().all(|v| *v == Verdict::Replayed),
+        "every ID comes back new, flagged replayed: {:?}",
+        marked.verdicts
+    );
+    assert_eq!(proxy.requests(), 2, "the lost attempt and its retry");
+    let owners: Vec<Value> = proxy
+        .bodies()
+        .iter()
+        .map(|b| serde_json::from_slice::<Value>(b).unwrap()["owner"].clone())
+        .collect();
+    assert_eq!(owners[0], owners[1], "both attempts carry the same owner");
+    assert_eq!(owners[0], marked.owner.as_str());
+
+    // Anyone else: duplicate, every one.
+    let direct = client(&daemon.url(), 1);
+    let other = direct
+        .check_and_mark("default", &ids, Some("another-owner"))
+        .await
+        .unwrap();
+    assert!(other.verdicts.iter().all(|v| *v == Verdict::Duplicate));
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_answers_of_claims_complete_and_release_are_retried_safely() {
+    let daemon = Daemon::start(&[]).await;
+    // Every other request loses its answer: each call below needs its retry.
+    let proxy = Proxy::start(daemon.addr, |n| {
+        if n % 2 == 0 {
+            Act::DropAnswer
+        } else {
+            Act::Forward
+        }
+    })
+    .await;
+    let c = client(&proxy.url(), 3);
+    let lease = Duration::from_secs(30);
+    assert!(matches!(
+        c.claim("default", "job", "w1", lease).await.unwrap(),
+        ClaimOutcome::Acquired { replayed: true, .. }
+    ));
+    c.complete("default", "job", "w1").await.unwrap();
+    assert!(matches!(
+        c.claim("default", "job-2", "w1", lease).await.unwrap(),
+        ClaimOutcome::Acquired { replayed: true, .. }
+    ));
+    c.release("default", "job-2", "w1").await.unwrap();
+    let (configured, _) = c.put_namespace("tmp", &small_config()).await.unwrap();
+    assert_eq!(
+        configured,
+        Configured::Updated,
+        "the lost attempt created it; the retry updated it"
+    );
+    c.delete_namespace("tmp")
+        .await
+        .expect("a retried delete that finds the namespace gone succeeds");
+    assert_eq!(proxy.requests(), 12, "two attempts per call");
+
+    let direct = client(&daemon.url(), 1);
+    assert_eq!(
+        direct.claim("default", "job", "w2", lease).await.unwrap(),
+        ClaimOutcome::Duplicate,
+        "completed"
+    );
+    assert!(
+        matches!(
+            direct.claim("default", "job-2", "w2", lease).await.unwrap(),
+            ClaimOutcome::Acquired {
+                replayed: false,
+                ..
+            }
+        ),
+        "released"
+    );
+    assert_eq!(direct.namespaces().await.unwrap(), ["default"]);
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_is_retried_and_nothing_was_acknowledged_by_it() {
+    let daemon = Daemon::start(&[]).await;
+    let proxy = Proxy::start(daemon.addr, |n| {
+        if n == 0 { Act::Answer503 } else { Act::Forward }
+    })
+    .await;
+    let c = client(&proxy.url(), 3);
+    let marked = c
+        .check_and_mark("default", &["x", "y"], None)
+        .await
+        .unwrap();
+    assert_eq!(marked.verdicts, [Verdict::New, Verdict::New]);
+    assert_eq!(proxy.requests(), 2);
+
+    // With one attempt only, the 503 comes back typed.
+    let proxy = Proxy::start(daemon.addr, |_| Act::Answer503).await;
+    let once = client(&proxy.url(), 1);
+    let e = once.check("default", &["x"]).await.unwrap_err();
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(503));
+    assert_eq!(e.code(), Some("overloaded"));
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_store_is_retried_until_it_recovers() {
+    let harness = common::Harness::new();
+    let faults = harness.faults.clone();
+    let daemon = Daemon::serve(harness.state.clone()).await;
+    let proxy = Proxy::start(daemon.addr, |_| Act::Forward).await;
+    faults.fail_writes.store(true, Ordering::SeqCst);
+    let c = client(&proxy.url(), 100);
+    let call = tokio::spawn(async move { c.check_and_mark("default", &["p", "q"], None).await });
+    // Recover once the daemon has refused at least one attempt with 503 and the
+    // client has come back.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while proxy.requests() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the client retries");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    faults.fail_writes.store(false, Ordering::SeqCst);
+    let marked = call.await.unwrap().unwrap();
+    assert_eq!(
+        marked.verdicts,
+        [Verdict::New, Verdict::New],
+        "not replayed: the failed attempts stored nothing"
+    );
+    assert!(proxy.requests() >= 2);
+    daemon.shutdown().await;
+}
+
+/// What the proxy does with the `n`-th request (from 0, across connections).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Act {
+    /// Pass the request on and the answer back.
+    Forward,
+    /// Pass the request on, wait for the whole answer, then close the client's
+    /// connection without passing it back: the work is done, the answer lost.
+    DropAnswer,
+    /// Answer 503 `overloaded` without passing the request on.
+    Answer503,
+    /// Take the request and never answer.
+    Hang,
+}
+
+struct Proxy {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Vec<u8>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr, plan: fn(usize) -> Act) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let seen = Arc::clone(&seen);
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    tokio::spawn(relay(client, upstream, plan, Arc::clone(&seen)));
+                }
+            }
+        });
+        Self { addr, seen, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn requests(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// The request bodies, in arrival order.
+    fn bodies(&self) -> Vec<Vec<u8>> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// One client connection, request by request.
+async fn relay(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    plan: fn(usize) -> Act,
+    seen: Arc<Mutex<Vec<Vec<u8>>>>,
+) {
+    let mut from_client = Vec::new();
+    let mut daemon: Option<(TcpStream, Vec<u8>)> = None;
+    while let Some((request, body_at)) = read_message(&mut client, &mut from_client).await {
+        let n = {
+            let mut seen = seen.lock().unwrap();
+            seen.push(request[body_at..].to_vec());
+            seen.len() - 1
+        };
+        match plan(n) {
+            Act::Answer503 => {
+                let body =
+                    r#"{"error":{"code":"overloaded","message":"injected by the test proxy"}}"#;
+                let answer = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+                     retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = client.write_all(answer.as_bytes()).await;
+                return;
+            }
+            Act::Hang => {
+                // Bounded: the test is long over by then.
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                return;
+            }
+            act @ (Act::Forward | Act::DropAnswer) => {
+                if daemon.is_none() {
+                    daemon = Some((TcpStream::connect(upstream).await.unwrap(), Vec::new()));
+                }
+                let Some((up, from_daemon)) = daemon.as_mut() else {
+                    return;
+                };
+                if up.write_all(&request).await.is_err() {
+                    return;
+                }
+                let Some((answer, _)) = read_message(up, from_daemon).await else {
+                    return;
+                };
+                if act == Act::DropAnswer || client.write_all(&answer).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 message (head and `content-length` body) from `stream`, with
+/// `buf` holding bytes read past the previous one: the message, and where its body
+/// starts. `None` at end of stream.
+async fn read_message(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Vec<u8>, usize)> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+            let total = end + 4 + length;
+            if buf.len() >= total {
+                let message: Vec<u8> = buf.drain(..total).collect();
+                return Some((message, end + 4));
+            }
+        }
+        let mut chunk = [0_u8; 16 * 1024];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! A real `oncelyd serve` process for tests: started on 127.0.0.1 port 0, its bound
+//! address read from the start-up line, killed on drop.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// A running daemon; killed on drop, so a failing test leaves no process behind.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oncelyd"));
+    cmd.arg("serve").args(args);
+    // A clean environment for the settings: only what the test gives.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("ONCELY_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+impl Daemon {
+    /// Starts `oncelyd serve` on 127.0.0.1 port 0 and reads the bound address from
+    /// its start-up log line (no race for a free port).
+    pub fn start(data_dir: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Self {
+        let dir = data_dir.to_str().unwrap();
+        let mut args = vec!["--listen", "127.0.0.1:0", "--data-dir", dir];
+        args.extend_from_slice(extra);
+        let mut child = command(&args, envs).spawn().expect("the binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let lines = Arc::clone(&log);
+        // Keeps draining stderr for the process's whole life, so it never blocks on
+        // a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let addr = listen_addr(&line);
+                // Logged before the address is announced, so the test sees the line.
+                lines.lock().unwrap().push(line);
+                if let Some(addr) = addr {
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let mut daemon = Self {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            log,
+        };
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => daemon.addr = addr,
+            Err(_) => panic!("no start-up line; log:\n{}", daemon.log_text()),
+        }
+        daemon
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running after {limit:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The address in `... listen=127.0.0.1:PORT ...`.
+pub fn listen_addr(line: &str) -> Option<SocketAddr> {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix("listen="))
+        .and_then(|a| a.parse().ok())
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+pub async fn verdicts(c: &reqwest::Client, url: &str, ids: &[String]) -> Vec<String> {
+    let r = c
+        .post(url)
+        .json(&json!({ "ids": ids }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = r.json().await.unwrap();
+    v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["verdict"].as_str().unwrap().to_owned())
+        .collect()
+}

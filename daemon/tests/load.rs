@@ -1,0 +1,268 @@
+//! `oncelyd load` against an in-process daemon on a loopback socket: the report's
+//! counts agree with each other and with the daemon, and its JSON has every key.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use oncely::{Durability, HumanDuration, RocksOptions, Tracker};
+use oncelyd::cli::LoadArgs;
+use oncelyd::load::{self, LoadReport};
+use oncelyd::server::{AppState, Limits, run};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+/// A daemon on its own runtime thread (the load generator starts its own runtime,
+/// which cannot nest in a test's), on RocksDB in a temporary directory.
+struct Daemon {
+    addr: SocketAddr,
+    tracker: Tracker,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), oncelyd::Error>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let tracker = Tracker::builder()
+            .path(dir.path())
+            .durability(Durability::Flush)
+            .rocks_options(RocksOptions {
+                cache_bytes: 8 << 20,
+                memtable_bytes: 8 << 20,
+            })
+            .open()
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let state = AppState::new(tracker.clone(), Limits::default(), &[]);
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let shutdown = async move {
+                    let _ = stopped.await;
+                };
+                run(listener, state, shutdown, Duration::from_secs(5)).await
+            })
+        });
+        Self {
+            addr,
+            tracker,
+            stop: Some(stop),
+            thread: Some(thread),
+            _dir: dir,
+        }
+    }
+
+    /// New IDs the daemon counted in a namespace, over its live generations.
+    fn marked(&self, ns: &str) -> u64 {
+        let info = self.tracker.namespace_info(ns).unwrap();
+        info.generations.iter().map(|g| g.ids).sum()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread
+                .join()
+                .expect("the daemon thread ends")
+                .expect("a clean shutdown");
+        }
+    }
+}
+
+fn args(daemon: &Daemon) -> LoadArgs {
+    LoadArgs {
+        url: format!("http://{}", daemon.addr),
+        namespace: "default".into(),
+        batch: 200,
+        concurrency: 2,
+        duration: HumanDuration(Duration::from_secs(1)),
+        ids: None,
+        duplicates: 0.25,
+        token: None,
+        json: true,
+        seed: Some(42),
+        threads: 1,
+    }
+}
+
+/// The invariants every clean run keeps.
+#[track_caller]
+fn assert_consistent(r: &LoadReport) {
+    assert_eq!(r.errors.total, 0, "{r:?}");
+    assert_eq!(r.failed_ids, 0, "{r:?}");
+    assert!(r.ids > 0 && r.requests > 0, "{r:?}");
+    let v = &r.verdicts;
+    assert_eq!(
+        v.new + v.duplicate,
+        r.ids,
+        "every ID answered new or duplicate"
+    );
+    assert_eq!((v.probable_duplicate, v.in_progress), (0, 0), "{r:?}");
+    assert_eq!(r.fresh_ids + r.repeated_ids, r.ids);
+    assert_eq!(v.new, r.fresh_ids, "fresh IDs are new");
+    assert_eq!(v.duplicate, r.repeated_ids, "repeats are duplicates");
+    assert_eq!(
+        r.unexpected.fresh_not_new + r.unexpected.repeated_not_duplicate,
+        0
+    );
+    assert!(r.latency_us.p50 > 0 && r.latency_us.p50 <= r.latency_us.p99);
+    assert!(r.latency_us.p99 <= r.latency_us.p999 && r.latency_us.p999 <= r.latency_us.max);
+}
+
+#[test]
+fn a_one_second_run_reports_consistent_counts_and_every_json_key() {
+    let daemon = Daemon::start();
+    let a = args(&daemon);
+    let r = load::run(&a).unwrap();
+    assert_consistent(&r);
+    assert_eq!(r.ids, r.requests * 200, "full batches only");
+    assert!(
+        (r.duplicates_sent - 0.25).abs() < 0.03,
+        "duplicates ≈ requested: {}",
+        r.duplicates_sent
+    );
+    assert!(r.elapsed_s >= 1.0 && r.elapsed_s < 10.0, "{}", r.elapsed_s);
+    assert!(r.ids_per_sec > 0.0 && r.requests_per_sec > 0.0);
+    assert_eq!(daemon.marked("default"), r.fresh_ids, "the daemon agrees");
+
+    let mut out = Vec::new();
+    load::write_report(&r, true, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(text.lines().count(), 1, "one JSON object on one line");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    for key in [
+        "url",
+        "namespace",
+        "batch",
+        "concurrency",
+        "threads",
+        "duplicates_requested",
+        "seed",
+        "id_format",
+        "elapsed_s",
+        "requests",
+        "ids",
+        "fresh_ids",
+        "repeated_ids",
+        "duplicates_sent",
+        "ids_per_sec",
+        "requests_per_sec",
+        "verdicts",
+        "unexpected",
+        "errors",
+        "failed_ids",
+        "latency_us",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key}: {text}");
+    }
+    for key in ["new", "duplicate", "probable_duplicate", "in_progress"] {
+        assert!(v["verdicts"][key].is_u64(), "verdicts.{key}");
+    }
+    for key in ["min", "mean", "p50", "p90", "p99", "p999", "max"] {
+        assert!(v["latency_us"][key].is_number(), "latency_us.{key}");
+    }
+    for key in ["total", "transport", "decode", "http"] {
+        assert!(v["errors"].get(key).is_some(), "errors.{key}");
+    }
+    assert_eq!(v["ids"], r.ids);
+
+    let text = load::render_text(&r);
+    for needle in ["IDs/s", "req/s", "p99", "p99.9", "new ", "errors"] {
+        assert!(text.contains(needle), "{needle} in {text}");
+    }
+
+    // The same seed again: the same fresh IDs, now all duplicates of the first run.
+    let again = load::run(&LoadArgs {
+        duplicates: 0.0,
+        ids: Some(1_000),
+        ..a
+    })
+    .unwrap();
+    assert_eq!(again.ids, 1_000);
+    assert_eq!(again.verdicts.duplicate, 1_000, "{again:?}");
+    assert_eq!(again.unexpected.fresh_not_new, 1_000);
+}
+
+#[test]
+fn an_id_budget_single_id_requests_and_bad_arguments() {
+    let daemon = Daemon::start();
+    // A budget that is not a multiple of the batch: the last batch is partial.
+    let r = load::run(&LoadArgs {
+        ids: Some(5_050),
+        batch: 300,
+        duration: HumanDuration(Duration::from_secs(30)),
+        seed: Some(1),
+        ..args(&daemon)
+    })
+    .unwrap();
+    assert_consistent(&r);
+    assert_eq!(r.ids, 5_050);
+    assert_eq!(r.requests, 17, "16 full batches and one of 250");
+
+    let r = load::run(&LoadArgs {
+        batch: 1,
+        duration: HumanDuration(Duration::from_millis(300)),
+        seed: Some(2),
+        ..args(&daemon)
+    })
+    .unwrap();
+    assert_consistent(&r);
+    assert_eq!(r.ids, r.requests, "one ID per request");
+
+    for (bad, setting) in [
+        (
+            LoadArgs {
+                batch: 0,
+                ..args(&daemon)
+            },
+            "batch",
+        ),
+        (
+            LoadArgs {
+                concurrency: 0,
+                ..args(&daemon)
+            },
+            "concurrency",
+        ),
+        (
+            LoadArgs {
+                duplicates: 1.0,
+                ..args(&daemon)
+            },
+            "duplicates",
+        ),
+        (
+            LoadArgs {
+                url: "https://127.0.0.1:1".into(),
+                ..args(&daemon)
+            },
+            "url",
+        ),
+    ] {
+        match load::run(&bad) {
+            Err(oncelyd::Error::Config { setting: s, .. }) => assert_eq!(s, setting),
+            other => panic!("expected a bad {setting}, got {other:?}"),
+        }
+    }
+    // An unknown namespace is one clear error before any load.
+    match load::run(&LoadArgs {
+        namespace: "nowhere".into(),
+        ..args(&daemon)
+    }) {
+        Err(oncelyd::Error::Client(e)) => assert_eq!(e.code(), Some("unknown_namespace")),
+        other => panic!("expected unknown_namespace, got {other:?}"),
+    }
+}
