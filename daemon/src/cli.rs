@@ -88,7 +88,7 @@ pub struct ServeArgs {
     #[arg(long, env = "ONCELY_CACHE_BYTES", value_name = "SIZE")]
     pub cache_bytes: Option<ByteSize>,
 
-    /// RocksDB memtable budget, charged to the cache [default: 64MiB].
+    /// RocksDB memtable budget, charged to the cache [default: 16MiB].
     #[arg(long, env = "ONCELY_MEMTABLE_BYTES", value_name = "SIZE")]
     pub memtable_bytes: Option<ByteSize>,
 
