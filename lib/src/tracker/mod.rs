@@ -678,22 +678,32 @@ impl Tracker {
         let now = self.inner.clock.now();
         self.rotate_due(ns, st, now)?;
 
-        // Probe the filters; collect exact-table lookups.
+        // Probe the filters, one generation at a time over the whole batch so that
+        // each filter's cache misses overlap (`contains_batch`); collect the
+        // exact-table lookups.
+        let mut probe: Vec<usize> = Vec::with_capacity(todo.len());
+        for &i in todo {
+            match st.inflight.get(&key_of(hashes[i])) {
+                Some(fid) => pass.waits.push((i, Arc::clone(&st.flights[fid]))),
+                None => probe.push(i),
+            }
+        }
+        let probe_hashes: Vec<IdHash> = probe.iter().map(|&i| hashes[i]).collect();
+        let hits: Vec<(GenerationId, Vec<bool>)> = st
+            .ring
+            .iter()
+            .map(|g| (g.id(), g.filter().contains_batch(&probe_hashes)))
+            .collect();
         let mut lookups: Vec<(usize, GenerationId)> = Vec::new();
         let mut probable: Vec<usize> = Vec::new();
         let mut candidates: Vec<usize> = Vec::new();
-        for &i in todo {
-            let h = hashes[i];
-            if let Some(fid) = st.inflight.get(&key_of(h)) {
-                pass.waits.push((i, Arc::clone(&st.flights[fid])));
-                continue;
-            }
+        for (j, &i) in probe.iter().enumerate() {
             let before = lookups.len();
             let mut bloom_only_hit = false;
-            for g in st.ring.iter() {
-                if g.filter().contains_hash(h) {
-                    if g.id() >= st.exact_floor {
-                        lookups.push((i, g.id()));
+            for (g, hit) in &hits {
+                if hit[j] {
+                    if *g >= st.exact_floor {
+                        lookups.push((i, *g));
                     } else {
                         bloom_only_hit = true;
                     }
