@@ -351,7 +351,9 @@ pub struct Remembers {
 pub struct GenerationView {
     /// Sequence number.
     pub id: u64,
-    /// When it opened (ms since the epoch).
+    /// When it opened (ms since the epoch). After a restart the ring's times are
+    /// shifted to cut out the downtime, so that generations age only while the
+    /// daemon runs (see `oncely::GenerationInfo::opened_at`).
     pub opened_at_ms: u64,
     /// When it sealed (ms since the epoch); absent while open.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -57,6 +57,15 @@ pub(crate) fn duration_millis(d: Duration) -> u64 {
 }
 
 /// A source of time.
+///
+/// Within one process a clock must not jump: generation spans and leases are
+/// measured by how far it moves, so a clock stepped forward seals generations early
+/// (shortening the remembering guarantee) and one stepped back seals them late.
+/// [`SystemClock`] is monotonic for that reason; a clock that reads the wall clock
+/// afresh on every call is not. Between two runs the clock may show anything:
+/// [`crate::Tracker`] counts generation ages in time it was running, carrying each
+/// open generation's age across a restart instead of comparing the wall clocks of
+/// two processes (see [`crate::config::NamespaceConfig::remembers_at_least`]).
 pub trait Clock: Send + Sync + fmt::Debug {
     /// The current time.
     fn now(&self) -> Timestamp;
@@ -67,7 +76,9 @@ pub trait Clock: Send + Sync + fmt::Debug {
 ///
 /// Steps of the wall clock while the process runs (NTP corrections, an operator
 /// setting the date) therefore neither shorten nor stretch generation spans or
-/// leases: only real elapsed time moves this clock.
+/// leases: only real elapsed time moves this clock. (Steps while the process is
+/// down show up as a different anchor at the next start; the tracker rebases
+/// generation ages across restarts, so those do not shorten spans either.)
 #[derive(Debug)]
 pub struct SystemClock {
     wall_at_start: u64,
@@ -127,6 +138,11 @@ impl ManualClock {
     }
 
     /// Sets the clock to `t`, forward or backward.
+    ///
+    /// Within a tracker's run a step forward is time passing (it can seal
+    /// generations) and a step back delays sealing by its size; between runs (set
+    /// while no tracker is open) a step is a wall clock corrected during downtime,
+    /// which the tracker does not count.
     pub fn set(&self, t: Timestamp) {
         self.millis.store(t.0, Ordering::SeqCst);
     }

@@ -123,6 +123,17 @@ impl NamespaceConfig {
     /// Each of the `generations - 1` generations opened after the ID's own must seal
     /// before the ID's generation is dropped, and each seals only when full (adding
     /// `generation_capacity` to `N`) or after its span (adding `generation_span` to `T`).
+    ///
+    /// `T` is *running* time: time that passed on the tracker's clock while a tracker
+    /// had the namespace open. Downtime between runs is not counted (generations do
+    /// not age while nothing can mark into them), nor is a wall clock stepped forward
+    /// or back while the process was down: a restart carries the open generation's age
+    /// over instead of comparing two processes' wall clocks, and
+    /// [`crate::SystemClock`] is monotonic within a run. Since running time never
+    /// exceeds real time, the guarantee holds in real time too, whatever the wall
+    /// clock does. A crash can lose the last second or so of the open generation's
+    /// age (more if idle without [`crate::Tracker::tick`]); that only delays its
+    /// seal, so IDs are remembered longer, never shorter.
     #[must_use]
     pub fn remembers_at_least(&self) -> (Duration, u64) {
         let older = self.generations - 1;

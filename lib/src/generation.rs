@@ -12,6 +12,12 @@
 //! idle namespaces). Sealing late only lengthens memory, never shortens it, and a new
 //! generation's span starts when it opens.
 //!
+//! Ages are time on the ring's clock. A persisted ring comes back rebased onto the
+//! new run's clock ([`crate::Tracker`] shifts its timestamps so that the open
+//! generation keeps the age it had when the previous run last recorded its clock):
+//! downtime and wall-clock steps between runs do not age a generation, so a span is
+//! at least that much real time.
+//!
 //! The ring on its own is a complete in-memory deduplicator
 //! ([`GenerationRing::check_and_mark`]). [`crate::Tracker`] adds exact tables and
 //! persistence around it.

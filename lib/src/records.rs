@@ -21,6 +21,8 @@ pub(crate) const FORMAT_KEY: &[u8] = b"format";
 pub(crate) const FORMAT_VALUE: &[u8] = b"oncely-store/1";
 pub(crate) const NEXT_NS_KEY: &[u8] = b"next-ns";
 pub(crate) const NS_PREFIX: &[u8] = b"ns:";
+/// The tracker clock's last persisted reading: see [`ClockRecord`].
+pub(crate) const CLOCK_KEY: &[u8] = b"clock";
 
 pub(crate) fn ns_key(name: &str) -> Vec<u8> {
     [NS_PREFIX, name.as_bytes()].concat()
@@ -74,6 +76,32 @@ pub(crate) struct CleanRecord {
     pub(crate) v: u32,
     pub(crate) generation: u64,
     pub(crate) ids: u64,
+}
+
+/// The tracker clock's last reading that reached the store (the "heartbeat"),
+/// written with marks at most about once a second, with every rotation, at start-up
+/// and at shutdown.
+///
+/// Generation ages are counted in time a tracker was running, not in wall-clock
+/// time across downtime: on start-up the open generation has been open for
+/// `now - opened_at` as of this reading, and every ring is shifted onto the new
+/// run's clock so that it keeps exactly that age (see `tracker::recovery`). A stale
+/// reading (a crash loses the last second or so) only undercounts that age, which
+/// seals later and so remembers longer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct ClockRecord {
+    pub(crate) v: u32,
+    /// Milliseconds, on the clock that wrote the rings' timestamps.
+    pub(crate) now: u64,
+}
+
+impl ClockRecord {
+    pub(crate) const fn at(now: Timestamp) -> Self {
+        Self {
+            v: RECORD_VERSION,
+            now: now.as_millis(),
+        }
+    }
 }
 
 impl RingRecord {
@@ -138,6 +166,12 @@ impl Versioned for RingRecord {
     }
 }
 
+impl Versioned for ClockRecord {
+    fn version(&self) -> u32 {
+        self.v
+    }
+}
+
 impl Versioned for CleanRecord {
     fn version(&self) -> u32 {
         self.v
@@ -165,6 +199,18 @@ mod tests {
                 .unwrap()
                 .generation,
             1
+        );
+    }
+
+    #[test]
+    fn clock_records_round_trip() {
+        let rec = ClockRecord::at(Timestamp::from_millis(1_700_000_000_123));
+        let back = decode::<ClockRecord>(CLOCK_KEY, &encode(&rec)).unwrap();
+        assert_eq!(back.now, 1_700_000_000_123);
+        let err = decode::<ClockRecord>(CLOCK_KEY, br#"{"v":9,"now":1}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("\"clock\""),
+            "names the key: {err}"
         );
     }
 }

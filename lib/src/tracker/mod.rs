@@ -41,6 +41,20 @@
 //! `generation_capacity` keys). After a clean [`Tracker::close`], the open generation
 //! was snapshotted too, and even that scan is skipped. Nothing else is read: older
 //! exact tables are consulted only on filter hits.
+//!
+//! # Time across restarts
+//!
+//! A generation's age counts the time a tracker had the store open, on its clock,
+//! never the downtime between two runs nor a wall clock stepped while the process
+//! was down. The clock's reading reaches the store as a tiny heartbeat record
+//! (`records::ClockRecord`): in the batch of a mark at most once per
+//! [`HEARTBEAT_EVERY`], with every rotation, from [`Tracker::tick`] while idle, and at
+//! start-up, [`Tracker::close`] and when the last handle drops. Start-up shifts every
+//! ring onto the new run's clock so that the open generation keeps the age it had at
+//! the last heartbeat; the shifted rings and the new heartbeat are persisted in one
+//! batch before anything else is written, so records never mix two runs' clocks. A
+//! crash loses at most the time since the last heartbeat, which only delays the next
+//! seal: IDs are then remembered longer, never shorter.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -48,8 +62,9 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
 
-use crate::clock::{Clock, SystemClock, Timestamp};
+use crate::clock::{Clock, SystemClock, Timestamp, duration_millis};
 use crate::config::NamespaceConfig;
 use crate::error::Error;
 use crate::exact::{MarkValue, OwnerFp};
@@ -58,7 +73,8 @@ use crate::generation::{Generation, GenerationId, GenerationRing, SealReason};
 use crate::hash::{HashSeed, IdHash};
 use crate::id::{EventId, NamespaceName};
 use crate::records::{
-    self, CleanRecord, NamespaceRecord, RECORD_VERSION, RingRecord, clean_key, ns_key, ring_key,
+    self, CleanRecord, ClockRecord, NamespaceRecord, RECORD_VERSION, RingRecord, clean_key, ns_key,
+    ring_key,
 };
 use crate::store::{Batch, MemoryStore, NamespaceId, RocksOptions, RocksStore, Store};
 use crate::verdict::Verdict;
@@ -70,6 +86,11 @@ mod transaction;
 
 pub use claims::{ClaimOutcome, MAX_LEASE};
 pub use transaction::{MAX_POSITION_LEN, Transacted, Transaction};
+
+/// At most how often marks carry the clock heartbeat (see "Time across restarts"
+/// above). What a crash can lose of a generation's age, beyond idle time without a
+/// [`Tracker::tick`].
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 
 /// When a mark counts as acknowledged.
 #[derive(
@@ -263,6 +284,47 @@ struct Inner {
     /// Serialises transactions, so each reads what the previous ones wrote.
     transactions: Mutex<()>,
     closed: AtomicBool,
+    /// The last clock reading put into a batch as the heartbeat, in milliseconds.
+    heartbeat: AtomicU64,
+}
+
+impl Inner {
+    /// Adds the clock heartbeat to `batch`: always when `force`d, else when the last
+    /// one is [`HEARTBEAT_EVERY`] away (either way: a clock set back must not stop
+    /// heartbeats). One clock read and one atomic load per call; concurrent callers
+    /// race for the slot, and the loser writes none. A heartbeat that never lands, or
+    /// lands after a newer one, is harmless: it only undercounts ages.
+    fn heartbeat(&self, batch: &mut Batch, force: bool) {
+        let now = self.clock.now();
+        let last = self.heartbeat.load(Ordering::Relaxed);
+        if force {
+            self.heartbeat.store(now.as_millis(), Ordering::Relaxed);
+        } else if now.as_millis().abs_diff(last) < duration_millis(HEARTBEAT_EVERY)
+            || self
+                .heartbeat
+                .compare_exchange(last, now.as_millis(), Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        batch.put_meta(records::CLOCK_KEY, &records::encode(&ClockRecord::at(now)));
+    }
+}
+
+impl Drop for Inner {
+    /// The last handle is gone without [`Tracker::close`]: still record how far the
+    /// clock got, so that a restart counts the open generations' ages exactly. Best
+    /// effort: losing it only delays the next seal.
+    fn drop(&mut self) {
+        if *self.closed.get_mut() {
+            return;
+        }
+        let mut b = Batch::new();
+        self.heartbeat(&mut b, true);
+        if let Err(e) = self.store.write(&b, false) {
+            tracing::debug!(error = %e, "could not record the clock heartbeat at drop");
+        }
+    }
 }
 
 struct Namespace {
@@ -445,9 +507,12 @@ pub struct NamespaceInfo {
 pub struct GenerationInfo {
     /// Sequence number.
     pub id: u64,
-    /// When it opened (ms since the epoch).
+    /// When it opened (ms since the epoch, on the tracker's clock). After a restart
+    /// the ring's times are shifted so that downtime and clock steps between runs
+    /// are cut out: `now - opened_at` of the open generation is its age in running
+    /// time.
     pub opened_at: u64,
-    /// When it sealed; `None` while open.
+    /// When it sealed (shifted like `opened_at`); `None` while open.
     pub sealed_at: Option<u64>,
     /// New IDs marked into it.
     pub ids: u64,
@@ -649,6 +714,7 @@ impl Tracker {
         let written = if pass.batch.is_empty() {
             Ok(())
         } else {
+            self.inner.heartbeat(&mut pass.batch, false);
             self.inner.store.write(&pass.batch, self.sync_writes())
         };
         pass.finish(written.is_ok());
@@ -849,6 +915,9 @@ impl Tracker {
             if floor > st.exact_floor {
                 b.drop_marks(ns.id, floor);
             }
+            // The new generation's age starts now: a heartbeat of now lets a
+            // restart count it from here.
+            self.inner.heartbeat(&mut b, true);
             self.inner.store.write(&b, self.sync_writes())
         })();
         if let Err(e) = persisted {
@@ -881,9 +950,13 @@ impl Tracker {
     /// Seals every generation whose span has passed. The daemon calls this from a
     /// background ticker, so idle namespaces rotate too.
     ///
+    /// It also records the clock's heartbeat (at most once per second; a tiny,
+    /// unsynced write) when no mark did, so that the running time a crash can make a
+    /// restart miss stays about a second even while the tracker is idle.
+    ///
     /// # Errors
     ///
-    /// The first storage error; other namespaces are still ticked.
+    /// The first storage error of a seal; other namespaces are still ticked.
     pub fn tick(&self) -> Result<(), Error> {
         let mut first_error = None;
         for ns in self.all_namespaces() {
@@ -896,6 +969,17 @@ impl Tracker {
             let now = self.inner.clock.now();
             if let Err(e) = self.rotate_due(&ns, &mut st, now) {
                 first_error.get_or_insert(e);
+            }
+        }
+        if !self.inner.closed.load(Ordering::Acquire) {
+            let mut b = Batch::new();
+            self.inner.heartbeat(&mut b, false);
+            if !b.is_empty()
+                && let Err(e) = self.inner.store.write(&b, false)
+            {
+                // Only undercounts ages after a crash; a failing store shows
+                // elsewhere.
+                tracing::debug!(error = %e, "could not record the clock heartbeat");
             }
         }
         first_error.map_or(Ok(()), Err)
@@ -1163,6 +1247,10 @@ impl Tracker {
                 store.write(&b, true)?;
             }
         }
+        // The last word on how long the open generations have been open.
+        let mut b = Batch::new();
+        self.inner.heartbeat(&mut b, true);
+        store.write(&b, true)?;
         store.flush()
     }
 

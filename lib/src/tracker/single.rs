@@ -86,6 +86,7 @@ pub(super) struct Reservation<'a> {
 
 impl Reservation<'_> {
     pub(super) fn commit(mut self) -> Result<(), Error> {
+        self.tracker.inner.heartbeat(&mut self.batch, false);
         let written = self
             .tracker
             .inner
