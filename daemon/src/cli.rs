@@ -144,9 +144,10 @@ pub struct TuneArgs {
 ///
 /// Each of `--concurrency` tasks keeps one keep-alive HTTP/1.1 connection and one
 /// request in flight on it, sending check-and-mark batches of `--batch` IDs until
-/// `--duration` has passed (or `--ids` IDs were sent). IDs are 16 random-looking
-/// bytes written as 32 lowercase hex characters; a `--duplicates` fraction of them
-/// repeats IDs the same task had marked earlier.
+/// `--duration` has passed (or `--ids` IDs were sent), as fast as answers come or,
+/// with `--rate`, on a steady schedule. IDs are 16 random-looking bytes written as 32
+/// lowercase hex characters; a `--duplicates` fraction of them repeats IDs the same
+/// task had marked earlier.
 #[derive(Debug, Clone, Args)]
 pub struct LoadArgs {
     /// The daemon's base URL, for example http://127.0.0.1:7070.
@@ -173,6 +174,19 @@ pub struct LoadArgs {
     /// Stop after sending this many IDs, if that comes before --duration.
     #[arg(long, value_name = "N")]
     pub ids: Option<u64>,
+
+    /// A steady target rate of IDs per second across all connections [default:
+    /// unlimited, as fast as the connections go]. Requests are sent on a fixed
+    /// schedule, one batch every batch/rate seconds; a request whose time passed
+    /// while every connection was busy is dropped, not made up later, and counted in
+    /// the report, which says when the achieved rate fell below the target.
+    #[arg(
+        long,
+        value_name = "IDS_PER_SEC",
+        value_parser = parse_rate,
+        allow_negative_numbers = true
+    )]
+    pub rate: Option<f64>,
 
     /// Fraction of IDs, from 0 to 1 (exclusive), that repeat an ID already marked, so
     /// the daemon answers duplicate for them.
@@ -208,4 +222,22 @@ pub struct LoadArgs {
     /// keep this small.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub threads: usize,
+}
+
+/// Parses `--rate`: a finite number of IDs per second above 0. (Clap's message
+/// already quotes the value.)
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| "not a number of IDs per second, like 2000 or 2.5e4".to_owned())?;
+    if !rate.is_finite() {
+        return Err("not a finite number of IDs per second".into());
+    }
+    if rate <= 0.0 {
+        return Err(
+            "the rate must be above 0 IDs per second (leave --rate out for no limit)".into(),
+        );
+    }
+    Ok(rate)
 }

@@ -1,6 +1,6 @@
 //! `oncelyd load`: a load generator for a running daemon.
 //!
-//! [`run`] checks the daemon with the typed [`Client`](crate::client::Client) (URL,
+//! [`run`] checks the daemon with the typed [`Client`] (URL,
 //! token and namespace), then starts `--concurrency` tasks on a runtime of
 //! `--threads` workers. Each task owns one keep-alive HTTP/1.1 connection (hyper's
 //! connection API, no pool) and keeps one check-and-mark request in flight on it
@@ -8,6 +8,27 @@
 //! the caller's runtime, for tests and benchmarks. The [`LoadReport`] has the
 //! throughput, latency percentiles (an HDR histogram of microseconds per request),
 //! verdict counts and errors; [`write_report`] prints it as text or one JSON object.
+//!
+//! # Pacing (`--rate`)
+//!
+//! Without `--rate` each task sends its next request as soon as the last one is
+//! answered: the rate is whatever the daemon gives. With `--rate R`, requests follow
+//! one schedule shared by all tasks: request `k` is due `k x batch / R` seconds after
+//! the start, and whichever task is free claims the next due request (an atomic
+//! counter, so a task stuck on a slow answer does not hold the rate back while
+//! another is idle). A soak wants a steady rate, so the schedule never bursts to
+//! make up for lost time, which is what tokio's default
+//! [`MissedTickBehavior::Burst`](tokio::time::MissedTickBehavior::Burst) would do.
+//! It behaves like `MissedTickBehavior::Skip` with a small allowance: a request late
+//! by up to the larger of one period and [`CATCH_UP`] is still sent (tokio's timer
+//! ticks in milliseconds, so periods shorter than that need a little catch-up to
+//! keep their rate), and requests later than that are dropped, never sent, and
+//! counted. A daemon that falls behind then gets the rate it can take rather than a
+//! backlog, and the report says so: `missed_requests` counts the dropped requests
+//! and `below_target` is set when the achieved rate is under
+//! [`BELOW_TARGET`] of the target. A paced run is timed over at least the schedule
+//! its requests cover, so that a 2 s run at 2,000 IDs/s reports 2,000 IDs/s, not a
+//! little more because the last answer came before the last period ended.
 //!
 //! # IDs
 //!
@@ -67,6 +88,14 @@ const MAX_LATENCY_US: u64 = 60_000_000;
 /// that is down is not hammered in a tight loop.
 const ERROR_PAUSE: Duration = Duration::from_millis(20);
 
+/// With `--rate`: how late a request may be and still be sent, when one period is
+/// shorter (see [Pacing](self#pacing---rate)). Later requests are dropped.
+pub const CATCH_UP: Duration = Duration::from_millis(20);
+
+/// With `--rate`: the report sets `below_target` when the achieved rate is under
+/// this fraction of the target.
+pub const BELOW_TARGET: f64 = 0.95;
+
 /// The whole command as the binary runs it: validates the arguments, starts a
 /// runtime of `--threads` workers (one: a current-thread runtime) and drives the
 /// daemon, printing a progress line on
@@ -120,14 +149,17 @@ pub async fn drive(args: &LoadArgs, progress: bool) -> Result<LoadReport, Error>
     let counters = Arc::new(Counters::default());
     let started = Instant::now();
     let deadline = started + args.duration.0;
+    let pacer = args
+        .rate
+        .map(|rate| Arc::new(Pacer::new(started, args.duration.0, args.batch, rate)));
     let reporter = progress.then(|| {
         let counters = Arc::clone(&counters);
-        tokio::spawn(report_progress(counters, started))
+        tokio::spawn(report_progress(counters, started, args.rate))
     });
     let mut tasks = Vec::with_capacity(args.concurrency);
     for index in 0..args.concurrency {
         let worker = Worker::new(Arc::clone(&plan), Arc::clone(&counters), index as u64);
-        tasks.push(tokio::spawn(worker.run(deadline)));
+        tasks.push(tokio::spawn(worker.run(deadline, pacer.clone())));
     }
     let mut total = Stats::new();
     let mut join_error = None;
@@ -137,7 +169,12 @@ pub async fn drive(args: &LoadArgs, progress: bool) -> Result<LoadReport, Error>
             Err(e) => join_error = Some(e),
         }
     }
-    let elapsed = started.elapsed();
+    let mut elapsed = started.elapsed();
+    let mut missed = 0;
+    if let Some(pacer) = &pacer {
+        elapsed = elapsed.max(pacer.covered());
+        missed = pacer.missed.load(Ordering::Relaxed);
+    }
     counters.done.store(true, Ordering::Release);
     if let Some(reporter) = reporter {
         reporter.abort();
@@ -145,7 +182,7 @@ pub async fn drive(args: &LoadArgs, progress: bool) -> Result<LoadReport, Error>
     if let Some(e) = join_error {
         return Err(Error::Runtime(std::io::Error::other(e)));
     }
-    Ok(total.report(args, plan.seed, elapsed))
+    Ok(total.report(args, plan.seed, elapsed, missed))
 }
 
 fn validate(args: &LoadArgs) -> Result<(), Error> {
@@ -173,7 +210,102 @@ fn validate(args: &LoadArgs) -> Result<(), Error> {
     if !(0.0..1.0).contains(&args.duplicates) {
         return bad("duplicates", "must be at least 0 and below 1");
     }
+    if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        return bad("rate", "must be a finite number of IDs per second above 0");
+    }
     Ok(())
+}
+
+/// `--rate`'s schedule, shared by every task (see [Pacing](self#pacing---rate)).
+struct Pacer {
+    start: Instant,
+    /// Seconds between requests: batch / rate.
+    period: f64,
+    /// Seconds a request may be late and still be sent.
+    allowance: f64,
+    /// Requests due before the deadline: request `k` is due at `k x period`.
+    slots: u64,
+    /// The next request nobody has claimed.
+    next: AtomicU64,
+    /// Requests dropped because they were too late.
+    missed: AtomicU64,
+}
+
+impl Pacer {
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
+    fn new(start: Instant, duration: Duration, batch: usize, rate: f64) -> Self {
+        let period = batch as f64 / rate;
+        // Request k is due before the deadline when k x period < duration. (A
+        // float-to-int cast saturates: a period too short to count is unlimited.)
+        let slots = (duration.as_secs_f64() / period).ceil() as u64;
+        Self {
+            start,
+            period,
+            allowance: period.max(CATCH_UP.as_secs_f64()),
+            slots,
+            next: AtomicU64::new(0),
+            missed: AtomicU64::new(0),
+        }
+    }
+
+    /// Claims the next request that is not too late, dropping (and counting) the
+    /// ones that are; returns when it is due, or `None` when no request is due
+    /// before the deadline any more.
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
+    fn claim(&self) -> Option<Instant> {
+        let late = self.start.elapsed().as_secs_f64() - self.allowance;
+        // The first request not yet too late.
+        let earliest = if late > 0.0 {
+            (late / self.period).ceil() as u64
+        } else {
+            0
+        };
+        let mut next = self.next.load(Ordering::Relaxed);
+        loop {
+            let take = next.max(earliest);
+            if take >= self.slots {
+                // The rest of the schedule is gone; what was skipped to get here was
+                // missed (counted once: only the first to move the counter sees it
+                // below `slots`).
+                let before = self.next.fetch_max(self.slots, Ordering::Relaxed);
+                if before < self.slots {
+                    self.missed
+                        .fetch_add(self.slots - before, Ordering::Relaxed);
+                }
+                return None;
+            }
+            match self.next.compare_exchange_weak(
+                next,
+                take + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    if take > next {
+                        self.missed.fetch_add(take - next, Ordering::Relaxed);
+                    }
+                    let due = Duration::from_secs_f64(take as f64 * self.period);
+                    return Some(self.start + due);
+                }
+                Err(actual) => next = actual,
+            }
+        }
+    }
+
+    /// The time the claimed requests' periods cover: a paced run lasts at least this.
+    #[allow(clippy::cast_precision_loss)]
+    fn covered(&self) -> Duration {
+        let claimed = self.next.load(Ordering::Relaxed).min(self.slots);
+        Duration::try_from_secs_f64(claimed as f64 * self.period).unwrap_or(Duration::MAX)
+    }
 }
 
 /// What every task shares: where to send, and how to make IDs.
@@ -258,7 +390,7 @@ struct Counters {
     done: AtomicBool,
 }
 
-async fn report_progress(counters: Arc<Counters>, started: Instant) {
+async fn report_progress(counters: Arc<Counters>, started: Instant, rate: Option<f64>) {
     let mut tick =
         tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
     loop {
@@ -270,8 +402,12 @@ async fn report_progress(counters: Arc<Counters>, started: Instant) {
         let ids = counters.ids.load(Ordering::Relaxed);
         let requests = counters.requests.load(Ordering::Relaxed);
         let errors = counters.errors.load(Ordering::Relaxed);
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let target = rate.map_or_else(String::new, |r| {
+            format!(" (target {})", thousands(r.round() as u64))
+        });
         eprintln!(
-            "{secs:6.1} s  {} IDs  {} IDs/s  {} req/s  {errors} errors",
+            "{secs:6.1} s  {} IDs  {} IDs/s{target}  {} req/s  {errors} errors",
             thousands(ids),
             thousands(per_sec(ids, secs)),
             thousands(per_sec(requests, secs)),
@@ -375,7 +511,7 @@ impl Worker {
         }
     }
 
-    async fn run(mut self, deadline: Instant) -> Stats {
+    async fn run(mut self, deadline: Instant, pacer: Option<Arc<Pacer>>) -> Stats {
         let mut conn: Option<SendRequest<Full<Bytes>>> = None;
         while Instant::now() < deadline {
             let Some(n) = self.reserve() else { break };
@@ -391,6 +527,12 @@ impl Worker {
             let Some(sender) = conn.as_mut() else {
                 continue;
             };
+            if let Some(pacer) = &pacer {
+                let Some(due) = pacer.claim() else { break };
+                if due > Instant::now() {
+                    tokio::time::sleep_until(due).await;
+                }
+            }
             let body = self.fill(n);
             let started = Instant::now();
             match self.exchange(sender, body).await {
@@ -650,7 +792,7 @@ impl Stats {
     }
 
     #[allow(clippy::cast_precision_loss)]
-    fn report(&self, args: &LoadArgs, seed: u64, elapsed: Duration) -> LoadReport {
+    fn report(&self, args: &LoadArgs, seed: u64, elapsed: Duration, missed: u64) -> LoadReport {
         let secs = elapsed.as_secs_f64();
         let rate = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
         let h = &self.latency;
@@ -667,6 +809,7 @@ impl Stats {
                 max: h.max(),
             }
         };
+        let ids_per_sec = rate(self.ids);
         LoadReport {
             url: args.url.clone(),
             namespace: args.namespace.clone(),
@@ -686,8 +829,13 @@ impl Stats {
             } else {
                 self.repeated_ids as f64 / self.ids as f64
             },
-            ids_per_sec: rate(self.ids),
+            ids_per_sec,
             requests_per_sec: rate(self.requests),
+            target_ids_per_sec: args.rate,
+            missed_requests: missed,
+            below_target: args
+                .rate
+                .is_some_and(|target| ids_per_sec < target * BELOW_TARGET),
             verdicts: self.verdicts,
             unexpected: self.unexpected,
             errors: self.errors.clone(),
@@ -717,7 +865,9 @@ pub struct LoadReport {
     pub seed: u64,
     /// How IDs are written.
     pub id_format: &'static str,
-    /// Seconds from the first request to the last answer.
+    /// Seconds from the first request to the last answer; with `--rate`, at least
+    /// the part of the schedule the requests sent cover (see the [module
+    /// docs](self#pacing---rate)).
     pub elapsed_s: f64,
     /// Requests answered 200.
     pub requests: u64,
@@ -733,6 +883,16 @@ pub struct LoadReport {
     pub ids_per_sec: f64,
     /// `requests / elapsed_s`.
     pub requests_per_sec: f64,
+    /// The `--rate` target in IDs per second; `None` (JSON `null`) when unlimited.
+    pub target_ids_per_sec: Option<f64>,
+    /// With `--rate`: scheduled requests dropped, never sent, because every
+    /// connection was still busy when they were due (beyond the catch-up
+    /// allowance). 0 without a target.
+    pub missed_requests: u64,
+    /// With `--rate`: `ids_per_sec` is under [`BELOW_TARGET`] of the target (the
+    /// daemon or the generator could not keep up, or requests failed). `false`
+    /// without a target.
+    pub below_target: bool,
     /// The daemon's verdicts.
     pub verdicts: VerdictCounts,
     /// Verdicts other than expected: fresh IDs must be `new`, repeats `duplicate`.
@@ -876,6 +1036,7 @@ pub fn render_text(r: &LoadReport) -> String {
         thousands(r.repeated_ids),
         r.duplicates_sent * 100.0,
     );
+    let _ = writeln!(s, "  rate        {}", rate_line(r));
     let _ = writeln!(
         s,
         "  requests    {} ({} req/s)",
@@ -921,6 +1082,37 @@ pub fn render_text(r: &LoadReport) -> String {
     s
 }
 
+/// The text report's rate line: the target and how close the run came to it.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn rate_line(r: &LoadReport) -> String {
+    let Some(target) = r.target_ids_per_sec else {
+        return "unlimited (each connection sends as soon as its last answer is in)".into();
+    };
+    let achieved = r.ids_per_sec.round() as u64;
+    let target_text = thousands(target.round() as u64);
+    let percent = r.ids_per_sec / target * 100.0;
+    let missed = match r.missed_requests {
+        0 => "no scheduled request missed".to_owned(),
+        1 => "1 scheduled request missed while every connection was busy".to_owned(),
+        n => format!(
+            "{} scheduled requests missed while every connection was busy",
+            thousands(n)
+        ),
+    };
+    if r.below_target {
+        format!(
+            "BELOW TARGET: achieved {} IDs/s of a target of {target_text} IDs/s \
+             ({percent:.1}%); {missed} (more --concurrency, or the daemon is saturated)",
+            thousands(achieved),
+        )
+    } else {
+        format!(
+            "target {target_text} IDs/s, achieved {} IDs/s ({percent:.1}%); {missed}",
+            thousands(achieved),
+        )
+    }
+}
+
 /// `1234567` as `1,234,567`.
 fn thousands(n: u64) -> String {
     let digits = n.to_string();
@@ -953,6 +1145,34 @@ mod tests {
         id_hex(8, 0, 0, &mut other);
         id_hex(7, 0, 0, &mut hex);
         assert_ne!(hex, other);
+    }
+
+    #[test]
+    fn the_schedule_drops_late_requests_instead_of_bursting() {
+        // 10 requests a second for 2 s: request k due at k x 100 ms.
+        let start = Instant::now();
+        let pacer = Pacer::new(start, Duration::from_secs(2), 100, 1_000.0);
+        assert_eq!(pacer.slots, 20);
+        assert_eq!(pacer.claim(), Some(start));
+        assert_eq!(pacer.claim(), Some(start + Duration::from_millis(100)));
+        assert_eq!(pacer.missed.load(Ordering::Relaxed), 0);
+
+        // Started 1.02 s ago: requests due before 0.92 s (one period of allowance)
+        // are dropped, and the next one is due at 1 s.
+        let start = Instant::now() - Duration::from_millis(1_020);
+        let pacer = Pacer::new(start, Duration::from_secs(2), 100, 1_000.0);
+        let due = pacer.claim().unwrap();
+        assert_eq!(due, start + Duration::from_secs(1));
+        assert_eq!(pacer.missed.load(Ordering::Relaxed), 10);
+        assert_eq!(pacer.claim(), Some(start + Duration::from_millis(1_100)));
+
+        // Past the deadline: nothing more is due; the skipped rest is counted once.
+        let start = Instant::now() - Duration::from_secs(5);
+        let pacer = Pacer::new(start, Duration::from_secs(2), 100, 1_000.0);
+        assert_eq!(pacer.claim(), None);
+        assert_eq!(pacer.claim(), None);
+        assert_eq!(pacer.missed.load(Ordering::Relaxed), 20);
+        assert_eq!(pacer.covered(), Duration::from_secs(2));
     }
 
     #[test]

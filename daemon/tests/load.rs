@@ -1,11 +1,13 @@
 //! `oncelyd load` against an in-process daemon on a loopback socket: the report's
-//! counts agree with each other and with the daemon, and its JSON has every key.
+//! counts agree with each other and with the daemon, its JSON has every key, and
+//! `--rate` holds a steady rate.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use clap::Parser;
 use oncely::{Durability, HumanDuration, RocksOptions, Tracker};
-use oncelyd::cli::LoadArgs;
+use oncelyd::cli::{Cli, Command, LoadArgs};
 use oncelyd::load::{self, LoadReport};
 use oncelyd::server::{AppState, Limits, run};
 use serde_json::Value;
@@ -90,6 +92,7 @@ fn args(daemon: &Daemon) -> LoadArgs {
         concurrency: 2,
         duration: HumanDuration(Duration::from_secs(1)),
         ids: None,
+        rate: None,
         duplicates: 0.25,
         token: None,
         json: true,
@@ -160,6 +163,9 @@ fn a_one_second_run_reports_consistent_counts_and_every_json_key() {
         "duplicates_sent",
         "ids_per_sec",
         "requests_per_sec",
+        "target_ids_per_sec",
+        "missed_requests",
+        "below_target",
         "verdicts",
         "unexpected",
         "errors",
@@ -178,9 +184,19 @@ fn a_one_second_run_reports_consistent_counts_and_every_json_key() {
         assert!(v["errors"].get(key).is_some(), "errors.{key}");
     }
     assert_eq!(v["ids"], r.ids);
+    assert!(v["target_ids_per_sec"].is_null(), "unlimited: null");
+    assert_eq!((r.missed_requests, r.below_target), (0, false));
 
     let text = load::render_text(&r);
-    for needle in ["IDs/s", "req/s", "p99", "p99.9", "new ", "errors"] {
+    for needle in [
+        "IDs/s",
+        "req/s",
+        "p99",
+        "p99.9",
+        "new ",
+        "errors",
+        "unlimited",
+    ] {
         assert!(text.contains(needle), "{needle} in {text}");
     }
 
@@ -265,4 +281,98 @@ fn an_id_budget_single_id_requests_and_bad_arguments() {
         Err(oncelyd::Error::Client(e)) => assert_eq!(e.code(), Some("unknown_namespace")),
         other => panic!("expected unknown_namespace, got {other:?}"),
     }
+}
+
+#[test]
+fn a_rate_is_held_steady_and_reported() {
+    let daemon = Daemon::start();
+    // 2,000 IDs/s in batches of 100: one request every 50 ms, shared by 2
+    // connections, for 2 s. Loose bounds: a loaded 2-core machine may fall behind,
+    // and the schedule itself never sends more than the target.
+    let target = 2_000.0;
+    let r = load::run(&LoadArgs {
+        rate: Some(target),
+        batch: 100,
+        duration: HumanDuration(Duration::from_secs(2)),
+        seed: Some(3),
+        ..args(&daemon)
+    })
+    .unwrap();
+    assert_consistent(&r);
+    assert_eq!(r.target_ids_per_sec, Some(target));
+    let ratio = r.ids_per_sec / target;
+    assert!(
+        (0.5..=1.3).contains(&ratio),
+        "achieved {} IDs/s for a target of {target}: {r:?}",
+        r.ids_per_sec
+    );
+    // At most the 40 requests due in 2 s were sent, and the run took at least 2 s.
+    assert!(r.ids <= 4_000, "{r:?}");
+    assert!(r.elapsed_s >= 2.0, "{}", r.elapsed_s);
+    assert_eq!(r.below_target, ratio < load::BELOW_TARGET);
+    assert_eq!(daemon.marked("default"), r.fresh_ids, "the daemon agrees");
+
+    let mut out = Vec::new();
+    load::write_report(&r, true, &mut out).unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["target_ids_per_sec"], target);
+    assert!(v["missed_requests"].is_u64() && v["below_target"].is_boolean());
+    let text = load::render_text(&r);
+    assert!(text.contains("2,000 IDs/s"), "{text}");
+
+    // A target no daemon reaches: the report says so instead of bursting.
+    let r = load::run(&LoadArgs {
+        rate: Some(1e12),
+        batch: 100,
+        duration: HumanDuration(Duration::from_millis(300)),
+        seed: Some(4),
+        ..args(&daemon)
+    })
+    .unwrap();
+    assert_consistent(&r);
+    assert!(r.below_target && r.missed_requests > 0, "{r:?}");
+    assert!(load::render_text(&r).contains("BELOW TARGET"));
+
+    // Set in code rather than on the command line: still checked.
+    match load::run(&LoadArgs {
+        rate: Some(0.0),
+        ..args(&daemon)
+    }) {
+        Err(oncelyd::Error::Config { setting, .. }) => assert_eq!(setting, "rate"),
+        other => panic!("expected a bad rate, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_command_line_refuses_a_rate_that_is_not_positive_and_finite() {
+    let parse = |rate: &str| {
+        let rate = format!("--rate={rate}");
+        Cli::try_parse_from(["oncelyd", "load", "--url", "http://127.0.0.1:1", &rate])
+    };
+    for bad in ["0", "-5", "0.0", "NaN", "inf", "-inf", "fast", ""] {
+        let e = parse(bad).expect_err(bad);
+        assert_eq!(
+            e.kind(),
+            clap::error::ErrorKind::ValueValidation,
+            "{bad}: {e}"
+        );
+        assert!(e.to_string().contains("--rate"), "{bad}: {e}");
+    }
+    // Written apart, a negative number still reaches the check.
+    let e = Cli::try_parse_from(["oncelyd", "load", "--url", "http://x", "--rate", "-5"])
+        .expect_err("-5");
+    assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{e}");
+    for (good, want) in [("2000", 2_000.0), ("2.5e4", 25_000.0), ("0.5", 0.5)] {
+        match parse(good).unwrap().command {
+            Command::Load(a) => assert_eq!(a.rate, Some(want)),
+            other => panic!("{other:?}"),
+        }
+    }
+    let Command::Load(a) = Cli::try_parse_from(["oncelyd", "load", "--url", "http://x"])
+        .unwrap()
+        .command
+    else {
+        panic!("a load command")
+    };
+    assert_eq!(a.rate, None, "unlimited by default");
 }
