@@ -641,8 +641,25 @@ impl BloomFilter {
     ///
     /// [`Error::Snapshot`] for a damaged or unsupported snapshot, [`Error::Io`] when
     /// reading fails.
+    ///
+    /// Memory grows with the bytes actually read, so a damaged header claiming a huge
+    /// filter fails on the missing bytes instead of reserving what it claims. When the
+    /// length is known (a file's size), [`read_snapshot_of_len`](Self::read_snapshot_of_len)
+    /// checks the claim first and allocates once.
     pub fn read_snapshot<R: Read>(mut r: R) -> Result<Self, Error> {
         Self::read_snapshot_inner(&mut r, None).map_err(wrap)
+    }
+
+    /// Reads a snapshot of exactly `len` bytes (a file's size, say) from `r`. A header
+    /// whose size disagrees with `len` is refused before anything is allocated.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Snapshot`] for a damaged or unsupported snapshot, [`Error::Io`] when
+    /// reading fails.
+    pub fn read_snapshot_of_len<R: Read>(mut r: R, len: u64) -> Result<Self, Error> {
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        Self::read_snapshot_inner(&mut r, Some(len)).map_err(wrap)
     }
 
     fn header(&self) -> [u8; HEADER_LEN] {
@@ -689,23 +706,60 @@ impl BloomFilter {
             }
             .into());
         }
+        // Every parameter is checked before a byte of the body is allocated.
+        let layout = Layout::from_code(header[6])
+            .ok_or_else(|| SnapshotError::Parameters(format!("layout code {}", header[6])))?;
+        let sizing = FilterSizing {
+            capacity: u64_at(12),
+            fp_rate: f64::from_bits(u64_at(20)),
+            layout,
+            bits,
+            hashes: u32::from_le_bytes(header[8..12].try_into().expect("4-byte field")),
+        };
+        if header[7] != 0 {
+            return Err(SnapshotError::Parameters("reserved byte is not 0".into()).into());
+        }
+        check_sizing(&sizing).map_err(SnapshotError::Parameters)?;
+
         let mut crc = crc32fast::Hasher::new();
         crc.update(&header);
         let blocks_n = bits / BLOCK_BITS;
-        let mut blocks = alloc_blocks(blocks_n).map_err(SnapshotError::Parameters)?;
+        // With the length checked above, the bytes are there: allocate once. Without
+        // it, the header's claim is unproven (the checksum comes last), so memory only
+        // follows the bytes that arrive: a damaged size field in a short file then
+        // ends in a length error, not in reserving gigabytes.
+        let mut blocks = if total.is_some() {
+            alloc_blocks(blocks_n).map_err(SnapshotError::Parameters)?
+        } else {
+            Vec::new()
+        };
         let mut buf = vec![0_u8; 64 * 1024];
         let mut done = HEADER_LEN;
-        for chunk in blocks.chunks_mut(1024) {
-            let bytes = &mut buf[..chunk.len() * 64];
+        let mut read_blocks = 0_u64;
+        while read_blocks < blocks_n {
+            let n = usize::try_from((blocks_n - read_blocks).min(1024)).expect("at most 1024");
+            let bytes = &mut buf[..n * 64];
             read_exact_or_short(r, bytes, done).map_err(|e| e.with_expected(expected))?;
             done += bytes.len();
             crc.update(bytes);
-            for (block, raw) in chunk.iter_mut().zip(bytes.chunks_exact(64)) {
+            let start = usize::try_from(read_blocks).expect("blocks already in memory");
+            if total.is_none() {
+                blocks.try_reserve(n).map_err(|e| {
+                    SnapshotError::Parameters(format!("cannot hold {done} bytes: {e}"))
+                })?;
+                blocks.resize(start + n, Block::default());
+            }
+            for (block, raw) in blocks[start..start + n]
+                .iter_mut()
+                .zip(bytes.chunks_exact(64))
+            {
                 for (word, b) in block.words_mut().iter_mut().zip(raw.chunks_exact(8)) {
                     *word = u64::from_le_bytes(b.try_into().expect("8-byte word"));
                 }
             }
+            read_blocks += n as u64;
         }
+        blocks.shrink_to_fit();
         let mut stored = [0_u8; CHECKSUM_LEN];
         read_exact_or_short(r, &mut stored, done).map_err(|e| e.with_expected(expected))?;
         let stored = u32::from_le_bytes(stored);
@@ -721,19 +775,6 @@ impl BloomFilter {
             }
             .into());
         }
-        let layout = Layout::from_code(header[6])
-            .ok_or_else(|| SnapshotError::Parameters(format!("layout code {}", header[6])))?;
-        let sizing = FilterSizing {
-            capacity: u64_at(12),
-            fp_rate: f64::from_bits(u64_at(20)),
-            layout,
-            bits,
-            hashes: u32::from_le_bytes(header[8..12].try_into().expect("4-byte field")),
-        };
-        if header[7] != 0 {
-            return Err(SnapshotError::Parameters("reserved byte is not 0".into()).into());
-        }
-        check_sizing(&sizing).map_err(SnapshotError::Parameters)?;
         Ok(Self {
             sizing,
             seed: HashSeed::from_u64(u64_at(28)),
@@ -932,6 +973,37 @@ mod tests {
                 assert!(matches!(err, Error::Snapshot { .. }), "{at}: {err}");
                 assert!(BloomFilter::read_snapshot(&bad[..]).is_err(), "{at}");
             }
+        }
+    }
+
+    /// Found by the `snapshot` fuzz target: a header whose size field claims gigabytes,
+    /// in a file of a few bytes, used to have the reader reserve and zero the claimed
+    /// size before finding the bytes missing.
+    #[test]
+    fn a_huge_size_claim_in_a_short_snapshot_is_a_length_error() {
+        let f = BloomFilter::new(
+            sizing::size_filter_with_layout(20, 0.1, Layout::Blocked).unwrap(),
+            HashSeed::from_u64(3),
+        )
+        .unwrap();
+        let mut bad = f.to_snapshot();
+        let claimed_bits: u64 = 1 << 36; // 8 GiB of filter
+        bad[36..44].copy_from_slice(&claimed_bits.to_le_bytes());
+        for err in [
+            BloomFilter::read_snapshot(&bad[..]).unwrap_err(),
+            BloomFilter::read_snapshot_of_len(&bad[..], bad.len() as u64).unwrap_err(),
+            BloomFilter::from_snapshot(&bad).unwrap_err(),
+        ] {
+            assert!(
+                matches!(
+                    err,
+                    Error::Snapshot {
+                        source: SnapshotError::Length { .. },
+                        ..
+                    }
+                ),
+                "{err}"
+            );
         }
     }
 

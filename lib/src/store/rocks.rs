@@ -414,7 +414,9 @@ impl Store for RocksStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(&path, e)),
         };
-        match BloomFilter::read_snapshot(BufReader::with_capacity(1 << 20, file)) {
+        // The file's size bounds what a damaged header can make us allocate.
+        let len = file.metadata().map_err(|e| io_err(&path, e))?.len();
+        match BloomFilter::read_snapshot_of_len(BufReader::with_capacity(1 << 20, file), len) {
             Ok(f) => Ok(Some(f)),
             Err(Error::Snapshot { source, .. }) => Err(Error::Snapshot {
                 path: Some(path),
