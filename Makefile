@@ -6,7 +6,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: run test deps fmt lint unit doc examples bench
+.PHONY: run test deps fmt lint unit doc examples bench peers
 
 run: deps
 	$(CARGO) run --release --locked -p oncelyd -- serve $(ARGS)
@@ -36,3 +36,8 @@ examples:
 
 bench: deps
 	$(CARGO) bench --locked -p oncely-benches $(ARGS)
+
+# Oncely beside Redis and NATS JetStream on this machine (installs the peers when
+# missing); writes benches/peers/RESULTS.md. ARGS="--duration 5" for a shorter run.
+peers: deps
+	./benches/peers/run.sh $(ARGS)

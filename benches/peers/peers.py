@@ -1,0 +1,497 @@
+#!/usr/bin/env python3
+"""Drive Oncely, Redis and NATS JetStream with the same dedup workload, one at a time.
+
+Started by benches/peers/run.sh, which installs the peers and builds the binaries. Each
+(peer, workload) pair gets a fresh server in a fresh temporary directory on 127.0.0.1,
+so every run starts from an empty dedup table; the server is killed afterwards.
+
+Durability, comparable across the three:
+  * Oncely: durability `flush` (the default): a mark is acknowledged once it is in
+    RocksDB's write-ahead log, written to the OS. Survives kill -9, not power loss.
+  * Redis: AOF with `appendfsync everysec`: each write is in the AOF (written to the OS)
+    before the reply; fsync once a second. Survives kill -9, not power loss.
+  * NATS JetStream: file storage. Its file store writes messages through the OS's
+    file-system buffers and forces an fsync only every `sync_interval` (2 minutes by
+    default, per docs.nats.io; `always` fsyncs every write, at a large cost in
+    throughput). Debian 12's nats-server 2.9 runs with its default. An acknowledged
+    publish therefore survives a crash of the server process but not necessarily a
+    crash of the machine: the same class as the other two.
+
+Workloads, each for --duration seconds (Redis: a fixed number of requests sized from a
+calibration run, as redis-benchmark counts requests rather than time):
+  * batched-unique: unique 16-byte IDs (32 hex characters); Oncely 1,000-ID batches,
+    Redis pipelines of 1,000 SET NX PX, NATS 1,000 publishes awaiting acks; 4 connections.
+  * batched-dup10: the same with about 10% repeats of IDs already stored.
+  * single: unique IDs one per request, 4 connections, one request in flight on each.
+
+Load: `oncelyd load` for Oncely, `redis-benchmark` (Redis's own tool) for Redis, and
+`nats_dedup` (benches/src/bin/nats_dedup.rs) for NATS, which has no standard tool that
+publishes with Nats-Msg-Id. Each uses one thread.
+
+RAM per ID is the server's resident memory after the run minus before it (Redis also
+reports INFO used_memory), divided by the IDs it stored; disk per ID is the size of its
+data directory divided by the same. Oncely's resident memory includes its filters,
+allocated whole for the namespace's configured capacity, and its memtable budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CONNECTIONS = 4
+BATCH = 1000
+# Keys of 32 characters, like Oncely's 16-byte IDs in hex. redis-benchmark replaces each
+# __rand_int__ with its own 12-digit random number below -r.
+REDIS_UNIQUE_KEY = "oncelyid__rand_int____rand_int__"
+REDIS_DUP_KEY = "oncelyidoncelyidoncely__rand_int__"
+REDIS_TTL_MS = "3600000"
+# The Oncely namespace: an exact table for every ID of a run (no Bloom-only answers),
+# like the peers, which keep every key exactly.
+ONCELY_NAMESPACE = {
+    "generations": 4,
+    "exact_generations": 4,
+    "generation_capacity": 10_000_000,
+    "generation_span": "1h",
+    "fp_rate": 0.01,
+}
+
+children: list[subprocess.Popen] = []
+
+
+def stop_all() -> None:
+    for p in children:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+    children.clear()
+
+
+def on_signal(signum, _frame) -> None:
+    stop_all()
+    sys.exit(128 + signum)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], log: Path) -> subprocess.Popen:
+    out = open(log, "wb")
+    p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    children.append(p)
+    return p
+
+
+def stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    if p in children:
+        children.remove(p)
+
+
+def wait_port(p: subprocess.Popen, port: int, log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if p.poll() is not None:
+            raise RuntimeError(f"server exited with {p.returncode}; see {log}:\n{log.read_text()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server did not listen on {port} within {timeout} s; see {log}")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def run(cmd: list[str], timeout: float) -> str:
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    children.append(p)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        raise RuntimeError(f"{cmd[0]} ran over {timeout} s and was killed")
+    finally:
+        if p in children:
+            children.remove(p)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{err[-2000:]}")
+    return out
+
+
+@dataclass
+class Result:
+    peer: str
+    workload: str
+    ids: int
+    ids_per_sec: float
+    p50_us: float
+    p99_us: float
+    stored: int
+    duplicates_expected: int
+    duplicates_answered: int
+    ram_bytes: int
+    disk_bytes: int
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ram_per_id(self) -> float:
+        return self.ram_bytes / self.stored if self.stored else math.nan
+
+    @property
+    def disk_per_id(self) -> float:
+        return self.disk_bytes / self.stored if self.stored else math.nan
+
+
+# --- Oncely -------------------------------------------------------------------------
+
+
+def oncely(args, workload: str, tmp: Path) -> Result:
+    port = free_port()
+    data = tmp / "oncely-data"
+    log = tmp / "oncely.log"
+    server = start([args.oncelyd, "serve", "--listen", f"127.0.0.1:{port}",
+                    "--data-dir", str(data)], log)
+    try:
+        wait_port(server, port, log)
+        url = f"http://127.0.0.1:{port}"
+        req = urllib.request.Request(f"{url}/v1/namespaces/peers", method="PUT",
+                                     data=json.dumps(ONCELY_NAMESPACE).encode(),
+                                     headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=10).read()
+        before = rss_bytes(server.pid)
+        batch, dup = {"batched-unique": (BATCH, 0.0), "batched-dup10": (BATCH, 0.1),
+                      "single": (1, 0.0)}[workload]
+        out = run([args.oncelyd, "load", "--url", url, "--namespace", "peers",
+                   "--batch", str(batch), "--concurrency", str(CONNECTIONS),
+                   "--duration", f"{args.duration}s", "--duplicates", str(dup),
+                   "--seed", "7", "--json"], timeout=args.duration + 120)
+        r = json.loads(out)
+        after = rss_bytes(server.pid)
+        stored = r["verdicts"]["new"]
+        unexpected = sum(r["unexpected"].values()) if isinstance(r["unexpected"], dict) else 0
+        failed = r["failed_ids"]
+        if unexpected or failed:
+            raise RuntimeError(f"oncely: {unexpected} unexpected verdicts, {failed} failed IDs")
+        stop(server)  # a clean shutdown flushes; the size on disk is then settled
+        # Filter snapshots have the size of the namespace's configured capacity, however
+        # few IDs a run stored: reported apart, not per ID.
+        snapshots = dir_bytes(data / "snapshots")
+        return Result("Oncely", workload, r["ids"], r["ids_per_sec"],
+                      r["latency_us"]["p50"], r["latency_us"]["p99"], stored,
+                      r["repeated_ids"], r["verdicts"]["duplicate"], after - before,
+                      dir_bytes(data) - snapshots, {"filter_snapshot_bytes": snapshots})
+    finally:
+        stop(server)
+
+
+# --- Redis --------------------------------------------------------------------------
+
+
+def redis_cmd(port: int, *words: str) -> str:
+    """One command over RESP; answers an integer, a simple or a bulk string."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        payload = f"*{len(words)}\r\n" + "".join(f"${len(w)}\r\n{w}\r\n" for w in words)
+        s.sendall(payload.encode())
+        data = b""
+        while True:
+            chunk = s.recv(1 << 16)
+            if not chunk:
+                raise RuntimeError(f"redis closed the connection during {words[0]}")
+            data += chunk
+            head, sep, rest = data.partition(b"\r\n")
+            if not sep:
+                continue
+            if not head.startswith(b"$"):
+                break
+            length = int(head[1:])
+            if length < 0 or len(rest) >= length + 2:
+                break
+    text = data.decode()
+    if text.startswith("-"):
+        raise RuntimeError(f"redis: {text.strip()}")
+    if text.startswith(":") or text.startswith("+"):
+        return text[1:].strip()
+    return text.split("\r\n", 1)[1][:-2]
+
+
+def redis_info(port: int, field_name: str) -> int:
+    for line in redis_cmd(port, "INFO", "memory").splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split(":", 1)[1])
+    raise RuntimeError(f"redis INFO has no {field_name}")
+
+
+def keyspace_for_repeats(n: int, fraction: float) -> int:
+    """The -r keyspace for which n uniform draws repeat about `fraction` of the time."""
+    def repeats(r: float) -> float:
+        return 1 - (r / n) * (1 - math.exp(-n / r))
+    lo, hi = 1.0, n * 1e6
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)
+        if repeats(mid) > fraction:
+            lo = mid
+        else:
+            hi = mid
+    return int(round(lo))
+
+
+def redis_benchmark(port: int, n: int, pipeline: int, key: str, keyspace: int,
+                    timeout: float) -> dict:
+    out = run(["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(CONNECTIONS),
+               "-P", str(pipeline), "-n", str(n), "-r", str(keyspace), "--csv", "-q",
+               "SET", key, "1", "NX", "PX", REDIS_TTL_MS], timeout=timeout)
+    lines = [line for line in out.splitlines() if line.strip()]
+    header = [h.strip('"') for h in lines[0].split(",")]
+    values = [v.strip('"') for v in lines[-1].split(",")]
+    return dict(zip(header, values))
+
+
+def start_redis(port: int, data: Path, log: Path) -> subprocess.Popen:
+    data.mkdir(parents=True)
+    server = start(["redis-server", "--bind", "127.0.0.1", "--port", str(port),
+                    "--dir", str(data), "--appendonly", "yes", "--appendfsync", "everysec",
+                    "--save", "", "--protected-mode", "no", "--daemonize", "no"], log)
+    wait_port(server, port, log)
+    return server
+
+
+def redis_calibrate(pipeline: int, tmp: Path) -> float:
+    tmp.mkdir()
+    port = free_port()
+    server = start_redis(port, tmp / "data", tmp / "redis.log")
+    try:
+        probe = redis_benchmark(port, 20_000 if pipeline == 1 else 400_000, pipeline,
+                                REDIS_UNIQUE_KEY, 2_000_000_000, timeout=120)
+        return float(probe["rps"])
+    finally:
+        stop(server)
+
+
+def redis(args, workload: str, tmp: Path) -> Result:
+    pipeline, dup = {"batched-unique": (BATCH, 0.0), "batched-dup10": (BATCH, 0.1),
+                     "single": (1, 0.0)}[workload]
+    rate = args.redis_calibration.get(pipeline)
+    if rate is None:
+        # redis-benchmark counts requests, not time: size the run from a short
+        # calibration, on a server of its own, so that it lasts about --duration.
+        rate = redis_calibrate(pipeline, tmp / "calibration")
+        args.redis_calibration[pipeline] = rate
+    port, data, log = free_port(), tmp / "redis-data", tmp / "redis.log"
+    server = start_redis(port, data, log)
+    try:
+        n = max(10_000, int(rate * args.duration))
+        if dup:
+            key, keyspace = REDIS_DUP_KEY, keyspace_for_repeats(n, dup)
+        else:
+            key, keyspace = REDIS_UNIQUE_KEY, 2_000_000_000
+        time.sleep(0.2)
+        before = redis_info(port, "used_memory")
+        rss_before = rss_bytes(server.pid)
+        r = redis_benchmark(port, n, pipeline, key, keyspace, timeout=args.duration * 10 + 120)
+        stored = int(redis_cmd(port, "DBSIZE"))
+        used = redis_info(port, "used_memory") - before
+        rss = rss_bytes(server.pid) - rss_before
+        # AOF everysec: give the last second's writes to the file before measuring it.
+        time.sleep(1.5)
+        disk = dir_bytes(data)
+        # redis-benchmark sends whole pipelines, so up to CONNECTIONS x pipeline more than
+        # n requests: the repeats answered nil are about n - DBSIZE, and none when unique.
+        repeats = max(0, n - stored) if dup else 0
+        return Result("Redis", workload, n, float(r["rps"]), float(r["p50_latency_ms"]) * 1000,
+                      float(r["p99_latency_ms"]) * 1000, stored, repeats, repeats,
+                      rss, disk, {"used_memory_per_key": used / stored if stored else None,
+                                  "keyspace": keyspace})
+    finally:
+        stop(server)
+
+
+# --- NATS ---------------------------------------------------------------------------
+
+
+def nats(args, workload: str, tmp: Path) -> Result:
+    inflight, dup = {"batched-unique": (BATCH, 0.0), "batched-dup10": (BATCH, 0.1),
+                     "single": (1, 0.0)}[workload]
+    port = free_port()
+    data = tmp / "nats-data"
+    log = tmp / "nats.log"
+    server = start(["nats-server", "-a", "127.0.0.1", "-p", str(port), "-js",
+                    "-sd", str(data)], log)
+    try:
+        wait_port(server, port, log)
+        time.sleep(0.3)  # JetStream finishes starting after the port opens
+        before = rss_bytes(server.pid)
+        out = run([args.nats_dedup, "--url", f"nats://127.0.0.1:{port}",
+                   "--concurrency", str(CONNECTIONS), "--inflight", str(inflight),
+                   "--duration", f"{args.duration}s", "--duplicates", str(dup), "--seed", "7"],
+                  timeout=args.duration + 180)
+        r = json.loads(out)
+        after = rss_bytes(server.pid)
+        if r["errors"] or r["unexpected_fresh_duplicate"] or r["unexpected_repeat_new"]:
+            raise RuntimeError(f"nats: errors or unexpected flags: {r}")
+        stop(server)
+        return Result("NATS JetStream", workload, r["ids"], r["ids_per_sec"],
+                      r["latency_us"]["p50"], r["latency_us"]["p99"], r["acks_new"],
+                      r["repeated_ids"], r["acks_duplicate"], after - before, dir_bytes(data),
+                      {"server_version": r["server_version"]})
+    finally:
+        stop(server)
+
+
+# --- report -------------------------------------------------------------------------
+
+
+def fmt_rate(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def fmt_us(x: float) -> str:
+    return f"{x / 1000:.2f} ms" if x >= 1000 else f"{x:.0f} µs"
+
+
+def table(results: list[Result]) -> str:
+    oncely_rate = {r.workload: r.ids_per_sec for r in results if r.peer == "Oncely"}
+    rows = ["| workload | peer | IDs/s | Oncely ÷ peer | p50 | p99 | RAM B/ID | disk B/ID | duplicates found |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        ratio = oncely_rate.get(r.workload)
+        ratio_s = "1.00x" if r.peer == "Oncely" else (f"{ratio / r.ids_per_sec:.2f}x" if ratio else "-")
+        dups = f"{r.duplicates_answered:,} / {r.duplicates_expected:,}"
+        rows.append(f"| {r.workload} | {r.peer} | {fmt_rate(r.ids_per_sec)} | {ratio_s} | "
+                    f"{fmt_us(r.p50_us)} | {fmt_us(r.p99_us)} | {r.ram_per_id:.1f} | "
+                    f"{r.disk_per_id:.1f} | {dups} |")
+    return "\n".join(rows)
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return f"{os.cpu_count()} cores ({model}), {platform.system()} {platform.release()}"
+
+
+def versions(args) -> str:
+    redis_v = run(["redis-server", "--version"], 30).split()[2].removeprefix("v=")
+    nats_v = run(["nats-server", "--version"], 30).strip()
+    oncely_v = run([args.oncelyd, "--version"], 30).strip()
+    return f"{oncely_v}; Redis {redis_v}; {nats_v}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--oncelyd", required=True, help="the release oncelyd binary")
+    parser.add_argument("--nats-dedup", required=True, help="the release nats_dedup binary")
+    parser.add_argument("--duration", type=int, default=15, help="seconds per workload (default 15)")
+    parser.add_argument("--peers", default="oncely,redis,nats",
+                        help="comma-separated subset of oncely,redis,nats")
+    parser.add_argument("--workloads", default="batched-unique,batched-dup10,single",
+                        help="comma-separated subset of batched-unique,batched-dup10,single")
+    parser.add_argument("--out", help="also write the Markdown report to this file")
+    parser.add_argument("--json", help="also write the raw results to this file")
+    args = parser.parse_args()
+    if args.duration < 1 or args.duration > 600:
+        parser.error("--duration must be 1 to 600 seconds")
+    drivers = {"oncely": oncely, "redis": redis, "nats": nats}
+    peers = args.peers.split(",")
+    workloads = args.workloads.split(",")
+    for p in peers:
+        if p not in drivers:
+            parser.error(f"unknown peer {p!r}")
+    for w in workloads:
+        if w not in ("batched-unique", "batched-dup10", "single"):
+            parser.error(f"unknown workload {w!r}")
+    args.redis_calibration = {}
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    results: list[Result] = []
+    try:
+        for w in workloads:
+            for p in peers:
+                print(f"peers: {p} / {w} ...", file=sys.stderr, flush=True)
+                with tempfile.TemporaryDirectory(prefix=f"oncely-peers-{p}-") as tmp:
+                    r = drivers[p](args, w, Path(tmp))
+                print(f"peers: {p} / {w}: {fmt_rate(r.ids_per_sec)} IDs/s", file=sys.stderr,
+                      flush=True)
+                results.append(r)
+        header = [
+            "# Oncely, Redis and NATS JetStream side by side",
+            "",
+            f"Run {started:%Y-%m-%d %H:%M} UTC on {machine()}.",
+            f"Versions: {versions(args)}.",
+            f"Command: `benches/peers/run.sh --duration {args.duration}` "
+            f"({CONNECTIONS} connections; batches of {BATCH}; one load-generator thread each).",
+            "",
+            "Durability: Oncely `flush`, Redis AOF `appendfsync everysec`, NATS JetStream file "
+            "storage (see benches/peers/peers.py). RAM per ID is the server's RSS growth over "
+            "the run per stored ID; disk per ID is its data directory per stored ID. "
+            "\"Oncely ÷ peer\" is Oncely's IDs/s over the peer's in the same workload. "
+            "Duplicates found: repeats answered as such / repeats sent (Redis: requests minus "
+            "keys stored, as redis-benchmark does not count nil replies).",
+            "",
+        ]
+        snaps = [r.extra["filter_snapshot_bytes"] for r in results if "filter_snapshot_bytes" in r.extra]
+        if snaps:
+            header += [
+                f"Oncely's RAM per ID includes its filters, allocated whole for the namespace's "
+                f"capacity ({ONCELY_NAMESPACE['generations']} x "
+                f"{ONCELY_NAMESPACE['generation_capacity']:,} IDs at fp "
+                f"{ONCELY_NAMESPACE['fp_rate']}), and its memtable budget, so it falls as a run "
+                f"stores more IDs. Its disk per ID leaves out the filter snapshots, "
+                f"{max(snaps) / 2**20:.0f} MiB whatever the IDs stored.",
+                "",
+            ]
+        report = "\n".join(header) + "\n" + table(results) + "\n"
+        print(report)
+        if args.out:
+            Path(args.out).write_text(report)
+        if args.json:
+            Path(args.json).write_text(json.dumps([r.__dict__ | {
+                "ram_per_id": r.ram_per_id, "disk_per_id": r.disk_per_id} for r in results],
+                indent=2))
+    finally:
+        stop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
