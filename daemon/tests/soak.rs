@@ -45,13 +45,16 @@
 //!
 //! # The leak check
 //!
-//! Memory grows while the ring fills and RocksDB's cache warms, then must level
-//! off. The last quarter's peak RSS may exceed a reference quarter's by at most
-//! [`LEAK_TOLERANCE`]; the reference is the second quarter, or, if the ring of
-//! generations was not yet full when the second quarter began, the quarter after it
-//! filled. A run too short to have such a quarter before its last (the ring fills
-//! after about 70 s, so under about 5 minutes) says the check does not apply rather
-//! than pass it; the default 600 s has room.
+//! Memory grows while the ring fills and RocksDB's block cache warms, then must
+//! level off. Warming is slow at a moderate rate: in a 10-minute run with glibc's
+//! malloc, RSS rose from 105 to 150 MiB between the second and sixth minutes, as the
+//! cache took in the blocks that duplicate lookups and compactions read, then held
+//! between 147 and 156 MiB. So the reference is the third quarter, not an earlier
+//! one: a leak grows in every quarter, a warming cache only in the first ones. The
+//! last quarter's peak RSS may exceed the third quarter's by at most
+//! [`LEAK_TOLERANCE`]. A run whose ring of generations is not full by the third
+//! quarter (under about 5 minutes: it fills after about 70 s) says the check does
+//! not apply rather than pass it; the default 600 s has room.
 
 mod common;
 
@@ -79,9 +82,9 @@ const DUPLICATES: f64 = 0.1;
 const SLACK: u64 = 48 << 20;
 /// How often RSS and the namespace's stats are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
-/// The leak check: the last quarter's peak RSS may exceed the second quarter's by
-/// at most this fraction.
-const LEAK_TOLERANCE: f64 = 0.10;
+/// The leak check: the last quarter's peak RSS may exceed the third quarter's by at
+/// most this fraction.
+const LEAK_TOLERANCE: f64 = 0.05;
 
 const MIB: f64 = 1_048_576.0;
 
@@ -192,12 +195,12 @@ fn leak_check(samples: &[Sample], secs: f64) -> Result<(f64, u64, u64, f64), Str
         .find(|s| s.live_generations == GENERATIONS as usize)
         .map(|s| s.t)
         .ok_or_else(|| format!("the ring of {GENERATIONS} generations never filled"))?;
-    let from = full_at.max(quarter);
-    if from + quarter > 3.0 * quarter + 1e-6 {
+    let from = 2.0 * quarter;
+    if full_at > from {
         return Err(format!(
-            "the ring filled at {full_at:.0} s, too late for a reference quarter before \
-             the last one (a run of at least {:.0} s has one)",
-            4.0 * full_at
+            "the ring filled at {full_at:.0} s, after the third quarter began (a run of \
+             at least {:.0} s has it full by then)",
+            2.0 * full_at
         ));
     }
     let reference = peak_between(samples, from, from + quarter).ok_or("no reference samples")?;
