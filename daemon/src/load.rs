@@ -425,16 +425,20 @@ fn per_sec(n: u64, secs: f64) -> u64 {
 }
 
 /// splitmix64's output function: a bijection on `u64`, so distinct inputs give
-/// distinct outputs.
-const fn mix(mut z: u64) -> u64 {
+/// distinct outputs. Public with [`id_hex`] so that other load generators (the NATS
+/// peer's, in `benches/`) draw the same IDs and repeats.
+#[must_use]
+pub const fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
 
-/// The 16 bytes of task `task`'s fresh ID number `n`, as 32 hex characters.
-fn id_hex(seed: u64, task: u64, n: u64, out: &mut [u8; 32]) {
+/// The 16 bytes of task `task`'s fresh ID number `n`, as 32 lowercase hex
+/// characters: unique per `(task, n)` within a seed, random-looking, and the same for
+/// the same seed.
+pub fn id_hex(seed: u64, task: u64, n: u64, out: &mut [u8; 32]) {
     let lo = mix(((task << 40) | n).wrapping_add(seed));
     let hi = mix(lo ^ seed.rotate_left(32));
     let bytes = ((u128::from(hi) << 64) | u128::from(lo)).to_be_bytes();
@@ -796,19 +800,7 @@ impl Stats {
         let secs = elapsed.as_secs_f64();
         let rate = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
         let h = &self.latency;
-        let latency_us = if h.is_empty() {
-            Latency::default()
-        } else {
-            Latency {
-                min: h.min(),
-                mean: h.mean(),
-                p50: h.value_at_quantile(0.50),
-                p90: h.value_at_quantile(0.90),
-                p99: h.value_at_quantile(0.99),
-                p999: h.value_at_quantile(0.999),
-                max: h.max(),
-            }
-        };
+        let latency_us = Latency::from_histogram(h);
         let ids_per_sec = rate(self.ids);
         LoadReport {
             url: args.url.clone(),
@@ -989,6 +981,25 @@ pub struct Latency {
     pub p999: u64,
     /// Slowest.
     pub max: u64,
+}
+
+impl Latency {
+    /// The percentiles of a histogram of microseconds; all 0 when it is empty.
+    #[must_use]
+    pub fn from_histogram(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        Self {
+            min: h.min(),
+            mean: h.mean(),
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
 }
 
 /// Writes the report: one JSON object and a newline with `json`, else text.

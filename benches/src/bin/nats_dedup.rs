@@ -39,6 +39,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use clap::Parser;
 use hdrhistogram::Histogram;
+use oncelyd::load::{Latency, id_hex, mix};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -141,17 +142,6 @@ struct Report {
     latency_us: Latency,
 }
 
-#[derive(Serialize, Default)]
-struct Latency {
-    min: u64,
-    mean: f64,
-    p50: u64,
-    p90: u64,
-    p99: u64,
-    p999: u64,
-    max: u64,
-}
-
 /// Per-task tallies, merged at the end.
 struct Stats {
     ids: u64,
@@ -195,19 +185,11 @@ impl Stats {
     }
 }
 
-/// splitmix64's output function: a bijection on `u64` (the one `oncelyd load` uses).
-const fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// Task `task`'s fresh ID number `n`: 16 bytes as 32 lowercase hex characters.
-fn id_hex(seed: u64, task: u64, n: u64) -> String {
-    let lo = mix(((task << 40) | n).wrapping_add(seed));
-    let hi = mix(lo ^ seed.rotate_left(32));
-    format!("{:032x}", (u128::from(hi) << 64) | u128::from(lo))
+/// Task `task`'s fresh ID number `n`: the very ID `oncelyd load` would send.
+fn id_string(seed: u64, task: u64, n: u64) -> String {
+    let mut hex = [0_u8; 32];
+    id_hex(seed, task, n, &mut hex);
+    String::from_utf8(hex.to_vec()).expect("hex digits are ASCII")
 }
 
 /// One publish awaiting its ack.
@@ -276,7 +258,7 @@ async fn task(plan: Arc<Plan>, index: u64) -> Result<Stats, async_nats::Error> {
                 next += 1;
                 next - 1
             };
-            let id = id_hex(seed, index, number);
+            let id = id_string(seed, index, number);
             let started = Instant::now();
             let message = PublishMessage::build().message_id(id);
             match js.send_publish(plan.args.subject.clone(), message).await {
@@ -385,19 +367,7 @@ async fn run(args: Args) -> Result<Report, async_nats::Error> {
         unexpected_fresh_duplicate: total.fresh_duplicate,
         unexpected_repeat_new: total.repeat_new,
         errors: total.errors,
-        latency_us: if h.is_empty() {
-            Latency::default()
-        } else {
-            Latency {
-                min: h.min(),
-                mean: h.mean(),
-                p50: h.value_at_quantile(0.50),
-                p90: h.value_at_quantile(0.90),
-                p99: h.value_at_quantile(0.99),
-                p999: h.value_at_quantile(0.999),
-                max: h.max(),
-            }
-        },
+        latency_us: Latency::from_histogram(h),
     })
 }
 
@@ -449,13 +419,13 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for task in 0..4 {
             for n in 0..2_000 {
-                let id = id_hex(7, task, n);
+                let id = id_string(7, task, n);
                 assert_eq!(id.len(), 32);
                 assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
                 assert!(seen.insert(id));
             }
         }
-        assert_ne!(id_hex(7, 0, 0), id_hex(8, 0, 0));
+        assert_ne!(id_string(7, 0, 0), id_string(8, 0, 0));
     }
 
     #[test]
