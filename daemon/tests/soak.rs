@@ -46,11 +46,11 @@
 //! # The leak check
 //!
 //! Memory grows while the ring fills and RocksDB's block cache warms, then must
-//! level off. Warming is slow at a moderate rate: in a 10-minute run with glibc's
-//! malloc, RSS rose from 105 to 150 MiB between the second and sixth minutes, as the
-//! cache took in the blocks that duplicate lookups and compactions read, then held
-//! between 147 and 156 MiB. So the reference is the third quarter, not an earlier
-//! one: a leak grows in every quarter, a warming cache only in the first ones. The
+//! level off. How soon depends on the allocator: with glibc's malloc, RSS rose from
+//! 105 to 150 MiB between the second and sixth minutes of a 10-minute run, then held
+//! between 147 and 156 MiB; with jemalloc (the daemon's allocator) it holds between
+//! 106 and 118 MiB from the second minute. So the reference is the third quarter, not
+//! an earlier one: a leak grows in every quarter, warming only in the first ones. The
 //! last quarter's peak RSS may exceed the third quarter's by at most
 //! [`LEAK_TOLERANCE`]. A run whose ring of generations is not full by the third
 //! quarter (under about 5 minutes: it fills after about 70 s) says the check does
