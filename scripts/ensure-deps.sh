@@ -2,9 +2,15 @@
 # Installs what building Oncely needs on a Debian machine with Rust, when missing:
 # libclang (the rocksdb crate generates its bindings with bindgen) and a C++ compiler.
 # As root it installs with apt-get; otherwise it names the packages to install.
+#
+# Arguments COMMAND=PACKAGE add tools a caller needs (benches/peers/run.sh: the peers):
+# PACKAGE is installed when COMMAND is not on PATH.
 set -euo pipefail
 
 missing=()
+for wanted in "$@"; do
+    command -v "${wanted%%=*}" >/dev/null 2>&1 || missing+=("${wanted#*=}")
+done
 have_libclang() {
     [ -n "${LIBCLANG_PATH:-}" ] && return 0
     ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1

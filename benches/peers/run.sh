@@ -17,24 +17,8 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 
-"$root/scripts/ensure-deps.sh"
-
-missing=()
-command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-command -v redis-benchmark >/dev/null 2>&1 || missing+=(redis-tools)
-command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
-command -v python3 >/dev/null 2>&1 || missing+=(python3)
-if [ ${#missing[@]} -ne 0 ]; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "error: missing packages: ${missing[*]}" >&2
-        echo "install them as root:  apt-get install -y ${missing[*]}" >&2
-        exit 1
-    fi
-    echo "installing: ${missing[*]}" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y --no-install-recommends "${missing[@]}" \
-        || { apt-get update && apt-get install -y --no-install-recommends "${missing[@]}"; }
-fi
+"$root/scripts/ensure-deps.sh" redis-server=redis-server redis-benchmark=redis-tools \
+    nats-server=nats-server python3=python3
 
 target="${CARGO_TARGET_DIR:-$root/target}"
 cargo build --release --locked -p oncelyd -p oncely-benches --bin oncelyd --bin nats_dedup
