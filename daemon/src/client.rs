@@ -295,18 +295,7 @@ impl ClientBuilder {
                 reason: "must be at least 1 (1 means no retry)".into(),
             });
         }
-        let auth = self
-            .token
-            .map(|t| {
-                let mut v =
-                    HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| Error::Config {
-                        setting: "token",
-                        reason: "must be visible ASCII".into(),
-                    })?;
-                v.set_sensitive(true);
-                Ok::<_, Error>(v)
-            })
-            .transpose()?;
+        let auth = self.token.as_deref().map(bearer).transpose()?;
         let http = reqwest::Client::builder()
             .timeout(self.timeout)
             .connect_timeout(self.connect_timeout)
@@ -955,6 +944,21 @@ fn verdict(
             })?),
         },
     })
+}
+
+/// The `Authorization` value for a bearer token, marked sensitive so that it stays
+/// out of debug output.
+///
+/// # Errors
+///
+/// [`Error::Config`] naming `token` when it is not visible ASCII.
+pub(crate) fn bearer(token: &str) -> Result<HeaderValue, Error> {
+    let mut v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| Error::Config {
+        setting: "token",
+        reason: "must be visible ASCII".into(),
+    })?;
+    v.set_sensitive(true);
+    Ok(v)
 }
 
 #[cfg(test)]

@@ -73,7 +73,8 @@ use tokio::time::Instant;
 
 use crate::Error;
 use crate::cli::LoadArgs;
-use crate::client::{Client, RetryPolicy};
+use crate::client::{Client, RetryPolicy, bearer};
+use crate::tune::group as thousands;
 
 /// How many of its most recent acknowledged fresh IDs a task draws repeats from.
 /// Small enough that repeats stay inside the exact horizon of the default namespace
@@ -348,19 +349,7 @@ impl Plan {
                 setting: "namespace",
                 reason: format!("{:?} cannot be part of a URL path", args.namespace),
             })?;
-        let auth = args
-            .token
-            .as_ref()
-            .map(|t| {
-                let mut v =
-                    HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| Error::Config {
-                        setting: "token",
-                        reason: "must be visible ASCII".into(),
-                    })?;
-                v.set_sensitive(true);
-                Ok::<_, Error>(v)
-            })
-            .transpose()?;
+        let auth = args.token.as_deref().map(bearer).transpose()?;
         let seed = args.seed.unwrap_or_else(|| rand::rng().next_u64());
         // f x 2^64, computed in f64: exact enough for a fraction of IDs.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -1122,19 +1111,6 @@ fn rate_line(r: &LoadReport) -> String {
             thousands(achieved),
         )
     }
-}
-
-/// `1234567` as `1,234,567`.
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use oncely::{ClaimOutcome, Configured, Durability, NamespaceConfig, RocksOptions, Tracker};
+use oncely::{ClaimOutcome, Configured, NamespaceConfig};
 use oncelyd::client::{Client, Error, RetryPolicy, Verdict};
 use oncelyd::server::{AppState, Limits, run};
 use serde_json::Value;
@@ -29,20 +29,7 @@ impl Daemon {
     /// On RocksDB in a temporary directory, durability `flush`, as in production.
     async fn start(tokens: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().to_owned();
-        let tracker = tokio::task::spawn_blocking(move || {
-            Tracker::builder()
-                .path(path)
-                .durability(Durability::Flush)
-                .rocks_options(RocksOptions {
-                    cache_bytes: 8 << 20,
-                    memtable_bytes: 8 << 20,
-                })
-                .open()
-        })
-        .await
-        .unwrap()
-        .unwrap();
+        let tracker = common::rocks_tracker(dir.path()).await;
         let tokens: Vec<String> = tokens.iter().map(|t| (*t).to_owned()).collect();
         let mut daemon = Self::serve(AppState::new(tracker, Limits::default(), &tokens)).await;
         daemon._dir = Some(dir);

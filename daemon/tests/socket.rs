@@ -1,12 +1,14 @@
 //! A real server on a loopback socket: HTTP/1.1 through hyper, keep-alive, many
 //! concurrent clients, graceful shutdown.
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use oncely::{Durability, RocksOptions, Tracker};
+use oncely::Tracker;
 use oncelyd::server::{AppState, Limits, run};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -24,20 +26,7 @@ impl Server {
     /// directory (durability `flush`, as in production).
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().to_owned();
-        let tracker = tokio::task::spawn_blocking(move || {
-            Tracker::builder()
-                .path(path)
-                .durability(Durability::Flush)
-                .rocks_options(RocksOptions {
-                    cache_bytes: 8 << 20,
-                    memtable_bytes: 8 << 20,
-                })
-                .open()
-        })
-        .await
-        .unwrap()
-        .unwrap();
+        let tracker = common::rocks_tracker(dir.path()).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = AppState::new(tracker.clone(), Limits::default(), &[]);

@@ -14,12 +14,31 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use oncely::store::{Batch, Entries, MarkVisitor, NamespaceId};
 use oncely::{
-    BloomFilter, Durability, Error, GenerationId, ManualClock, MemoryStore, NamespaceConfig, Store,
-    Timestamp, Tracker,
+    BloomFilter, Durability, Error, GenerationId, ManualClock, MemoryStore, NamespaceConfig,
+    RocksOptions, Store, Timestamp, Tracker,
 };
 use oncelyd::server::{AppState, Limits, app};
 use serde_json::Value;
 use tower::ServiceExt;
+
+/// A tracker on RocksDB in `dir`, durability `flush` as in production, with small
+/// memory budgets; opened off the async runtime.
+pub async fn rocks_tracker(dir: &std::path::Path) -> Tracker {
+    let path = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        Tracker::builder()
+            .path(path)
+            .durability(Durability::Flush)
+            .rocks_options(RocksOptions {
+                cache_bytes: 8 << 20,
+                memtable_bytes: 8 << 20,
+            })
+            .open()
+    })
+    .await
+    .unwrap()
+    .unwrap()
+}
 
 /// Switches of a [`Faulty`] store, shared with the test.
 #[derive(Clone, Debug, Default)]
