@@ -84,11 +84,11 @@ pub struct ServeArgs {
     #[arg(long, env = "ONCELY_MAX_CONCURRENCY", value_name = "N")]
     pub max_concurrency: Option<usize>,
 
-    /// RocksDB block cache [default: 64MiB].
+    /// RocksDB block cache, memtables included [default: 128MiB].
     #[arg(long, env = "ONCELY_CACHE_BYTES", value_name = "SIZE")]
     pub cache_bytes: Option<ByteSize>,
 
-    /// RocksDB memtable budget, charged to the cache [default: 16MiB].
+    /// RocksDB memtable budget, charged to the cache [default: 64MiB].
     #[arg(long, env = "ONCELY_MEMTABLE_BYTES", value_name = "SIZE")]
     pub memtable_bytes: Option<ByteSize>,
 
