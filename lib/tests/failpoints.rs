@@ -15,6 +15,9 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use common::{clock, open_rocks};
 use oncely::{NamespaceConfig, Verdict};
 
@@ -179,5 +182,127 @@ fn a_panic_mid_mark_does_not_wedge_the_namespace() {
         t.check_and_mark("default", &["x", "y"], None).unwrap(),
         [Verdict::New, Verdict::New]
     );
+    scenario.teardown();
+}
+
+/// Exact-table lookups run outside the namespace lock. A rotation in between may
+/// drop the very table a lookup was meant for; the IDs looked up are then decided
+/// afresh, so an ID marked before reads `probable_duplicate` (its generation is
+/// Bloom-only now), never a second `new`; the rest of the batch is unaffected.
+#[test]
+fn a_rotation_before_a_lookup_outside_the_lock_has_it_decided_afresh() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let one_exact = NamespaceConfig::builder()
+        .generations(4)
+        .exact_generations(1)
+        .generation_capacity(1_000)
+        .fp_rate(1e-9)
+        .build()
+        .unwrap();
+    let t = open_rocks(dir.path(), &clock(), one_exact);
+    let old = ids("old", 10);
+    assert!(all(
+        &t.check_and_mark("default", &old, None).unwrap(),
+        Verdict::New
+    ));
+
+    let rotated = Arc::new(AtomicBool::new(false));
+    let (t2, once) = (t.clone(), Arc::clone(&rotated));
+    fail::cfg_callback("mark.before-lookup", move || {
+        if !once.swap(true, Ordering::SeqCst) {
+            t2.rotate_namespace("default").unwrap();
+        }
+    })
+    .unwrap();
+    let mut batch = old.clone();
+    batch.extend(ids("fresh", 10));
+    let verdicts = t.check_and_mark("default", &batch, None).unwrap();
+    fail::remove("mark.before-lookup");
+
+    assert!(
+        rotated.load(Ordering::SeqCst),
+        "the lookup ran outside the lock"
+    );
+    assert!(
+        all(&verdicts[..10], Verdict::ProbableDuplicate),
+        "{verdicts:?}"
+    );
+    assert!(all(&verdicts[10..], Verdict::New), "{verdicts:?}");
+    assert!(all(
+        &t.check_and_mark("default", &batch[10..], None).unwrap(),
+        Verdict::Duplicate
+    ));
+    scenario.teardown();
+}
+
+/// A fault while IDs are reserved for a lookup releases them: the next call decides
+/// them instead of waiting forever, and nothing of the failed call was marked.
+#[test]
+fn a_fault_before_a_lookup_releases_the_reserved_ids() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let t = open_rocks(dir.path(), &clock(), config());
+    let old = ids("old", 2);
+    assert!(all(
+        &t.check_and_mark("default", &old, None).unwrap(),
+        Verdict::New
+    ));
+    fail::cfg("mark.before-lookup", "return").unwrap();
+    let batch = [old[0].clone(), "fresh".to_owned()];
+    let err = t.check_and_mark("default", &batch, None).unwrap_err();
+    assert!(err.to_string().contains("injected fault"), "{err}");
+    fail::remove("mark.before-lookup");
+    assert_eq!(
+        t.check_and_mark("default", &batch, None).unwrap(),
+        [Verdict::Duplicate, Verdict::New]
+    );
+    scenario.teardown();
+}
+
+/// While a pass looks up some IDs outside the lock, the others it may mark stay
+/// reserved: another caller marking one of them meanwhile waits for the pass, and
+/// exactly one of the two gets `new`.
+#[test]
+fn ids_reserved_during_a_lookup_outside_the_lock_get_one_new() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let t = open_rocks(dir.path(), &clock(), config());
+    assert_eq!(
+        t.check_and_mark("default", &["old"], None).unwrap(),
+        [Verdict::New]
+    );
+
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let done_rx = std::sync::Mutex::new(done_rx);
+    let other = Arc::new(std::sync::Mutex::new(None));
+    let (t2, slot) = (t.clone(), Arc::clone(&other));
+    let once = Arc::new(AtomicBool::new(false));
+    fail::cfg_callback("mark.before-lookup", move || {
+        if once.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (t3, done_tx) = (t2.clone(), done_tx.clone());
+        *slot.lock().unwrap() = Some(std::thread::spawn(move || {
+            let v = t3.check_and_mark("default", &["fresh"], None).unwrap();
+            let _ = done_tx.send(());
+            v
+        }));
+        // Give the other caller every chance to get in first: it cannot, as it
+        // waits for this pass; were "fresh" not reserved, it would be done here.
+        let _ = done_rx
+            .lock()
+            .unwrap()
+            .recv_timeout(std::time::Duration::from_millis(300));
+    })
+    .unwrap();
+    let mine = t
+        .check_and_mark("default", &["old", "fresh"], None)
+        .unwrap();
+    fail::remove("mark.before-lookup");
+    let theirs = other.lock().unwrap().take().unwrap().join().unwrap();
+
+    assert_eq!(mine, [Verdict::Duplicate, Verdict::New]);
+    assert_eq!(theirs, [Verdict::Duplicate]);
     scenario.teardown();
 }

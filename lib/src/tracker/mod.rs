@@ -369,6 +369,13 @@ impl Flight {
         }
     }
 
+    /// A flight that has already failed: its waiter decides afresh.
+    fn failed() -> Self {
+        let flight = Self::new(None);
+        flight.finish(false);
+        flight
+    }
+
     fn finish(&self, ok: bool) {
         *lock(&self.outcome) = Some(ok);
         self.done.notify_all();
@@ -387,6 +394,19 @@ impl Flight {
                 .unwrap_or_else(PoisonError::into_inner);
         }
     }
+}
+
+/// What the locked first step of a pass decided, for the last.
+struct Probe {
+    now: Timestamp,
+    epoch: (GenerationId, GenerationId),
+    /// Exact-table lookups, `(index, generation)`, grouped by index in ascending
+    /// order, newest generation first.
+    lookups: Vec<(usize, GenerationId)>,
+    /// Indices that a Bloom-only generation also holds, ascending.
+    probable: Vec<usize>,
+    /// Indices no filter holds.
+    candidates: Vec<usize>,
 }
 
 /// Hash maps keyed by ID hashes: the key is already a uniform 128-bit hash, so its
@@ -451,10 +471,18 @@ struct Pass<'a> {
     hashes: &'a [IdHash],
     flight: Arc<Flight>,
     flight_id: u64,
+    /// Holds the IDs this pass may mark while it looks up others in the exact
+    /// tables outside the lock, so that no other caller marks one of them
+    /// meanwhile. It always settles as failed: its waiters decide afresh, once this
+    /// pass's outcome is in place.
+    reservation: Arc<Flight>,
+    reservation_id: u64,
     finished: bool,
     batch: Batch,
     /// Indices this pass marks new, to confirm after the write.
     mine: Vec<usize>,
+    /// Indices held by the reservation.
+    reserved: Vec<usize>,
     /// Indices in flight elsewhere, with the flight to wait for.
     waits: Vec<(usize, Arc<Flight>)>,
 }
@@ -471,9 +499,22 @@ impl Pass<'_> {
                     st.inflight.remove(&key);
                 }
             }
+            release(&mut st, self.hashes, &self.reserved, self.reservation_id);
             st.flights.remove(&self.flight_id);
+            st.flights.remove(&self.reservation_id);
         }
         self.flight.finish(ok);
+        self.reservation.finish(false);
+    }
+}
+
+/// Takes reserved IDs out of flight, where the reservation still holds them.
+fn release(st: &mut State, hashes: &[IdHash], reserved: &[usize], reservation_id: u64) {
+    for &i in reserved {
+        let key = key_of(hashes[i]);
+        if st.inflight.get(&key) == Some(&reservation_id) {
+            st.inflight.remove(&key);
+        }
     }
 }
 
@@ -692,18 +733,37 @@ impl Tracker {
             hashes,
             flight: Arc::new(Flight::new(owner)),
             flight_id: ns.next_flight.fetch_add(1, Ordering::Relaxed),
+            reservation: Arc::new(Flight::new(None)),
+            reservation_id: ns.next_flight.fetch_add(1, Ordering::Relaxed),
             finished: false,
             batch: Batch::with_capacity(
                 todo.len(),
                 ids.first().map_or(16, |id| id.as_bytes().len()),
             ),
             mine: Vec::new(),
+            reserved: Vec::new(),
             waits: Vec::new(),
         };
-        {
+        // Exact-table lookups (duplicates, and the filters' false positives) are
+        // disk reads: they run outside the namespace lock, so that concurrent
+        // callers do not queue behind them. A batch that needs none is decided in
+        // one locked step.
+        let probe = {
             let mut st = lock(&ns.state);
             st.flights.insert(pass.flight_id, Arc::clone(&pass.flight));
-            self.decide(call, &mut st, todo, verdicts, &mut pass)?;
+            let probe = self.probe(call, &mut st, todo, verdicts, &mut pass)?;
+            if probe.lookups.is_empty() {
+                self.settle(call, &mut st, probe, &[], verdicts, &mut pass)?;
+                None
+            } else {
+                Some(probe)
+            }
+        };
+        if let Some(probe) = probe {
+            crate::failpoint!("mark.before-lookup");
+            let values = self.lookup(call, &probe.lookups)?;
+            let mut st = lock(&ns.state);
+            self.settle(call, &mut st, probe, &values, verdicts, &mut pass)?;
         }
         crate::failpoint!("mark.after-filter");
         if pass.waits.is_empty()
@@ -725,20 +785,19 @@ impl Tracker {
         Ok(std::mem::take(&mut pass.waits))
     }
 
-    fn decide(
+    /// The locked first step of a pass: IDs in flight elsewhere are set to wait,
+    /// the filters are probed, and the IDs that need an exact-table lookup are
+    /// returned with the rest of the decision so far.
+    fn probe(
         &self,
         call: Call<'_>,
         st: &mut State,
         todo: &[usize],
         verdicts: &mut [Option<Verdict>],
         pass: &mut Pass<'_>,
-    ) -> Result<(), Error> {
-        let flight_id = pass.flight_id;
+    ) -> Result<Probe, Error> {
         let Call {
-            ns,
-            ids,
-            hashes,
-            mode,
+            ns, hashes, mode, ..
         } = call;
         Self::usable(ns, st)?;
         let now = self.inner.clock.now();
@@ -760,75 +819,146 @@ impl Tracker {
             .iter()
             .map(|g| (g.id(), g.filter().contains_batch(&probe_hashes)))
             .collect();
-        let mut lookups: Vec<(usize, GenerationId)> = Vec::new();
-        let mut probable: Vec<usize> = Vec::new();
-        let mut candidates: Vec<usize> = Vec::new();
+        let mut out = Probe {
+            now,
+            epoch: Self::epoch(st),
+            lookups: Vec::new(),
+            probable: Vec::new(),
+            candidates: Vec::new(),
+        };
         for (j, &i) in probe.iter().enumerate() {
-            let before = lookups.len();
+            let before = out.lookups.len();
             let mut bloom_only_hit = false;
             for (g, hit) in &hits {
                 if hit[j] {
                     if *g >= st.exact_floor {
-                        lookups.push((i, *g));
+                        out.lookups.push((i, *g));
                     } else {
                         bloom_only_hit = true;
                     }
                 }
             }
             if bloom_only_hit {
-                probable.push(i);
+                out.probable.push(i);
             }
-            if lookups.len() == before {
+            if out.lookups.len() == before {
                 if bloom_only_hit {
                     verdicts[i] = Some(Verdict::ProbableDuplicate);
                 } else {
-                    candidates.push(i);
+                    out.candidates.push(i);
                 }
             }
         }
+        // When lookups will run outside the lock, every ID this pass may mark is
+        // reserved until it is decided, so that no other caller marks one of them
+        // meanwhile. (A repeat within the batch shares its first occurrence's
+        // reservation.)
+        if matches!(mode, Mode::Mark(_)) && !out.lookups.is_empty() {
+            let mut reserve: Vec<usize> = out.lookups.iter().map(|&(i, _)| i).collect();
+            reserve.dedup();
+            reserve.extend_from_slice(&out.candidates);
+            for &i in &reserve {
+                st.inflight
+                    .entry(key_of(hashes[i]))
+                    .or_insert(pass.reservation_id);
+            }
+            st.flights
+                .insert(pass.reservation_id, Arc::clone(&pass.reservation));
+            pass.reserved = reserve;
+        }
+        Ok(out)
+    }
 
-        if !lookups.is_empty() {
-            let keys: Vec<(GenerationId, &[u8])> = lookups
-                .iter()
-                .map(|&(i, g)| (g, ids[i].as_bytes()))
-                .collect();
-            let values = self.inner.store.get_marks(ns.id, &keys)?;
-            // Lookups of one ID are adjacent, newest generation first: the first
-            // value found is the one that counts.
-            let mut at = 0;
-            while at < lookups.len() {
-                let i = lookups[at].0;
-                let mut found = None;
-                while at < lookups.len() && lookups[at].0 == i {
-                    if found.is_none() {
-                        found = values[at].as_deref().map(MarkValue::decode).transpose()?;
-                    }
-                    at += 1;
+    /// What decides whether a lookup made outside the lock still holds: the
+    /// generations with exact tables. (Marks cannot have changed for reserved IDs.)
+    fn epoch(st: &State) -> (GenerationId, GenerationId) {
+        (st.exact_floor, st.ring.current().id())
+    }
+
+    /// The exact-table values of `lookups`, in order.
+    fn lookup(
+        &self,
+        call: Call<'_>,
+        lookups: &[(usize, GenerationId)],
+    ) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        let keys: Vec<(GenerationId, &[u8])> = lookups
+            .iter()
+            .map(|&(i, g)| (g, call.ids[i].as_bytes()))
+            .collect();
+        self.inner.store.get_marks(call.ns.id, &keys)
+    }
+
+    /// The locked last step of a pass: the lookups' values decide their IDs, and
+    /// the new IDs are recorded in the filters and put in the pass's batch.
+    ///
+    /// Should a rotation have moved the exact horizon since the probe, the looked-up
+    /// IDs are decided afresh by the next pass instead.
+    fn settle(
+        &self,
+        call: Call<'_>,
+        st: &mut State,
+        probe: Probe,
+        values: &[Option<Vec<u8>>],
+        verdicts: &mut [Option<Verdict>],
+        pass: &mut Pass<'_>,
+    ) -> Result<(), Error> {
+        let flight_id = pass.flight_id;
+        let Call {
+            ns,
+            ids,
+            hashes,
+            mode,
+        } = call;
+        let Probe {
+            now,
+            epoch,
+            lookups,
+            probable,
+            mut candidates,
+        } = probe;
+        Self::usable(ns, st)?;
+        // The reserved IDs are decided below: marked by this pass's flight, or
+        // answered from what the lookup found.
+        release(st, hashes, &pass.reserved, pass.reservation_id);
+        let stale = !lookups.is_empty() && Self::epoch(st) != epoch;
+
+        // Lookups of one ID are adjacent, newest generation first: the first value
+        // found is the one that counts.
+        let mut at = 0;
+        while at < lookups.len() {
+            let i = lookups[at].0;
+            let mut found = None;
+            while at < lookups.len() && lookups[at].0 == i {
+                if found.is_none() && !stale {
+                    found = values[at].as_deref().map(MarkValue::decode).transpose()?;
                 }
-                let verdict = match (found, mode) {
-                    // The claim's owner marking its own ID completes the claim.
-                    (Some(MarkValue::Claimed { owner, .. }), Mode::Mark(Some(me)))
-                        if owner == me =>
-                    {
-                        None
-                    }
-                    (Some(MarkValue::Claimed { until, .. }), _) if until > now => {
-                        Some(Verdict::InProgress { until })
-                    }
-                    // An expired claim is as good as absent.
-                    (Some(MarkValue::Claimed { .. }) | None, _) => None,
-                    (Some(MarkValue::Done { owner: Some(o) }), Mode::Mark(Some(me))) if o == me => {
-                        Some(Verdict::Replayed)
-                    }
-                    (Some(MarkValue::Done { .. }), _) => Some(Verdict::Duplicate),
-                };
-                match verdict {
-                    Some(v) => verdicts[i] = Some(v),
-                    None if probable.binary_search(&i).is_ok() => {
-                        verdicts[i] = Some(Verdict::ProbableDuplicate);
-                    }
-                    None => candidates.push(i),
+                at += 1;
+            }
+            if stale {
+                pass.waits.push((i, Arc::new(Flight::failed())));
+                continue;
+            }
+            let verdict = match (found, mode) {
+                // The claim's owner marking its own ID completes the claim.
+                (Some(MarkValue::Claimed { owner, .. }), Mode::Mark(Some(me))) if owner == me => {
+                    None
                 }
+                (Some(MarkValue::Claimed { until, .. }), _) if until > now => {
+                    Some(Verdict::InProgress { until })
+                }
+                // An expired claim is as good as absent.
+                (Some(MarkValue::Claimed { .. }) | None, _) => None,
+                (Some(MarkValue::Done { owner: Some(o) }), Mode::Mark(Some(me))) if o == me => {
+                    Some(Verdict::Replayed)
+                }
+                (Some(MarkValue::Done { .. }), _) => Some(Verdict::Duplicate),
+            };
+            match verdict {
+                Some(v) => verdicts[i] = Some(v),
+                None if probable.binary_search(&i).is_ok() => {
+                    verdicts[i] = Some(Verdict::ProbableDuplicate);
+                }
+                None => candidates.push(i),
             }
         }
 
