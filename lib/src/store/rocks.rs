@@ -37,7 +37,7 @@ pub struct RocksOptions {
     /// Memtables, in bytes, across column families (default 64 MiB).
     ///
     /// The exact tables write into many small memtables (2 MiB each) that are flushed
-    /// several at a time: event IDs are random keys, and inserting one into a
+    /// several at a time (8 with the default budget): event IDs are random keys, and inserting one into a
     /// memtable's skiplist costs a cache miss per level visited, so a memtable that
     /// stays within the CPU's cache marks IDs faster; merging them at flush keeps the
     /// level-0 files, and so the files a lookup consults, few and large.
@@ -56,7 +56,7 @@ impl Default for RocksOptions {
 /// The size of one exact-table memtable, at most.
 const MARKS_MEMTABLE_BYTES: usize = 2 << 20;
 /// The most exact-table memtables merged into one level-0 file.
-const MARKS_MEMTABLES_PER_FLUSH: usize = 16;
+const MARKS_MEMTABLES_PER_FLUSH: usize = 8;
 
 /// Marks, metadata and user keys in one RocksDB; snapshots as files beside it.
 pub struct RocksStore {
@@ -212,21 +212,26 @@ fn marks_cf_options(cache: &Cache, options: RocksOptions) -> Options {
     opts.set_level_compaction_dynamic_level_bytes(true);
     // Random keys make every level-0 file overlap all of the open generation's
     // data below it, so each level-0 compaction rewrites that data: compaction was
-    // the largest consumer of CPU under load. Small memtables merged 16 at a time
-    // make level-0 files of ~500k IDs, and compacting only once 24 of them have
-    // gathered (and not earlier for their size: hence the large level base) means a
-    // generation of 10M IDs is rewritten about once. Lookups, which only follow a
-    // filter hit, pay with more files to consult, each screened by its own filter.
+    // the largest consumer of CPU under load. Small memtables merged several at a
+    // time (8 with the default budget) make level-0 files of ~250k IDs, and
+    // compacting only once 32 of them have gathered (and not earlier for their size:
+    // hence the large level base) means a generation of 10M IDs is rewritten about
+    // once. Lookups, which only follow a filter hit, pay with more files to
+    // consult, each screened by its own filter.
     let (memtable, per_flush) = marks_memtables(options.memtable_bytes);
+    let per_flush = i32::try_from(per_flush).unwrap_or(i32::MAX);
     opts.set_write_buffer_size(memtable);
-    opts.set_min_write_buffer_number_to_merge(per_flush as i32);
-    opts.set_max_write_buffer_number(per_flush as i32 + 2);
-    opts.set_level_zero_file_num_compaction_trigger(24);
-    opts.set_level_zero_slowdown_writes_trigger(48);
-    opts.set_level_zero_stop_writes_trigger(72);
+    opts.set_min_write_buffer_number_to_merge(per_flush);
+    // Room for a second set to fill while the first is flushed: RocksDB delays
+    // writes (to 16 MB/s) once all but one memtable are waiting for a flush, which
+    // with one set's worth plus two happened every flush.
+    opts.set_max_write_buffer_number(2 * per_flush + 2);
+    opts.set_level_zero_file_num_compaction_trigger(32);
+    opts.set_level_zero_slowdown_writes_trigger(64);
+    opts.set_level_zero_stop_writes_trigger(96);
     opts.set_max_bytes_for_level_base(1 << 30);
     // A duplicate's lookup must search every memtable not yet flushed, up to 18 of
-    // them; a whole-key filter per memtable lets it skip those without the key.
+    // them by default; a whole-key filter per memtable lets it skip those without the key.
     opts.set_memtable_prefix_bloom_ratio(0.1);
     opts.set_memtable_whole_key_filtering(true);
     opts
@@ -234,11 +239,12 @@ fn marks_cf_options(cache: &Cache, options: RocksOptions) -> Options {
 
 /// The exact tables' memtable size and how many are merged per flush, for a budget.
 ///
-/// At most half the budget goes to memtables waiting to be flushed, so that the
-/// write-buffer manager does not stall writers while a flush is under way.
+/// Two sets of memtables, one filling while the other is flushed, take at most
+/// about half the budget, leaving the rest to the other column families and to
+/// memtables whose flush is under way.
 fn marks_memtables(budget: usize) -> (usize, usize) {
-    let each = MARKS_MEMTABLE_BYTES.min(budget / 4).max(64 << 10);
-    let per_flush = (budget / 2 / each).clamp(1, MARKS_MEMTABLES_PER_FLUSH);
+    let each = MARKS_MEMTABLE_BYTES.min(budget / 8).max(64 << 10);
+    let per_flush = (budget / 4 / each).clamp(1, MARKS_MEMTABLES_PER_FLUSH);
     (each, per_flush)
 }
 
