@@ -94,6 +94,13 @@ pub enum Error {
         source: rocksdb::Error,
     },
 
+    /// A non-blocking operation would have had to wait (a write stall, a read from
+    /// disk); nothing was changed. Returned by [`Store`](crate::Store)'s
+    /// non-blocking methods; [`Tracker::try_check_and_mark`](crate::Tracker::try_check_and_mark)
+    /// answers `Ok(None)` instead.
+    #[error("the operation would have had to wait")]
+    WouldBlock,
+
     /// RocksDB failed: nothing in the call was acknowledged.
     #[error("storage error: {0}")]
     Storage(#[from] rocksdb::Error),

@@ -6,6 +6,7 @@
 mod common;
 
 use std::sync::Barrier;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -75,6 +76,23 @@ fn race(
     sizes: &[usize],
     with_owners: bool,
 ) -> Vec<Answers> {
+    race_with(tracker, ids, seed, sizes, with_owners, false)
+}
+
+/// Calls `try_check_and_mark` answered, and calls it gave up on.
+static ANSWERED_BY_TRY: AtomicUsize = AtomicUsize::new(0);
+static GAVE_UP: AtomicUsize = AtomicUsize::new(0);
+
+/// `race`; with `try_first`, each call is made as the daemon makes small ones:
+/// `try_check_and_mark` first, `check_and_mark` when it gives up.
+fn race_with(
+    tracker: &Tracker,
+    ids: &[u32],
+    seed: u64,
+    sizes: &[usize],
+    with_owners: bool,
+    try_first: bool,
+) -> Vec<Answers> {
     let plans: Vec<Vec<Vec<u32>>> = (0..THREADS).map(|t| plan(t, ids, seed, sizes)).collect();
     let start = Barrier::new(THREADS);
     thread::scope(|s| {
@@ -92,7 +110,25 @@ fn race(
                     let mut answers = Vec::with_capacity(ids.len());
                     start.wait();
                     for (batch, names) in batches.iter().zip(&calls) {
-                        let verdicts = tracker.check_and_mark(NS, names, owner.as_deref()).unwrap();
+                        let tried = if try_first {
+                            tracker
+                                .try_check_and_mark(NS, names, owner.as_deref())
+                                .unwrap()
+                        } else {
+                            None
+                        };
+                        let verdicts = match tried {
+                            Some(verdicts) => {
+                                ANSWERED_BY_TRY.fetch_add(1, Ordering::Relaxed);
+                                verdicts
+                            }
+                            None => {
+                                if try_first {
+                                    GAVE_UP.fetch_add(1, Ordering::Relaxed);
+                                }
+                                tracker.check_and_mark(NS, names, owner.as_deref()).unwrap()
+                            }
+                        };
                         assert_eq!(verdicts.len(), batch.len());
                         answers.extend(batch.iter().copied().zip(verdicts));
                     }
@@ -220,6 +256,29 @@ fn rocks_one_new_per_id_while_rotating() {
 fn memory_one_new_per_id_while_rotating() {
     let newest = race_in_memory(rotating(), 0xD00D);
     assert!(newest >= 25, "rotation ran alongside: newest is {newest}");
+}
+
+/// A call that gave up marked nothing: trying first and falling back still gives
+/// one `New` per ID, with rotations (which make tries give up) running alongside.
+#[test]
+fn trying_first_one_new_per_id_while_rotating() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = clock();
+    let ids: Vec<u32> = (0..IDS).collect();
+    {
+        let t = open_rocks_with(dir.path(), &c, rotating(), Durability::Flush);
+        let answers = race_with(&t, &ids, 0x7E57, &MIXED_SIZES, false, true);
+        let _ = assert_one_new_each(&ids, &answers);
+        assert!(newest_generation(&t) >= 25, "rotation ran alongside");
+        let (answered, gave_up) = (
+            ANSWERED_BY_TRY.load(Ordering::Relaxed),
+            GAVE_UP.load(Ordering::Relaxed),
+        );
+        println!("try_check_and_mark answered {answered} calls and gave up on {gave_up}");
+        assert!(answered > 0 && gave_up > 0, "both ways were taken");
+    }
+    let t = open_rocks_with(dir.path(), &c, rotating(), Durability::Flush);
+    assert_all_duplicate(&t, &ids);
 }
 
 #[test]

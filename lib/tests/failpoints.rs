@@ -306,3 +306,54 @@ fn ids_reserved_during_a_lookup_outside_the_lock_get_one_new() {
     assert_eq!(theirs, [Verdict::Duplicate]);
     scenario.teardown();
 }
+
+/// `try_check_and_mark` gives up, marking nothing, on an ID that another call
+/// holds in flight, where `check_and_mark` would wait for it.
+#[test]
+fn try_check_and_mark_gives_up_on_an_id_in_flight() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let t = open_rocks(dir.path(), &clock(), config());
+    assert_eq!(
+        t.check_and_mark("default", &["old"], None).unwrap(),
+        [Verdict::New]
+    );
+
+    // The other call stops between deciding and looking "old" up, holding "fresh".
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (entered_tx, go_rx) = (
+        std::sync::Mutex::new(entered_tx),
+        std::sync::Mutex::new(go_rx),
+    );
+    fail::cfg_callback("mark.before-lookup", move || {
+        let _ = entered_tx.lock().unwrap().send(());
+        let _ = go_rx
+            .lock()
+            .unwrap()
+            .recv_timeout(std::time::Duration::from_secs(10));
+    })
+    .unwrap();
+    let t2 = t.clone();
+    let other = std::thread::spawn(move || t2.check_and_mark("default", &["old", "fresh"], None));
+    entered_rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+
+    assert_eq!(
+        t.try_check_and_mark("default", &["fresh"], None).unwrap(),
+        None
+    );
+    fail::remove("mark.before-lookup");
+    go_tx.send(()).unwrap();
+    assert_eq!(
+        other.join().unwrap().unwrap(),
+        [Verdict::Duplicate, Verdict::New],
+        "the call that gave up marked nothing"
+    );
+    assert_eq!(
+        t.try_check_and_mark("default", &["fresh"], None).unwrap(),
+        Some(vec![Verdict::Duplicate])
+    );
+    scenario.teardown();
+}

@@ -509,3 +509,102 @@ fn a_directory_that_is_not_a_store_is_refused() {
     let err = Tracker::builder().path(dir.path()).open().unwrap_err();
     assert!(err.to_string().contains("oncely-store/9"), "{err}");
 }
+
+/// `try_check_and_mark` answers like `check_and_mark` when nothing makes it wait,
+/// and otherwise gives up with nothing marked: the same call made with
+/// `check_and_mark` afterwards gets the answers it would have had.
+#[test]
+fn try_check_and_mark_answers_or_gives_up_having_marked_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = clock();
+    let t = open_rocks(dir.path(), &c, small_config(10));
+    assert_eq!(
+        t.try_check_and_mark("default", &["a", "b", "a"], Some("me"))
+            .unwrap(),
+        Some(vec![Verdict::New, Verdict::New, Verdict::Replayed])
+    );
+    assert_eq!(
+        t.try_check_and_mark("default", &["a", "c"], None).unwrap(),
+        Some(vec![Verdict::Duplicate, Verdict::New])
+    );
+
+    // A batch that would fill the open generation (capacity 10, 3 in it) would
+    // rotate, which writes a snapshot: given up.
+    let eight = ids(0..8);
+    assert_eq!(t.try_check_and_mark("default", &eight, None).unwrap(), None);
+    assert!(
+        t.check("default", &eight)
+            .unwrap()
+            .iter()
+            .all(|v| v.is_new())
+    );
+    assert!(
+        t.check_and_mark("default", &eight, None)
+            .unwrap()
+            .iter()
+            .all(|v| v.is_new())
+    );
+
+    // A generation due to seal by age: the same.
+    c.advance(Duration::from_secs(60));
+    assert_eq!(t.try_check_and_mark("default", &["d"], None).unwrap(), None);
+    assert_eq!(t.check("default", &["d"]).unwrap(), [Verdict::New]);
+    assert_eq!(
+        t.check_and_mark("default", &["d"], None).unwrap(),
+        [Verdict::New]
+    );
+
+    // Bad input is an error either way.
+    assert!(matches!(
+        t.try_check_and_mark("default", &[""], None),
+        Err(Error::InvalidId { .. })
+    ));
+    assert!(matches!(
+        t.try_check_and_mark("nope", &["x"], None),
+        Err(Error::UnknownNamespace(_))
+    ));
+}
+
+/// Under `sync` every write waits for an fsync: `try_check_and_mark` always gives
+/// up, and marks nothing.
+#[test]
+fn try_check_and_mark_gives_up_under_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = clock();
+    let t = common::open_rocks_with(dir.path(), &c, small_config(100), Durability::Sync);
+    assert_eq!(t.try_check_and_mark("default", &["a"], None).unwrap(), None);
+    assert_eq!(t.check("default", &["a"]).unwrap(), [Verdict::New]);
+}
+
+/// A lookup that would read from disk gives up: after a reopen, the block holding
+/// an earlier mark is not cached until a blocking call has read it.
+#[test]
+fn try_check_and_mark_gives_up_rather_than_read_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = clock();
+    let marked = ids(0..1_000);
+    {
+        let t = open_rocks(dir.path(), &c, small_config(1_000_000));
+        assert!(
+            t.check_and_mark("default", &marked, None)
+                .unwrap()
+                .iter()
+                .all(|v| v.is_new())
+        );
+        t.close().unwrap();
+    }
+    let t = open_rocks(dir.path(), &c, small_config(1_000_000));
+    let again = [marked[500].as_str(), "fresh"];
+    assert_eq!(t.try_check_and_mark("default", &again, None).unwrap(), None);
+    assert_eq!(t.check("default", &["fresh"]).unwrap(), [Verdict::New]);
+    assert_eq!(
+        t.check_and_mark("default", &again, None).unwrap(),
+        [Verdict::Duplicate, Verdict::New]
+    );
+    // Now the block is cached.
+    assert_eq!(
+        t.try_check_and_mark("default", &[marked[501].as_str()], None)
+            .unwrap(),
+        Some(vec![Verdict::Duplicate])
+    );
+}

@@ -31,6 +31,11 @@ impl JsonBody {
         serde_json::from_slice(&self.0).map_err(|e| json_error(&e, data_code))
     }
 
+    /// The body's size in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// Whether the body is empty (or only whitespace).
     pub(crate) fn is_blank(&self) -> bool {
         self.0.iter().all(u8::is_ascii_whitespace)

@@ -18,12 +18,20 @@
 //!
 //! # Why the blocking pool
 //!
-//! Every tracker call may wait on RocksDB (a WAL write, an fsync in `sync` mode, a
-//! read on a filter hit), so each runs in `tokio::task::spawn_blocking`, never on an
-//! async worker. That is also what makes the daemon fast: concurrent requests reach
-//! RocksDB from separate threads at the same moment, and RocksDB's group commit
-//! folds their writes into one WAL append (one fsync in `sync` mode) for the whole
-//! group. The admission limit bounds how many blocking threads requests can occupy.
+//! A tracker call may wait on RocksDB (a write stall, an fsync in `sync` mode, a
+//! read from disk on a filter hit), so it runs in `tokio::task::spawn_blocking`,
+//! not on an async worker. That is also what makes the daemon fast: concurrent
+//! requests reach RocksDB from separate threads at the same moment, and RocksDB's
+//! group commit folds their writes into one WAL append (one fsync in `sync` mode)
+//! for the whole group. The admission limit bounds how many blocking threads
+//! requests can occupy.
+//!
+//! The exception is a small check-and-mark under `flush` or `memory` durability: it
+//! is first tried on the async worker with [`Tracker::try_check_and_mark`], which
+//! gives up, having marked nothing, rather than wait for anything but the
+//! namespace's lock and handing its write to the operating system
+//! (`AppState::inline`). For single-ID requests the hop to the blocking pool and
+//! back had been half the CPU; most now never make it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -178,6 +186,29 @@ impl AppState {
 
     pub(crate) fn metrics_handle(&self) -> Arc<metrics::Metrics> {
         Arc::clone(&self.inner.metrics)
+    }
+
+    /// Runs `f` here, on an async worker, for a call that gives up (`Ok(None)`)
+    /// rather than wait; `Ok(None)` too when the durability is `sync`, whose every
+    /// write waits for an fsync. The caller then goes to the blocking pool.
+    pub(crate) fn inline<T>(
+        &self,
+        f: impl FnOnce(&Tracker) -> Result<Option<T>, ApiError>,
+    ) -> Result<Option<T>, ApiError> {
+        if self.inner.tracker.durability() == Durability::Sync {
+            return Ok(None);
+        }
+        // As on the blocking pool: nothing new starts once shutdown has begun.
+        let Ok(_task) = Arc::clone(&self.inner.tasks).try_acquire_owned() else {
+            return Err(ApiError::shutting_down());
+        };
+        // (A panic here unwinds this request's task only; `CatchPanicLayer`
+        // answers it with a 500.)
+        match f(&self.inner.tracker) {
+            // After close, the tracker refuses calls: that is a shutdown.
+            Err(e) if e.code() == "refused" && !self.is_ready() => Err(ApiError::shutting_down()),
+            result => result,
+        }
     }
 
     /// Runs `f` on the blocking pool, holding the request's admission permit until

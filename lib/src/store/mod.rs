@@ -62,6 +62,18 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Any storage error; then none of the batch is applied.
     fn write(&self, batch: &Batch, sync: bool) -> Result<(), Error>;
 
+    /// [`write`](Self::write) without `sync`, for a caller that must not block:
+    /// [`Error::WouldBlock`], with nothing applied, where the write would have to
+    /// wait for the store to catch up (a write stall). The default waits.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WouldBlock`], or any storage error; then none of the batch is
+    /// applied.
+    fn write_nonblocking(&self, batch: &Batch) -> Result<(), Error> {
+        self.write(batch, false)
+    }
+
     /// Values of marks, in the order of `keys`; `None` for absent ones.
     ///
     /// # Errors
@@ -72,6 +84,21 @@ pub trait Store: Send + Sync + fmt::Debug {
         ns: NamespaceId,
         keys: &[(GenerationId, &[u8])],
     ) -> Result<Vec<Option<Vec<u8>>>, Error>;
+
+    /// [`get_marks`](Self::get_marks) from memory only, for a caller that must not
+    /// block: [`Error::WouldBlock`] where a value would have to be read from disk.
+    /// The default reads like `get_marks`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WouldBlock`], or any storage error.
+    fn get_marks_cached(
+        &self,
+        ns: NamespaceId,
+        keys: &[(GenerationId, &[u8])],
+    ) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        self.get_marks(ns, keys)
+    }
 
     /// Calls `visit(id, value)` for every mark of one generation, in key order.
     ///

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
-    DBRecoveryMode, IteratorMode, Options, ReadOptions, WriteBatch, WriteBufferManager,
+    DBRecoveryMode, IteratorMode, Options, ReadOptions, ReadTier, WriteBatch, WriteBufferManager,
     WriteOptions,
 };
 
@@ -185,9 +185,116 @@ impl RocksStore {
     fn snapshot_path(&self, ns: NamespaceId, generation: GenerationId) -> PathBuf {
         self.ns_dir(ns).join(format!("{}.bloom", generation.0))
     }
+
+    /// Applies `batch` with `opts`.
+    fn write_opt(&self, batch: &Batch, mut opts: WriteOptions) -> Result<(), Error> {
+        let mut wb = WriteBatch::default();
+        let mut key = Vec::with_capacity(keys::MARK_PREFIX_LEN + 32);
+        // New marks go into the memtable in key order: RocksDB's skiplist then
+        // resumes each insert from where the previous one ended instead of searching
+        // from the top, which is most of a random-key insert's cost (see
+        // `allow_concurrent_memtable_write` in `open`). Sorting is only done when the
+        // batch has no deletes on the exact tables, whose order relative to the
+        // puts matters.
+        let sortable = batch.ops().all(|op| {
+            !matches!(
+                op,
+                Op::DeleteMark { .. } | Op::DropMarks { .. } | Op::DropNamespace { .. }
+            )
+        });
+        let mut marks: Vec<(Vec<u8>, &[u8])> = Vec::new();
+        for op in batch.ops() {
+            match op {
+                Op::PutMark {
+                    ns,
+                    generation,
+                    id,
+                    value,
+                } if sortable => {
+                    let mut k = Vec::with_capacity(keys::MARK_PREFIX_LEN + id.len());
+                    keys::mark_key(&mut k, ns, generation, id);
+                    marks.push((k, value));
+                }
+                Op::PutMark {
+                    ns,
+                    generation,
+                    id,
+                    value,
+                } => {
+                    key.clear();
+                    keys::mark_key(&mut key, ns, generation, id);
+                    wb.put_cf(self.marks(), &key, value);
+                }
+                Op::DeleteMark { ns, generation, id } => {
+                    key.clear();
+                    keys::mark_key(&mut key, ns, generation, id);
+                    wb.delete_cf(self.marks(), &key);
+                }
+                Op::DropMarks { ns, below } => {
+                    let (start, end) = keys::mark_range(ns, GenerationId(0), Some(below));
+                    wb.delete_range_cf(self.marks(), start, end);
+                }
+                Op::DropNamespace { ns } => {
+                    let (start, end) = keys::mark_range(ns, GenerationId(0), None);
+                    wb.delete_range_cf(self.marks(), start, end);
+                }
+                Op::PutMeta { key, value } => wb.put_cf(self.meta(), key, value),
+                Op::DeleteMeta { key } => wb.delete_cf(self.meta(), key),
+                Op::DeleteMetaPrefix { prefix } => {
+                    let end =
+                        keys::prefix_end(prefix).unwrap_or_else(|| vec![0xff; prefix.len() + 1]);
+                    wb.delete_range_cf(self.meta(), prefix, &end);
+                }
+                Op::PutUser { key, value } => wb.put_cf(self.user(), key, value),
+                Op::DeleteUser { key } => wb.delete_cf(self.user(), key),
+            }
+        }
+        // Stable: should a key appear twice, the later put still wins.
+        marks.sort_by(|a, b| a.0.cmp(&b.0));
+        for (k, value) in &marks {
+            wb.put_cf(self.marks(), k, value);
+        }
+        crate::failpoint!("store.before-write");
+        // Resume each insert from the previous one (see
+        // `allow_concurrent_memtable_write` in `open`).
+        opts.set_memtable_insert_hint_per_batch(true);
+        self.db.write_opt(wb, &opts).map_err(would_block)?;
+        crate::failpoint!("store.after-write");
+        Ok(())
+    }
+
+    fn get_marks_opt(
+        &self,
+        ns: NamespaceId,
+        keys_in: &[(GenerationId, &[u8])],
+        opts: &ReadOptions,
+    ) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        let encoded: Vec<Vec<u8>> = keys_in
+            .iter()
+            .map(|&(generation, id)| {
+                let mut k = Vec::with_capacity(keys::MARK_PREFIX_LEN + id.len());
+                keys::mark_key(&mut k, ns, generation, id);
+                k
+            })
+            .collect();
+        self.db
+            .batched_multi_get_cf_opt(self.marks(), &encoded, false, opts)
+            .into_iter()
+            .map(|r| Ok(r.map_err(would_block)?.map(|v| v.to_vec())))
+            .collect()
+    }
 }
 
 /// The exact ID tables: point lookups of random keys, written once, dropped by range.
+/// RocksDB's `Incomplete`, from a call told not to wait, is [`Error::WouldBlock`].
+fn would_block(e: rocksdb::Error) -> Error {
+    if e.kind() == rocksdb::ErrorKind::Incomplete {
+        Error::WouldBlock
+    } else {
+        Error::Storage(e)
+    }
+}
+
 fn marks_cf_options(cache: &Cache, options: RocksOptions) -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
@@ -263,83 +370,20 @@ impl Store for RocksStore {
     }
 
     fn write(&self, batch: &Batch, sync: bool) -> Result<(), Error> {
-        let mut wb = WriteBatch::default();
-        let mut key = Vec::with_capacity(keys::MARK_PREFIX_LEN + 32);
-        // New marks go into the memtable in key order: RocksDB's skiplist then
-        // resumes each insert from where the previous one ended instead of searching
-        // from the top, which is most of a random-key insert's cost (see
-        // `allow_concurrent_memtable_write` in `open`). Sorting is only done when the
-        // batch has no deletes on the exact tables, whose order relative to the
-        // puts matters.
-        let sortable = batch.ops().all(|op| {
-            !matches!(
-                op,
-                Op::DeleteMark { .. } | Op::DropMarks { .. } | Op::DropNamespace { .. }
-            )
-        });
-        let mut marks: Vec<(Vec<u8>, &[u8])> = Vec::new();
-        for op in batch.ops() {
-            match op {
-                Op::PutMark {
-                    ns,
-                    generation,
-                    id,
-                    value,
-                } if sortable => {
-                    let mut k = Vec::with_capacity(keys::MARK_PREFIX_LEN + id.len());
-                    keys::mark_key(&mut k, ns, generation, id);
-                    marks.push((k, value));
-                }
-                Op::PutMark {
-                    ns,
-                    generation,
-                    id,
-                    value,
-                } => {
-                    key.clear();
-                    keys::mark_key(&mut key, ns, generation, id);
-                    wb.put_cf(self.marks(), &key, value);
-                }
-                Op::DeleteMark { ns, generation, id } => {
-                    key.clear();
-                    keys::mark_key(&mut key, ns, generation, id);
-                    wb.delete_cf(self.marks(), &key);
-                }
-                Op::DropMarks { ns, below } => {
-                    let (start, end) = keys::mark_range(ns, GenerationId(0), Some(below));
-                    wb.delete_range_cf(self.marks(), start, end);
-                }
-                Op::DropNamespace { ns } => {
-                    let (start, end) = keys::mark_range(ns, GenerationId(0), None);
-                    wb.delete_range_cf(self.marks(), start, end);
-                }
-                Op::PutMeta { key, value } => wb.put_cf(self.meta(), key, value),
-                Op::DeleteMeta { key } => wb.delete_cf(self.meta(), key),
-                Op::DeleteMetaPrefix { prefix } => {
-                    let end =
-                        keys::prefix_end(prefix).unwrap_or_else(|| vec![0xff; prefix.len() + 1]);
-                    wb.delete_range_cf(self.meta(), prefix, &end);
-                }
-                Op::PutUser { key, value } => wb.put_cf(self.user(), key, value),
-                Op::DeleteUser { key } => wb.delete_cf(self.user(), key),
-            }
-        }
-        // Stable: should a key appear twice, the later put still wins.
-        marks.sort_by(|a, b| a.0.cmp(&b.0));
-        for (k, value) in &marks {
-            wb.put_cf(self.marks(), k, value);
-        }
-        crate::failpoint!("store.before-write");
         let mut opts = WriteOptions::default();
         // Without sync, RocksDB still hands the WAL record to the OS before
         // returning (manual_wal_flush is off), which is what survives kill -9.
         opts.set_sync(sync);
-        // Resume each insert from the previous one (see
-        // `allow_concurrent_memtable_write` in `open`).
-        opts.set_memtable_insert_hint_per_batch(true);
-        self.db.write_opt(wb, &opts)?;
-        crate::failpoint!("store.after-write");
-        Ok(())
+        self.write_opt(batch, opts)
+    }
+
+    fn write_nonblocking(&self, batch: &Batch) -> Result<(), Error> {
+        let mut opts = WriteOptions::default();
+        // A write that would be delayed or stopped (too many memtables or level-0
+        // files waiting) fails at once with `Incomplete` instead, before anything
+        // is applied.
+        opts.set_no_slowdown(true);
+        self.write_opt(batch, opts)
     }
 
     fn get_marks(
@@ -347,18 +391,31 @@ impl Store for RocksStore {
         ns: NamespaceId,
         keys_in: &[(GenerationId, &[u8])],
     ) -> Result<Vec<Option<Vec<u8>>>, Error> {
-        let encoded: Vec<Vec<u8>> = keys_in
+        self.get_marks_opt(ns, keys_in, &ReadOptions::default())
+    }
+
+    fn get_marks_cached(
+        &self,
+        ns: NamespaceId,
+        keys_in: &[(GenerationId, &[u8])],
+    ) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        let mut opts = ReadOptions::default();
+        // Memtables and block cache only: a read that needs a block from disk
+        // answers `Incomplete` instead of reading it. One key at a time: RocksDB's
+        // batched MultiGet reads from disk whatever the read tier.
+        opts.set_read_tier(ReadTier::BlockCache);
+        let mut key = Vec::with_capacity(keys::MARK_PREFIX_LEN + 32);
+        keys_in
             .iter()
             .map(|&(generation, id)| {
-                let mut k = Vec::with_capacity(keys::MARK_PREFIX_LEN + id.len());
-                keys::mark_key(&mut k, ns, generation, id);
-                k
+                key.clear();
+                keys::mark_key(&mut key, ns, generation, id);
+                let value = self
+                    .db
+                    .get_pinned_cf_opt(self.marks(), &key, &opts)
+                    .map_err(would_block)?;
+                Ok(value.map(|v| v.to_vec()))
             })
-            .collect();
-        self.db
-            .batched_multi_get_cf(self.marks(), &encoded, false)
-            .into_iter()
-            .map(|r| Ok(r?.map(|v| v.to_vec())))
             .collect()
     }
 

@@ -458,6 +458,9 @@ struct Call<'a> {
     ids: &'a [EventId<'a>],
     hashes: &'a [IdHash],
     mode: Mode,
+    /// Give up with [`Error::WouldBlock`], before anything is written, rather than
+    /// wait (see [`Tracker::try_check_and_mark`]).
+    nonblocking: bool,
 }
 
 /// What one locked pass over a batch decided, and its flight.
@@ -623,7 +626,39 @@ impl Tracker {
         let ids = EventId::batch(ids)?;
         let ns = self.namespace_handle(namespace)?;
         let owner = owner.map(|o| OwnerFp::new(o, ns.seed)).transpose()?;
-        self.run(&ns, &ids, Mode::Mark(owner), None)
+        self.run(&ns, &ids, Mode::Mark(owner), None, false)
+    }
+
+    /// [`check_and_mark`](Self::check_and_mark) for a caller that must not block,
+    /// such as an async runtime's worker thread.
+    ///
+    /// `Ok(None)` when the call would have had to wait, and then nothing is marked:
+    /// for another caller's write of one of the IDs, for a rotation (which writes a
+    /// snapshot), for an exact-table read from disk, for a RocksDB write stall, or
+    /// for an fsync (durability `sync`, always). Make the call again with
+    /// `check_and_mark`, from a thread that may block. What remains is short: the
+    /// namespace's lock, and handing the write to the operating system.
+    ///
+    /// # Errors
+    ///
+    /// As [`check_and_mark`](Self::check_and_mark).
+    pub fn try_check_and_mark<T: AsRef<[u8]>>(
+        &self,
+        namespace: &str,
+        ids: &[T],
+        owner: Option<&str>,
+    ) -> Result<Option<Vec<Verdict>>, Error> {
+        let ids = EventId::batch(ids)?;
+        let ns = self.namespace_handle(namespace)?;
+        let owner = owner.map(|o| OwnerFp::new(o, ns.seed)).transpose()?;
+        if self.sync_writes() {
+            return Ok(None);
+        }
+        match self.run(&ns, &ids, Mode::Mark(owner), None, true) {
+            Ok(verdicts) => Ok(Some(verdicts)),
+            Err(Error::WouldBlock) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Answers like [`check_and_mark`](Self::check_and_mark) without marking: `New`
@@ -635,7 +670,7 @@ impl Tracker {
     pub fn check<T: AsRef<[u8]>>(&self, namespace: &str, ids: &[T]) -> Result<Vec<Verdict>, Error> {
         let ids = EventId::batch(ids)?;
         let ns = self.namespace_handle(namespace)?;
-        self.run(&ns, &ids, Mode::Check, None)
+        self.run(&ns, &ids, Mode::Check, None, false)
     }
 
     fn namespace_handle(&self, name: &str) -> Result<Arc<Namespace>, Error> {
@@ -663,17 +698,23 @@ impl Tracker {
     /// Decides a batch. `extra` (a checkpoint) is written atomically with the
     /// batch's last marks: the pass that leaves nothing to wait for, or alone at the
     /// end when every mark was someone else's.
+    ///
+    /// With `nonblocking`, the first pass gives up with [`Error::WouldBlock`] rather
+    /// than wait, before anything is written; a later pass (after a write of this
+    /// call has landed) can no longer give up, and waits.
     fn run(
         &self,
         ns: &Namespace,
         ids: &[EventId<'_>],
         mode: Mode,
         extra: Option<&Batch>,
+        nonblocking: bool,
     ) -> Result<Vec<Verdict>, Error> {
         let hashes: Vec<IdHash> = ids.iter().map(|id| ns.seed.hash(id.as_bytes())).collect();
         let mut verdicts: Vec<Option<Verdict>> = vec![None; ids.len()];
         let mut todo: Vec<usize> = (0..ids.len()).collect();
         let mut extra = extra;
+        let mut nonblocking = nonblocking;
         while !todo.is_empty() {
             // `decide` relies on ascending order (input order wins among repeats).
             todo.sort_unstable();
@@ -682,8 +723,10 @@ impl Tracker {
                 ids,
                 hashes: &hashes,
                 mode,
+                nonblocking,
             };
             let waits = self.pass(call, &todo, &mut verdicts, &mut extra)?;
+            nonblocking = false;
             todo.clear();
             for (i, flight) in waits {
                 if flight.wait() {
@@ -720,6 +763,7 @@ impl Tracker {
             ids,
             hashes,
             mode,
+            ..
         } = call;
         let owner = match mode {
             Mode::Mark(owner) => owner,
@@ -762,6 +806,7 @@ impl Tracker {
         if let Some(probe) = probe {
             crate::failpoint!("mark.before-lookup");
             let values = self.lookup(call, &probe.lookups)?;
+
             let mut st = lock(&ns.state);
             self.settle(call, &mut st, probe, &values, verdicts, &mut pass)?;
         }
@@ -775,7 +820,11 @@ impl Tracker {
             Ok(())
         } else {
             self.inner.heartbeat(&mut pass.batch, false);
-            self.inner.store.write(&pass.batch, self.sync_writes())
+            if call.nonblocking {
+                self.inner.store.write_nonblocking(&pass.batch)
+            } else {
+                self.inner.store.write(&pass.batch, self.sync_writes())
+            }
         };
         pass.finish(written.is_ok());
         written?;
@@ -797,10 +846,19 @@ impl Tracker {
         pass: &mut Pass<'_>,
     ) -> Result<Probe, Error> {
         let Call {
-            ns, hashes, mode, ..
+            ns,
+            hashes,
+            mode,
+            nonblocking,
+            ..
         } = call;
         Self::usable(ns, st)?;
         let now = self.inner.clock.now();
+        // A rotation writes a snapshot, and waiting for another caller's write is
+        // waiting: a non-blocking call leaves both to a blocking one.
+        if nonblocking && st.ring.due(now).is_some() {
+            return Err(Error::WouldBlock);
+        }
         self.rotate_due(ns, st, now)?;
 
         // Probe the filters, one generation at a time over the whole batch so that
@@ -812,6 +870,9 @@ impl Tracker {
                 Some(fid) => pass.waits.push((i, Arc::clone(&st.flights[fid]))),
                 None => probe.push(i),
             }
+        }
+        if nonblocking && !pass.waits.is_empty() {
+            return Err(Error::WouldBlock);
         }
         let probe_hashes: Vec<IdHash> = probe.iter().map(|&i| hashes[i]).collect();
         let hits: Vec<(GenerationId, Vec<bool>)> = st
@@ -885,7 +946,11 @@ impl Tracker {
             .iter()
             .map(|&(i, g)| (g, call.ids[i].as_bytes()))
             .collect();
-        self.inner.store.get_marks(call.ns.id, &keys)
+        if call.nonblocking {
+            self.inner.store.get_marks_cached(call.ns.id, &keys)
+        } else {
+            self.inner.store.get_marks(call.ns.id, &keys)
+        }
     }
 
     /// The locked last step of a pass: the lookups' values decide their IDs, and
@@ -908,6 +973,7 @@ impl Tracker {
             ids,
             hashes,
             mode,
+            nonblocking,
         } = call;
         let Probe {
             now,
@@ -917,6 +983,16 @@ impl Tracker {
             mut candidates,
         } = probe;
         Self::usable(ns, st)?;
+        // Nothing is changed yet: a non-blocking call may still give up, where it
+        // would otherwise have to decide afresh or rotate (which writes a snapshot).
+        if nonblocking
+            && ((!lookups.is_empty() && Self::epoch(st) != epoch)
+                || (matches!(mode, Mode::Mark(_))
+                    && st.ring.current().ids() + (candidates.len() + lookups.len()) as u64
+                        > st.ring.config().generation_capacity()))
+        {
+            return Err(Error::WouldBlock);
+        }
         // The reserved IDs are decided below: marked by this pass's flight, or
         // answered from what the lookup found.
         release(st, hashes, &pass.reserved, pass.reservation_id);

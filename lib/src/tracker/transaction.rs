@@ -258,7 +258,7 @@ impl Tracker {
         let owner = owner.map(|o| OwnerFp::new(o, ns.seed)).transpose()?;
         let mut extra = Batch::new();
         extra.put_meta(&checkpoint_key(ns.id, consumer), position.as_bytes());
-        self.run(&ns, &ids, Mode::Mark(owner), Some(&extra))
+        self.run(&ns, &ids, Mode::Mark(owner), Some(&extra), false)
     }
 }
 
