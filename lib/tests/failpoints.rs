@@ -260,6 +260,17 @@ fn a_fault_before_a_lookup_releases_the_reserved_ids() {
     scenario.teardown();
 }
 
+/// A tracker in `dir` in which "old" is marked: a later batch holding "old" and
+/// fresh IDs looks "old" up outside the namespace lock, past `mark.before-lookup`.
+fn with_old(dir: &std::path::Path) -> oncely::Tracker {
+    let t = open_rocks(dir, &clock(), config());
+    assert_eq!(
+        t.check_and_mark("default", &["old"], None).unwrap(),
+        [Verdict::New]
+    );
+    t
+}
+
 /// While a pass looks up some IDs outside the lock, the others it may mark stay
 /// reserved: another caller marking one of them meanwhile waits for the pass, and
 /// exactly one of the two gets `new`.
@@ -267,11 +278,7 @@ fn a_fault_before_a_lookup_releases_the_reserved_ids() {
 fn ids_reserved_during_a_lookup_outside_the_lock_get_one_new() {
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let t = open_rocks(dir.path(), &clock(), config());
-    assert_eq!(
-        t.check_and_mark("default", &["old"], None).unwrap(),
-        [Verdict::New]
-    );
+    let t = with_old(dir.path());
 
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let done_rx = std::sync::Mutex::new(done_rx);
@@ -313,11 +320,7 @@ fn ids_reserved_during_a_lookup_outside_the_lock_get_one_new() {
 fn try_check_and_mark_gives_up_on_an_id_in_flight() {
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let t = open_rocks(dir.path(), &clock(), config());
-    assert_eq!(
-        t.check_and_mark("default", &["old"], None).unwrap(),
-        [Verdict::New]
-    );
+    let t = with_old(dir.path());
 
     // The other call stops between deciding and looking "old" up, holding "fresh".
     let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();

@@ -608,3 +608,35 @@ fn try_check_and_mark_gives_up_rather_than_read_from_disk() {
         Some(vec![Verdict::Duplicate])
     );
 }
+
+/// `try_check` answers like `check`, or gives up where `check` would wait: for a
+/// rotation due, or for a read from disk. Under `sync` too, as it writes nothing.
+#[test]
+fn try_check_answers_or_gives_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = clock();
+    let marked = ids(0..1_000);
+    {
+        let t = common::open_rocks_with(dir.path(), &c, small_config(1_000_000), Durability::Sync);
+        let _ = t.check_and_mark("default", &marked, None).unwrap();
+        assert_eq!(
+            t.try_check("default", &[marked[0].as_str(), "fresh"])
+                .unwrap(),
+            Some(vec![Verdict::Duplicate, Verdict::New])
+        );
+        t.close().unwrap();
+    }
+    let t = open_rocks(dir.path(), &c, small_config(1_000_000));
+    assert_eq!(t.try_check("default", &[marked[7].as_str()]).unwrap(), None);
+    assert_eq!(
+        t.check("default", &[marked[7].as_str()]).unwrap(),
+        [Verdict::Duplicate]
+    );
+    c.advance(Duration::from_secs(60));
+    assert_eq!(t.try_check("default", &["fresh"]).unwrap(), None);
+    assert_eq!(t.check("default", &["fresh"]).unwrap(), [Verdict::New]);
+    assert_eq!(
+        t.try_check("default", &["fresh"]).unwrap(),
+        Some(vec![Verdict::New])
+    );
+}

@@ -26,12 +26,12 @@
 //! for the whole group. The admission limit bounds how many blocking threads
 //! requests can occupy.
 //!
-//! The exception is a small check-and-mark under `flush` or `memory` durability: it
-//! is first tried on the async worker with [`Tracker::try_check_and_mark`], which
-//! gives up, having marked nothing, rather than wait for anything but the
-//! namespace's lock and handing its write to the operating system
-//! (`AppState::inline`). For single-ID requests the hop to the blocking pool and
-//! back had been half the CPU; most now never make it.
+//! The exception is a small check-and-mark or check: it is first tried on the async
+//! worker with [`Tracker::try_check_and_mark`] or [`Tracker::try_check`], which give
+//! up, having changed nothing, rather than wait for anything but the namespace's
+//! lock and handing a write to the operating system (`AppState::inline`); under
+//! `sync` durability a mark always gives up. For single-ID requests the hop to the
+//! blocking pool and back had been half the CPU; most now never make it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -189,15 +189,11 @@ impl AppState {
     }
 
     /// Runs `f` here, on an async worker, for a call that gives up (`Ok(None)`)
-    /// rather than wait; `Ok(None)` too when the durability is `sync`, whose every
-    /// write waits for an fsync. The caller then goes to the blocking pool.
+    /// rather than wait; the caller then goes to the blocking pool.
     pub(crate) fn inline<T>(
         &self,
         f: impl FnOnce(&Tracker) -> Result<Option<T>, ApiError>,
     ) -> Result<Option<T>, ApiError> {
-        if self.inner.tracker.durability() == Durability::Sync {
-            return Ok(None);
-        }
         // As on the blocking pool: nothing new starts once shutdown has begun.
         let Ok(_task) = Arc::clone(&self.inner.tasks).try_acquire_owned() else {
             return Err(ApiError::shutting_down());

@@ -5,8 +5,8 @@
 //! Every handler that touches the tracker does all its work, parsing the body
 //! included, in one closure on the blocking pool ([`AppState::blocking`]): the
 //! parsed request borrows the body's bytes, and the async workers never wait on
-//! RocksDB. Small check-and-mark requests first try the same work on the async
-//! worker, with a call that gives up rather than wait ([`AppState::inline`]).
+//! RocksDB. Small check-and-mark and check requests first try the same work on the
+//! async worker, with a call that gives up rather than wait ([`AppState::inline`]).
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -174,25 +174,47 @@ pub(crate) async fn check(
 ) -> Result<Response, ApiError> {
     let max_ids = state.limits().max_ids;
     let m = state.metrics_handle();
+    // As for check-and-mark: small requests are first tried on the async worker.
+    if body.len() <= INLINE_BODY_BYTES
+        && let Some(response) = state
+            .inline(|tracker| check_ids(&body, max_ids, &m, |ids| tracker.try_check(&ns, ids)))?
+    {
+        return Ok(response);
+    }
     state
         .blocking(admitted, move |tracker| {
-            let req: CheckRequest<'_> = body.parse("invalid_request")?;
-            check_count(req.ids.len(), max_ids)?;
-            let ids = id_refs(&req.ids);
-            let verdicts = tracker.check(&ns, &ids)?;
-            m.count_verdicts(Op::Check, &verdicts);
-            let results = ids
-                .iter()
-                .zip(verdicts)
-                .map(|(id, v)| CheckResult::new(id, v))
-                .collect();
-            json(
-                StatusCode::OK,
-                &CheckResponse { results },
-                ids.len() * RESULT_BYTES + 16,
-            )
+            let answered = check_ids(&body, max_ids, &m, |ids| tracker.check(&ns, ids).map(Some))?;
+            answered.ok_or_else(|| ApiError::internal("a blocking call gave up"))
         })
         .await
+}
+
+/// Parses a check body, has `call` decide it, and encodes the answer; `None` when
+/// `call` gave up.
+fn check_ids(
+    body: &JsonBody,
+    max_ids: usize,
+    m: &metrics::Metrics,
+    call: impl FnOnce(&[&str]) -> Result<Option<Vec<oncely::Verdict>>, oncely::Error>,
+) -> Result<Option<Response>, ApiError> {
+    let req: CheckRequest<'_> = body.parse("invalid_request")?;
+    check_count(req.ids.len(), max_ids)?;
+    let ids = id_refs(&req.ids);
+    let Some(verdicts) = call(&ids)? else {
+        return Ok(None);
+    };
+    m.count_verdicts(Op::Check, &verdicts);
+    let results = ids
+        .iter()
+        .zip(verdicts)
+        .map(|(id, v)| CheckResult::new(id, v))
+        .collect();
+    json(
+        StatusCode::OK,
+        &CheckResponse { results },
+        ids.len() * RESULT_BYTES + 16,
+    )
+    .map(Some)
 }
 
 /// Claims an ID for `owner` for `lease_ms`: exclusive processing rights.

@@ -673,6 +673,28 @@ impl Tracker {
         self.run(&ns, &ids, Mode::Check, None, false)
     }
 
+    /// [`check`](Self::check) for a caller that must not block: `Ok(None)` when
+    /// the call would have had to wait (for another caller's write of one of the
+    /// IDs, for a rotation, for an exact-table read from disk), as
+    /// [`try_check_and_mark`](Self::try_check_and_mark) does.
+    ///
+    /// # Errors
+    ///
+    /// As [`check`](Self::check).
+    pub fn try_check<T: AsRef<[u8]>>(
+        &self,
+        namespace: &str,
+        ids: &[T],
+    ) -> Result<Option<Vec<Verdict>>, Error> {
+        let ids = EventId::batch(ids)?;
+        let ns = self.namespace_handle(namespace)?;
+        match self.run(&ns, &ids, Mode::Check, None, true) {
+            Ok(verdicts) => Ok(Some(verdicts)),
+            Err(Error::WouldBlock) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn namespace_handle(&self, name: &str) -> Result<Arc<Namespace>, Error> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
