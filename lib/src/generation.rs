@@ -370,6 +370,15 @@ impl GenerationRing {
         open.ids += 1;
     }
 
+    /// Takes back the count of `n` IDs recorded into `generation` whose write
+    /// failed, if it is still in the ring. Their filter bits stay: at worst a few
+    /// more false positives, never a false negative.
+    pub fn unrecord(&mut self, generation: GenerationId, n: u64) {
+        if let Some(g) = self.gens.iter_mut().find(|g| g.id == generation) {
+            g.ids = g.ids.saturating_sub(n);
+        }
+    }
+
     /// In-memory check-and-mark: rotates if due, then answers whether the ID was
     /// possibly seen within the window, marking it when it was not.
     ///

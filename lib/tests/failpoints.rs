@@ -360,3 +360,74 @@ fn try_check_and_mark_gives_up_on_an_id_in_flight() {
     );
     scenario.teardown();
 }
+
+/// A check-and-mark that waited for a claim's release finds the ID gone and marks
+/// it `new`: waiting on a claim, its completion or its release means deciding
+/// afresh from the record, not concluding `duplicate`.
+#[test]
+fn a_mark_waiting_on_a_release_gets_new() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let t = open_rocks(dir.path(), &clock(), config());
+    let lease = std::time::Duration::from_secs(60);
+    let _ = t.claim("default", "x", "worker", lease).unwrap();
+
+    // The release stops just before its write, with "x" in flight; a mark of "x"
+    // starts meanwhile and waits for it.
+    let waiter = Arc::new(std::sync::Mutex::new(None));
+    let (t2, slot) = (t.clone(), Arc::clone(&waiter));
+    let once = Arc::new(AtomicBool::new(false));
+    fail::cfg_callback("store.before-write", move || {
+        if once.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let t3 = t2.clone();
+        *slot.lock().unwrap() = Some(std::thread::spawn(move || {
+            t3.check_and_mark("default", &["x"], None).unwrap()
+        }));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    })
+    .unwrap();
+    t.release("default", "x", "worker").unwrap();
+    fail::remove("store.before-write");
+    let verdicts = waiter.lock().unwrap().take().unwrap().join().unwrap();
+
+    assert_eq!(verdicts, [Verdict::New], "nobody else marked x");
+    assert_eq!(
+        t.check_and_mark("default", &["x"], None).unwrap(),
+        [Verdict::Duplicate]
+    );
+    scenario.teardown();
+}
+
+/// `try_check_and_mark` gives up on the namespace's lock when it is held for long,
+/// here by a rotation in progress, instead of waiting for it.
+#[test]
+fn try_check_and_mark_gives_up_on_a_lock_held_by_a_rotation() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let t = open_rocks(dir.path(), &clock(), config());
+    let tried = Arc::new(std::sync::Mutex::new(None));
+    let (t2, slot) = (t.clone(), Arc::clone(&tried));
+    fail::cfg_callback("rotation.before-drop", move || {
+        let t3 = t2.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(t3.try_check_and_mark("default", &["y"], None).unwrap());
+        });
+        // A call that waited for the lock would still be waiting: the rotation
+        // holds it until this callback returns.
+        *slot.lock().unwrap() = Some(rx.recv_timeout(std::time::Duration::from_secs(5)).ok());
+    })
+    .unwrap();
+    t.rotate_namespace("default").unwrap();
+    fail::remove("rotation.before-drop");
+
+    assert_eq!(
+        tried.lock().unwrap().take(),
+        Some(Some(None)),
+        "answered at once, giving up"
+    );
+    assert_eq!(t.check("default", &["y"]).unwrap(), [Verdict::New]);
+    scenario.teardown();
+}

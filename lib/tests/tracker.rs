@@ -640,3 +640,25 @@ fn try_check_answers_or_gives_up() {
         Some(vec![Verdict::New])
     );
 }
+
+/// A failed write takes back the count of the IDs it would have marked: failures
+/// do not fill the open generation, so they cannot make it seal early.
+#[test]
+fn a_failed_write_does_not_count_towards_capacity() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = clock();
+    let (t, faults) = open_faulty(dir.path(), &c, small_config(1_000));
+    let _ = t.check_and_mark("default", &ids(0..10), None).unwrap();
+    faults.fail_writes.store(true, Ordering::SeqCst);
+    for attempt in 0..5 {
+        let batch = ids(100 * (attempt + 1)..100 * (attempt + 1) + 100);
+        assert!(t.check_and_mark("default", &batch, None).is_err());
+    }
+    faults.fail_writes.store(false, Ordering::SeqCst);
+    let info = t.namespace_info("default").unwrap();
+    assert_eq!(info.generations.len(), 1);
+    assert_eq!(
+        info.generations[0].ids, 10,
+        "only the acknowledged IDs count"
+    );
+}

@@ -58,6 +58,19 @@ impl Store for MemoryStore {
         false
     }
 
+    // Memory never waits on anything but its own short lock.
+    fn write_nonblocking(&self, batch: &Batch) -> Result<(), Error> {
+        self.write(batch, false)
+    }
+
+    fn get_marks_cached(
+        &self,
+        ns: NamespaceId,
+        keys_in: &[(GenerationId, &[u8])],
+    ) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        self.get_marks(ns, keys_in)
+    }
+
     fn write(&self, batch: &Batch, _sync: bool) -> Result<(), Error> {
         let mut inner = self.lock();
         let mut key = Vec::new();

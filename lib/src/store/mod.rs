@@ -64,14 +64,17 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// [`write`](Self::write) without `sync`, for a caller that must not block:
     /// [`Error::WouldBlock`], with nothing applied, where the write would have to
-    /// wait for the store to catch up (a write stall). The default waits.
+    /// wait for the store to catch up (a write stall). The default always gives
+    /// up: a store that may block must not be called from an async worker unless
+    /// it says how not to.
     ///
     /// # Errors
     ///
     /// [`Error::WouldBlock`], or any storage error; then none of the batch is
     /// applied.
     fn write_nonblocking(&self, batch: &Batch) -> Result<(), Error> {
-        self.write(batch, false)
+        let _ = batch;
+        Err(Error::WouldBlock)
     }
 
     /// Values of marks, in the order of `keys`; `None` for absent ones.
@@ -87,7 +90,7 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// [`get_marks`](Self::get_marks) from memory only, for a caller that must not
     /// block: [`Error::WouldBlock`] where a value would have to be read from disk.
-    /// The default reads like `get_marks`.
+    /// The default always gives up, as [`write_nonblocking`](Self::write_nonblocking)'s does.
     ///
     /// # Errors
     ///
@@ -97,7 +100,8 @@ pub trait Store: Send + Sync + fmt::Debug {
         ns: NamespaceId,
         keys: &[(GenerationId, &[u8])],
     ) -> Result<Vec<Option<Vec<u8>>>, Error> {
-        self.get_marks(ns, keys)
+        let _ = (ns, keys);
+        Err(Error::WouldBlock)
     }
 
     /// Calls `visit(id, value)` for every mark of one generation, in key order.

@@ -186,8 +186,13 @@ impl RocksStore {
         self.ns_dir(ns).join(format!("{}.bloom", generation.0))
     }
 
-    /// Applies `batch` with `opts`.
-    fn write_opt(&self, batch: &Batch, mut opts: WriteOptions) -> Result<(), Error> {
+    /// Applies `batch` with `opts`; `error` turns RocksDB's failure into ours.
+    fn write_opt(
+        &self,
+        batch: &Batch,
+        mut opts: WriteOptions,
+        error: fn(rocksdb::Error) -> Error,
+    ) -> Result<(), Error> {
         let mut wb = WriteBatch::default();
         let mut key = Vec::with_capacity(keys::MARK_PREFIX_LEN + 32);
         // New marks go into the memtable in key order: RocksDB's skiplist then
@@ -258,7 +263,7 @@ impl RocksStore {
         // Resume each insert from the previous one (see
         // `allow_concurrent_memtable_write` in `open`).
         opts.set_memtable_insert_hint_per_batch(true);
-        self.db.write_opt(wb, &opts).map_err(would_block)?;
+        self.db.write_opt(wb, &opts).map_err(error)?;
         crate::failpoint!("store.after-write");
         Ok(())
     }
@@ -280,13 +285,14 @@ impl RocksStore {
         self.db
             .batched_multi_get_cf_opt(self.marks(), &encoded, false, opts)
             .into_iter()
-            .map(|r| Ok(r.map_err(would_block)?.map(|v| v.to_vec())))
+            .map(|r| Ok(r?.map(|v| v.to_vec())))
             .collect()
     }
 }
 
 /// The exact ID tables: point lookups of random keys, written once, dropped by range.
 /// RocksDB's `Incomplete`, from a call told not to wait, is [`Error::WouldBlock`].
+/// (Only such calls use this: from any other, `Incomplete` is a storage error.)
 fn would_block(e: rocksdb::Error) -> Error {
     if e.kind() == rocksdb::ErrorKind::Incomplete {
         Error::WouldBlock
@@ -374,7 +380,7 @@ impl Store for RocksStore {
         // Without sync, RocksDB still hands the WAL record to the OS before
         // returning (manual_wal_flush is off), which is what survives kill -9.
         opts.set_sync(sync);
-        self.write_opt(batch, opts)
+        self.write_opt(batch, opts, Error::Storage)
     }
 
     fn write_nonblocking(&self, batch: &Batch) -> Result<(), Error> {
@@ -383,7 +389,7 @@ impl Store for RocksStore {
         // files waiting) fails at once with `Incomplete` instead, before anything
         // is applied.
         opts.set_no_slowdown(true);
-        self.write_opt(batch, opts)
+        self.write_opt(batch, opts, would_block)
     }
 
     fn get_marks(

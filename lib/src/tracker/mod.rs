@@ -61,7 +61,7 @@ use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, TryLockError};
 use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock, Timestamp, duration_millis};
@@ -445,6 +445,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Locks a mutex if it comes free within a short spin, for callers that must not
+/// block: the namespace lock is mostly held for microseconds, but a rotation (a
+/// snapshot write) or a claim's disk read can hold it for milliseconds.
+fn lock_briefly<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    for _ in 0..LOCK_SPINS {
+        match m.try_lock() {
+            Ok(guard) => return Some(guard),
+            Err(TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => std::hint::spin_loop(),
+        }
+    }
+    None
+}
+
+/// How many times [`lock_briefly`] tries: a few microseconds.
+const LOCK_SPINS: u32 = 200;
+
 #[derive(Clone, Copy)]
 enum Mode {
     Check,
@@ -480,12 +497,16 @@ struct Pass<'a> {
     /// pass's outcome is in place.
     reservation: Arc<Flight>,
     reservation_id: u64,
+    /// Whether its flight is registered in the namespace state.
+    registered: bool,
     finished: bool,
     batch: Batch,
     /// Indices this pass marks new, to confirm after the write.
     mine: Vec<usize>,
     /// Indices held by the reservation.
     reserved: Vec<usize>,
+    /// IDs counted into each generation by this pass, taken back if its write fails.
+    recorded: Vec<(GenerationId, u64)>,
     /// Indices in flight elsewhere, with the flight to wait for.
     waits: Vec<(usize, Arc<Flight>)>,
 }
@@ -494,7 +515,9 @@ impl Pass<'_> {
     /// Takes this pass's IDs out of flight and wakes their waiters.
     fn finish(&mut self, ok: bool) {
         self.finished = true;
-        {
+        // A pass that never got the lock registered nothing (and a non-blocking one
+        // that gave up on the lock must not wait for it here either).
+        if self.registered {
             let mut st = lock(&self.ns.state);
             for &i in &self.mine {
                 let key = key_of(self.hashes[i]);
@@ -503,6 +526,11 @@ impl Pass<'_> {
                 }
             }
             release(&mut st, self.hashes, &self.reserved, self.reservation_id);
+            if !ok {
+                for &(g, n) in &self.recorded {
+                    st.ring.unrecord(g, n);
+                }
+            }
             st.flights.remove(&self.flight_id);
             st.flights.remove(&self.reservation_id);
         }
@@ -635,9 +663,11 @@ impl Tracker {
     /// `Ok(None)` when the call would have had to wait, and then nothing is marked:
     /// for another caller's write of one of the IDs, for a rotation (which writes a
     /// snapshot), for an exact-table read from disk, for a RocksDB write stall, or
-    /// for an fsync (durability `sync`, always). Make the call again with
-    /// `check_and_mark`, from a thread that may block. What remains is short: the
-    /// namespace's lock, and handing the write to the operating system.
+    /// for an fsync (durability `sync`, always), for the namespace's lock when it
+    /// does not come free within a short spin. Make the call again with
+    /// `check_and_mark`, from a thread that may block. What remains is short:
+    /// handing the write to the operating system, and taking the lock back to
+    /// settle the call once it is written.
     ///
     /// # Errors
     ///
@@ -675,7 +705,7 @@ impl Tracker {
 
     /// [`check`](Self::check) for a caller that must not block: `Ok(None)` when
     /// the call would have had to wait (for another caller's write of one of the
-    /// IDs, for a rotation, for an exact-table read from disk), as
+    /// IDs, for a rotation, for an exact-table read from disk, for a busy lock), as
     /// [`try_check_and_mark`](Self::try_check_and_mark) does.
     ///
     /// # Errors
@@ -787,6 +817,10 @@ impl Tracker {
             mode,
             ..
         } = call;
+        // Every write under `sync` waits for an fsync.
+        if call.nonblocking && matches!(mode, Mode::Mark(_)) && self.sync_writes() {
+            return Err(Error::WouldBlock);
+        }
         let owner = match mode {
             Mode::Mark(owner) => owner,
             Mode::Check => None,
@@ -801,6 +835,7 @@ impl Tracker {
             flight_id: ns.next_flight.fetch_add(1, Ordering::Relaxed),
             reservation: Arc::new(Flight::new(None)),
             reservation_id: ns.next_flight.fetch_add(1, Ordering::Relaxed),
+            registered: false,
             finished: false,
             batch: Batch::with_capacity(
                 todo.len(),
@@ -808,6 +843,7 @@ impl Tracker {
             ),
             mine: Vec::new(),
             reserved: Vec::new(),
+            recorded: Vec::new(),
             waits: Vec::new(),
         };
         // Exact-table lookups (duplicates, and the filters' false positives) are
@@ -815,8 +851,13 @@ impl Tracker {
         // callers do not queue behind them. A batch that needs none is decided in
         // one locked step.
         let probe = {
-            let mut st = lock(&ns.state);
+            let mut st = if call.nonblocking {
+                lock_briefly(&ns.state).ok_or(Error::WouldBlock)?
+            } else {
+                lock(&ns.state)
+            };
             st.flights.insert(pass.flight_id, Arc::clone(&pass.flight));
+            pass.registered = true;
             let probe = self.probe(call, &mut st, todo, verdicts, &mut pass)?;
             if probe.lookups.is_empty() {
                 self.settle(call, &mut st, probe, &[], verdicts, &mut pass)?;
@@ -1094,12 +1135,13 @@ impl Tracker {
                 self.rotate(ns, st, now, SealReason::Capacity)?;
             }
             st.ring.record_new(hashes[i]);
-            pass.batch.put_mark(
-                ns.id,
-                st.ring.current().id(),
-                ids[i].as_bytes(),
-                value.as_slice(),
-            );
+            let g = st.ring.current().id();
+            match pass.recorded.last_mut() {
+                Some((last, n)) if *last == g => *n += 1,
+                _ => pass.recorded.push((g, 1)),
+            }
+            pass.batch
+                .put_mark(ns.id, g, ids[i].as_bytes(), value.as_slice());
             st.inflight.insert(key, flight_id);
             pass.mine.push(i);
         }

@@ -92,11 +92,16 @@ impl Reservation<'_> {
             .inner
             .store
             .write(&self.batch, self.tracker.sync_writes());
-        self.finish(written.is_ok());
+        // Waiters decide afresh from the record itself, whatever the outcome: a
+        // claim, its completion, its release and a transaction leave different
+        // records, which "the write succeeded" cannot tell apart (a check-and-mark
+        // waiting on a release must find the ID gone and answer `new`).
+        self.finish();
         written
     }
 
-    fn finish(&mut self, ok: bool) {
+    /// Takes the ID out of flight and has its waiters decide afresh.
+    fn finish(&mut self) {
         self.finished = true;
         {
             let mut st = lock(&self.ns.state);
@@ -105,14 +110,14 @@ impl Reservation<'_> {
             }
             st.flights.remove(&self.flight_id);
         }
-        self.flight.finish(ok);
+        self.flight.finish(false);
     }
 }
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         if !self.finished {
-            self.finish(false);
+            self.finish();
         }
     }
 }
