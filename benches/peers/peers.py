@@ -477,7 +477,9 @@ def main() -> int:
                 f"{ONCELY_NAMESPACE['generation_capacity']:,} IDs at fp "
                 f"{ONCELY_NAMESPACE['fp_rate']}), and its memtable budget, so it falls as a run "
                 f"stores more IDs. Its disk per ID leaves out the filter snapshots, "
-                f"{max(snaps) / 2**20:.0f} MiB whatever the IDs stored.",
+                f"{max(snaps) / 2**20:.0f} MiB whatever the IDs stored, and is taken at a "
+                f"clean stop right after the run, before compaction has merged the level-0 "
+                f"files (`cargo bench -p oncely-benches --bench tracker` reports it after).",
                 "",
             ]
         report = "\n".join(header) + "\n" + table(results) + "\n"
