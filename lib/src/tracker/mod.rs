@@ -539,6 +539,15 @@ impl Pass<'_> {
     }
 }
 
+/// A non-blocking call's answer: `None` where it gave up.
+fn gave_up(result: Result<Vec<Verdict>, Error>) -> Result<Option<Vec<Verdict>>, Error> {
+    match result {
+        Ok(verdicts) => Ok(Some(verdicts)),
+        Err(Error::WouldBlock) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Takes reserved IDs out of flight, where the reservation still holds them.
 fn release(st: &mut State, hashes: &[IdHash], reserved: &[usize], reservation_id: u64) {
     for &i in reserved {
@@ -681,14 +690,7 @@ impl Tracker {
         let ids = EventId::batch(ids)?;
         let ns = self.namespace_handle(namespace)?;
         let owner = owner.map(|o| OwnerFp::new(o, ns.seed)).transpose()?;
-        if self.sync_writes() {
-            return Ok(None);
-        }
-        match self.run(&ns, &ids, Mode::Mark(owner), None, true) {
-            Ok(verdicts) => Ok(Some(verdicts)),
-            Err(Error::WouldBlock) => Ok(None),
-            Err(e) => Err(e),
-        }
+        gave_up(self.run(&ns, &ids, Mode::Mark(owner), None, true))
     }
 
     /// Answers like [`check_and_mark`](Self::check_and_mark) without marking: `New`
@@ -718,11 +720,7 @@ impl Tracker {
     ) -> Result<Option<Vec<Verdict>>, Error> {
         let ids = EventId::batch(ids)?;
         let ns = self.namespace_handle(namespace)?;
-        match self.run(&ns, &ids, Mode::Check, None, true) {
-            Ok(verdicts) => Ok(Some(verdicts)),
-            Err(Error::WouldBlock) => Ok(None),
-            Err(e) => Err(e),
-        }
+        gave_up(self.run(&ns, &ids, Mode::Check, None, true))
     }
 
     fn namespace_handle(&self, name: &str) -> Result<Arc<Namespace>, Error> {
