@@ -207,30 +207,42 @@ pub struct ClaimResponse {
     /// For `acquired`: `true` when the caller already held the claim (lease renewed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replayed: Option<bool>,
+    /// For `acquired`: `true` when another owner's lease had run out uncompleted and
+    /// the claim passed to the caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_over: Option<bool>,
 }
 
 impl From<ClaimOutcome> for ClaimResponse {
     fn from(outcome: ClaimOutcome) -> Self {
         match outcome {
-            ClaimOutcome::Acquired { until, replayed } => Self {
+            ClaimOutcome::Acquired {
+                until,
+                replayed,
+                taken_over,
+            } => Self {
                 verdict: ClaimVerdict::Acquired,
                 until_ms: Some(until.as_millis()),
                 replayed: Some(replayed),
+                taken_over: Some(taken_over),
             },
             ClaimOutcome::InProgress { until } => Self {
                 verdict: ClaimVerdict::InProgress,
                 until_ms: Some(until.as_millis()),
                 replayed: None,
+                taken_over: None,
             },
             ClaimOutcome::Duplicate => Self {
                 verdict: ClaimVerdict::Duplicate,
                 until_ms: None,
                 replayed: None,
+                taken_over: None,
             },
             ClaimOutcome::ProbableDuplicate => Self {
                 verdict: ClaimVerdict::ProbableDuplicate,
                 until_ms: None,
                 replayed: None,
+                taken_over: None,
             },
         }
     }

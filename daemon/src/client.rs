@@ -554,6 +554,7 @@ impl Client {
             ClaimVerdict::Acquired => ClaimOutcome::Acquired {
                 until: until()?,
                 replayed: answer.replayed.unwrap_or(false),
+                taken_over: answer.taken_over.unwrap_or(false),
             },
             ClaimVerdict::InProgress => ClaimOutcome::InProgress { until: until()? },
             ClaimVerdict::Duplicate => ClaimOutcome::Duplicate,

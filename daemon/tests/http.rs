@@ -445,7 +445,7 @@ async fn claims_over_http() {
     let now = 1_700_000_000_000_u64;
     assert_eq!(
         a.json(),
-        json!({"verdict": "acquired", "until_ms": now + 30_000, "replayed": false})
+        json!({"verdict": "acquired", "until_ms": now + 30_000, "replayed": false, "taken_over": false})
     );
     // Another owner: in progress (200, not an error), with the lease end.
     let a = h
@@ -475,7 +475,7 @@ async fn claims_over_http() {
         .await;
     assert_eq!(
         a.json(),
-        json!({"verdict": "acquired", "until_ms": now + 40_000, "replayed": true})
+        json!({"verdict": "acquired", "until_ms": now + 40_000, "replayed": true, "taken_over": false})
     );
     // Only the holder may complete or release.
     let complete = "/v1/namespaces/default/claims/complete";

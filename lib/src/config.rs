@@ -309,6 +309,128 @@ impl TryFrom<ConfigSpec> for NamespaceConfig {
     }
 }
 
+/// Some or all of a namespace's configuration fields, as a `PUT`, a `PATCH` or a
+/// configuration file gives them.
+///
+/// A whole configuration must name every field: a missing one is refused rather than
+/// filled with its default, because a default silently replacing a namespace's
+/// setting (6 generations becoming 4, say) forgets remembered IDs.
+/// [`complete`](Self::complete) builds a whole configuration and names every missing
+/// field; [`apply_to`](Self::apply_to) changes only the fields given.
+///
+/// ```
+/// use oncely::config::ConfigFields;
+///
+/// let put: ConfigFields = serde_json::from_str(r#"{"generations": 6, "fp_rate": 0.001}"#)?;
+/// let err = put.complete().unwrap_err();
+/// assert!(err.to_string().contains("generation_capacity, generation_span, exact_generations"), "{err}");
+///
+/// let patch: ConfigFields = serde_json::from_str(r#"{"generations": 6}"#)?;
+/// let changed = patch.apply_to(&oncely::NamespaceConfig::default())?;
+/// assert_eq!((changed.generations(), changed.exact_generations()), (6, 2));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFields {
+    /// Generations in the ring, the open one included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generations: Option<u32>,
+    /// New IDs after which the open generation seals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation_capacity: Option<u64>,
+    /// Time after which the open generation seals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation_span: Option<HumanDuration>,
+    /// Target false-positive rate across all live generations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fp_rate: Option<f64>,
+    /// How many of the newest generations keep an exact table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact_generations: Option<u32>,
+}
+
+impl ConfigFields {
+    /// The names of the fields, in the order they are documented.
+    pub const NAMES: [&'static str; 5] = [
+        "generations",
+        "generation_capacity",
+        "generation_span",
+        "fp_rate",
+        "exact_generations",
+    ];
+
+    /// The names of the fields not given.
+    #[must_use]
+    pub fn missing(&self) -> Vec<&'static str> {
+        let given = [
+            self.generations.is_some(),
+            self.generation_capacity.is_some(),
+            self.generation_span.is_some(),
+            self.fp_rate.is_some(),
+            self.exact_generations.is_some(),
+        ];
+        Self::NAMES
+            .iter()
+            .zip(given)
+            .filter(|(_, given)| !given)
+            .map(|(name, _)| *name)
+            .collect()
+    }
+
+    /// A whole configuration from these fields.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MissingFields`] naming every field not given; [`Error::InvalidConfig`]
+    /// for a value out of range.
+    pub fn complete(&self) -> Result<NamespaceConfig, Error> {
+        let missing = self.missing();
+        if !missing.is_empty() {
+            return Err(Error::MissingFields(missing));
+        }
+        self.apply_to(&NamespaceConfig::default())
+    }
+
+    /// `base` with the given fields changed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a value out of range, or a combination that is
+    /// (`exact_generations` over `generations`, say).
+    pub fn apply_to(&self, base: &NamespaceConfig) -> Result<NamespaceConfig, Error> {
+        let mut spec = ConfigSpec::from(base.clone());
+        if let Some(n) = self.generations {
+            spec.generations = n;
+        }
+        if let Some(n) = self.generation_capacity {
+            spec.generation_capacity = n;
+        }
+        if let Some(d) = self.generation_span {
+            spec.generation_span = d;
+        }
+        if let Some(p) = self.fp_rate {
+            spec.fp_rate = p;
+        }
+        if let Some(n) = self.exact_generations {
+            spec.exact_generations = n;
+        }
+        NamespaceConfig::validate(&spec)
+    }
+}
+
+impl From<&NamespaceConfig> for ConfigFields {
+    fn from(c: &NamespaceConfig) -> Self {
+        Self {
+            generations: Some(c.generations),
+            generation_capacity: Some(c.generation_capacity),
+            generation_span: Some(HumanDuration(c.generation_span)),
+            fp_rate: Some(c.fp_rate),
+            exact_generations: Some(c.exact_generations),
+        }
+    }
+}
+
 /// A duration written for humans: `"250ms"`, `"30s"`, `"15m"`, `"1h"`, `"7d"`, or a
 /// bare number of seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -464,6 +586,43 @@ mod tests {
         assert!(serde_json::from_str::<NamespaceConfig>(r#"{"bogus": 1}"#).is_err());
         let secs: NamespaceConfig = serde_json::from_str(r#"{"generation_span": 90}"#).unwrap();
         assert_eq!(secs.generation_span(), Duration::from_secs(90));
+    }
+
+    #[test]
+    fn whole_configurations_name_every_missing_field() {
+        let none = ConfigFields::default();
+        match none.complete() {
+            Err(Error::MissingFields(missing)) => assert_eq!(missing, ConfigFields::NAMES),
+            other => panic!("{other:?}"),
+        }
+        let all = ConfigFields::from(&NamespaceConfig::default());
+        assert!(all.missing().is_empty());
+        assert_eq!(all.complete().unwrap(), NamespaceConfig::default());
+        let some = ConfigFields {
+            generations: Some(6),
+            fp_rate: Some(0.5),
+            ..ConfigFields::default()
+        };
+        assert_eq!(
+            some.missing(),
+            [
+                "generation_capacity",
+                "generation_span",
+                "exact_generations"
+            ]
+        );
+        let patched = some.apply_to(&NamespaceConfig::default()).unwrap();
+        assert_eq!((patched.generations(), patched.fp_rate()), (6, 0.5));
+        assert_eq!(patched.generation_capacity(), 1_000_000);
+        let bad = ConfigFields {
+            exact_generations: Some(9),
+            ..ConfigFields::default()
+        };
+        assert_eq!(
+            field_of(bad.apply_to(&NamespaceConfig::default())),
+            "exact_generations"
+        );
+        assert!(serde_json::from_str::<ConfigFields>(r#"{"generation": 3}"#).is_err());
     }
 
     #[test]

@@ -21,6 +21,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// A whole configuration was asked for, but fields are missing (named here, in
+    /// their documented order). Nothing changed.
+    #[error(
+        "missing configuration field(s): {}; a whole configuration names every field \
+         (change some of them with a partial update instead)",
+        .0.join(", ")
+    )]
+    MissingFields(Vec<&'static str>),
+
     /// An event ID in a batch is empty or too long; nothing in the batch was marked.
     #[error("invalid event id at index {index}: {reason}")]
     InvalidId {
@@ -74,6 +83,22 @@ pub enum Error {
     /// The operation is not allowed (for example deleting the `default` namespace).
     #[error("{0}")]
     Refused(String),
+
+    /// A reconfiguration would forget remembered IDs at once (generations leaving the
+    /// ring, or exact tables dropped), and the caller did not allow it with
+    /// [`DropPolicy::DropNow`](crate::DropPolicy::DropNow). Nothing changed.
+    #[error(
+        "the change would forget remembered IDs now: {generations} generation(s) would leave \
+         the ring and {exact_tables} exact table(s) would be dropped; allow it explicitly \
+         (drop_now) or change the configuration gradually"
+    )]
+    WouldDrop {
+        /// Live generations that would leave the ring at once.
+        generations: u32,
+        /// Generations that would lose their exact table at once (and answer
+        /// `probable_duplicate` from then on).
+        exact_tables: u32,
+    },
 
     /// The tracker was closed; no further operations are accepted.
     #[error("the tracker is closed")]

@@ -82,7 +82,8 @@ impl fmt::Debug for EventId<'_> {
     }
 }
 
-/// A namespace name: 1 to [`MAX_NAMESPACE_LEN`] of `A-Z a-z 0-9 . _ -`.
+/// A namespace name: 1 to [`MAX_NAMESPACE_LEN`] of `A-Z a-z 0-9 . _ -`, other than
+/// `.` and `..`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NamespaceName(String);
 
@@ -106,6 +107,10 @@ impl NamespaceName {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         {
             Some("only A-Z, a-z, 0-9, '.', '_' and '-' are allowed")
+        } else if name == "." || name == ".." {
+            // URL clients and proxies resolve these as path segments, so a namespace
+            // (or consumer) of that name could never be addressed over HTTP.
+            Some("\".\" and \"..\" are path segments, not names")
         } else {
             None
         };
@@ -184,10 +189,18 @@ mod tests {
 
     #[test]
     fn namespace_rules() {
-        for ok in ["default", "a", "A.b_c-9", &"x".repeat(64)] {
+        for ok in [
+            "default",
+            "a",
+            "A.b_c-9",
+            &"x".repeat(64),
+            "...",
+            ".a",
+            "a..",
+        ] {
             assert!(NamespaceName::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a b", "ü", "a/b", &"x".repeat(65), "tab\t"] {
+        for bad in ["", "a b", "ü", "a/b", &"x".repeat(65), "tab\t", ".", ".."] {
             assert!(
                 matches!(NamespaceName::new(bad), Err(Error::InvalidNamespace { .. })),
                 "{bad:?}"

@@ -66,7 +66,7 @@ mod tracker;
 mod verdict;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
-pub use config::{HumanDuration, NamespaceConfig, NamespaceConfigBuilder};
+pub use config::{ConfigFields, HumanDuration, NamespaceConfig, NamespaceConfigBuilder};
 pub use error::{Error, IdError, SnapshotError};
 pub use exact::MAX_OWNER_LEN;
 pub use filter::{BloomFilter, FilterStats};
@@ -76,8 +76,8 @@ pub use id::{EventId, MAX_ID_LEN, MAX_NAMESPACE_LEN, NamespaceName};
 pub use sizing::{FilterSizing, Layout};
 pub use store::{MemoryStore, RocksOptions, RocksStore, Store};
 pub use tracker::{
-    ClaimOutcome, Configured, Durability, GenerationInfo, MAX_LEASE, MAX_POSITION_LEN,
-    NamespaceInfo, Tracker, TrackerBuilder, Transacted, Transaction,
+    ClaimOutcome, Configured, DropPolicy, Durability, GenerationInfo, MAX_LEASE, MAX_POSITION_LEN,
+    NamespaceInfo, StorageFailure, Tracker, TrackerBuilder, Transacted, Transaction,
 };
 pub use verdict::Verdict;
 

@@ -29,7 +29,8 @@ fn claims_are_exclusive_until_completed() {
         got,
         ClaimOutcome::Acquired {
             until: now.saturating_add(LEASE),
-            replayed: false
+            replayed: false,
+            taken_over: false,
         }
     );
     assert_eq!(got.as_str(), "acquired");
@@ -58,7 +59,8 @@ fn claims_are_exclusive_until_completed() {
         renewed,
         ClaimOutcome::Acquired {
             until: c.now_ms().saturating_add(LEASE),
-            replayed: true
+            replayed: true,
+            taken_over: false,
         }
     );
     t.complete("default", "e1", "w1").unwrap();

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{clock, ids, open_faulty, open_rocks, small_config};
-use oncely::{Configured, Durability, Error, NamespaceConfig, Tracker, Verdict};
+use oncely::{Configured, DropPolicy, Durability, Error, NamespaceConfig, Tracker, Verdict};
 
 fn memory(config: NamespaceConfig) -> Tracker {
     Tracker::builder()
@@ -270,7 +270,24 @@ fn shrinking_the_exact_horizon_applies_now() {
         .exact_generations(1)
         .build()
         .unwrap();
-    let _ = t.configure_namespace("default", one).unwrap();
+    assert!(
+        matches!(
+            t.configure_namespace("default", one.clone()),
+            Err(Error::WouldDrop {
+                generations: 0,
+                exact_tables: 1
+            })
+        ),
+        "dropping an exact table needs DropPolicy::DropNow"
+    );
+    assert_eq!(
+        t.check("default", &["b"]).unwrap(),
+        [Verdict::Duplicate],
+        "a refused change changes nothing"
+    );
+    let _ = t
+        .configure_namespace_with("default", one, DropPolicy::DropNow)
+        .unwrap();
     assert_eq!(
         t.check("default", &["b", "c"]).unwrap(),
         [Verdict::ProbableDuplicate, Verdict::Duplicate]
@@ -281,7 +298,16 @@ fn shrinking_the_exact_horizon_applies_now() {
         .exact_generations(1)
         .build()
         .unwrap();
-    let _ = t.configure_namespace("default", two).unwrap();
+    assert!(matches!(
+        t.configure_namespace("default", two.clone()),
+        Err(Error::WouldDrop {
+            generations: 1,
+            exact_tables: 0
+        })
+    ));
+    let _ = t
+        .configure_namespace_with("default", two, DropPolicy::DropNow)
+        .unwrap();
     assert_eq!(
         t.check("default", &["a", "b", "c"]).unwrap(),
         [Verdict::New, Verdict::ProbableDuplicate, Verdict::Duplicate]

@@ -106,6 +106,8 @@ impl From<oncely::Error> for ApiError {
             E::InvalidNamespace { .. } => (StatusCode::BAD_REQUEST, "invalid_namespace"),
             E::InvalidOwner(_) => (StatusCode::BAD_REQUEST, "invalid_owner"),
             E::InvalidArgument { .. } => (StatusCode::BAD_REQUEST, "invalid_argument"),
+            E::MissingFields(_) => (StatusCode::BAD_REQUEST, "missing_fields"),
+            E::WouldDrop { .. } => (StatusCode::CONFLICT, "would_drop"),
             E::UnknownNamespace(_) => (StatusCode::NOT_FOUND, "unknown_namespace"),
             E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             E::Refused(_) => (StatusCode::CONFLICT, "refused"),

@@ -28,6 +28,9 @@ pub enum ClaimOutcome {
         until: Timestamp,
         /// The caller already held it: the lease was renewed.
         replayed: bool,
+        /// Another owner's lease had run out uncompleted: the claim passed to the
+        /// caller (a crashed or stalled consumer's work being picked up again).
+        taken_over: bool,
     },
     /// Another owner holds a live claim until `until`.
     InProgress {
@@ -97,6 +100,7 @@ impl Tracker {
                     Decision::Write(ClaimOutcome::Acquired {
                         until,
                         replayed: held > ctx.now,
+                        taken_over: false,
                     })
                 }
                 Found::Exact {
@@ -109,6 +113,7 @@ impl Tracker {
                     Decision::Write(ClaimOutcome::Acquired {
                         until,
                         replayed: false,
+                        taken_over: true,
                     })
                 }
                 Found::Absent { bloom_only: true } => {
@@ -119,6 +124,7 @@ impl Tracker {
                     Decision::Write(ClaimOutcome::Acquired {
                         until,
                         replayed: false,
+                        taken_over: false,
                     })
                 }
             })

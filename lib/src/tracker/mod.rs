@@ -80,11 +80,13 @@ use crate::store::{Batch, MemoryStore, NamespaceId, RocksOptions, RocksStore, St
 use crate::verdict::Verdict;
 
 mod claims;
+mod health;
 mod recovery;
 mod single;
 mod transaction;
 
 pub use claims::{ClaimOutcome, MAX_LEASE};
+pub use health::StorageFailure;
 pub use transaction::{MAX_POSITION_LEN, Transacted, Transaction};
 
 /// At most how often marks carry the clock heartbeat (see "Time across restarts"
@@ -286,9 +288,25 @@ struct Inner {
     closed: AtomicBool,
     /// The last clock reading put into a batch as the heartbeat, in milliseconds.
     heartbeat: AtomicU64,
+    /// Whether the store's writes are failing.
+    health: health::Health,
 }
 
 impl Inner {
+    /// Writes a batch, recording the outcome in the store's health.
+    fn write(&self, batch: &Batch, sync: bool) -> Result<(), Error> {
+        let result = self.store.write(batch, sync);
+        self.health.record(|| self.clock.now(), &result);
+        result
+    }
+
+    /// [`Store::write_nonblocking`], recording the outcome likewise.
+    fn write_nonblocking(&self, batch: &Batch) -> Result<(), Error> {
+        let result = self.store.write_nonblocking(batch);
+        self.health.record(|| self.clock.now(), &result);
+        result
+    }
+
     /// Adds the clock heartbeat to `batch`: always when `force`d, else when the last
     /// one is [`HEARTBEAT_EVERY`] away (either way: a clock set back must not stop
     /// heartbeats). One clock read and one atomic load per call; concurrent callers
@@ -321,7 +339,7 @@ impl Drop for Inner {
         }
         let mut b = Batch::new();
         self.heartbeat(&mut b, true);
-        if let Err(e) = self.store.write(&b, false) {
+        if let Err(e) = self.write(&b, false) {
             tracing::debug!(error = %e, "could not record the clock heartbeat at drop");
         }
     }
@@ -605,6 +623,21 @@ pub struct GenerationInfo {
     pub memory_bytes: u64,
 }
 
+/// Whether a reconfiguration may forget remembered IDs at once.
+///
+/// Lowering `generations` below the number of live generations drops the oldest
+/// ones now, and lowering `exact_generations` drops exact tables now (their
+/// generations answer `probable_duplicate` from then on). Both forget what consumers
+/// may rely on, so they must be asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DropPolicy {
+    /// Refuse such a change with [`Error::WouldDrop`], changing nothing.
+    #[default]
+    Refuse,
+    /// Apply it, forgetting what it drops.
+    DropNow,
+}
+
 /// Whether [`Tracker::configure_namespace`] created the namespace or updated it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[must_use]
@@ -791,7 +824,7 @@ impl Tracker {
             }
         }
         if let Some(extra) = extra {
-            self.inner.store.write(extra, self.sync_writes())?;
+            self.inner.write(extra, self.sync_writes())?;
         }
         Ok(verdicts
             .into_iter()
@@ -882,9 +915,9 @@ impl Tracker {
         } else {
             self.inner.heartbeat(&mut pass.batch, false);
             if call.nonblocking {
-                self.inner.store.write_nonblocking(&pass.batch)
+                self.inner.write_nonblocking(&pass.batch)
             } else {
-                self.inner.store.write(&pass.batch, self.sync_writes())
+                self.inner.write(&pass.batch, self.sync_writes())
             }
         };
         pass.finish(written.is_ok());
@@ -1186,7 +1219,7 @@ impl Tracker {
             // The new generation's age starts now: a heartbeat of now lets a
             // restart count it from here.
             self.inner.heartbeat(&mut b, true);
-            self.inner.store.write(&b, self.sync_writes())
+            self.inner.write(&b, self.sync_writes())
         })();
         if let Err(e) = persisted {
             st.ring.undo(rotation);
@@ -1243,7 +1276,7 @@ impl Tracker {
             let mut b = Batch::new();
             self.inner.heartbeat(&mut b, false);
             if !b.is_empty()
-                && let Err(e) = self.inner.store.write(&b, false)
+                && let Err(e) = self.inner.write(&b, false)
             {
                 // Only undercounts ages after a crash; a failing store shows
                 // elsewhere.
@@ -1342,21 +1375,40 @@ impl Tracker {
     ///   a larger one keeps more tables as new generations arrive (tables already
     ///   dropped do not come back).
     ///
+    /// A change that would drop generations or exact tables now is refused with
+    /// [`Error::WouldDrop`]; [`configure_namespace_with`](Self::configure_namespace_with)
+    /// and [`DropPolicy::DropNow`] allow it.
+    ///
     /// The namespace's secret seed never changes.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidNamespace`] for a bad name; storage errors (then nothing
-    /// changed).
+    /// [`Error::InvalidNamespace`] for a bad name; [`Error::WouldDrop`]; storage
+    /// errors (then nothing changed).
     pub fn configure_namespace(
         &self,
         namespace: &str,
         config: NamespaceConfig,
     ) -> Result<Configured, Error> {
+        self.configure_namespace_with(namespace, config, DropPolicy::Refuse)
+    }
+
+    /// [`configure_namespace`](Self::configure_namespace), saying whether the change
+    /// may forget remembered IDs at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`configure_namespace`](Self::configure_namespace).
+    pub fn configure_namespace_with(
+        &self,
+        namespace: &str,
+        config: NamespaceConfig,
+        policy: DropPolicy,
+    ) -> Result<Configured, Error> {
         let name = NamespaceName::new(namespace)?;
         let _admin = lock(&self.inner.admin);
         if let Ok(ns) = self.namespace_handle(namespace) {
-            self.reconfigure(&ns, config)?;
+            self.reconfigure(&ns, config, policy)?;
             return Ok(Configured::Updated);
         }
         let ns = self.create_namespace(name, config)?;
@@ -1402,7 +1454,7 @@ impl Tracker {
             &ring_key(id),
             &records::encode(&RingRecord::of(&ring, floor)),
         );
-        store.write(&b, self.sync_writes())?;
+        self.inner.write(&b, self.sync_writes())?;
         tracing::info!(namespace = %name, id = id.0, "namespace created");
         Ok(Namespace {
             name,
@@ -1413,7 +1465,12 @@ impl Tracker {
         })
     }
 
-    fn reconfigure(&self, ns: &Namespace, config: NamespaceConfig) -> Result<(), Error> {
+    fn reconfigure(
+        &self,
+        ns: &Namespace,
+        config: NamespaceConfig,
+        policy: DropPolicy,
+    ) -> Result<(), Error> {
         let mut st = lock(&ns.state);
         if st.deleted {
             return Err(Error::UnknownNamespace(ns.name.to_string()));
@@ -1421,6 +1478,18 @@ impl Tracker {
         let mut next = st.ring.clone();
         let dropped = next.reconfigure(config.clone());
         let floor = exact_floor(&next, st.exact_floor);
+        let lost_tables = st
+            .ring
+            .iter()
+            .filter(|g| g.id() >= st.exact_floor && g.id() < floor)
+            .filter(|g| !dropped.iter().any(|d| d.id() == g.id()))
+            .count();
+        if policy == DropPolicy::Refuse && (!dropped.is_empty() || lost_tables > 0) {
+            return Err(Error::WouldDrop {
+                generations: u32::try_from(dropped.len()).unwrap_or(u32::MAX),
+                exact_tables: u32::try_from(lost_tables).unwrap_or(u32::MAX),
+            });
+        }
         let record = NamespaceRecord {
             v: RECORD_VERSION,
             id: ns.id.0,
@@ -1437,7 +1506,7 @@ impl Tracker {
         if floor > st.exact_floor {
             b.drop_marks(ns.id, floor);
         }
-        self.inner.store.write(&b, self.sync_writes())?;
+        self.inner.write(&b, self.sync_writes())?;
         st.ring = next;
         st.exact_floor = floor;
         drop(st);
@@ -1468,7 +1537,7 @@ impl Tracker {
         b.delete_meta(&clean_key(ns.id));
         b.delete_meta_prefix(&records::checkpoint_prefix(ns.id));
         b.drop_namespace(ns.id);
-        self.inner.store.write(&b, self.sync_writes())?;
+        self.inner.write(&b, self.sync_writes())?;
         st.deleted = true;
         let gens: Vec<GenerationId> = st.ring.iter().map(Generation::id).collect();
         drop(st);
@@ -1512,14 +1581,27 @@ impl Tracker {
                     ids: open.ids(),
                 };
                 b.put_meta(&clean_key(ns.id), &records::encode(&clean));
-                store.write(&b, true)?;
+                self.inner.write(&b, true)?;
             }
         }
         // The last word on how long the open generations have been open.
         let mut b = Batch::new();
         self.inner.heartbeat(&mut b, true);
-        store.write(&b, true)?;
+        self.inner.write(&b, true)?;
         store.flush()
+    }
+
+    /// Whether the store's writes are failing: `Some` from a failed write until a
+    /// later one succeeds. (A daemon reports itself unready meanwhile.)
+    #[must_use]
+    pub fn storage_failure(&self) -> Option<StorageFailure> {
+        self.inner.health.failure()
+    }
+
+    /// Writes that failed since the tracker opened.
+    #[must_use]
+    pub fn storage_errors(&self) -> u64 {
+        self.inner.health.errors()
     }
 
     /// Space the store uses on disk, in bytes, where known.

@@ -98,6 +98,7 @@ impl Tracker {
                 transactions: Mutex::new(()),
                 closed: AtomicBool::new(false),
                 heartbeat: AtomicU64::new(now.as_millis()),
+                health: super::health::Health::default(),
             }),
         };
         if tracker.namespace_handle(NamespaceName::DEFAULT).is_err() {

@@ -90,7 +90,6 @@ impl Reservation<'_> {
         let written = self
             .tracker
             .inner
-            .store
             .write(&self.batch, self.tracker.sync_writes());
         // Waiters decide afresh from the record itself, whatever the outcome: a
         // claim, its completion, its release and a transaction leave different

@@ -215,7 +215,7 @@ impl Tracker {
         let ns = self.namespace_handle(namespace)?;
         let mut b = Batch::new();
         b.put_meta(&checkpoint_key(ns.id, consumer), position.as_bytes());
-        self.inner.store.write(&b, self.sync_writes())
+        self.inner.write(&b, self.sync_writes())
     }
 
     /// A consumer's stored position, if any.
