@@ -7,7 +7,7 @@
 //! |---|---|
 //! | empty | done, no owner (the common case: no value bytes on disk) |
 //! | `0x01` ‖ owner (8) | done by this owner |
-//! | `0x02` ‖ owner (8) ‖ lease end (8) | claimed by this owner until the lease ends |
+//! | `0x02` ‖ owner (8) ‖ lease end (8) | format 1 only: a claim (claims now have their own table) |
 //!
 //! Owners are stored as a 64-bit fingerprint: the owner token hashed with the
 //! namespace's secret seed, so tokens never reach the disk.
@@ -32,6 +32,16 @@ const OWNER_DOMAIN: u64 = 0x6f77_6e65_7273_2121;
 pub(crate) struct OwnerFp(u64);
 
 impl OwnerFp {
+    /// The fingerprint as stored.
+    pub(crate) const fn to_u64(self) -> u64 {
+        self.0
+    }
+
+    /// A stored fingerprint.
+    pub(crate) const fn from_u64(fp: u64) -> Self {
+        Self(fp)
+    }
+
     /// Validates and fingerprints an owner token.
     pub(crate) fn new(owner: &str, seed: HashSeed) -> Result<Self, Error> {
         if owner.is_empty() {
@@ -48,6 +58,10 @@ impl OwnerFp {
 }
 
 /// The decoded value of a mark.
+///
+/// `Claimed` exists only in stores written before claims moved to their own table
+/// (format 1); start-up moves such records there (see `tracker::recovery`), and
+/// [`MarkValue::done_by`] refuses one met anywhere else.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum MarkValue {
     Done { owner: Option<OwnerFp> },
@@ -84,6 +98,23 @@ impl MarkValue {
             }
         };
         Encoded { bytes, len }
+    }
+
+    /// Who marked a done record (`None`: no owner).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] for a claim record left in an exact table, or bytes of no
+    /// known format.
+    pub(crate) fn done_by(bytes: &[u8]) -> Result<Option<OwnerFp>, Error> {
+        match Self::decode(bytes)? {
+            Self::Done { owner } => Ok(owner),
+            Self::Claimed { .. } => Err(Error::Corrupt(
+                "a claim record inside an exact table: claims live in their own table \
+                 since store format 2"
+                    .into(),
+            )),
+        }
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, Error> {

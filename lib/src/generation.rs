@@ -43,13 +43,17 @@ pub struct Generation {
     opened_at: Timestamp,
     sealed_at: Option<Timestamp>,
     ids: u64,
+    /// How many IDs it takes before sealing: the namespace's capacity, unless its
+    /// filter holds fewer within the namespace's rate (after a reconfiguration).
+    seal_at: u64,
     /// A sealed filter never changes, so its statistics (a pass over every bit) are
     /// computed once.
     sealed_stats: OnceLock<FilterStats>,
 }
 
 impl Generation {
-    /// A generation rebuilt from persisted parts.
+    /// A generation rebuilt from persisted parts. It seals at its filter's capacity
+    /// until a ring says otherwise.
     #[must_use]
     pub const fn from_parts(
         id: GenerationId,
@@ -58,12 +62,14 @@ impl Generation {
         sealed_at: Option<Timestamp>,
         ids: u64,
     ) -> Self {
+        let seal_at = filter.sizing().capacity;
         Self {
             id,
             filter,
             opened_at,
             sealed_at,
             ids,
+            seal_at,
             sealed_stats: OnceLock::new(),
         }
     }
@@ -96,6 +102,20 @@ impl Generation {
     #[must_use]
     pub const fn ids(&self) -> u64 {
         self.ids
+    }
+
+    /// The IDs its filter was sized for.
+    #[must_use]
+    pub const fn capacity(&self) -> u64 {
+        self.filter.sizing().capacity
+    }
+
+    /// How many IDs it holds when it seals (while open): the namespace's capacity,
+    /// or fewer when its filter, sized before a reconfiguration, would otherwise
+    /// exceed the namespace's false-positive target.
+    #[must_use]
+    pub const fn seals_at(&self) -> u64 {
+        self.seal_at
     }
 
     /// Statistics of its filter.
@@ -151,13 +171,14 @@ impl GenerationRing {
     ///
     /// [`Error::InvalidConfig`] when the filter cannot be allocated.
     pub fn new(config: NamespaceConfig, seed: HashSeed, now: Timestamp) -> Result<Self, Error> {
-        let first = Generation::from_parts(
+        let mut first = Generation::from_parts(
             GenerationId(1),
             BloomFilter::new(config.filter_sizing(), seed)?,
             now,
             None,
             0,
         );
+        first.seal_at = seal_limit(&config, &first.filter);
         Ok(Self {
             config,
             seed,
@@ -204,6 +225,7 @@ impl GenerationRing {
             gens: gens.into(),
         };
         ring.trim();
+        ring.reset_seal();
         Ok(ring)
     }
 
@@ -214,10 +236,46 @@ impl GenerationRing {
     }
 
     /// Replaces the configuration. The new filter size applies from the next
-    /// generation on; a smaller `generations` drops the oldest generations now.
-    pub fn reconfigure(&mut self, config: NamespaceConfig) -> Vec<Generation> {
-        self.config = config;
-        self.trim()
+    /// generation on; the open generation seals at the new capacity, or earlier when
+    /// its filter would otherwise exceed the new false-positive target, never later
+    /// than its filter's own capacity. A smaller `generations` drops the oldest
+    /// generations now.
+    ///
+    /// Returns the configuration replaced and the generations dropped, which
+    /// [`undo_reconfigure`](Self::undo_reconfigure) puts back.
+    pub fn reconfigure(&mut self, config: NamespaceConfig) -> (NamespaceConfig, Vec<Generation>) {
+        let old = std::mem::replace(&mut self.config, config);
+        let dropped = self.trim();
+        self.reset_seal();
+        (old, dropped)
+    }
+
+    /// Reverts [`reconfigure`](Self::reconfigure), when what it implies could not be
+    /// persisted.
+    pub fn undo_reconfigure(&mut self, old: NamespaceConfig, dropped: Vec<Generation>) {
+        self.config = old;
+        for g in dropped.into_iter().rev() {
+            self.gens.push_front(g);
+        }
+        self.reset_seal();
+    }
+
+    /// How many IDs a ring with `config` would drop at once: `generations` live
+    /// generations beyond the new ring size.
+    #[must_use]
+    pub fn would_drop(&self, config: &NamespaceConfig) -> usize {
+        self.gens
+            .len()
+            .saturating_sub(config.generations() as usize)
+    }
+
+    fn reset_seal(&mut self) {
+        let config = &self.config;
+        let open = self
+            .gens
+            .back_mut()
+            .expect("a ring always has an open generation");
+        open.seal_at = seal_limit(config, &open.filter);
     }
 
     /// The hash seed.
@@ -262,7 +320,7 @@ impl GenerationRing {
     #[must_use]
     pub fn due(&self, now: Timestamp) -> Option<SealReason> {
         let open = self.current();
-        if open.ids >= self.config.generation_capacity() {
+        if open.ids >= open.seal_at {
             Some(SealReason::Capacity)
         } else if now.saturating_since(open.opened_at) >= self.config.generation_span() {
             Some(SealReason::Span)
@@ -292,8 +350,9 @@ impl GenerationRing {
         open.sealed_at = Some(now);
         let sealed = open.id;
         let opened = GenerationId(sealed.0 + 1);
-        self.gens
-            .push_back(Generation::from_parts(opened, filter, now, None, 0));
+        let mut new = Generation::from_parts(opened, filter, now, None, 0);
+        new.seal_at = seal_limit(&self.config, &new.filter);
+        self.gens.push_back(new);
         Rotation {
             sealed,
             reason,
@@ -370,6 +429,60 @@ impl GenerationRing {
         open.ids += 1;
     }
 
+    /// Counts one new ID into the open generation without touching its filter, and
+    /// returns the generation: [`crate::Tracker`] sets an ID's bits only once its mark
+    /// has landed ([`insert_landed`](Self::insert_landed)), so that a mark that fails
+    /// or is given back leaves no trace a Bloom-only generation could report.
+    pub(crate) fn count_new(&mut self) -> GenerationId {
+        let open = self
+            .gens
+            .back_mut()
+            .expect("a ring always has an open generation");
+        open.ids += 1;
+        open.id
+    }
+
+    /// Sets the bits of a landed mark in its generation, if that is still live.
+    pub(crate) fn insert_landed(&mut self, generation: GenerationId, h: IdHash) {
+        if let Some(g) = self.generation_mut(generation) {
+            let _ = g.filter.insert_hash(h);
+        }
+    }
+
+    /// A live generation by id.
+    #[must_use]
+    pub fn generation(&self, id: GenerationId) -> Option<&Generation> {
+        self.position(id).map(|at| &self.gens[at])
+    }
+
+    fn generation_mut(&mut self, id: GenerationId) -> Option<&mut Generation> {
+        self.position(id).map(|at| &mut self.gens[at])
+    }
+
+    /// Where a generation sits: ids are consecutive, so its offset from the oldest,
+    /// checked (a restored ring need only be increasing).
+    fn position(&self, id: GenerationId) -> Option<usize> {
+        let guess = usize::try_from(id.0.checked_sub(self.oldest().id.0)?).ok()?;
+        if self.gens.get(guess).is_some_and(|g| g.id == id) {
+            return Some(guess);
+        }
+        self.gens.iter().position(|g| g.id == id)
+    }
+
+    /// Replaces a sealed generation's filter with one rebuilt from its exact table
+    /// (sized for the rate a Bloom-only generation must meet). `false` when the
+    /// generation is gone or open.
+    pub(crate) fn replace_filter(&mut self, id: GenerationId, filter: BloomFilter) -> bool {
+        match self.generation_mut(id) {
+            Some(g) if g.sealed_at.is_some() => {
+                g.filter = filter;
+                g.sealed_stats = OnceLock::new();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Takes back the count of `n` IDs recorded into `generation` whose write
     /// failed, if it is still in the ring. Their filter bits stay: at worst a few
     /// more false positives, never a false negative.
@@ -400,6 +513,15 @@ impl GenerationRing {
         let excess = self.gens.len().saturating_sub(keep);
         self.gens.drain(..excess).collect()
     }
+}
+
+/// The IDs after which a generation with `filter` seals under `config`: the
+/// configured capacity, and never more than the filter holds within the rate each
+/// generation must meet.
+fn seal_limit(config: &NamespaceConfig, filter: &BloomFilter) -> u64 {
+    config
+        .generation_capacity()
+        .min(filter.sizing().capacity_at(config.generation_fp_rate()))
 }
 
 #[cfg(test)]
@@ -511,7 +633,7 @@ mod tests {
             let _ = ring.check_and_mark(&[i], t(0)).unwrap();
         }
         assert_eq!(ring.len(), 4);
-        let dropped = ring.reconfigure(config(2, 1, 1_000));
+        let (_, dropped) = ring.reconfigure(config(2, 1, 1_000));
         assert_eq!(dropped.len(), 2);
         assert_eq!(ring.len(), 2);
     }

@@ -18,7 +18,10 @@ pub(crate) const RECORD_VERSION: u32 = 1;
 
 /// Marks a data directory as an Oncely store, with its layout version.
 pub(crate) const FORMAT_KEY: &[u8] = b"format";
-pub(crate) const FORMAT_VALUE: &[u8] = b"oncely-store/1";
+pub(crate) const FORMAT_VALUE: &[u8] = b"oncely-store/2";
+/// Format 1 kept claims inside the exact tables; start-up moves them to their own
+/// table and rewrites the format record (see `tracker::recovery`).
+pub(crate) const FORMAT_V1: &[u8] = b"oncely-store/1";
 pub(crate) const NEXT_NS_KEY: &[u8] = b"next-ns";
 pub(crate) const NS_PREFIX: &[u8] = b"ns:";
 /// The tracker clock's last persisted reading: see [`ClockRecord`].
@@ -34,6 +37,15 @@ pub(crate) fn ring_key(ns: NamespaceId) -> Vec<u8> {
 
 pub(crate) fn clean_key(ns: NamespaceId) -> Vec<u8> {
     [b"clean:".as_slice(), &ns.0.to_be_bytes()].concat()
+}
+
+/// The keys of a namespace's claims: this prefix, then the event ID.
+pub(crate) fn claim_prefix(ns: NamespaceId) -> Vec<u8> {
+    [b"claim:".as_slice(), &ns.0.to_be_bytes(), b":"].concat()
+}
+
+pub(crate) fn claim_key(ns: NamespaceId, id: &[u8]) -> Vec<u8> {
+    [claim_prefix(ns).as_slice(), id].concat()
 }
 
 pub(crate) fn checkpoint_prefix(ns: NamespaceId) -> Vec<u8> {
@@ -63,10 +75,19 @@ pub(crate) struct RingRecord {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct GenerationRecord {
     pub(crate) id: u64,
+    /// Store time (see `tracker::time`).
     pub(crate) opened_at: u64,
     pub(crate) sealed_at: Option<u64>,
     /// New IDs at sealing; for the open generation, recounted on start-up.
     pub(crate) ids: u64,
+    /// The IDs and rate its filter was sized for, so that a filter rebuilt from the
+    /// exact table after a crash is the one it replaces, whatever the namespace's
+    /// configuration has become. Absent in records written before they were kept:
+    /// the namespace's configuration then stands in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) capacity: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) fp_rate: Option<f64>,
 }
 
 /// Written at a clean shutdown: the open generation's filter was snapshotted with
@@ -116,11 +137,14 @@ impl RingRecord {
 
 impl GenerationRecord {
     fn of(g: &Generation) -> Self {
+        let sizing = g.filter().sizing();
         Self {
             id: g.id().0,
             opened_at: g.opened_at().as_millis(),
             sealed_at: g.sealed_at().map(Timestamp::as_millis),
             ids: g.ids(),
+            capacity: Some(sizing.capacity),
+            fp_rate: Some(sizing.fp_rate),
         }
     }
 }

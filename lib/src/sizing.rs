@@ -113,6 +113,33 @@ impl FilterSizing {
     pub fn fp_after(&self, n: u64) -> f64 {
         layout_fp(self.layout, self.bits, self.hashes, n)
     }
+
+    /// The most distinct IDs, up to `capacity`, that keep the filter at or under the
+    /// rate `fp`: `capacity` itself when the filter was sized for `fp` or a stricter
+    /// rate, fewer when the target is stricter than the filter's own.
+    ///
+    /// A filter cannot be resized, so a namespace whose target rate was lowered seals
+    /// its open generation at this many IDs rather than let it exceed the new rate.
+    #[must_use]
+    pub fn capacity_at(&self, fp: f64) -> u64 {
+        // Sized for this rate or a looser target: its capacity, exactly (no
+        // floating-point evaluation that could shave an ID off).
+        if fp >= self.fp_rate || self.fp_after(self.capacity) <= fp {
+            return self.capacity;
+        }
+        // The rate grows with every ID: the largest n within `fp`, by bisection
+        // (about 40 evaluations for the largest filters).
+        let (mut ok, mut over) = (0_u64, self.capacity);
+        while over - ok > 1 {
+            let mid = ok + (over - ok) / 2;
+            if self.fp_after(mid) <= fp {
+                ok = mid;
+            } else {
+                over = mid;
+            }
+        }
+        ok
+    }
 }
 
 /// The bits-per-key budget for a target rate: 1.1 x 1.44 x log2(1/fp), that is 10% over
@@ -375,6 +402,21 @@ pub fn estimated_items(bits: u64, hashes: u32, ones: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capacity_at_a_stricter_rate_is_smaller() {
+        let sizing = size_filter(100_000, 0.01).unwrap();
+        assert_eq!(sizing.capacity_at(0.01), 100_000);
+        assert_eq!(
+            sizing.capacity_at(0.5),
+            100_000,
+            "never past the sized capacity"
+        );
+        let strict = sizing.capacity_at(0.001);
+        assert!(strict > 10_000 && strict < 100_000, "{strict}");
+        assert!(sizing.fp_after(strict) <= 0.001);
+        assert!(sizing.fp_after(strict + 1) > 0.001);
+    }
 
     #[test]
     fn per_generation_split_composes_back_to_the_target() {

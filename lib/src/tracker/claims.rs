@@ -3,17 +3,37 @@
 //! `claim` gives one owner the right to process an ID for a lease; `complete` turns
 //! the claim into a done mark; `release` forgets it so a redelivery can take it. A
 //! lease that runs out lets the next claimant in, which is how a crashed consumer's
-//! work is picked up again. Claims are records in the exact tables, so they survive
-//! restarts like marks do.
+//! work is picked up again.
+//!
+//! A claim is not a mark. It lives in the namespace's claims table (in memory, and in
+//! the store under its own keys), apart from the generations: rotations never touch
+//! it, so it stays exclusive for its whole lease however many generations seal while
+//! it is held, renewed or taken over; and it never reaches a Bloom filter, so a claim
+//! given back (released, or expired uncompleted) leaves no trace. Only `complete`
+//! writes a mark, into the open generation, in the same write that deletes the
+//! claim.
+//!
+//! Leases count store time (see `time`): a wall clock stepped across a restart
+//! neither ends a live lease early nor stretches an expired one.
+//!
+//! An expired claim stays in the table, so that its owner can still complete it,
+//! until another owner takes the ID or it has been expired for as long as its lease
+//! was; then [`Tracker::tick`] forgets it.
 
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::time::Duration;
 
-use super::Tracker;
-use super::single::{Decision, Found, Outcome};
-use crate::clock::Timestamp;
+use super::decide::{Ask, ClaimState, Decision};
+use super::flight::IdentityHasher;
+use super::single::One;
+use super::{Tracker, lock};
+use crate::clock::{Timestamp, duration_millis};
 use crate::error::Error;
-use crate::exact::{MarkValue, OwnerFp};
+use crate::exact::OwnerFp;
 use crate::id::EventId;
+use crate::records;
+use crate::store::{Batch, NamespaceId};
 
 /// The longest lease a claim may ask for: 7 days.
 pub const MAX_LEASE: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -55,14 +75,126 @@ impl ClaimOutcome {
             Self::ProbableDuplicate => "probable_duplicate",
         }
     }
+
+    /// The same outcome with its lease end moved by `f` (from store time to the
+    /// caller's clock).
+    pub(super) fn map_until(self, f: impl FnOnce(Timestamp) -> Timestamp) -> Self {
+        match self {
+            Self::Acquired {
+                until,
+                replayed,
+                taken_over,
+            } => Self::Acquired {
+                until: f(until),
+                replayed,
+                taken_over,
+            },
+            Self::InProgress { until } => Self::InProgress { until: f(until) },
+            other => other,
+        }
+    }
+}
+
+/// A claim held in the table.
+#[derive(Clone, Debug)]
+pub(super) struct Claim {
+    /// The event ID, to find its record.
+    pub(super) id: Box<[u8]>,
+    pub(super) state: ClaimState,
+    /// The lease it was taken or last renewed with: how long it is kept once
+    /// expired.
+    pub(super) lease: Duration,
+}
+
+/// A namespace's claims, by ID hash.
+#[derive(Debug, Default)]
+pub(super) struct ClaimTable {
+    map: HashMap<u128, Claim, BuildHasherDefault<IdentityHasher>>,
+}
+
+impl ClaimTable {
+    /// An ID's claim, live or expired.
+    #[inline]
+    pub(super) fn get(&self, key: u128) -> Option<ClaimState> {
+        // Most namespaces hold no claims: one branch, no hashing.
+        if self.map.is_empty() {
+            return None;
+        }
+        self.map.get(&key).map(|c| c.state)
+    }
+
+    pub(super) fn put(&mut self, key: u128, claim: Claim) {
+        self.map.insert(key, claim);
+    }
+
+    pub(super) fn remove(&mut self, key: u128) {
+        self.map.remove(&key);
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Claims expired for at least as long as their lease: forgotten at the next
+    /// tick.
+    pub(super) fn forgettable(&self, now: Timestamp) -> Vec<(u128, Box<[u8]>)> {
+        self.map
+            .iter()
+            .filter(|(_, c)| now >= c.state.until.saturating_add(c.lease))
+            .map(|(k, c)| (*k, c.id.clone()))
+            .collect()
+    }
+}
+
+/// A claim's stored value: version, owner, lease end (store time), lease.
+const CLAIM_RECORD_V1: u8 = 1;
+const CLAIM_RECORD_LEN: usize = 25;
+
+pub(super) fn encode(claim: &Claim) -> [u8; CLAIM_RECORD_LEN] {
+    let mut out = [0_u8; CLAIM_RECORD_LEN];
+    out[0] = CLAIM_RECORD_V1;
+    out[1..9].copy_from_slice(&claim.state.owner.to_u64().to_le_bytes());
+    out[9..17].copy_from_slice(&claim.state.until.as_millis().to_le_bytes());
+    out[17..25].copy_from_slice(&duration_millis(claim.lease).to_le_bytes());
+    out
+}
+
+/// Decodes a stored claim; `key` names it in errors.
+pub(super) fn decode(key: &[u8], id: &[u8], bytes: &[u8]) -> Result<Claim, Error> {
+    if bytes.len() != CLAIM_RECORD_LEN || bytes[0] != CLAIM_RECORD_V1 {
+        return Err(Error::Corrupt(format!(
+            "claim record {:?} is not a version {CLAIM_RECORD_V1} record of {CLAIM_RECORD_LEN} bytes",
+            String::from_utf8_lossy(key)
+        )));
+    }
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("length"));
+    Ok(Claim {
+        id: id.into(),
+        state: ClaimState {
+            owner: OwnerFp::from_u64(u64_at(1)),
+            until: Timestamp::from_millis(u64_at(9)),
+        },
+        lease: Duration::from_millis(u64_at(17)),
+    })
+}
+
+pub(super) fn put_record(batch: &mut Batch, ns: NamespaceId, claim: &Claim) {
+    batch.put_meta(&records::claim_key(ns, &claim.id), &encode(claim));
+}
+
+pub(super) fn delete_record(batch: &mut Batch, ns: NamespaceId, id: &[u8]) {
+    batch.delete_meta(&records::claim_key(ns, id));
 }
 
 impl Tracker {
     /// Claims an ID for `owner` for `lease`.
     ///
-    /// The same owner claiming again renews its lease (`replayed`); an expired lease
-    /// goes to the next claimant. While a claim is live, other owners' claims and
-    /// `check_and_mark` answer in progress.
+    /// The same owner claiming again renews its lease (`replayed`; a renewal never
+    /// shortens the lease held); a lease that ran out goes to the next claimant
+    /// (`taken_over`). While a claim is live, other owners' claims, checks and marks
+    /// answer in progress, whatever rotations happen meanwhile. A claim is not a
+    /// mark: it does not count towards `generation_capacity`, and once released or
+    /// expired uncompleted it leaves no trace.
     ///
     /// # Errors
     ///
@@ -84,57 +216,29 @@ impl Tracker {
         }
         let ns = self.namespace_handle(namespace)?;
         let me = OwnerFp::new(owner, ns.seed)?;
-        let outcome = self.with_found(&ns, id, Some(me), |ctx, found| {
-            let until = ctx.now.saturating_add(lease);
-            Ok(match found {
-                Found::Exact {
-                    value: MarkValue::Done { .. },
-                    ..
-                } => Decision::Answer(ClaimOutcome::Duplicate),
-                Found::Exact {
-                    generation,
-                    value: MarkValue::Claimed { owner, until: held },
-                } if owner == me => {
-                    let until = until.max(held);
-                    ctx.put_at(generation, MarkValue::Claimed { owner: me, until });
-                    Decision::Write(ClaimOutcome::Acquired {
-                        until,
-                        replayed: held > ctx.now,
-                        taken_over: false,
-                    })
+        let outcome = match self.decide_one(&ns, id, |now| Ask::Claim {
+            owner: me,
+            until: now.saturating_add(lease),
+            lease,
+        })? {
+            One::Answered(Decision::Claim(outcome)) => outcome,
+            One::Held(held) => match held.decision() {
+                Decision::PutClaim(outcome) => {
+                    let outcome = *outcome;
+                    held.commit(|_| {})?;
+                    outcome
                 }
-                Found::Exact {
-                    value: MarkValue::Claimed { until: held, .. },
-                    ..
-                } if held > ctx.now => Decision::Answer(ClaimOutcome::InProgress { until: held }),
-                Found::Exact { generation, .. } => {
-                    // Another owner's lease ran out: the claim passes to us in place.
-                    ctx.put_at(generation, MarkValue::Claimed { owner: me, until });
-                    Decision::Write(ClaimOutcome::Acquired {
-                        until,
-                        replayed: false,
-                        taken_over: true,
-                    })
-                }
-                Found::Absent { bloom_only: true } => {
-                    Decision::Answer(ClaimOutcome::ProbableDuplicate)
-                }
-                Found::Absent { bloom_only: false } => {
-                    ctx.mark_new(MarkValue::Claimed { owner: me, until })?;
-                    Decision::Write(ClaimOutcome::Acquired {
-                        until,
-                        replayed: false,
-                        taken_over: false,
-                    })
-                }
-            })
-        })?;
-        finish(outcome)
+                other => unreachable!("a claim decided {other:?}"),
+            },
+            One::Answered(other) => unreachable!("a claim decided {other:?}"),
+        };
+        Ok(outcome.map_until(|t| self.inner.time.to_clock(t)))
     }
 
-    /// Turns `owner`'s claim on an ID into a done mark. Completing twice is fine.
-    /// A claim whose lease ran out can still be completed as long as no other owner
-    /// has taken it since.
+    /// Turns `owner`'s claim into a done mark, in the open generation. Completing
+    /// twice is fine. A claim whose lease ran out can still be completed as long as
+    /// no other owner has taken it since (and the tracker still remembers it: see the
+    /// module docs).
     ///
     /// # Errors
     ///
@@ -149,66 +253,64 @@ impl Tracker {
         let id = checked_id(id.as_ref())?;
         let ns = self.namespace_handle(namespace)?;
         let me = OwnerFp::new(owner, ns.seed)?;
-        let outcome = self.with_found(&ns, id, Some(me), |ctx, found| match found {
-            Found::Exact {
-                generation,
-                value: MarkValue::Claimed { owner, .. },
-            } if owner == me => {
-                ctx.put_at(generation, MarkValue::Done { owner: Some(me) });
-                Ok(Decision::Write(()))
-            }
-            Found::Exact {
-                value: MarkValue::Claimed { until, .. },
-                ..
-            } => Err(Error::Conflict(format!(
-                "another owner holds the claim (lease until {until})"
-            ))),
-            Found::Exact {
-                value: MarkValue::Done { owner: Some(o) },
-                ..
-            } if o == me => Ok(Decision::Answer(())),
-            Found::Exact { .. } => {
-                Err(Error::Conflict("another owner already completed it".into()))
-            }
-            Found::Absent { .. } => Err(Error::Conflict(
-                "no claim to complete: never claimed, released, or outside the exact horizon"
-                    .into(),
-            )),
-        })?;
-        finish(outcome)
+        settle_simple(self.decide_one(&ns, id, |_| Ask::Complete(me))?)
     }
 
     /// Forgets `owner`'s claim so that a redelivery can take the ID. Releasing an ID
-    /// with no claim is fine (a retried release).
+    /// with no claim of this owner's (never claimed, already released, or another
+    /// owner's expired claim) is fine: a retried release succeeds.
     ///
     /// # Errors
     ///
-    /// [`Error::Conflict`] when another owner holds the claim or the ID is done;
+    /// [`Error::Conflict`] when another owner holds a live claim or the ID is done;
     /// validation and storage errors as for [`claim`](Self::claim).
     pub fn release(&self, namespace: &str, id: impl AsRef<[u8]>, owner: &str) -> Result<(), Error> {
         let id = checked_id(id.as_ref())?;
         let ns = self.namespace_handle(namespace)?;
         let me = OwnerFp::new(owner, ns.seed)?;
-        let outcome = self.with_found(&ns, id, Some(me), |ctx, found| match found {
-            Found::Exact {
-                generation,
-                value: MarkValue::Claimed { owner, .. },
-            } if owner == me => {
-                ctx.delete_at(generation);
-                Ok(Decision::Write(()))
+        settle_simple(self.decide_one(&ns, id, |_| Ask::Release(me))?)
+    }
+
+    /// Forgets claims that have been expired for as long as their lease was (see the
+    /// module docs). Called by [`Tracker::tick`].
+    pub(super) fn forget_expired_claims(&self) -> Result<(), Error> {
+        for ns in self.all_namespaces() {
+            let mut st = lock(&ns.state);
+            if st.deleted || st.closed {
+                continue;
             }
-            Found::Exact {
-                value: MarkValue::Claimed { until, .. },
-                ..
-            } => Err(Error::Conflict(format!(
-                "another owner holds the claim (lease until {until})"
-            ))),
-            Found::Exact { .. } => Err(Error::Conflict(
-                "the ID is done; a completed ID cannot be released".into(),
-            )),
-            Found::Absent { .. } => Ok(Decision::Answer(())),
-        })?;
-        finish(outcome)
+            let now = self.inner.time.now();
+            let gone: Vec<(u128, Box<[u8]>)> = st
+                .claims
+                .forgettable(now)
+                .into_iter()
+                // A claim being decided right now is that caller's to settle.
+                .filter(|(key, _)| st.flights.holder(*key).is_none())
+                .collect();
+            if gone.is_empty() {
+                continue;
+            }
+            let mut b = Batch::new();
+            for (_, id) in &gone {
+                delete_record(&mut b, ns.id, id);
+            }
+            self.inner.write(&b, false)?;
+            for (key, _) in gone {
+                st.claims.remove(key);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Finishes a completion or a release: writes what must be written, or reports why
+/// not.
+fn settle_simple(one: One<'_>) -> Result<(), Error> {
+    match one {
+        One::Answered(Decision::Nothing) => Ok(()),
+        One::Answered(Decision::Conflict(why)) => Err(Error::Conflict(why)),
+        One::Answered(other) => unreachable!("decided {other:?} without a write"),
+        One::Held(held) => held.commit(|_| {}),
     }
 }
 
@@ -218,9 +320,52 @@ fn checked_id(id: &[u8]) -> Result<&[u8], Error> {
         .map_err(|reason| Error::InvalidId { index: 0, reason })
 }
 
-fn finish<T>(outcome: Outcome<'_, T>) -> Result<T, Error> {
-    match outcome {
-        Outcome::Answered(t) => Ok(t),
-        Outcome::Reserved(t, reservation) => reservation.commit().map(|()| t),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::HashSeed;
+
+    #[test]
+    fn claim_records_round_trip_and_refuse_garbage() {
+        let claim = Claim {
+            id: b"job-1".as_slice().into(),
+            state: ClaimState {
+                owner: OwnerFp::new("w1", HashSeed::from_u64(3)).unwrap(),
+                until: Timestamp::from_millis(1_700_000_000_123),
+            },
+            lease: Duration::from_secs(30),
+        };
+        let bytes = encode(&claim);
+        let back = decode(b"claim:k", b"job-1", &bytes).unwrap();
+        assert_eq!(back.state, claim.state);
+        assert_eq!(back.lease, claim.lease);
+        assert_eq!(&*back.id, b"job-1");
+        assert!(decode(b"claim:k", b"job-1", &bytes[..24]).is_err());
+        let mut v2 = bytes;
+        v2[0] = 2;
+        let err = decode(b"claim:k", b"job-1", &v2).unwrap_err();
+        assert!(err.to_string().contains("claim:k"), "{err}");
+    }
+
+    #[test]
+    fn expired_claims_are_kept_as_long_as_their_lease() {
+        let mut table = ClaimTable::default();
+        let owner = OwnerFp::new("w", HashSeed::from_u64(1)).unwrap();
+        table.put(
+            7,
+            Claim {
+                id: b"a".as_slice().into(),
+                state: ClaimState {
+                    owner,
+                    until: Timestamp::from_millis(1_000),
+                },
+                lease: Duration::from_millis(500),
+            },
+        );
+        assert!(table.forgettable(Timestamp::from_millis(1_499)).is_empty());
+        assert_eq!(table.forgettable(Timestamp::from_millis(1_500)).len(), 1);
+        assert_eq!(table.get(7).map(|c| c.until.as_millis()), Some(1_000));
+        table.remove(7);
+        assert_eq!(table.len(), 0);
     }
 }

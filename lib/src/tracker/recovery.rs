@@ -1,39 +1,40 @@
-//! Start-up: reading a store back into namespaces and generation rings.
+//! Start-up: reading a store back into namespaces, generation rings and claims.
 //!
-//! # Rebasing the rings' clocks
+//! Every persisted time is in store time (see `time`), which resumes at the last
+//! heartbeat: nothing needs rebasing, whatever the wall clock did while the process
+//! was down.
 //!
-//! Ring timestamps were written by the previous run's clock. Comparing them with this
-//! run's clock would count the downtime, and any step of the wall clock while the
-//! process was down, as generation age: a clock set forward by an hour would seal the
-//! open generation at once and drop the oldest, forgetting its IDs early; a clock set
-//! back would keep the open generation open for the size of the step. So each ring is
-//! shifted onto this run's clock instead. The open generation had been open for
-//! `heartbeat - opened_at` when the previous run last recorded its clock (see
-//! `records::ClockRecord`); it reopens as if opened that long before now, and its
-//! older generations shift with it. Counted this way, a generation seals after its
-//! span of *running* time, which is never more than the real time that passed, so the
-//! remembering guarantee holds in real time however the wall clock moved.
-//!
-//! A heartbeat that is stale (a crash) or missing (a store written before heartbeats
-//! existed) undercounts the age, never overcounts it: the generation seals later,
-//! and its IDs are remembered longer.
+//! A sealed generation whose snapshot is missing or damaged is rebuilt from its exact
+//! table while it still has one, and its snapshot is saved again before anything can
+//! take the table away; a Bloom-only generation without a sound snapshot stops
+//! start-up with an error naming it, never an empty filter. A filter rebuilt from a
+//! table is sized as the one it replaces was, or for as many IDs as the table holds
+//! when those are more.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use super::{Durability, Inner, Namespace, State, Tracker, lock};
-use crate::clock::{Clock, Timestamp, duration_millis};
+use super::claims::{self, Claim, ClaimTable};
+use super::decide::ClaimState;
+use super::flight::key_of;
+use super::namespace::{Namespace, State};
+use super::rotation::rebuild_filter;
+use super::time::StoreTime;
+use super::{Durability, Inner, Tracker, health, lock};
+use crate::clock::{Clock, Timestamp};
 use crate::config::NamespaceConfig;
 use crate::error::Error;
-use crate::filter::BloomFilter;
+use crate::exact::MarkValue;
 use crate::generation::{Generation, GenerationId, GenerationRing};
 use crate::hash::HashSeed;
 use crate::id::NamespaceName;
 use crate::records::{
-    self, CleanRecord, ClockRecord, NamespaceRecord, RingRecord, clean_key, ring_key,
+    self, CleanRecord, ClockRecord, GenerationRecord, NamespaceRecord, RingRecord, clean_key,
+    ring_key,
 };
+use crate::sizing::{FilterSizing, size_filter};
 use crate::store::{Batch, NamespaceId, Store};
 
 impl Tracker {
@@ -43,13 +44,15 @@ impl Tracker {
         clock: Arc<dyn Clock>,
         default_config: NamespaceConfig,
     ) -> Result<Self, Error> {
-        match store.get_meta(records::FORMAT_KEY)? {
-            Some(f) if f == records::FORMAT_VALUE => {}
+        let from_v1 = match store.get_meta(records::FORMAT_KEY)? {
+            Some(f) if f == records::FORMAT_VALUE => false,
+            Some(f) if f == records::FORMAT_V1 => true,
             Some(f) => {
                 return Err(Error::Corrupt(format!(
-                    "the store's format is {:?}; this build reads {:?}",
+                    "the store's format is {:?}; this build reads {:?} (and upgrades {:?})",
                     String::from_utf8_lossy(&f),
-                    String::from_utf8_lossy(records::FORMAT_VALUE)
+                    String::from_utf8_lossy(records::FORMAT_VALUE),
+                    String::from_utf8_lossy(records::FORMAT_V1),
                 )));
             }
             None => {
@@ -61,8 +64,9 @@ impl Tracker {
                 let mut b = Batch::new();
                 b.put_meta(records::FORMAT_KEY, records::FORMAT_VALUE);
                 store.write(&b, true)?;
+                false
             }
-        }
+        };
 
         let heartbeat = match store.get_meta(records::CLOCK_KEY)? {
             Some(bytes) => Some(Timestamp::from_millis(
@@ -70,20 +74,26 @@ impl Tracker {
             )),
             None => None,
         };
-        let now = clock.now();
-        let rebase = Rebase { heartbeat, now };
+        let time = StoreTime::resume(clock, heartbeat);
+        let now = time.now();
 
         let mut namespaces = HashMap::new();
         let mut startup = Batch::new();
         for (key, value) in store.scan_meta(records::NS_PREFIX)? {
             let record: NamespaceRecord = records::decode(&key, &value)?;
-            let ns = load_namespace(&*store, record, rebase, &mut startup)?;
+            if from_v1 {
+                move_claims_out_of_exact_tables(&*store, &record)?;
+            }
+            let ns = load_namespace(&*store, record, &mut startup)?;
             namespaces.insert(ns.name.to_string(), Arc::new(ns));
         }
+        if from_v1 {
+            startup.put_meta(records::FORMAT_KEY, records::FORMAT_VALUE);
+            tracing::info!("store upgraded to format 2: claims have their own table");
+        }
         // One batch, before the first new mark can land: the open generations' clean
-        // snapshots are about to go stale, so forget them; and the rings rebased onto
-        // this run's clock go in with a heartbeat on that clock, so the store never
-        // holds one run's rings beside another run's heartbeat.
+        // snapshots are about to go stale, so forget them; and the heartbeat of this
+        // run's start.
         startup.put_meta(records::CLOCK_KEY, &records::encode(&ClockRecord::at(now)));
         store.write(&startup, true)?;
         remove_orphan_snapshots(&*store, &namespaces)?;
@@ -91,16 +101,20 @@ impl Tracker {
         let tracker = Self {
             inner: Arc::new(Inner {
                 store,
-                clock,
+                time,
                 durability,
                 namespaces: RwLock::new(namespaces),
                 admin: Mutex::new(()),
                 transactions: Mutex::new(()),
                 closed: AtomicBool::new(false),
                 heartbeat: AtomicU64::new(now.as_millis()),
-                health: super::health::Health::default(),
+                health: health::Health::default(),
             }),
         };
+        // Snapshots rebuilt above are saved before anything can take their tables.
+        for ns in tracker.all_namespaces() {
+            tracker.catch_up(&ns)?;
+        }
         if tracker.namespace_handle(NamespaceName::DEFAULT).is_err() {
             let _ = tracker.configure_namespace(NamespaceName::DEFAULT, default_config)?;
         }
@@ -108,41 +122,18 @@ impl Tracker {
     }
 }
 
-/// Moves persisted ring timestamps onto this run's clock (see the module docs).
-#[derive(Clone, Copy, Debug)]
-struct Rebase {
-    /// The previous run's last recorded clock reading, if any.
-    heartbeat: Option<Timestamp>,
-    /// This run's clock at start-up.
-    now: Timestamp,
-}
-
-impl Rebase {
-    /// Where an open generation opened at `opened_at` (previous run's clock) opens on
-    /// this run's clock: its age at the heartbeat before now. No heartbeat, or one
-    /// before `opened_at` (a clock set back during the previous run), counts no age.
-    fn opening(self, opened_at: Timestamp) -> Timestamp {
-        let age = self
-            .heartbeat
-            .map_or(Duration::ZERO, |h| h.saturating_since(opened_at));
-        Timestamp::from_millis(self.now.as_millis().saturating_sub(duration_millis(age)))
+/// The sizing a generation's filter had: as recorded, else (records from before
+/// sizings were kept) the namespace's configuration.
+fn recorded_sizing(g: &GenerationRecord, config: &NamespaceConfig) -> Result<FilterSizing, Error> {
+    match (g.capacity, g.fp_rate) {
+        (Some(capacity), Some(fp)) => size_filter(capacity, fp),
+        _ => Ok(config.filter_sizing()),
     }
-}
-
-/// `t` moved by `to - from`, saturating at both ends.
-fn shift(t: Timestamp, from: Timestamp, to: Timestamp) -> Timestamp {
-    let (t, from, to) = (t.as_millis(), from.as_millis(), to.as_millis());
-    Timestamp::from_millis(if to >= from {
-        t.saturating_add(to - from)
-    } else {
-        t.saturating_sub(from - to)
-    })
 }
 
 fn load_namespace(
     store: &dyn Store,
     record: NamespaceRecord,
-    rebase: Rebase,
     startup: &mut Batch,
 ) -> Result<Namespace, Error> {
     let name = NamespaceName::new(record.name.clone())
@@ -162,35 +153,33 @@ fn load_namespace(
         None => None,
     };
 
-    // The whole ring moves with its open generation, so its timeline stays in order.
-    let (from, to) = match ring_record.generations.last() {
-        Some(open) => {
-            let opened = Timestamp::from_millis(open.opened_at);
-            (opened, rebase.opening(opened))
-        }
-        None => (rebase.now, rebase.now),
-    };
-    let sizing = record.config.filter_sizing();
     let mut gens = Vec::with_capacity(ring_record.generations.len());
+    let mut unsaved = BTreeSet::new();
     for g in &ring_record.generations {
         let gid = GenerationId(g.id);
         let exact = gid >= floor;
-        let clean_open =
-            g.sealed_at.is_none() && clean.as_ref().is_some_and(|c| c.generation == g.id);
-        let (filter, ids) = if g.sealed_at.is_some() || clean_open {
+        let sizing = recorded_sizing(g, &record.config)?;
+        let open = g.sealed_at.is_none();
+        let clean_open = open && clean.as_ref().is_some_and(|c| c.generation == g.id);
+        let (filter, ids) = if open && !clean_open {
+            rebuild_filter(store, id, gid, sizing, seed)?
+        } else {
             match store.load_snapshot(id, gid) {
                 Ok(Some(filter)) => {
-                    let ids = match (&clean, g.sealed_at) {
-                        (Some(c), None) => c.ids,
+                    let ids = match (&clean, open) {
+                        (Some(c), true) => c.ids,
                         _ => g.ids,
                     };
                     (filter, ids)
                 }
-                Ok(None) if g.sealed_at.is_none() => rebuild(store, id, gid, sizing, seed)?,
-                Ok(None) if exact => {
-                    tracing::warn!(namespace = %name, generation = g.id, "snapshot missing; rebuilding the filter from the exact table");
-                    let (filter, _) = rebuild(store, id, gid, sizing, seed)?;
-                    (filter, g.ids)
+                Ok(None) if open => rebuild_filter(store, id, gid, sizing, seed)?,
+                Ok(None) | Err(_) if exact => {
+                    tracing::warn!(namespace = %name, generation = g.id, "snapshot missing or damaged; rebuilding the filter from the exact table");
+                    let (filter, rebuilt) = rebuild_filter(store, id, gid, sizing, seed)?;
+                    if !open {
+                        unsaved.insert(gid);
+                    }
+                    (filter, if open { rebuilt } else { g.ids })
                 }
                 Ok(None) => {
                     return Err(Error::Corrupt(format!(
@@ -198,22 +187,8 @@ fn load_namespace(
                         g.id
                     )));
                 }
-                Err(e) if exact => {
-                    tracing::warn!(namespace = %name, generation = g.id, error = %e, "damaged snapshot; rebuilding the filter from the exact table");
-                    let (filter, rebuilt_ids) = rebuild(store, id, gid, sizing, seed)?;
-                    (
-                        filter,
-                        if g.sealed_at.is_some() {
-                            g.ids
-                        } else {
-                            rebuilt_ids
-                        },
-                    )
-                }
                 Err(e) => return Err(e),
             }
-        } else {
-            rebuild(store, id, gid, sizing, seed)?
         };
         if filter.seed() != seed {
             return Err(Error::Corrupt(format!(
@@ -224,47 +199,74 @@ fn load_namespace(
         gens.push(Generation::from_parts(
             gid,
             filter,
-            shift(Timestamp::from_millis(g.opened_at), from, to),
-            g.sealed_at
-                .map(|t| shift(Timestamp::from_millis(t), from, to)),
+            Timestamp::from_millis(g.opened_at),
+            g.sealed_at.map(Timestamp::from_millis),
             ids,
         ));
     }
     let ring = GenerationRing::restore(record.config, seed, gens)
         .map_err(|e| Error::Corrupt(format!("namespace {name}: {e}")))?;
-    if from != to {
-        startup.put_meta(
-            &ring_key(id),
-            &records::encode(&RingRecord::of(&ring, floor)),
-        );
-    }
-    tracing::info!(namespace = %name, generations = ring.len(), "namespace recovered");
-    Ok(Namespace {
-        name,
-        id,
-        seed,
-        next_flight: AtomicU64::new(0),
-        state: Mutex::new(State::new(ring, floor)),
-    })
+    let claims = load_claims(store, id, seed)?;
+    tracing::info!(namespace = %name, generations = ring.len(), claims = claims.len(), "namespace recovered");
+    let mut state = State::new(ring, floor, claims);
+    state.unsaved = unsaved;
+    state.catch_up_due = true;
+    Ok(Namespace::new(name, id, seed, state))
 }
 
-/// Rebuilds a generation's filter from its exact table; returns it with the number
-/// of IDs in the table.
-fn rebuild(
+fn load_claims(store: &dyn Store, ns: NamespaceId, seed: HashSeed) -> Result<ClaimTable, Error> {
+    let prefix = records::claim_prefix(ns);
+    let mut table = ClaimTable::default();
+    for (key, value) in store.scan_meta(&prefix)? {
+        let id = &key[prefix.len()..];
+        let claim = claims::decode(&key, id, &value)?;
+        table.put(key_of(seed.hash(id)), claim);
+    }
+    Ok(table)
+}
+
+/// Format 1 kept claims as records inside the exact tables; moves each to the
+/// claims table (one batch per namespace: a crash midway leaves the format record at
+/// 1, and the next start moves what is left). Their filter bits stay behind, as
+/// format 1 set them: at worst a released claim of that era reads
+/// `probable_duplicate` once its generation turns Bloom-only.
+fn move_claims_out_of_exact_tables(
     store: &dyn Store,
-    ns: NamespaceId,
-    g: GenerationId,
-    sizing: crate::sizing::FilterSizing,
-    seed: HashSeed,
-) -> Result<(BloomFilter, u64), Error> {
-    let mut filter = BloomFilter::new(sizing, seed)?;
-    let mut ids = 0_u64;
-    store.scan_marks(ns, g, &mut |id, _| {
-        let _ = filter.insert(id);
-        ids += 1;
-        Ok(())
-    })?;
-    Ok((filter, ids))
+    record: &NamespaceRecord,
+) -> Result<(), Error> {
+    let id = NamespaceId(record.id);
+    let Some(ring_bytes) = store.get_meta(&ring_key(id))? else {
+        return Ok(());
+    };
+    let ring: RingRecord = records::decode(&ring_key(id), &ring_bytes)?;
+    let mut b = Batch::new();
+    let mut moved = 0_u64;
+    for g in ring.generations.iter().filter(|g| g.id >= ring.exact_floor) {
+        let gid = GenerationId(g.id);
+        store.scan_marks(id, gid, &mut |event, value| {
+            if let MarkValue::Claimed { owner, until } = MarkValue::decode(value)? {
+                b.delete_mark(id, gid, event);
+                claims::put_record(
+                    &mut b,
+                    id,
+                    &Claim {
+                        id: event.into(),
+                        state: ClaimState { owner, until },
+                        // Format 1 kept no lease: an expired claim is forgotten at
+                        // the next tick.
+                        lease: Duration::ZERO,
+                    },
+                );
+                moved += 1;
+            }
+            Ok(())
+        })?;
+    }
+    if moved > 0 {
+        store.write(&b, true)?;
+        tracing::info!(namespace = %record.name, claims = moved, "claims moved to their own table");
+    }
+    Ok(())
 }
 
 fn remove_orphan_snapshots(
@@ -285,57 +287,4 @@ fn remove_orphan_snapshots(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn t(ms: u64) -> Timestamp {
-        Timestamp::from_millis(ms)
-    }
-
-    #[test]
-    fn the_open_generation_keeps_its_age_at_the_heartbeat() {
-        let forward = Rebase {
-            heartbeat: Some(t(10_000)),
-            now: t(1_000_000),
-        };
-        assert_eq!(
-            forward.opening(t(4_000)),
-            t(994_000),
-            "6 s old, stepped forward"
-        );
-        let back = Rebase {
-            heartbeat: Some(t(10_000)),
-            now: t(7_000),
-        };
-        assert_eq!(back.opening(t(4_000)), t(1_000), "6 s old, stepped back");
-        assert_eq!(
-            back.opening(t(12_000)),
-            t(7_000),
-            "opened after the heartbeat: no age counted"
-        );
-        let none = Rebase {
-            heartbeat: None,
-            now: t(7_000),
-        };
-        assert_eq!(none.opening(t(4_000)), t(7_000), "no heartbeat: no age");
-        let early = Rebase {
-            heartbeat: Some(t(10_000)),
-            now: t(2_000),
-        };
-        assert_eq!(early.opening(t(0)), t(0), "saturates, undercounting");
-    }
-
-    #[test]
-    fn shifting_saturates_both_ways() {
-        assert_eq!(shift(t(5), t(10), t(30)), t(25));
-        assert_eq!(shift(t(5), t(30), t(10)), Timestamp::EPOCH);
-        assert_eq!(
-            shift(t(u64::MAX - 1), t(0), t(5)),
-            t(u64::MAX),
-            "saturates at the far future"
-        );
-    }
 }

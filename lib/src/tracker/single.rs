@@ -1,141 +1,220 @@
-//! Operations on one ID that read its record and maybe rewrite it (claims,
-//! transactions), with the same in-flight protection as check-and-mark.
+//! Operations on one ID (claims, completions, releases, transactions): decided under
+//! the namespace lock from everything known of the ID, and, when they must write,
+//! written with the ID held in flight, so that concurrent callers wait for them and
+//! then decide afresh from what they left.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::{Flight, Namespace, State, Tracker, key_of, lock};
+use super::claims::{self, Claim};
+use super::decide::{Ask, ClaimState, Decision, Known, decide};
+use super::flight::{Flight, FlightId, key_of};
+use super::namespace::{Namespace, State};
+use super::{ClaimOutcome, Tracker, lock};
 use crate::clock::Timestamp;
 use crate::error::Error;
-use crate::exact::{MarkValue, OwnerFp};
+use crate::exact::MarkValue;
 use crate::generation::{GenerationId, SealReason};
 use crate::hash::IdHash;
 use crate::store::Batch;
 
-/// What the store holds for an ID.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum Found {
-    /// An exact table holds it (the newest such generation).
-    Exact {
-        generation: GenerationId,
-        value: MarkValue,
-    },
-    /// No exact table holds it; `bloom_only` says whether a Bloom-only generation's
-    /// filter claims to have seen it.
-    Absent { bloom_only: bool },
+/// A decision about one ID: answered, or held in flight until written.
+pub(super) enum One<'a> {
+    /// Nothing to write.
+    Answered(Decision),
+    /// To be written with [`Held::commit`]; dropping it writes nothing.
+    Held(Held<'a>),
 }
 
-/// What an operation decided, under the namespace lock.
-pub(super) enum Decision<T> {
-    /// Answer now, write nothing.
-    Answer(T),
-    /// Write the context's batch, then answer.
-    Write(T),
-}
-
-/// The namespace state and a batch to fill, for one ID.
-pub(super) struct Ctx<'a> {
+/// A decision that must be written, its ID held in flight meanwhile. The generation
+/// a mark lands in is chosen only at [`commit`](Self::commit), so that a
+/// transaction's closure may take its time without holding anything but the ID.
+#[must_use]
+pub(super) struct Held<'a> {
     tracker: &'a Tracker,
     ns: &'a Namespace,
-    st: &'a mut State,
-    pub(super) batch: Batch,
     id: &'a [u8],
     h: IdHash,
-    pub(super) now: Timestamp,
-}
-
-impl Ctx<'_> {
-    /// Marks the ID into the open generation (sealing it first if full).
-    pub(super) fn mark_new(&mut self, value: MarkValue) -> Result<(), Error> {
-        if self.st.ring.current().ids() >= self.st.ring.config().generation_capacity() {
-            self.tracker
-                .rotate(self.ns, self.st, self.now, SealReason::Capacity)?;
-        }
-        self.st.ring.record_new(self.h);
-        let g = self.st.ring.current().id();
-        self.batch
-            .put_mark(self.ns.id, g, self.id, value.encode().as_slice());
-        Ok(())
-    }
-
-    /// Rewrites the ID's record where it was found.
-    pub(super) fn put_at(&mut self, generation: GenerationId, value: MarkValue) {
-        self.batch
-            .put_mark(self.ns.id, generation, self.id, value.encode().as_slice());
-    }
-
-    /// Deletes the ID's record where it was found.
-    pub(super) fn delete_at(&mut self, generation: GenerationId) {
-        self.batch.delete_mark(self.ns.id, generation, self.id);
-    }
-}
-
-/// A decided write whose ID is registered in flight: concurrent callers wait for it.
-/// [`commit`](Self::commit) writes it; dropping it aborts (nothing written, waiters
-/// decide again).
-#[must_use]
-pub(super) struct Reservation<'a> {
-    tracker: &'a Tracker,
-    ns: &'a Namespace,
-    key: u128,
-    flight_id: u64,
+    ask: Ask,
+    decision: Decision,
+    flight_id: FlightId,
     flight: Arc<Flight>,
-    pub(super) batch: Batch,
     finished: bool,
 }
 
-impl Reservation<'_> {
-    pub(super) fn commit(mut self) -> Result<(), Error> {
-        self.tracker.inner.heartbeat(&mut self.batch, false);
-        let written = self
-            .tracker
-            .inner
-            .write(&self.batch, self.tracker.sync_writes());
-        // Waiters decide afresh from the record itself, whatever the outcome: a
-        // claim, its completion, its release and a transaction leave different
-        // records, which "the write succeeded" cannot tell apart (a check-and-mark
-        // waiting on a release must find the ID gone and answer `new`).
-        self.finish();
+impl Held<'_> {
+    pub(super) const fn decision(&self) -> &Decision {
+        &self.decision
+    }
+
+    /// Writes the decision, with `extra` writes in the same batch (a transaction's),
+    /// and settles it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] or [`Error::UnknownNamespace`] when the tracker closed or
+    /// the namespace went meanwhile, a rotation's storage error, or the write's:
+    /// then nothing was written.
+    pub(super) fn commit(mut self, extra: impl FnOnce(&mut Batch)) -> Result<(), Error> {
+        let (tracker, ns, id) = (self.tracker, self.ns, self.id);
+        let mut batch = Batch::new();
+        let mut counted: Option<GenerationId> = None;
+        let mut claim: Option<Claim> = None;
+        {
+            let mut st = lock(&ns.state);
+            st.usable(&ns.name)?;
+            let now = tracker.inner.time.now();
+            match (&self.decision, self.ask) {
+                (Decision::MarkDone { clears_claim }, ask) => {
+                    let owner = match ask {
+                        Ask::Mark(owner) => owner,
+                        Ask::Complete(me) => Some(me),
+                        other => unreachable!("{other:?} marks nothing"),
+                    };
+                    let open = st.ring.current();
+                    if open.ids() >= open.seals_at() {
+                        tracker.rotate(ns, &mut st, now, SealReason::Capacity)?;
+                    }
+                    let g = st.ring.count_new();
+                    st.add_pending(g, 1);
+                    counted = Some(g);
+                    batch.put_mark(ns.id, g, id, MarkValue::Done { owner }.encode().as_slice());
+                    if *clears_claim {
+                        claims::delete_record(&mut batch, ns.id, id);
+                    }
+                }
+                (
+                    Decision::PutClaim(ClaimOutcome::Acquired { until, .. }),
+                    Ask::Claim { owner, lease, .. },
+                ) => {
+                    let held = Claim {
+                        id: id.into(),
+                        state: ClaimState {
+                            owner,
+                            until: *until,
+                        },
+                        lease,
+                    };
+                    claims::put_record(&mut batch, ns.id, &held);
+                    claim = Some(held);
+                }
+                (Decision::DeleteClaim, _) => claims::delete_record(&mut batch, ns.id, id),
+                (other, ask) => unreachable!("{ask:?} decided {other:?}, which writes nothing"),
+            }
+        }
+        extra(&mut batch);
+        tracker.inner.heartbeat(&mut batch, false);
+        let written = tracker.inner.write(&batch, tracker.sync_writes());
+        let ok = written.is_ok();
+        let catch_up = {
+            let mut st = lock(&ns.state);
+            let key = key_of(self.h);
+            if let Some(g) = counted {
+                st.settle_pending(g, 1);
+                if ok {
+                    st.ring.insert_landed(g, self.h);
+                } else {
+                    st.ring.unrecord(g, 1);
+                }
+            }
+            if ok {
+                match (&self.decision, claim) {
+                    (_, Some(claim)) => st.claims.put(key, claim),
+                    (Decision::MarkDone { clears_claim: true } | Decision::DeleteClaim, _) => {
+                        st.claims.remove(key);
+                    }
+                    _ => {}
+                }
+            }
+            self.let_go(&mut st);
+            st.catch_up_due
+        };
+        self.finished = true;
+        self.flight.finish();
+        if catch_up {
+            tracker.catch_up_logged(ns);
+        }
         written
     }
 
-    /// Takes the ID out of flight and has its waiters decide afresh.
-    fn finish(&mut self) {
-        self.finished = true;
-        {
-            let mut st = lock(&self.ns.state);
-            if st.inflight.get(&self.key) == Some(&self.flight_id) {
-                st.inflight.remove(&self.key);
-            }
-            st.flights.remove(&self.flight_id);
+    fn let_go(&self, st: &mut State) {
+        st.flights.let_go(key_of(self.h), self.flight_id);
+        st.flights.unregister(self.flight_id);
+        if !st.has_pending() {
+            self.ns.settled.notify_all();
         }
-        self.flight.finish(false);
     }
 }
 
-impl Drop for Reservation<'_> {
+impl Drop for Held<'_> {
     fn drop(&mut self) {
         if !self.finished {
-            self.finish();
+            self.finished = true;
+            let mut st = lock(&self.ns.state);
+            self.let_go(&mut st);
+            drop(st);
+            self.flight.finish();
         }
     }
-}
-
-/// What [`Tracker::with_found`] hands back.
-pub(super) enum Outcome<'a, T> {
-    Answered(T),
-    Reserved(T, Reservation<'a>),
 }
 
 impl Tracker {
-    /// The newest exact record of an ID, or whether only Bloom-only filters know it.
-    pub(super) fn find(
-        &self,
-        ns: &Namespace,
-        st: &State,
-        id: &[u8],
-        h: IdHash,
-    ) -> Result<Found, Error> {
+    /// Decides what `ask` (given the store time) means for one ID, after any write
+    /// of the same ID in flight has finished.
+    pub(super) fn decide_one<'a>(
+        &'a self,
+        ns: &'a Namespace,
+        id: &'a [u8],
+        ask: impl Fn(Timestamp) -> Ask,
+    ) -> Result<One<'a>, Error> {
+        let h = ns.seed.hash(id);
+        let key = key_of(h);
+        loop {
+            let mut st = lock(&ns.state);
+            st.usable(&ns.name)?;
+            let now = self.inner.time.now();
+            self.rotate_due(ns, &mut st, now)?;
+            if let Some((_, flight)) = st.flights.holder(key) {
+                let flight = Arc::clone(flight);
+                drop(st);
+                flight.wait();
+                continue;
+            }
+            let known = self.known(ns, &st, id, h)?;
+            let ask = ask(now);
+            let decision = decide(ask, known, now);
+            if !matches!(
+                decision,
+                Decision::MarkDone { .. } | Decision::PutClaim(_) | Decision::DeleteClaim
+            ) {
+                let catch_up = st.catch_up_due;
+                drop(st);
+                if catch_up {
+                    self.catch_up_logged(ns);
+                }
+                return Ok(One::Answered(decision));
+            }
+            let flight_id = ns.next_flight.fetch_add(1, Ordering::Relaxed);
+            let flight = Arc::new(Flight::default());
+            st.flights.register(flight_id, Arc::clone(&flight));
+            st.flights.hold(key, flight_id);
+            return Ok(One::Held(Held {
+                tracker: self,
+                ns,
+                id,
+                h,
+                ask,
+                decision,
+                flight_id,
+                flight,
+                finished: false,
+            }));
+        }
+    }
+
+    /// Everything known of one ID: its claim, its newest mark in an exact table (read
+    /// where a filter hits), and whether a Bloom-only filter holds it.
+    fn known(&self, ns: &Namespace, st: &State, id: &[u8], h: IdHash) -> Result<Known, Error> {
         let mut exact: Vec<(GenerationId, &[u8])> = Vec::new();
         let mut bloom_only = false;
         for g in st.ring.iter() {
@@ -147,86 +226,24 @@ impl Tracker {
                 }
             }
         }
+        let mut done = None;
         if !exact.is_empty() {
-            let values = self.inner.store.get_marks(ns.id, &exact)?;
-            for ((generation, _), value) in exact.iter().zip(values) {
-                if let Some(bytes) = value {
-                    return Ok(Found::Exact {
-                        generation: *generation,
-                        value: MarkValue::decode(&bytes)?,
-                    });
-                }
+            // Newest generation first: the first value found is the one that counts.
+            let newest = self
+                .inner
+                .store
+                .get_marks(ns.id, &exact)?
+                .into_iter()
+                .flatten()
+                .next();
+            if let Some(value) = newest {
+                done = Some(MarkValue::done_by(&value)?);
             }
         }
-        Ok(Found::Absent { bloom_only })
-    }
-
-    /// Runs `decide` for one ID under the namespace lock, after any in-flight write
-    /// of the same ID has finished. A `Write` decision comes back reserved.
-    pub(super) fn with_found<'a, T>(
-        &'a self,
-        ns: &'a Namespace,
-        id: &'a [u8],
-        owner: Option<OwnerFp>,
-        mut decide: impl FnMut(&mut Ctx<'_>, Found) -> Result<Decision<T>, Error>,
-    ) -> Result<Outcome<'a, T>, Error> {
-        let h = ns.seed.hash(id);
-        let key = key_of(h);
-        loop {
-            let mut st = lock(&ns.state);
-            Self::usable(ns, &st)?;
-            let now = self.inner.clock.now();
-            self.rotate_due(ns, &mut st, now)?;
-            if let Some(fid) = st.inflight.get(&key) {
-                let flight = Arc::clone(&st.flights[fid]);
-                drop(st);
-                let _ = flight.wait();
-                continue;
-            }
-            let found = self.find(ns, &st, id, h)?;
-            let mut ctx = Ctx {
-                tracker: self,
-                ns,
-                st: &mut st,
-                batch: Batch::new(),
-                id,
-                h,
-                now,
-            };
-            let decision = decide(&mut ctx, found)?;
-            let batch = ctx.batch;
-            return Ok(match decision {
-                Decision::Answer(t) => Outcome::Answered(t),
-                Decision::Write(t) => {
-                    let flight_id = ns.next_flight.fetch_add(1, Ordering::Relaxed);
-                    let flight = Arc::new(Flight::new(owner));
-                    st.inflight.insert(key, flight_id);
-                    st.flights.insert(flight_id, Arc::clone(&flight));
-                    Outcome::Reserved(
-                        t,
-                        Reservation {
-                            tracker: self,
-                            ns,
-                            key,
-                            flight_id,
-                            flight,
-                            batch,
-                            finished: false,
-                        },
-                    )
-                }
-            });
-        }
-    }
-
-    /// Refuses operations on a deleted namespace or a closed tracker.
-    pub(super) fn usable(ns: &Namespace, st: &State) -> Result<(), Error> {
-        if st.deleted {
-            return Err(Error::UnknownNamespace(ns.name.to_string()));
-        }
-        if st.closed {
-            return Err(Error::Closed);
-        }
-        Ok(())
+        Ok(Known {
+            claim: st.claims.get(key_of(h)),
+            done,
+            bloom_only,
+        })
     }
 }

@@ -7,10 +7,12 @@
 
 use std::collections::BTreeMap;
 
-use super::single::{Decision, Found, Outcome};
-use super::{Mode, Tracker, lock};
+use super::decide::{Ask, Decision};
+use super::mark::Mode;
+use super::single::One;
+use super::{Tracker, lock};
 use crate::error::Error;
-use crate::exact::{MarkValue, OwnerFp};
+use crate::exact::OwnerFp;
 use crate::id::EventId;
 use crate::records::checkpoint_prefix;
 use crate::store::{Batch, NamespaceId};
@@ -141,40 +143,21 @@ impl Tracker {
         let ns = self.namespace_handle(namespace)?;
         let me = owner.map(|o| OwnerFp::new(o, ns.seed)).transpose()?;
         let _serial = lock(&self.inner.transactions);
-        let outcome = self.with_found(&ns, id.as_bytes(), me, |ctx, found| {
-            Ok(match found {
-                Found::Exact {
-                    value: MarkValue::Done { owner },
-                    ..
-                } => Decision::Answer(if owner.is_some() && owner == me {
-                    Verdict::Replayed
-                } else {
-                    Verdict::Duplicate
-                }),
-                Found::Exact {
-                    value: MarkValue::Claimed { owner, until },
-                    ..
-                } if until > ctx.now && Some(owner) != me => {
-                    Decision::Answer(Verdict::InProgress { until })
-                }
-                Found::Exact { generation, .. } => {
-                    // Our own claim, or an expired one: the transaction completes it.
-                    ctx.put_at(generation, MarkValue::Done { owner: me });
-                    Decision::Write(Verdict::New)
-                }
-                Found::Absent { bloom_only: true } => Decision::Answer(Verdict::ProbableDuplicate),
-                Found::Absent { bloom_only: false } => {
-                    ctx.mark_new(MarkValue::Done { owner: me })?;
-                    Decision::Write(Verdict::New)
-                }
-            })
-        })?;
-        let mut reservation = match outcome {
-            Outcome::Answered(verdict) => return Ok(Transacted::Skipped(verdict)),
-            Outcome::Reserved(_, reservation) => reservation,
+        let held = match self.decide_one(&ns, id.as_bytes(), |_| Ask::Mark(me))? {
+            One::Answered(Decision::Verdict(verdict)) => {
+                return Ok(Transacted::Skipped(match verdict {
+                    Verdict::InProgress { until } => Verdict::InProgress {
+                        until: self.inner.time.to_clock(until),
+                    },
+                    other => other,
+                }));
+            }
+            One::Held(held) => held,
+            One::Answered(other) => unreachable!("a mark decided {other:?}"),
         };
-        // The ID is reserved in flight, but the namespace is unlocked: the closure
-        // may take its time without holding up other callers.
+        // The ID is held in flight, but the namespace is unlocked: the closure may
+        // take its time without holding up other callers. Should it fail, dropping
+        // the hold writes nothing and counts nothing.
         let mut tx = Transaction {
             tracker: self,
             ns: ns.id,
@@ -182,8 +165,7 @@ impl Tracker {
             checkpoints: Vec::new(),
         };
         let value = f(&mut tx)?;
-        tx.into_batch(&mut reservation.batch);
-        reservation.commit()?;
+        held.commit(|batch| tx.into_batch(batch))?;
         Ok(Transacted::Applied(value))
     }
 
@@ -237,8 +219,8 @@ impl Tracker {
     }
 
     /// [`check_and_mark`](Self::check_and_mark) that also stores a checkpoint in the
-    /// same atomic write as the batch's new marks, so "processed up to here" and
-    /// "these IDs are done" never disagree after a crash.
+    /// same atomic write as the batch's new marks (alone when none is new), so
+    /// "processed up to here" and "these IDs are done" never disagree after a crash.
     ///
     /// # Errors
     ///

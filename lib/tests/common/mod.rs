@@ -244,3 +244,116 @@ pub fn scratch_dir() -> tempfile::TempDir {
     }
     tempfile::tempdir().unwrap()
 }
+
+/// What a [`Hooked`] store does with a write: let it through or fail it.
+pub type WriteHook = Arc<dyn Fn(&Batch) -> Result<(), Error> + Send + Sync>;
+
+/// Wraps a store: every write first goes through a hook, which may block (to line
+/// up a race) or fail it (to inject a fault on chosen batches).
+pub struct Hooked {
+    inner: Box<dyn Store>,
+    hook: WriteHook,
+}
+
+impl std::fmt::Debug for Hooked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooked")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl Hooked {
+    pub fn wrap(inner: Box<dyn Store>, hook: WriteHook) -> Self {
+        Self { inner, hook }
+    }
+}
+
+/// Whether a batch puts a mark for `id`.
+pub fn marks_id(batch: &Batch, id: &[u8]) -> bool {
+    batch
+        .ops()
+        .any(|op| matches!(op, oncely::store::Op::PutMark { id: i, .. } if i == id))
+}
+
+pub fn injected() -> Error {
+    disk_full()
+}
+
+impl Store for Hooked {
+    fn persistent(&self) -> bool {
+        self.inner.persistent()
+    }
+    fn write(&self, batch: &Batch, sync: bool) -> Result<(), Error> {
+        (self.hook)(batch)?;
+        self.inner.write(batch, sync)
+    }
+    fn get_marks(
+        &self,
+        ns: NamespaceId,
+        keys: &[(GenerationId, &[u8])],
+    ) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        self.inner.get_marks(ns, keys)
+    }
+    fn scan_marks(
+        &self,
+        ns: NamespaceId,
+        generation: GenerationId,
+        visit: &mut MarkVisitor<'_>,
+    ) -> Result<(), Error> {
+        self.inner.scan_marks(ns, generation, visit)
+    }
+    fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.inner.get_meta(key)
+    }
+    fn scan_meta(&self, prefix: &[u8]) -> Result<Entries, Error> {
+        self.inner.scan_meta(prefix)
+    }
+    fn get_user(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.inner.get_user(key)
+    }
+    fn save_snapshot(
+        &self,
+        ns: NamespaceId,
+        g: GenerationId,
+        f: &BloomFilter,
+    ) -> Result<(), Error> {
+        self.inner.save_snapshot(ns, g, f)
+    }
+    fn load_snapshot(
+        &self,
+        ns: NamespaceId,
+        g: GenerationId,
+    ) -> Result<Option<BloomFilter>, Error> {
+        self.inner.load_snapshot(ns, g)
+    }
+    fn snapshot_generations(&self, ns: NamespaceId) -> Result<Vec<GenerationId>, Error> {
+        self.inner.snapshot_generations(ns)
+    }
+    fn snapshot_namespaces(&self) -> Result<Vec<NamespaceId>, Error> {
+        self.inner.snapshot_namespaces()
+    }
+    fn delete_snapshot(&self, ns: NamespaceId, g: GenerationId) -> Result<(), Error> {
+        self.inner.delete_snapshot(ns, g)
+    }
+    fn flush(&self) -> Result<(), Error> {
+        self.inner.flush()
+    }
+}
+
+/// A RocksDB tracker whose writes go through `hook`.
+pub fn open_hooked(
+    dir: &Path,
+    clock: &ManualClock,
+    config: NamespaceConfig,
+    hook: WriteHook,
+) -> Tracker {
+    let rocks = RocksStore::open(dir, small_rocks()).unwrap();
+    Tracker::builder()
+        .store(Box::new(Hooked::wrap(Box::new(rocks), hook)))
+        .durability(Durability::Flush)
+        .clock(Arc::new(clock.clone()))
+        .default_config(config)
+        .open()
+        .unwrap()
+}

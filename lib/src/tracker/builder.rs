@@ -1,0 +1,174 @@
+//! Opening a tracker: durability modes and the consuming builder.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::Tracker;
+use crate::clock::{Clock, SystemClock};
+use crate::config::NamespaceConfig;
+use crate::error::Error;
+use crate::store::{MemoryStore, RocksOptions, RocksStore, Store};
+
+/// When a mark counts as acknowledged.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// In RocksDB's write-ahead log, written to the OS: survives kill -9 of the
+    /// process.
+    #[default]
+    Flush,
+    /// The write-ahead log is fsynced (concurrent callers share one fsync): survives
+    /// power loss.
+    Sync,
+    /// In memory only: survives nothing. For tests and ephemeral use.
+    Memory,
+}
+
+impl Durability {
+    /// The mode's name: `flush`, `sync` or `memory`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Flush => "flush",
+            Self::Sync => "sync",
+            Self::Memory => "memory",
+        }
+    }
+}
+
+impl fmt::Display for Durability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Durability {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "flush" => Ok(Self::Flush),
+            "sync" => Ok(Self::Sync),
+            "memory" => Ok(Self::Memory),
+            other => Err(Error::InvalidConfig {
+                field: "durability",
+                reason: format!("{other:?} is not one of flush, sync, memory"),
+            }),
+        }
+    }
+}
+
+/// Opens a [`Tracker`]. A consuming builder: [`open`](Self::open) validates.
+#[must_use]
+pub struct TrackerBuilder {
+    path: Option<PathBuf>,
+    durability: Durability,
+    clock: Arc<dyn Clock>,
+    default_config: NamespaceConfig,
+    rocks: RocksOptions,
+    store: Option<Box<dyn Store>>,
+}
+
+impl fmt::Debug for TrackerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrackerBuilder")
+            .field("path", &self.path)
+            .field("durability", &self.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TrackerBuilder {
+    /// The data directory (required for `flush` and `sync`).
+    pub fn path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+
+    /// The durability mode (default `flush`).
+    pub const fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// The clock (default: the system clock). Tests pass a [`crate::ManualClock`].
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The configuration of the `default` namespace when it is first created.
+    pub fn default_config(mut self, config: NamespaceConfig) -> Self {
+        self.default_config = config;
+        self
+    }
+
+    /// RocksDB's memory budgets.
+    pub const fn rocks_options(mut self, options: RocksOptions) -> Self {
+        self.rocks = options;
+        self
+    }
+
+    /// A custom storage backend instead of RocksDB or memory (a distributed backend,
+    /// or a fault-injecting wrapper in tests). `durability` still decides whether
+    /// writes are synced.
+    pub fn store(mut self, store: Box<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Opens the tracker, recovering whatever the store holds.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a missing or superfluous path, storage errors,
+    /// and [`Error::Corrupt`] or [`Error::Snapshot`] naming what is damaged. A damaged
+    /// store is never opened as empty.
+    pub fn open(self) -> Result<Tracker, Error> {
+        let store: Box<dyn Store> = match (self.store, self.durability, self.path) {
+            (Some(store), _, None) => store,
+            (Some(_), _, Some(_)) => {
+                return Err(Error::InvalidConfig {
+                    field: "path",
+                    reason: "give either a path or a custom store, not both".into(),
+                });
+            }
+            (None, Durability::Memory, None) => Box::new(MemoryStore::new()),
+            (None, Durability::Memory, Some(path)) => {
+                return Err(Error::InvalidConfig {
+                    field: "path",
+                    reason: format!(
+                        "durability memory keeps nothing on disk, but a path was given ({})",
+                        path.display()
+                    ),
+                });
+            }
+            (None, _, Some(path)) => Box::new(RocksStore::open(path, self.rocks)?),
+            (None, d, None) => {
+                return Err(Error::InvalidConfig {
+                    field: "path",
+                    reason: format!("durability {d} needs a data directory"),
+                });
+            }
+        };
+        Tracker::recover(store, self.durability, self.clock, self.default_config)
+    }
+}
+
+impl Tracker {
+    /// A builder with the defaults: durability `flush`, the system clock, the default
+    /// namespace configuration.
+    pub fn builder() -> TrackerBuilder {
+        TrackerBuilder {
+            path: None,
+            durability: Durability::default(),
+            clock: Arc::new(SystemClock::new()),
+            default_config: NamespaceConfig::default(),
+            rocks: RocksOptions::default(),
+            store: None,
+        }
+    }
+}

@@ -1,0 +1,570 @@
+//! Batched check and check-and-mark (see "How a batch is decided" in the module
+//! above).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::claims;
+use super::decide::{Ask, Decision, Known, decide};
+use super::flight::{Flight, FlightId, key_of};
+use super::namespace::{Namespace, State};
+use super::{Tracker, lock, lock_briefly};
+use crate::error::Error;
+use crate::exact::{MarkValue, OwnerFp};
+use crate::generation::{GenerationId, SealReason};
+use crate::hash::IdHash;
+use crate::id::EventId;
+use crate::store::Batch;
+use crate::verdict::Verdict;
+
+#[derive(Clone, Copy)]
+pub(super) enum Mode {
+    Check,
+    Mark(Option<OwnerFp>),
+}
+
+impl Mode {
+    const fn ask(self) -> Ask {
+        match self {
+            Self::Check => Ask::Check,
+            Self::Mark(owner) => Ask::Mark(owner),
+        }
+    }
+}
+
+/// One call's fixed inputs.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    ns: &'a Namespace,
+    ids: &'a [EventId<'a>],
+    hashes: &'a [IdHash],
+    mode: Mode,
+    /// Give up with [`Error::WouldBlock`], before anything is written, rather than
+    /// wait (see [`Tracker::try_check_and_mark`]).
+    nonblocking: bool,
+}
+
+/// How one attempt at a call ended.
+enum Attempt {
+    Decided(Vec<Verdict>),
+    /// IDs of the call are held by other callers' writes: wait for these, then
+    /// start over.
+    Wait(Vec<Arc<Flight>>),
+    /// The exact horizon moved while IDs were looked up: start over.
+    Again,
+}
+
+/// What the locked first step found, for the last.
+struct Probe {
+    /// The generations that decide whether a lookup still holds.
+    epoch: (GenerationId, GenerationId, GenerationId),
+    /// Exact-table lookups, `(index, generation)`, grouped by index in ascending
+    /// order, newest generation first.
+    lookups: Vec<(usize, GenerationId)>,
+    /// Whether a Bloom-only generation's filter holds each ID.
+    bloom_only: Vec<bool>,
+}
+
+/// One attempt's flight and write.
+///
+/// Dropping it unfinished (an error, or a panic unwinding through it) settles it as
+/// failed: held IDs are let go, counts given back, and waiters woken to decide
+/// afresh.
+struct Pass<'a> {
+    ns: &'a Namespace,
+    hashes: &'a [IdHash],
+    flight: Arc<Flight>,
+    flight_id: FlightId,
+    /// Whether the flight is registered in the namespace state.
+    registered: bool,
+    finished: bool,
+    batch: Batch,
+    /// Indices this attempt marks new, with the generation each is counted in.
+    mine: Vec<(usize, GenerationId)>,
+    /// IDs counted into each generation, to settle after the write.
+    counted: Vec<(GenerationId, u64)>,
+    /// Indices whose claims the marks clear.
+    clears: Vec<usize>,
+    /// Indices held while looked up outside the lock.
+    reserved: Vec<usize>,
+    /// Whether the namespace had catching up to do when the attempt settled.
+    catch_up_due: bool,
+}
+
+impl<'a> Pass<'a> {
+    fn new(call: &Call<'a>) -> Self {
+        Self {
+            ns: call.ns,
+            hashes: call.hashes,
+            flight: Arc::new(Flight::default()),
+            flight_id: call.ns.next_flight.fetch_add(1, Ordering::Relaxed),
+            registered: false,
+            finished: false,
+            batch: Batch::with_capacity(
+                call.ids.len(),
+                call.ids.first().map_or(16, |id| id.as_bytes().len()),
+            ),
+            mine: Vec::new(),
+            counted: Vec::new(),
+            clears: Vec::new(),
+            reserved: Vec::new(),
+            catch_up_due: false,
+        }
+    }
+
+    fn count(&mut self, g: GenerationId) {
+        match self.counted.last_mut() {
+            Some((last, n)) if *last == g => *n += 1,
+            _ => self.counted.push((g, 1)),
+        }
+    }
+
+    /// Settles the attempt: on success the marks' bits go into their generations and
+    /// their claims are gone; either way the IDs are let go and waiters woken.
+    fn finish(&mut self, ok: bool) {
+        self.finished = true;
+        // An attempt that never registered (or gave up on the lock) holds nothing,
+        // and must not wait for the lock here either.
+        if self.registered {
+            let mut st = lock(&self.ns.state);
+            let fid = self.flight_id;
+            for &(i, g) in &self.mine {
+                if ok {
+                    st.ring.insert_landed(g, self.hashes[i]);
+                }
+                st.flights.let_go(key_of(self.hashes[i]), fid);
+            }
+            for &(g, n) in &self.counted {
+                st.settle_pending(g, n);
+                if !ok {
+                    st.ring.unrecord(g, n);
+                }
+            }
+            if ok {
+                for &i in &self.clears {
+                    st.claims.remove(key_of(self.hashes[i]));
+                }
+            }
+            for &i in &self.reserved {
+                st.flights.let_go(key_of(self.hashes[i]), fid);
+            }
+            st.flights.unregister(fid);
+            if !st.has_pending() {
+                self.ns.settled.notify_all();
+            }
+            self.catch_up_due = st.catch_up_due;
+        }
+        self.flight.finish();
+    }
+}
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.finish(false);
+        }
+    }
+}
+
+impl Tracker {
+    /// Checks and marks a batch of IDs atomically per ID: among any number of
+    /// concurrent callers marking the same ID, exactly one gets [`Verdict::New`].
+    ///
+    /// With an `owner`, the same owner marking an ID again gets
+    /// [`Verdict::Replayed`] (its original `new`) instead of `duplicate`, as long as
+    /// the mark is inside the exact horizon: a client whose response was lost can
+    /// retry safely. An owner token must identify one delivery attempt of one event
+    /// (draw a fresh one per delivery, reuse it only to retry the same call), never a
+    /// worker: a genuine redelivery to a worker that reused its token would come back
+    /// `Replayed` and be processed twice. Verdicts come back in the order of `ids`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidId`], [`Error::InvalidOwner`] or [`Error::UnknownNamespace`]
+    /// before anything is marked; storage errors, in which case nothing of the batch
+    /// was marked (a call writes once, all of its marks or none).
+    pub fn check_and_mark<T: AsRef<[u8]>>(
+        &self,
+        namespace: &str,
+        ids: &[T],
+        owner: Option<&str>,
+    ) -> Result<Vec<Verdict>, Error> {
+        let ids = EventId::batch(ids)?;
+        let ns = self.namespace_handle(namespace)?;
+        let owner = owner.map(|o| OwnerFp::new(o, ns.seed)).transpose()?;
+        self.run(&ns, &ids, Mode::Mark(owner), None, false)
+    }
+
+    /// [`check_and_mark`](Self::check_and_mark) for a caller that must not block,
+    /// such as an async runtime's worker thread.
+    ///
+    /// `Ok(None)` when the call would have had to wait, and then nothing is marked:
+    /// for another caller's write of one of the IDs, for a rotation (which writes a
+    /// snapshot), for an exact-table read from disk, for a RocksDB write stall, or
+    /// for an fsync (durability `sync`, always), for the namespace's lock when it
+    /// does not come free within a short spin. Make the call again with
+    /// `check_and_mark`, from a thread that may block. What remains is short:
+    /// handing the write to the operating system, and taking the lock back to
+    /// settle the call once it is written.
+    ///
+    /// # Errors
+    ///
+    /// As [`check_and_mark`](Self::check_and_mark).
+    pub fn try_check_and_mark<T: AsRef<[u8]>>(
+        &self,
+        namespace: &str,
+        ids: &[T],
+        owner: Option<&str>,
+    ) -> Result<Option<Vec<Verdict>>, Error> {
+        let ids = EventId::batch(ids)?;
+        let ns = self.namespace_handle(namespace)?;
+        let owner = owner.map(|o| OwnerFp::new(o, ns.seed)).transpose()?;
+        gave_up(self.run(&ns, &ids, Mode::Mark(owner), None, true))
+    }
+
+    /// Answers like [`check_and_mark`](Self::check_and_mark) without marking: `New`
+    /// here means unseen.
+    ///
+    /// # Errors
+    ///
+    /// As [`check_and_mark`](Self::check_and_mark).
+    pub fn check<T: AsRef<[u8]>>(&self, namespace: &str, ids: &[T]) -> Result<Vec<Verdict>, Error> {
+        let ids = EventId::batch(ids)?;
+        let ns = self.namespace_handle(namespace)?;
+        self.run(&ns, &ids, Mode::Check, None, false)
+    }
+
+    /// [`check`](Self::check) for a caller that must not block: `Ok(None)` when
+    /// the call would have had to wait (for another caller's write of one of the
+    /// IDs, for a rotation, for an exact-table read from disk, for a busy lock), as
+    /// [`try_check_and_mark`](Self::try_check_and_mark) does.
+    ///
+    /// # Errors
+    ///
+    /// As [`check`](Self::check).
+    pub fn try_check<T: AsRef<[u8]>>(
+        &self,
+        namespace: &str,
+        ids: &[T],
+    ) -> Result<Option<Vec<Verdict>>, Error> {
+        let ids = EventId::batch(ids)?;
+        let ns = self.namespace_handle(namespace)?;
+        gave_up(self.run(&ns, &ids, Mode::Check, None, true))
+    }
+
+    /// Decides a batch, writing at most once: its new marks and `extra` (a
+    /// checkpoint) in one atomic batch, or nothing.
+    ///
+    /// With `nonblocking`, the call gives up with [`Error::WouldBlock`] rather than
+    /// wait, before anything is written.
+    pub(super) fn run(
+        &self,
+        ns: &Namespace,
+        ids: &[EventId<'_>],
+        mode: Mode,
+        extra: Option<&Batch>,
+        nonblocking: bool,
+    ) -> Result<Vec<Verdict>, Error> {
+        let hashes: Vec<IdHash> = ids.iter().map(|id| ns.seed.hash(id.as_bytes())).collect();
+        let call = Call {
+            ns,
+            ids,
+            hashes: &hashes,
+            mode,
+            nonblocking,
+        };
+        loop {
+            match self.attempt(&call, extra)? {
+                Attempt::Decided(verdicts) => return Ok(verdicts),
+                Attempt::Wait(flights) => {
+                    for flight in flights {
+                        flight.wait();
+                    }
+                }
+                Attempt::Again => {}
+            }
+        }
+    }
+
+    /// One attempt at a call: a locked decision, maybe lookups outside the lock, and
+    /// the write.
+    fn attempt(&self, call: &Call<'_>, extra: Option<&Batch>) -> Result<Attempt, Error> {
+        let Call {
+            ns,
+            mode,
+            nonblocking,
+            ..
+        } = *call;
+        // Every write under `sync` waits for an fsync.
+        if nonblocking && matches!(mode, Mode::Mark(_)) && self.sync_writes() {
+            return Err(Error::WouldBlock);
+        }
+        let mut verdicts: Vec<Option<Verdict>> = vec![None; call.ids.len()];
+        // The pass exists before the lock is taken, so that on an error or a panic
+        // the lock is released (dropped first) before the pass settles, which takes
+        // the lock again.
+        let mut pass = Pass::new(call);
+        let probe = {
+            let mut st = if nonblocking {
+                lock_briefly(&ns.state).ok_or(Error::WouldBlock)?
+            } else {
+                lock(&ns.state)
+            };
+            st.usable(&ns.name)?;
+            let now = self.inner.time.now();
+            if st.ring.due(now).is_some() {
+                // A rotation writes a snapshot: a non-blocking call leaves it.
+                if nonblocking {
+                    return Err(Error::WouldBlock);
+                }
+                self.rotate_due(ns, &mut st, now)?;
+            }
+            let waits = held_elsewhere(&st, call.hashes);
+            if !waits.is_empty() {
+                if nonblocking {
+                    return Err(Error::WouldBlock);
+                }
+                return Ok(Attempt::Wait(waits));
+            }
+            st.flights
+                .register(pass.flight_id, Arc::clone(&pass.flight));
+            pass.registered = true;
+            let probe = probe(&st, call);
+            if probe.lookups.is_empty() {
+                self.settle(&mut st, call, &probe, &[], &mut pass, &mut verdicts)?;
+                None
+            } else {
+                // Exact-table lookups are disk reads: they run outside the lock, so
+                // that concurrent callers do not queue behind them, with every ID of
+                // a mark held so that no other caller decides one meanwhile.
+                if matches!(mode, Mode::Mark(_)) {
+                    for (i, &h) in call.hashes.iter().enumerate() {
+                        st.flights.hold(key_of(h), pass.flight_id);
+                        pass.reserved.push(i);
+                    }
+                }
+                Some(probe)
+            }
+        };
+        if let Some(probe) = probe {
+            crate::failpoint!("mark.before-lookup");
+            let values = self.lookup(call, &probe.lookups)?;
+            let mut st = lock(&ns.state);
+            st.usable(&ns.name)?;
+            if epoch(&st) != probe.epoch {
+                // A rotation or reconfiguration moved the exact horizon: what was
+                // looked up may no longer be the whole story.
+                if nonblocking {
+                    return Err(Error::WouldBlock);
+                }
+                return Ok(Attempt::Again);
+            }
+            self.settle(&mut st, call, &probe, &values, &mut pass, &mut verdicts)?;
+        }
+        crate::failpoint!("mark.after-filter");
+        if let Some(extra) = extra {
+            pass.batch.extend(extra);
+        }
+        let written = if pass.batch.is_empty() {
+            Ok(())
+        } else {
+            self.inner.heartbeat(&mut pass.batch, false);
+            if nonblocking {
+                self.inner.write_nonblocking(&pass.batch)
+            } else {
+                self.inner.write(&pass.batch, self.sync_writes())
+            }
+        };
+        pass.finish(written.is_ok());
+        written?;
+        if pass.catch_up_due && !nonblocking {
+            self.catch_up_logged(ns);
+        }
+        Ok(Attempt::Decided(
+            verdicts
+                .into_iter()
+                .map(|v| match v.expect("every ID is decided before the write") {
+                    Verdict::InProgress { until } => Verdict::InProgress {
+                        until: self.inner.time.to_clock(until),
+                    },
+                    other => other,
+                })
+                .collect(),
+        ))
+    }
+
+    /// The exact-table values of `lookups`, in order.
+    fn lookup(
+        &self,
+        call: &Call<'_>,
+        lookups: &[(usize, GenerationId)],
+    ) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        let keys: Vec<(GenerationId, &[u8])> = lookups
+            .iter()
+            .map(|&(i, g)| (g, call.ids[i].as_bytes()))
+            .collect();
+        if call.nonblocking {
+            self.inner.store.get_marks_cached(call.ns.id, &keys)
+        } else {
+            self.inner.store.get_marks(call.ns.id, &keys)
+        }
+    }
+
+    /// The locked last step: every ID is decided from what is known of it, and the
+    /// new ones are counted into the open generation, held, and put in the batch.
+    fn settle(
+        &self,
+        st: &mut State,
+        call: &Call<'_>,
+        probe: &Probe,
+        values: &[Option<Vec<u8>>],
+        pass: &mut Pass<'_>,
+        verdicts: &mut [Option<Verdict>],
+    ) -> Result<(), Error> {
+        let Call {
+            ns,
+            ids,
+            hashes,
+            mode,
+            nonblocking,
+        } = *call;
+        // The IDs held for the lookups are decided below, by this attempt.
+        for &i in &pass.reserved {
+            st.flights.let_go(key_of(hashes[i]), pass.flight_id);
+        }
+        pass.reserved.clear();
+        let now = self.inner.time.now();
+        let ask = mode.ask();
+
+        // Lookups of one ID are adjacent, newest generation first: the first value
+        // found is the one that counts.
+        let mut to_mark: Vec<(usize, bool)> = Vec::new();
+        let mut at = 0;
+        for (i, &h) in hashes.iter().enumerate() {
+            let mut done = None;
+            while at < probe.lookups.len() && probe.lookups[at].0 == i {
+                if done.is_none()
+                    && let Some(value) = &values[at]
+                {
+                    done = Some(MarkValue::done_by(value)?);
+                }
+                at += 1;
+            }
+            let known = Known {
+                claim: st.claims.get(key_of(h)),
+                done,
+                bloom_only: probe.bloom_only[i],
+            };
+            match decide(ask, known, now) {
+                Decision::Verdict(v) => verdicts[i] = Some(v),
+                Decision::MarkDone { clears_claim } => to_mark.push((i, clears_claim)),
+                other => unreachable!("a check or mark decided {other:?}"),
+            }
+        }
+        let Mode::Mark(owner) = mode else {
+            return Ok(());
+        };
+        // Nothing is changed yet: a non-blocking call may still give up where it
+        // would have to seal the open generation (which writes a snapshot).
+        let open = st.ring.current();
+        if nonblocking && open.ids() + to_mark.len() as u64 > open.seals_at() {
+            return Err(Error::WouldBlock);
+        }
+        // Input order decides which occurrence of a repeated ID is the new one, and
+        // which generation each ID lands in.
+        let value = MarkValue::Done { owner }.encode();
+        for (i, clears_claim) in to_mark {
+            let key = key_of(hashes[i]);
+            if let Some((holder, _)) = st.flights.holder(key) {
+                // Repeated within this batch (or, by a 2^-128 chance, a collision):
+                // every other holder was waited for before deciding.
+                debug_assert_eq!(holder, pass.flight_id);
+                verdicts[i] = Some(match owner {
+                    Some(_) => Verdict::Replayed,
+                    None => Verdict::Duplicate,
+                });
+                continue;
+            }
+            let open = st.ring.current();
+            if open.ids() >= open.seals_at() {
+                self.rotate(ns, st, now, SealReason::Capacity)?;
+            }
+            let g = st.ring.count_new();
+            st.add_pending(g, 1);
+            pass.count(g);
+            let id = ids[i].as_bytes();
+            pass.batch.put_mark(ns.id, g, id, value.as_slice());
+            if clears_claim {
+                claims::delete_record(&mut pass.batch, ns.id, id);
+                pass.clears.push(i);
+            }
+            st.flights.hold(key, pass.flight_id);
+            pass.mine.push((i, g));
+            verdicts[i] = Some(Verdict::New);
+        }
+        Ok(())
+    }
+}
+
+/// The flights holding any of `hashes`, each once.
+fn held_elsewhere(st: &State, hashes: &[IdHash]) -> Vec<Arc<Flight>> {
+    let mut waits: Vec<Arc<Flight>> = Vec::new();
+    if st.flights.is_empty() {
+        return waits;
+    }
+    for &h in hashes {
+        if let Some((_, flight)) = st.flights.holder(key_of(h))
+            && !waits.iter().any(|w| Arc::ptr_eq(w, flight))
+        {
+            waits.push(Arc::clone(flight));
+        }
+    }
+    waits
+}
+
+/// The locked first step: every generation's filter is probed (one generation at a
+/// time over the whole batch, so that each filter's cache misses overlap), and the
+/// exact-table lookups are collected.
+fn probe(st: &State, call: &Call<'_>) -> Probe {
+    let hits: Vec<(GenerationId, Vec<bool>)> = st
+        .ring
+        .iter()
+        .map(|g| (g.id(), g.filter().contains_batch(call.hashes)))
+        .collect();
+    let mut out = Probe {
+        epoch: epoch(st),
+        lookups: Vec::new(),
+        bloom_only: vec![false; call.hashes.len()],
+    };
+    for i in 0..call.hashes.len() {
+        for (g, hit) in &hits {
+            if hit[i] {
+                if *g >= st.exact_floor {
+                    out.lookups.push((i, *g));
+                } else {
+                    out.bloom_only[i] = true;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What decides whether a lookup made outside the lock still holds: the live
+/// generations and which of them keep exact tables.
+fn epoch(st: &State) -> (GenerationId, GenerationId, GenerationId) {
+    (
+        st.ring.oldest().id(),
+        st.exact_floor,
+        st.ring.current().id(),
+    )
+}
+
+/// A non-blocking call's answer: `None` where it gave up.
+fn gave_up(result: Result<Vec<Verdict>, Error>) -> Result<Option<Vec<Verdict>>, Error> {
+    match result {
+        Ok(verdicts) => Ok(Some(verdicts)),
+        Err(Error::WouldBlock) => Ok(None),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,352 @@
+//! Rotation, and everything that follows it: sealed generations' snapshots, the
+//! exact floor, and filters rebuilt before their tables go.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::namespace::{Namespace, State};
+use super::{Tracker, lock};
+use crate::clock::Timestamp;
+use crate::error::Error;
+use crate::filter::BloomFilter;
+use crate::generation::{GenerationId, SealReason};
+use crate::hash::HashSeed;
+use crate::records::{self, RingRecord, ring_key};
+use crate::sizing::{FilterSizing, size_filter};
+use crate::store::{Batch, NamespaceId, Store};
+
+impl Tracker {
+    pub(super) fn rotate_due(
+        &self,
+        ns: &Namespace,
+        st: &mut State,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        if let Some(reason) = st.ring.due(now) {
+            self.rotate(ns, st, now, reason)?;
+        }
+        Ok(())
+    }
+
+    /// Seals the open generation, persisting the new ring before it takes effect.
+    ///
+    /// The sealed generation's snapshot is saved now when every write into it has
+    /// settled, else once they have ([`catch_up`](Self::catch_up)); it keeps its
+    /// exact table until then. The floor moves as far as generations are ready for
+    /// it, in the same batch as the new ring.
+    pub(super) fn rotate(
+        &self,
+        ns: &Namespace,
+        st: &mut State,
+        now: Timestamp,
+        reason: SealReason,
+    ) -> Result<(), Error> {
+        let persistent = self.inner.store.persistent();
+        let old_floor = st.exact_floor;
+        let rotation = st.ring.rotate(now, reason)?;
+        let sealed = rotation.sealed;
+        let live = st.ring.generation(sealed).is_some();
+        let save_now = persistent && live && st.pending_in(sealed) == 0;
+        if persistent && live && !save_now {
+            st.unsaved.insert(sealed);
+        }
+        let floor = st.ready_floor(persistent);
+        let persisted = (|| {
+            if save_now && let Some(g) = st.ring.generation(sealed) {
+                self.inner.store.save_snapshot(ns.id, sealed, g.filter())?;
+            }
+            crate::failpoint!("rotation.after-snapshot");
+            let mut b = Batch::new();
+            b.put_meta(
+                &ring_key(ns.id),
+                &records::encode(&RingRecord::of(&st.ring, floor)),
+            );
+            if floor > old_floor {
+                b.drop_marks(ns.id, floor);
+            }
+            // The new generation's age starts now: a heartbeat of now lets a
+            // restart count it from here.
+            self.inner.heartbeat(&mut b, true);
+            self.inner.write(&b, self.sync_writes())
+        })();
+        if let Err(e) = persisted {
+            st.unsaved.remove(&sealed);
+            st.ring.undo(rotation);
+            return Err(e);
+        }
+        st.exact_floor = floor;
+        for g in &rotation.dropped {
+            st.unsaved.remove(&g.id());
+        }
+        st.catch_up_due = floor < st.wanted_floor() || !st.unsaved.is_empty();
+        // The new ring is committed and in effect; only tidying is left.
+        crate::failpoint!("rotation.before-drop");
+        tracing::debug!(
+            namespace = %ns.name,
+            sealed = rotation.sealed.0,
+            reason = ?rotation.reason,
+            dropped = rotation.dropped.len(),
+            "generation sealed"
+        );
+        for g in &rotation.dropped {
+            self.delete_snapshot_logged(ns, g.id());
+        }
+        Ok(())
+    }
+
+    /// Brings a namespace as far towards what its configuration asks as it can go
+    /// now: saves the snapshots of sealed generations whose writes have settled,
+    /// rebuilds the filter of the next generation to turn Bloom-only when it is
+    /// looser than the configuration now asks (see `State::needs_resize`), and moves
+    /// the exact floor past every generation ready for it.
+    ///
+    /// Called after a rotation or reconfiguration, by the last write to settle into a
+    /// sealed generation, at start-up, from [`Tracker::tick`] and at close. Cheap when
+    /// there is nothing to do.
+    pub(super) fn catch_up(&self, ns: &Namespace) -> Result<(), Error> {
+        let persistent = self.inner.store.persistent();
+        loop {
+            let mut st = lock(&ns.state);
+            if st.deleted {
+                return Ok(());
+            }
+            let outcome = self.catch_up_locked(ns, &mut st, persistent);
+            match outcome {
+                Ok(Some(resize)) => {
+                    st.resizing = Some(resize.generation);
+                    drop(st);
+                    let rebuilt = resize.run(&*self.inner.store, ns.id);
+                    let mut st = lock(&ns.state);
+                    st.resizing = None;
+                    match rebuilt {
+                        Ok(filter) => {
+                            if st.ring.replace_filter(resize.generation, filter) && persistent {
+                                st.unsaved.insert(resize.generation);
+                            }
+                        }
+                        Err(e) => {
+                            st.catch_up_due = true;
+                            return Err(e);
+                        }
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    st.catch_up_due = true;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// [`catch_up`](Self::catch_up) for callers that have already answered: a failure
+    /// only delays it (the generation stays exact meanwhile), so it is logged.
+    pub(super) fn catch_up_logged(&self, ns: &Namespace) {
+        if let Err(e) = self.catch_up(ns) {
+            tracing::warn!(namespace = %ns.name, error = %e, "could not save a sealed generation or move the exact horizon yet; will retry");
+        }
+    }
+
+    /// The locked part of [`catch_up`](Self::catch_up): `Some` when a filter must be
+    /// rebuilt outside the lock first.
+    fn catch_up_locked(
+        &self,
+        ns: &Namespace,
+        st: &mut State,
+        persistent: bool,
+    ) -> Result<Option<Resize>, Error> {
+        // Snapshots of sealed generations whose writes have settled.
+        let live: Vec<GenerationId> = st
+            .unsaved
+            .iter()
+            .copied()
+            .filter(|g| st.ring.generation(*g).is_some())
+            .collect();
+        st.unsaved.retain(|g| live.contains(g));
+        for g in live {
+            if st.pending_in(g) > 0 {
+                continue;
+            }
+            if persistent && let Some(generation) = st.ring.generation(g) {
+                self.inner
+                    .store
+                    .save_snapshot(ns.id, g, generation.filter())?;
+            }
+            st.unsaved.remove(&g);
+        }
+        // The next generation to lose its table, when its filter is too loose.
+        let wanted = st.wanted_floor();
+        let first = GenerationId(st.exact_floor.0.max(st.ring.oldest().id().0));
+        if first < wanted
+            && st.resizing.is_none()
+            && let Some(g) = st.ring.generation(first)
+            && g.sealed_at().is_some()
+            && st.pending_in(first) == 0
+            && st.needs_resize(g)
+        {
+            return Ok(Some(Resize {
+                generation: first,
+                ids: g.ids(),
+                fp_rate: st.ring.config().generation_fp_rate(),
+                seed: ns.seed,
+            }));
+        }
+        let floor = st.ready_floor(persistent);
+        if floor > st.exact_floor {
+            let mut b = Batch::new();
+            b.put_meta(
+                &ring_key(ns.id),
+                &records::encode(&RingRecord::of(&st.ring, floor)),
+            );
+            b.drop_marks(ns.id, floor);
+            self.inner.heartbeat(&mut b, false);
+            self.inner.write(&b, self.sync_writes())?;
+            st.exact_floor = floor;
+        }
+        st.catch_up_due = st.exact_floor < st.wanted_floor() || !st.unsaved.is_empty();
+        Ok(None)
+    }
+
+    pub(super) fn delete_snapshot_logged(&self, ns: &Namespace, g: GenerationId) {
+        // A leftover snapshot is only wasted disk, and start-up removes orphans.
+        if let Err(e) = self.inner.store.delete_snapshot(ns.id, g) {
+            tracing::warn!(namespace = %ns.name, generation = g.0, error = %e, "could not delete snapshot");
+        }
+    }
+
+    /// Seals every generation whose span has passed, catches up what rotations and
+    /// settled writes left to do, and forgets long-expired claims. The daemon calls
+    /// this from a background ticker, so idle namespaces rotate too.
+    ///
+    /// It also records the clock's heartbeat (at most once per second; a tiny,
+    /// unsynced write) when no mark did, so that the running time a crash can make a
+    /// restart miss stays about a second even while the tracker is idle.
+    ///
+    /// # Errors
+    ///
+    /// The first storage error; other namespaces are still ticked.
+    pub fn tick(&self) -> Result<(), Error> {
+        let mut first_error = None;
+        for ns in self.all_namespaces() {
+            let due = {
+                let mut st = lock(&ns.state);
+                if st.deleted || st.closed {
+                    // After close the open generation's final snapshot is written: a
+                    // seal now would contradict it.
+                    continue;
+                }
+                let now = self.inner.time.now();
+                if let Err(e) = self.rotate_due(&ns, &mut st, now) {
+                    first_error.get_or_insert(e);
+                }
+                st.catch_up_due
+            };
+            if due && let Err(e) = self.catch_up(&ns) {
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Err(e) = self.forget_expired_claims() {
+            first_error.get_or_insert(e);
+        }
+        if !self.inner.closed.load(Ordering::Acquire) {
+            let mut b = Batch::new();
+            self.inner.heartbeat(&mut b, false);
+            if !b.is_empty()
+                && let Err(e) = self.inner.write(&b, false)
+            {
+                // Only undercounts time after a crash; a failing store shows
+                // elsewhere.
+                tracing::debug!(error = %e, "could not record the clock heartbeat");
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Seals the open generation of a namespace now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownNamespace`], or a storage error (the ring is then unchanged).
+    pub fn rotate_namespace(&self, namespace: &str) -> Result<(), Error> {
+        let ns = self.namespace_handle(namespace)?;
+        let due = {
+            let mut st = lock(&ns.state);
+            st.usable(&ns.name)?;
+            let now = self.inner.time.now();
+            self.rotate(&ns, &mut st, now, SealReason::Manual)?;
+            st.catch_up_due
+        };
+        if due {
+            self.catch_up(&ns)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn all_namespaces(&self) -> Vec<Arc<Namespace>> {
+        self.inner
+            .namespaces
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// A filter to rebuild from a sealed generation's exact table, at the rate a
+/// Bloom-only generation must now meet, sized for the IDs the table holds.
+struct Resize {
+    generation: GenerationId,
+    ids: u64,
+    fp_rate: f64,
+    seed: HashSeed,
+}
+
+impl Resize {
+    fn run(&self, store: &dyn Store, ns: NamespaceId) -> Result<BloomFilter, Error> {
+        let sizing = size_filter(self.ids.max(1), self.fp_rate)?;
+        let (filter, _) = rebuild_filter(store, ns, self.generation, sizing, self.seed)?;
+        tracing::info!(
+            generation = self.generation.0,
+            ids = self.ids,
+            fp_rate = self.fp_rate,
+            "filter rebuilt from its exact table for the namespace's current rate"
+        );
+        Ok(filter)
+    }
+}
+
+/// Rebuilds a generation's filter from its exact table, sized for `sizing` or, when
+/// the table holds more IDs than that, for as many as it holds (a second scan).
+/// Returns the filter and the number of IDs in the table.
+pub(super) fn rebuild_filter(
+    store: &dyn Store,
+    ns: NamespaceId,
+    g: GenerationId,
+    sizing: FilterSizing,
+    seed: HashSeed,
+) -> Result<(BloomFilter, u64), Error> {
+    let (filter, ids) = scan_into(store, ns, g, sizing, seed)?;
+    if ids <= sizing.capacity {
+        return Ok((filter, ids));
+    }
+    let (filter, again) = scan_into(store, ns, g, size_filter(ids, sizing.fp_rate)?, seed)?;
+    Ok((filter, again))
+}
+
+fn scan_into(
+    store: &dyn Store,
+    ns: NamespaceId,
+    g: GenerationId,
+    sizing: FilterSizing,
+    seed: HashSeed,
+) -> Result<(BloomFilter, u64), Error> {
+    let mut filter = BloomFilter::new(sizing, seed)?;
+    let mut ids = 0_u64;
+    store.scan_marks(ns, g, &mut |id, _| {
+        let _ = filter.insert(id);
+        ids += 1;
+        Ok(())
+    })?;
+    Ok((filter, ids))
+}
