@@ -1,23 +1,36 @@
 //! A model test of the durable tracker: random operations against a RocksDB tracker
-//! and against a plain simulation of its generation ring, answer by answer.
+//! and against a plain simulation of its semantics, answer by answer.
 //!
-//! The model simulates the ring exactly as `generation.rs` and `tracker.rs` describe
-//! it:
+//! The operations mix everything that meets at the boundaries: marks (with and without
+//! an owner), checks, claims (acquired, renewed, taken over, expired), completions,
+//! releases, transactions that apply or fail, writes that fail (a store that refuses
+//! every write while told to), reconfigurations (capacity, ring size, exact horizon,
+//! span, with and without `drop_now`), manual and timed rotations, ticks, and reopens
+//! after a clean close or a drop, with the wall clock stepped forward or back while
+//! the tracker is down.
 //!
-//! * the open generation seals at the start of a non-empty check or mark (and on
-//!   `tick`) when it holds `generation_capacity` IDs or has been open for
-//!   `generation_span`; inside a mark, a new ID that would exceed the capacity seals
-//!   it first; `rotate_namespace` seals it now;
-//! * a seal opens the next generation at the current time and drops the oldest once
-//!   more than `generations` are live;
-//! * the newest `exact_generations` generations keep exact tables.
+//! The model simulates, independently of the tracker's code:
 //!
-//! Every answer must then be exact: `New` for IDs never marked or whose generation
-//! left the ring (so no false negatives inside the window and no false positives
-//! outside it), `Duplicate` (or `Replayed` for the same owner) for IDs in an exact
-//! generation, `ProbableDuplicate` exactly for IDs in a Bloom-only generation. The
-//! structure the tracker reports (generation ids, sealed, exact, ID counts, opening
-//! times) must match too, and none of it may change across a reopen.
+//! * the ring: the open generation seals at the start of an operation (and on
+//!   `tick`) when it holds as many IDs as it seals at, or has been open for
+//!   `generation_span`; inside a mark, a new ID that would exceed it seals it first;
+//!   a seal opens the next generation and drops the oldest beyond `generations`; the
+//!   newest `exact_generations` keep exact tables; a generation seals at the
+//!   capacity in force, never past its own filter's capacity, and earlier when its
+//!   filter would exceed the rate each generation must meet (after `generations` is
+//!   raised);
+//! * marks: an ID's latest landed mark, its generation and owner;
+//! * claims: owner, lease end and lease, apart from the generations; an expired
+//!   claim is forgotten by the tick after it has been expired as long as its lease;
+//! * time: store time, which resumes across a reopen where it stopped whatever the
+//!   wall clock did, and the offset of the caller's clock from it.
+//!
+//! Every answer must be exact: `New` for IDs never marked, given back, or whose
+//! generation left the ring; `Duplicate` (`Replayed` for the same owner) in an exact
+//! generation; `ProbableDuplicate` exactly in a Bloom-only one; `InProgress` while
+//! another owner's lease runs, with its end; a call that fails changes nothing. The
+//! structure the tracker reports (generations, seals, exact flags, counts, opening
+//! times on the caller's clock, claims held) must match too.
 //!
 //! The filters are sized for a false-positive rate of 1e-9 over a handful of IDs,
 //! and the seed is fixed, so a false positive cannot make a run flaky.
@@ -26,10 +39,15 @@ mod common;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{clock, open_rocks, ring_config, scratch_dir};
-use oncely::{ManualClock, NamespaceConfig, Tracker, Verdict};
+use common::{FaultHandle, clock, open_faulty, ring_config, scratch_dir};
+use oncely::sizing::{per_generation_fp, size_filter};
+use oncely::{
+    ClaimOutcome, DropPolicy, Error, ManualClock, NamespaceConfig, Timestamp, Tracker, Transacted,
+    Verdict,
+};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, RngSeed, TestCaseError};
 
@@ -37,31 +55,64 @@ const NS: &str = "default";
 const ALPHABET: u8 = 10;
 const OWNERS: [&str; 2] = ["alice", "bob"];
 const SPAN_MS: u64 = 5_000;
+const FP: f64 = 1e-9;
+const LEASES_MS: [u64; 3] = [1_000, 4_000, 12_000];
+
+/// A ring's shape: (generations, exact_generations, capacity, span in ms).
+type Shape = (u32, u32, u64, u64);
 
 #[derive(Clone, Debug)]
 enum Op {
     /// Check-and-mark a batch (IDs are indices into the alphabet), maybe as an owner.
     Mark(Vec<u8>, Option<usize>),
     Check(Vec<u8>),
+    Claim(u8, usize, u64),
+    Complete(u8, usize),
+    Release(u8, usize),
+    /// A transaction on one ID whose closure succeeds or fails.
+    Transact(u8, Option<usize>, bool),
+    /// Every write fails from now on (`true`), or succeeds again.
+    FailWrites(bool),
+    Reconfigure(Shape, bool),
     Rotate,
     Advance(u64),
-    /// Drop the tracker (after a clean `close` when `close` is set) and reopen the
-    /// same directory.
+    Tick,
+    /// Drop the tracker (after a clean `close` when `close` is set), step the wall
+    /// clock by `step` ms while it is down, and reopen. Faults clear first.
     Reopen {
         close: bool,
+        step: i64,
     },
-    Tick,
 }
 
 fn name(id: u8) -> String {
     format!("id-{id}")
 }
 
+fn shape() -> impl Strategy<Value = Shape> {
+    (
+        2_u32..=4,
+        2_u64..=4,
+        prop_oneof![Just(SPAN_MS), Just(8_000)],
+    )
+        .prop_flat_map(|(g, cap, span)| (Just(g), 1..=g, Just(cap), Just(span)))
+}
+
 fn op() -> impl Strategy<Value = Op> {
     let batch = || proptest::collection::vec(0..ALPHABET, 1..=6);
+    let id = || 0..ALPHABET;
+    let owner = || 0..OWNERS.len();
     prop_oneof![
-        6 => (batch(), proptest::option::of(0..OWNERS.len())).prop_map(|(b, o)| Op::Mark(b, o)),
+        6 => (batch(), proptest::option::of(owner())).prop_map(|(b, o)| Op::Mark(b, o)),
         3 => batch().prop_map(Op::Check),
+        3 => (id(), owner(), proptest::sample::select(LEASES_MS.to_vec()))
+            .prop_map(|(i, o, l)| Op::Claim(i, o, l)),
+        2 => (id(), owner()).prop_map(|(i, o)| Op::Complete(i, o)),
+        2 => (id(), owner()).prop_map(|(i, o)| Op::Release(i, o)),
+        2 => (id(), proptest::option::of(owner()), any::<bool>())
+            .prop_map(|(i, o, ok)| Op::Transact(i, o, ok)),
+        1 => any::<bool>().prop_map(Op::FailWrites),
+        1 => (shape(), any::<bool>()).prop_map(|(s, d)| Op::Reconfigure(s, d)),
         1 => Just(Op::Rotate),
         // Both sides of the span boundary, exactly on it, and far past it.
         2 => prop_oneof![
@@ -70,14 +121,10 @@ fn op() -> impl Strategy<Value = Op> {
             Just(SPAN_MS),
         ]
         .prop_map(Op::Advance),
-        1 => any::<bool>().prop_map(|close| Op::Reopen { close }),
         1 => Just(Op::Tick),
+        1 => (any::<bool>(), prop_oneof![Just(0_i64), Just(3_600_000), Just(-3_600_000)])
+            .prop_map(|(close, step)| Op::Reopen { close, step }),
     ]
-}
-
-/// (generations, exact_generations, capacity)
-fn shape() -> impl Strategy<Value = (u32, u32, u64)> {
-    (3_u32..=4, 1_u32..=2, 2_u64..=4)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,114 +135,207 @@ struct Gen {
     ids: u64,
 }
 
-#[derive(Debug)]
-struct Model {
-    generations: usize,
-    exact: u64,
-    capacity: u64,
-    span: u64,
-    now: u64,
-    /// Oldest first; the back is open.
-    ring: VecDeque<Gen>,
-    /// Each ID's latest marking: its generation and owner. Stale once the generation
-    /// has left the ring.
-    marks: HashMap<u8, (u64, Option<usize>)>,
+/// A generation in the model: what is reported, plus how its filter was sized.
+#[derive(Clone, Debug)]
+struct ModelGen {
+    shown: Gen,
+    /// The capacity and per-generation rate its filter was sized for.
+    sized: (u64, f64),
+    seal_at: u64,
 }
 
-/// How a mark or check asks: checks never replay.
+#[derive(Clone, Copy, Debug)]
+struct Claim {
+    owner: usize,
+    until: u64,
+    lease: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Model {
+    shape: Shape,
+    /// Store time, in ms.
+    now: u64,
+    /// The caller's clock minus store time, in ms.
+    skew: i64,
+    /// Oldest first; the back is open.
+    ring: VecDeque<ModelGen>,
+    /// Generations numbered from here up keep exact tables.
+    floor: u64,
+    /// Each ID's latest landed mark: its generation and owner. Stale once the
+    /// generation has left the ring.
+    marks: HashMap<u8, (u64, Option<usize>)>,
+    claims: HashMap<u8, Claim>,
+    failing: bool,
+}
+
+/// What the model expects of an operation.
+#[derive(Debug, PartialEq)]
+enum Expect<T> {
+    Ok(T),
+    /// The call fails and changes nothing.
+    Fails,
+}
+
+/// What a caller asks of one ID, as the model reads it.
 #[derive(Clone, Copy)]
-enum Asking {
+enum Ask {
     Check,
     Mark(Option<usize>),
 }
 
+fn sized_seal_at(sized: (u64, f64), shape: Shape) -> u64 {
+    let (generations, _, capacity, _) = shape;
+    let sizing = size_filter(sized.0, sized.1).unwrap();
+    capacity.min(sizing.capacity_at(per_generation_fp(FP, generations)))
+}
+
 impl Model {
-    fn new(generations: u32, exact: u32, capacity: u64, now: u64) -> Self {
+    fn new(shape: Shape, now: u64) -> Self {
+        let sized = (shape.2, per_generation_fp(FP, shape.0));
         Self {
-            generations: generations as usize,
-            exact: u64::from(exact),
-            capacity,
-            span: SPAN_MS,
+            shape,
             now,
-            ring: VecDeque::from([Gen {
-                id: 1,
-                opened_at: now,
-                sealed_at: None,
-                ids: 0,
+            skew: 0,
+            ring: VecDeque::from([ModelGen {
+                shown: Gen {
+                    id: 1,
+                    opened_at: now,
+                    sealed_at: None,
+                    ids: 0,
+                },
+                sized,
+                seal_at: sized_seal_at(sized, shape),
             }]),
+            floor: 1,
             marks: HashMap::new(),
+            claims: HashMap::new(),
+            failing: false,
         }
     }
 
-    fn open(&self) -> &Gen {
+    fn open(&self) -> &ModelGen {
         self.ring.back().unwrap()
     }
 
-    /// The oldest generation that keeps its exact table.
-    fn exact_floor(&self) -> u64 {
-        let newest = self.open().id;
-        newest
-            .saturating_sub(self.exact - 1)
-            .max(self.ring.front().unwrap().id)
+    fn oldest(&self) -> u64 {
+        self.ring.front().unwrap().shown.id
+    }
+
+    fn settle_floor(&mut self) {
+        let newest = self.open().shown.id;
+        let horizon = newest.saturating_sub(u64::from(self.shape.1) - 1);
+        self.floor = self.floor.max(horizon).max(self.oldest());
     }
 
     fn rotate(&mut self) {
         let now = self.now;
         let open = self.ring.back_mut().unwrap();
-        open.sealed_at = Some(now);
-        let id = open.id + 1;
-        self.ring.push_back(Gen {
-            id,
-            opened_at: now,
-            sealed_at: None,
-            ids: 0,
+        open.shown.sealed_at = Some(now);
+        let id = open.shown.id + 1;
+        let sized = (self.shape.2, per_generation_fp(FP, self.shape.0));
+        self.ring.push_back(ModelGen {
+            shown: Gen {
+                id,
+                opened_at: now,
+                sealed_at: None,
+                ids: 0,
+            },
+            sized,
+            seal_at: sized_seal_at(sized, self.shape),
         });
-        while self.ring.len() > self.generations {
+        while self.ring.len() > self.shape.0 as usize {
             let _ = self.ring.pop_front();
         }
+        self.settle_floor();
     }
 
-    fn rotate_if_due(&mut self) {
+    fn rotation_due(&self) -> bool {
         let open = self.open();
-        if open.ids >= self.capacity || self.now - open.opened_at >= self.span {
+        open.shown.ids >= open.seal_at || self.now - open.shown.opened_at >= self.shape.3
+    }
+
+    fn rotate_if_due(&mut self) -> bool {
+        let due = self.rotation_due();
+        if due {
             self.rotate();
         }
+        due
     }
 
-    /// The answer from the marks alone; `None` when the ID is unseen (a candidate
-    /// for `New`).
-    fn lookup(&self, id: u8, asking: Asking) -> Option<Verdict> {
+    /// The ID's landed mark, if its generation is live: `(exact, owner)`.
+    fn mark_of(&self, id: u8) -> Option<(bool, Option<usize>)> {
         let &(generation, owner) = self.marks.get(&id)?;
-        if generation < self.ring.front().unwrap().id {
-            return None;
+        (generation >= self.oldest()).then_some((generation >= self.floor, owner))
+    }
+
+    fn live_claim(&self, id: u8) -> Option<Claim> {
+        self.claims.get(&id).copied().filter(|c| c.until > self.now)
+    }
+
+    fn on_clock(&self, store_ms: u64) -> Timestamp {
+        Timestamp::from_millis(store_ms.saturating_add_signed(self.skew))
+    }
+
+    /// `None`: the ID is to be marked new (clearing any claim).
+    fn decide(&self, id: u8, ask: Ask) -> Option<Verdict> {
+        let mark = self.mark_of(id);
+        if let Some((true, by)) = mark {
+            return Some(match ask {
+                Ask::Mark(Some(me)) if by == Some(me) => Verdict::Replayed,
+                _ => Verdict::Duplicate,
+            });
         }
-        if generation < self.exact_floor() {
+        match (self.claims.get(&id), ask) {
+            (Some(c), Ask::Mark(Some(me))) if c.owner == me => return None,
+            (Some(c), _) if c.until > self.now => {
+                return Some(Verdict::InProgress {
+                    until: self.on_clock(c.until),
+                });
+            }
+            _ => {}
+        }
+        if mark.is_some() {
             return Some(Verdict::ProbableDuplicate);
         }
-        Some(match asking {
-            Asking::Mark(Some(me)) if owner == Some(me) => Verdict::Replayed,
-            _ => Verdict::Duplicate,
-        })
+        match ask {
+            Ask::Check => Some(Verdict::New),
+            Ask::Mark(_) => None,
+        }
     }
 
-    fn check(&mut self, batch: &[u8]) -> Vec<Verdict> {
-        self.rotate_if_due();
-        batch
+    /// Marks an ID new into the open generation, sealing it first when full.
+    fn mark_new(&mut self, id: u8, owner: Option<usize>) {
+        let open = self.open();
+        if open.shown.ids >= open.seal_at {
+            self.rotate();
+        }
+        let open = self.ring.back_mut().unwrap();
+        open.shown.ids += 1;
+        let generation = open.shown.id;
+        let _ = self.marks.insert(id, (generation, owner));
+        let _ = self.claims.remove(&id);
+    }
+
+    fn check(&mut self, batch: &[u8]) -> (Vec<Verdict>, bool) {
+        let wrote = self.rotate_if_due();
+        let verdicts = batch
             .iter()
-            .map(|&id| self.lookup(id, Asking::Check).unwrap_or(Verdict::New))
-            .collect()
+            .map(|&id| self.decide(id, Ask::Check).unwrap())
+            .collect();
+        (verdicts, wrote)
     }
 
-    fn mark(&mut self, batch: &[u8], owner: Option<usize>) -> Vec<Verdict> {
-        self.rotate_if_due();
-        // Every ID is decided against the ring as it stood at the start of the call;
-        // only then are the new ones added, in input order, sealing on the way.
+    fn mark(&mut self, batch: &[u8], owner: Option<usize>) -> (Vec<Verdict>, bool) {
+        let mut wrote = self.rotate_if_due();
+        // Every ID is decided against the state at the start of the call; only then
+        // are the new ones added, in input order, sealing on the way.
         let decided: Vec<Option<Verdict>> = batch
             .iter()
-            .map(|&id| self.lookup(id, Asking::Mark(owner)))
+            .map(|&id| self.decide(id, Ask::Mark(owner)))
             .collect();
         let mut marked_now = HashSet::new();
-        batch
+        let verdicts = batch
             .iter()
             .zip(decided)
             .map(|(&id, decided)| {
@@ -209,25 +349,144 @@ impl Model {
                         Verdict::Duplicate
                     };
                 }
-                if self.open().ids >= self.capacity {
-                    self.rotate();
-                }
-                let open = self.ring.back_mut().unwrap();
-                open.ids += 1;
-                let generation = open.id;
-                let _ = self.marks.insert(id, (generation, owner));
+                wrote = true;
+                self.mark_new(id, owner);
                 Verdict::New
             })
-            .collect()
+            .collect();
+        (verdicts, wrote)
     }
 
-    /// What `namespace_info` should report: newest first, with the exact flag.
+    fn claim(&mut self, id: u8, owner: usize, lease: u64) -> (ClaimOutcome, bool) {
+        let mut wrote = self.rotate_if_due();
+        let until = self.now + lease;
+        let outcome = if let Some((true, _)) = self.mark_of(id) {
+            ClaimOutcome::Duplicate
+        } else {
+            match self.claims.get(&id).copied() {
+                Some(c) if c.owner == owner => {
+                    wrote = true;
+                    let held = until.max(c.until);
+                    self.claims.insert(
+                        id,
+                        Claim {
+                            owner,
+                            until: held,
+                            lease,
+                        },
+                    );
+                    ClaimOutcome::Acquired {
+                        until: self.on_clock(held),
+                        replayed: c.until > self.now,
+                        taken_over: false,
+                    }
+                }
+                Some(c) if c.until > self.now => ClaimOutcome::InProgress {
+                    until: self.on_clock(c.until),
+                },
+                other if other.is_some() || self.mark_of(id).is_none() => {
+                    wrote = true;
+                    self.claims.insert(
+                        id,
+                        Claim {
+                            owner,
+                            until,
+                            lease,
+                        },
+                    );
+                    ClaimOutcome::Acquired {
+                        until: self.on_clock(until),
+                        replayed: false,
+                        taken_over: other.is_some(),
+                    }
+                }
+                _ => ClaimOutcome::ProbableDuplicate,
+            }
+        };
+        (outcome, wrote)
+    }
+
+    /// `Ok(())` or a conflict (`Err(())`), and whether it wrote.
+    fn complete(&mut self, id: u8, owner: usize) -> (Result<(), ()>, bool) {
+        let wrote = self.rotate_if_due();
+        match (self.claims.get(&id).copied(), self.mark_of(id)) {
+            (Some(c), _) if c.owner == owner => {
+                self.mark_new(id, Some(owner));
+                (Ok(()), true)
+            }
+            (Some(_), _) => (Err(()), wrote),
+            (None, Some((true, by))) if by == Some(owner) => (Ok(()), wrote),
+            _ => (Err(()), wrote),
+        }
+    }
+
+    fn release(&mut self, id: u8, owner: usize) -> (Result<(), ()>, bool) {
+        let wrote = self.rotate_if_due();
+        match (self.claims.get(&id).copied(), self.mark_of(id)) {
+            (Some(c), _) if c.owner == owner => {
+                let _ = self.claims.remove(&id);
+                (Ok(()), true)
+            }
+            (Some(c), _) if c.until > self.now => (Err(()), wrote),
+            (Some(_), _) | (None, None | Some((false, _))) => (Ok(()), wrote),
+            (None, Some((true, _))) => (Err(()), wrote),
+        }
+    }
+
+    /// The transaction's verdict (`New` when applied), and whether it wrote.
+    fn transact(&mut self, id: u8, owner: Option<usize>, ok: bool) -> (Verdict, bool) {
+        let wrote = self.rotate_if_due();
+        match self.decide(id, Ask::Mark(owner)) {
+            Some(v) => (v, wrote),
+            None if ok => {
+                self.mark_new(id, owner);
+                (Verdict::New, true)
+            }
+            None => (Verdict::New, wrote),
+        }
+    }
+
+    fn tick(&mut self) -> bool {
+        let rotated = self.rotate_if_due();
+        let now = self.now;
+        let before = self.claims.len();
+        self.claims.retain(|_, c| now < c.until + c.lease);
+        rotated || self.claims.len() != before
+    }
+
+    /// Whether `shape` would forget generations or exact tables at once.
+    fn would_drop(&self, shape: Shape) -> bool {
+        let (generations, exact, _, _) = shape;
+        let newest = self.open().shown.id;
+        let kept = (self.ring.len() as u64).min(u64::from(generations));
+        let new_oldest = newest + 1 - kept;
+        let horizon = newest.saturating_sub(u64::from(exact) - 1);
+        self.ring.len() as u64 > kept || horizon > self.floor.max(new_oldest)
+    }
+
+    fn reconfigure(&mut self, shape: Shape) {
+        self.shape = shape;
+        while self.ring.len() > shape.0 as usize {
+            let _ = self.ring.pop_front();
+        }
+        let open = self.ring.back_mut().unwrap();
+        open.seal_at = sized_seal_at(open.sized, shape);
+        self.settle_floor();
+    }
+
+    /// What `namespace_info` should report: newest first, with the exact flag, times
+    /// on the caller's clock.
     fn expected_info(&self) -> Vec<(Gen, bool)> {
-        let floor = self.exact_floor();
+        let on_clock = |t: u64| t.saturating_add_signed(self.skew);
         self.ring
             .iter()
             .rev()
-            .map(|g| (g.clone(), g.id >= floor))
+            .map(|g| {
+                let mut shown = g.shown.clone();
+                shown.opened_at = on_clock(shown.opened_at);
+                shown.sealed_at = shown.sealed_at.map(on_clock);
+                (shown, g.shown.id >= self.floor)
+            })
             .collect()
     }
 }
@@ -251,103 +510,251 @@ fn reported_info(t: &Tracker) -> Vec<(Gen, bool)> {
         .collect()
 }
 
-fn config(generations: u32, exact: u32, capacity: u64) -> NamespaceConfig {
+fn config(shape: Shape) -> NamespaceConfig {
+    let (generations, exact, capacity, span) = shape;
     ring_config(
         generations,
         exact,
         capacity,
-        Duration::from_millis(SPAN_MS),
-        1e-9,
+        Duration::from_millis(span),
+        FP,
     )
 }
 
-fn run(shape: (u32, u32, u64), ops: &[Op]) -> Result<(), TestCaseError> {
-    let (generations, exact, capacity) = shape;
+/// Runs the model's prediction of a call on a copy: a call that must write while
+/// writes fail is expected to fail and change nothing; otherwise the copy becomes
+/// the model.
+fn predict<T>(model: &mut Model, f: impl FnOnce(&mut Model) -> (T, bool)) -> Expect<T> {
+    let mut next = model.clone();
+    let (answer, wrote) = f(&mut next);
+    if wrote && model.failing {
+        return Expect::Fails;
+    }
+    *model = next;
+    Expect::Ok(answer)
+}
+
+fn outcome<T>(result: Result<T, Error>) -> Expect<T> {
+    match result {
+        Ok(t) => Expect::Ok(t),
+        Err(_) => Expect::Fails,
+    }
+}
+
+struct Harness {
+    dir: tempfile::TempDir,
+    clock: ManualClock,
+    tracker: Tracker,
+    fault: FaultHandle,
+}
+
+impl Harness {
+    fn open(dir: &Path, clock: &ManualClock, shape: Shape) -> (Tracker, FaultHandle) {
+        open_faulty(dir, clock, config(shape))
+    }
+}
+
+fn run(shape: Shape, ops: &[Op]) -> Result<(), TestCaseError> {
     let dir = scratch_dir();
     let c = clock();
-    let config = config(generations, exact, capacity);
-    let open = |dir: &Path, c: &ManualClock| open_rocks(dir, c, config.clone());
-    let mut t = open(dir.path(), &c);
-    let mut model = Model::new(generations, exact, capacity, now(&c));
+    let (tracker, fault) = Harness::open(dir.path(), &c, shape);
+    let mut h = Harness {
+        dir,
+        clock: c,
+        tracker,
+        fault,
+    };
+    let mut model = Model::new(shape, now(&h.clock));
 
     for (step, op) in ops.iter().enumerate() {
         let at = || format!("step {step}: {op:?}");
+        let t = &h.tracker;
         match op {
             Op::Mark(batch, owner) => {
                 let names: Vec<String> = batch.iter().map(|&i| name(i)).collect();
-                let got = t
-                    .check_and_mark(NS, &names, owner.map(|o| OWNERS[o]))
-                    .unwrap();
-                let want = model.mark(batch, *owner);
-                prop_assert_eq!(
-                    got,
-                    want,
-                    "tracker (left) vs model (right) at {}; model {:?}",
-                    at(),
-                    model
-                );
+                let got = outcome(t.check_and_mark(NS, &names, owner.map(|o| OWNERS[o])));
+                let want = predict(&mut model, |m| m.mark(batch, *owner));
+                prop_assert_eq!(got, want, "tracker (left) vs model (right) at {}", at());
             }
             Op::Check(batch) => {
                 let names: Vec<String> = batch.iter().map(|&i| name(i)).collect();
-                let got = t.check(NS, &names).unwrap();
-                let want = model.check(batch);
-                prop_assert_eq!(
-                    got,
-                    want,
-                    "tracker (left) vs model (right) at {}; model {:?}",
-                    at(),
-                    model
-                );
+                let got = outcome(t.check(NS, &names));
+                let want = predict(&mut model, |m| m.check(batch));
+                prop_assert_eq!(got, want, "tracker (left) vs model (right) at {}", at());
+            }
+            Op::Claim(id, owner, lease) => {
+                let got =
+                    outcome(t.claim(NS, name(*id), OWNERS[*owner], Duration::from_millis(*lease)));
+                let want = predict(&mut model, |m| m.claim(*id, *owner, *lease));
+                prop_assert_eq!(got, want, "tracker (left) vs model (right) at {}", at());
+            }
+            Op::Complete(id, owner) => {
+                let got = match t.complete(NS, name(*id), OWNERS[*owner]) {
+                    Ok(()) => Expect::Ok(Ok(())),
+                    Err(Error::Conflict(_)) => Expect::Ok(Err(())),
+                    Err(_) => Expect::Fails,
+                };
+                let want = predict(&mut model, |m| m.complete(*id, *owner));
+                prop_assert_eq!(got, want, "tracker (left) vs model (right) at {}", at());
+            }
+            Op::Release(id, owner) => {
+                let got = match t.release(NS, name(*id), OWNERS[*owner]) {
+                    Ok(()) => Expect::Ok(Ok(())),
+                    Err(Error::Conflict(_)) => Expect::Ok(Err(())),
+                    Err(_) => Expect::Fails,
+                };
+                let want = predict(&mut model, |m| m.release(*id, *owner));
+                prop_assert_eq!(got, want, "tracker (left) vs model (right) at {}", at());
+            }
+            Op::Transact(id, owner, ok) => {
+                let result: Result<Transacted<()>, Error> =
+                    t.transact(NS, name(*id), owner.map(|o| OWNERS[o]), |_| {
+                        if *ok {
+                            Ok(())
+                        } else {
+                            Err(Error::Refused("the effect failed".into()))
+                        }
+                    });
+                let got = match result {
+                    Ok(Transacted::Applied(())) => Expect::Ok(Verdict::New),
+                    Ok(Transacted::Skipped(v)) => Expect::Ok(v),
+                    Err(Error::Refused(_)) if !ok => Expect::Ok(Verdict::New),
+                    Err(_) => Expect::Fails,
+                };
+                let want = predict(&mut model, |m| m.transact(*id, *owner, *ok));
+                prop_assert_eq!(got, want, "tracker (left) vs model (right) at {}", at());
+            }
+            Op::FailWrites(on) => {
+                h.fault.fail_writes.store(*on, Ordering::SeqCst);
+                model.failing = *on;
+            }
+            Op::Reconfigure(next, drop_now) => {
+                let policy = if *drop_now {
+                    DropPolicy::DropNow
+                } else {
+                    DropPolicy::Refuse
+                };
+                let got = t.configure_namespace_with(NS, config(*next), policy);
+                if !drop_now && model.would_drop(*next) {
+                    prop_assert!(
+                        matches!(got, Err(Error::WouldDrop { .. })),
+                        "{}: expected WouldDrop, got {:?}",
+                        at(),
+                        got
+                    );
+                } else if model.failing {
+                    prop_assert!(got.is_err(), "{}: a failing store took it", at());
+                } else {
+                    prop_assert!(got.is_ok(), "{}: {:?}", at(), got);
+                    model.reconfigure(*next);
+                }
             }
             Op::Rotate => {
-                t.rotate_namespace(NS).unwrap();
-                model.rotate();
+                let got = outcome(t.rotate_namespace(NS));
+                let want = predict(&mut model, |m| {
+                    m.rotate();
+                    ((), true)
+                });
+                prop_assert_eq!(got, want, "{}", at());
             }
             Op::Advance(ms) => {
-                c.advance(Duration::from_millis(*ms));
+                h.clock.advance(Duration::from_millis(*ms));
                 model.now += ms;
             }
-            Op::Reopen { close } => {
-                let before = reported_info(&t);
+            Op::Tick => {
+                let got = outcome(t.tick());
+                let want = predict(&mut model, |m| ((), m.tick()));
+                prop_assert_eq!(got, want, "{}", at());
+            }
+            Op::Reopen { close, step } => {
+                h.fault.fail_writes.store(false, Ordering::SeqCst);
+                model.failing = false;
+                let before = reported_info(&h.tracker);
                 if *close {
-                    t.close().unwrap();
+                    h.tracker.close().unwrap();
                 }
-                drop(t);
-                t = open(dir.path(), &c);
+                let Harness {
+                    dir,
+                    clock,
+                    tracker,
+                    ..
+                } = h;
+                drop(tracker);
+                let stepped = now(&clock).saturating_add_signed(*step);
+                clock.set(Timestamp::from_millis(stepped));
+                model.skew += step;
+                let (tracker, fault) = Harness::open(dir.path(), &clock, model.shape);
+                h = Harness {
+                    dir,
+                    clock,
+                    tracker,
+                    fault,
+                };
+                let shifted: Vec<(Gen, bool)> = before
+                    .into_iter()
+                    .map(|(mut g, exact)| {
+                        g.opened_at = g.opened_at.saturating_add_signed(*step);
+                        g.sealed_at = g.sealed_at.map(|s| s.saturating_add_signed(*step));
+                        (g, exact)
+                    })
+                    .collect();
                 prop_assert_eq!(
-                    reported_info(&t),
-                    before,
+                    reported_info(&h.tracker),
+                    shifted,
                     "{}: reopening changed the ring",
                     at()
                 );
             }
-            Op::Tick => {
-                t.tick().unwrap();
-                model.rotate_if_due();
-            }
+        }
+        let info = h.tracker.namespace_info(NS).unwrap();
+        for g in &info.generations {
+            prop_assert!(
+                g.ids <= g.capacity,
+                "{}: generation {} holds {} IDs, sized for {}",
+                at(),
+                g.id,
+                g.ids,
+                g.capacity
+            );
         }
         prop_assert_eq!(
-            reported_info(&t),
-            model.expected_info(),
-            "ring: tracker (left) vs model (right) after {}",
+            info.claims,
+            model.claims.len() as u64,
+            "claims held after {}",
             at()
+        );
+        prop_assert_eq!(
+            reported_info(&h.tracker),
+            model.expected_info(),
+            "ring: tracker (left) vs model (right) after {}; model {:?}",
+            at(),
+            model
         );
     }
 
-    // Forgetting: `generations` seals with no new marks push every generation that
-    // held an ID out of the ring.
-    for _ in 0..generations {
-        t.rotate_namespace(NS).unwrap();
+    // Forgetting: with writes working, `generations` seals with no new marks push
+    // every generation that held an ID out of the ring; claims stay until their
+    // lease runs out.
+    h.fault.fail_writes.store(false, Ordering::SeqCst);
+    model.failing = false;
+    for _ in 0..model.shape.0 {
+        h.tracker.rotate_namespace(NS).unwrap();
         model.rotate();
     }
     let everything: Vec<u8> = (0..ALPHABET).collect();
     let names: Vec<String> = everything.iter().map(|&i| name(i)).collect();
-    let got = t.check(NS, &names).unwrap();
-    prop_assert!(
-        got.iter().all(|v| *v == Verdict::New),
-        "after {generations} rotations everything is forgotten: {got:?}"
-    );
-    prop_assert_eq!(got, model.check(&everything));
+    let got = h.tracker.check(NS, &names).unwrap();
+    for (i, v) in got.iter().enumerate() {
+        let claimed = model.live_claim(everything[i]).is_some();
+        prop_assert!(
+            *v == Verdict::New || (claimed && matches!(v, Verdict::InProgress { .. })),
+            "after {} rotations only live claims are remembered: {:?}",
+            model.shape.0,
+            got
+        );
+    }
+    let (want, _) = model.check(&everything);
+    prop_assert_eq!(got, want);
     Ok(())
 }
 
@@ -366,19 +773,19 @@ proptest! {
     })]
 
     #[test]
-    fn tracker_matches_the_ring_model(
+    fn tracker_matches_the_model(
         shape in shape(),
-        ops in proptest::collection::vec(op(), 1..48),
+        ops in proptest::collection::vec(op(), 1..64),
     ) {
         run(shape, &ops)?;
     }
 }
 
-/// A longer search, for after changes to rotation or recovery:
+/// A longer search, for after changes to rotation, claims or recovery:
 /// `cargo test -p oncely --test model -- --ignored`.
 #[test]
 #[ignore = "long: 1,000 cases"]
-fn tracker_matches_the_ring_model_long() {
+fn tracker_matches_the_model_long() {
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         cases: 1_000,
         rng_seed: RngSeed::Fixed(0x0_10_96),
@@ -387,7 +794,7 @@ fn tracker_matches_the_ring_model_long() {
     });
     runner
         .run(
-            &(shape(), proptest::collection::vec(op(), 1..96)),
+            &(shape(), proptest::collection::vec(op(), 1..128)),
             |(shape, ops)| run(shape, &ops),
         )
         .unwrap();

@@ -175,14 +175,17 @@ impl State {
             && !self.needs_resize(g)
     }
 
-    /// Whether a generation's filter is looser than a Bloom-only generation must be
-    /// under the configuration now in force: it holds more IDs than it was sized for
-    /// (an old store's rebuild), or was sized for a higher rate (before the target
-    /// was lowered or `generations` raised). Such a filter is rebuilt from its exact
-    /// table before the table goes.
+    /// Whether a sealed generation's filter, with the IDs it holds, answers false
+    /// positives above the rate each generation must meet under the configuration
+    /// now in force: it holds more IDs than it was sized for (a store from before
+    /// filters were sized per generation), or was filled for a looser rate (before
+    /// the target was lowered or `generations` raised). Such a filter is rebuilt from
+    /// its exact table while it still has one.
     pub(super) fn needs_resize(&self, g: &Generation) -> bool {
         let sizing = g.filter().sizing();
         let target = self.ring.config().generation_fp_rate();
-        g.ids() > sizing.capacity || sizing.fp_rate > target * (1.0 + 1e-9)
+        g.sealed_at().is_some()
+            && (g.ids() > sizing.capacity
+                || (sizing.fp_rate > target && sizing.fp_after(g.ids()) > target))
     }
 }

@@ -96,9 +96,9 @@ impl Tracker {
 
     /// Brings a namespace as far towards what its configuration asks as it can go
     /// now: saves the snapshots of sealed generations whose writes have settled,
-    /// rebuilds the filter of the next generation to turn Bloom-only when it is
-    /// looser than the configuration now asks (see `State::needs_resize`), and moves
-    /// the exact floor past every generation ready for it.
+    /// rebuilds from their exact tables the filters that are looser than the
+    /// configuration now asks (see `State::needs_resize`), and moves the exact floor
+    /// past every generation ready for it.
     ///
     /// Called after a rotation or reconfiguration, by the last write to settle into a
     /// sealed generation, at start-up, from [`Tracker::tick`] and at close. Cheap when
@@ -174,18 +174,20 @@ impl Tracker {
             }
             st.unsaved.remove(&g);
         }
-        // The next generation to lose its table, when its filter is too loose.
-        let wanted = st.wanted_floor();
-        let first = GenerationId(st.exact_floor.0.max(st.ring.oldest().id().0));
-        if first < wanted
-            && st.resizing.is_none()
-            && let Some(g) = st.ring.generation(first)
-            && g.sealed_at().is_some()
-            && st.pending_in(first) == 0
-            && st.needs_resize(g)
+        // A sealed generation with its table whose filter is too loose for the rate
+        // now asked, oldest first (the next to turn Bloom-only). All of them, not
+        // only the next: after a reconfiguration every exact generation meets the
+        // new rate before the next rotation, which then moves the floor at once.
+        if st.resizing.is_none()
+            && let Some(g) = st
+                .ring
+                .iter()
+                .rev()
+                .filter(|g| g.id() >= st.exact_floor && st.pending_in(g.id()) == 0)
+                .find(|g| st.needs_resize(g))
         {
             return Ok(Some(Resize {
-                generation: first,
+                generation: g.id(),
                 ids: g.ids(),
                 fp_rate: st.ring.config().generation_fp_rate(),
                 seed: ns.seed,
