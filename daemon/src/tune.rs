@@ -357,6 +357,7 @@ pub fn render_text(r: &TuneReport) -> String {
     let layout = match r.layout {
         Layout::Blocked => "blocked: an ID's bits share one 512-bit block (one cache line)",
         Layout::Standard => "standard: an ID's bits spread over the whole filter",
+        Layout::StandardV1 => "standard (first version): an ID's bits spread over the whole filter",
     };
     let _ = writeln!(s, "  layout           {layout}");
     let _ = writeln!(

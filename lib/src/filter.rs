@@ -168,7 +168,7 @@ impl BloomFilter {
                 let i = self.block_index(h);
                 mark_in_block(self.blocks[i].words_mut(), h, k)
             }
-            Layout::Standard => self.mark_standard(h),
+            Layout::Standard | Layout::StandardV1 => self.mark_standard(h),
         };
         self.inserted += u64::from(!present);
         present
@@ -196,7 +196,7 @@ impl BloomFilter {
                 h,
                 self.sizing.hashes,
             ),
-            Layout::Standard => self.test_standard(h),
+            Layout::Standard | Layout::StandardV1 => self.test_standard(h),
         }
     }
 
@@ -209,7 +209,7 @@ impl BloomFilter {
                 h,
                 self.sizing.hashes,
             ),
-            Layout::Standard => self.test_standard(h),
+            Layout::Standard | Layout::StandardV1 => self.test_standard(h),
         }
     }
 
@@ -277,7 +277,7 @@ impl BloomFilter {
             // A probe picks a block uniformly, then k positions in it: the exact
             // expectation over the blocks as they are.
             Layout::Blocked => block_fp_sum / self.blocks.len() as f64,
-            Layout::Standard => fill_ratio.powi(k as i32),
+            Layout::Standard | Layout::StandardV1 => fill_ratio.powi(k as i32),
         };
         FilterStats {
             bits,
@@ -294,13 +294,25 @@ impl BloomFilter {
         fast_range(h.lo, self.blocks.len() as u64) as usize
     }
 
-    /// The standard layout's positions: enhanced double hashing over all bits.
+    /// The standard layout's positions over all bits.
+    ///
+    /// Position `i` is the `i`-th step of a double-hashing sequence (`lo + i * hi`,
+    /// `hi` odd, so the steps differ), remixed before the multiply-shift reduction so
+    /// that every bit of both halves reaches the position: without the remix only the
+    /// top bits of each step survive the reduction, and a small filter sized for a
+    /// low rate answers far above it (see [`Layout::StandardV1`], kept for the
+    /// snapshots written that way).
     #[inline]
     fn positions(&self, h: IdHash) -> impl Iterator<Item = u64> + use<> {
         let bits = self.sizing.bits;
+        let remixed = self.sizing.layout != Layout::StandardV1;
         let (mut a, mut b) = (h.lo, h.hi | 1);
         (0..u64::from(self.sizing.hashes)).map(move |i| {
-            let pos = fast_range(a, bits);
+            let pos = if remixed {
+                fast_range(remix(h.lo.wrapping_add(i.wrapping_mul(h.hi | 1))), bits)
+            } else {
+                fast_range(a, bits)
+            };
             a = a.wrapping_add(b);
             b = b.wrapping_add(i);
             pos
@@ -333,7 +345,7 @@ impl BloomFilter {
     const fn stride(&self) -> usize {
         match self.sizing.layout {
             Layout::Blocked => 128,
-            Layout::Standard => 16,
+            Layout::Standard | Layout::StandardV1 => 16,
         }
     }
 
@@ -349,7 +361,7 @@ impl BloomFilter {
                     sink ^= self.blocks[self.block_index(h)].words()[0];
                 }
             }
-            Layout::Standard => {
+            Layout::Standard | Layout::StandardV1 => {
                 for &h in hashes {
                     for pos in self.positions(h) {
                         sink ^= self.blocks[split(pos).0].words()[0];
@@ -866,7 +878,7 @@ mod tests {
 
     #[test]
     fn insert_is_check_and_mark() {
-        for layout in [Layout::Blocked, Layout::Standard] {
+        for layout in [Layout::Blocked, Layout::Standard, Layout::StandardV1] {
             let sizing = sizing::size_filter_with_layout(10_000, 0.01, layout).unwrap();
             let mut f = BloomFilter::new(sizing, HashSeed::from_u64(1)).unwrap();
             assert!(!f.contains(b"a"));
@@ -879,7 +891,7 @@ mod tests {
 
     #[test]
     fn no_false_negatives_and_batches_agree_with_singles() {
-        for layout in [Layout::Blocked, Layout::Standard] {
+        for layout in [Layout::Blocked, Layout::Standard, Layout::StandardV1] {
             let sizing = sizing::size_filter_with_layout(5_000, 0.01, layout).unwrap();
             let mut single = BloomFilter::new(sizing, HashSeed::from_u64(3)).unwrap();
             let mut batch = single.clone();
@@ -1043,6 +1055,7 @@ mod tests {
         let digests: Vec<u32> = [
             (Layout::Blocked, 0.01),
             (Layout::Blocked, 1e-4),
+            (Layout::StandardV1, 0.01),
             (Layout::Standard, 0.01),
         ]
         .into_iter()
@@ -1061,7 +1074,28 @@ mod tests {
             crc32fast::hash(&snapshot[..snapshot.len() - CHECKSUM_LEN])
         })
         .collect();
-        assert_eq!(digests, [0xc903_2d15, 0xb06a_3386, 0xf2a8_aad1]);
+        assert_eq!(
+            digests,
+            [0xc903_2d15, 0xb06a_3386, 0xf2a8_aad1, 0x6e4f_ddfd]
+        );
+    }
+
+    /// A small filter sized for a very low rate: 4,000 IDs at 3e-11 (35 positions
+    /// each, standard layout). In 20M probes theory expects 6e-4 false positives; the
+    /// first standard layout, whose positions kept only the top bits of each step,
+    /// gave 5 (2.5e-7).
+    #[test]
+    fn a_small_filter_for_a_low_rate_meets_it() {
+        let sizing = size_filter(4_000, 3e-11).unwrap();
+        assert_eq!(sizing.layout, Layout::Standard);
+        let mut f = BloomFilter::new(sizing, HashSeed::from_u64(5)).unwrap();
+        for i in 0..4_000_u64 {
+            let _ = f.insert(&i.to_le_bytes());
+        }
+        let false_positives = (1_000_000_u64..21_000_000)
+            .filter(|i| f.contains(&i.to_le_bytes()))
+            .count();
+        assert!(false_positives <= 1, "{false_positives} false positives");
     }
 
     #[test]

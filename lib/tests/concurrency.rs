@@ -143,6 +143,16 @@ fn race_with(
 /// Asserts that every ID got exactly one `New` and `Duplicate` everywhere else;
 /// returns, per ID, the thread that got the `New`.
 fn assert_one_new_each(ids: &[u32], answers: &[Answers]) -> Vec<Option<usize>> {
+    assert_one_new_each_else(ids, answers, |v| v == Verdict::Duplicate)
+}
+
+/// Asserts that every ID got exactly one `New`, and an answer `other` accepts
+/// everywhere else.
+fn assert_one_new_each_else(
+    ids: &[u32],
+    answers: &[Answers],
+    other: fn(Verdict) -> bool,
+) -> Vec<Option<usize>> {
     let n = ids.iter().max().map_or(0, |&m| m as usize + 1);
     let mut winner: Vec<Option<usize>> = vec![None; n];
     let mut wrong: Vec<String> = Vec::new();
@@ -159,8 +169,8 @@ fn assert_one_new_each(ids: &[u32], answers: &[Answers]) -> Vec<Option<usize>> {
                         wrong.push(format!("{}: New for threads {first} and {t}", id(i)));
                     }
                 }
-                Verdict::Duplicate => {}
-                other => wrong.push(format!("{}: {other:?} for thread {t}", id(i))),
+                v if other(v) => {}
+                v => wrong.push(format!("{}: {v:?} for thread {t}", id(i))),
             }
         }
     }
@@ -169,6 +179,7 @@ fn assert_one_new_each(ids: &[u32], answers: &[Answers]) -> Vec<Option<usize>> {
         .copied()
         .filter(|&i| winner[i as usize].is_none())
         .collect();
+
     assert!(
         wrong.is_empty() && never_new.is_empty(),
         "{} wrong answers, e.g. {:?}; {} IDs never answered New, e.g. {:?}",
@@ -358,4 +369,53 @@ fn sync_group_commit_one_new_per_id() {
     }
     let t = open_rocks_with(dir.path(), &c, roomy(), Durability::Sync);
     assert_all_duplicate(&t, &ids);
+}
+
+/// 4,000-ID generations of which only the open one keeps its exact table: every seal
+/// turns the sealed generation Bloom-only while other threads' writes into it may
+/// still be landing. Its snapshot and the floor must wait for them, so that no
+/// landed mark is missing from a Bloom-only filter.
+fn bloom_only_behind() -> NamespaceConfig {
+    ring_config(32, 1, 4_000, Duration::from_secs(3600), 1e-9)
+}
+
+/// After the race, or a restart: no ID is `New` (each is `Duplicate` in the open
+/// generation or `ProbableDuplicate` in a Bloom-only one).
+fn assert_none_new(tracker: &Tracker, ids: &[u32]) {
+    for chunk in ids.chunks(10_000) {
+        let names: Vec<String> = chunk.iter().map(|&i| id(i)).collect();
+        let verdicts = tracker.check(NS, &names).unwrap();
+        let lost = verdicts.iter().filter(|v| **v == Verdict::New).count();
+        assert_eq!(lost, 0, "{lost} landed marks read new");
+    }
+}
+
+#[test]
+fn rocks_marks_land_in_bloom_only_filters_while_racing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = clock();
+    let ids: Vec<u32> = (0..IDS).collect();
+    {
+        let t = open_rocks_with(dir.path(), &c, bloom_only_behind(), Durability::Flush);
+        let answers = race(&t, &ids, 0x5EA1, &MIXED_SIZES, false);
+        let _ = assert_one_new_each_else(&ids, &answers, |v| {
+            matches!(v, Verdict::Duplicate | Verdict::ProbableDuplicate)
+        });
+        assert_none_new(&t, &ids);
+        let info = t.namespace_info(NS).unwrap();
+        assert!(info.generations.len() >= 25, "rotation ran alongside");
+        assert!(
+            info.generations.iter().skip(1).all(|g| !g.exact),
+            "once the writes settled, every sealed generation turned Bloom-only"
+        );
+        // Dropped without close: the open generation is rebuilt from its table, and
+        // every sealed one must have its snapshot.
+    }
+    {
+        let t = open_rocks_with(dir.path(), &c, bloom_only_behind(), Durability::Flush);
+        assert_none_new(&t, &ids);
+        t.close().unwrap();
+    }
+    let t = open_rocks_with(dir.path(), &c, bloom_only_behind(), Durability::Flush);
+    assert_none_new(&t, &ids);
 }

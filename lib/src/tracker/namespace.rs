@@ -25,6 +25,7 @@ use crate::error::Error;
 use crate::generation::{Generation, GenerationId, GenerationRing};
 use crate::hash::HashSeed;
 use crate::id::NamespaceName;
+use crate::sizing::Layout;
 use crate::store::NamespaceId;
 
 use super::claims::ClaimTable;
@@ -178,14 +179,16 @@ impl State {
     /// Whether a sealed generation's filter, with the IDs it holds, answers false
     /// positives above the rate each generation must meet under the configuration
     /// now in force: it holds more IDs than it was sized for (a store from before
-    /// filters were sized per generation), or was filled for a looser rate (before
-    /// the target was lowered or `generations` raised). Such a filter is rebuilt from
+    /// filters were sized per generation), was filled for a looser rate (before the
+    /// target was lowered or `generations` raised), or lays its bits out the first
+    /// standard way, which misses low rates ([`Layout::StandardV1`]). Such a filter is rebuilt from
     /// its exact table while it still has one.
     pub(super) fn needs_resize(&self, g: &Generation) -> bool {
         let sizing = g.filter().sizing();
         let target = self.ring.config().generation_fp_rate();
         g.sealed_at().is_some()
             && (g.ids() > sizing.capacity
+                || sizing.layout == Layout::StandardV1
                 || (sizing.fp_rate > target && sizing.fp_after(g.ids()) > target))
     }
 }
