@@ -100,6 +100,29 @@ pub enum Error {
         exact_tables: u32,
     },
 
+    /// A namespace's filters would not fit the filter memory budget (see
+    /// [`TrackerBuilder::max_filter_bytes`](crate::TrackerBuilder::max_filter_bytes)).
+    /// Nothing changed.
+    #[error(
+        "the namespace's filters would need up to {asked} bytes over its life, but \
+         {in_use} of the {budget}-byte filter budget are charged to other namespaces"
+    )]
+    OverBudget {
+        /// The namespace's footprint under the configuration asked for.
+        asked: u64,
+        /// Bytes charged to the other namespaces.
+        in_use: u64,
+        /// The budget.
+        budget: u64,
+    },
+
+    /// Creating another namespace would exceed the namespace cap. Nothing changed.
+    #[error("there are already {max} namespaces, the most this tracker allows")]
+    TooManyNamespaces {
+        /// The cap.
+        max: u32,
+    },
+
     /// The tracker was closed; no further operations are accepted.
     #[error("the tracker is closed")]
     Closed,

@@ -23,7 +23,6 @@
 //! persistence around it.
 
 use std::collections::VecDeque;
-use std::sync::OnceLock;
 
 use crate::clock::Timestamp;
 use crate::config::NamespaceConfig;
@@ -46,9 +45,6 @@ pub struct Generation {
     /// How many IDs it takes before sealing: the namespace's capacity, unless its
     /// filter holds fewer within the namespace's rate (after a reconfiguration).
     seal_at: u64,
-    /// A sealed filter never changes, so its statistics (a pass over every bit) are
-    /// computed once.
-    sealed_stats: OnceLock<FilterStats>,
 }
 
 impl Generation {
@@ -70,7 +66,6 @@ impl Generation {
             sealed_at,
             ids,
             seal_at,
-            sealed_stats: OnceLock::new(),
         }
     }
 
@@ -118,14 +113,10 @@ impl Generation {
         self.seal_at
     }
 
-    /// Statistics of its filter.
+    /// Statistics of its filter (constant time).
     #[must_use]
     pub fn stats(&self) -> FilterStats {
-        if self.sealed_at.is_some() {
-            *self.sealed_stats.get_or_init(|| self.filter.stats())
-        } else {
-            self.filter.stats()
-        }
+        self.filter.stats()
     }
 }
 
@@ -371,7 +362,6 @@ impl GenerationRing {
             .expect("the rotation's sealed generation");
         debug_assert_eq!(sealed.id, rotation.sealed);
         sealed.sealed_at = None;
-        sealed.sealed_stats = OnceLock::new();
         for g in rotation.dropped.into_iter().rev() {
             self.gens.push_front(g);
         }
@@ -476,7 +466,6 @@ impl GenerationRing {
         match self.generation_mut(id) {
             Some(g) if g.sealed_at.is_some() => {
                 g.filter = filter;
-                g.sealed_stats = OnceLock::new();
                 true
             }
             _ => false,

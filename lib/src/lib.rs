@@ -76,8 +76,9 @@ pub use id::{EventId, MAX_ID_LEN, MAX_NAMESPACE_LEN, NamespaceName};
 pub use sizing::{FilterSizing, Layout};
 pub use store::{MemoryStore, RocksOptions, RocksStore, Store};
 pub use tracker::{
-    ClaimOutcome, Configured, DropPolicy, Durability, GenerationInfo, MAX_LEASE, MAX_POSITION_LEN,
-    NamespaceInfo, StorageFailure, Tracker, TrackerBuilder, Transacted, Transaction,
+    ClaimOutcome, Configured, DropPolicy, Durability, FilterBudget, GenerationInfo, MAX_LEASE,
+    MAX_POSITION_LEN, NamespaceInfo, StorageFailure, Tracker, TrackerBuilder, Transacted,
+    Transaction,
 };
 pub use verdict::Verdict;
 

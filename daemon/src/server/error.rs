@@ -108,6 +108,8 @@ impl From<oncely::Error> for ApiError {
             E::InvalidArgument { .. } => (StatusCode::BAD_REQUEST, "invalid_argument"),
             E::MissingFields(_) => (StatusCode::BAD_REQUEST, "missing_fields"),
             E::WouldDrop { .. } => (StatusCode::CONFLICT, "would_drop"),
+            E::OverBudget { .. } => (StatusCode::CONFLICT, "over_budget"),
+            E::TooManyNamespaces { .. } => (StatusCode::CONFLICT, "too_many_namespaces"),
             E::UnknownNamespace(_) => (StatusCode::NOT_FOUND, "unknown_namespace"),
             E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             E::Refused(_) => (StatusCode::CONFLICT, "refused"),

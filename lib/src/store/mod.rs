@@ -193,6 +193,18 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn disk_bytes(&self) -> Option<u64> {
         None
     }
+
+    /// Called while writes fail, for a store that stays stuck after the cause of a
+    /// failure has cleared (a disk with room again, file descriptors free again):
+    /// brings it back to taking writes, without losing anything acknowledged. The
+    /// default does nothing: the store recovers by itself.
+    ///
+    /// # Errors
+    ///
+    /// Any storage error; the tracker tries again later.
+    fn recover(&self) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 /// One operation of a [`Batch`].

@@ -10,6 +10,7 @@
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
@@ -60,9 +61,40 @@ const MARKS_MEMTABLES_PER_FLUSH: usize = 8;
 
 /// Marks, metadata and user keys in one RocksDB; snapshots as files beside it.
 pub struct RocksStore {
-    db: DB,
+    /// `None` only after a [`recover`](Store::recover) whose reopen failed: every call
+    /// then fails until a later one succeeds.
+    db: RwLock<Option<DB>>,
     dir: PathBuf,
     snapshots: PathBuf,
+    options: RocksOptions,
+}
+
+/// The open database, for the length of one call.
+struct Open<'a>(RwLockReadGuard<'a, Option<DB>>);
+
+impl std::ops::Deref for Open<'_> {
+    type Target = DB;
+
+    fn deref(&self) -> &DB {
+        self.0.as_ref().expect("checked when opened")
+    }
+}
+
+impl Open<'_> {
+    fn marks(&self) -> &ColumnFamily {
+        self.cf_handle(CF_MARKS)
+            .expect("opened with the marks column family")
+    }
+
+    fn meta(&self) -> &ColumnFamily {
+        self.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
+            .expect("the default column family always exists")
+    }
+
+    fn user(&self) -> &ColumnFamily {
+        self.cf_handle(CF_USER)
+            .expect("opened with the user column family")
+    }
 }
 
 impl std::fmt::Debug for RocksStore {
@@ -95,57 +127,13 @@ impl RocksStore {
             fs::create_dir_all(d).map_err(|e| io_err(d, e))?;
         }
         remove_temporaries(&snapshots)?;
-
-        let cache = Cache::new_lru_cache(options.cache_bytes);
-        let mut db_opts = Options::default();
-        db_opts.create_if_missing(true);
-        db_opts.create_missing_column_families(true);
-        // Two cores: one flush and one compaction at a time.
-        db_opts.set_max_background_jobs(2);
-        // Write back SST and WAL data in 1 MiB steps instead of in bursts at fsync.
-        db_opts.set_bytes_per_sync(1 << 20);
-        db_opts.set_wal_bytes_per_sync(1 << 20);
-        // Every open starts a new info log; the default keeps 1,000 of them, which a
-        // frequently restarted process (tests, crash loops) turns into slow opens.
-        db_opts.set_keep_log_file_num(8);
-        // Replaying the write-ahead log: a torn last record is what an interrupted
-        // write leaves, and it was never acknowledged, so it is dropped; damage
-        // anywhere else refuses to open, naming the log file. (RocksDB's default,
-        // point-in-time recovery, would instead stop at the damage and silently drop
-        // every acknowledged mark after it. See the RocksDB wiki, "WAL Recovery
-        // Modes".)
-        db_opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
-        // Each writer inserts its own batch into the memtable, in parallel with the
-        // other writers of its group, rather than the group's leader inserting them
-        // all. Every batch arrives sorted, and `memtable_insert_hint_per_batch` (set
-        // on each write) lets a writer resume each insert from where its previous one
-        // ended instead of searching the skiplist from the top. Under the daemon's
-        // load the two together marked about 7% more IDs per second than one
-        // inserter per group.
-        db_opts.set_allow_concurrent_memtable_write(true);
-        // Charge memtables to the block cache so that one number bounds RocksDB's
-        // memory; stall writers rather than exceed it.
-        let wbm = WriteBufferManager::new_write_buffer_manager_with_cache(
-            options.memtable_bytes,
-            true,
-            cache.clone(),
-        );
-        db_opts.set_write_buffer_manager(&wbm);
-
-        let cfs = vec![
-            ColumnFamilyDescriptor::new(
-                rocksdb::DEFAULT_COLUMN_FAMILY_NAME,
-                small_cf_options(&cache),
-            ),
-            ColumnFamilyDescriptor::new(CF_MARKS, marks_cf_options(&cache, options)),
-            ColumnFamilyDescriptor::new(CF_USER, small_cf_options(&cache)),
-        ];
-        let db =
-            DB::open_cf_descriptors(&db_opts, &db_dir, cfs).map_err(|source| Error::StoreOpen {
-                path: db_dir.clone(),
-                source,
-            })?;
-        Ok(Self { db, dir, snapshots })
+        let db = open_db(&db_dir, options)?;
+        Ok(Self {
+            db: RwLock::new(Some(db)),
+            dir,
+            snapshots,
+            options,
+        })
     }
 
     /// The data directory.
@@ -156,26 +144,23 @@ impl RocksStore {
 
     /// Compacts the exact tables fully: for measuring disk use after compaction.
     pub fn compact(&self) {
-        let cf = self.marks();
-        self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        if let Ok(db) = self.db() {
+            db.compact_range_cf(db.marks(), None::<&[u8]>, None::<&[u8]>);
+        }
     }
 
-    fn marks(&self) -> &ColumnFamily {
-        self.db
-            .cf_handle(CF_MARKS)
-            .expect("opened with the marks column family")
-    }
-
-    fn meta(&self) -> &ColumnFamily {
-        self.db
-            .cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
-            .expect("the default column family always exists")
-    }
-
-    fn user(&self) -> &ColumnFamily {
-        self.db
-            .cf_handle(CF_USER)
-            .expect("opened with the user column family")
+    fn db(&self) -> Result<Open<'_>, Error> {
+        let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        if guard.is_none() {
+            return Err(io_err(
+                &self.dir.join("rocksdb"),
+                std::io::Error::other(
+                    "the database is closed: reopening it after a storage fault failed; \
+                     the next recovery attempt retries",
+                ),
+            ));
+        }
+        Ok(Open(guard))
     }
 
     fn ns_dir(&self, ns: NamespaceId) -> PathBuf {
@@ -193,6 +178,7 @@ impl RocksStore {
         mut opts: WriteOptions,
         error: fn(rocksdb::Error) -> Error,
     ) -> Result<(), Error> {
+        let db = self.db()?;
         let mut wb = WriteBatch::default();
         let mut key = Vec::with_capacity(keys::MARK_PREFIX_LEN + 32);
         // New marks go into the memtable in key order: RocksDB's skiplist then
@@ -228,42 +214,42 @@ impl RocksStore {
                 } => {
                     key.clear();
                     keys::mark_key(&mut key, ns, generation, id);
-                    wb.put_cf(self.marks(), &key, value);
+                    wb.put_cf(db.marks(), &key, value);
                 }
                 Op::DeleteMark { ns, generation, id } => {
                     key.clear();
                     keys::mark_key(&mut key, ns, generation, id);
-                    wb.delete_cf(self.marks(), &key);
+                    wb.delete_cf(db.marks(), &key);
                 }
                 Op::DropMarks { ns, below } => {
                     let (start, end) = keys::mark_range(ns, GenerationId(0), Some(below));
-                    wb.delete_range_cf(self.marks(), start, end);
+                    wb.delete_range_cf(db.marks(), start, end);
                 }
                 Op::DropNamespace { ns } => {
                     let (start, end) = keys::mark_range(ns, GenerationId(0), None);
-                    wb.delete_range_cf(self.marks(), start, end);
+                    wb.delete_range_cf(db.marks(), start, end);
                 }
-                Op::PutMeta { key, value } => wb.put_cf(self.meta(), key, value),
-                Op::DeleteMeta { key } => wb.delete_cf(self.meta(), key),
+                Op::PutMeta { key, value } => wb.put_cf(db.meta(), key, value),
+                Op::DeleteMeta { key } => wb.delete_cf(db.meta(), key),
                 Op::DeleteMetaPrefix { prefix } => {
                     let end =
                         keys::prefix_end(prefix).unwrap_or_else(|| vec![0xff; prefix.len() + 1]);
-                    wb.delete_range_cf(self.meta(), prefix, &end);
+                    wb.delete_range_cf(db.meta(), prefix, &end);
                 }
-                Op::PutUser { key, value } => wb.put_cf(self.user(), key, value),
-                Op::DeleteUser { key } => wb.delete_cf(self.user(), key),
+                Op::PutUser { key, value } => wb.put_cf(db.user(), key, value),
+                Op::DeleteUser { key } => wb.delete_cf(db.user(), key),
             }
         }
         // Stable: should a key appear twice, the later put still wins.
         marks.sort_by(|a, b| a.0.cmp(&b.0));
         for (k, value) in &marks {
-            wb.put_cf(self.marks(), k, value);
+            wb.put_cf(db.marks(), k, value);
         }
         crate::failpoint!("store.before-write");
         // Resume each insert from the previous one (see
         // `allow_concurrent_memtable_write` in `open`).
         opts.set_memtable_insert_hint_per_batch(true);
-        self.db.write_opt(wb, &opts).map_err(error)?;
+        db.write_opt(wb, &opts).map_err(error)?;
         crate::failpoint!("store.after-write");
         Ok(())
     }
@@ -282,12 +268,64 @@ impl RocksStore {
                 k
             })
             .collect();
-        self.db
-            .batched_multi_get_cf_opt(self.marks(), &encoded, false, opts)
+        let db = self.db()?;
+        db.batched_multi_get_cf_opt(db.marks(), &encoded, false, opts)
             .into_iter()
             .map(|r| Ok(r?.map(|v| v.to_vec())))
             .collect()
     }
+}
+
+/// Opens the database in `db_dir` with the tuning described inline.
+fn open_db(db_dir: &Path, options: RocksOptions) -> Result<DB, Error> {
+    let cache = Cache::new_lru_cache(options.cache_bytes);
+    let mut db_opts = Options::default();
+    db_opts.create_if_missing(true);
+    db_opts.create_missing_column_families(true);
+    // Two cores: one flush and one compaction at a time.
+    db_opts.set_max_background_jobs(2);
+    // Write back SST and WAL data in 1 MiB steps instead of in bursts at fsync.
+    db_opts.set_bytes_per_sync(1 << 20);
+    db_opts.set_wal_bytes_per_sync(1 << 20);
+    // Every open starts a new info log; the default keeps 1,000 of them, which a
+    // frequently restarted process (tests, crash loops) turns into slow opens.
+    db_opts.set_keep_log_file_num(8);
+    // Replaying the write-ahead log: a torn last record is what an interrupted
+    // write leaves, and it was never acknowledged, so it is dropped; damage
+    // anywhere else refuses to open, naming the log file. (RocksDB's default,
+    // point-in-time recovery, would instead stop at the damage and silently drop
+    // every acknowledged mark after it. See the RocksDB wiki, "WAL Recovery
+    // Modes".)
+    db_opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
+    // Each writer inserts its own batch into the memtable, in parallel with the
+    // other writers of its group, rather than the group's leader inserting them
+    // all. Every batch arrives sorted, and `memtable_insert_hint_per_batch` (set
+    // on each write) lets a writer resume each insert from where its previous one
+    // ended instead of searching the skiplist from the top. Under the daemon's
+    // load the two together marked about 7% more IDs per second than one
+    // inserter per group.
+    db_opts.set_allow_concurrent_memtable_write(true);
+    // Charge memtables to the block cache so that one number bounds RocksDB's
+    // memory; stall writers rather than exceed it.
+    let wbm = WriteBufferManager::new_write_buffer_manager_with_cache(
+        options.memtable_bytes,
+        true,
+        cache.clone(),
+    );
+    db_opts.set_write_buffer_manager(&wbm);
+
+    let cfs = vec![
+        ColumnFamilyDescriptor::new(
+            rocksdb::DEFAULT_COLUMN_FAMILY_NAME,
+            small_cf_options(&cache),
+        ),
+        ColumnFamilyDescriptor::new(CF_MARKS, marks_cf_options(&cache, options)),
+        ColumnFamilyDescriptor::new(CF_USER, small_cf_options(&cache)),
+    ];
+    DB::open_cf_descriptors(&db_opts, db_dir, cfs).map_err(|source| Error::StoreOpen {
+        path: db_dir.to_owned(),
+        source,
+    })
 }
 
 /// The exact ID tables: point lookups of random keys, written once, dropped by range.
@@ -411,14 +449,14 @@ impl Store for RocksStore {
         // batched MultiGet reads from disk whatever the read tier.
         opts.set_read_tier(ReadTier::BlockCache);
         let mut key = Vec::with_capacity(keys::MARK_PREFIX_LEN + 32);
+        let db = self.db()?;
         keys_in
             .iter()
             .map(|&(generation, id)| {
                 key.clear();
                 keys::mark_key(&mut key, ns, generation, id);
-                let value = self
-                    .db
-                    .get_pinned_cf_opt(self.marks(), &key, &opts)
+                let value = db
+                    .get_pinned_cf_opt(db.marks(), &key, &opts)
                     .map_err(would_block)?;
                 Ok(value.map(|v| v.to_vec()))
             })
@@ -439,8 +477,9 @@ impl Store for RocksStore {
         // A recovery scan reads each block once: keep it out of the cache.
         ro.fill_cache(false);
         ro.set_readahead_size(2 << 20);
-        let iter = self.db.iterator_cf_opt(
-            self.marks(),
+        let db = self.db()?;
+        let iter = db.iterator_cf_opt(
+            db.marks(),
             ro,
             IteratorMode::From(&prefix, rocksdb::Direction::Forward),
         );
@@ -452,12 +491,14 @@ impl Store for RocksStore {
     }
 
     fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        Ok(self.db.get_cf(self.meta(), key)?)
+        let db = self.db()?;
+        Ok(db.get_cf(db.meta(), key)?)
     }
 
     fn scan_meta(&self, prefix: &[u8]) -> Result<Entries, Error> {
-        let iter = self.db.iterator_cf(
-            self.meta(),
+        let db = self.db()?;
+        let iter = db.iterator_cf(
+            db.meta(),
             IteratorMode::From(prefix, rocksdb::Direction::Forward),
         );
         let mut out = Vec::new();
@@ -472,7 +513,8 @@ impl Store for RocksStore {
     }
 
     fn get_user(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        Ok(self.db.get_cf(self.user(), key)?)
+        let db = self.db()?;
+        Ok(db.get_cf(db.user(), key)?)
     }
 
     fn save_snapshot(
@@ -562,10 +604,26 @@ impl Store for RocksStore {
     }
 
     fn flush(&self) -> Result<(), Error> {
-        self.db.flush_wal(true)?;
-        for cf in [self.meta(), self.marks(), self.user()] {
-            self.db.flush_cf(cf)?;
+        let db = self.db()?;
+        db.flush_wal(true)?;
+        for cf in [db.meta(), db.marks(), db.user()] {
+            db.flush_cf(cf)?;
         }
+        Ok(())
+    }
+
+    /// Reopens the database. A write that fails puts RocksDB into a read-only
+    /// state (its "background error") that it leaves on its own only for errors it
+    /// knows to be retryable; a full disk or exhausted file descriptors stay stuck
+    /// until the database is reopened, and the RocksDB C API offers no `Resume`. The
+    /// reopen replays the write-ahead log: everything acknowledged is back, nothing
+    /// else (a write that failed was not acknowledged).
+    fn recover(&self) -> Result<(), Error> {
+        let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        // Closed first: RocksDB refuses a second open of a directory it holds.
+        *guard = None;
+        *guard = Some(open_db(&self.dir.join("rocksdb"), self.options)?);
+        tracing::info!(dir = %self.dir.display(), "store reopened after a storage fault");
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 
+use super::budget::{self, FilterBudget};
 use super::claims::ClaimTable;
 use super::namespace::{Namespace, State};
 use super::{StorageFailure, Tracker, lock};
@@ -36,6 +37,10 @@ pub struct NamespaceInfo {
     pub memory_bytes: u64,
     /// Claims held, live or expired but not yet forgotten.
     pub claims: u64,
+    /// What the namespace is charged against the filter budget: the most filter
+    /// memory it can hold over its life under its configuration (see
+    /// [`FilterBudget`]).
+    pub charged_bytes: u64,
 }
 
 /// Statistics of one generation.
@@ -154,8 +159,46 @@ impl Tracker {
             estimated_fp: 1.0 - miss_all,
             memory_bytes: generations.iter().map(|g| g.memory_bytes).sum(),
             claims: st.claims.len() as u64,
+            charged_bytes: budget::footprint(st.ring.config(), &budget::live_sizes(&st)),
             generations,
         })
+    }
+
+    /// The filter memory budget, what namespaces are charged against it, and what
+    /// their filters take now. Cheap: a few reads per namespace.
+    #[must_use]
+    pub fn filter_budget(&self) -> FilterBudget {
+        let mut charged = 0_u64;
+        let mut allocated = 0_u64;
+        for ns in self.all_namespaces() {
+            let st = lock(&ns.state);
+            if st.deleted {
+                continue;
+            }
+            let live = budget::live_sizes(&st);
+            allocated = allocated.saturating_add(live.iter().sum());
+            charged = charged.saturating_add(budget::footprint(st.ring.config(), &live));
+        }
+        FilterBudget {
+            budget: self.inner.limits.max_filter_bytes,
+            charged,
+            allocated,
+        }
+    }
+
+    /// What the namespaces other than `except` are charged against the budget.
+    fn charged_to_others(&self, except: &str) -> u64 {
+        self.inner
+            .namespaces
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(name, _)| name.as_str() != except)
+            .map(|(_, ns)| {
+                let st = lock(&ns.state);
+                budget::footprint(st.ring.config(), &budget::live_sizes(&st))
+            })
+            .fold(0_u64, u64::saturating_add)
     }
 
     /// Creates a namespace, or reconfigures an existing one.
@@ -223,10 +266,23 @@ impl Tracker {
             .unwrap_or_else(PoisonError::into_inner)
             .get(namespace)
             .cloned();
+        let others = self.charged_to_others(namespace);
         if let Some(ns) = existing {
-            self.reconfigure(&ns, config, policy)?;
+            self.reconfigure(&ns, config, policy, others)?;
             return Ok(Configured::Updated);
         }
+        let count = self
+            .inner
+            .namespaces
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        if let Some(max) = self.inner.limits.max_namespaces
+            && count >= max as usize
+        {
+            return Err(Error::TooManyNamespaces { max });
+        }
+        budget::check(self.inner.limits, budget::footprint(&config, &[]), others)?;
         let ns = self.create_namespace(name, config)?;
         self.inner
             .namespaces
@@ -290,10 +346,16 @@ impl Tracker {
         ns: &Namespace,
         config: NamespaceConfig,
         policy: DropPolicy,
+        others: u64,
     ) -> Result<(), Error> {
         let persistent = self.inner.store.persistent();
         let mut st = lock(&ns.state);
         st.usable(&ns.name)?;
+        budget::check(
+            self.inner.limits,
+            budget::footprint(&config, &budget::live_sizes(&st)),
+            others,
+        )?;
         let generations = st.ring.would_drop(&config);
         let exact_tables = tables_lost(&st, &config);
         if policy == DropPolicy::Refuse && (generations > 0 || exact_tables > 0) {

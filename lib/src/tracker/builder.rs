@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::Tracker;
+use super::budget::Limits;
 use crate::clock::{Clock, SystemClock};
 use crate::config::NamespaceConfig;
 use crate::error::Error;
@@ -70,6 +71,7 @@ pub struct TrackerBuilder {
     default_config: NamespaceConfig,
     rocks: RocksOptions,
     store: Option<Box<dyn Store>>,
+    limits: Limits,
 }
 
 impl fmt::Debug for TrackerBuilder {
@@ -109,6 +111,23 @@ impl TrackerBuilder {
     /// RocksDB's memory budgets.
     pub const fn rocks_options(mut self, options: RocksOptions) -> Self {
         self.rocks = options;
+        self
+    }
+
+    /// The most filter memory all namespaces together may be charged, in bytes
+    /// (default: unbounded). A namespace is charged the most its filters can take
+    /// over its life under its configuration (see [`crate::FilterBudget`]); a creation or
+    /// reconfiguration that would exceed the budget is refused with
+    /// [`Error::OverBudget`], changing nothing.
+    pub const fn max_filter_bytes(mut self, bytes: u64) -> Self {
+        self.limits.max_filter_bytes = Some(bytes);
+        self
+    }
+
+    /// The most namespaces, `default` included (default: unbounded); one more is
+    /// refused with [`Error::TooManyNamespaces`].
+    pub const fn max_namespaces(mut self, n: u32) -> Self {
+        self.limits.max_namespaces = Some(n);
         self
     }
 
@@ -154,7 +173,13 @@ impl TrackerBuilder {
                 });
             }
         };
-        Tracker::recover(store, self.durability, self.clock, self.default_config)
+        Tracker::recover(
+            store,
+            self.durability,
+            self.clock,
+            self.default_config,
+            self.limits,
+        )
     }
 }
 
@@ -169,6 +194,7 @@ impl Tracker {
             default_config: NamespaceConfig::default(),
             rocks: RocksOptions::default(),
             store: None,
+            limits: Limits::default(),
         }
     }
 }

@@ -68,6 +68,7 @@ use crate::records::{self, ClockRecord};
 use crate::store::{Batch, Store};
 
 mod admin;
+mod budget;
 mod builder;
 mod claims;
 mod decide;
@@ -82,6 +83,7 @@ mod time;
 mod transaction;
 
 pub use admin::{Configured, DropPolicy, GenerationInfo, NamespaceInfo};
+pub use budget::FilterBudget;
 pub use builder::{Durability, TrackerBuilder};
 pub use claims::{ClaimOutcome, MAX_LEASE};
 pub use health::StorageFailure;
@@ -142,6 +144,11 @@ struct Inner {
     heartbeat: AtomicU64,
     /// Whether the store's writes are failing.
     health: health::Health,
+    /// Bounds on namespaces' filter memory and number.
+    limits: budget::Limits,
+    /// When the store was last asked to recover from failing writes, store time
+    /// in milliseconds.
+    last_recovery: AtomicU64,
 }
 
 impl Inner {

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use super::budget::Limits;
 use super::claims::{self, Claim, ClaimTable};
 use super::decide::ClaimState;
 use super::flight::key_of;
@@ -43,6 +44,7 @@ impl Tracker {
         durability: Durability,
         clock: Arc<dyn Clock>,
         default_config: NamespaceConfig,
+        limits: Limits,
     ) -> Result<Self, Error> {
         let from_v1 = match store.get_meta(records::FORMAT_KEY)? {
             Some(f) if f == records::FORMAT_VALUE => false,
@@ -109,8 +111,22 @@ impl Tracker {
                 closed: AtomicBool::new(false),
                 heartbeat: AtomicU64::new(now.as_millis()),
                 health: health::Health::default(),
+                limits,
+                last_recovery: AtomicU64::new(0),
             }),
         };
+        let budget = tracker.filter_budget();
+        if let Some(limit) = budget.budget
+            && budget.charged > limit
+        {
+            // The store opens as the previous run left it; only growth is refused.
+            tracing::warn!(
+                charged = budget.charged,
+                budget = limit,
+                "the namespaces' filters are charged more than the filter budget; \
+                 creations and reconfigurations that grow them will be refused"
+            );
+        }
         // Snapshots rebuilt above are saved before anything can take their tables.
         for ns in tracker.all_namespaces() {
             tracker.catch_up(&ns)?;
@@ -287,4 +303,95 @@ fn remove_orphan_snapshots(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::exact::OwnerFp;
+    use crate::records::{NEXT_NS_KEY, ns_key};
+    use crate::store::MemoryStore;
+    use crate::verdict::Verdict;
+    use crate::{ClaimOutcome, Durability};
+
+    /// A store as format 1 left it: a claim and a done mark side by side in the open
+    /// generation's exact table.
+    fn format_1_store(now: u64) -> MemoryStore {
+        let store = MemoryStore::new();
+        let seed = HashSeed::from_u64(42);
+        let config = NamespaceConfig::default();
+        let ring = GenerationRing::new(config.clone(), seed, Timestamp::from_millis(now)).unwrap();
+        let ns = NamespaceId(1);
+        let record = NamespaceRecord {
+            v: records::RECORD_VERSION,
+            id: ns.0,
+            name: "default".into(),
+            config,
+            seed: seed.to_u64(),
+        };
+        let claimed = MarkValue::Claimed {
+            owner: OwnerFp::new("w1", seed).unwrap(),
+            until: Timestamp::from_millis(now + 60_000),
+        };
+        let mut b = Batch::new();
+        b.put_meta(records::FORMAT_KEY, records::FORMAT_V1);
+        b.put_meta(NEXT_NS_KEY, &2_u32.to_be_bytes());
+        b.put_meta(&ns_key("default"), &records::encode(&record));
+        b.put_meta(
+            &ring_key(ns),
+            &records::encode(&RingRecord::of(&ring, GenerationId(1))),
+        );
+        b.put_meta(
+            records::CLOCK_KEY,
+            &records::encode(&ClockRecord::at(Timestamp::from_millis(now))),
+        );
+        b.put_mark(ns, GenerationId(1), b"job", claimed.encode().as_slice());
+        let done = MarkValue::Done { owner: None };
+        b.put_mark(ns, GenerationId(1), b"done", done.encode().as_slice());
+        store.write(&b, true).unwrap();
+        store
+    }
+
+    #[test]
+    fn format_1_claims_move_to_their_own_table() {
+        let now = 1_700_000_000_000;
+        let clock = ManualClock::new(Timestamp::from_millis(now));
+        let tracker = Tracker::builder()
+            .store(Box::new(format_1_store(now)))
+            .durability(Durability::Flush)
+            .clock(Arc::new(clock))
+            .open()
+            .unwrap();
+        let store = &tracker.inner.store;
+        assert_eq!(
+            store.get_meta(records::FORMAT_KEY).unwrap().as_deref(),
+            Some(records::FORMAT_VALUE)
+        );
+        let mut left = Vec::new();
+        store
+            .scan_marks(NamespaceId(1), GenerationId(1), &mut |id, _| {
+                left.push(id.to_vec());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(left, [b"done".to_vec()], "the claim left the exact table");
+        assert_eq!(
+            tracker
+                .claim("default", "job", "w2", Duration::from_secs(5))
+                .unwrap(),
+            ClaimOutcome::InProgress {
+                until: Timestamp::from_millis(now + 60_000)
+            }
+        );
+        assert_eq!(
+            tracker.check("default", &["done"]).unwrap(),
+            [Verdict::Duplicate]
+        );
+        tracker.complete("default", "job", "w1").unwrap();
+        assert_eq!(
+            tracker.check("default", &["job"]).unwrap(),
+            [Verdict::Duplicate]
+        );
+    }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use super::namespace::{Namespace, State};
 use super::{Tracker, lock};
-use crate::clock::Timestamp;
+use crate::clock::{Timestamp, duration_millis};
 use crate::error::Error;
 use crate::filter::BloomFilter;
 use crate::generation::{GenerationId, SealReason};
@@ -14,6 +14,9 @@ use crate::hash::HashSeed;
 use crate::records::{self, RingRecord, ring_key};
 use crate::sizing::{FilterSizing, size_filter};
 use crate::store::{Batch, NamespaceId, Store};
+
+/// At most how often [`Tracker::tick`] asks a failing store to recover.
+const RECOVER_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Tracker {
     pub(super) fn rotate_due(
@@ -250,6 +253,7 @@ impl Tracker {
         if let Err(e) = self.forget_expired_claims() {
             first_error.get_or_insert(e);
         }
+        self.recover_storage();
         if !self.inner.closed.load(Ordering::Acquire) {
             let mut b = Batch::new();
             self.inner.heartbeat(&mut b, false);
@@ -262,6 +266,31 @@ impl Tracker {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// While writes fail, asks the store to recover (at most once per
+    /// [`RECOVER_EVERY`] of store time), then probes it with a heartbeat: the probe's
+    /// success is what clears [`Tracker::storage_failure`].
+    fn recover_storage(&self) {
+        if self.inner.health.failure().is_none() || self.inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let now = self.inner.time.now().as_millis();
+        let last = self.inner.last_recovery.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < duration_millis(RECOVER_EVERY) {
+            return;
+        }
+        self.inner.last_recovery.store(now, Ordering::Relaxed);
+        if let Err(e) = self.inner.store.recover() {
+            tracing::warn!(error = %e, "the store could not recover yet; will retry");
+            return;
+        }
+        let mut probe = Batch::new();
+        self.inner.heartbeat(&mut probe, true);
+        match self.inner.write(&probe, false) {
+            Ok(()) => tracing::info!("writes succeed again"),
+            Err(e) => tracing::warn!(error = %e, "writes still fail; will retry"),
+        }
     }
 
     /// Seals the open generation of a namespace now.
