@@ -15,15 +15,14 @@
 //! the steady state, `generations` filters of the configured size), plus one more
 //! filter: a rotation allocates the new generation before the oldest leaves.
 
-use super::namespace::State;
 use crate::config::NamespaceConfig;
 use crate::error::Error;
 
 /// The bounds a tracker enforces on namespaces. `None` is unbounded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(super) struct Limits {
-    pub(super) max_filter_bytes: Option<u64>,
-    pub(super) max_namespaces: Option<u32>,
+pub(crate) struct Limits {
+    pub(crate) max_filter_bytes: Option<u64>,
+    pub(crate) max_namespaces: Option<u32>,
 }
 
 /// The filter memory budget and what namespaces are charged against it.
@@ -40,7 +39,7 @@ pub struct FilterBudget {
 
 /// The most filter memory a namespace with `config` can hold over its life, given the
 /// sizes of its live generations (oldest first). See the module docs.
-pub(super) fn footprint(config: &NamespaceConfig, live: &[u64]) -> u64 {
+pub(crate) fn footprint(config: &NamespaceConfig, live: &[u64]) -> u64 {
     let generations = config.generations() as usize;
     let per = config.filter_sizing().memory_bytes();
     // Only the newest `generations` survive the change.
@@ -55,17 +54,8 @@ pub(super) fn footprint(config: &NamespaceConfig, live: &[u64]) -> u64 {
     peak.saturating_add(per)
 }
 
-/// A namespace's live generation sizes, oldest first.
-pub(super) fn live_sizes(st: &State) -> Vec<u64> {
-    st.ring
-        .iter()
-        .rev()
-        .map(|g| g.filter().sizing().memory_bytes())
-        .collect()
-}
-
 /// Refuses `asked` bytes when they do not fit beside `in_use` in the budget.
-pub(super) fn check(limits: Limits, asked: u64, in_use: u64) -> Result<(), Error> {
+pub(crate) fn check(limits: Limits, asked: u64, in_use: u64) -> Result<(), Error> {
     match limits.max_filter_bytes {
         Some(budget) if asked.saturating_add(in_use) > budget => Err(Error::OverBudget {
             asked,

@@ -4,8 +4,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::Tracker;
 use super::budget::Limits;
+use super::local::Local;
+use super::{Backend, Tracker};
 use crate::clock::{Clock, SystemClock};
 use crate::config::NamespaceConfig;
 use crate::error::Error;
@@ -173,13 +174,16 @@ impl TrackerBuilder {
                 });
             }
         };
-        Tracker::recover(
+        let local = Local::recover(
             store,
             self.durability,
             self.clock,
             self.default_config,
             self.limits,
-        )
+        )?;
+        Ok(Tracker {
+            backend: Backend::Local(local),
+        })
     }
 }
 

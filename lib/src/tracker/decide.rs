@@ -21,31 +21,31 @@ use crate::clock::Timestamp;
 use crate::exact::OwnerFp;
 use crate::verdict::Verdict;
 
-use super::claims::ClaimOutcome;
+use super::outcome::ClaimOutcome;
 
 /// A claim as the claims table holds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct ClaimState {
-    pub(super) owner: OwnerFp,
+pub(crate) struct ClaimState {
+    pub(crate) owner: OwnerFp,
     /// When the lease ends, in store time.
-    pub(super) until: Timestamp,
+    pub(crate) until: Timestamp,
 }
 
 /// What the tracker knows of one ID when it decides.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(super) struct Known {
+pub(crate) struct Known {
     /// Its claim, live or expired.
-    pub(super) claim: Option<ClaimState>,
+    pub(crate) claim: Option<ClaimState>,
     /// Its newest mark in an exact table, with the owner that marked it (`Some(None)`:
     /// marked without an owner).
-    pub(super) done: Option<Option<OwnerFp>>,
+    pub(crate) done: Option<Option<OwnerFp>>,
     /// Whether a Bloom-only generation's filter says it was seen.
-    pub(super) bloom_only: bool,
+    pub(crate) bloom_only: bool,
 }
 
 /// What a caller asks of one ID.
 #[derive(Clone, Copy, Debug)]
-pub(super) enum Ask {
+pub(crate) enum Ask {
     /// Whether it was seen, without marking.
     Check,
     /// Check, and mark it if new (a transaction asks this too).
@@ -66,7 +66,7 @@ pub(super) enum Ask {
 /// The decision, and whether it needs a write.
 #[must_use]
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum Decision {
+pub(crate) enum Decision {
     /// Answer this verdict; write nothing.
     Verdict(Verdict),
     /// Mark it done for the asker in the open generation (`New` for a mark), deleting
@@ -86,7 +86,7 @@ pub(super) enum Decision {
 }
 
 /// Decides `ask` for an ID from what is `known` of it, at store time `now`.
-pub(super) fn decide(ask: Ask, known: Known, now: Timestamp) -> Decision {
+pub(crate) fn decide(ask: Ask, known: Known, now: Timestamp) -> Decision {
     let live = known.claim.filter(|c| c.until > now);
     match ask {
         Ask::Check => Decision::Verdict(if known.done.is_some() {

@@ -23,7 +23,7 @@ pub struct StorageFailure {
 
 /// Write outcomes: a flag for the hot path, the failure's details beside it.
 #[derive(Debug, Default)]
-pub(super) struct Health {
+pub(crate) struct Health {
     failing: AtomicBool,
     failure: Mutex<Option<StorageFailure>>,
     errors: AtomicU64,
@@ -32,19 +32,25 @@ pub(super) struct Health {
 impl Health {
     /// Records one write's outcome. A write that gave up ([`Error::WouldBlock`])
     /// says nothing about the store's health.
-    pub(super) fn record(&self, now: impl FnOnce() -> Timestamp, result: &Result<(), Error>) {
+    pub(crate) fn record(&self, now: impl FnOnce() -> Timestamp, result: &Result<(), Error>) {
         match result {
             Ok(()) => {
                 // One relaxed load per successful write; the lock only on recovery.
                 if self.failing.load(Ordering::Relaxed) {
-                    *super::lock(&self.failure) = None;
+                    *self
+                        .failure
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
                     self.failing.store(false, Ordering::Relaxed);
                 }
             }
             Err(Error::WouldBlock) => {}
             Err(e) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
-                let mut failure = super::lock(&self.failure);
+                let mut failure = self
+                    .failure
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let since = failure.as_ref().map_or_else(now, |f| f.since);
                 *failure = Some(StorageFailure {
                     since,
@@ -55,14 +61,17 @@ impl Health {
         }
     }
 
-    pub(super) fn failure(&self) -> Option<StorageFailure> {
+    pub(crate) fn failure(&self) -> Option<StorageFailure> {
         if !self.failing.load(Ordering::Relaxed) {
             return None;
         }
-        super::lock(&self.failure).clone()
+        self.failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
-    pub(super) fn errors(&self) -> u64 {
+    pub(crate) fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
     }
 }

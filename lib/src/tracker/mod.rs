@@ -1,100 +1,35 @@
-//! The tracker: namespaces of generations, exact tables and claims in a [`Store`],
-//! and the atomic check-and-mark.
+//! The tracker: the dedup authority's API, over the store its state lives in.
 //!
-//! # How a batch is decided
-//!
-//! Under the namespace's lock:
-//!
-//! 1. If any ID of the call is held by another caller's write in flight, nothing is
-//!    decided yet: the call waits for those writes, then starts over.
-//! 2. Every live generation's filter is probed. No hit anywhere and no claim: the ID
-//!    is new, decided without touching disk.
-//! 3. A hit in a generation that still has its exact table is confirmed or ruled out
-//!    by the table (one batched read for the whole call, outside the lock, with the
-//!    IDs held meanwhile). Inside the exact horizon there are therefore no false
-//!    positives, and never false negatives.
-//! 4. What is known of each ID (its claim, its done mark, a Bloom-only hit) goes
-//!    through one decision function ([`decide`]), shared by every operation.
-//! 5. New IDs are counted into the open generation, held in flight, and put in one
-//!    write batch, with the call's checkpoint if it has one.
-//!
-//! The lock is released for the write itself, so concurrent calls reach RocksDB
-//! together and share its group commit (one WAL write, and in `sync` mode one fsync,
-//! for the whole group). A call writes **once**: it acknowledges everything or, when
-//! its write fails, nothing, so an error never hides a mark that landed. Only after
-//! the write returns are the IDs' filter bits set and the IDs reported `new`; a write
-//! that fails gives its IDs' counts back and leaves the filters untouched (see
-//! [`namespace`] for why bits wait for the write).
-//!
-//! # Rotation
-//!
-//! A generation seals by capacity inside the mark path and by time on access (or from
-//! [`Tracker::tick`]). Rotation happens under the namespace's lock: the sealed
-//! generation's filter is snapshotted (fsynced) once the writes into it have
-//! settled, then one atomic batch records the new ring and range-deletes the exact
-//! tables that left the horizon. A generation keeps its exact table until its
-//! snapshot is saved, so a crash at any point loses no acknowledged mark: either the
-//! old ring is recorded and the open generation is rebuilt from its table, or the new
-//! one is and every Bloom-only generation has its snapshot.
-//!
-//! # Start-up
-//!
-//! Opening reads each namespace's records and claims, loads the snapshots of sealed
-//! generations (cost: their size in bytes, read sequentially) and rebuilds the open
-//! generation's filter by scanning its exact table (cost: one sequential scan of the
-//! IDs it holds). After a clean [`Tracker::close`] the open generation was
-//! snapshotted too, and even that scan is skipped.
-//!
-//! # Time across restarts
-//!
-//! Generation ages and claim leases count the time a tracker had the store open: every
-//! persisted time is in store time, which resumes at start-up where the previous run
-//! left it (see [`time`]). The reading reaches the store as a tiny heartbeat record
-//! (`records::ClockRecord`): in the batch of a mark at most once per
-//! [`HEARTBEAT_EVERY`], with every rotation, from [`Tracker::tick`] while idle, and
-//! at start-up, [`Tracker::close`] and when the last handle drops. A crash loses at
-//! most the time since the last heartbeat, which only delays the next seal and the
-//! end of leases: IDs are then remembered, and claims held, a little longer.
+//! [`Tracker`] is one API, with the same semantics and promises, over the engines
+//! that keep its state: the embedded one (filters in memory, exact tables and claims
+//! in RocksDB, or in memory for tests; see its module docs for how a batch is
+//! decided, rotation and start-up). What an ID's state means for a caller is decided
+//! in one place, `decide`, whichever the engine.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, TryLockError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::clock::{Clock, duration_millis};
+use crate::clock::Clock;
+use crate::config::NamespaceConfig;
 use crate::error::Error;
-use crate::records::{self, ClockRecord};
-use crate::store::{Batch, Store};
+use crate::verdict::Verdict;
 
-mod admin;
 mod budget;
 mod builder;
-mod claims;
 mod decide;
-mod flight;
 mod health;
-mod mark;
-mod namespace;
-mod recovery;
-mod rotation;
-mod single;
-mod time;
+mod info;
+mod local;
+mod outcome;
 mod transaction;
 
-pub use admin::{Configured, DropPolicy, GenerationInfo, NamespaceInfo};
 pub use budget::FilterBudget;
 pub use builder::{Durability, TrackerBuilder};
-pub use claims::{ClaimOutcome, MAX_LEASE};
 pub use health::StorageFailure;
-pub use transaction::{MAX_POSITION_LEN, Transacted, Transaction};
-
-use namespace::Namespace;
-
-/// At most how often marks carry the clock heartbeat (see "Time across restarts"
-/// above). What a crash can lose of generation ages and leases, beyond idle time
-/// without a [`Tracker::tick`].
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+pub use info::{GenerationInfo, NamespaceInfo};
+pub use outcome::{ClaimOutcome, Configured, DropPolicy, MAX_LEASE, Transacted};
+pub use transaction::{MAX_POSITION_LEN, Transaction};
 
 /// The dedup authority: namespaces, their generations and exact tables, claims, and
 /// atomic check-and-mark. Cheap to clone; clones share everything.
@@ -118,136 +53,463 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// ```
 #[derive(Clone)]
 pub struct Tracker {
-    inner: Arc<Inner>,
+    backend: Backend,
+}
+
+/// The engine a tracker runs on.
+#[derive(Clone)]
+enum Backend {
+    Local(local::Local),
 }
 
 impl fmt::Debug for Tracker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Tracker")
-            .field("store", &self.inner.store)
-            .field("durability", &self.inner.durability)
-            .finish_non_exhaustive()
-    }
-}
-
-struct Inner {
-    store: Box<dyn Store>,
-    time: time::StoreTime,
-    durability: Durability,
-    namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
-    /// Serialises namespace creation, reconfiguration, deletion and close.
-    admin: Mutex<()>,
-    /// Serialises transactions, so each reads what the previous ones wrote.
-    transactions: Mutex<()>,
-    closed: AtomicBool,
-    /// The last store time put into a batch as the heartbeat, in milliseconds.
-    heartbeat: AtomicU64,
-    /// Whether the store's writes are failing.
-    health: health::Health,
-    /// Bounds on namespaces' filter memory and number.
-    limits: budget::Limits,
-    /// When the store was last asked to recover from failing writes, store time
-    /// in milliseconds.
-    last_recovery: AtomicU64,
-}
-
-impl Inner {
-    /// Adds the clock heartbeat to `batch`: always when `force`d, else when the last
-    /// one is [`HEARTBEAT_EVERY`] away (either way: a clock set back must not stop
-    /// heartbeats). One clock read and one atomic load per call; concurrent callers
-    /// race for the slot, and the loser writes none. A heartbeat that never lands, or
-    /// lands after a newer one, is harmless: it only undercounts time.
-    fn heartbeat(&self, batch: &mut Batch, force: bool) {
-        let now = self.time.now();
-        let last = self.heartbeat.load(Ordering::Relaxed);
-        if force {
-            self.heartbeat.store(now.as_millis(), Ordering::Relaxed);
-        } else if now.as_millis().abs_diff(last) < duration_millis(HEARTBEAT_EVERY)
-            || self
-                .heartbeat
-                .compare_exchange(last, now.as_millis(), Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            return;
-        }
-        batch.put_meta(records::CLOCK_KEY, &records::encode(&ClockRecord::at(now)));
-    }
-
-    /// Writes a batch, recording the outcome in the store's health.
-    fn write(&self, batch: &Batch, sync: bool) -> Result<(), Error> {
-        let result = self.store.write(batch, sync);
-        self.health.record(|| self.time.now(), &result);
-        result
-    }
-
-    /// [`Store::write_nonblocking`], recording the outcome likewise.
-    fn write_nonblocking(&self, batch: &Batch) -> Result<(), Error> {
-        let result = self.store.write_nonblocking(batch);
-        self.health.record(|| self.time.now(), &result);
-        result
-    }
-
-    fn sync_writes(&self) -> bool {
-        self.durability == Durability::Sync
-    }
-}
-
-impl Drop for Inner {
-    /// The last handle is gone without [`Tracker::close`]: still record how far store
-    /// time got, so that a restart resumes it exactly. Best effort: losing it only
-    /// undercounts time.
-    fn drop(&mut self) {
-        if *self.closed.get_mut() {
-            return;
-        }
-        let mut b = Batch::new();
-        self.heartbeat(&mut b, true);
-        if let Err(e) = self.write(&b, false) {
-            tracing::debug!(error = %e, "could not record the clock heartbeat at drop");
+        match &self.backend {
+            Backend::Local(t) => t.fmt(f),
         }
     }
 }
 
 impl Tracker {
+    /// Checks and marks a batch of IDs atomically per ID: among any number of
+    /// concurrent callers marking the same ID, exactly one gets [`Verdict::New`].
+    ///
+    /// With an `owner`, the same owner marking an ID again gets
+    /// [`Verdict::Replayed`] (its original `new`) instead of `duplicate`, as long as
+    /// the mark is inside the exact horizon: a client whose response was lost can
+    /// retry safely. An owner token must identify one delivery attempt of one event
+    /// (draw a fresh one per delivery, reuse it only to retry the same call), never a
+    /// worker: a genuine redelivery to a worker that reused its token would come back
+    /// `Replayed` and be processed twice. Verdicts come back in the order of `ids`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidId`], [`Error::InvalidOwner`] or [`Error::UnknownNamespace`]
+    /// before anything is marked; storage errors, in which case nothing of the batch
+    /// was marked (a call writes once, all of its marks or none).
+    pub fn check_and_mark<T: AsRef<[u8]>>(
+        &self,
+        namespace: &str,
+        ids: &[T],
+        owner: Option<&str>,
+    ) -> Result<Vec<Verdict>, Error> {
+        match &self.backend {
+            Backend::Local(t) => t.check_and_mark(namespace, ids, owner),
+        }
+    }
+
+    /// [`check_and_mark`](Self::check_and_mark) for a caller that must not block,
+    /// such as an async runtime's worker thread.
+    ///
+    /// `Ok(None)` when the call would have had to wait, and then nothing is marked:
+    /// for another caller's write of one of the IDs, for a rotation (which writes a
+    /// snapshot), for an exact-table read from disk, for a RocksDB write stall, or
+    /// for an fsync (durability `sync`, always), for the namespace's lock when it
+    /// does not come free within a short spin. Make the call again with
+    /// `check_and_mark`, from a thread that may block. What remains is short:
+    /// handing the write to the operating system, and taking the lock back to
+    /// settle the call once it is written.
+    ///
+    /// # Errors
+    ///
+    /// As [`check_and_mark`](Self::check_and_mark).
+    pub fn try_check_and_mark<T: AsRef<[u8]>>(
+        &self,
+        namespace: &str,
+        ids: &[T],
+        owner: Option<&str>,
+    ) -> Result<Option<Vec<Verdict>>, Error> {
+        match &self.backend {
+            Backend::Local(t) => t.try_check_and_mark(namespace, ids, owner),
+        }
+    }
+
+    /// Answers like [`check_and_mark`](Self::check_and_mark) without marking: `New`
+    /// here means unseen.
+    ///
+    /// # Errors
+    ///
+    /// As [`check_and_mark`](Self::check_and_mark).
+    pub fn check<T: AsRef<[u8]>>(&self, namespace: &str, ids: &[T]) -> Result<Vec<Verdict>, Error> {
+        match &self.backend {
+            Backend::Local(t) => t.check(namespace, ids),
+        }
+    }
+
+    /// [`check`](Self::check) for a caller that must not block: `Ok(None)` when
+    /// the call would have had to wait (for another caller's write of one of the
+    /// IDs, for a rotation, for an exact-table read from disk, for a busy lock), as
+    /// [`try_check_and_mark`](Self::try_check_and_mark) does.
+    ///
+    /// # Errors
+    ///
+    /// As [`check`](Self::check).
+    pub fn try_check<T: AsRef<[u8]>>(
+        &self,
+        namespace: &str,
+        ids: &[T],
+    ) -> Result<Option<Vec<Verdict>>, Error> {
+        match &self.backend {
+            Backend::Local(t) => t.try_check(namespace, ids),
+        }
+    }
+
+    /// [`check_and_mark`](Self::check_and_mark) that also stores a checkpoint in the
+    /// same atomic write as the batch's new marks (alone when none is new), so
+    /// "processed up to here" and "these IDs are done" never disagree after a crash.
+    ///
+    /// # Errors
+    ///
+    /// As [`check_and_mark`](Self::check_and_mark) and
+    /// [`set_checkpoint`](Self::set_checkpoint); on error neither is stored.
+    pub fn check_and_mark_with_checkpoint<T: AsRef<[u8]>>(
+        &self,
+        namespace: &str,
+        ids: &[T],
+        owner: Option<&str>,
+        consumer: &str,
+        position: &str,
+    ) -> Result<Vec<Verdict>, Error> {
+        match &self.backend {
+            Backend::Local(t) => {
+                t.check_and_mark_with_checkpoint(namespace, ids, owner, consumer, position)
+            }
+        }
+    }
+
+    /// Claims an ID for `owner` for `lease`.
+    ///
+    /// The same owner claiming again renews its lease (`replayed`; a renewal never
+    /// shortens the lease held); a lease that ran out goes to the next claimant
+    /// (`taken_over`). While a claim is live, other owners' claims, checks and marks
+    /// answer in progress, whatever rotations happen meanwhile. A claim is not a
+    /// mark: it does not count towards `generation_capacity`, and once released or
+    /// expired uncompleted it leaves no trace.
+    ///
+    /// # Errors
+    ///
+    /// Invalid ID, owner, lease (zero or over [`MAX_LEASE`]) or namespace; storage
+    /// errors (then nothing was claimed).
+    pub fn claim(
+        &self,
+        namespace: &str,
+        id: impl AsRef<[u8]>,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<ClaimOutcome, Error> {
+        match &self.backend {
+            Backend::Local(t) => t.claim(namespace, id, owner, lease),
+        }
+    }
+
+    /// Turns `owner`'s claim into a done mark, in the open generation. Completing
+    /// twice is fine. A claim whose lease ran out can still be completed as long as
+    /// no other owner has taken it since (and the tracker still remembers it: see the
+    /// module docs).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Conflict`] when another owner holds or completed the ID, or there is
+    /// no claim; validation and storage errors as for [`claim`](Self::claim).
+    pub fn complete(
+        &self,
+        namespace: &str,
+        id: impl AsRef<[u8]>,
+        owner: &str,
+    ) -> Result<(), Error> {
+        match &self.backend {
+            Backend::Local(t) => t.complete(namespace, id, owner),
+        }
+    }
+
+    /// Forgets `owner`'s claim so that a redelivery can take the ID. Releasing an ID
+    /// with no claim of this owner's (never claimed, already released, or another
+    /// owner's expired claim) is fine: a retried release succeeds.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Conflict`] when another owner holds a live claim or the ID is done;
+    /// validation and storage errors as for [`claim`](Self::claim).
+    pub fn release(&self, namespace: &str, id: impl AsRef<[u8]>, owner: &str) -> Result<(), Error> {
+        match &self.backend {
+            Backend::Local(t) => t.release(namespace, id, owner),
+        }
+    }
+
+    /// Marks one event and applies the closure's writes in the same atomic batch,
+    /// only if the event is new.
+    ///
+    /// The closure runs only for a new event, and its writes ([`Transaction::put`],
+    /// [`Transaction::delete`], [`Transaction::set_checkpoint`]) land together with
+    /// the mark or not at all. If the event was already marked (including by the same
+    /// owner: a replayed transaction was applied the first time), nothing is written
+    /// and the verdict says why. If the closure fails, nothing is written and the
+    /// event stays unmarked.
+    ///
+    /// Transactions run one at a time per tracker, so reads inside one see every
+    /// earlier transaction's writes: read-modify-write of a balance is safe. User keys
+    /// are shared by all namespaces; write them only through transactions. The closure
+    /// must not call the tracker.
+    ///
+    /// ```
+    /// use oncely::{Durability, Tracker, Transacted};
+    ///
+    /// let tracker = Tracker::builder().durability(Durability::Memory).open()?;
+    /// let credit = |event: &str, amount: i64| {
+    ///     tracker.transact("default", event, None, |tx| {
+    ///         let balance = tx
+    ///             .get(b"balance:alice")?
+    ///             .map_or(0, |v| String::from_utf8_lossy(&v).parse::<i64>().unwrap_or(0));
+    ///         tx.put("balance:alice", (balance + amount).to_string());
+    ///         Ok::<_, oncely::Error>(())
+    ///     })
+    /// };
+    /// assert!(matches!(credit("deposit-1", 5)?, Transacted::Applied(())));
+    /// assert!(matches!(credit("deposit-1", 5)?, Transacted::Skipped(_)), "redelivery");
+    /// assert_eq!(tracker.user_get(b"balance:alice")?, Some(b"5".to_vec()));
+    /// # Ok::<(), oncely::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The closure's error, or an [`Error`] (validation, storage) converted into `E`.
+    pub fn transact<T, E, F>(
+        &self,
+        namespace: &str,
+        id: impl AsRef<[u8]>,
+        owner: Option<&str>,
+        f: F,
+    ) -> Result<Transacted<T>, E>
+    where
+        E: From<Error>,
+        F: FnOnce(&mut Transaction<'_>) -> Result<T, E>,
+    {
+        match &self.backend {
+            Backend::Local(t) => t.transact(namespace, id, owner, f),
+        }
+    }
+
+    /// A user key's value, as transactions left it.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors.
+    pub fn user_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        match &self.backend {
+            Backend::Local(t) => t.user_get(key),
+        }
+    }
+
+    /// Stores a consumer's last processed position in a namespace, durably (as a
+    /// mark is). Resume from it with an inclusive lower bound: at-least-once, made
+    /// effectively-once by check-and-mark.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a consumer name that breaks the namespace naming
+    /// rules or a position that is empty or over 1 KiB; unknown namespace; storage
+    /// errors.
+    pub fn set_checkpoint(
+        &self,
+        namespace: &str,
+        consumer: &str,
+        position: &str,
+    ) -> Result<(), Error> {
+        match &self.backend {
+            Backend::Local(t) => t.set_checkpoint(namespace, consumer, position),
+        }
+    }
+
+    /// A consumer's stored position, if any.
+    ///
+    /// # Errors
+    ///
+    /// Invalid consumer name, unknown namespace, storage errors.
+    pub fn checkpoint(&self, namespace: &str, consumer: &str) -> Result<Option<String>, Error> {
+        match &self.backend {
+            Backend::Local(t) => t.checkpoint(namespace, consumer),
+        }
+    }
+
+    /// Names of all namespaces, sorted.
+    #[must_use]
+    pub fn namespaces(&self) -> Vec<String> {
+        match &self.backend {
+            Backend::Local(t) => t.namespaces(),
+        }
+    }
+
+    /// Configuration and live statistics of a namespace.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownNamespace`].
+    pub fn namespace_info(&self, namespace: &str) -> Result<NamespaceInfo, Error> {
+        match &self.backend {
+            Backend::Local(t) => t.namespace_info(namespace),
+        }
+    }
+
+    /// Creates a namespace, or reconfigures an existing one.
+    ///
+    /// What a reconfiguration changes, and when:
+    ///
+    /// * `generation_span` applies at once, to the open generation too.
+    /// * `generation_capacity` and `fp_rate` size the filters of generations opened
+    ///   from then on. The open generation seals at the new capacity, or earlier
+    ///   when its filter would otherwise exceed the rate each generation must now
+    ///   meet, and never later than its filter's own capacity: no filter ever holds
+    ///   more IDs than it was sized for. A generation whose filter was built for a
+    ///   looser rate is rebuilt from its exact table before it turns Bloom-only;
+    ///   generations already Bloom-only keep the rate they were built for until they
+    ///   leave the ring.
+    /// * A larger `generations` keeps more generations from then on; a smaller one
+    ///   drops the oldest generations now.
+    /// * A smaller `exact_generations` drops the exact tables that fall outside the
+    ///   new horizon now (those generations answer `probable_duplicate` from then on);
+    ///   a larger one keeps more tables as new generations arrive (tables already
+    ///   dropped do not come back).
+    ///
+    /// A change that would drop generations or exact tables now is refused with
+    /// [`Error::WouldDrop`]; [`configure_namespace_with`](Self::configure_namespace_with)
+    /// and [`DropPolicy::DropNow`] allow it.
+    ///
+    /// The namespace's secret seed never changes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidNamespace`] for a bad name; [`Error::WouldDrop`];
+    /// [`Error::Closed`] once the tracker is closed; storage errors (then nothing
+    /// changed).
+    pub fn configure_namespace(
+        &self,
+        namespace: &str,
+        config: NamespaceConfig,
+    ) -> Result<Configured, Error> {
+        match &self.backend {
+            Backend::Local(t) => t.configure_namespace(namespace, config),
+        }
+    }
+
+    /// [`configure_namespace`](Self::configure_namespace), saying whether the change
+    /// may forget remembered IDs at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`configure_namespace`](Self::configure_namespace).
+    pub fn configure_namespace_with(
+        &self,
+        namespace: &str,
+        config: NamespaceConfig,
+        policy: DropPolicy,
+    ) -> Result<Configured, Error> {
+        match &self.backend {
+            Backend::Local(t) => t.configure_namespace_with(namespace, config, policy),
+        }
+    }
+
+    /// Deletes a namespace with all its marks, claims, snapshots and checkpoints.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownNamespace`]; [`Error::Refused`] for `default`, which always
+    /// exists; storage errors (then nothing changed).
+    pub fn delete_namespace(&self, namespace: &str) -> Result<(), Error> {
+        match &self.backend {
+            Backend::Local(t) => t.delete_namespace(namespace),
+        }
+    }
+
+    /// Seals every generation whose span has passed, catches up what rotations and
+    /// settled writes left to do, and forgets long-expired claims. The daemon calls
+    /// this from a background ticker, so idle namespaces rotate too.
+    ///
+    /// It also records the clock's heartbeat (at most once per second; a tiny,
+    /// unsynced write) when no mark did, so that the running time a crash can make a
+    /// restart miss stays about a second even while the tracker is idle.
+    ///
+    /// # Errors
+    ///
+    /// The first storage error; other namespaces are still ticked.
+    pub fn tick(&self) -> Result<(), Error> {
+        match &self.backend {
+            Backend::Local(t) => t.tick(),
+        }
+    }
+
+    /// Seals the open generation of a namespace now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownNamespace`], or a storage error (the ring is then unchanged).
+    pub fn rotate_namespace(&self, namespace: &str) -> Result<(), Error> {
+        match &self.backend {
+            Backend::Local(t) => t.rotate_namespace(namespace),
+        }
+    }
+
+    /// The filter memory budget, what namespaces are charged against it, and what
+    /// their filters take now. Cheap: a few reads per namespace.
+    #[must_use]
+    pub fn filter_budget(&self) -> FilterBudget {
+        match &self.backend {
+            Backend::Local(t) => t.filter_budget(),
+        }
+    }
+
+    /// Whether the store's writes are failing: `Some` from a failed write until a
+    /// later one succeeds. (A daemon reports itself unready meanwhile.)
+    #[must_use]
+    pub fn storage_failure(&self) -> Option<StorageFailure> {
+        match &self.backend {
+            Backend::Local(t) => t.storage_failure(),
+        }
+    }
+
+    /// Writes that failed since the tracker opened.
+    #[must_use]
+    pub fn storage_errors(&self) -> u64 {
+        match &self.backend {
+            Backend::Local(t) => t.storage_errors(),
+        }
+    }
+
+    /// Space the store uses on disk, in bytes, where known.
+    #[must_use]
+    pub fn disk_bytes(&self) -> Option<u64> {
+        match &self.backend {
+            Backend::Local(t) => t.disk_bytes(),
+        }
+    }
+
+    /// Lets the writes in flight settle, then flushes everything to disk and
+    /// snapshots every generation, so the next start-up needs no scan. Further calls
+    /// are refused (configuration included).
+    ///
+    /// # Errors
+    ///
+    /// Storage errors. Marks acknowledged earlier are safe regardless: they are in
+    /// the write-ahead log.
+    pub fn close(&self) -> Result<(), Error> {
+        match &self.backend {
+            Backend::Local(t) => t.close(),
+        }
+    }
+
     /// The durability mode.
     #[must_use]
     pub fn durability(&self) -> Durability {
-        self.inner.durability
+        match &self.backend {
+            Backend::Local(t) => t.durability(),
+        }
     }
 
     /// The clock the tracker reads. (Times the tracker reports, lease ends and
     /// generation opening times, are on this clock.)
     #[must_use]
     pub fn clock(&self) -> &Arc<dyn Clock> {
-        self.inner.time.clock()
-    }
-
-    fn sync_writes(&self) -> bool {
-        self.inner.sync_writes()
-    }
-}
-
-/// Locks a mutex, recovering from poisoning: every critical section leaves the state
-/// consistent at each step that can panic (allocation failure aside), so the data
-/// behind a poisoned lock is still sound, and one panicking caller must not take the
-/// whole namespace down with it.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Locks a mutex if it comes free within a short spin, for callers that must not
-/// block: the namespace lock is mostly held for microseconds, but a rotation (a
-/// snapshot write) or a claim's disk read can hold it for milliseconds.
-fn lock_briefly<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
-    for _ in 0..LOCK_SPINS {
-        match m.try_lock() {
-            Ok(guard) => return Some(guard),
-            Err(TryLockError::Poisoned(p)) => return Some(p.into_inner()),
-            Err(TryLockError::WouldBlock) => std::hint::spin_loop(),
+        match &self.backend {
+            Backend::Local(t) => t.clock(),
         }
     }
-    None
 }
-
-/// How many times [`lock_briefly`] tries: a few microseconds.
-const LOCK_SPINS: u32 = 200;

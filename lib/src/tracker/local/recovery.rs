@@ -16,14 +16,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use super::budget::Limits;
 use super::claims::{self, Claim, ClaimTable};
-use super::decide::ClaimState;
 use super::flight::key_of;
 use super::namespace::{Namespace, State};
 use super::rotation::rebuild_filter;
 use super::time::StoreTime;
-use super::{Durability, Inner, Tracker, health, lock};
+use super::{Durability, Inner, Local, health, lock};
 use crate::clock::{Clock, Timestamp};
 use crate::config::NamespaceConfig;
 use crate::error::Error;
@@ -37,9 +35,11 @@ use crate::records::{
 };
 use crate::sizing::{FilterSizing, size_filter};
 use crate::store::{Batch, NamespaceId, Store};
+use crate::tracker::budget::Limits;
+use crate::tracker::decide::ClaimState;
 
-impl Tracker {
-    pub(super) fn recover(
+impl Local {
+    pub(crate) fn recover(
         store: Box<dyn Store>,
         durability: Durability,
         clock: Arc<dyn Clock>,
@@ -357,12 +357,14 @@ mod tests {
     fn format_1_claims_move_to_their_own_table() {
         let now = 1_700_000_000_000;
         let clock = ManualClock::new(Timestamp::from_millis(now));
-        let tracker = Tracker::builder()
-            .store(Box::new(format_1_store(now)))
-            .durability(Durability::Flush)
-            .clock(Arc::new(clock))
-            .open()
-            .unwrap();
+        let tracker = Local::recover(
+            Box::new(format_1_store(now)),
+            Durability::Flush,
+            Arc::new(clock),
+            NamespaceConfig::default(),
+            Limits::default(),
+        )
+        .unwrap();
         let store = &tracker.inner.store;
         assert_eq!(
             store.get_meta(records::FORMAT_KEY).unwrap().as_deref(),

@@ -18,82 +18,23 @@
 //!
 //! An expired claim stays in the table, so that its owner can still complete it,
 //! until another owner takes the ID or it has been expired for as long as its lease
-//! was; then [`Tracker::tick`] forgets it.
+//! was; then [`Local::tick`] forgets it.
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::time::Duration;
 
-use super::decide::{Ask, ClaimState, Decision};
 use super::flight::IdentityHasher;
 use super::single::One;
-use super::{Tracker, lock};
+use super::{Local, lock};
 use crate::clock::{Timestamp, duration_millis};
 use crate::error::Error;
 use crate::exact::OwnerFp;
 use crate::id::EventId;
 use crate::records;
 use crate::store::{Batch, NamespaceId};
-
-/// The longest lease a claim may ask for: 7 days.
-pub const MAX_LEASE: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// The answer to [`Tracker::claim`].
-#[must_use = "a claim says whether to process the event"]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClaimOutcome {
-    /// The caller holds the claim until `until`: process, then complete or release.
-    Acquired {
-        /// When the lease ends.
-        until: Timestamp,
-        /// The caller already held it: the lease was renewed.
-        replayed: bool,
-        /// Another owner's lease had run out uncompleted: the claim passed to the
-        /// caller (a crashed or stalled consumer's work being picked up again).
-        taken_over: bool,
-    },
-    /// Another owner holds a live claim until `until`.
-    InProgress {
-        /// When that lease ends.
-        until: Timestamp,
-    },
-    /// The ID is done.
-    Duplicate,
-    /// Only a Bloom-only generation says the ID was seen: probably done.
-    ProbableDuplicate,
-}
-
-impl ClaimOutcome {
-    /// The name used over HTTP: `acquired`, `in_progress`, `duplicate` or
-    /// `probable_duplicate`.
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Acquired { .. } => "acquired",
-            Self::InProgress { .. } => "in_progress",
-            Self::Duplicate => "duplicate",
-            Self::ProbableDuplicate => "probable_duplicate",
-        }
-    }
-
-    /// The same outcome with its lease end moved by `f` (from store time to the
-    /// caller's clock).
-    pub(super) fn map_until(self, f: impl FnOnce(Timestamp) -> Timestamp) -> Self {
-        match self {
-            Self::Acquired {
-                until,
-                replayed,
-                taken_over,
-            } => Self::Acquired {
-                until: f(until),
-                replayed,
-                taken_over,
-            },
-            Self::InProgress { until } => Self::InProgress { until: f(until) },
-            other => other,
-        }
-    }
-}
+use crate::tracker::decide::{Ask, ClaimState, Decision};
+use crate::tracker::{ClaimOutcome, MAX_LEASE};
 
 /// A claim held in the table.
 #[derive(Clone, Debug)]
@@ -186,21 +127,9 @@ pub(super) fn delete_record(batch: &mut Batch, ns: NamespaceId, id: &[u8]) {
     batch.delete_meta(&records::claim_key(ns, id));
 }
 
-impl Tracker {
-    /// Claims an ID for `owner` for `lease`.
-    ///
-    /// The same owner claiming again renews its lease (`replayed`; a renewal never
-    /// shortens the lease held); a lease that ran out goes to the next claimant
-    /// (`taken_over`). While a claim is live, other owners' claims, checks and marks
-    /// answer in progress, whatever rotations happen meanwhile. A claim is not a
-    /// mark: it does not count towards `generation_capacity`, and once released or
-    /// expired uncompleted it leaves no trace.
-    ///
-    /// # Errors
-    ///
-    /// Invalid ID, owner, lease (zero or over [`MAX_LEASE`]) or namespace; storage
-    /// errors (then nothing was claimed).
-    pub fn claim(
+impl Local {
+    /// See [`Tracker::claim`](crate::Tracker::claim).
+    pub(crate) fn claim(
         &self,
         namespace: &str,
         id: impl AsRef<[u8]>,
@@ -235,16 +164,8 @@ impl Tracker {
         Ok(outcome.map_until(|t| self.inner.time.to_clock(t)))
     }
 
-    /// Turns `owner`'s claim into a done mark, in the open generation. Completing
-    /// twice is fine. A claim whose lease ran out can still be completed as long as
-    /// no other owner has taken it since (and the tracker still remembers it: see the
-    /// module docs).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Conflict`] when another owner holds or completed the ID, or there is
-    /// no claim; validation and storage errors as for [`claim`](Self::claim).
-    pub fn complete(
+    /// See [`Tracker::complete`](crate::Tracker::complete).
+    pub(crate) fn complete(
         &self,
         namespace: &str,
         id: impl AsRef<[u8]>,
@@ -256,15 +177,13 @@ impl Tracker {
         settle_simple(self.decide_one(&ns, id, |_| Ask::Complete(me))?)
     }
 
-    /// Forgets `owner`'s claim so that a redelivery can take the ID. Releasing an ID
-    /// with no claim of this owner's (never claimed, already released, or another
-    /// owner's expired claim) is fine: a retried release succeeds.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Conflict`] when another owner holds a live claim or the ID is done;
-    /// validation and storage errors as for [`claim`](Self::claim).
-    pub fn release(&self, namespace: &str, id: impl AsRef<[u8]>, owner: &str) -> Result<(), Error> {
+    /// See [`Tracker::release`](crate::Tracker::release).
+    pub(crate) fn release(
+        &self,
+        namespace: &str,
+        id: impl AsRef<[u8]>,
+        owner: &str,
+    ) -> Result<(), Error> {
         let id = checked_id(id.as_ref())?;
         let ns = self.namespace_handle(namespace)?;
         let me = OwnerFp::new(owner, ns.seed)?;
@@ -272,7 +191,7 @@ impl Tracker {
     }
 
     /// Forgets claims that have been expired for as long as their lease was (see the
-    /// module docs). Called by [`Tracker::tick`].
+    /// module docs). Called by [`Local::tick`].
     pub(super) fn forget_expired_claims(&self) -> Result<(), Error> {
         for ns in self.all_namespaces() {
             let mut st = lock(&ns.state);

@@ -72,7 +72,7 @@ pub(super) struct State {
     pub(super) unsaved: BTreeSet<GenerationId>,
     /// A generation whose filter a caller is rebuilding outside the lock.
     pub(super) resizing: Option<GenerationId>,
-    /// Whether [`Tracker::catch_up`](super::Tracker::catch_up) has work: a floor
+    /// Whether [`Local::catch_up`](super::Tracker::catch_up) has work: a floor
     /// behind the configuration's, or a snapshot to save.
     pub(super) catch_up_due: bool,
     /// Set by delete; calls holding an old handle then fail as unknown.

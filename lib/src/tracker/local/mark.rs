@@ -5,16 +5,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::claims;
-use super::decide::{Ask, Decision, Known, decide};
 use super::flight::{Flight, FlightId, key_of};
 use super::namespace::{Namespace, State};
-use super::{Tracker, lock, lock_briefly};
+use super::{Local, lock, lock_briefly};
 use crate::error::Error;
 use crate::exact::{MarkValue, OwnerFp};
 use crate::generation::{GenerationId, SealReason};
 use crate::hash::IdHash;
 use crate::id::EventId;
 use crate::store::Batch;
+use crate::tracker::decide::{Ask, Decision, Known, decide};
 use crate::verdict::Verdict;
 
 #[derive(Clone, Copy)]
@@ -40,7 +40,7 @@ struct Call<'a> {
     hashes: &'a [IdHash],
     mode: Mode,
     /// Give up with [`Error::WouldBlock`], before anything is written, rather than
-    /// wait (see [`Tracker::try_check_and_mark`]).
+    /// wait (see [`Local::try_check_and_mark`]).
     nonblocking: bool,
 }
 
@@ -166,24 +166,9 @@ impl Drop for Pass<'_> {
     }
 }
 
-impl Tracker {
-    /// Checks and marks a batch of IDs atomically per ID: among any number of
-    /// concurrent callers marking the same ID, exactly one gets [`Verdict::New`].
-    ///
-    /// With an `owner`, the same owner marking an ID again gets
-    /// [`Verdict::Replayed`] (its original `new`) instead of `duplicate`, as long as
-    /// the mark is inside the exact horizon: a client whose response was lost can
-    /// retry safely. An owner token must identify one delivery attempt of one event
-    /// (draw a fresh one per delivery, reuse it only to retry the same call), never a
-    /// worker: a genuine redelivery to a worker that reused its token would come back
-    /// `Replayed` and be processed twice. Verdicts come back in the order of `ids`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidId`], [`Error::InvalidOwner`] or [`Error::UnknownNamespace`]
-    /// before anything is marked; storage errors, in which case nothing of the batch
-    /// was marked (a call writes once, all of its marks or none).
-    pub fn check_and_mark<T: AsRef<[u8]>>(
+impl Local {
+    /// See [`Tracker::check_and_mark`](crate::Tracker::check_and_mark).
+    pub(crate) fn check_and_mark<T: AsRef<[u8]>>(
         &self,
         namespace: &str,
         ids: &[T],
@@ -195,22 +180,8 @@ impl Tracker {
         self.run(&ns, &ids, Mode::Mark(owner), None, false)
     }
 
-    /// [`check_and_mark`](Self::check_and_mark) for a caller that must not block,
-    /// such as an async runtime's worker thread.
-    ///
-    /// `Ok(None)` when the call would have had to wait, and then nothing is marked:
-    /// for another caller's write of one of the IDs, for a rotation (which writes a
-    /// snapshot), for an exact-table read from disk, for a RocksDB write stall, or
-    /// for an fsync (durability `sync`, always), for the namespace's lock when it
-    /// does not come free within a short spin. Make the call again with
-    /// `check_and_mark`, from a thread that may block. What remains is short:
-    /// handing the write to the operating system, and taking the lock back to
-    /// settle the call once it is written.
-    ///
-    /// # Errors
-    ///
-    /// As [`check_and_mark`](Self::check_and_mark).
-    pub fn try_check_and_mark<T: AsRef<[u8]>>(
+    /// See [`Tracker::try_check_and_mark`](crate::Tracker::try_check_and_mark).
+    pub(crate) fn try_check_and_mark<T: AsRef<[u8]>>(
         &self,
         namespace: &str,
         ids: &[T],
@@ -222,27 +193,19 @@ impl Tracker {
         gave_up(self.run(&ns, &ids, Mode::Mark(owner), None, true))
     }
 
-    /// Answers like [`check_and_mark`](Self::check_and_mark) without marking: `New`
-    /// here means unseen.
-    ///
-    /// # Errors
-    ///
-    /// As [`check_and_mark`](Self::check_and_mark).
-    pub fn check<T: AsRef<[u8]>>(&self, namespace: &str, ids: &[T]) -> Result<Vec<Verdict>, Error> {
+    /// See [`Tracker::check`](crate::Tracker::check).
+    pub(crate) fn check<T: AsRef<[u8]>>(
+        &self,
+        namespace: &str,
+        ids: &[T],
+    ) -> Result<Vec<Verdict>, Error> {
         let ids = EventId::batch(ids)?;
         let ns = self.namespace_handle(namespace)?;
         self.run(&ns, &ids, Mode::Check, None, false)
     }
 
-    /// [`check`](Self::check) for a caller that must not block: `Ok(None)` when
-    /// the call would have had to wait (for another caller's write of one of the
-    /// IDs, for a rotation, for an exact-table read from disk, for a busy lock), as
-    /// [`try_check_and_mark`](Self::try_check_and_mark) does.
-    ///
-    /// # Errors
-    ///
-    /// As [`check`](Self::check).
-    pub fn try_check<T: AsRef<[u8]>>(
+    /// See [`Tracker::try_check`](crate::Tracker::try_check).
+    pub(crate) fn try_check<T: AsRef<[u8]>>(
         &self,
         namespace: &str,
         ids: &[T],

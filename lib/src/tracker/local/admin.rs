@@ -4,14 +4,12 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 
-use super::budget::{self, FilterBudget};
 use super::claims::ClaimTable;
 use super::namespace::{Namespace, State};
-use super::{StorageFailure, Tracker, lock};
+use super::{Local, StorageFailure, lock};
 use crate::clock::Timestamp;
 use crate::config::NamespaceConfig;
 use crate::error::Error;
-use crate::filter::FilterStats;
 use crate::generation::{Generation, GenerationId, GenerationRing};
 use crate::hash::HashSeed;
 use crate::id::NamespaceName;
@@ -19,80 +17,10 @@ use crate::records::{
     self, CleanRecord, NamespaceRecord, RECORD_VERSION, RingRecord, clean_key, ns_key, ring_key,
 };
 use crate::store::{Batch, NamespaceId};
+use crate::tracker::budget::{self, FilterBudget};
+use crate::tracker::{Configured, DropPolicy, GenerationInfo, NamespaceInfo};
 
-/// Configuration and live statistics of a namespace.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct NamespaceInfo {
-    /// The namespace's name.
-    pub name: String,
-    /// Its configuration.
-    pub config: NamespaceConfig,
-    /// Live generations, newest first.
-    pub generations: Vec<GenerationInfo>,
-    /// The chance that an unseen ID is answered `probable_duplicate` now: the
-    /// combined estimated rate of the Bloom-only generations. (Generations with
-    /// exact tables never produce false positives.)
-    pub estimated_fp: f64,
-    /// Bytes of filter memory across generations.
-    pub memory_bytes: u64,
-    /// Claims held, live or expired but not yet forgotten.
-    pub claims: u64,
-    /// What the namespace is charged against the filter budget: the most filter
-    /// memory it can hold over its life under its configuration (see
-    /// [`FilterBudget`]).
-    pub charged_bytes: u64,
-}
-
-/// Statistics of one generation.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct GenerationInfo {
-    /// Sequence number.
-    pub id: u64,
-    /// When it opened (ms since the epoch, on the tracker's clock). Ages count the
-    /// time a tracker had the store open: after a restart, downtime and clock steps
-    /// between runs are cut out, so `now - opened_at` of the open generation is its
-    /// age in running time.
-    pub opened_at: u64,
-    /// When it sealed (on the same footing as `opened_at`); `None` while open.
-    pub sealed_at: Option<u64>,
-    /// New IDs marked into it.
-    pub ids: u64,
-    /// The IDs its filter was sized for (a generation never holds more).
-    pub capacity: u64,
-    /// Whether it still has its exact table.
-    pub exact: bool,
-    /// Its filter's statistics.
-    pub filter: FilterStats,
-    /// Its filter's memory in bytes.
-    pub memory_bytes: u64,
-}
-
-/// Whether [`Tracker::configure_namespace`] created the namespace or updated it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[must_use]
-pub enum Configured {
-    /// It did not exist and was created.
-    Created,
-    /// It existed; the changes apply as documented on the method.
-    Updated,
-}
-
-/// Whether a reconfiguration may forget remembered IDs at once.
-///
-/// Lowering `generations` below the number of live generations drops the oldest
-/// ones now, and lowering `exact_generations` drops exact tables now (their
-/// generations answer `probable_duplicate` from then on). Both forget what consumers
-/// may rely on, so they must be asked for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum DropPolicy {
-    /// Refuse such a change with [`Error::WouldDrop`], changing nothing.
-    #[default]
-    Refuse,
-    /// Apply it, forgetting what it drops.
-    DropNow,
-}
-
-impl Tracker {
+impl Local {
     pub(super) fn namespace_handle(&self, name: &str) -> Result<Arc<Namespace>, Error> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
@@ -111,9 +39,9 @@ impl Tracker {
         Err(Error::UnknownNamespace(name.to_owned()))
     }
 
-    /// Names of all namespaces, sorted.
     #[must_use]
-    pub fn namespaces(&self) -> Vec<String> {
+    /// See [`Tracker::namespaces`](crate::Tracker::namespaces).
+    pub(crate) fn namespaces(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .inner
             .namespaces
@@ -126,12 +54,8 @@ impl Tracker {
         names
     }
 
-    /// Configuration and live statistics of a namespace.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::UnknownNamespace`].
-    pub fn namespace_info(&self, namespace: &str) -> Result<NamespaceInfo, Error> {
+    /// See [`Tracker::namespace_info`](crate::Tracker::namespace_info).
+    pub(crate) fn namespace_info(&self, namespace: &str) -> Result<NamespaceInfo, Error> {
         let ns = self.namespace_handle(namespace)?;
         let st = lock(&ns.state);
         let to_clock = |t: Timestamp| self.inner.time.to_clock(t).as_millis();
@@ -159,15 +83,14 @@ impl Tracker {
             estimated_fp: 1.0 - miss_all,
             memory_bytes: generations.iter().map(|g| g.memory_bytes).sum(),
             claims: st.claims.len() as u64,
-            charged_bytes: budget::footprint(st.ring.config(), &budget::live_sizes(&st)),
+            charged_bytes: budget::footprint(st.ring.config(), &live_sizes(&st)),
             generations,
         })
     }
 
-    /// The filter memory budget, what namespaces are charged against it, and what
-    /// their filters take now. Cheap: a few reads per namespace.
     #[must_use]
-    pub fn filter_budget(&self) -> FilterBudget {
+    /// See [`Tracker::filter_budget`](crate::Tracker::filter_budget).
+    pub(crate) fn filter_budget(&self) -> FilterBudget {
         let mut charged = 0_u64;
         let mut allocated = 0_u64;
         for ns in self.all_namespaces() {
@@ -175,7 +98,7 @@ impl Tracker {
             if st.deleted {
                 continue;
             }
-            let live = budget::live_sizes(&st);
+            let live = live_sizes(&st);
             allocated = allocated.saturating_add(live.iter().sum());
             charged = charged.saturating_add(budget::footprint(st.ring.config(), &live));
         }
@@ -196,43 +119,13 @@ impl Tracker {
             .filter(|(name, _)| name.as_str() != except)
             .map(|(_, ns)| {
                 let st = lock(&ns.state);
-                budget::footprint(st.ring.config(), &budget::live_sizes(&st))
+                budget::footprint(st.ring.config(), &live_sizes(&st))
             })
             .fold(0_u64, u64::saturating_add)
     }
 
-    /// Creates a namespace, or reconfigures an existing one.
-    ///
-    /// What a reconfiguration changes, and when:
-    ///
-    /// * `generation_span` applies at once, to the open generation too.
-    /// * `generation_capacity` and `fp_rate` size the filters of generations opened
-    ///   from then on. The open generation seals at the new capacity, or earlier
-    ///   when its filter would otherwise exceed the rate each generation must now
-    ///   meet, and never later than its filter's own capacity: no filter ever holds
-    ///   more IDs than it was sized for. A generation whose filter was built for a
-    ///   looser rate is rebuilt from its exact table before it turns Bloom-only;
-    ///   generations already Bloom-only keep the rate they were built for until they
-    ///   leave the ring.
-    /// * A larger `generations` keeps more generations from then on; a smaller one
-    ///   drops the oldest generations now.
-    /// * A smaller `exact_generations` drops the exact tables that fall outside the
-    ///   new horizon now (those generations answer `probable_duplicate` from then on);
-    ///   a larger one keeps more tables as new generations arrive (tables already
-    ///   dropped do not come back).
-    ///
-    /// A change that would drop generations or exact tables now is refused with
-    /// [`Error::WouldDrop`]; [`configure_namespace_with`](Self::configure_namespace_with)
-    /// and [`DropPolicy::DropNow`] allow it.
-    ///
-    /// The namespace's secret seed never changes.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidNamespace`] for a bad name; [`Error::WouldDrop`];
-    /// [`Error::Closed`] once the tracker is closed; storage errors (then nothing
-    /// changed).
-    pub fn configure_namespace(
+    /// See [`Tracker::configure_namespace`](crate::Tracker::configure_namespace).
+    pub(crate) fn configure_namespace(
         &self,
         namespace: &str,
         config: NamespaceConfig,
@@ -240,13 +133,8 @@ impl Tracker {
         self.configure_namespace_with(namespace, config, DropPolicy::Refuse)
     }
 
-    /// [`configure_namespace`](Self::configure_namespace), saying whether the change
-    /// may forget remembered IDs at once.
-    ///
-    /// # Errors
-    ///
-    /// As [`configure_namespace`](Self::configure_namespace).
-    pub fn configure_namespace_with(
+    /// See [`Tracker::configure_namespace_with`](crate::Tracker::configure_namespace_with).
+    pub(crate) fn configure_namespace_with(
         &self,
         namespace: &str,
         config: NamespaceConfig,
@@ -353,7 +241,7 @@ impl Tracker {
         st.usable(&ns.name)?;
         budget::check(
             self.inner.limits,
-            budget::footprint(&config, &budget::live_sizes(&st)),
+            budget::footprint(&config, &live_sizes(&st)),
             others,
         )?;
         let generations = st.ring.would_drop(&config);
@@ -405,13 +293,8 @@ impl Tracker {
         Ok(())
     }
 
-    /// Deletes a namespace with all its marks, claims, snapshots and checkpoints.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::UnknownNamespace`]; [`Error::Refused`] for `default`, which always
-    /// exists; storage errors (then nothing changed).
-    pub fn delete_namespace(&self, namespace: &str) -> Result<(), Error> {
+    /// See [`Tracker::delete_namespace`](crate::Tracker::delete_namespace).
+    pub(crate) fn delete_namespace(&self, namespace: &str) -> Result<(), Error> {
         if namespace == NamespaceName::DEFAULT {
             return Err(Error::Refused(
                 "the default namespace cannot be deleted".into(),
@@ -443,15 +326,8 @@ impl Tracker {
         Ok(())
     }
 
-    /// Lets the writes in flight settle, then flushes everything to disk and
-    /// snapshots every generation, so the next start-up needs no scan. Further calls
-    /// are refused (configuration included).
-    ///
-    /// # Errors
-    ///
-    /// Storage errors. Marks acknowledged earlier are safe regardless: they are in
-    /// the write-ahead log.
-    pub fn close(&self) -> Result<(), Error> {
+    /// See [`Tracker::close`](crate::Tracker::close).
+    pub(crate) fn close(&self) -> Result<(), Error> {
         let _admin = lock(&self.inner.admin);
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
@@ -490,25 +366,24 @@ impl Tracker {
         store.flush()
     }
 
-    /// Whether the store's writes are failing: `Some` from a failed write until a
-    /// later one succeeds. (A daemon reports itself unready meanwhile.)
     #[must_use]
-    pub fn storage_failure(&self) -> Option<StorageFailure> {
+    /// See [`Tracker::storage_failure`](crate::Tracker::storage_failure).
+    pub(crate) fn storage_failure(&self) -> Option<StorageFailure> {
         self.inner.health.failure().map(|mut f| {
             f.since = self.inner.time.to_clock(f.since);
             f
         })
     }
 
-    /// Writes that failed since the tracker opened.
     #[must_use]
-    pub fn storage_errors(&self) -> u64 {
+    /// See [`Tracker::storage_errors`](crate::Tracker::storage_errors).
+    pub(crate) fn storage_errors(&self) -> u64 {
         self.inner.health.errors()
     }
 
-    /// Space the store uses on disk, in bytes, where known.
     #[must_use]
-    pub fn disk_bytes(&self) -> Option<u64> {
+    /// See [`Tracker::disk_bytes`](crate::Tracker::disk_bytes).
+    pub(crate) fn disk_bytes(&self) -> Option<u64> {
         self.inner.store.disk_bytes()
     }
 }
@@ -522,4 +397,13 @@ fn tables_lost(st: &State, config: &NamespaceConfig) -> usize {
     let horizon = newest.saturating_sub(u64::from(config.exact_generations()) - 1);
     let from = st.wanted_floor().0.max(new_oldest);
     usize::try_from(horizon.saturating_sub(from)).unwrap_or(usize::MAX)
+}
+
+/// A namespace's live generation sizes, oldest first.
+fn live_sizes(st: &State) -> Vec<u64> {
+    st.ring
+        .iter()
+        .rev()
+        .map(|g| g.filter().sizing().memory_bytes())
+        .collect()
 }

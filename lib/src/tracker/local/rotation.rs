@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::namespace::{Namespace, State};
-use super::{Tracker, lock};
+use super::{Local, lock};
 use crate::clock::{Timestamp, duration_millis};
 use crate::error::Error;
 use crate::filter::BloomFilter;
@@ -15,10 +15,10 @@ use crate::records::{self, RingRecord, ring_key};
 use crate::sizing::{FilterSizing, size_filter};
 use crate::store::{Batch, NamespaceId, Store};
 
-/// At most how often [`Tracker::tick`] asks a failing store to recover.
+/// At most how often [`Local::tick`] asks a failing store to recover.
 const RECOVER_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-impl Tracker {
+impl Local {
     pub(super) fn rotate_due(
         &self,
         ns: &Namespace,
@@ -104,7 +104,7 @@ impl Tracker {
     /// past every generation ready for it.
     ///
     /// Called after a rotation or reconfiguration, by the last write to settle into a
-    /// sealed generation, at start-up, from [`Tracker::tick`] and at close. Cheap when
+    /// sealed generation, at start-up, from [`Local::tick`] and at close. Cheap when
     /// there is nothing to do.
     pub(super) fn catch_up(&self, ns: &Namespace) -> Result<(), Error> {
         let persistent = self.inner.store.persistent();
@@ -219,18 +219,8 @@ impl Tracker {
         }
     }
 
-    /// Seals every generation whose span has passed, catches up what rotations and
-    /// settled writes left to do, and forgets long-expired claims. The daemon calls
-    /// this from a background ticker, so idle namespaces rotate too.
-    ///
-    /// It also records the clock's heartbeat (at most once per second; a tiny,
-    /// unsynced write) when no mark did, so that the running time a crash can make a
-    /// restart miss stays about a second even while the tracker is idle.
-    ///
-    /// # Errors
-    ///
-    /// The first storage error; other namespaces are still ticked.
-    pub fn tick(&self) -> Result<(), Error> {
+    /// See [`Tracker::tick`](crate::Tracker::tick).
+    pub(crate) fn tick(&self) -> Result<(), Error> {
         let mut first_error = None;
         for ns in self.all_namespaces() {
             let due = {
@@ -270,7 +260,7 @@ impl Tracker {
 
     /// While writes fail, asks the store to recover (at most once per
     /// [`RECOVER_EVERY`] of store time), then probes it with a heartbeat: the probe's
-    /// success is what clears [`Tracker::storage_failure`].
+    /// success is what clears [`Local::storage_failure`].
     fn recover_storage(&self) {
         if self.inner.health.failure().is_none() || self.inner.closed.load(Ordering::Acquire) {
             return;
@@ -293,12 +283,8 @@ impl Tracker {
         }
     }
 
-    /// Seals the open generation of a namespace now.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::UnknownNamespace`], or a storage error (the ring is then unchanged).
-    pub fn rotate_namespace(&self, namespace: &str) -> Result<(), Error> {
+    /// See [`Tracker::rotate_namespace`](crate::Tracker::rotate_namespace).
+    pub(crate) fn rotate_namespace(&self, namespace: &str) -> Result<(), Error> {
         let ns = self.namespace_handle(namespace)?;
         let due = {
             let mut st = lock(&ns.state);

@@ -7,16 +7,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::claims::{self, Claim};
-use super::decide::{Ask, ClaimState, Decision, Known, decide};
 use super::flight::{Flight, FlightId, key_of};
 use super::namespace::{Namespace, State};
-use super::{ClaimOutcome, Tracker, lock};
+use super::{ClaimOutcome, Local, lock};
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::exact::MarkValue;
 use crate::generation::{GenerationId, SealReason};
 use crate::hash::IdHash;
 use crate::store::Batch;
+use crate::tracker::decide::{Ask, ClaimState, Decision, Known, decide};
 
 /// A decision about one ID: answered, or held in flight until written.
 pub(super) enum One<'a> {
@@ -31,7 +31,7 @@ pub(super) enum One<'a> {
 /// transaction's closure may take its time without holding anything but the ID.
 #[must_use]
 pub(super) struct Held<'a> {
-    tracker: &'a Tracker,
+    tracker: &'a Local,
     ns: &'a Namespace,
     id: &'a [u8],
     h: IdHash,
@@ -158,7 +158,7 @@ impl Drop for Held<'_> {
     }
 }
 
-impl Tracker {
+impl Local {
     /// Decides what `ask` (given the store time) means for one ID, after any write
     /// of the same ID in flight has finished.
     pub(super) fn decide_one<'a>(

@@ -1,0 +1,138 @@
+//! Transactional marks and checkpoints.
+//!
+//! A [`Transaction`] marks one event and writes the caller's own keys in the same
+//! atomic RocksDB batch: a read model kept beside the marks changes exactly once per
+//! event, whatever the redeliveries and crashes. A checkpoint is a consumer's last
+//! processed position, written durably, alone or in the same batch as marks.
+
+use super::mark::Mode;
+use super::single::One;
+use super::{Local, lock};
+use crate::error::Error;
+use crate::exact::OwnerFp;
+use crate::id::EventId;
+use crate::records::checkpoint_prefix;
+use crate::store::{Batch, NamespaceId};
+use crate::tracker::decide::{Ask, Decision};
+use crate::tracker::transaction::{UserRead, Writes, validate_checkpoint, validate_consumer};
+use crate::tracker::{Transacted, Transaction};
+use crate::verdict::Verdict;
+
+impl Local {
+    /// See [`Tracker::transact`](crate::Tracker::transact).
+    pub(crate) fn transact<T, E, F>(
+        &self,
+        namespace: &str,
+        id: impl AsRef<[u8]>,
+        owner: Option<&str>,
+        f: F,
+    ) -> Result<Transacted<T>, E>
+    where
+        E: From<Error>,
+        F: FnOnce(&mut Transaction<'_>) -> Result<T, E>,
+    {
+        let id =
+            EventId::new(id.as_ref()).map_err(|reason| Error::InvalidId { index: 0, reason })?;
+        let ns = self.namespace_handle(namespace)?;
+        let me = owner.map(|o| OwnerFp::new(o, ns.seed)).transpose()?;
+        let _serial = lock(&self.inner.transactions);
+        let held = match self.decide_one(&ns, id.as_bytes(), |_| Ask::Mark(me))? {
+            One::Answered(Decision::Verdict(verdict)) => {
+                return Ok(Transacted::Skipped(match verdict {
+                    Verdict::InProgress { until } => Verdict::InProgress {
+                        until: self.inner.time.to_clock(until),
+                    },
+                    other => other,
+                }));
+            }
+            One::Held(held) => held,
+            One::Answered(other) => unreachable!("a mark decided {other:?}"),
+        };
+        // The ID is held in flight, but the namespace is unlocked: the closure may
+        // take its time without holding up other callers. Should it fail, dropping
+        // the hold writes nothing and counts nothing.
+        let mut tx = Transaction::new(self);
+        let value = f(&mut tx)?;
+        let writes = tx.into_writes();
+        held.commit(|batch| put_writes(batch, ns.id, &writes))?;
+        Ok(Transacted::Applied(value))
+    }
+
+    /// See [`Tracker::user_get`](crate::Tracker::user_get).
+    pub(crate) fn user_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.inner.store.get_user(key)
+    }
+
+    /// See [`Tracker::set_checkpoint`](crate::Tracker::set_checkpoint).
+    pub(crate) fn set_checkpoint(
+        &self,
+        namespace: &str,
+        consumer: &str,
+        position: &str,
+    ) -> Result<(), Error> {
+        validate_checkpoint(consumer, position)?;
+        let ns = self.namespace_handle(namespace)?;
+        let mut b = Batch::new();
+        b.put_meta(&checkpoint_key(ns.id, consumer), position.as_bytes());
+        self.inner.write(&b, self.sync_writes())
+    }
+
+    /// See [`Tracker::checkpoint`](crate::Tracker::checkpoint).
+    pub(crate) fn checkpoint(
+        &self,
+        namespace: &str,
+        consumer: &str,
+    ) -> Result<Option<String>, Error> {
+        validate_consumer(consumer)?;
+        let ns = self.namespace_handle(namespace)?;
+        self.inner
+            .store
+            .get_meta(&checkpoint_key(ns.id, consumer))?
+            .map(|bytes| {
+                String::from_utf8(bytes)
+                    .map_err(|_| Error::Corrupt(format!("checkpoint of {consumer:?} is not UTF-8")))
+            })
+            .transpose()
+    }
+
+    /// See [`Tracker::check_and_mark_with_checkpoint`](crate::Tracker::check_and_mark_with_checkpoint).
+    pub(crate) fn check_and_mark_with_checkpoint<T: AsRef<[u8]>>(
+        &self,
+        namespace: &str,
+        ids: &[T],
+        owner: Option<&str>,
+        consumer: &str,
+        position: &str,
+    ) -> Result<Vec<Verdict>, Error> {
+        validate_checkpoint(consumer, position)?;
+        let ids = EventId::batch(ids)?;
+        let ns = self.namespace_handle(namespace)?;
+        let owner = owner.map(|o| OwnerFp::new(o, ns.seed)).transpose()?;
+        let mut extra = Batch::new();
+        extra.put_meta(&checkpoint_key(ns.id, consumer), position.as_bytes());
+        self.run(&ns, &ids, Mode::Mark(owner), Some(&extra), false)
+    }
+}
+
+fn checkpoint_key(ns: NamespaceId, consumer: &str) -> Vec<u8> {
+    [checkpoint_prefix(ns).as_slice(), consumer.as_bytes()].concat()
+}
+
+impl UserRead for Local {
+    fn get_user(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.inner.store.get_user(key)
+    }
+}
+
+/// A transaction's writes, into the batch that carries its mark.
+fn put_writes(batch: &mut Batch, ns: NamespaceId, writes: &Writes) {
+    for (key, value) in &writes.user {
+        match value {
+            Some(v) => batch.put_user(key, v),
+            None => batch.delete_user(key),
+        }
+    }
+    for (consumer, position) in &writes.checkpoints {
+        batch.put_meta(&checkpoint_key(ns, consumer), position.as_bytes());
+    }
+}

@@ -1,0 +1,307 @@
+//! Test fixtures shared by Oncely's crates.
+//!
+//! [`PgServer`] starts a throwaway PostgreSQL: `initdb` in a temporary directory, a
+//! free port on 127.0.0.1, run as the `postgres` user when the tests run as root
+//! (`initdb` refuses root). Nothing assumes a server is already running. A watchdog
+//! process stops the server when the test process goes away, however it ends, so a
+//! test that panics or is killed leaves no server behind.
+//!
+//! [`PgServer::shared`] hands every test of a process the same server, and
+//! [`PgServer::fresh_database`] a database of its own on it.
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Where Debian's PostgreSQL 15 puts its programs.
+const DEFAULT_BINDIR: &str = "/usr/lib/postgresql/15/bin";
+
+/// How long a server may take to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A throwaway PostgreSQL server. Stopped (immediately, data discarded) when dropped.
+#[derive(Debug)]
+pub struct PgServer {
+    dir: tempfile::TempDir,
+    port: u16,
+    server: Child,
+    watchdog: Option<Child>,
+    next_db: Mutex<u32>,
+}
+
+/// How a server is set up.
+#[derive(Clone, Debug, Default)]
+pub struct PgOptions {
+    /// `fsync` (off by default: tests that do not kill the machine gain speed and
+    /// lose nothing).
+    pub fsync: bool,
+    /// Extra `-c name=value` settings.
+    pub settings: Vec<(String, String)>,
+}
+
+impl PgServer {
+    /// Starts a server with the default options.
+    ///
+    /// # Panics
+    ///
+    /// When PostgreSQL is not installed or does not start: a fixture failure.
+    #[must_use]
+    pub fn start() -> Self {
+        Self::start_with(&PgOptions::default())
+    }
+
+    /// One server for every test of this process, started by the first to ask.
+    pub fn shared() -> &'static Self {
+        static SHARED: OnceLock<PgServer> = OnceLock::new();
+        SHARED.get_or_init(Self::start)
+    }
+
+    /// Starts a server.
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start).
+    #[must_use]
+    pub fn start_with(options: &PgOptions) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("oncely-pg-")
+            .tempdir()
+            .expect("a temporary directory");
+        let data = dir.path().join("data");
+        let sockets = dir.path().join("sockets");
+        for d in [&data, &sockets] {
+            std::fs::create_dir(d).expect("server directories");
+        }
+        let owner = ServerUser::detect();
+        owner.own(dir.path());
+        owner.own(&data);
+        owner.own(&sockets);
+        let status = owner
+            .command(&bin("initdb"))
+            .args([
+                "-D",
+                path_str(&data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+            ])
+            .args(["--no-sync", "--no-instructions"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("initdb runs (is the postgresql package installed?)");
+        assert!(status.success(), "initdb failed: {status}");
+        let port = free_port();
+        let mut server = owner.command(&bin("postgres"));
+        server
+            .args(["-D", path_str(&data), "-p", &port.to_string()])
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args([
+                "-c",
+                &format!("unix_socket_directories={}", path_str(&sockets)),
+            ])
+            .args([
+                "-c",
+                &format!("fsync={}", if options.fsync { "on" } else { "off" }),
+            ])
+            .args(["-c", "max_connections=200"]);
+        for (name, value) in &options.settings {
+            server.args(["-c", &format!("{name}={value}")]);
+        }
+        let log = std::fs::File::create(dir.path().join("server.log")).expect("server log");
+        let server = server
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("postgres starts");
+        let watchdog = watchdog(server.id());
+        let pg = Self {
+            dir,
+            port,
+            server,
+            watchdog,
+            next_db: Mutex::new(0),
+        };
+        pg.wait_ready();
+        pg
+    }
+
+    /// The port it listens on, on 127.0.0.1.
+    #[must_use]
+    pub const fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A URL for database `db` as the superuser `postgres`.
+    #[must_use]
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Creates a new, empty database and returns its URL.
+    ///
+    /// # Panics
+    ///
+    /// When `createdb` fails.
+    pub fn fresh_database(&self) -> String {
+        let name = {
+            let mut next = self
+                .next_db
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *next += 1;
+            format!("t{}_{}", std::process::id(), *next)
+        };
+        let status = Command::new(bin("createdb"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                &name,
+            ])
+            .status()
+            .expect("createdb runs");
+        assert!(status.success(), "createdb {name} failed: {status}");
+        self.url(&name)
+    }
+
+    /// The server's log so far, for a failing test's message.
+    #[must_use]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    fn wait_ready(&self) {
+        let started = Instant::now();
+        loop {
+            let ready = Command::new(bin("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return;
+            }
+            assert!(
+                started.elapsed() < START_TIMEOUT,
+                "PostgreSQL did not start within {START_TIMEOUT:?}; its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        stop(&mut self.server);
+        if let Some(w) = &mut self.watchdog {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
+}
+
+/// Immediate shutdown: SIGQUIT makes the postmaster stop its backends and exit at
+/// once; SIGKILL if it has not within a few seconds.
+fn stop(server: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-QUIT", &server.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if matches!(server.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// Who runs the server: this user, or `postgres` when this is root.
+enum ServerUser {
+    Me,
+    Postgres { uid: u32, gid: u32 },
+}
+
+impl ServerUser {
+    fn detect() -> Self {
+        let me = Command::new("id").arg("-u").output().expect("id runs");
+        if String::from_utf8_lossy(&me.stdout).trim() != "0" {
+            return Self::Me;
+        }
+        let id = |flag: &str| -> u32 {
+            let out = Command::new("id")
+                .args([flag, "postgres"])
+                .output()
+                .expect("id runs");
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .expect("the postgres user exists (installed with the postgresql package)")
+        };
+        Self::Postgres {
+            uid: id("-u"),
+            gid: id("-g"),
+        }
+    }
+
+    fn own(&self, path: &Path) {
+        if let Self::Postgres { uid, gid } = self {
+            std::os::unix::fs::chown(path, Some(*uid), Some(*gid)).expect("chown to postgres");
+        }
+    }
+
+    /// A command run as this user: the process itself, not a wrapper (such as
+    /// `runuser`) that a signal would stop while the server lived on.
+    fn command(&self, program: &Path) -> Command {
+        let mut c = Command::new(program);
+        if let Self::Postgres { uid, gid } = self {
+            c.uid(*uid).gid(*gid).env("HOME", "/var/lib/postgresql");
+        }
+        c
+    }
+}
+
+fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("ONCELY_PG_BINDIR")
+        .map_or_else(|| PathBuf::from(DEFAULT_BINDIR), PathBuf::from);
+    dir.join(name)
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("temporary paths are UTF-8")
+}
+
+/// A port that was free a moment ago (the kernel picks it; the tiny window before
+/// the server binds it is the usual price of handing a port to another process).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A process that kills `server` as soon as this process is gone (however it ends:
+/// a panic that skips destructors, or SIGKILL), polling once a second.
+fn watchdog(server: u32) -> Option<Child> {
+    let script = format!(
+        "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -QUIT {server} 2>/dev/null",
+        me = std::process::id()
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+}
