@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use oncely::{ClaimOutcome, Configured, NamespaceConfig};
-use oncelyd::client::{Client, Error, RetryPolicy, Verdict};
+use oncely_client::api::NamespaceConfig;
+use oncely_client::{ClaimOutcome, Client, Configured, Error, RetryPolicy, Verdict};
 use oncelyd::server::{AppState, Limits, run};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -72,11 +72,9 @@ impl Daemon {
 
 /// Quick retries, seeded jitter: a test's timing does not depend on luck.
 fn fast_retries(attempts: u32) -> RetryPolicy {
-    RetryPolicy {
-        attempts,
-        base_delay: Duration::from_millis(5),
-        max_delay: Duration::from_millis(20),
-    }
+    RetryPolicy::default()
+        .attempts(attempts)
+        .backoff(Duration::from_millis(5), Duration::from_millis(20))
 }
 
 fn client(url: &str, attempts: u32) -> Client {
@@ -89,13 +87,13 @@ fn client(url: &str, attempts: u32) -> Client {
 }
 
 fn small_config() -> NamespaceConfig {
-    NamespaceConfig::builder()
-        .generations(3)
-        .generation_capacity(10_000)
-        .fp_rate(0.001)
-        .exact_generations(2)
-        .build()
-        .unwrap()
+    NamespaceConfig {
+        generations: 3,
+        generation_capacity: 10_000,
+        fp_rate: 0.001,
+        exact_generations: 2,
+        ..NamespaceConfig::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,10 +110,13 @@ async fn every_method_against_a_real_daemon() {
     assert_eq!(configured, Configured::Created);
     assert_eq!(view.name, "orders");
     assert_eq!(view.config, small_config());
-    let bigger = small_config().to_builder().generations(4).build().unwrap();
+    let bigger = NamespaceConfig {
+        generations: 4,
+        ..small_config()
+    };
     let (configured, view) = c.put_namespace("orders", &bigger).await.unwrap();
     assert_eq!(configured, Configured::Updated);
-    assert_eq!(view.config.generations(), 4);
+    assert_eq!(view.config.generations, 4);
     assert_eq!(c.namespaces().await.unwrap(), ["default", "orders"]);
     assert_eq!(c.namespace("orders").await.unwrap().config, bigger);
 
