@@ -1228,3 +1228,118 @@ async fn owner_tokens_identify_delivery_attempts_not_workers() {
         "new"
     );
 }
+
+/// The document states the limits the server enforces, from the library's own
+/// constants and this server's settings, so the two cannot drift apart.
+#[tokio::test]
+async fn openapi_document_states_every_limit() {
+    let limits = Limits {
+        max_ids: 5,
+        max_body_bytes: 12_345,
+        ..Limits::default()
+    };
+    let h = Harness::with(limits, &[]);
+    let doc = h.get("/v1/openapi.json").await.json();
+    let schema = |name: &str| doc["components"]["schemas"][name].clone();
+    for (name, max) in [
+        ("EventId", oncely::MAX_ID_LEN),
+        ("Owner", oncely::MAX_OWNER_LEN),
+        ("Position", oncely::MAX_POSITION_LEN),
+        ("Name", oncely::MAX_NAMESPACE_LEN),
+    ] {
+        assert_eq!(schema(name)["minLength"], 1, "{name}");
+        assert_eq!(schema(name)["maxLength"], max, "{name}");
+    }
+    assert!(
+        schema("EventId")["description"]
+            .as_str()
+            .unwrap()
+            .contains("bytes of UTF-8")
+    );
+    for request in ["MarkRequest", "CheckRequest"] {
+        assert_eq!(schema(request)["properties"]["ids"]["maxItems"], 5);
+    }
+    assert!(
+        doc["info"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("at most 12345 bytes")
+    );
+    let lease = &schema("ClaimRequest")["properties"]["lease_ms"];
+    assert_eq!(lease["minimum"], 1);
+    assert_eq!(
+        lease["maximum"],
+        u64::try_from(oncely::MAX_LEASE.as_millis()).unwrap()
+    );
+    for body in ["NamespacePut", "NamespacePatch"] {
+        let fields = &schema(body)["properties"];
+        assert_eq!(schema(body)["additionalProperties"], false, "{body}");
+        for field in ["generations", "exact_generations"] {
+            let f = if fields[field]["maximum"].is_null() {
+                // Optional fields: `oneOf` null and the number.
+                fields[field]["oneOf"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|s| s["maximum"].is_number())
+                    .unwrap()
+                    .clone()
+            } else {
+                fields[field].clone()
+            };
+            assert_eq!(f["minimum"], 1, "{body}.{field}");
+            assert_eq!(
+                f["maximum"],
+                oncely::config::MAX_GENERATIONS,
+                "{body}.{field}"
+            );
+        }
+    }
+    assert_eq!(
+        schema("NamespacePut")["required"],
+        json!([
+            "generations",
+            "generation_capacity",
+            "generation_span",
+            "fp_rate",
+            "exact_generations"
+        ])
+    );
+    // Path parameters are names, with the name rules.
+    let params = &doc["paths"]["/v1/namespaces/{ns}/checkpoints/{consumer}"]["put"]["parameters"];
+    for p in params.as_array().unwrap() {
+        assert_eq!(p["schema"]["$ref"], "#/components/schemas/Name", "{p}");
+    }
+    // Examples of owners are delivery tokens, never workers.
+    assert!(!doc.to_string().contains("worker-"));
+}
+
+/// The server refuses what the document's name pattern refuses, and takes what it
+/// takes (`.` and `..` included: the library refuses them too).
+#[tokio::test]
+async fn names_follow_the_documented_rules() {
+    let h = Harness::new();
+    for (name, ok) in [
+        ("a", true),
+        ("-", true),
+        (".a", true),
+        ("..a", true),
+        ("a..", true),
+        ("...", true),
+        (".", false),
+        ("..", false),
+        ("a b", false),
+        ("a*", false),
+    ] {
+        let uri = format!(
+            "/v1/namespaces/{}/checkpoints/c",
+            name.replace(' ', "%20").replace('*', "%2A")
+        );
+        let a = h.get(&uri).await;
+        if ok {
+            a.assert_error(StatusCode::NOT_FOUND, "unknown_namespace");
+        } else {
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{name}: {}", a.text);
+        }
+    }
+}

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::span;
+use crate::{span, whole};
 
 /// `POST /v1/namespaces/{ns}/check-and-mark`: IDs to check and mark.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,6 +164,7 @@ pub struct ClaimRequest {
         feature = "openapi",
         schema(minimum = 1, maximum = 604_800_000, example = 30_000)
     )]
+    #[serde(deserialize_with = "whole::deserialize")]
     pub lease_ms: u64,
 }
 
@@ -273,9 +274,9 @@ pub const MAX_GENERATIONS: u32 = 1024;
 pub const MAX_GENERATION_CAPACITY: u64 = 1_000_000_000_000;
 
 /// A namespace's whole configuration: what `GET /v1/namespaces/{ns}` answers, and
-/// with [`NamespacePut`] what a `PUT` carries.
+/// (with `drop_now`, as `NamespacePut`) what a `PUT` carries.
 ///
-/// [`Default`] is the daemon's default configuration: 4 generations of up to
+/// Its `Default` is the daemon's default configuration: 4 generations of up to
 /// 1,000,000 IDs or 1 hour each, a 1% false-positive target, exact tables for the 2
 /// newest generations.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -283,6 +284,7 @@ pub const MAX_GENERATION_CAPACITY: u64 = 1_000_000_000_000;
 #[serde(deny_unknown_fields)]
 pub struct NamespaceConfig {
     /// Generations in the ring, the open one included.
+    #[serde(deserialize_with = "whole::deserialize")]
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1024, example = 4))]
     pub generations: u32,
     /// New IDs after which the open generation seals.
@@ -290,6 +292,7 @@ pub struct NamespaceConfig {
         feature = "openapi",
         schema(minimum = 1, maximum = 1_000_000_000_000_u64, example = 1_000_000)
     )]
+    #[serde(deserialize_with = "whole::deserialize")]
     pub generation_capacity: u64,
     /// Time after which the open generation seals (in whole milliseconds).
     #[serde(with = "span")]
@@ -303,6 +306,7 @@ pub struct NamespaceConfig {
     pub fp_rate: f64,
     /// How many of the newest generations keep an exact ID table (at most
     /// `generations`). Inside them there are no false positives.
+    #[serde(deserialize_with = "whole::deserialize")]
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1024, example = 2))]
     pub exact_generations: u32,
 }
@@ -326,6 +330,7 @@ impl Default for NamespaceConfig {
 #[serde(deny_unknown_fields)]
 pub struct NamespacePut {
     /// Generations in the ring, the open one included.
+    #[serde(deserialize_with = "whole::deserialize")]
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1024, example = 6))]
     pub generations: u32,
     /// New IDs after which the open generation seals.
@@ -333,6 +338,7 @@ pub struct NamespacePut {
         feature = "openapi",
         schema(minimum = 1, maximum = 1_000_000_000_000_u64, example = 1_000_000)
     )]
+    #[serde(deserialize_with = "whole::deserialize")]
     pub generation_capacity: u64,
     /// Time after which the open generation seals.
     #[serde(with = "span")]
@@ -346,6 +352,7 @@ pub struct NamespacePut {
     pub fp_rate: f64,
     /// How many of the newest generations keep an exact ID table (at most
     /// `generations`).
+    #[serde(deserialize_with = "whole::deserialize")]
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1024, example = 3))]
     pub exact_generations: u32,
     /// Allow a change that forgets remembered IDs at once (a smaller `generations`
@@ -381,17 +388,25 @@ impl NamespacePut {
 /// `null` fields are left as they are.
 ///
 /// The daemon also reads `PUT` bodies with this type, so that a `PUT` missing fields
-/// is answered with every missing field named ([`missing`](Self::missing)).
+/// is answered with every missing field named.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NamespacePatch {
     /// Generations in the ring, the open one included.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::option::deserialize"
+    )]
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1024, example = 6))]
     pub generations: Option<u32>,
     /// New IDs after which the open generation seals.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::option::deserialize"
+    )]
     #[cfg_attr(
         feature = "openapi",
         schema(minimum = 1, maximum = 1_000_000_000_000_u64)
@@ -414,7 +429,11 @@ pub struct NamespacePatch {
     pub fp_rate: Option<f64>,
     /// How many of the newest generations keep an exact ID table (at most
     /// `generations`, as given or as it is).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::option::deserialize"
+    )]
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1024))]
     pub exact_generations: Option<u32>,
     /// Allow a change that forgets remembered IDs at once; without it such a change

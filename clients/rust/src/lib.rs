@@ -81,6 +81,7 @@ mod error;
 mod outcome;
 mod retry;
 mod span;
+mod whole;
 
 pub mod api;
 

@@ -108,6 +108,15 @@ impl serde::de::Visitor<'_> for Visitor {
             .map_err(|_| named("a duration cannot be negative"))
             .and_then(|v| self.visit_u64(v))
     }
+
+    // `90.0` is an integer to JSON Schema, as `90` is.
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Duration, E> {
+        if v.fract() == 0.0 && (0.0..=1e9).contains(&v) {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            return self.visit_u64(v as u64);
+        }
+        Err(named(format!("{v} is not a whole number of seconds")))
+    }
 }
 
 /// The same for an `Option<Duration>` (absent or `null`: `None`).
@@ -182,7 +191,9 @@ mod tests {
         struct S(#[serde(with = "super")] Duration);
         let s: S = serde_json::from_str("90").unwrap();
         assert_eq!(s.0, Duration::from_secs(90));
-        for bad in ["0", "-1", "1.5", "1000000000", "null", "true"] {
+        let s: S = serde_json::from_str("90.0").unwrap();
+        assert_eq!(s.0, Duration::from_secs(90));
+        for bad in ["0", "-1", "1.5", "1000000000", "1e9", "null", "true"] {
             assert!(serde_json::from_str::<S>(bad).is_err(), "{bad}");
         }
     }

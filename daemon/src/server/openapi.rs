@@ -4,6 +4,7 @@
 //! was started with patched in ([`document`]).
 
 use axum::body::Bytes;
+use oncely_client::api::schema::Name;
 use oncely_client::api::{ErrorBody, ErrorResponse};
 use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -23,7 +24,8 @@ use super::Limits;
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    components(schemas(ErrorResponse, ErrorBody)),
+    // `Name` is only in path parameters, which utoipa does not collect schemas from.
+    components(schemas(ErrorResponse, ErrorBody, Name)),
     tags(
         (name = "dedup", description = "Check and check-and-mark batches of event IDs"),
         (name = "claims", description = "Leased, exclusive processing rights on an ID"),

@@ -390,7 +390,10 @@ pub(crate) async fn put_namespace(
             in_range(&patch)?;
             let config = wire::fields(&patch).complete().map_err(config_conflict)?;
             let _config = shared.config_lock();
-            let status = match tracker.configure_namespace_with(&ns, config, drop_policy(&patch))? {
+            let configured = tracker
+                .configure_namespace_with(&ns, config, drop_policy(&patch))
+                .map_err(config_conflict)?;
+            let status = match configured {
                 oncely::Configured::Created => StatusCode::CREATED,
                 oncely::Configured::Updated => StatusCode::OK,
             };
@@ -443,7 +446,9 @@ pub(crate) async fn patch_namespace(
             let config = wire::fields(&patch)
                 .apply_to(&current)
                 .map_err(config_conflict)?;
-            let _ = tracker.configure_namespace_with(&ns, config, drop_policy(&patch))?;
+            let _ = tracker
+                .configure_namespace_with(&ns, config, drop_policy(&patch))
+                .map_err(config_conflict)?;
             namespace_view(tracker, &ns, StatusCode::OK)
         })
         .await
