@@ -86,7 +86,9 @@ impl Error {
         }
     }
 
-    /// Requests made before giving up (0 for errors found before sending).
+    /// Requests made, retries included, for the errors that count them
+    /// ([`Http`](Self::Http), [`Transport`](Self::Transport),
+    /// [`Timeout`](Self::Timeout)); 0 for the others.
     #[must_use]
     pub const fn attempts(&self) -> u32 {
         match self {

@@ -68,9 +68,15 @@ const RESULT_BYTES: usize = 96;
 /// Checks a batch of IDs and marks the new ones, atomically per ID.
 ///
 /// Among any number of concurrent callers marking the same ID, exactly one gets
-/// `new`. Results come back in the order of `ids`. With an `owner`, the same owner
-/// marking an ID again gets `new` with `replayed: true`. A refused request (bad ID,
-/// too many IDs) marks nothing; a storage failure (503) acknowledges nothing.
+/// `new`. Results come back in the order of `ids`. A refused request (bad ID, too
+/// many IDs) marks nothing; a storage failure (503) acknowledges nothing.
+///
+/// The `owner` identifies one delivery attempt of these events: draw a fresh token
+/// for each delivery and reuse it only to retry the same request. The same owner
+/// marking an ID again gets `new` with `replayed: true` (its first answer was lost:
+/// process the event); a redelivery, with its fresh token, gets `duplicate`. Never
+/// use a worker's name: a redelivery to that worker would come back `new`,
+/// `replayed: true`, and be processed twice.
 #[utoipa::path(
     post,
     path = "/v1/namespaces/{ns}/check-and-mark",
@@ -222,7 +228,8 @@ fn check_ids(
 /// Answers 200 whatever the verdict: `acquired` (process, then complete or
 /// release), `in_progress` (another owner's lease is live until `until_ms`),
 /// `duplicate` (done) or `probable_duplicate`. The same owner claiming again renews
-/// its lease (`replayed: true`).
+/// its lease (`replayed: true`), so the owner is one delivery attempt of the event,
+/// as for check-and-mark, never a worker.
 #[utoipa::path(
     post,
     path = "/v1/namespaces/{ns}/claims",
