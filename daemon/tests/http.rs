@@ -79,7 +79,7 @@ async fn ids_round_trip_through_json_escapes() {
 async fn owner_replay_over_http() {
     let h = Harness::new();
     let first = h
-        .post(MARK, r#"{"ids": ["o-1", "o-2"], "owner": "worker-7"}"#)
+        .post(MARK, r#"{"ids": ["o-1", "o-2"], "owner": "delivery-7"}"#)
         .await
         .json();
     assert_eq!(first["results"][0]["replayed"], false);
@@ -87,7 +87,7 @@ async fn owner_replay_over_http() {
     let retry = h
         .post(
             MARK,
-            r#"{"ids": ["o-1", "o-2", "o-3"], "owner": "worker-7"}"#,
+            r#"{"ids": ["o-1", "o-2", "o-3"], "owner": "delivery-7"}"#,
         )
         .await
         .json();
@@ -100,7 +100,7 @@ async fn owner_replay_over_http() {
         ]})
     );
     // Anyone else, or no owner, sees a duplicate.
-    assert_eq!(h.mark(&["o-1"], Some("worker-8")).await, ["duplicate"]);
+    assert_eq!(h.mark(&["o-1"], Some("delivery-8")).await, ["duplicate"]);
     assert_eq!(h.mark(&["o-1"], None).await, ["duplicate"]);
     // An explicit null owner is no owner.
     let a = h.post(MARK, r#"{"ids": ["o-4"], "owner": null}"#).await;
