@@ -1,17 +1,18 @@
 # The two commands of the README:
 #   make run    the daemon on its embedded RocksDB in ./data, on 127.0.0.1:7070
-#   make test   the whole test suite: format, lints, unit/integration/doc tests, examples
+#   make test   the whole test suite: format, lints, unit/integration/doc tests, examples,
+#               schemathesis against a real daemon
 # Both first install what the build needs (scripts/ensure-deps.sh).
 
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: run test deps fmt lint unit doc examples bench peers
+.PHONY: run test deps fmt lint unit doc examples schemathesis bench peers
 
 run: deps
 	$(CARGO) run --release --locked -p oncelyd -- serve $(ARGS)
 
-test: deps fmt lint unit doc examples
+test: deps fmt lint unit doc examples schemathesis
 
 deps:
 	@./scripts/ensure-deps.sh
@@ -33,6 +34,10 @@ examples:
 	$(CARGO) run --locked -q -p oncely-examples --example consumer
 	$(CARGO) run --locked -q -p oncely-examples --example read_model
 	$(CARGO) run --locked -q -p oncely-examples --example http_consumer
+
+# The daemon against its own OpenAPI document, every check (about 10 s once built).
+schemathesis:
+	./scripts/schemathesis.sh
 
 bench: deps
 	$(CARGO) bench --locked -p oncely-benches $(ARGS)

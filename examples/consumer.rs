@@ -11,6 +11,11 @@
 //! 3. applies the event's effect (a balance change) and completes the claim in one
 //!    transaction, together with the new checkpoint.
 //!
+//! The owner of a claim is one delivery of one event, not the consumer: each delivery
+//! draws its own token. Were it the consumer's name, a redelivery of an event whose
+//! claim that consumer still holds would come back `Acquired { replayed: true }`,
+//! and the event would be processed twice.
+//!
 //! At the end it checks that every event's effect happened exactly once.
 //!
 //! Run: `cargo run -p oncely-examples --example consumer`
@@ -84,13 +89,14 @@ fn run(
     crasher: &mut Crasher,
     incarnation: u32,
 ) -> Result<(), Stop> {
-    let owner = format!("consumer-{incarnation}");
     // Resume at the checkpoint itself: the inclusive lower bound.
     let from = tracker
         .checkpoint(NS, CONSUMER)?
         .map_or(0, |p| p.parse::<u64>().expect("positions are numbers"));
     let mut done_up_to = from;
-    for event in broker.deliver_from(from) {
+    for (delivery, event) in broker.deliver_from(from).into_iter().enumerate() {
+        // This delivery's owner token (unique: incarnation and delivery number).
+        let owner = format!("delivery-{incarnation}-{delivery}");
         crasher.point("before claiming")?;
         match claim(tracker, clock, &event, &owner)? {
             Claimed::Yes => {}

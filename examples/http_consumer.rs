@@ -2,8 +2,9 @@
 //! client.
 //!
 //! A simulated broker delivers 2,000 events, redelivering about 20% of them, and the
-//! consumer crashes at random points. Each incarnation (a new process, as far as the
-//! daemon can tell: a new client and a new owner token):
+//! consumer crashes at random points. Each incarnation is a new process, as far as
+//! the daemon can tell (a new client), and each delivery it takes gets an owner
+//! token of its own (see "Owner tokens" below):
 //!
 //! 1. resumes from its checkpoint, inclusively (at-least-once: it may see events at
 //!    and after the checkpoint again, but never misses one);
@@ -30,6 +31,17 @@
 //!   after the checkpoint never reach it (checked: refused attempts equal crashes
 //!   between effect and complete, and attempts equal events plus those).
 //!
+//! # Owner tokens
+//!
+//! The owner of a claim is one delivery attempt of one event, never the worker: the
+//! token is drawn afresh for each delivery, and reused only to retry the same
+//! request (which the client does by itself). Were it the worker's name, a
+//! redelivery of an event to the worker that holds its claim would come back
+//! `acquired` with `replayed: true`, and the event would be processed twice at once.
+//!
+//! The consumer uses only the light client crate, `oncely_client`; the daemon of
+//! the `oncelyd` crate is started here for a self-contained run.
+//!
 //! With `ONCELY_URL` set (and `ONCELY_TOKEN`, if the daemon wants one) it uses that
 //! daemon, in a namespace of its own that it deletes at the end; otherwise it starts
 //! one in-process on 127.0.0.1 with a temporary data directory. It panics on any
@@ -39,9 +51,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use oncely::{ClaimOutcome, Configured, NamespaceConfig};
+use oncely_client::api::NamespaceConfig;
+use oncely_client::{ClaimOutcome, Client, Configured, RetryPolicy};
 use oncely_examples::{Broker, Crash, Crasher, Event, IdempotentLedger};
-use oncelyd::client::{Client, RetryPolicy};
 use oncelyd::config::Settings;
 use oncelyd::server::{AppState, open_tracker, run};
 use rand::RngCore;
@@ -60,7 +72,7 @@ const BETWEEN: &str = "after applying the effect, before completing";
 /// Why an incarnation stopped.
 enum Stop {
     Crashed(Crash),
-    Failed(oncelyd::client::Error),
+    Failed(oncely_client::Error),
 }
 
 impl From<Crash> for Stop {
@@ -69,8 +81,8 @@ impl From<Crash> for Stop {
     }
 }
 
-impl From<oncelyd::client::Error> for Stop {
-    fn from(e: oncelyd::client::Error) -> Self {
+impl From<oncely_client::Error> for Stop {
+    fn from(e: oncely_client::Error) -> Self {
         Self::Failed(e)
     }
 }
@@ -110,13 +122,11 @@ async fn main() {
     let mut incarnation = 0;
     loop {
         incarnation += 1;
-        // A new process: a new client, a new owner token.
+        // A new process: a new client.
         let client = connect(&url, token.as_deref());
-        let owner = format!("consumer-{incarnation}-{:08x}", rand::rng().next_u32());
         let outcome = consume(
             &client,
             &ns,
-            &owner,
             &mut broker,
             &mut crasher,
             &mut ledger,
@@ -171,7 +181,6 @@ fn connect(url: &str, token: Option<&str>) -> Client {
 async fn consume(
     client: &Client,
     ns: &str,
-    owner: &str,
     broker: &mut Broker,
     crasher: &mut Crasher,
     ledger: &mut IdempotentLedger,
@@ -188,12 +197,15 @@ async fn consume(
     let mut stored = from;
     for event in broker.deliver_from(from) {
         tally.deliveries += 1;
+        // This delivery's own owner token: its retries (made by the client) reuse
+        // it, the next delivery of the same event gets another.
+        let owner = format!("delivery-{:016x}", rand::rng().next_u64());
         crasher.point("before claiming")?;
-        if claim(client, ns, &event, owner, tally).await? {
+        if claim(client, ns, &event, &owner, tally).await? {
             crasher.point("after claiming")?;
             ledger.apply(&event);
             crasher.point(BETWEEN)?;
-            client.complete(ns, &event.id, owner).await?;
+            client.complete(ns, &event.id, &owner).await?;
             crasher.point("after completing")?;
         }
         // Done now, by us or earlier. Deliveries from `from` on are in order, with
@@ -231,14 +243,14 @@ async fn claim(
             ClaimOutcome::ProbableDuplicate => {
                 panic!("event {} left the exact horizon: impossible here", event.id)
             }
-            ClaimOutcome::InProgress { until } => {
+            ClaimOutcome::InProgress { until_ms } => {
                 // In production: move on and let the broker redeliver. Here we wait
                 // for the dead incarnation's lease to end.
                 tally.waits += 1;
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-                let left = Duration::from_millis(until.as_millis().saturating_sub(now));
+                let left = Duration::from_millis(until_ms.saturating_sub(now));
                 tokio::time::sleep(
                     left.clamp(Duration::from_millis(1), LEASE) + Duration::from_millis(1),
                 )

@@ -13,20 +13,20 @@
 //! * [`config`]: `oncelyd serve`'s settings from flags, environment and a TOML file.
 //! * [`server`]: `oncelyd serve`: the axum application ([`server::app`]), start-up,
 //!   graceful shutdown.
-//! * [`api`]: the HTTP API's request and response types, shared with clients.
 //! * [`tune`]: `oncelyd tune`: sizing report, measurement, text and JSON output, plot.
-//! * [`client`]: a typed async client of a running daemon, with retries that are
-//!   safe for check-and-mark (one owner token per call).
 //! * [`load`]: `oncelyd load`: a load generator for a running daemon, IDs per
 //!   second, latency percentiles, verdict counts.
+//!
+//! The HTTP API's wire types and the typed client live in their own light crate,
+//! [`oncely_client`]: the server parses its requests and writes its answers with
+//! those types and derives its OpenAPI document from them, so server and clients
+//! cannot drift apart, and a consumer service builds the client without the server.
 
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-pub mod api;
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod load;
 pub mod server;
@@ -120,7 +120,7 @@ pub enum Error {
 
     /// A request to a running daemon failed (`oncelyd load`'s first look at it).
     #[error(transparent)]
-    Client(#[from] client::Error),
+    Client(#[from] oncely_client::Error),
 
     /// A tool's async runtime could not be started.
     #[error("cannot start the async runtime: {0}")]

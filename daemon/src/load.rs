@@ -73,8 +73,8 @@ use tokio::time::Instant;
 
 use crate::Error;
 use crate::cli::LoadArgs;
-use crate::client::{Client, RetryPolicy, bearer};
 use crate::tune::group as thousands;
+use oncely_client::{Client, RetryPolicy, bearer};
 
 /// How many of its most recent acknowledged fresh IDs a task draws repeats from.
 /// Small enough that repeats stay inside the exact horizon of the default namespace

@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use oncely::{ClaimOutcome, Configured, NamespaceConfig};
-use oncelyd::client::{Client, Error, RetryPolicy, Verdict};
+use oncely_client::api::NamespaceConfig;
+use oncely_client::{ClaimOutcome, Client, Configured, Error, RetryPolicy, Verdict};
 use oncelyd::server::{AppState, Limits, run};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -72,11 +72,9 @@ impl Daemon {
 
 /// Quick retries, seeded jitter: a test's timing does not depend on luck.
 fn fast_retries(attempts: u32) -> RetryPolicy {
-    RetryPolicy {
-        attempts,
-        base_delay: Duration::from_millis(5),
-        max_delay: Duration::from_millis(20),
-    }
+    RetryPolicy::default()
+        .attempts(attempts)
+        .backoff(Duration::from_millis(5), Duration::from_millis(20))
 }
 
 fn client(url: &str, attempts: u32) -> Client {
@@ -89,13 +87,13 @@ fn client(url: &str, attempts: u32) -> Client {
 }
 
 fn small_config() -> NamespaceConfig {
-    NamespaceConfig::builder()
-        .generations(3)
-        .generation_capacity(10_000)
-        .fp_rate(0.001)
-        .exact_generations(2)
-        .build()
-        .unwrap()
+    NamespaceConfig {
+        generations: 3,
+        generation_capacity: 10_000,
+        fp_rate: 0.001,
+        exact_generations: 2,
+        ..NamespaceConfig::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,10 +110,13 @@ async fn every_method_against_a_real_daemon() {
     assert_eq!(configured, Configured::Created);
     assert_eq!(view.name, "orders");
     assert_eq!(view.config, small_config());
-    let bigger = small_config().to_builder().generations(4).build().unwrap();
+    let bigger = NamespaceConfig {
+        generations: 4,
+        ..small_config()
+    };
     let (configured, view) = c.put_namespace("orders", &bigger).await.unwrap();
     assert_eq!(configured, Configured::Updated);
-    assert_eq!(view.config.generations(), 4);
+    assert_eq!(view.config.generations, 4);
     assert_eq!(c.namespaces().await.unwrap(), ["default", "orders"]);
     assert_eq!(c.namespace("orders").await.unwrap().config, bigger);
 
@@ -463,6 +464,73 @@ async fn a_failing_store_is_retried_until_it_recovers() {
     daemon.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_release_is_released_even_once_another_owner_has_claimed() {
+    let daemon = Daemon::start(&[]).await;
+    let direct = client(&daemon.url(), 1);
+    let lease = Duration::from_secs(30);
+    assert!(matches!(
+        direct
+            .claim("default", "job-r", "delivery-a", lease)
+            .await
+            .unwrap(),
+        ClaimOutcome::Acquired { .. }
+    ));
+    // The release lands but its answer is lost; its retry is held at the proxy
+    // while another delivery claims the event, then goes through.
+    let proxy = Proxy::start(daemon.addr, |n| {
+        if n == 0 { Act::DropAnswer } else { Act::Gated }
+    })
+    .await;
+    let c = client(&proxy.url(), 3);
+    let release = tokio::spawn(async move { c.release("default", "job-r", "delivery-a").await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while proxy.requests() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the client retries");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(
+        matches!(
+            direct
+                .claim("default", "job-r", "delivery-b", lease)
+                .await
+                .unwrap(),
+            ClaimOutcome::Acquired {
+                replayed: false,
+                taken_over: false,
+                ..
+            }
+        ),
+        "the first attempt released it"
+    );
+    proxy.open_gate();
+    release
+        .await
+        .unwrap()
+        .expect("released: the retry's 409 follows an attempt that may have landed");
+    assert!(matches!(
+        direct.check("default", &["job-r"]).await.unwrap()[0],
+        Verdict::InProgress { .. }
+    ));
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shed_delete_then_404_is_not_a_success() {
+    let daemon = Daemon::start(&[]).await;
+    // The daemon's own 503 (shed): nothing was deleted, so the retry's 404 says the
+    // namespace never existed.
+    let proxy = Proxy::start(daemon.addr, |n| {
+        if n == 0 { Act::Answer503 } else { Act::Forward }
+    })
+    .await;
+    let c = client(&proxy.url(), 3);
+    let e = c.delete_namespace("nowhere").await.unwrap_err();
+    assert_eq!(e.code(), Some("unknown_namespace"));
+    assert_eq!(e.attempts(), 2);
+    daemon.shutdown().await;
+}
+
 /// What the proxy does with the `n`-th request (from 0, across connections).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Act {
@@ -475,11 +543,15 @@ enum Act {
     Answer503,
     /// Take the request and never answer.
     Hang,
+    /// Hold the request until the test opens the gate ([`Proxy::open_gate`]), then
+    /// forward it.
+    Gated,
 }
 
 struct Proxy {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Vec<u8>>>>,
+    gate: Arc<tokio::sync::Semaphore>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -494,15 +566,33 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let task = tokio::spawn({
             let seen = Arc::clone(&seen);
+            let gate = Arc::clone(&gate);
             async move {
                 while let Ok((client, _)) = listener.accept().await {
-                    tokio::spawn(relay(client, upstream, plan, Arc::clone(&seen)));
+                    tokio::spawn(relay(
+                        client,
+                        upstream,
+                        plan,
+                        Arc::clone(&seen),
+                        Arc::clone(&gate),
+                    ));
                 }
             }
         });
-        Self { addr, seen, task }
+        Self {
+            addr,
+            seen,
+            gate,
+            task,
+        }
+    }
+
+    /// Lets one [`Act::Gated`] request through.
+    fn open_gate(&self) {
+        self.gate.add_permits(1);
     }
 
     fn url(&self) -> String {
@@ -525,6 +615,7 @@ async fn relay(
     upstream: SocketAddr,
     plan: fn(usize) -> Act,
     seen: Arc<Mutex<Vec<Vec<u8>>>>,
+    gate: Arc<tokio::sync::Semaphore>,
 ) {
     let mut from_client = Vec::new();
     let mut daemon: Option<(TcpStream, Vec<u8>)> = None;
@@ -551,7 +642,13 @@ async fn relay(
                 tokio::time::sleep(Duration::from_secs(30)).await;
                 return;
             }
-            act @ (Act::Forward | Act::DropAnswer) => {
+            act @ (Act::Forward | Act::DropAnswer | Act::Gated) => {
+                if act == Act::Gated {
+                    let Ok(permit) = gate.acquire().await else {
+                        return;
+                    };
+                    permit.forget();
+                }
                 if daemon.is_none() {
                     daemon = Some((TcpStream::connect(upstream).await.unwrap(), Vec::new()));
                 }

@@ -81,7 +81,10 @@ async fn crash_loop(cycles: u32, durability: &str, seed: u64) {
         let daemon = Daemon::start(dir.path(), &args, &[]);
         let r = client()
             .put(daemon.url(&format!("/v1/namespaces/{NS}")))
-            .json(&json!({"generations": 4, "exact_generations": 4, "generation_capacity": 2_000_000}))
+            .json(
+                &json!({"generations": 4, "exact_generations": 4, "generation_capacity": 2_000_000,
+                "generation_span": "1h", "fp_rate": 0.01}),
+            )
             .send()
             .await
             .unwrap();

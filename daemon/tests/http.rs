@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
-use common::{Answer, Harness, verdicts};
+use common::{Answer, Harness, verdicts, whole_config};
 use oncelyd::server::Limits;
 use serde_json::{Value, json};
 
@@ -79,7 +79,7 @@ async fn ids_round_trip_through_json_escapes() {
 async fn owner_replay_over_http() {
     let h = Harness::new();
     let first = h
-        .post(MARK, r#"{"ids": ["o-1", "o-2"], "owner": "worker-7"}"#)
+        .post(MARK, r#"{"ids": ["o-1", "o-2"], "owner": "delivery-7"}"#)
         .await
         .json();
     assert_eq!(first["results"][0]["replayed"], false);
@@ -87,7 +87,7 @@ async fn owner_replay_over_http() {
     let retry = h
         .post(
             MARK,
-            r#"{"ids": ["o-1", "o-2", "o-3"], "owner": "worker-7"}"#,
+            r#"{"ids": ["o-1", "o-2", "o-3"], "owner": "delivery-7"}"#,
         )
         .await
         .json();
@@ -100,7 +100,7 @@ async fn owner_replay_over_http() {
         ]})
     );
     // Anyone else, or no owner, sees a duplicate.
-    assert_eq!(h.mark(&["o-1"], Some("worker-8")).await, ["duplicate"]);
+    assert_eq!(h.mark(&["o-1"], Some("delivery-8")).await, ["duplicate"]);
     assert_eq!(h.mark(&["o-1"], None).await, ["duplicate"]);
     // An explicit null owner is no owner.
     let a = h.post(MARK, r#"{"ids": ["o-4"], "owner": null}"#).await;
@@ -241,29 +241,35 @@ async fn every_kind_of_bad_input_is_400_and_marks_nothing() {
     a.assert_error(StatusCode::BAD_REQUEST, "invalid_argument");
 
     // Namespace configuration: each bad field is named.
-    for (body, field) in [
-        (r#"{"fp_rate": 2}"#, "fp_rate"),
-        (r#"{"generations": 0}"#, "generations"),
-        (r#"{"generation_span": "soon"}"#, "soon"),
-        (
-            r#"{"generations": 2, "exact_generations": 3}"#,
-            "exact_generations",
-        ),
-        (r#"{"bogus": 1}"#, "bogus"),
+    for (changes, field) in [
+        (json!({"fp_rate": 2}), "fp_rate"),
+        (json!({"generations": 0}), "generations"),
+        (json!({"generations": 1025}), "generations"),
+        (json!({"exact_generations": 0}), "exact_generations"),
+        (json!({"generation_capacity": 0}), "generation_capacity"),
+        (json!({"generation_span": "soon"}), "soon"),
+        (json!({"generation_span": 0}), "generation_span"),
+        (json!({"bogus": 1}), "bogus"),
+        (json!({"drop_now": "yes"}), "expected a boolean"),
     ] {
+        let body = whole_config(changes.clone());
         let a = h
-            .call(Method::PUT, "/v1/namespaces/orders", Some(body))
+            .call(Method::PUT, "/v1/namespaces/orders", Some(&body))
             .await;
         a.assert_error(StatusCode::BAD_REQUEST, "invalid_config");
         let message = a.json()["error"]["message"].as_str().unwrap().to_owned();
-        assert!(message.contains(field), "{body}: {message}");
+        assert!(message.contains(field), "{changes}: {message}");
     }
     let a = h
         .call(Method::PUT, "/v1/namespaces/orders", Some("{"))
         .await;
     a.assert_error(StatusCode::BAD_REQUEST, "invalid_json");
     let a = h
-        .call(Method::PUT, "/v1/namespaces/no%20spaces", Some("{}"))
+        .call(
+            Method::PUT,
+            "/v1/namespaces/no%20spaces",
+            Some(&whole_config(json!({}))),
+        )
         .await;
     a.assert_error(StatusCode::BAD_REQUEST, "invalid_namespace");
     let long_name = format!("/v1/namespaces/{}", "n".repeat(65));
@@ -359,7 +365,7 @@ async fn unknown_things_are_404_and_wrong_methods_405() {
         .await;
     a.assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
     let allow = a.headers.get(header::ALLOW).unwrap().to_str().unwrap();
-    for m in ["GET", "PUT", "DELETE"] {
+    for m in ["GET", "PUT", "PATCH", "DELETE"] {
         assert!(allow.contains(m), "{allow}");
     }
     h.call(Method::DELETE, "/healthz", None)
@@ -535,22 +541,17 @@ async fn claims_over_http() {
 #[tokio::test]
 async fn namespaces_lifecycle() {
     let h = Harness::new();
+    let six = whole_config(json!({"generations": 6, "generation_span": "10m", "fp_rate": 0.001}));
     let a = h
-        .call(
-            Method::PUT,
-            "/v1/namespaces/orders",
-            Some(r#"{"generations": 6, "generation_span": "10m", "fp_rate": 0.001}"#),
-        )
+        .call(Method::PUT, "/v1/namespaces/orders", Some(&six))
         .await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     let v = a.json();
     assert_eq!(v["name"], "orders");
-    assert_eq!(v["config"]["generations"], 6);
-    assert_eq!(v["config"]["generation_span"], "10m");
-    assert_eq!(v["config"]["fp_rate"], 0.001);
     assert_eq!(
-        v["config"]["exact_generations"], 2,
-        "defaults fill the rest"
+        v["config"],
+        json!({"generations": 6, "generation_capacity": 100_000, "generation_span": "10m",
+               "fp_rate": 0.001, "exact_generations": 2})
     );
     assert_eq!(v["remembers_at_least"]["ms"], 5 * 600_000);
 
@@ -574,17 +575,20 @@ async fn namespaces_lifecycle() {
     assert!(v["memory_bytes"].as_u64().unwrap() > 0);
     assert!(v["estimated_fp"].as_f64().is_some());
 
-    // Updating answers 200; an empty body means the defaults.
+    // Updating answers 200.
+    let five = whole_config(json!({"generations": 5}));
+    let a = h
+        .call(Method::PUT, "/v1/namespaces/orders", Some(&five))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json()["config"]["generations"], 5);
     let a = h
         .call(
             Method::PUT,
-            "/v1/namespaces/orders",
-            Some(r#"{"generations": 5}"#),
+            "/v1/namespaces/empty",
+            Some(&whole_config(json!({}))),
         )
         .await;
-    assert_eq!(a.status, StatusCode::OK);
-    assert_eq!(a.json()["config"]["generations"], 5);
-    let a = h.call(Method::PUT, "/v1/namespaces/empty", None).await;
     assert_eq!(a.status, StatusCode::CREATED);
     assert_eq!(a.json()["config"]["generations"], 4);
 
@@ -626,7 +630,14 @@ async fn checkpoints_round_trip() {
         .await;
     assert_eq!(h.get(uri).await.json()["position"], "offset:2000");
     // Per namespace.
-    h.call(Method::PUT, "/v1/namespaces/other", None).await;
+    let a = h
+        .call(
+            Method::PUT,
+            "/v1/namespaces/other",
+            Some(&whole_config(json!({}))),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     h.get("/v1/namespaces/other/checkpoints/billing")
         .await
         .assert_error(StatusCode::NOT_FOUND, "checkpoint_not_found");
@@ -655,9 +666,13 @@ async fn storage_failure_is_503_and_acknowledges_nothing() {
     )
     .await
     .assert_error(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable");
-    h.call(Method::PUT, "/v1/namespaces/new-one", None)
-        .await
-        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable");
+    h.call(
+        Method::PUT,
+        "/v1/namespaces/new-one",
+        Some(&whole_config(json!({}))),
+    )
+    .await
+    .assert_error(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable");
     h.post(
         "/v1/namespaces/default/claims",
         r#"{"id": "s-1", "owner": "w", "lease_ms": 1000}"#,
@@ -800,13 +815,14 @@ async fn metrics_have_the_expected_families() {
 }
 
 /// Every route of the contract, as (method, path pattern).
-const ROUTES: [(&str, &str); 15] = [
+const ROUTES: [(&str, &str); 16] = [
     ("post", "/v1/namespaces/{ns}/check-and-mark"),
     ("post", "/v1/namespaces/{ns}/check"),
     ("post", "/v1/namespaces/{ns}/claims"),
     ("post", "/v1/namespaces/{ns}/claims/complete"),
     ("post", "/v1/namespaces/{ns}/claims/release"),
     ("put", "/v1/namespaces/{ns}"),
+    ("patch", "/v1/namespaces/{ns}"),
     ("get", "/v1/namespaces/{ns}"),
     ("delete", "/v1/namespaces/{ns}"),
     ("get", "/v1/namespaces"),
@@ -863,7 +879,9 @@ async fn openapi_document_lists_every_route_and_every_listed_route_is_served() {
     for (method, path) in &listed {
         let uri = path.replace("{ns}", "default").replace("{consumer}", "c1");
         let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-        let body = (method == Method::POST || method == Method::PUT).then_some("{}");
+        let body = [Method::POST, Method::PUT, Method::PATCH]
+            .contains(&method)
+            .then_some("{}");
         let a = h.call(method.clone(), &uri, body).await;
         assert_ne!(a.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
         if a.status == StatusCode::NOT_FOUND {
@@ -932,4 +950,396 @@ async fn junk_bodies_are_refused_cleanly() {
         );
     }
     assert_eq!(h.check(&["a", "b"]).await, ["new", "new"]);
+}
+
+#[tokio::test]
+async fn put_takes_the_whole_configuration_and_names_every_missing_field() {
+    let h = Harness::new();
+    let uri = "/v1/namespaces/orders";
+    // No body, an empty object, a partial one: 400 naming each missing field, and
+    // nothing created.
+    for body in [
+        None,
+        Some("{}"),
+        Some(r#"{"generations": 6, "fp_rate": 0.001}"#),
+    ] {
+        let a = h.call(Method::PUT, uri, body).await;
+        a.assert_error(StatusCode::BAD_REQUEST, "missing_fields");
+        let message = a.json()["error"]["message"].as_str().unwrap().to_owned();
+        for field in [
+            "generation_capacity",
+            "generation_span",
+            "exact_generations",
+        ] {
+            assert!(message.contains(field), "{body:?}: {message}");
+        }
+        assert_eq!(
+            message.contains("generations,"),
+            body.is_none_or(|b| b == "{}"),
+            "{body:?}: {message}"
+        );
+    }
+    h.get(uri)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "unknown_namespace");
+
+    // Created whole; a partial PUT then changes nothing (it used to reset the
+    // missing fields to their defaults).
+    let six = whole_config(json!({"generations": 6, "exact_generations": 3}));
+    assert_eq!(
+        h.call(Method::PUT, uri, Some(&six)).await.status,
+        StatusCode::CREATED
+    );
+    h.call(Method::PUT, uri, Some(r#"{"fp_rate": 0.01}"#))
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "missing_fields");
+    let config = h.get(uri).await.json()["config"].clone();
+    assert_eq!(config["generations"], 6);
+    assert_eq!(config["exact_generations"], 3);
+    assert_eq!(config["fp_rate"], 1e-4);
+
+    // Fields each in range that do not fit together: 409, and nothing changed.
+    let a = h
+        .call(
+            Method::PUT,
+            uri,
+            Some(&whole_config(
+                json!({"generations": 2, "exact_generations": 3}),
+            )),
+        )
+        .await;
+    a.assert_error(StatusCode::CONFLICT, "config_conflict");
+    assert!(a.text.contains("exact_generations"), "{}", a.text);
+    let a = h
+        .call(
+            Method::PUT,
+            "/v1/namespaces/huge",
+            Some(&whole_config(
+                json!({"generations": 1024, "generation_capacity": 1_000_000_000_000_u64}),
+            )),
+        )
+        .await;
+    a.assert_error(StatusCode::CONFLICT, "config_conflict");
+    assert_eq!(h.get(uri).await.json()["config"], config);
+    h.get("/v1/namespaces/huge")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "unknown_namespace");
+}
+
+#[tokio::test]
+async fn patch_changes_only_the_fields_given() {
+    let h = Harness::new();
+    let uri = "/v1/namespaces/orders";
+    h.call(Method::PATCH, uri, Some(r#"{"generations": 6}"#))
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "unknown_namespace");
+    h.get(uri)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "unknown_namespace");
+    h.call(Method::PUT, uri, Some(&whole_config(json!({}))))
+        .await;
+    let before = h.get(uri).await.json()["config"].clone();
+
+    let a = h
+        .call(
+            Method::PATCH,
+            uri,
+            Some(r#"{"generations": 6, "generation_span": "10m"}"#),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let mut want = before.clone();
+    want["generations"] = json!(6);
+    want["generation_span"] = json!("10m");
+    assert_eq!(a.json()["config"], want);
+    assert_eq!(h.get(uri).await.json()["config"], want);
+
+    // Absent and null fields are kept; an empty PATCH changes nothing.
+    for body in ["{}", r#"{"fp_rate": null, "generations": null}"#] {
+        let a = h.call(Method::PATCH, uri, Some(body)).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+        assert_eq!(a.json()["config"], want, "{body}");
+    }
+    // Bad fields: 400, a field that does not fit the others as they are: 409.
+    for (body, code) in [
+        (r#"{"generations": 0}"#, "invalid_config"),
+        (r#"{"fp_rate": 1}"#, "invalid_config"),
+        (r#"{"bogus": 1}"#, "invalid_config"),
+        ("", "invalid_json"),
+    ] {
+        h.call(Method::PATCH, uri, Some(body))
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, code);
+    }
+    let a = h
+        .call(Method::PATCH, uri, Some(r#"{"exact_generations": 7}"#))
+        .await;
+    a.assert_error(StatusCode::CONFLICT, "config_conflict");
+    assert_eq!(h.get(uri).await.json()["config"], want);
+}
+
+/// A namespace of 4 generations of 10 IDs, 2 of them exact, with 4 live generations
+/// (35 IDs marked); its URI.
+async fn full_ring(h: &Harness) -> &'static str {
+    let uri = "/v1/namespaces/ring";
+    let body =
+        whole_config(json!({"generations": 4, "generation_capacity": 10, "exact_generations": 2}));
+    assert_eq!(
+        h.call(Method::PUT, uri, Some(&body)).await.status,
+        StatusCode::CREATED
+    );
+    let ids: Vec<String> = (0..35).map(|i| format!("ring-{i:02}")).collect();
+    let a = h
+        .post(
+            "/v1/namespaces/ring/check-and-mark",
+            &json!({ "ids": ids }).to_string(),
+        )
+        .await;
+    assert_eq!(verdicts(&a.json()), vec!["new"; 35]);
+    let view = h.get(uri).await.json();
+    assert_eq!(view["generations"].as_array().unwrap().len(), 4, "{view}");
+    uri
+}
+
+#[tokio::test]
+async fn dropping_remembered_ids_needs_drop_now() {
+    let h = Harness::new();
+    let uri = full_ring(&h).await;
+    let fewer =
+        whole_config(json!({"generations": 2, "generation_capacity": 10, "exact_generations": 2}));
+    let before = h.get(uri).await.json();
+    // PUT with fewer generations, PATCH with fewer exact tables: 409 saying what
+    // would be dropped, and nothing changes.
+    let a = h.call(Method::PUT, uri, Some(&fewer)).await;
+    a.assert_error(StatusCode::CONFLICT, "would_drop");
+    assert!(a.text.contains("2 generation(s)"), "{}", a.text);
+    let a = h
+        .call(Method::PATCH, uri, Some(r#"{"exact_generations": 1}"#))
+        .await;
+    a.assert_error(StatusCode::CONFLICT, "would_drop");
+    assert!(a.text.contains("1 exact table(s)"), "{}", a.text);
+    let after = h.get(uri).await.json();
+    assert_eq!(after["config"], before["config"]);
+    assert_eq!(after["generations"], before["generations"]);
+    let check = "/v1/namespaces/ring/check";
+    assert_eq!(
+        verdicts(
+            &h.post(check, r#"{"ids": ["ring-00", "ring-34"]}"#)
+                .await
+                .json()
+        ),
+        ["probable_duplicate", "duplicate"]
+    );
+
+    // With drop_now they apply.
+    let a = h
+        .call(
+            Method::PATCH,
+            uri,
+            Some(r#"{"exact_generations": 1, "drop_now": true}"#),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json()["config"]["exact_generations"], 1);
+    let fewer_now = whole_config(
+        json!({"generations": 2, "generation_capacity": 10, "exact_generations": 1, "drop_now": true}),
+    );
+    let a = h.call(Method::PUT, uri, Some(&fewer_now)).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json()["generations"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        verdicts(&h.post(check, r#"{"ids": ["ring-00"]}"#).await.json()),
+        ["new"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_patches_of_different_fields_all_land() {
+    let h = Harness::new();
+    let uri = "/v1/namespaces/orders";
+    h.call(Method::PUT, uri, Some(&whole_config(json!({}))))
+        .await;
+    for round in 0..100_u64 {
+        let capacity = 1_000 + round;
+        let generations = 4 + round % 50;
+        let a = {
+            let app = h.app.clone();
+            let body = json!({ "generation_capacity": capacity }).to_string();
+            tokio::spawn(async move { patch(app, uri, body).await })
+        };
+        let b = {
+            let app = h.app.clone();
+            let body = json!({ "generations": generations }).to_string();
+            tokio::spawn(async move { patch(app, uri, body).await })
+        };
+        assert_eq!(a.await.unwrap(), StatusCode::OK);
+        assert_eq!(b.await.unwrap(), StatusCode::OK);
+        let config = h.get(uri).await.json()["config"].clone();
+        assert_eq!(
+            (
+                config["generation_capacity"].clone(),
+                config["generations"].clone()
+            ),
+            (json!(capacity), json!(generations)),
+            "round {round}: one PATCH undid the other"
+        );
+    }
+}
+
+async fn patch(app: axum::Router, uri: &str, body: String) -> StatusCode {
+    let req = Request::patch(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .unwrap();
+    tower::ServiceExt::oneshot(app, req).await.unwrap().status()
+}
+
+/// The owner recipe of the README and the OpenAPI document: one fresh token per
+/// delivery attempt, reused only to retry the same request.
+#[tokio::test]
+async fn owner_tokens_identify_delivery_attempts_not_workers() {
+    let h = Harness::new();
+    let mark = |id: &'static str, owner: &'static str| {
+        let body = json!({ "ids": [id], "owner": owner }).to_string();
+        let h = &h;
+        async move { h.post(MARK, &body).await }
+    };
+    // Delivery 1 of evt-1; its answer is lost and the same request is retried with
+    // the same token: new, replayed (process it: nobody has).
+    assert_eq!(
+        mark("evt-1", "delivery-1").await.json()["results"][0],
+        json!({"id": "evt-1", "verdict": "new", "replayed": false})
+    );
+    assert_eq!(
+        mark("evt-1", "delivery-1").await.json()["results"][0],
+        json!({"id": "evt-1", "verdict": "new", "replayed": true})
+    );
+    // The broker redelivers evt-1 to the same worker: a new delivery, a fresh
+    // token: duplicate (skip it).
+    assert_eq!(
+        mark("evt-1", "delivery-2").await.json()["results"][0],
+        json!({"id": "evt-1", "verdict": "duplicate", "replayed": false})
+    );
+    // What a per-worker token would do instead: the redelivery comes back new,
+    // replayed, and the event is processed twice.
+    mark("evt-2", "worker-7").await;
+    assert_eq!(
+        mark("evt-2", "worker-7").await.json()["results"][0]["verdict"],
+        "new"
+    );
+}
+
+/// The document states the limits the server enforces, from the library's own
+/// constants and this server's settings, so the two cannot drift apart.
+#[tokio::test]
+async fn openapi_document_states_every_limit() {
+    let limits = Limits {
+        max_ids: 5,
+        max_body_bytes: 12_345,
+        ..Limits::default()
+    };
+    let h = Harness::with(limits, &[]);
+    let doc = h.get("/v1/openapi.json").await.json();
+    let schema = |name: &str| doc["components"]["schemas"][name].clone();
+    for (name, max) in [
+        ("EventId", oncely::MAX_ID_LEN),
+        ("Owner", oncely::MAX_OWNER_LEN),
+        ("Position", oncely::MAX_POSITION_LEN),
+        ("Name", oncely::MAX_NAMESPACE_LEN),
+    ] {
+        assert_eq!(schema(name)["minLength"], 1, "{name}");
+        assert_eq!(schema(name)["maxLength"], max, "{name}");
+    }
+    assert!(
+        schema("EventId")["description"]
+            .as_str()
+            .unwrap()
+            .contains("bytes of UTF-8")
+    );
+    for request in ["MarkRequest", "CheckRequest"] {
+        assert_eq!(schema(request)["properties"]["ids"]["maxItems"], 5);
+    }
+    assert!(
+        doc["info"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("at most 12345 bytes")
+    );
+    let lease = &schema("ClaimRequest")["properties"]["lease_ms"];
+    assert_eq!(lease["minimum"], 1);
+    assert_eq!(
+        lease["maximum"],
+        u64::try_from(oncely::MAX_LEASE.as_millis()).unwrap()
+    );
+    for body in ["NamespacePut", "NamespacePatch"] {
+        let fields = &schema(body)["properties"];
+        assert_eq!(schema(body)["additionalProperties"], false, "{body}");
+        for field in ["generations", "exact_generations"] {
+            let f = if fields[field]["maximum"].is_null() {
+                // Optional fields: `oneOf` null and the number.
+                fields[field]["oneOf"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|s| s["maximum"].is_number())
+                    .unwrap()
+                    .clone()
+            } else {
+                fields[field].clone()
+            };
+            assert_eq!(f["minimum"], 1, "{body}.{field}");
+            assert_eq!(
+                f["maximum"],
+                oncely::config::MAX_GENERATIONS,
+                "{body}.{field}"
+            );
+        }
+    }
+    assert_eq!(
+        schema("NamespacePut")["required"],
+        json!([
+            "generations",
+            "generation_capacity",
+            "generation_span",
+            "fp_rate",
+            "exact_generations"
+        ])
+    );
+    // Path parameters are names, with the name rules.
+    let params = &doc["paths"]["/v1/namespaces/{ns}/checkpoints/{consumer}"]["put"]["parameters"];
+    for p in params.as_array().unwrap() {
+        assert_eq!(p["schema"]["$ref"], "#/components/schemas/Name", "{p}");
+    }
+    // Examples of owners are delivery tokens, never workers.
+    assert!(!doc.to_string().contains("worker-"));
+}
+
+/// The server refuses what the document's name pattern refuses, and takes what it
+/// takes (`.` and `..` included: the library refuses them too).
+#[tokio::test]
+async fn names_follow_the_documented_rules() {
+    let h = Harness::new();
+    for (name, ok) in [
+        ("a", true),
+        ("-", true),
+        (".a", true),
+        ("..a", true),
+        ("a..", true),
+        ("...", true),
+        (".", false),
+        ("..", false),
+        ("a b", false),
+        ("a*", false),
+    ] {
+        let uri = format!(
+            "/v1/namespaces/{}/checkpoints/c",
+            name.replace(' ', "%20").replace('*', "%2A")
+        );
+        let a = h.get(&uri).await;
+        if ok {
+            a.assert_error(StatusCode::NOT_FOUND, "unknown_namespace");
+        } else {
+            assert_eq!(a.status, StatusCode::BAD_REQUEST, "{name}: {}", a.text);
+        }
+    }
 }

@@ -7,7 +7,7 @@ use std::fmt;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::api::{ErrorBody, ErrorResponse};
+use oncely_client::api::{ErrorBody, ErrorResponse};
 
 /// An error answer: a status, a stable code and a message for humans.
 #[derive(Clone, Debug, PartialEq, Eq)]

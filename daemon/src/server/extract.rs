@@ -28,6 +28,16 @@ impl JsonBody {
         &'a self,
         data_code: &'static str,
     ) -> Result<T, ApiError> {
+        // Every body is an object; serde would also read a struct from an array of
+        // its fields in order (`[null, null]`), which no schema promises.
+        if self.0.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            return Err(
+                match serde_json::from_slice::<serde::de::IgnoredAny>(&self.0) {
+                    Err(e) => json_error(&e, data_code),
+                    Ok(_) => ApiError::bad_request(data_code, "the body must be a JSON object"),
+                },
+            );
+        }
         serde_json::from_slice(&self.0).map_err(|e| json_error(&e, data_code))
     }
 

@@ -60,6 +60,7 @@ mod metrics;
 mod openapi;
 mod routes;
 mod shutdown;
+mod wire;
 
 pub use error::ApiError;
 pub use shutdown::{run, shutdown_signal};
@@ -110,6 +111,11 @@ struct Shared {
     /// One permit per blocking task; shutdown takes them all to wait for the last.
     tasks: Arc<Semaphore>,
     ready: AtomicBool,
+    /// Held while a namespace's configuration is read, changed and written (PUT,
+    /// PATCH, DELETE): configuration changes are rare, one lock for all is enough.
+    config: std::sync::Mutex<()>,
+    /// `/v1/openapi.json`, with these limits in it.
+    openapi: axum::body::Bytes,
 }
 
 impl std::fmt::Debug for Shared {
@@ -138,6 +144,8 @@ impl AppState {
                 admission: Arc::new(Semaphore::new(limits.max_concurrency)),
                 tasks: Arc::new(Semaphore::new(TASK_PERMITS as usize)),
                 ready: AtomicBool::new(true),
+                config: std::sync::Mutex::new(()),
+                openapi: openapi::document_bytes(limits),
             }),
         }
     }
@@ -178,6 +186,19 @@ impl AppState {
 
     pub(crate) fn tokens(&self) -> &[Box<[u8]>] {
         &self.inner.tokens
+    }
+
+    /// The OpenAPI document served, with this server's limits.
+    pub(crate) fn openapi_document(&self) -> axum::body::Bytes {
+        self.inner.openapi.clone()
+    }
+
+    /// The configuration lock (see `Shared::config`).
+    pub(crate) fn config_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inner
+            .config
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn metrics(&self) -> &metrics::Metrics {
@@ -283,6 +304,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::release))
         .routes(routes!(
             routes::put_namespace,
+            routes::patch_namespace,
             routes::get_namespace,
             routes::delete_namespace
         ))
@@ -294,10 +316,17 @@ fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(routes::openapi_json))
 }
 
-/// The OpenAPI document of every route [`app`] serves.
+/// The OpenAPI document of every route [`app`] serves, as generated from the code.
+/// (`/v1/openapi.json` adds the limits of the running server: see [`openapi_json`].)
 #[must_use]
 pub fn openapi() -> utoipa::openapi::OpenApi {
     api_router().into_openapi()
+}
+
+/// The OpenAPI document a server with these limits serves at `/v1/openapi.json`.
+#[must_use]
+pub fn openapi_json(limits: Limits) -> serde_json::Value {
+    openapi::document(limits)
 }
 
 /// The daemon's HTTP application.

@@ -1,14 +1,16 @@
 //! The OpenAPI document: its frame (title, tags, bearer security) here, its paths
 //! and schemas from the handlers' `#[utoipa::path]` annotations, collected by the
-//! same router that serves them ([`super::api_router`]).
-
-use std::sync::LazyLock;
+//! same router that serves them ([`super::api_router`]), and the limits this server
+//! was started with patched in ([`document`]).
 
 use axum::body::Bytes;
+use oncely_client::api::schema::Name;
+use oncely_client::api::{ErrorBody, ErrorResponse};
+use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::api::{ErrorBody, ErrorResponse};
+use super::Limits;
 
 /// The frame the routes are added to.
 #[derive(OpenApi)]
@@ -22,7 +24,8 @@ use crate::api::{ErrorBody, ErrorResponse};
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    components(schemas(ErrorResponse, ErrorBody)),
+    // `Name` is only in path parameters, which utoipa does not collect schemas from.
+    components(schemas(ErrorResponse, ErrorBody, Name)),
     tags(
         (name = "dedup", description = "Check and check-and-mark batches of event IDs"),
         (name = "claims", description = "Leased, exclusive processing rights on an ID"),
@@ -52,13 +55,34 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The document, serialised once.
-pub(crate) static DOCUMENT: LazyLock<Bytes> = LazyLock::new(|| {
-    let doc = super::openapi();
-    Bytes::from(serde_json::to_vec(&doc).unwrap_or_else(|e| {
+/// The document as served: the generated one with this server's limits, which are
+/// settings rather than code, patched in: `maxItems` of every `ids` array is
+/// `max_ids`, and the description states `max_body_bytes`.
+#[must_use]
+pub(crate) fn document(limits: Limits) -> Value {
+    let mut doc = serde_json::to_value(super::openapi()).unwrap_or_else(|e| {
         // Cannot happen (the document is plain data), but an error body beats a panic.
         serde_json::json!({"error": {"code": "internal", "message": format!("cannot encode the OpenAPI document: {e}")}})
-            .to_string()
-            .into_bytes()
-    }))
-});
+    });
+    for request in ["MarkRequest", "CheckRequest"] {
+        if let Some(ids) = doc.pointer_mut(&format!("/components/schemas/{request}/properties/ids"))
+            && let Some(ids) = ids.as_object_mut()
+        {
+            ids.insert("maxItems".into(), Value::from(limits.max_ids));
+        }
+    }
+    if let Some(Value::String(description)) = doc.pointer_mut("/info/description") {
+        description.push_str(&format!(
+            " This server takes at most {} IDs per check or check-and-mark (more: 400 \
+             `too_many_ids`) and request bodies of at most {} bytes (more: 413 \
+             `payload_too_large`).",
+            limits.max_ids, limits.max_body_bytes
+        ));
+    }
+    doc
+}
+
+/// [`document`], serialised once per application.
+pub(crate) fn document_bytes(limits: Limits) -> Bytes {
+    Bytes::from(serde_json::to_vec(&document(limits)).unwrap_or_default())
+}

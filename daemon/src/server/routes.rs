@@ -8,22 +8,22 @@
 //! RocksDB. Small check-and-mark and check requests first try the same work on the
 //! async worker, with a call that gives up rather than wait ([`AppState::inline`]).
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use oncely::{NamespaceConfig, Tracker};
+use oncely::{DropPolicy, Tracker};
+use oncely_client::api::schema::Name;
+use oncely_client::api::{
+    CheckRequest, CheckResponse, CheckpointBody, CheckpointResponse, ClaimAction,
+    ClaimActionResponse, ClaimRequest, ClaimResponse, ClaimState, ErrorResponse, Health,
+    MarkRequest, MarkResponse, NamespaceList, NamespacePatch, NamespacePut, NamespaceView,
+};
 use serde::Serialize;
 
 use super::error::ApiError;
 use super::extract::{ApiPath, JsonBody};
 use super::metrics::{self, Op};
-use super::{Admitted, AppState, JSON};
-use crate::api::{
-    CheckRequest, CheckResponse, CheckResult, CheckpointBody, CheckpointResponse, ClaimAction,
-    ClaimActionResponse, ClaimRequest, ClaimResponse, ClaimState, ErrorResponse, Health,
-    MarkRequest, MarkResponse, MarkResult, NamespaceConfigSchema, NamespaceList, NamespaceView,
-};
+use super::{Admitted, AppState, JSON, wire};
 
 /// Serialises `value` as a JSON response. `capacity` is a guess of the size, so that
 /// a large answer is written into one allocation.
@@ -68,14 +68,20 @@ const RESULT_BYTES: usize = 96;
 /// Checks a batch of IDs and marks the new ones, atomically per ID.
 ///
 /// Among any number of concurrent callers marking the same ID, exactly one gets
-/// `new`. Results come back in the order of `ids`. With an `owner`, the same owner
-/// marking an ID again gets `new` with `replayed: true`. A refused request (bad ID,
-/// too many IDs) marks nothing; a storage failure (503) acknowledges nothing.
+/// `new`. Results come back in the order of `ids`. A refused request (bad ID, too
+/// many IDs) marks nothing; a storage failure (503) acknowledges nothing.
+///
+/// The `owner` identifies one delivery attempt of these events: draw a fresh token
+/// for each delivery and reuse it only to retry the same request. The same owner
+/// marking an ID again gets `new` with `replayed: true` (its first answer was lost:
+/// process the event); a redelivery, with its fresh token, gets `duplicate`. Never
+/// use a worker's name: a redelivery to that worker would come back `new`,
+/// `replayed: true`, and be processed twice.
 #[utoipa::path(
     post,
     path = "/v1/namespaces/{ns}/check-and-mark",
     tag = "dedup",
-    params(("ns" = String, Path, description = "Namespace name: 1 to 64 of A-Z a-z 0-9 . _ -")),
+    params(("ns" = Name, Path, description = "Namespace name")),
     request_body = MarkRequest<'_>,
     responses(
         (status = 200, description = "One verdict per ID, in request order", body = MarkResponse<'_>),
@@ -139,7 +145,7 @@ fn mark(
     let results = ids
         .iter()
         .zip(verdicts)
-        .map(|(id, v)| MarkResult::new(id, v))
+        .map(|(id, v)| wire::mark_result(id, v))
         .collect();
     json(
         StatusCode::OK,
@@ -154,7 +160,7 @@ fn mark(
     post,
     path = "/v1/namespaces/{ns}/check",
     tag = "dedup",
-    params(("ns" = String, Path, description = "Namespace name")),
+    params(("ns" = Name, Path, description = "Namespace name")),
     request_body = CheckRequest<'_>,
     responses(
         (status = 200, description = "One verdict per ID, in request order", body = CheckResponse<'_>),
@@ -207,7 +213,7 @@ fn check_ids(
     let results = ids
         .iter()
         .zip(verdicts)
-        .map(|(id, v)| CheckResult::new(id, v))
+        .map(|(id, v)| wire::check_result(id, v))
         .collect();
     json(
         StatusCode::OK,
@@ -222,12 +228,13 @@ fn check_ids(
 /// Answers 200 whatever the verdict: `acquired` (process, then complete or
 /// release), `in_progress` (another owner's lease is live until `until_ms`),
 /// `duplicate` (done) or `probable_duplicate`. The same owner claiming again renews
-/// its lease (`replayed: true`).
+/// its lease (`replayed: true`), so the owner is one delivery attempt of the event,
+/// as for check-and-mark, never a worker.
 #[utoipa::path(
     post,
     path = "/v1/namespaces/{ns}/claims",
     tag = "claims",
-    params(("ns" = String, Path, description = "Namespace name")),
+    params(("ns" = Name, Path, description = "Namespace name")),
     request_body = ClaimRequest,
     responses(
         (status = 200, description = "The claim's outcome", body = ClaimResponse),
@@ -250,7 +257,7 @@ pub(crate) async fn claim(
             let req: ClaimRequest = body.parse("invalid_request")?;
             let lease = std::time::Duration::from_millis(req.lease_ms);
             let outcome = tracker.claim(&ns, &req.id, &req.owner, lease)?;
-            json(StatusCode::OK, &ClaimResponse::from(outcome), 64)
+            json(StatusCode::OK, &wire::claim_response(outcome), 64)
         })
         .await
 }
@@ -261,7 +268,7 @@ pub(crate) async fn claim(
     post,
     path = "/v1/namespaces/{ns}/claims/complete",
     tag = "claims",
-    params(("ns" = String, Path, description = "Namespace name")),
+    params(("ns" = Name, Path, description = "Namespace name")),
     request_body = ClaimAction,
     responses(
         (status = 200, description = "Completed", body = ClaimActionResponse),
@@ -289,7 +296,7 @@ pub(crate) async fn complete(
     post,
     path = "/v1/namespaces/{ns}/claims/release",
     tag = "claims",
-    params(("ns" = String, Path, description = "Namespace name")),
+    params(("ns" = Name, Path, description = "Namespace name")),
     request_body = ClaimAction,
     responses(
         (status = 200, description = "Released", body = ClaimActionResponse),
@@ -337,23 +344,30 @@ async fn claim_action(
         .await
 }
 
-/// Creates a namespace (201) or reconfigures an existing one (200).
+/// Creates a namespace (201) or sets its whole configuration (200).
 ///
-/// The body is the namespace configuration; every field is optional (defaults for a
-/// new namespace), and an empty body means all defaults. A reconfiguration applies
-/// as `oncely::Tracker::configure_namespace` documents: for example a smaller
-/// `generations` drops the oldest generations at once.
+/// The body names every configuration field: a missing one is refused with 400
+/// `missing_fields` naming each, rather than reset to its default (use `PATCH` to
+/// change some fields). A change that would forget remembered IDs at once (a smaller
+/// `generations` dropping live generations, a smaller `exact_generations` dropping
+/// exact tables) needs `"drop_now": true`; without it the answer is 409 `would_drop`
+/// and nothing changes. Fields that are each in range but do not fit together
+/// (`exact_generations` over `generations`, filters over the 64 GiB limit per
+/// namespace, a false-positive rate that needs more than 48 hashes) get 409
+/// `config_conflict`. For what a reconfiguration changes and when, see
+/// `oncely::Tracker::configure_namespace`.
 #[utoipa::path(
     put,
     path = "/v1/namespaces/{ns}",
     tag = "namespaces",
-    params(("ns" = String, Path, description = "Namespace name")),
-    request_body = NamespaceConfigSchema,
+    params(("ns" = Name, Path, description = "Namespace name")),
+    request_body = NamespacePut,
     responses(
         (status = 201, description = "Created; its configuration and statistics", body = NamespaceView),
         (status = 200, description = "Updated; its configuration and statistics", body = NamespaceView),
-        (status = 400, description = "Bad configuration (the message names the field), namespace name or JSON", body = ErrorResponse),
+        (status = 400, description = "Missing fields (`missing_fields`, naming each), a field out of range (`invalid_config`), a bad namespace name or JSON; nothing changed", body = ErrorResponse),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
+        (status = 409, description = "`would_drop`: the change would forget remembered IDs and `drop_now` is not set; `config_conflict`: the fields do not fit together; nothing changed", body = ErrorResponse),
         (status = 413, description = "Body over max_body_bytes", body = ErrorResponse),
         (status = 415, description = "Content-Type is not JSON", body = ErrorResponse),
         (status = 503, description = "Storage failed (nothing changed), overloaded, or shutting down", body = ErrorResponse),
@@ -365,14 +379,28 @@ pub(crate) async fn put_namespace(
     ApiPath(ns): ApiPath<String>,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
+    let shared = state.clone();
     state
         .blocking(admitted, move |tracker| {
-            let config: NamespaceConfig = if body.is_blank() {
-                NamespaceConfig::default()
+            // The name first: a bad one is refused whatever the body.
+            oncely::NamespaceName::new(ns.as_str())?;
+            // No body at all names every field as missing, as `{}` does.
+            let patch: NamespacePatch = if body.is_blank() {
+                NamespacePatch::default()
             } else {
                 body.parse("invalid_config")?
             };
-            let status = match tracker.configure_namespace(&ns, config)? {
+            let missing = patch.missing();
+            if !missing.is_empty() {
+                return Err(oncely::Error::MissingFields(missing).into());
+            }
+            in_range(&patch)?;
+            let config = wire::fields(&patch).complete().map_err(config_conflict)?;
+            let _config = shared.config_lock();
+            let configured = tracker
+                .configure_namespace_with(&ns, config, drop_policy(&patch))
+                .map_err(config_conflict)?;
+            let status = match configured {
                 oncely::Configured::Created => StatusCode::CREATED,
                 oncely::Configured::Updated => StatusCode::OK,
             };
@@ -381,8 +409,93 @@ pub(crate) async fn put_namespace(
         .await
 }
 
+/// Changes some of an existing namespace's configuration: the fields given, the
+/// others kept (absent and `null` fields alike).
+///
+/// As for `PUT`, a change that would forget remembered IDs at once needs
+/// `"drop_now": true` (else 409 `would_drop`), and fields that do not fit together
+/// with each other or with the namespace's other fields get 409 `config_conflict`.
+/// Concurrent `PATCH`es of one namespace apply one after the other, each to the
+/// configuration the one before left. A `PATCH` never creates a namespace.
+#[utoipa::path(
+    patch,
+    path = "/v1/namespaces/{ns}",
+    tag = "namespaces",
+    params(("ns" = Name, Path, description = "Namespace name")),
+    request_body = NamespacePatch,
+    responses(
+        (status = 200, description = "Updated; its configuration and statistics", body = NamespaceView),
+        (status = 400, description = "A field out of range (`invalid_config`), a bad namespace name or JSON; nothing changed", body = ErrorResponse),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
+        (status = 404, description = "Unknown namespace", body = ErrorResponse),
+        (status = 409, description = "`would_drop`: the change would forget remembered IDs and `drop_now` is not set; `config_conflict`: the fields do not fit together; nothing changed", body = ErrorResponse),
+        (status = 413, description = "Body over max_body_bytes", body = ErrorResponse),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorResponse),
+        (status = 503, description = "Storage failed (nothing changed), overloaded, or shutting down", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn patch_namespace(
+    State(state): State<AppState>,
+    admitted: Admitted,
+    ApiPath(ns): ApiPath<String>,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    let shared = state.clone();
+    state
+        .blocking(admitted, move |tracker| {
+            oncely::NamespaceName::new(ns.as_str())?;
+            let patch: NamespacePatch = body.parse("invalid_config")?;
+            in_range(&patch)?;
+            // Read, change, write under the lock, so that two PATCHes of different
+            // fields both land, and no PUT or DELETE falls in between.
+            let _config = shared.config_lock();
+            let current = tracker.namespace_info(&ns)?.config;
+            let config = wire::fields(&patch)
+                .apply_to(&current)
+                .map_err(config_conflict)?;
+            let _ = tracker
+                .configure_namespace_with(&ns, config, drop_policy(&patch))
+                .map_err(config_conflict)?;
+            namespace_view(tracker, &ns, StatusCode::OK)
+        })
+        .await
+}
+
+/// 400 `invalid_config` for a field outside the range the API documents for it.
+fn in_range(patch: &NamespacePatch) -> Result<(), ApiError> {
+    match patch.out_of_range() {
+        Some((field, reason)) => Err(ApiError::bad_request(
+            "invalid_config",
+            format!("invalid {field}: {reason}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The library's refusal of fields that are each in range (checked before): they do
+/// not fit together, or not with the server's limits. 409, not 400: the request is
+/// well-formed by the document's every rule, and what refuses it is the combination
+/// (for a `PATCH`, with the namespace's current state), which no JSON schema can
+/// state.
+fn config_conflict(e: oncely::Error) -> ApiError {
+    match e {
+        oncely::Error::InvalidConfig { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "config_conflict", e.to_string())
+        }
+        other => other.into(),
+    }
+}
+
+const fn drop_policy(patch: &NamespacePatch) -> DropPolicy {
+    if patch.drop_now {
+        DropPolicy::DropNow
+    } else {
+        DropPolicy::Refuse
+    }
+}
+
 fn namespace_view(tracker: &Tracker, ns: &str, status: StatusCode) -> Result<Response, ApiError> {
-    let view = NamespaceView::from(tracker.namespace_info(ns)?);
+    let view = wire::namespace_view(tracker.namespace_info(ns)?);
     json(status, &view, 512 + 384 * view.generations.len())
 }
 
@@ -393,7 +506,7 @@ fn namespace_view(tracker: &Tracker, ns: &str, status: StatusCode) -> Result<Res
     get,
     path = "/v1/namespaces/{ns}",
     tag = "namespaces",
-    params(("ns" = String, Path, description = "Namespace name")),
+    params(("ns" = Name, Path, description = "Namespace name")),
     responses(
         (status = 200, description = "Configuration and statistics", body = NamespaceView),
         (status = 400, description = "Bad namespace name", body = ErrorResponse),
@@ -420,7 +533,7 @@ pub(crate) async fn get_namespace(
     delete,
     path = "/v1/namespaces/{ns}",
     tag = "namespaces",
-    params(("ns" = String, Path, description = "Namespace name")),
+    params(("ns" = Name, Path, description = "Namespace name")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Bad namespace name", body = ErrorResponse),
@@ -435,8 +548,12 @@ pub(crate) async fn delete_namespace(
     admitted: Admitted,
     ApiPath(ns): ApiPath<String>,
 ) -> Result<Response, ApiError> {
+    let shared = state.clone();
     state
         .blocking(admitted, move |tracker| {
+            // Not between a PATCH's read and write: that write would create the
+            // namespace anew.
+            let _config = shared.config_lock();
             tracker.delete_namespace(&ns)?;
             Ok(StatusCode::NO_CONTENT.into_response())
         })
@@ -473,8 +590,8 @@ pub(crate) async fn list_namespaces(
     path = "/v1/namespaces/{ns}/checkpoints/{consumer}",
     tag = "checkpoints",
     params(
-        ("ns" = String, Path, description = "Namespace name"),
-        ("consumer" = String, Path, description = "Consumer name: 1 to 64 of A-Z a-z 0-9 . _ -"),
+        ("ns" = Name, Path, description = "Namespace name"),
+        ("consumer" = Name, Path, description = "Consumer name"),
     ),
     request_body = CheckpointBody,
     responses(
@@ -516,8 +633,8 @@ pub(crate) async fn put_checkpoint(
     path = "/v1/namespaces/{ns}/checkpoints/{consumer}",
     tag = "checkpoints",
     params(
-        ("ns" = String, Path, description = "Namespace name"),
-        ("consumer" = String, Path, description = "Consumer name"),
+        ("ns" = Name, Path, description = "Namespace name"),
+        ("consumer" = Name, Path, description = "Consumer name"),
     ),
     responses(
         (status = 200, description = "The stored position", body = CheckpointResponse),
@@ -630,7 +747,8 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
         .into_response())
 }
 
-/// This API's OpenAPI 3.1 document, generated from the handlers.
+/// This API's OpenAPI 3.1 document, generated from the handlers, with this server's
+/// limits (`max_ids`, `max_body_bytes`) in it.
 #[utoipa::path(
     get,
     path = "/v1/openapi.json",
@@ -640,11 +758,11 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
         (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
     )
 )]
-pub(crate) async fn openapi_json() -> Response {
+pub(crate) async fn openapi_json(State(state): State<AppState>) -> Response {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, HeaderValue::from_static(JSON))],
-        Bytes::clone(&super::openapi::DOCUMENT),
+        state.openapi_document(),
     )
         .into_response()
 }

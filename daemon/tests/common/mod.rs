@@ -169,6 +169,22 @@ pub fn small_config() -> NamespaceConfig {
         .unwrap()
 }
 
+/// A whole namespace configuration as a `PUT` body: `small_config()`'s fields, with
+/// `changes` (a JSON object) merged over them.
+pub fn whole_config(changes: Value) -> String {
+    let mut body = serde_json::json!({
+        "generations": 4,
+        "generation_capacity": 100_000,
+        "generation_span": "1h",
+        "fp_rate": 1e-4,
+        "exact_generations": 2,
+    });
+    if let (Some(body), Value::Object(changes)) = (body.as_object_mut(), changes) {
+        body.extend(changes);
+    }
+    body.to_string()
+}
+
 /// An in-process daemon: the application around a memory tracker on a faulty store
 /// and a manual clock.
 pub struct Harness {

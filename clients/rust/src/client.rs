@@ -1,202 +1,25 @@
-//! A typed, async client for a running `oncelyd`.
-//!
-//! ```no_run
-//! use std::time::Duration;
-//! use oncelyd::client::{Client, RetryPolicy};
-//!
-//! # async fn demo() -> Result<(), oncelyd::client::Error> {
-//! let client = Client::builder("http://127.0.0.1:7070")
-//!     .token("change-me")
-//!     .timeout(Duration::from_secs(5))
-//!     .retry(RetryPolicy {
-//!         attempts: 5,
-//!         base_delay: Duration::from_millis(50),
-//!         max_delay: Duration::from_secs(2),
-//!     })
-//!     .build()?;
-//! let marked = client.check_and_mark("default", &["order-1", "order-2"], None).await?;
-//! for (id, verdict) in ["order-1", "order-2"].iter().zip(&marked.verdicts) {
-//!     if verdict.is_new() {
-//!         println!("process {id}");
-//!     }
-//! }
-//! # Ok(())
-//! # }
-//! ```
-//!
-//! # Verdicts are the library's
-//!
-//! Answers come back as the [`oncely`] library's own types, [`Verdict`] and
-//! [`ClaimOutcome`], so code written against an embedded `Tracker` matches the same
-//! arms against the daemon. Over HTTP a `new` with `replayed: true` is
-//! [`Verdict::Replayed`].
-//!
-//! # Retries
-//!
-//! Every method retries, up to [`RetryPolicy::attempts`] requests in all, when the
-//! request may not have reached the daemon or the daemon said nothing was done:
-//! connection errors, timeouts, an answer cut off mid-way, and `502`, `503`, `504`.
-//! Between attempts it waits with exponential backoff and jitter (half the nominal
-//! delay fixed, half random, so that many clients retrying together spread out), and
-//! at least what the daemon's `Retry-After` asks, within [`RetryPolicy::max_delay`].
-//! It never retries any other status: a `4xx` will not change by asking again, and a
-//! `500` means a damaged store or a bug.
-//!
-//! Retrying is safe because every call is idempotent for the daemon, given one
-//! precaution that [`Client::check_and_mark`] takes for you: all attempts of one call
-//! carry the same owner token, so a mark whose answer was lost comes back `new`
-//! (flagged replayed), not `duplicate`.
+//! The client: one method per route, each with its retry semantics.
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use oncely::{ClaimOutcome, Configured, NamespaceConfig, Timestamp};
-use rand::rngs::StdRng;
-use rand::{Rng, RngCore, SeedableRng};
 use reqwest::header::{self, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
+use tokio::time::Instant;
 
 use crate::api::{
     CheckRequest, CheckResponse, CheckpointBody, CheckpointResponse, ClaimAction,
     ClaimActionResponse, ClaimRequest, ClaimResponse, ClaimVerdict, ErrorResponse, Health,
-    MarkRequest, MarkResponse, NamespaceList, NamespaceView, VerdictName,
+    MarkRequest, MarkResponse, NamespaceConfig, NamespaceList, NamespacePatch, NamespacePut,
+    NamespaceView, VerdictName,
 };
-
-pub use oncely::Verdict;
-
-/// How many times to try one call, and how long to wait in between.
-///
-/// The wait before retry `n` (from 1) is `min(max_delay, base_delay x 2^(n-1))`, half
-/// of it fixed and half random, raised to the daemon's `Retry-After` when that is
-/// longer, but never above `max_delay`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Requests per call, the first included (at least 1; 1 means no retry).
-    pub attempts: u32,
-    /// The nominal wait before the first retry.
-    pub base_delay: Duration,
-    /// The longest wait between two attempts.
-    pub max_delay: Duration,
-}
-
-impl RetryPolicy {
-    /// One attempt, no retry.
-    #[must_use]
-    pub const fn none() -> Self {
-        Self {
-            attempts: 1,
-            base_delay: Duration::ZERO,
-            max_delay: Duration::ZERO,
-        }
-    }
-
-    /// The wait before retry number `retry` (1 for the first retry), given a random
-    /// `unit` in `[0, 1)` and the daemon's `Retry-After`, if any.
-    fn delay(&self, retry: u32, unit: f64, retry_after: Option<Duration>) -> Duration {
-        let factor = 2_u32.saturating_pow(retry.saturating_sub(1));
-        let nominal = self.base_delay.saturating_mul(factor).min(self.max_delay);
-        let half = nominal / 2;
-        let jittered = half + half.mul_f64(unit.clamp(0.0, 1.0));
-        retry_after.map_or(jittered, |ra| jittered.max(ra.min(self.max_delay)))
-    }
-}
-
-impl Default for RetryPolicy {
-    /// 4 attempts, 50 ms first wait, 2 s at most: about 0.2 s of retrying in all,
-    /// enough to ride over a dropped connection or a brief overload.
-    fn default() -> Self {
-        Self {
-            attempts: 4,
-            base_delay: Duration::from_millis(50),
-            max_delay: Duration::from_secs(2),
-        }
-    }
-}
-
-/// Everything a call can fail with.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// The daemon answered with an error: `{"error": {"code", "message"}}`.
-    #[error("{status} {code}: {message}")]
-    Http {
-        /// The HTTP status.
-        status: StatusCode,
-        /// The daemon's stable error code (`invalid_id`, `unknown_namespace`,
-        /// `conflict`, `storage_unavailable`, ...; see `oncelyd::api::ErrorBody`).
-        code: String,
-        /// The daemon's message, naming the offending field or index.
-        message: String,
-        /// Requests made, retries included.
-        attempts: u32,
-    },
-
-    /// No answer: the connection failed or broke, or the answer was cut off.
-    #[error("cannot reach the daemon at {url} ({attempts} attempts): {source}")]
-    Transport {
-        /// The request's URL.
-        url: String,
-        /// Requests made, retries included.
-        attempts: u32,
-        /// What the HTTP stack said.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-
-    /// No answer within the timeout, on every attempt.
-    #[error("no answer from {url} within {timeout:?} ({attempts} attempts)")]
-    Timeout {
-        /// The request's URL.
-        url: String,
-        /// The per-attempt timeout.
-        timeout: Duration,
-        /// Requests made, retries included.
-        attempts: u32,
-    },
-
-    /// An answer that is not what the API promises (another service on the port, or
-    /// an incompatible version).
-    #[error("unexpected answer from {url}: {reason}")]
-    Decode {
-        /// The request's URL.
-        url: String,
-        /// What was wrong with it.
-        reason: String,
-    },
-
-    /// The base URL or another client setting is unusable.
-    #[error("invalid client setting {setting}: {reason}")]
-    Config {
-        /// The setting.
-        setting: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-}
-
-impl Error {
-    /// The HTTP status, for [`Error::Http`].
-    #[must_use]
-    pub const fn status(&self) -> Option<StatusCode> {
-        match self {
-            Self::Http { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-
-    /// The daemon's error code, for [`Error::Http`].
-    #[must_use]
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            Self::Http { code, .. } => Some(code),
-            _ => None,
-        }
-    }
-}
+use crate::error::Error;
+use crate::outcome::{ClaimOutcome, Configured, DropPolicy, Verdict};
+use crate::retry::{Jitter, RetryPolicy};
 
 /// Builds a [`Client`]; see [`Client::builder`].
 #[must_use]
@@ -231,8 +54,8 @@ impl ClientBuilder {
     }
 
     /// How long one attempt may take, connecting and reading the answer included
-    /// [default: 10 s]. A call with retries may take `attempts` times this, plus
-    /// the waits.
+    /// [default: 10 s]; never more than what is left of the call's
+    /// [deadline](RetryPolicy::deadline).
     pub const fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -244,7 +67,8 @@ impl ClientBuilder {
         self
     }
 
-    /// The retry policy [default: [`RetryPolicy::default`]].
+    /// The retry policy and deadline of every call [default: [`RetryPolicy::default`]];
+    /// [`Client::with_retry`] changes it for some calls.
     pub const fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
         self
@@ -263,7 +87,7 @@ impl ClientBuilder {
     /// # Errors
     ///
     /// [`Error::Config`] for a base URL that is not `http://host[:port][/prefix]`, a
-    /// token that cannot be a header, or zero attempts.
+    /// token that cannot be a header, zero attempts or a zero deadline.
     pub fn build(self) -> Result<Client, Error> {
         let mut base = Url::parse(&self.base_url).map_err(|e| Error::Config {
             setting: "base_url",
@@ -289,15 +113,9 @@ impl ClientBuilder {
         if let Ok(mut segments) = base.path_segments_mut() {
             segments.pop_if_empty();
         }
-        if self.retry.attempts == 0 {
-            return Err(Error::Config {
-                setting: "retry.attempts",
-                reason: "must be at least 1 (1 means no retry)".into(),
-            });
-        }
+        self.retry.validate()?;
         let auth = self.token.as_deref().map(bearer).transpose()?;
         let http = reqwest::Client::builder()
-            .timeout(self.timeout)
             .connect_timeout(self.connect_timeout)
             // Small requests must not wait for Nagle's algorithm.
             .tcp_nodelay(true)
@@ -306,26 +124,31 @@ impl ClientBuilder {
                 setting: "http",
                 reason: e.to_string(),
             })?;
-        let jitter = self
-            .jitter_seed
-            .map_or_else(|| StdRng::from_rng(&mut rand::rng()), StdRng::seed_from_u64);
+        let seed = match self.jitter_seed {
+            Some(seed) => seed,
+            None => random_u64()?,
+        };
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
                 base,
                 auth,
                 timeout: self.timeout,
-                retry: self.retry,
-                jitter: Mutex::new(jitter),
+                jitter: Jitter::new(seed),
             }),
+            retry: self.retry,
         })
     }
 }
 
 /// A client of one `oncelyd`. Cheap to clone: clones share one connection pool.
+///
+/// See the [crate docs](crate) for an example, the owner recipe and the retry rules;
+/// each method says how it retries.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    retry: RetryPolicy,
 }
 
 struct Inner {
@@ -333,8 +156,7 @@ struct Inner {
     base: Url,
     auth: Option<HeaderValue>,
     timeout: Duration,
-    retry: RetryPolicy,
-    jitter: Mutex<StdRng>,
+    jitter: Jitter,
 }
 
 impl fmt::Debug for Client {
@@ -343,7 +165,7 @@ impl fmt::Debug for Client {
             .field("base", &self.inner.base.as_str())
             .field("auth", &self.inner.auth.is_some())
             .field("timeout", &self.inner.timeout)
-            .field("retry", &self.inner.retry)
+            .field("retry", &self.retry)
             .finish_non_exhaustive()
     }
 }
@@ -352,19 +174,33 @@ impl fmt::Debug for Client {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Marked {
     /// The owner token the marks were made with: the caller's, or the one the client
-    /// generated for this call.
+    /// drew for this call.
     pub owner: String,
     /// One verdict per ID, in the order of the IDs given.
     pub verdicts: Vec<Verdict>,
 }
 
-/// What a call does when the daemon answers 404 `unknown_namespace` on a retry.
+/// Which error answer to a retry means that an earlier attempt did the work, when
+/// that attempt may have reached the daemon (its answer was lost).
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Gone {
-    /// An error, as on the first attempt.
-    Error,
-    /// Success: an earlier attempt deleted the namespace, its answer was lost.
-    Success,
+enum Settled {
+    /// None: an error answer is an error.
+    Never,
+    /// 404 `unknown_namespace`: an earlier attempt deleted the namespace.
+    ByUnknownNamespace,
+    /// 409 `conflict`: an earlier attempt released the claim, and another owner has
+    /// claimed (or completed) the ID since.
+    ByConflict,
+}
+
+impl Settled {
+    fn matches(self, e: &Error) -> bool {
+        match self {
+            Self::Never => false,
+            Self::ByUnknownNamespace => e.code() == Some("unknown_namespace"),
+            Self::ByConflict => e.code() == Some("conflict"),
+        }
+    }
 }
 
 impl Client {
@@ -390,6 +226,27 @@ impl Client {
         Self::builder(base_url).build()
     }
 
+    /// The same client (sharing its connections) with another retry policy and
+    /// deadline, for calls that need one: a consumer that must answer its broker
+    /// within 2 s, say.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for zero attempts or a zero deadline.
+    pub fn with_retry(&self, policy: RetryPolicy) -> Result<Self, Error> {
+        policy.validate()?;
+        Ok(Self {
+            inner: Arc::clone(&self.inner),
+            retry: policy,
+        })
+    }
+
+    /// The retry policy of this client's calls.
+    #[must_use]
+    pub const fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
+
     /// The daemon's base URL.
     #[must_use]
     pub fn base_url(&self) -> &str {
@@ -401,33 +258,36 @@ impl Client {
     ///
     /// # Owner tokens and retries
     ///
-    /// Every attempt of this call sends the same owner token. That is what makes the
-    /// retry safe: if the first attempt marked the IDs but its answer was lost (a
-    /// timeout, a dropped connection), the retry finds marks made by the same owner
-    /// and gets the original `new` back as [`Verdict::Replayed`], instead of
-    /// `duplicate`, which would make the caller skip events nobody processed.
+    /// An owner token identifies **one delivery attempt of one event** (or of one
+    /// batch): every attempt of this call sends the same token, and so may you when
+    /// you retry the same request yourself. If an attempt marked the IDs but its
+    /// answer was lost (a timeout, a dropped connection), the retry finds the marks
+    /// of the same owner and gets the original `new` back as [`Verdict::Replayed`],
+    /// not `duplicate`, which would make the caller skip events nobody processed.
     ///
-    /// With `owner: None` the client generates a fresh random token (128 bits from
-    /// the operating system's generator) for the call, for exactly that reason, and
-    /// returns it in [`Marked::owner`]. Pass your own token (a consumer instance
-    /// plus delivery attempt, say) to extend the same protection across calls: your
-    /// own retry after this call failed, or after a restart, then also gets
-    /// `Replayed` for what the lost attempt marked.
+    /// With `owner: None` the client draws a fresh random token (128 bits from the
+    /// operating system) for the call, and returns it in [`Marked::owner`]. Pass
+    /// your own to extend the protection beyond this call: your retry of the same
+    /// delivery after this call failed, or after a restart, also gets `Replayed` for
+    /// what the lost attempt marked. Draw a new token for every delivery; never use
+    /// a worker's name: when the broker redelivers an event to the same worker, a
+    /// per-worker token would get `Replayed` (process it) where a fresh one gets
+    /// `Duplicate` (skip it), and the event would be processed twice.
     ///
     /// ```no_run
-    /// use oncelyd::client::{Client, Verdict};
+    /// use oncely_client::{Client, Verdict};
     ///
-    /// # async fn demo() -> Result<(), oncelyd::client::Error> {
+    /// # async fn demo() -> Result<(), oncely_client::Error> {
     /// let client = Client::new("http://127.0.0.1:7070")?;
     /// let ids = ["evt-1", "evt-2", "evt-3"];
-    /// // No owner: one is generated and reused by every retry of this call.
+    /// // No owner: one is drawn and reused by every retry of this call.
     /// let marked = client.check_and_mark("default", &ids, None).await?;
     /// for (id, verdict) in ids.iter().zip(&marked.verdicts) {
     ///     match verdict {
     ///         // Replayed: a retry found this call's own earlier mark. Process it.
     ///         Verdict::New | Verdict::Replayed => println!("process {id}"),
     ///         Verdict::Duplicate | Verdict::ProbableDuplicate => println!("skip {id}"),
-    ///         Verdict::InProgress { until } => println!("{id} is claimed until {until}"),
+    ///         Verdict::InProgress { until_ms } => println!("{id} is claimed until {until_ms}"),
     ///     }
     /// }
     /// // The same delivery retried later, with the token of the first try.
@@ -443,22 +303,23 @@ impl Client {
     /// (nothing was marked), 404 for an unknown namespace, 503 when retries ran out
     /// (nothing was acknowledged); [`Error::Transport`] or [`Error::Timeout`] when
     /// retries ran out without an answer (the IDs may or may not be marked: call
-    /// again with the owner from a previous attempt to find out, see above).
+    /// again with the owner of this call to find out, see above).
     pub async fn check_and_mark<S: AsRef<str>>(
         &self,
         namespace: &str,
         ids: &[S],
         owner: Option<&str>,
     ) -> Result<Marked, Error> {
-        let owner = owner.map_or_else(random_owner, str::to_owned);
+        let owner = match owner {
+            Some(o) => o.to_owned(),
+            None => random_owner()?,
+        };
         let body = MarkRequest {
             ids: ids.iter().map(|id| Cow::Borrowed(id.as_ref())).collect(),
             owner: Some(Cow::Borrowed(&owner)),
         };
         let url = self.url(&["v1", "namespaces", namespace, "check-and-mark"]);
-        let (_, bytes) = self
-            .send(Method::POST, &url, Some(&body), Gone::Error)
-            .await?;
+        let (_, bytes) = self.send_expecting(Method::POST, &url, Some(&body)).await?;
         let answer: MarkResponse<'_> = decode(&url, &bytes)?;
         if answer.results.len() != ids.len() {
             return Err(mismatch(&url, ids.len(), answer.results.len()));
@@ -481,8 +342,9 @@ impl Client {
     }
 
     /// Checks a batch of IDs without marking them (`POST .../check`): here
-    /// [`Verdict::New`] means unseen. Retried as described in the [module
-    /// docs](self); a check changes nothing, so that is always safe.
+    /// [`Verdict::New`] means unseen.
+    ///
+    /// Retries: always safe, a check changes nothing.
     ///
     /// # Errors
     ///
@@ -496,9 +358,7 @@ impl Client {
             ids: ids.iter().map(|id| Cow::Borrowed(id.as_ref())).collect(),
         };
         let url = self.url(&["v1", "namespaces", namespace, "check"]);
-        let (_, bytes) = self
-            .send(Method::POST, &url, Some(&body), Gone::Error)
-            .await?;
+        let (_, bytes) = self.send_expecting(Method::POST, &url, Some(&body)).await?;
         let answer: CheckResponse<'_> = decode(&url, &bytes)?;
         if answer.results.len() != ids.len() {
             return Err(mismatch(&url, ids.len(), answer.results.len()));
@@ -512,11 +372,12 @@ impl Client {
 
     /// Claims an ID for `owner` for `lease` (`POST .../claims`): exclusive
     /// processing rights until the lease ends, or until [`complete`](Self::complete)
-    /// or [`release`](Self::release).
+    /// or [`release`](Self::release). As for marks, `owner` identifies one delivery
+    /// attempt of the event, not a worker.
     ///
-    /// Retried as described in the [module docs](self): a claim is idempotent for
-    /// its owner (claiming again renews the lease), so a retry after a lost answer
-    /// gets `Acquired { replayed: true, .. }` rather than `InProgress`.
+    /// Retries: a claim is idempotent for its owner (claiming again renews the
+    /// lease), so a retry after a lost answer gets `Acquired { replayed: true, .. }`
+    /// rather than `InProgress`.
     ///
     /// # Errors
     ///
@@ -537,26 +398,21 @@ impl Client {
             lease_ms: u64::try_from(lease.as_millis()).unwrap_or(u64::MAX),
         };
         let url = self.url(&["v1", "namespaces", namespace, "claims"]);
-        let (_, bytes) = self
-            .send(Method::POST, &url, Some(&body), Gone::Error)
-            .await?;
+        let (_, bytes) = self.send_expecting(Method::POST, &url, Some(&body)).await?;
         let answer: ClaimResponse = decode(&url, &bytes)?;
         let until = || {
-            answer
-                .until_ms
-                .map(Timestamp::from_millis)
-                .ok_or_else(|| Error::Decode {
-                    url: url.to_string(),
-                    reason: format!("{:?} without until_ms", answer.verdict),
-                })
+            answer.until_ms.ok_or_else(|| Error::Decode {
+                url: url.to_string(),
+                reason: format!("{:?} without until_ms", answer.verdict),
+            })
         };
         Ok(match answer.verdict {
             ClaimVerdict::Acquired => ClaimOutcome::Acquired {
-                until: until()?,
+                until_ms: until()?,
                 replayed: answer.replayed.unwrap_or(false),
                 taken_over: answer.taken_over.unwrap_or(false),
             },
-            ClaimVerdict::InProgress => ClaimOutcome::InProgress { until: until()? },
+            ClaimVerdict::InProgress => ClaimOutcome::InProgress { until_ms: until()? },
             ClaimVerdict::Duplicate => ClaimOutcome::Duplicate,
             ClaimVerdict::ProbableDuplicate => ClaimOutcome::ProbableDuplicate,
         })
@@ -565,29 +421,37 @@ impl Client {
     /// Turns `owner`'s claim into a done mark (`POST .../claims/complete`): the ID
     /// answers `duplicate` from then on.
     ///
-    /// Retried as described in the [module docs](self): completing twice is fine for
-    /// the same owner, so a retry after a lost answer succeeds.
+    /// Retries: completing twice is fine for the same owner, so a retry after a lost
+    /// answer succeeds.
     ///
     /// # Errors
     ///
     /// [`Error::Http`] 409 `conflict` when another owner holds or completed the ID,
     /// or there is no claim; 400 and 404 as for [`claim`](Self::claim).
     pub async fn complete(&self, namespace: &str, id: &str, owner: &str) -> Result<(), Error> {
-        self.claim_action(namespace, id, owner, "complete").await
+        self.claim_action(namespace, id, owner, "complete", Settled::Never)
+            .await
     }
 
-    /// Forgets `owner`'s claim so that a redelivery can claim the ID again
-    /// (`POST .../claims/release`).
+    /// Gives `owner`'s claim back so that a redelivery can claim the ID
+    /// (`POST .../claims/release`). `Ok` means the caller no longer holds a claim on
+    /// the ID.
     ///
-    /// Retried as described in the [module docs](self): releasing an ID with no
-    /// claim is fine, so a retry after a lost answer succeeds.
+    /// Retries: releasing an ID with no claim is fine, so a retry after a lost answer
+    /// succeeds. When an attempt may have released the claim but its answer was lost,
+    /// another owner may have claimed (or claimed and completed) the ID before the
+    /// retry arrives; the retry's 409 `conflict` then counts as success: the claim
+    /// was given back, which is what was asked, and someone else has the event now.
+    /// A 409 that no earlier attempt can explain (the first attempt's, or one after
+    /// attempts the daemon refused without doing anything) is an error.
     ///
     /// # Errors
     ///
     /// [`Error::Http`] 409 `conflict` when another owner holds the claim or the ID is
-    /// done; 400 and 404 as for [`claim`](Self::claim).
+    /// done (see above); 400 and 404 as for [`claim`](Self::claim).
     pub async fn release(&self, namespace: &str, id: &str, owner: &str) -> Result<(), Error> {
-        self.claim_action(namespace, id, owner, "release").await
+        self.claim_action(namespace, id, owner, "release", Settled::ByConflict)
+            .await
     }
 
     async fn claim_action(
@@ -596,38 +460,58 @@ impl Client {
         id: &str,
         owner: &str,
         action: &str,
+        settled: Settled,
     ) -> Result<(), Error> {
         let body = ClaimAction {
             id: id.to_owned(),
             owner: owner.to_owned(),
         };
         let url = self.url(&["v1", "namespaces", namespace, "claims", action]);
-        let (_, bytes) = self
-            .send(Method::POST, &url, Some(&body), Gone::Error)
-            .await?;
-        let _: ClaimActionResponse = decode(&url, &bytes)?;
+        if let Some((_, bytes)) = self.send(Method::POST, &url, Some(&body), settled).await? {
+            let _: ClaimActionResponse = decode(&url, &bytes)?;
+        }
         Ok(())
     }
 
-    /// Creates a namespace or reconfigures an existing one (`PUT /v1/namespaces/{ns}`);
-    /// whether it was created or updated, and its configuration and statistics.
-    /// Retried as described in the [module docs](self) (a `PUT` is idempotent; a
-    /// retry after an attempt that created the namespace but lost its answer reports
-    /// [`Configured::Updated`]).
+    /// Creates a namespace or sets its whole configuration (`PUT /v1/namespaces/{ns}`),
+    /// refusing a change that would forget remembered IDs at once; whether it was
+    /// created or updated, and its configuration and statistics.
+    ///
+    /// Retries: a `PUT` is idempotent. A retry after an attempt that created the
+    /// namespace but lost its answer reports [`Configured::Updated`].
     ///
     /// # Errors
     ///
-    /// [`Error::Http`] 400 `invalid_namespace` or `invalid_config`; transport errors
-    /// as for [`check_and_mark`](Self::check_and_mark).
+    /// [`Error::Http`] 400 `invalid_namespace` or `invalid_config`, 409 `would_drop`
+    /// (a smaller `generations` or `exact_generations` than the namespace has; see
+    /// [`put_namespace_with`](Self::put_namespace_with)) or `config_conflict` (fields
+    /// that do not fit together, such as `exact_generations` over `generations`, or
+    /// filters over the memory limit); transport errors as for
+    /// [`check_and_mark`](Self::check_and_mark).
     pub async fn put_namespace(
         &self,
         namespace: &str,
         config: &NamespaceConfig,
     ) -> Result<(Configured, NamespaceView), Error> {
+        self.put_namespace_with(namespace, config, DropPolicy::Refuse)
+            .await
+    }
+
+    /// [`put_namespace`](Self::put_namespace), saying whether the change may forget
+    /// remembered IDs at once ([`DropPolicy::DropNow`] sends `"drop_now": true`).
+    ///
+    /// # Errors
+    ///
+    /// As [`put_namespace`](Self::put_namespace).
+    pub async fn put_namespace_with(
+        &self,
+        namespace: &str,
+        config: &NamespaceConfig,
+        policy: DropPolicy,
+    ) -> Result<(Configured, NamespaceView), Error> {
+        let body = NamespacePut::new(config).drop_now(policy == DropPolicy::DropNow);
         let url = self.url(&["v1", "namespaces", namespace]);
-        let (status, bytes) = self
-            .send(Method::PUT, &url, Some(config), Gone::Error)
-            .await?;
+        let (status, bytes) = self.send_expecting(Method::PUT, &url, Some(&body)).await?;
         let view: NamespaceView = decode(&url, &bytes)?;
         let configured = if status == StatusCode::CREATED {
             Configured::Created
@@ -637,54 +521,94 @@ impl Client {
         Ok((configured, view))
     }
 
+    /// Changes some of an existing namespace's configuration
+    /// (`PATCH /v1/namespaces/{ns}`): the fields given, the others kept; its
+    /// configuration and statistics after the change.
+    ///
+    /// Retries: applying the same fields again changes nothing more, so a retry after
+    /// a lost answer succeeds.
+    ///
+    /// ```no_run
+    /// use oncely_client::Client;
+    /// use oncely_client::api::NamespacePatch;
+    ///
+    /// # async fn demo() -> Result<(), oncely_client::Error> {
+    /// let client = Client::new("http://127.0.0.1:7070")?;
+    /// let more = NamespacePatch { generations: Some(6), ..NamespacePatch::default() };
+    /// let view = client.patch_namespace("orders", &more).await?;
+    /// assert_eq!(view.config.generations, 6);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`put_namespace`](Self::put_namespace), and 404 `unknown_namespace`: a
+    /// `PATCH` never creates a namespace.
+    pub async fn patch_namespace(
+        &self,
+        namespace: &str,
+        patch: &NamespacePatch,
+    ) -> Result<NamespaceView, Error> {
+        let url = self.url(&["v1", "namespaces", namespace]);
+        let (_, bytes) = self
+            .send_expecting(Method::PATCH, &url, Some(patch))
+            .await?;
+        decode(&url, &bytes)
+    }
+
     /// A namespace's configuration and live statistics (`GET /v1/namespaces/{ns}`).
+    ///
+    /// Retries: always safe.
     ///
     /// # Errors
     ///
     /// [`Error::Http`] 404 `unknown_namespace`, 400 `invalid_namespace`.
     pub async fn namespace(&self, namespace: &str) -> Result<NamespaceView, Error> {
         let url = self.url(&["v1", "namespaces", namespace]);
-        let (_, bytes) = self
-            .send::<()>(Method::GET, &url, None, Gone::Error)
-            .await?;
+        let (_, bytes) = self.send_expecting::<()>(Method::GET, &url, None).await?;
         decode(&url, &bytes)
     }
 
     /// Deletes a namespace with its marks, snapshots and checkpoints
     /// (`DELETE /v1/namespaces/{ns}`).
     ///
-    /// Retried as described in the [module docs](self). A retry answered 404
-    /// `unknown_namespace` counts as success: the earlier attempt deleted it and its
-    /// answer was lost.
+    /// Retries: when an attempt may have deleted the namespace but its answer was
+    /// lost, a retry answered 404 `unknown_namespace` counts as success. A 404 that no
+    /// earlier attempt can explain (the first attempt's, or one after attempts the
+    /// daemon refused without doing anything, such as a shed 503) is an error: the
+    /// namespace did not exist.
     ///
     /// # Errors
     ///
-    /// [`Error::Http`] 404 `unknown_namespace` (on the first attempt), 409 `refused`
-    /// for `default`.
+    /// [`Error::Http`] 404 `unknown_namespace` (see above), 409 `refused` for
+    /// `default`.
     pub async fn delete_namespace(&self, namespace: &str) -> Result<(), Error> {
         let url = self.url(&["v1", "namespaces", namespace]);
-        self.send::<()>(Method::DELETE, &url, None, Gone::Success)
+        self.send::<()>(Method::DELETE, &url, None, Settled::ByUnknownNamespace)
             .await?;
         Ok(())
     }
 
     /// Every namespace, sorted by name (`GET /v1/namespaces`).
     ///
+    /// Retries: always safe.
+    ///
     /// # Errors
     ///
     /// Transport errors, 401.
     pub async fn namespaces(&self) -> Result<Vec<String>, Error> {
         let url = self.url(&["v1", "namespaces"]);
-        let (_, bytes) = self
-            .send::<()>(Method::GET, &url, None, Gone::Error)
-            .await?;
+        let (_, bytes) = self.send_expecting::<()>(Method::GET, &url, None).await?;
         let list: NamespaceList = decode(&url, &bytes)?;
         Ok(list.namespaces)
     }
 
     /// Stores `consumer`'s last processed position in a namespace
-    /// (`PUT .../checkpoints/{consumer}`). Retried as described in the [module
-    /// docs](self) (a `PUT` is idempotent).
+    /// (`PUT .../checkpoints/{consumer}`).
+    ///
+    /// Retries: a `PUT` is idempotent. (A retry can land after a later call of yours
+    /// only if you issue calls concurrently; store positions from one task.)
     ///
     /// # Errors
     ///
@@ -700,15 +624,15 @@ impl Client {
         let body = CheckpointBody {
             position: position.to_owned(),
         };
-        let (_, bytes) = self
-            .send(Method::PUT, &url, Some(&body), Gone::Error)
-            .await?;
+        let (_, bytes) = self.send_expecting(Method::PUT, &url, Some(&body)).await?;
         let _: CheckpointResponse = decode(&url, &bytes)?;
         Ok(())
     }
 
     /// `consumer`'s stored position, or `None` when it has none
     /// (`GET .../checkpoints/{consumer}`). Resume from it inclusively.
+    ///
+    /// Retries: always safe.
     ///
     /// # Errors
     ///
@@ -719,7 +643,7 @@ impl Client {
         consumer: &str,
     ) -> Result<Option<String>, Error> {
         let url = self.url(&["v1", "namespaces", namespace, "checkpoints", consumer]);
-        match self.send::<()>(Method::GET, &url, None, Gone::Error).await {
+        match self.send_expecting::<()>(Method::GET, &url, None).await {
             Ok((_, bytes)) => {
                 let answer: CheckpointResponse = decode(&url, &bytes)?;
                 Ok(Some(answer.position))
@@ -729,20 +653,18 @@ impl Client {
         }
     }
 
-    /// Liveness (`GET /healthz`; needs no token).
+    /// Liveness (`GET /healthz`; needs no token). Retries: always safe.
     ///
     /// # Errors
     ///
     /// Transport errors when the daemon cannot be reached.
     pub async fn health(&self) -> Result<Health, Error> {
         let url = self.url(&["healthz"]);
-        let (_, bytes) = self
-            .send::<()>(Method::GET, &url, None, Gone::Error)
-            .await?;
+        let (_, bytes) = self.send_expecting::<()>(Method::GET, &url, None).await?;
         decode(&url, &bytes)
     }
 
-    /// Readiness (`GET /readyz`; needs no token).
+    /// Readiness (`GET /readyz`; needs no token). Retries: always safe.
     ///
     /// # Errors
     ///
@@ -750,9 +672,7 @@ impl Client {
     /// to shut down; transport errors.
     pub async fn ready(&self) -> Result<Health, Error> {
         let url = self.url(&["readyz"]);
-        let (_, bytes) = self
-            .send::<()>(Method::GET, &url, None, Gone::Error)
-            .await?;
+        let (_, bytes) = self.send_expecting::<()>(Method::GET, &url, None).await?;
         decode(&url, &bytes)
     }
 
@@ -766,15 +686,30 @@ impl Client {
         url
     }
 
-    /// Sends one request, retrying per the policy. The body is serialised once and
-    /// shared by the attempts. A success status and its body, or the last error.
+    /// [`send`](Self::send) for calls whose every error answer is an error.
+    async fn send_expecting<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Option<&B>,
+    ) -> Result<(StatusCode, Bytes), Error> {
+        let sent = self.send(method, url, body, Settled::Never).await?;
+        sent.ok_or_else(|| Error::Decode {
+            url: url.to_string(),
+            reason: "no answer to read".into(),
+        })
+    }
+
+    /// Sends one request, retrying per the policy within its deadline. The body is
+    /// serialised once and shared by the attempts. A success status and its body;
+    /// `None` when `settled` says an earlier attempt did the work; or the last error.
     async fn send<B: Serialize + ?Sized>(
         &self,
         method: Method,
         url: &Url,
         body: Option<&B>,
-        gone: Gone,
-    ) -> Result<(StatusCode, Bytes), Error> {
+        settled: Settled,
+    ) -> Result<Option<(StatusCode, Bytes)>, Error> {
         let body = body
             .map(|b| serde_json::to_vec(b).map(Bytes::from))
             .transpose()
@@ -782,12 +717,23 @@ impl Client {
                 setting: "request",
                 reason: format!("cannot encode the request: {e}"),
             })?;
-        let policy = self.inner.retry;
+        let policy = self.retry;
+        let end = Instant::now() + policy.deadline;
+        // Whether an attempt may have reached the daemon and done the work without
+        // its answer reaching us.
+        let mut maybe_done = false;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let last = attempt >= policy.attempts;
-            let mut request = self.inner.http.request(method.clone(), url.clone());
+            let timeout = self
+                .inner
+                .timeout
+                .min(end.saturating_duration_since(Instant::now()));
+            let mut request = self
+                .inner
+                .http
+                .request(method.clone(), url.clone())
+                .timeout(timeout);
             if let Some(auth) = &self.inner.auth {
                 request = request.header(header::AUTHORIZATION, auth.clone());
             }
@@ -796,87 +742,115 @@ impl Client {
                     .header(header::CONTENT_TYPE, "application/json")
                     .body(b.clone());
             }
-            let failure = match request.send().await {
+            let (error, retry_after) = match request.send().await {
                 Ok(response) => {
                     let status = response.status();
                     let retry_after = retry_after(response.headers());
                     match response.bytes().await {
-                        Ok(bytes) if status.is_success() => return Ok((status, bytes)),
+                        Ok(bytes) if status.is_success() => return Ok(Some((status, bytes))),
                         Ok(bytes) => {
                             let error = http_error(url, status, &bytes, attempt);
-                            if gone == Gone::Success
-                                && attempt > 1
-                                && error.code() == Some("unknown_namespace")
-                            {
-                                return Ok((status, Bytes::new()));
+                            if maybe_done && settled.matches(&error) {
+                                return Ok(None);
                             }
                             if !retryable_status(status) {
                                 return Err(error);
                             }
+                            maybe_done |= !refused_undone(&error);
                             (error, retry_after)
                         }
                         // Cut off mid-answer: nothing tells whether it was done.
-                        Err(e) => (self.transport(url, attempt, e), None),
+                        Err(e) => {
+                            maybe_done = true;
+                            (transport(url, attempt, timeout, e), None)
+                        }
                     }
                 }
-                Err(e) => (self.transport(url, attempt, e), None),
+                Err(e) => {
+                    // A connection that never opened carried no request.
+                    maybe_done |= !e.is_connect();
+                    (transport(url, attempt, timeout, e), None)
+                }
             };
-            let (error, retry_after) = failure;
-            if last {
+            if attempt >= policy.attempts {
                 return Err(error);
             }
-            let unit: f64 = self
-                .inner
-                .jitter
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .random();
-            tokio::time::sleep(policy.delay(attempt, unit, retry_after)).await;
-        }
-    }
-
-    fn transport(&self, url: &Url, attempts: u32, e: reqwest::Error) -> Error {
-        if e.is_timeout() {
-            Error::Timeout {
-                url: url.to_string(),
-                timeout: self.inner.timeout,
-                attempts,
+            let wait = policy.delay(attempt, self.inner.jitter.unit(), retry_after);
+            if Instant::now() + wait >= end {
+                // The retry could not start before the deadline: give up now rather
+                // than sleep to no purpose.
+                return Err(error);
             }
-        } else {
-            Error::Transport {
-                url: url.to_string(),
-                attempts,
-                source: Box::new(e),
-            }
+            tokio::time::sleep(wait).await;
         }
     }
 }
 
-/// A fresh owner token: 128 random bits from the operating system's generator, as
-/// hex. Never from a seeded generator: two clients sharing a token would read each
-/// other's marks as their own retries.
-fn random_owner() -> String {
+fn transport(url: &Url, attempts: u32, timeout: Duration, e: reqwest::Error) -> Error {
+    if e.is_timeout() {
+        Error::Timeout {
+            url: url.to_string(),
+            timeout,
+            attempts,
+        }
+    } else {
+        Error::Transport {
+            url: url.to_string(),
+            attempts,
+            source: Box::new(e),
+        }
+    }
+}
+
+/// 64 random bits from the operating system.
+fn random_u64() -> Result<u64, Error> {
+    let mut bytes = [0_u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Config {
+        setting: "random",
+        reason: format!("the operating system's random source failed: {e}"),
+    })?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+/// A fresh owner token: 128 random bits from the operating system, as hex. Never
+/// from a seeded generator: two clients sharing a token would read each other's
+/// marks as their own retries.
+fn random_owner() -> Result<String, Error> {
     let mut bytes = [0_u8; 16];
-    rand::rng().fill_bytes(&mut bytes);
+    getrandom::fill(&mut bytes).map_err(|e| Error::Config {
+        setting: "random",
+        reason: format!("the operating system's random source failed: {e}"),
+    })?;
     let mut s = String::with_capacity(39);
     s.push_str("client-");
     for b in bytes {
         s.push(char::from(HEX[usize::from(b >> 4)]));
         s.push(char::from(HEX[usize::from(b & 0xf)]));
     }
-    s
+    Ok(s)
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// Statuses that say nothing was done and asking again may work: the daemon's 503
-/// (storage failed, overloaded, shutting down) and the gateway errors a proxy in
-/// front of it answers with.
+/// Statuses that say nothing was done or that the request may not have arrived,
+/// where asking again may work: the daemon's 503 (storage failed, overloaded,
+/// shutting down) and the gateway errors a proxy in front of it answers with.
 fn retryable_status(status: StatusCode) -> bool {
     matches!(
         status,
         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
     )
+}
+
+/// Whether an error answer is the daemon's own 503, which says that nothing in the
+/// request was done. A proxy's 502, 504 or bare 503 says nothing of the kind: the
+/// daemon may have done the work behind it.
+fn refused_undone(error: &Error) -> bool {
+    error.status() == Some(StatusCode::SERVICE_UNAVAILABLE)
+        && matches!(
+            error.code(),
+            Some("overloaded" | "storage_unavailable" | "shutting_down")
+        )
 }
 
 /// `Retry-After` in seconds (the only form the daemon sends).
@@ -939,21 +913,21 @@ fn verdict(
         VerdictName::Duplicate => Verdict::Duplicate,
         VerdictName::ProbableDuplicate => Verdict::ProbableDuplicate,
         VerdictName::InProgress => Verdict::InProgress {
-            until: Timestamp::from_millis(until_ms.ok_or_else(|| Error::Decode {
+            until_ms: until_ms.ok_or_else(|| Error::Decode {
                 url: url.to_string(),
                 reason: "in_progress without until_ms".into(),
-            })?),
+            })?,
         },
     })
 }
 
 /// The `Authorization` value for a bearer token, marked sensitive so that it stays
-/// out of debug output.
+/// out of debug output. (`oncelyd load` sends it on its own connections.)
 ///
 /// # Errors
 ///
 /// [`Error::Config`] naming `token` when it is not visible ASCII.
-pub(crate) fn bearer(token: &str) -> Result<HeaderValue, Error> {
+pub fn bearer(token: &str) -> Result<HeaderValue, Error> {
     let mut v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| Error::Config {
         setting: "token",
         reason: "must be visible ASCII".into(),
@@ -967,32 +941,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_is_capped_and_honours_retry_after_within_the_cap() {
-        let p = RetryPolicy {
-            attempts: 10,
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(1),
-        };
-        // unit 0: half the nominal delay; unit 1: all of it.
-        assert_eq!(p.delay(1, 0.0, None), Duration::from_millis(50));
-        assert_eq!(p.delay(1, 1.0, None), Duration::from_millis(100));
-        assert_eq!(p.delay(3, 1.0, None), Duration::from_millis(400));
-        assert_eq!(p.delay(5, 1.0, None), Duration::from_secs(1));
-        assert_eq!(p.delay(40, 0.5, None), Duration::from_millis(750));
-        assert_eq!(
-            p.delay(1, 0.0, Some(Duration::from_millis(300))),
-            Duration::from_millis(300)
-        );
-        assert_eq!(
-            p.delay(1, 0.0, Some(Duration::from_secs(60))),
-            Duration::from_secs(1)
-        );
-    }
-
-    #[test]
     fn owners_are_fresh_and_well_formed() {
-        let a = random_owner();
-        let b = random_owner();
+        let a = random_owner().unwrap();
+        let b = random_owner().unwrap();
         assert_ne!(a, b);
         assert_eq!(a.len(), 39);
         assert!(a.starts_with("client-"));
@@ -1014,11 +965,34 @@ mod tests {
             );
         }
         let zero = Client::builder("http://x")
-            .retry(RetryPolicy {
-                attempts: 0,
-                ..RetryPolicy::default()
-            })
+            .retry(RetryPolicy::default().attempts(0))
             .build();
         assert!(matches!(zero, Err(Error::Config { .. })));
+        let c = Client::new("http://x").unwrap();
+        assert!(
+            c.with_retry(RetryPolicy::default().deadline(Duration::ZERO))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn only_the_daemons_own_503_says_nothing_was_done() {
+        let url = Url::parse("http://x/").unwrap();
+        let daemon = http_error(
+            &url,
+            StatusCode::SERVICE_UNAVAILABLE,
+            br#"{"error":{"code":"overloaded","message":"m"}}"#,
+            1,
+        );
+        assert!(refused_undone(&daemon));
+        let proxy = http_error(&url, StatusCode::SERVICE_UNAVAILABLE, b"<html>", 1);
+        assert!(!refused_undone(&proxy));
+        let gateway = http_error(
+            &url,
+            StatusCode::GATEWAY_TIMEOUT,
+            br#"{"error":{"code":"overloaded","message":"m"}}"#,
+            1,
+        );
+        assert!(!refused_undone(&gateway));
     }
 }
