@@ -153,6 +153,20 @@ pub enum Error {
     #[error("storage error: {0}")]
     Storage(#[from] rocksdb::Error),
 
+    /// PostgreSQL failed or refused (the PostgreSQL store): nothing in the call was
+    /// acknowledged, unless the connection was lost during `COMMIT`, when the
+    /// outcome is unknown and a retry by the same owner tells (see
+    /// [`crate::postgres`]).
+    #[cfg(feature = "postgres")]
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+
+    /// No connection to PostgreSQL could be had (the pool's wait ran out, or every
+    /// host refused).
+    #[cfg(feature = "postgres")]
+    #[error("no PostgreSQL connection: {0}")]
+    Unavailable(String),
+
     /// An I/O operation on a file failed.
     #[error("I/O error on {}: {source}", path.display())]
     Io {

@@ -70,7 +70,7 @@ impl std::fmt::Debug for BloomFilter {
 }
 
 /// Statistics computed from a filter's bits.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct FilterStats {
     /// Total bits.
     pub bits: u64,

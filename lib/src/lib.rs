@@ -59,6 +59,8 @@ pub mod filter;
 pub mod generation;
 mod hash;
 mod id;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod records;
 pub mod sizing;
 pub mod store;

@@ -73,6 +73,11 @@ pub struct TrackerBuilder {
     rocks: RocksOptions,
     store: Option<Box<dyn Store>>,
     limits: Limits,
+    /// Whether `clock` was given: on PostgreSQL, decisions then read it instead of
+    /// the database's clock (tests drive time by hand).
+    clock_given: bool,
+    #[cfg(feature = "postgres")]
+    postgres: Option<crate::postgres::PgOptions>,
 }
 
 impl fmt::Debug for TrackerBuilder {
@@ -100,6 +105,17 @@ impl TrackerBuilder {
     /// The clock (default: the system clock). Tests pass a [`crate::ManualClock`].
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self.clock_given = true;
+        self
+    }
+
+    /// Keeps the tracker's state in PostgreSQL instead of RocksDB (see
+    /// [`crate::postgres`]): any number of trackers sharing the database are one
+    /// authority. Exclusive with [`path`](Self::path) and [`store`](Self::store).
+    /// Time is the database's clock unless a [`clock`](Self::clock) is given.
+    #[cfg(feature = "postgres")]
+    pub fn postgres(mut self, options: crate::postgres::PgOptions) -> Self {
+        self.postgres = Some(options);
         self
     }
 
@@ -148,6 +164,27 @@ impl TrackerBuilder {
     /// and [`Error::Corrupt`] or [`Error::Snapshot`] naming what is damaged. A damaged
     /// store is never opened as empty.
     pub fn open(self) -> Result<Tracker, Error> {
+        #[cfg(feature = "postgres")]
+        if let Some(options) = &self.postgres {
+            if self.path.is_some() || self.store.is_some() {
+                return Err(Error::InvalidConfig {
+                    field: "store",
+                    reason: "give PostgreSQL, a path or a custom store: only one".into(),
+                });
+            }
+            let clock = self.clock_given.then(|| Arc::clone(&self.clock));
+            let pg = super::postgres::Pg::open(
+                options,
+                self.durability,
+                clock,
+                self.clock,
+                self.default_config,
+                self.limits,
+            )?;
+            return Ok(Tracker {
+                backend: Backend::Postgres(pg),
+            });
+        }
         let store: Box<dyn Store> = match (self.store, self.durability, self.path) {
             (Some(store), _, None) => store,
             (Some(_), _, Some(_)) => {
@@ -199,6 +236,9 @@ impl Tracker {
             rocks: RocksOptions::default(),
             store: None,
             limits: Limits::default(),
+            clock_given: false,
+            #[cfg(feature = "postgres")]
+            postgres: None,
         }
     }
 }

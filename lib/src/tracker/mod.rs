@@ -17,12 +17,14 @@ use crate::verdict::Verdict;
 
 mod budget;
 mod builder;
-mod decide;
+pub(crate) mod decide;
 mod health;
 mod info;
 mod local;
 mod outcome;
-mod transaction;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+pub(crate) mod transaction;
 
 pub use budget::FilterBudget;
 pub use builder::{Durability, TrackerBuilder};
@@ -60,13 +62,24 @@ pub struct Tracker {
 #[derive(Clone)]
 enum Backend {
     Local(local::Local),
+    #[cfg(feature = "postgres")]
+    Postgres(postgres::Pg),
+}
+
+/// Runs the same call on whichever engine the tracker has.
+macro_rules! dispatch {
+    ($self:ident, $t:ident => $call:expr) => {
+        match &$self.backend {
+            Backend::Local($t) => $call,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres($t) => $call,
+        }
+    };
 }
 
 impl fmt::Debug for Tracker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.backend {
-            Backend::Local(t) => t.fmt(f),
-        }
+        dispatch!(self, t => t.fmt(f))
     }
 }
 
@@ -93,9 +106,7 @@ impl Tracker {
         ids: &[T],
         owner: Option<&str>,
     ) -> Result<Vec<Verdict>, Error> {
-        match &self.backend {
-            Backend::Local(t) => t.check_and_mark(namespace, ids, owner),
-        }
+        dispatch!(self, t => t.check_and_mark(namespace, ids, owner))
     }
 
     /// [`check_and_mark`](Self::check_and_mark) for a caller that must not block,
@@ -119,9 +130,7 @@ impl Tracker {
         ids: &[T],
         owner: Option<&str>,
     ) -> Result<Option<Vec<Verdict>>, Error> {
-        match &self.backend {
-            Backend::Local(t) => t.try_check_and_mark(namespace, ids, owner),
-        }
+        dispatch!(self, t => t.try_check_and_mark(namespace, ids, owner))
     }
 
     /// Answers like [`check_and_mark`](Self::check_and_mark) without marking: `New`
@@ -131,9 +140,7 @@ impl Tracker {
     ///
     /// As [`check_and_mark`](Self::check_and_mark).
     pub fn check<T: AsRef<[u8]>>(&self, namespace: &str, ids: &[T]) -> Result<Vec<Verdict>, Error> {
-        match &self.backend {
-            Backend::Local(t) => t.check(namespace, ids),
-        }
+        dispatch!(self, t => t.check(namespace, ids))
     }
 
     /// [`check`](Self::check) for a caller that must not block: `Ok(None)` when
@@ -149,9 +156,7 @@ impl Tracker {
         namespace: &str,
         ids: &[T],
     ) -> Result<Option<Vec<Verdict>>, Error> {
-        match &self.backend {
-            Backend::Local(t) => t.try_check(namespace, ids),
-        }
+        dispatch!(self, t => t.try_check(namespace, ids))
     }
 
     /// [`check_and_mark`](Self::check_and_mark) that also stores a checkpoint in the
@@ -170,11 +175,7 @@ impl Tracker {
         consumer: &str,
         position: &str,
     ) -> Result<Vec<Verdict>, Error> {
-        match &self.backend {
-            Backend::Local(t) => {
-                t.check_and_mark_with_checkpoint(namespace, ids, owner, consumer, position)
-            }
-        }
+        dispatch!(self, t => t.check_and_mark_with_checkpoint(namespace, ids, owner, consumer, position))
     }
 
     /// Claims an ID for `owner` for `lease`.
@@ -197,9 +198,7 @@ impl Tracker {
         owner: &str,
         lease: Duration,
     ) -> Result<ClaimOutcome, Error> {
-        match &self.backend {
-            Backend::Local(t) => t.claim(namespace, id, owner, lease),
-        }
+        dispatch!(self, t => t.claim(namespace, id, owner, lease))
     }
 
     /// Turns `owner`'s claim into a done mark, in the open generation. Completing
@@ -217,9 +216,7 @@ impl Tracker {
         id: impl AsRef<[u8]>,
         owner: &str,
     ) -> Result<(), Error> {
-        match &self.backend {
-            Backend::Local(t) => t.complete(namespace, id, owner),
-        }
+        dispatch!(self, t => t.complete(namespace, id, owner))
     }
 
     /// Forgets `owner`'s claim so that a redelivery can take the ID. Releasing an ID
@@ -231,9 +228,7 @@ impl Tracker {
     /// [`Error::Conflict`] when another owner holds a live claim or the ID is done;
     /// validation and storage errors as for [`claim`](Self::claim).
     pub fn release(&self, namespace: &str, id: impl AsRef<[u8]>, owner: &str) -> Result<(), Error> {
-        match &self.backend {
-            Backend::Local(t) => t.release(namespace, id, owner),
-        }
+        dispatch!(self, t => t.release(namespace, id, owner))
     }
 
     /// Marks one event and applies the closure's writes in the same atomic batch,
@@ -284,9 +279,7 @@ impl Tracker {
         E: From<Error>,
         F: FnOnce(&mut Transaction<'_>) -> Result<T, E>,
     {
-        match &self.backend {
-            Backend::Local(t) => t.transact(namespace, id, owner, f),
-        }
+        dispatch!(self, t => t.transact(namespace, id, owner, f))
     }
 
     /// A user key's value, as transactions left it.
@@ -295,9 +288,7 @@ impl Tracker {
     ///
     /// Storage errors.
     pub fn user_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        match &self.backend {
-            Backend::Local(t) => t.user_get(key),
-        }
+        dispatch!(self, t => t.user_get(key))
     }
 
     /// Stores a consumer's last processed position in a namespace, durably (as a
@@ -315,9 +306,7 @@ impl Tracker {
         consumer: &str,
         position: &str,
     ) -> Result<(), Error> {
-        match &self.backend {
-            Backend::Local(t) => t.set_checkpoint(namespace, consumer, position),
-        }
+        dispatch!(self, t => t.set_checkpoint(namespace, consumer, position))
     }
 
     /// A consumer's stored position, if any.
@@ -326,17 +315,13 @@ impl Tracker {
     ///
     /// Invalid consumer name, unknown namespace, storage errors.
     pub fn checkpoint(&self, namespace: &str, consumer: &str) -> Result<Option<String>, Error> {
-        match &self.backend {
-            Backend::Local(t) => t.checkpoint(namespace, consumer),
-        }
+        dispatch!(self, t => t.checkpoint(namespace, consumer))
     }
 
     /// Names of all namespaces, sorted.
     #[must_use]
     pub fn namespaces(&self) -> Vec<String> {
-        match &self.backend {
-            Backend::Local(t) => t.namespaces(),
-        }
+        dispatch!(self, t => t.namespaces())
     }
 
     /// Configuration and live statistics of a namespace.
@@ -345,9 +330,7 @@ impl Tracker {
     ///
     /// [`Error::UnknownNamespace`].
     pub fn namespace_info(&self, namespace: &str) -> Result<NamespaceInfo, Error> {
-        match &self.backend {
-            Backend::Local(t) => t.namespace_info(namespace),
-        }
+        dispatch!(self, t => t.namespace_info(namespace))
     }
 
     /// Creates a namespace, or reconfigures an existing one.
@@ -386,9 +369,7 @@ impl Tracker {
         namespace: &str,
         config: NamespaceConfig,
     ) -> Result<Configured, Error> {
-        match &self.backend {
-            Backend::Local(t) => t.configure_namespace(namespace, config),
-        }
+        dispatch!(self, t => t.configure_namespace(namespace, config))
     }
 
     /// [`configure_namespace`](Self::configure_namespace), saying whether the change
@@ -403,9 +384,7 @@ impl Tracker {
         config: NamespaceConfig,
         policy: DropPolicy,
     ) -> Result<Configured, Error> {
-        match &self.backend {
-            Backend::Local(t) => t.configure_namespace_with(namespace, config, policy),
-        }
+        dispatch!(self, t => t.configure_namespace_with(namespace, config, policy))
     }
 
     /// Deletes a namespace with all its marks, claims, snapshots and checkpoints.
@@ -415,9 +394,7 @@ impl Tracker {
     /// [`Error::UnknownNamespace`]; [`Error::Refused`] for `default`, which always
     /// exists; storage errors (then nothing changed).
     pub fn delete_namespace(&self, namespace: &str) -> Result<(), Error> {
-        match &self.backend {
-            Backend::Local(t) => t.delete_namespace(namespace),
-        }
+        dispatch!(self, t => t.delete_namespace(namespace))
     }
 
     /// Seals every generation whose span has passed, catches up what rotations and
@@ -432,9 +409,7 @@ impl Tracker {
     ///
     /// The first storage error; other namespaces are still ticked.
     pub fn tick(&self) -> Result<(), Error> {
-        match &self.backend {
-            Backend::Local(t) => t.tick(),
-        }
+        dispatch!(self, t => t.tick())
     }
 
     /// Seals the open generation of a namespace now.
@@ -443,43 +418,33 @@ impl Tracker {
     ///
     /// [`Error::UnknownNamespace`], or a storage error (the ring is then unchanged).
     pub fn rotate_namespace(&self, namespace: &str) -> Result<(), Error> {
-        match &self.backend {
-            Backend::Local(t) => t.rotate_namespace(namespace),
-        }
+        dispatch!(self, t => t.rotate_namespace(namespace))
     }
 
     /// The filter memory budget, what namespaces are charged against it, and what
     /// their filters take now. Cheap: a few reads per namespace.
     #[must_use]
     pub fn filter_budget(&self) -> FilterBudget {
-        match &self.backend {
-            Backend::Local(t) => t.filter_budget(),
-        }
+        dispatch!(self, t => t.filter_budget())
     }
 
     /// Whether the store's writes are failing: `Some` from a failed write until a
     /// later one succeeds. (A daemon reports itself unready meanwhile.)
     #[must_use]
     pub fn storage_failure(&self) -> Option<StorageFailure> {
-        match &self.backend {
-            Backend::Local(t) => t.storage_failure(),
-        }
+        dispatch!(self, t => t.storage_failure())
     }
 
     /// Writes that failed since the tracker opened.
     #[must_use]
     pub fn storage_errors(&self) -> u64 {
-        match &self.backend {
-            Backend::Local(t) => t.storage_errors(),
-        }
+        dispatch!(self, t => t.storage_errors())
     }
 
     /// Space the store uses on disk, in bytes, where known.
     #[must_use]
     pub fn disk_bytes(&self) -> Option<u64> {
-        match &self.backend {
-            Backend::Local(t) => t.disk_bytes(),
-        }
+        dispatch!(self, t => t.disk_bytes())
     }
 
     /// Lets the writes in flight settle, then flushes everything to disk and
@@ -491,25 +456,35 @@ impl Tracker {
     /// Storage errors. Marks acknowledged earlier are safe regardless: they are in
     /// the write-ahead log.
     pub fn close(&self) -> Result<(), Error> {
-        match &self.backend {
-            Backend::Local(t) => t.close(),
-        }
+        dispatch!(self, t => t.close())
     }
 
     /// The durability mode.
     #[must_use]
     pub fn durability(&self) -> Durability {
-        match &self.backend {
-            Backend::Local(t) => t.durability(),
-        }
+        dispatch!(self, t => t.durability())
     }
 
     /// The clock the tracker reads. (Times the tracker reports, lease ends and
     /// generation opening times, are on this clock.)
     #[must_use]
     pub fn clock(&self) -> &Arc<dyn Clock> {
+        dispatch!(self, t => t.clock())
+    }
+
+    /// Oncely's operations inside a transaction you opened on your own PostgreSQL
+    /// connection (see [`crate::postgres`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Refused`] for a tracker that is not on PostgreSQL.
+    #[cfg(feature = "postgres")]
+    pub fn in_transaction(&self) -> Result<crate::postgres::InTransaction, Error> {
         match &self.backend {
-            Backend::Local(t) => t.clock(),
+            Backend::Postgres(pg) => Ok(crate::postgres::InTransaction { pg: pg.clone() }),
+            Backend::Local(_) => Err(Error::Refused(
+                "marks inside your transaction need the PostgreSQL store".into(),
+            )),
         }
     }
 }

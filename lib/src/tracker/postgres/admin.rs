@@ -1,0 +1,357 @@
+//! Administration on PostgreSQL: namespaces created, reconfigured and deleted under
+//! the namespace's exclusive lock, described from the database.
+
+use std::sync::atomic::Ordering;
+
+use super::Pg;
+use super::mark::begin;
+use super::ring::{NsCache, Ring, refresh, ring_row};
+use super::schema::{create_partition, drop_partition};
+use crate::config::NamespaceConfig;
+use crate::error::Error;
+use crate::filter::FilterStats;
+use crate::hash::HashSeed;
+use crate::id::NamespaceName;
+use crate::tracker::budget::{self, FilterBudget};
+use crate::tracker::{Configured, DropPolicy, GenerationInfo, NamespaceInfo, StorageFailure};
+
+impl Pg {
+    pub(crate) fn namespaces(&self) -> Vec<String> {
+        let listed = self.block_on(async {
+            let conn = self.conn().await?;
+            let rows = conn
+                .query(
+                    &format!(
+                        "SELECT name FROM {}.namespaces ORDER BY name",
+                        self.inner.schema
+                    ),
+                    &[],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>())
+        });
+        listed.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot list namespaces");
+            Vec::new()
+        })
+    }
+
+    pub(crate) fn namespace_info(&self, namespace: &str) -> Result<NamespaceInfo, Error> {
+        let ns = self.namespace(namespace)?;
+        let (ring, open_ids, claims) = self.block_on(async {
+            let ctx = self.ctx();
+            let mut conn = self.conn().await?;
+            let tx = conn.transaction().await?;
+            let (row, ring) = begin(&*tx, &ctx, &ns).await?;
+            let claims: i64 = tx
+                .query_one(
+                    &format!("SELECT count(*) FROM {}.claims WHERE ns = $1", ctx.schema),
+                    &[&ns.id],
+                )
+                .await?
+                .get(0);
+            tx.commit().await?;
+            Ok((ring, row.open_ids, claims))
+        })?;
+        let mut generations = vec![GenerationInfo {
+            id: ring.open as u64,
+            opened_at: ring.open_opened_at as u64,
+            sealed_at: None,
+            ids: open_ids as u64,
+            capacity: ring.config.generation_capacity(),
+            exact: true,
+            // The open generation has no filter on PostgreSQL: its unique index
+            // decides.
+            filter: FilterStats::default(),
+            memory_bytes: 0,
+        }];
+        for g in ring.sealed.iter().rev() {
+            generations.push(GenerationInfo {
+                id: g.generation as u64,
+                opened_at: g.opened_at as u64,
+                sealed_at: Some(g.sealed_at as u64),
+                ids: g.ids as u64,
+                capacity: g
+                    .filter
+                    .as_ref()
+                    .map_or(g.ids as u64, |f| f.sizing().capacity),
+                exact: g.generation >= ring.floor,
+                filter: g.filter.as_ref().map(|f| f.stats()).unwrap_or_default(),
+                memory_bytes: g.filter.as_ref().map_or(0, |f| f.sizing().memory_bytes()),
+            });
+        }
+        let miss_all = generations
+            .iter()
+            .filter(|g| !g.exact)
+            .fold(1.0, |acc, g| acc * (1.0 - g.filter.estimated_fp));
+        Ok(NamespaceInfo {
+            name: ns.name.to_string(),
+            config: ring.config.clone(),
+            estimated_fp: 1.0 - miss_all,
+            memory_bytes: generations.iter().map(|g| g.memory_bytes).sum(),
+            claims: claims as u64,
+            charged_bytes: budget::footprint(&ring.config, &live_sizes(&ring)),
+            generations,
+        })
+    }
+
+    pub(crate) fn configure_namespace(
+        &self,
+        namespace: &str,
+        config: NamespaceConfig,
+    ) -> Result<Configured, Error> {
+        self.configure_namespace_with(namespace, config, DropPolicy::Refuse)
+    }
+
+    // By value, as the tracker's API takes it (the embedded engine keeps it).
+    #[allow(clippy::needless_pass_by_value)]
+    pub(crate) fn configure_namespace_with(
+        &self,
+        namespace: &str,
+        config: NamespaceConfig,
+        policy: DropPolicy,
+    ) -> Result<Configured, Error> {
+        let name = NamespaceName::new(namespace)?;
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let others = self.charged_to_others(namespace);
+        if let Ok(ns) = self.namespace(namespace) {
+            self.block_on(self.reconfigure(&ns, &config, policy, others))?;
+            return Ok(Configured::Updated);
+        }
+        if let Some(max) = self.inner.limits.max_namespaces
+            && self.namespaces().len() >= max as usize
+        {
+            return Err(Error::TooManyNamespaces { max });
+        }
+        budget::check(self.inner.limits, budget::footprint(&config, &[]), others)?;
+        let created = self.block_on(self.create(&name, &config))?;
+        if created {
+            tracing::info!(namespace = %name, "namespace created");
+            Ok(Configured::Created)
+        } else {
+            // Another node created it meanwhile: this is a reconfiguration.
+            let ns = self.namespace(namespace)?;
+            self.block_on(self.reconfigure(&ns, &config, policy, others))?;
+            Ok(Configured::Updated)
+        }
+    }
+
+    async fn create(&self, name: &NamespaceName, config: &NamespaceConfig) -> Result<bool, Error> {
+        let ctx = self.ctx();
+        let s = ctx.schema;
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        let seed = HashSeed::random()?;
+        let row = tx
+            .query_opt(
+                &format!(
+                    "INSERT INTO {s}.namespaces (name, config, seed, open_gen, exact_floor, oldest_gen)
+                     VALUES ($1, $2, $3, 1, 1, 1)
+                     ON CONFLICT (name) DO NOTHING RETURNING id,
+                       (extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+                ),
+                &[&name.as_str(), &config_text(config), &(seed.to_u64() as i64)],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        let id: i32 = row.get(0);
+        let now = ctx.now(row.get(1));
+        tx.execute(
+            &format!("INSERT INTO {s}.generations (ns, gen, opened_at) VALUES ($1, 1, $2)"),
+            &[&id, &now],
+        )
+        .await?;
+        create_partition(&*tx, s, id, 1).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn reconfigure(
+        &self,
+        ns: &NsCache,
+        config: &NamespaceConfig,
+        policy: DropPolicy,
+        others: u64,
+    ) -> Result<(), Error> {
+        let ctx = self.ctx();
+        let s = ctx.schema;
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, $2)",
+            &[&ctx.lock_key, &ns.id],
+        )
+        .await?;
+        let row = ring_row(&*tx, &ctx, ns).await?;
+        let ring = refresh(&*tx, &ctx, ns, &row).await?;
+        budget::check(
+            self.inner.limits,
+            budget::footprint(config, &live_sizes(&ring)),
+            others,
+        )?;
+        let live = ring.open - ring.oldest + 1;
+        let generations = i64::from(config.generations());
+        let dropped = (live - generations).max(0);
+        let oldest = ring.oldest + dropped;
+        let wanted = ring
+            .floor
+            .max(ring.open - (i64::from(config.exact_generations()) - 1));
+        let lost_tables = (wanted - ring.floor.max(oldest)).max(0);
+        if policy == DropPolicy::Refuse && (dropped > 0 || lost_tables > 0) {
+            return Err(Error::WouldDrop {
+                generations: u32::try_from(dropped).unwrap_or(u32::MAX),
+                exact_tables: u32::try_from(lost_tables).unwrap_or(u32::MAX),
+            });
+        }
+        for g in ring.oldest..oldest {
+            drop_partition(&*tx, s, ns.id, g).await?;
+        }
+        tx.execute(
+            &format!("DELETE FROM {s}.generations WHERE ns = $1 AND gen < $2"),
+            &[&ns.id, &oldest],
+        )
+        .await?;
+        let floor = ring.floor.max(oldest);
+        tx.execute(
+            &format!(
+                "UPDATE {s}.namespaces SET config = $2, oldest_gen = $3, exact_floor = $4,
+                        version = version + 1
+                  WHERE id = $1"
+            ),
+            &[&ns.id, &config_text(config), &oldest, &floor],
+        )
+        .await?;
+        tx.commit().await?;
+        drop(conn);
+        // Filters to rebuild for the new rate, and the floor the new horizon asks.
+        self.catch_up(ns).await
+    }
+
+    pub(crate) fn delete_namespace(&self, namespace: &str) -> Result<(), Error> {
+        if namespace == NamespaceName::DEFAULT {
+            return Err(Error::Refused(
+                "the default namespace cannot be deleted".into(),
+            ));
+        }
+        let ns = self.namespace(namespace)?;
+        self.block_on(async {
+            let ctx = self.ctx();
+            let s = ctx.schema;
+            let mut conn = self.conn().await?;
+            let tx = conn.transaction().await?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock($1, $2)",
+                &[&ctx.lock_key, &ns.id],
+            )
+            .await?;
+            let ring = tx
+                .query_opt(
+                    &format!("SELECT oldest_gen, open_gen FROM {s}.namespaces WHERE id = $1"),
+                    &[&ns.id],
+                )
+                .await?
+                .ok_or_else(|| Error::UnknownNamespace(namespace.to_owned()))?;
+            let (oldest, open): (i64, i64) = (ring.get(0), ring.get(1));
+            for g in oldest..=open {
+                drop_partition(&*tx, s, ns.id, g).await?;
+            }
+            for table in ["counts", "claims", "checkpoints"] {
+                tx.execute(&format!("DELETE FROM {s}.{table} WHERE ns = $1"), &[&ns.id])
+                    .await?;
+            }
+            tx.execute(
+                &format!("DELETE FROM {s}.namespaces WHERE id = $1"),
+                &[&ns.id],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })?;
+        self.forget(namespace);
+        tracing::info!(namespace, "namespace deleted");
+        Ok(())
+    }
+
+    pub(crate) fn filter_budget(&self) -> FilterBudget {
+        let mut charged = 0_u64;
+        let mut allocated = 0_u64;
+        for name in self.namespaces() {
+            let Ok(ns) = self.namespace(&name) else {
+                continue;
+            };
+            let ring = ns.ring();
+            let live = live_sizes(&ring);
+            allocated = allocated.saturating_add(live.iter().sum());
+            charged = charged.saturating_add(budget::footprint(&ring.config, &live));
+        }
+        FilterBudget {
+            budget: self.inner.limits.max_filter_bytes,
+            charged,
+            allocated,
+        }
+    }
+
+    fn charged_to_others(&self, except: &str) -> u64 {
+        self.inner
+            .namespaces
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|(name, _)| name.as_str() != except)
+            .map(|(_, ns)| {
+                let ring = ns.ring();
+                budget::footprint(&ring.config, &live_sizes(&ring))
+            })
+            .fold(0_u64, u64::saturating_add)
+    }
+
+    pub(crate) fn storage_failure(&self) -> Option<StorageFailure> {
+        self.inner.health.failure()
+    }
+
+    pub(crate) fn storage_errors(&self) -> u64 {
+        self.inner.health.errors()
+    }
+
+    pub(crate) fn disk_bytes(&self) -> Option<u64> {
+        self.block_on(async {
+            let conn = self.conn().await?;
+            let row = conn
+                .query_one(
+                    "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint
+                       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                      WHERE n.nspname = $1 AND c.relkind = 'r'",
+                    &[&self.inner.schema],
+                )
+                .await?;
+            Ok(row.get::<_, i64>(0) as u64)
+        })
+        .ok()
+    }
+
+    pub(crate) fn close(&self) -> Result<(), Error> {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.pool.close();
+        Ok(())
+    }
+}
+
+/// The filter memory this node holds for a namespace's live sealed generations,
+/// oldest first (the open generation has none on PostgreSQL).
+fn live_sizes(ring: &Ring) -> Vec<u64> {
+    ring.sealed
+        .iter()
+        .map(|g| g.filter.as_ref().map_or(0, |f| f.sizing().memory_bytes()))
+        .collect()
+}
+
+fn config_text(config: &NamespaceConfig) -> String {
+    serde_json::to_string(config).expect("configurations serialise")
+}
