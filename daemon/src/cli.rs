@@ -117,8 +117,12 @@ pub struct TuneArgs {
     pub fp: f64,
 
     /// Live generations the target rate is split over; each generation's filter then
-    /// aims at 1 - (1 - fp)^(1/generations).
-    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    /// aims at 1 - (1 - fp)^(1/generations). The default is a namespace's.
+    #[arg(
+        long,
+        default_value_t = oncely::NamespaceConfig::default().generations(),
+        allow_negative_numbers = true
+    )]
     pub generations: u32,
 
     /// Measure: fill one generation's filter with --capacity random 16-byte IDs, then
