@@ -1029,6 +1029,27 @@ async fn metrics_have_the_expected_families() {
     }
     // A check marks nothing, so it never replays: no such series.
     assert!(!text.contains(r#"op="check",verdict="replayed""#), "{text}");
+    // docs/metrics.md describes exactly the families served (disk_bytes is absent
+    // with memory durability, as here).
+    let doc = include_str!("../../docs/metrics.md");
+    let served: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    for family in &served {
+        assert!(
+            doc.contains(&format!("| `{family}` |")),
+            "{family} undocumented"
+        );
+    }
+    for line in doc.lines().filter(|l| l.starts_with("| `oncelyd_")) {
+        let family = line.split('`').nth(1).unwrap();
+        assert!(
+            served.contains(&family) || family == "oncelyd_disk_bytes",
+            "{family} documented but not served"
+        );
+    }
 }
 
 #[tokio::test]

@@ -864,6 +864,22 @@ mod tests {
     }
 
     #[test]
+    fn the_reference_lists_every_setting_under_its_three_names() {
+        let doc = include_str!("../../../docs/configuration.md");
+        for s in SETTINGS {
+            assert!(doc.contains(&format!("`{}", s.flag)), "{} missing", s.flag);
+            assert!(doc.contains(&format!("`{}", s.env)), "{} missing", s.env);
+            if s.in_file {
+                assert!(doc.contains(&format!("`{}", s.key)), "{} missing", s.key);
+            }
+        }
+        assert!(doc.contains(&format!("`{}`", env::TOKEN)));
+        for name in env::OTHER_PROGRAMS.iter().chain(&env::HARNESS_PREFIXES) {
+            assert!(doc.contains(&format!("`{name}`")), "{name} missing");
+        }
+    }
+
+    #[test]
     fn every_setting_but_config_is_a_file_key() {
         for s in SETTINGS {
             let text = format!("{} = 1", s.key);
