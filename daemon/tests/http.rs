@@ -1085,7 +1085,7 @@ async fn latency_buckets_resolve_single_id_requests_and_statuses_are_apart() {
             .unwrap_or_else(|| panic!("no bucket {le} in\n{text}"));
         line[needle.len()..].parse::<u64>().unwrap()
     };
-    for le in ["5e-06", "1e-05", "2.5e-05", "5e-05"] {
+    for le in ["1e-06", "2.5e-06", "5e-06", "1e-05", "2.5e-05", "5e-05"] {
         assert!(bound(le) <= 20);
     }
     assert_eq!(bound("10"), 20);
@@ -1181,87 +1181,6 @@ async fn failing_storage_makes_the_daemon_unready_until_a_write_succeeds() {
     assert_eq!(metric(&text, "oncelyd_storage_failing"), 0.0);
     assert_eq!(metric(&text, "oncelyd_ready"), 1.0);
     assert_eq!(h.mark(&["f-1"], None).await, ["new"]);
-}
-
-/// Log lines captured by a subscriber for the current thread.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn lines(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-// A current-thread runtime: the requests' futures run on this thread, where the
-// capturing subscriber is installed.
-#[tokio::test(flavor = "current_thread")]
-async fn shedding_logs_one_line_not_one_per_request() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-
-    let h = Harness::with(
-        Limits {
-            max_concurrency: 1,
-            ..Limits::default()
-        },
-        &[],
-    );
-    h.faults.hold_writes();
-    let app = h.app.clone();
-    let held = tokio::spawn(async move {
-        let req = Request::post(MARK)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(r#"{"ids": ["held-1"]}"#))
-            .unwrap();
-        tower::ServiceExt::oneshot(app, req).await.unwrap().status()
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while h.faults.held.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the write never started"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    for i in 0..300 {
-        h.post(MARK, &format!(r#"{{"ids": ["shed-{i}"]}}"#))
-            .await
-            .assert_error(StatusCode::SERVICE_UNAVAILABLE, "overloaded");
-    }
-    h.faults.release_writes();
-    assert_eq!(held.await.unwrap(), StatusCode::OK);
-    let metrics = h.get("/metrics").await.text;
-    assert!(
-        metrics.contains("oncelyd_requests_shed_total 300"),
-        "{metrics}"
-    );
-    let lines: Vec<String> = captured
-        .lines()
-        .into_iter()
-        .filter(|l| l.contains("overloaded"))
-        .collect();
-    assert_eq!(lines.len(), 1, "{lines:#?}");
-    assert!(lines[0].contains("WARN"), "{lines:#?}");
 }
 
 /// Every route of the contract, as (method, path pattern).

@@ -15,7 +15,7 @@ async fn sigterm_exits_cleanly_and_marks_survive() {
     let dir = tempfile::tempdir().unwrap();
     let mut daemon = Daemon::start(
         dir.path(),
-        &["--shutdown-grace", "5s", "--drain-delay", "1s"],
+        &["--shutdown-grace", "5s", "--drain-delay", "2s"],
         &[],
     );
     let line = daemon.log_text();

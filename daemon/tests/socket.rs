@@ -315,7 +315,7 @@ async fn shutdown_drains_with_readyz_503_before_the_listener_closes() {
     let dir = tempfile::tempdir().unwrap();
     let tracker = common::rocks_tracker(dir.path()).await;
     let timing = ShutdownTiming {
-        drain_delay: Duration::from_millis(1500),
+        drain_delay: Duration::from_secs(3),
         grace: Duration::from_secs(20),
     };
     let server = Stoppable::start(tracker, timing).await;
@@ -331,7 +331,7 @@ async fn shutdown_drains_with_readyz_503_before_the_listener_closes() {
     let began = std::time::Instant::now();
     server.stops.stop();
     // Unready first, while still serving everything else, new connections included.
-    let deadline = began + Duration::from_secs(1);
+    let deadline = began + Duration::from_secs(2);
     loop {
         let r = client().get(server.url("/readyz")).send().await.unwrap();
         if r.status().as_u16() == 503 {
