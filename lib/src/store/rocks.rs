@@ -59,9 +59,9 @@ impl RocksOptions {
     /// RocksDB stalls writers while the memtables use more than the budget, and every
     /// column family holds at least one memtable block however little it stores, so a
     /// budget below those blocks stalls every write for ever. Measured (300,000
-    /// marks in batches of 1,000): 8 KiB hangs at open, 32 KiB at the first marks;
-    /// 64 KiB works but marks 3.5 times slower than 1 MiB, and 1 MiB is within 30% of
-    /// the 64 MiB default.
+    /// marks in batches of 1,000, debug build with optimised dependencies): 8 KiB
+    /// hangs at open, 32 KiB at the first marks; 64 KiB takes 568 ms, 1 MiB 160 ms,
+    /// 4 MiB and more 122 to 127 ms.
     pub const MIN_MEMTABLE_BYTES: usize = 1 << 20;
 
     /// Checks the budgets: `memtable_bytes` at least [`Self::MIN_MEMTABLE_BYTES`], and
