@@ -186,8 +186,9 @@ def oncely(args, workload: str, tmp: Path) -> Result:
     port = free_port()
     data = tmp / "oncely-data"
     log = tmp / "oncely.log"
+    # No drain delay: nothing balances load here, and each stop would wait for it.
     server = start([args.oncelyd, "serve", "--listen", f"127.0.0.1:{port}",
-                    "--data-dir", str(data)], log)
+                    "--data-dir", str(data), "--drain-delay", "0s"], log)
     try:
         wait_port(server, port, log)
         url = f"http://127.0.0.1:{port}"

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use oncely::{Durability, HumanDuration};
 
-use crate::config::{ByteSize, parse_duration};
+use crate::config::{ByteSize, Layer, parse_duration};
 
 /// `oncelyd`: the Oncely dedup daemon and its tools.
 #[derive(Debug, Parser)]
@@ -32,69 +32,103 @@ pub enum Command {
     Load(LoadArgs),
 }
 
-/// Arguments of `oncelyd serve`.
+/// Arguments of `oncelyd serve`: the settings' flags.
 ///
 /// Every setting is optional here: one not given on the command line is read from
-/// its `ONCELY_*` environment variable (clap does that), then from the `--config`
-/// file, then takes its default ([`crate::config::Settings::resolve`] merges them).
+/// its `ONCELY_*` environment variable, then from the `--config` file, then takes
+/// its default ([`crate::config`] owns the settings and merges them).
 /// `docs/configuration.md` is the reference.
 #[derive(Debug, Clone, Default, Args)]
+#[command(
+    after_help = "Every option can also be given as an ONCELY_* environment variable \
+    (--max-ids: ONCELY_MAX_IDS; --token: ONCELY_TOKENS, comma-separated, or ONCELY_TOKEN for \
+    one) or as a key of the --config file (max_ids). A flag wins over the environment, the \
+    environment over the file. An unknown ONCELY_* variable stops start-up. See \
+    docs/configuration.md."
+)]
 pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:7070]. Port 0 picks a free port; the
     /// start-up log line says which.
-    #[arg(long, env = "ONCELY_LISTEN", value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
 
     /// Data directory: RocksDB and the filter snapshots [default: ./data].
-    #[arg(long, env = "ONCELY_DATA_DIR", value_name = "DIR")]
+    #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
     /// TOML file with settings (the same names as these options, in snake_case) and
     /// `[namespaces.NAME]` tables. No file is read unless given.
-    #[arg(long, env = "ONCELY_CONFIG", value_name = "FILE")]
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// A bearer token clients must present (repeatable; ONCELY_TOKENS takes a
-    /// comma-separated list). With any token configured, every route but /healthz and
-    /// /readyz needs `Authorization: Bearer <token>`.
-    #[arg(
-        long = "token",
-        env = "ONCELY_TOKENS",
-        value_name = "TOKEN",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
+    /// A bearer token clients must present, taken whole (repeat the option for more;
+    /// at least 16 characters). With any token configured, every route but /healthz
+    /// and /readyz needs `Authorization: Bearer <token>`.
+    #[arg(long = "token", value_name = "TOKEN")]
     pub tokens: Vec<String>,
+
+    /// An origin (https://app.example) whose web pages may send requests (repeatable).
+    /// A request with any other Origin header is refused with 403 [default: none].
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
 
     /// When a mark is acknowledged: flush (survives kill -9), sync (survives power
     /// loss) or memory (survives nothing) [default: flush].
-    #[arg(long, env = "ONCELY_DURABILITY", value_name = "MODE")]
+    #[arg(long, value_name = "MODE")]
     pub durability: Option<Durability>,
 
     /// Largest request body; larger ones are answered 413 [default: 4MiB].
-    #[arg(long, env = "ONCELY_MAX_BODY_BYTES", value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE")]
     pub max_body_bytes: Option<ByteSize>,
 
     /// Most IDs in one check or check-and-mark; more are answered 400 [default: 10000].
-    #[arg(long, env = "ONCELY_MAX_IDS", value_name = "N")]
+    #[arg(long, value_name = "N")]
     pub max_ids: Option<usize>,
 
     /// Most requests in progress at once; more are answered 503 at once rather than
     /// queued [default: 256].
-    #[arg(long, env = "ONCELY_MAX_CONCURRENCY", value_name = "N")]
+    #[arg(long, value_name = "N")]
     pub max_concurrency: Option<usize>,
 
     /// RocksDB block cache, memtables included [default: 128MiB].
-    #[arg(long, env = "ONCELY_CACHE_BYTES", value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE")]
     pub cache_bytes: Option<ByteSize>,
 
-    /// RocksDB memtable budget, charged to the cache [default: 64MiB].
-    #[arg(long, env = "ONCELY_MEMTABLE_BYTES", value_name = "SIZE")]
+    /// RocksDB memtable budget, charged to the cache; at least 1MiB [default: 64MiB].
+    #[arg(long, value_name = "SIZE")]
     pub memtable_bytes: Option<ByteSize>,
 
-    /// How long in-flight requests get to finish after SIGTERM or SIGINT [default: 10s].
-    #[arg(long, env = "ONCELY_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = parse_duration)]
+    /// After the drain, how long requests in progress get to finish [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub shutdown_grace: Option<HumanDuration>,
+
+    /// At SIGTERM or SIGINT, how long /readyz answers 503 while requests are still
+    /// served, before the listener closes; a second signal cuts it short [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub drain_delay: Option<HumanDuration>,
+}
+
+impl ServeArgs {
+    /// The settings the flags give.
+    #[must_use]
+    pub fn layer(&self) -> Layer {
+        let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        Layer {
+            listen: self.listen,
+            data_dir: self.data_dir.clone(),
+            tokens: list(&self.tokens),
+            allowed_origins: list(&self.allowed_origins),
+            durability: self.durability,
+            max_body_bytes: self.max_body_bytes,
+            max_ids: self.max_ids,
+            max_concurrency: self.max_concurrency,
+            cache_bytes: self.cache_bytes,
+            memtable_bytes: self.memtable_bytes,
+            shutdown_grace: self.shutdown_grace,
+            drain_delay: self.drain_delay,
+            namespaces: std::collections::BTreeMap::new(),
+        }
+    }
 }
 
 /// The seed `oncelyd tune` uses unless told otherwise: fixed, so that two runs with the
@@ -117,8 +151,12 @@ pub struct TuneArgs {
     pub fp: f64,
 
     /// Live generations the target rate is split over; each generation's filter then
-    /// aims at 1 - (1 - fp)^(1/generations).
-    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    /// aims at 1 - (1 - fp)^(1/generations). The default is a namespace's.
+    #[arg(
+        long,
+        default_value_t = oncely::NamespaceConfig::default().generations(),
+        allow_negative_numbers = true
+    )]
     pub generations: u32,
 
     /// Measure: fill one generation's filter with --capacity random 16-byte IDs, then

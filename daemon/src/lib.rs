@@ -10,7 +10,8 @@
 //! runs lives here, so it can be tested without a process:
 //!
 //! * [`cli`]: the command line (clap types), one subcommand per tool.
-//! * [`config`]: `oncelyd serve`'s settings from flags, environment and a TOML file.
+//! * [`config`]: `oncelyd serve`'s settings (names, defaults, validation) from
+//!   flags, environment and a TOML file; [`cli`] parses the flags for it.
 //! * [`server`]: `oncelyd serve`: the axum application ([`server::app`]), start-up,
 //!   graceful shutdown.
 //! * [`tune`]: `oncelyd tune`: sizing report, measurement, text and JSON output, plot.
@@ -70,6 +71,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// `ONCELY_*` environment variables that are no setting of `oncelyd serve`, each
+    /// with the setting it probably meant.
+    #[error(
+        "unknown environment variable(s): {}; every ONCELY_* variable must be a setting of \
+         oncelyd serve (see docs/configuration.md)",
+        .0.join(", ")
+    )]
+    UnknownVariables(Vec<String>),
+
     /// The configuration file could not be read or parsed.
     #[error("cannot use the configuration file {}: {reason}", path.display())]
     ConfigFile {
@@ -87,6 +97,24 @@ pub enum Error {
         /// What the library said.
         #[source]
         source: oncely::Error,
+    },
+
+    /// A namespace table of the configuration file would drop live generations or
+    /// exact tables of the existing namespace, and the table does not say
+    /// `drop_now = true`. Nothing was dropped.
+    #[error(
+        "[namespaces.{namespace}] would forget remembered IDs at start-up: {generations} \
+         generation(s) would leave the ring and {exact_tables} exact table(s) would be \
+         dropped; add `drop_now = true` to the table to allow it, or change the namespace \
+         gradually"
+    )]
+    NamespaceWouldDrop {
+        /// The namespace.
+        namespace: String,
+        /// Live generations that would leave the ring.
+        generations: u32,
+        /// Generations that would lose their exact table.
+        exact_tables: u32,
     },
 
     /// The tracker could not be opened (damaged store, unusable data directory, ...).
@@ -112,6 +140,14 @@ pub enum Error {
     /// The server failed while running (accepting connections, the runtime).
     #[error("server error: {0}")]
     Serve(#[source] io::Error),
+
+    /// A third stop request ended the wait for the final flush at shutdown;
+    /// acknowledged marks are in the write-ahead log.
+    #[error(
+        "stopped before the tracker was closed (third signal); acknowledged marks are in the \
+         write-ahead log, and the next start rebuilds the open filters"
+    )]
+    Interrupted,
 
     /// Closing the tracker at shutdown failed; acknowledged marks are still in the
     /// write-ahead log.

@@ -37,7 +37,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
-            let settings = oncelyd::config::Settings::resolve(&args)?;
+            let settings = oncelyd::config::Settings::resolve(
+                args.layer(),
+                args.config.clone(),
+                std::env::vars_os(),
+            )?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("oncelyd")

@@ -20,7 +20,6 @@
 pub mod plot;
 
 use std::fmt::Write as _;
-use std::fs::File;
 use std::io::Write;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -424,17 +423,18 @@ pub fn render_text(r: &TuneReport) -> String {
 /// # Errors
 ///
 /// [`Error::Oncely`] for bad parameters (before any long work), [`Error::PlotWrite`]
-/// when the plot file cannot be created (also checked before any long work),
+/// when the plot file cannot be written (its directory is checked before any long
+/// work; the file itself is replaced only once the plot is drawn),
 /// [`Error::Output`] when `out` fails.
 pub fn run(args: &TuneArgs, out: &mut dyn Write) -> Result<(), Error> {
     let mut report = report(args)?;
-    if let Some(path) = &args.plot {
-        // A minutes-long measurement must not end in "cannot write the plot".
-        File::create(path).map_err(|source| Error::PlotWrite {
-            path: path.clone(),
-            source,
-        })?;
-    }
+    // A minutes-long measurement must not end in "cannot write the plot", nor empty
+    // the previous plot while it runs.
+    let plot_file = args
+        .plot
+        .as_deref()
+        .map(plot::PlotFile::create)
+        .transpose()?;
     if let Some(probes) = args.measure {
         let sizing = report.sizing();
         let bar = progress_bar(sizing.capacity.saturating_add(probes), args.json);
@@ -452,7 +452,7 @@ pub fn run(args: &TuneArgs, out: &mut dyn Write) -> Result<(), Error> {
             bar.finish_and_clear();
         }
     }
-    if let Some(path) = &args.plot {
+    if let Some(plot_file) = plot_file {
         let mut sweep = plot::Sweep::plan(&report);
         let bar = progress_bar(sweep.ops(), args.json);
         if let Some(bar) = &bar {
@@ -467,8 +467,8 @@ pub fn run(args: &TuneArgs, out: &mut dyn Write) -> Result<(), Error> {
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
-        plot::write_svg(&report, &sweep, path)?;
-        tracing::debug!(path = %path.display(), "wrote the plot");
+        plot_file.write(&plot::render_svg(&report, &sweep)?)?;
+        tracing::debug!("wrote the plot");
     }
     if args.json {
         serde_json::to_writer(&mut *out, &report).map_err(|e| Error::Output(e.into()))?;

@@ -301,34 +301,258 @@ async fn body_over_the_limit_is_413_and_marks_nothing() {
     assert_eq!(h.check(&first).await, ["new"; 5]);
 }
 
-#[tokio::test]
-async fn content_types() {
-    let h = Harness::new();
-    let send = |ct: Option<&'static str>, id: &'static str| {
-        let mut req = Request::post(MARK);
-        if let Some(ct) = ct {
-            req = req.header(header::CONTENT_TYPE, ct);
-        }
-        req.body(Body::from(format!(r#"{{"ids": ["{id}"]}}"#)))
-            .unwrap()
-    };
-    // No Content-Type, or any JSON one: accepted.
-    assert_eq!(h.raw(send(None, "ct-1")).await.status, StatusCode::OK);
-    let a = h
-        .raw(send(Some("application/json; charset=utf-8"), "ct-2"))
-        .await;
-    assert_eq!(a.status, StatusCode::OK);
-    // The types a browser may send cross-origin without a preflight: refused.
-    for ct in [
-        "text/plain",
-        "application/x-www-form-urlencoded",
-        "multipart/form-data; boundary=x",
-    ] {
-        h.raw(send(Some(ct), "ct-3"))
-            .await
-            .assert_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+/// A request as a web page could make a browser send it, with the given
+/// Content-Type (or none) and Origin (or none).
+fn browser_request(
+    method: Method,
+    uri: &str,
+    content_type: Option<&str>,
+    origin: Option<&str>,
+    body: &str,
+) -> Request<Body> {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(ct) = content_type {
+        req = req.header(header::CONTENT_TYPE, ct);
     }
-    assert_eq!(h.check(&["ct-3"]).await, ["new"]);
+    if let Some(origin) = origin {
+        req = req.header(header::ORIGIN, origin);
+    }
+    req.body(Body::from(body.to_owned())).unwrap()
+}
+
+#[tokio::test]
+async fn state_changing_requests_must_declare_json() {
+    let h = Harness::new();
+    // What a page can send without a preflight: no type (fetch with an ArrayBuffer,
+    // sendBeacon), text/plain, a form. All refused, on every state-changing route,
+    // and nothing is done.
+    let routes = [
+        (Method::POST, MARK, r#"{"ids": ["g-1"]}"#),
+        (Method::POST, CHECK, r#"{"ids": ["g-1"]}"#),
+        (
+            Method::POST,
+            "/v1/namespaces/default/claims",
+            r#"{"id": "g-2", "owner": "page", "lease_ms": 60000}"#,
+        ),
+        (
+            Method::POST,
+            "/v1/namespaces/default/claims/complete",
+            r#"{"id": "g-2", "owner": "page"}"#,
+        ),
+        (
+            Method::POST,
+            "/v1/namespaces/default/claims/release",
+            r#"{"id": "g-2", "owner": "page"}"#,
+        ),
+        (Method::PUT, "/v1/namespaces/page-made", "{}"),
+        (
+            Method::PUT,
+            "/v1/namespaces/default/checkpoints/page",
+            r#"{"position": "9"}"#,
+        ),
+        (
+            Method::PATCH,
+            "/v1/namespaces/default",
+            r#"{"generations": 2}"#,
+        ),
+    ];
+    for (method, uri, body) in &routes {
+        for ct in [
+            None,
+            Some("text/plain"),
+            Some("text/plain; charset=utf-8"),
+            Some("application/x-www-form-urlencoded"),
+            Some("multipart/form-data; boundary=x"),
+            Some("text/json"),
+        ] {
+            let a = h
+                .raw(browser_request(method.clone(), uri, ct, None, body))
+                .await;
+            a.assert_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+            assert!(
+                a.json()["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("--json")
+            );
+        }
+    }
+    assert_eq!(h.check(&["g-1"]).await, ["new"], "nothing was marked");
+    let claim = h
+        .post(
+            "/v1/namespaces/default/claims",
+            r#"{"id": "g-2", "owner": "worker", "lease_ms": 60000}"#,
+        )
+        .await;
+    assert_eq!(claim.json()["verdict"], "acquired", "nothing was claimed");
+    h.get("/v1/namespaces/page-made")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "unknown_namespace");
+    h.get("/v1/namespaces/default/checkpoints/page")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "checkpoint_not_found");
+
+    // JSON, with parameters or as a +json type: accepted.
+    for (ct, id) in [
+        ("application/json", "j-1"),
+        ("application/json; charset=utf-8", "j-2"),
+        ("Application/JSON", "j-3"),
+    ] {
+        let body = format!(r#"{{"ids": ["{id}"]}}"#);
+        let a = h
+            .raw(browser_request(Method::POST, MARK, Some(ct), None, &body))
+            .await;
+        assert_eq!(verdicts(&a.json()), ["new"], "{ct}");
+    }
+
+    // DELETE carries no body and needs no type: a page cannot send it without a
+    // preflight, which the daemon never approves. A declared type must be JSON.
+    let created = h
+        .call(
+            Method::PUT,
+            "/v1/namespaces/to-delete",
+            Some(&whole_config(json!({}))),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let uri = "/v1/namespaces/to-delete";
+    h.raw(browser_request(
+        Method::DELETE,
+        uri,
+        Some("text/plain"),
+        None,
+        "",
+    ))
+    .await
+    .assert_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+    assert_eq!(h.get(uri).await.status, StatusCode::OK, "still there");
+    let a = h
+        .raw(browser_request(Method::DELETE, uri, None, None, ""))
+        .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.text);
+}
+
+#[tokio::test]
+async fn foreign_origins_get_403_before_anything_else() {
+    let h = Harness::with_origins(&["https://ops.example"], &["a-token-of-sixteen+"]);
+    let auth = ("authorization", "Bearer a-token-of-sixteen+");
+    for origin in [
+        "https://evil.example",
+        // The daemon's own address: what a page whose DNS name was rebound to it
+        // sends.
+        "http://127.0.0.1:7070",
+        "http://localhost:7070",
+        "null",
+        "https://ops.example.evil",
+        "http://ops.example",
+    ] {
+        let mut req = browser_request(
+            Method::POST,
+            MARK,
+            Some("application/json"),
+            Some(origin),
+            r#"{"ids": ["o-1"]}"#,
+        );
+        req.headers_mut()
+            .insert(header::AUTHORIZATION, auth.1.parse().unwrap());
+        let a = h.raw(req).await;
+        a.assert_error(StatusCode::FORBIDDEN, "forbidden_origin");
+        assert!(a.text.contains(origin), "{}", a.text);
+        // Reads and health too: a page must not read them either; and the origin is
+        // judged before the token (no token here: still 403, not 401).
+        for uri in ["/metrics", "/healthz", "/v1/namespaces"] {
+            let req = browser_request(Method::GET, uri, None, Some(origin), "");
+            h.raw(req)
+                .await
+                .assert_error(StatusCode::FORBIDDEN, "forbidden_origin");
+        }
+    }
+    let check = |_| async {
+        let req = Request::post(CHECK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(auth.0, auth.1)
+            .body(Body::from(r#"{"ids": ["o-1"]}"#))
+            .unwrap();
+        verdicts(&h.raw(req).await.json())
+    };
+    assert_eq!(check(()).await, ["new"], "nothing was marked");
+    // The allowed origin, however capitalised, passes (and still needs the token).
+    for origin in ["https://ops.example", "HTTPS://OPS.EXAMPLE"] {
+        let mut req = browser_request(
+            Method::POST,
+            MARK,
+            Some("application/json"),
+            Some(origin),
+            r#"{"ids": ["o-2"]}"#,
+        );
+        assert_eq!(h.raw(req).await.status, StatusCode::UNAUTHORIZED);
+        req = browser_request(
+            Method::POST,
+            MARK,
+            Some("application/json"),
+            Some(origin),
+            r#"{"ids": ["o-2"]}"#,
+        );
+        req.headers_mut()
+            .insert(header::AUTHORIZATION, auth.1.parse().unwrap());
+        assert_eq!(h.raw(req).await.status, StatusCode::OK, "{origin}");
+    }
+    // Refusals are counted like any answer.
+    let req = Request::get("/metrics")
+        .header(auth.0, auth.1)
+        .body(Body::empty())
+        .unwrap();
+    let metrics = h.raw(req).await.text;
+    assert!(
+        metrics.contains(
+            r#"oncelyd_http_requests_total{method="POST",route="/v1/namespaces/{ns}/check-and-mark",status="403"} 6"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn no_origin_is_allowed_by_default() {
+    let h = Harness::new();
+    let req = browser_request(
+        Method::POST,
+        MARK,
+        Some("application/json"),
+        Some("http://127.0.0.1:7070"),
+        r#"{"ids": ["d-1"]}"#,
+    );
+    h.raw(req)
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden_origin");
+    // Programs send no Origin.
+    assert_eq!(h.mark(&["d-1"], None).await, ["new"]);
+}
+
+#[tokio::test]
+async fn dot_names_are_refused_wherever_a_name_goes() {
+    let h = Harness::new();
+    // Clients and proxies resolve "." and ".." as path segments; percent-encoded
+    // they still reach the daemon, which refuses them as names.
+    for ns in ["%2E", "%2E%2E", ".", ".."] {
+        h.call(Method::PUT, &format!("/v1/namespaces/{ns}"), Some("{}"))
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "invalid_namespace");
+        h.post(
+            &format!("/v1/namespaces/{ns}/check-and-mark"),
+            r#"{"ids": ["x"]}"#,
+        )
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_namespace");
+        h.call(
+            Method::PUT,
+            &format!("/v1/namespaces/default/checkpoints/{ns}"),
+            Some(r#"{"position": "1"}"#),
+        )
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_argument");
+    }
+    let list = h.get("/v1/namespaces").await.json();
+    assert_eq!(list["namespaces"], json!(["default"]));
 }
 
 #[tokio::test]
@@ -711,6 +935,7 @@ async fn overload_is_shed_with_503_at_once() {
     let app = h.app.clone();
     let held = tokio::spawn(async move {
         let req = Request::post(MARK)
+            .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(r#"{"ids": ["held-1"]}"#))
             .unwrap();
         tower::ServiceExt::oneshot(app, req).await.unwrap().status()
@@ -797,21 +1022,186 @@ async fn metrics_have_the_expected_families() {
         r#"oncelyd_http_requests_total{method="POST",route="/v1/namespaces/{ns}/check-and-mark",status="200"} 3"#,
         r#"oncelyd_http_requests_total{method="GET",route="unmatched",status="404"} 1"#,
         "# TYPE oncelyd_http_request_duration_seconds histogram",
-        r#"oncelyd_http_request_duration_seconds_count{method="POST",route="/v1/namespaces/{ns}/check"} 1"#,
+        r#"oncelyd_http_request_duration_seconds_count{method="POST",route="/v1/namespaces/{ns}/check",status="200"} 1"#,
         r#"oncelyd_ids_total{op="check_and_mark",verdict="new"} 4"#,
         r#"oncelyd_ids_total{op="check_and_mark",verdict="duplicate"} 1"#,
         r#"oncelyd_ids_total{op="check_and_mark",verdict="replayed"} 1"#,
         r#"oncelyd_ids_total{op="check",verdict="duplicate"} 1"#,
         r#"oncelyd_ids_total{op="check",verdict="new"} 1"#,
+        r#"oncelyd_ids_total{op="check",verdict="in_progress"} 0"#,
         "# TYPE oncelyd_namespace_fill_ratio gauge",
         r#"oncelyd_namespace_fill_ratio{namespace="default"}"#,
         r#"oncelyd_namespace_estimated_fp{namespace="default"}"#,
+        r#"oncelyd_namespace_fp_rate{namespace="default"} 0.0001"#,
         r#"oncelyd_namespace_generations{namespace="default"} 1"#,
         r#"oncelyd_namespace_ids{namespace="default"} 4"#,
+        r#"oncelyd_namespace_open_ids{namespace="default"} 4"#,
+        r#"oncelyd_namespace_generation_capacity{namespace="default"} 100000"#,
+        r#"oncelyd_namespace_memory_bytes{namespace="default"}"#,
         "oncelyd_requests_shed_total 0",
+        "oncelyd_requests_in_flight 1",
+        "oncelyd_storage_failing 0",
+        "oncelyd_storage_write_errors_total 0",
+        "oncelyd_ready 1",
+        r#"oncelyd_claims_total{outcome="acquired"} 0"#,
+        r#"oncelyd_claims_ended_total{outcome="completed"} 0"#,
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
+    // A check marks nothing, so it never replays: no such series.
+    assert!(!text.contains(r#"op="check",verdict="replayed""#), "{text}");
+    // docs/metrics.md describes exactly the families served (disk_bytes is absent
+    // with memory durability, as here).
+    let doc = include_str!("../../docs/metrics.md");
+    let served: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    for family in &served {
+        assert!(
+            doc.contains(&format!("| `{family}` |")),
+            "{family} undocumented"
+        );
+    }
+    for line in doc.lines().filter(|l| l.starts_with("| `oncelyd_")) {
+        let family = line.split('`').nth(1).unwrap();
+        assert!(
+            served.contains(&family) || family == "oncelyd_disk_bytes",
+            "{family} documented but not served"
+        );
+    }
+}
+
+#[tokio::test]
+async fn latency_buckets_resolve_single_id_requests_and_statuses_are_apart() {
+    let h = Harness::with(Limits::default(), &["a-token-of-sixteen+"]);
+    let auth = [("authorization", "Bearer a-token-of-sixteen+")];
+    for i in 0..20 {
+        let body = format!(r#"{{"ids": ["lat-{i}"]}}"#);
+        let a = h.send(Method::POST, MARK, Some(&body), &auth).await;
+        assert_eq!(a.status, StatusCode::OK);
+    }
+    // Refused at once: its own series, so it cannot pull the 200s' percentiles.
+    let a = h
+        .send(Method::POST, MARK, Some(r#"{"ids": ["x"]}"#), &[])
+        .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let text = h.send(Method::GET, "/metrics", None, &auth).await.text;
+    let series = r#"method="POST",route="/v1/namespaces/{ns}/check-and-mark""#;
+    for needle in [
+        format!("oncelyd_http_request_duration_seconds_count{{{series},status=\"200\"}} 20"),
+        format!("oncelyd_http_request_duration_seconds_count{{{series},status=\"401\"}} 1"),
+    ] {
+        assert!(text.contains(&needle), "missing {needle:?} in\n{text}");
+    }
+    // Buckets below 100 µs, the old lowest, where single-ID requests fall.
+    let bound = |le: &str| {
+        let needle = format!(
+            "oncelyd_http_request_duration_seconds_bucket{{{series},status=\"200\",le=\"{le}\"}} "
+        );
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&needle))
+            .unwrap_or_else(|| panic!("no bucket {le} in\n{text}"));
+        line[needle.len()..].parse::<u64>().unwrap()
+    };
+    for le in ["1e-06", "2.5e-06", "5e-06", "1e-05", "2.5e-05", "5e-05"] {
+        assert!(bound(le) <= 20);
+    }
+    assert_eq!(bound("10"), 20);
+}
+
+#[tokio::test]
+async fn claims_are_counted_by_outcome() {
+    let h = Harness::new();
+    let claims = "/v1/namespaces/default/claims";
+    let claim = |id: &'static str, owner: &'static str, lease_ms: u64| {
+        let body = json!({"id": id, "owner": owner, "lease_ms": lease_ms}).to_string();
+        let h = &h;
+        async move { h.post(claims, &body).await.json()["verdict"].clone() }
+    };
+    assert_eq!(claim("c-1", "w1", 5_000).await, "acquired");
+    assert_eq!(claim("c-1", "w2", 5_000).await, "in_progress");
+    assert_eq!(claim("c-1", "w1", 5_000).await, "acquired"); // renewed
+    h.post(
+        "/v1/namespaces/default/claims/complete",
+        r#"{"id": "c-1", "owner": "w1"}"#,
+    )
+    .await;
+    assert_eq!(claim("c-1", "w2", 5_000).await, "duplicate");
+    assert_eq!(claim("c-2", "w1", 5_000).await, "acquired");
+    h.post(
+        "/v1/namespaces/default/claims/release",
+        r#"{"id": "c-2", "owner": "w1"}"#,
+    )
+    .await;
+    assert_eq!(claim("c-3", "w1", 5_000).await, "acquired");
+    // w1 dies; its lease runs out; w2 takes the work over.
+    h.clock.advance(Duration::from_secs(6));
+    assert_eq!(claim("c-3", "w2", 5_000).await, "acquired");
+    // A refused end (not the holder) is not counted.
+    h.post(
+        "/v1/namespaces/default/claims/complete",
+        r#"{"id": "c-3", "owner": "w1"}"#,
+    )
+    .await
+    .assert_error(StatusCode::CONFLICT, "conflict");
+    let text = h.get("/metrics").await.text;
+    for needle in [
+        r#"oncelyd_claims_total{outcome="acquired"} 3"#,
+        r#"oncelyd_claims_total{outcome="renewed"} 1"#,
+        r#"oncelyd_claims_total{outcome="taken_over"} 1"#,
+        r#"oncelyd_claims_total{outcome="in_progress"} 1"#,
+        r#"oncelyd_claims_total{outcome="duplicate"} 1"#,
+        r#"oncelyd_claims_total{outcome="probable_duplicate"} 0"#,
+        r#"oncelyd_claims_ended_total{outcome="completed"} 1"#,
+        r#"oncelyd_claims_ended_total{outcome="released"} 1"#,
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn failing_storage_makes_the_daemon_unready_until_a_write_succeeds() {
+    let h = Harness::new();
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    h.faults
+        .fail_writes
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    h.post(MARK, r#"{"ids": ["f-1"]}"#)
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable");
+    // Unready, saying why; alive all the same (a restart would not free the disk).
+    let a = h.get("/readyz").await;
+    a.assert_error(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable");
+    assert!(a.text.contains("no space left on device"), "{}", a.text);
+    assert_eq!(h.get("/healthz").await.status, StatusCode::OK);
+    let text = h.get("/metrics").await.text;
+    assert_eq!(metric(&text, "oncelyd_storage_failing"), 1.0);
+    assert_eq!(metric(&text, "oncelyd_ready"), 0.0);
+    assert!(metric(&text, "oncelyd_storage_write_errors_total") >= 1.0);
+
+    // The disk is freed, but no client writes: the daemon's ticker, a second later,
+    // writes the clock's heartbeat, and that write brings readiness back.
+    h.faults
+        .fail_writes
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    h.clock.advance(Duration::from_secs(2));
+    let tracker = h.tracker().clone();
+    tokio::task::spawn_blocking(move || tracker.tick())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.get("/readyz").await.status, StatusCode::OK);
+    let text = h.get("/metrics").await.text;
+    assert_eq!(metric(&text, "oncelyd_storage_failing"), 0.0);
+    assert_eq!(metric(&text, "oncelyd_ready"), 1.0);
+    assert_eq!(h.mark(&["f-1"], None).await, ["new"]);
 }
 
 /// Every route of the contract, as (method, path pattern).

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use oncely::Tracker;
-use oncelyd::server::{AppState, Limits, run};
+use oncelyd::server::{AppState, Limits, ShutdownTiming, StopHandle, Stops, run, run_with};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -216,4 +216,278 @@ async fn shutdown_lets_requests_in_progress_finish() {
             assert_eq!(status, 200);
         }
     }
+}
+
+/// A daemon on a real socket, stopped through a [`StopHandle`], so that tests can
+/// send the first and second stop requests as signals would.
+struct Stoppable {
+    addr: SocketAddr,
+    stops: StopHandle,
+    done: tokio::task::JoinHandle<Result<(), oncelyd::Error>>,
+    state: AppState,
+}
+
+impl Stoppable {
+    async fn start(tracker: Tracker, timing: ShutdownTiming) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = AppState::new(tracker, Limits::default(), &[]);
+        let (stops, requests) = Stops::channel();
+        let done = tokio::spawn(run_with(listener, state.clone(), requests, timing));
+        Self {
+            addr,
+            stops,
+            done,
+            state,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+/// Sends raw bytes on a fresh connection and reads the whole answer (the server
+/// closes the connection after it).
+async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The server may answer and close before it has read everything: ignore a
+    // failed write, read what came back.
+    let _ = conn.write_all(request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
+        .await
+        .expect("the server answers and closes");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The status and the JSON body of a raw HTTP/1.1 answer.
+fn parse_answer(answer: &str) -> (u16, Value) {
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in {answer:?}"));
+    let status = head[9..12].parse().unwrap();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    let v = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    (status, v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_hyper_writes_itself_have_the_json_error_shape() {
+    let server = Server::start().await;
+    // Headers far over hyper's limit: 431.
+    let mut huge = b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 600 << 10));
+    huge.extend_from_slice(b"\r\n\r\n");
+    let (status, v) = parse_answer(&raw_exchange(server.addr, &huge).await);
+    assert_eq!(status, 431);
+    assert_eq!(v["error"]["code"], "headers_too_large");
+    // A malformed request line, and a malformed header: 400.
+    for junk in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n",
+        b"GET /he\x01lthz HTTP/1.1\r\n\r\n",
+    ] {
+        let (status, v) = parse_answer(&raw_exchange(server.addr, junk).await);
+        assert_eq!(status, 400, "{}", String::from_utf8_lossy(junk));
+        assert_eq!(v["error"]["code"], "malformed_request");
+        assert!(v["error"]["message"].as_str().unwrap().len() > 10);
+    }
+    // The application's own answers pass untouched, on the same kind of connection.
+    let answer = raw_exchange(
+        server.addr,
+        b"GET /healthz HTTP/1.1\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with(r#"{"status":"ok"}"#), "{answer}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_with_readyz_503_before_the_listener_closes() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = common::rocks_tracker(dir.path()).await;
+    let timing = ShutdownTiming {
+        drain_delay: Duration::from_secs(3),
+        grace: Duration::from_secs(20),
+    };
+    let server = Stoppable::start(tracker, timing).await;
+    let c = client();
+    // A client half-way through its request head when the shutdown begins.
+    let mut half = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    half.write_all(b"POST /v1/namespaces/default/check-and-mark HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let ready = c.get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+
+    let began = std::time::Instant::now();
+    server.stops.stop();
+    // Unready first, while still serving everything else, new connections included.
+    let deadline = began + Duration::from_secs(2);
+    loop {
+        let r = client().get(server.url("/readyz")).send().await.unwrap();
+        if r.status().as_u16() == 503 {
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["error"]["code"], "shutting_down");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never went unready");
+    }
+    let (status, v) = post(
+        &client(),
+        &server.url("/v1/namespaces/default/check-and-mark"),
+        &json!({"ids": ["during-drain"]}),
+    )
+    .await;
+    assert_eq!((status, &v["results"][0]["verdict"]), (200, &json!("new")));
+    assert!(
+        began.elapsed() < timing.drain_delay,
+        "still within the drain"
+    );
+
+    // Then the listener closes; the half-sent request does not hold the shutdown
+    // for the 20 s grace period.
+    tokio::time::timeout(Duration::from_secs(8), server.done)
+        .await
+        .expect("the half-sent request head does not hold the shutdown")
+        .unwrap()
+        .expect("a clean shutdown");
+    assert!(began.elapsed() >= timing.drain_delay, "the drain was kept");
+    assert!(
+        tokio::net::TcpStream::connect(server.addr).await.is_err(),
+        "the listener is closed"
+    );
+    assert!(!server.state.is_ready());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stop_request_cuts_the_drain_and_grace_short_and_still_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = common::rocks_tracker(dir.path()).await;
+    let timing = ShutdownTiming {
+        drain_delay: Duration::from_secs(60),
+        grace: Duration::from_secs(60),
+    };
+    let server = Stoppable::start(tracker.clone(), timing).await;
+    let ids: Vec<String> = (0..500).map(|i| format!("second-{i}")).collect();
+    let (status, _) = post(
+        &client(),
+        &server.url("/v1/namespaces/default/check-and-mark"),
+        &json!({ "ids": ids }),
+    )
+    .await;
+    assert_eq!(status, 200);
+    server.stops.stop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = client().get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503, "draining");
+    let began = std::time::Instant::now();
+    server.stops.stop();
+    tokio::time::timeout(Duration::from_secs(10), server.done)
+        .await
+        .expect("the second stop request ends the 60 s drain")
+        .unwrap()
+        .expect("still a clean close");
+    assert!(began.elapsed() < Duration::from_secs(10));
+    // The tracker was closed cleanly: reopened, the marks are there.
+    drop((tracker, server.state));
+    let reopened = common::rocks_tracker(dir.path()).await;
+    let got = tokio::task::spawn_blocking(move || reopened.check("default", &ids))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(got.iter().all(|v| *v == oncely::Verdict::Duplicate));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_comes_back_when_storage_recovers_with_no_client_writing() {
+    let faults = common::Faults::default();
+    let tracker = Tracker::builder()
+        .store(Box::new(common::Faulty::new(faults.clone())))
+        .durability(oncely::Durability::Memory)
+        .default_config(common::small_config())
+        .open()
+        .unwrap();
+    let server = Stoppable::start(
+        tracker,
+        ShutdownTiming {
+            drain_delay: Duration::ZERO,
+            grace: Duration::from_secs(5),
+        },
+    )
+    .await;
+    let c = client();
+    faults
+        .fail_writes
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (status, v) = post(
+        &c,
+        &server.url("/v1/namespaces/default/check-and-mark"),
+        &json!({"ids": ["r-1"]}),
+    )
+    .await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (503, &json!("storage_unavailable"))
+    );
+    let r = c.get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    faults
+        .fail_writes
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    // Nobody writes; the daemon's own ticker finds out within a few seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c.get(server.url("/readyz")).send().await.unwrap();
+        if r.status().as_u16() == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still unready 10 s after the store recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.stops.stop();
+    server.done.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_json_passes_the_browser_guard() {
+    let server = Server::start().await;
+    let url = server.url("/v1/namespaces/default/check-and-mark");
+    let curl = |args: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("curl")
+                .args(["-s", "--noproxy", "*", "--max-time", "10"])
+                .args(&args)
+                .output()
+                .expect("curl runs (the test needs curl 7.82 or later, for --json)")
+        })
+        .await
+        .unwrap()
+    };
+    let out = curl(vec![
+        "--json".into(),
+        r#"{"ids":["curl-1"]}"#.into(),
+        url.clone(),
+    ])
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["results"][0]["verdict"], "new");
+    // Plain -d sends a form type: refused, with a hint.
+    let out = curl(vec!["-d".into(), r#"{"ids":["curl-2"]}"#.into(), url]).await;
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], "unsupported_media_type");
+    assert!(v["error"]["message"].as_str().unwrap().contains("--json"));
+    server.shutdown().await;
 }

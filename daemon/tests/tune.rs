@@ -32,7 +32,14 @@ fn bin(extra: &[&str]) -> Output {
 
 #[test]
 fn one_filter_at_one_percent() {
-    let r = report(&["--capacity", "1000000", "--fp", "0.01"]);
+    let r = report(&[
+        "--capacity",
+        "1000000",
+        "--fp",
+        "0.01",
+        "--generations",
+        "1",
+    ]);
     let s = size_filter(1_000_000, 0.01).unwrap();
     assert_eq!((r.capacity, r.fp, r.generations), (1_000_000, 0.01, 1));
     assert_eq!(r.per_generation_fp, 0.01);
@@ -286,4 +293,72 @@ fn bad_input_exits_non_zero_naming_the_field() {
         assert!(!stderr.contains("panicked"), "{extra:?}: {stderr}");
         assert!(out.stdout.is_empty(), "{extra:?}");
     }
+}
+
+#[test]
+fn the_default_report_describes_a_default_namespace() {
+    let r = report(&["--capacity", "1000000", "--fp", "0.01"]);
+    assert_eq!(
+        r.generations,
+        oncely::NamespaceConfig::default().generations()
+    );
+    assert_eq!(r.generations, 4);
+    assert_eq!(r.per_generation_fp, per_generation_fp(0.01, 4));
+    let out = bin(&["--capacity", "1000", "--fp", "0.01", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["generations"], 4);
+}
+
+#[test]
+fn plot_leaves_the_previous_plot_alone_until_the_new_one_is_drawn() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tune.svg");
+    std::fs::write(&path, "<svg>the previous plot</svg>").unwrap();
+    // A measurement long enough to look at the file while it runs.
+    let mut child = Process::new(env!("CARGO_BIN_EXE_oncelyd"))
+        .args([
+            "tune",
+            "--capacity",
+            "50000000",
+            "--fp",
+            "0.001",
+            "--measure",
+        ])
+        .args(["500000000", "--plot", path.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The writability check has run once the temporary file beside the plot exists.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let temp = loop {
+        let found = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "tmp"));
+        if let Some(temp) = found {
+            break temp;
+        }
+        assert!(std::time::Instant::now() < deadline, "no temporary file");
+        assert!(child.try_wait().unwrap().is_none(), "tune ended early");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(
+        temp.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with(".tune.svg."),
+        "{temp:?}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "still measuring");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "<svg>the previous plot</svg>",
+        "the previous plot is intact while the measurement runs"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

@@ -131,11 +131,23 @@ impl From<oncely::Error> for ApiError {
     }
 }
 
+/// A server error's code and message, carried to the metrics middleware in the
+/// answer's extensions: it logs them through the rate-limited failure log
+/// ([`super::failures`]), which has the daemon's state, rather than one line per
+/// answer here.
+#[derive(Clone, Debug)]
+pub(crate) struct FailureNote {
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::warn!(status = self.status.as_u16(), code = self.code, message = %self.message, "request failed");
-        } else {
+        let note = self.status.is_server_error().then(|| FailureNote {
+            code: self.code,
+            message: self.message.clone(),
+        });
+        if note.is_none() {
             tracing::debug!(status = self.status.as_u16(), code = self.code, message = %self.message, "request refused");
         }
         let body = ErrorResponse {
@@ -167,6 +179,9 @@ impl IntoResponse for ApiError {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
+        }
+        if let Some(note) = note {
+            response.extensions_mut().insert(note);
         }
         response
     }

@@ -3,8 +3,8 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -12,12 +12,8 @@ use super::AppState;
 use super::error::{ApiError, json_error};
 
 /// A request body, kept as bytes and parsed later (on the blocking pool, where the
-/// parsed value may borrow from it).
-///
-/// The `Content-Type` must be absent or JSON (`application/json`, `*/*+json`).
-/// `text/plain`, form and multipart bodies are refused with 415: those are the types
-/// a browser sends cross-origin without asking first, so refusing them keeps a web
-/// page from marking IDs on a daemon it can reach.
+/// parsed value may borrow from it). Its `Content-Type` was checked before routing
+/// ([`super::guard`]).
 #[derive(Debug)]
 pub(crate) struct JsonBody(Bytes);
 
@@ -56,21 +52,6 @@ impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        if let Some(value) = req.headers().get(header::CONTENT_TYPE) {
-            let ok = value.to_str().is_ok_and(is_json);
-            if !ok {
-                return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
-                    format!(
-                        "the body must be JSON: send Content-Type: application/json or none \
-                         (got {:?}; with curl, use --json or -H 'content-type: \
-                         application/json')",
-                        String::from_utf8_lossy(value.as_bytes())
-                    ),
-                ));
-            }
-        }
         match Bytes::from_request(req, state).await {
             Ok(bytes) => Ok(Self(bytes)),
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -91,19 +72,6 @@ impl FromRequest<AppState> for JsonBody {
     }
 }
 
-/// `application/json`, `application/problem+json` and the like, with any
-/// parameters.
-fn is_json(content_type: &str) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
-}
-
 /// Path parameters; a segment that does not decode (bad percent-encoding, not UTF-8)
 /// answers 400 `invalid_path`.
 #[derive(Debug)]
@@ -120,32 +88,6 @@ where
         match Path::<T>::from_request_parts(parts, state).await {
             Ok(Path(t)) => Ok(Self(t)),
             Err(rejection) => Err(ApiError::bad_request("invalid_path", rejection.body_text())),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_json;
-
-    #[test]
-    fn json_content_types() {
-        for ok in [
-            "application/json",
-            "application/json; charset=utf-8",
-            "Application/JSON",
-            "application/merge-patch+json",
-        ] {
-            assert!(is_json(ok), "{ok}");
-        }
-        for bad in [
-            "text/plain",
-            "application/x-www-form-urlencoded",
-            "multipart/form-data; boundary=x",
-            "",
-            "application/jsonp",
-        ] {
-            assert!(!is_json(bad), "{bad}");
         }
     }
 }

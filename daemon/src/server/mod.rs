@@ -2,19 +2,23 @@
 //!
 //! * [`app`] builds the axum application around an [`AppState`] (tests drive it
 //!   with `tower::ServiceExt::oneshot`, no socket needed).
-//! * [`run`] serves an application on a bound listener until a shutdown future
-//!   completes, then drains and closes the tracker; [`serve`] does everything from
+//! * [`run_with`] serves an application on a bound listener until a stop request,
+//!   then drains, shuts down and closes the tracker ([`run`] is the same with no
+//!   drain delay and one stop future); [`serve`] does everything from
 //!   [`Settings`]: opens the tracker, declares namespaces, binds, and runs until
 //!   SIGINT or SIGTERM.
 //!
 //! # Request path
 //!
-//! Outermost first: a panic guard (a last resort: no input is meant to panic), the
-//! metrics recorder (which counts every answer, refusals included), bearer
-//! authentication, the body limit, then the route. Routes that touch the tracker
-//! first take an admission permit (`Admitted`), shedding load with an immediate
-//! 503 when `max_concurrency` requests are already in progress instead of queueing
-//! without bound, then do their work on the blocking pool.
+//! Outermost first: the connection (hyper's HTTP/1.1, with its own malformed-request
+//! answers turned into the JSON error shape, see `raw_errors`), a panic guard (a last
+//! resort: no input is meant to panic), the metrics recorder (which counts every
+//! answer, refusals included), the browser guard (foreign `Origin`: 403; a body that
+//! is not declared JSON: 415), bearer authentication, the body limit, then the route.
+//! Routes that touch the tracker first take an admission permit (`Admitted`),
+//! shedding load with an immediate 503 when `max_concurrency` requests are already
+//! in progress instead of queueing without bound, then do their work on the
+//! blocking pool.
 //!
 //! # Why the blocking pool
 //!
@@ -42,7 +46,7 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use oncely::{Durability, Tracker};
+use oncely::{DropPolicy, Durability, Tracker};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -51,19 +55,25 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::Error;
-use crate::config::Settings;
+use crate::config::{AllowedOrigin, Settings};
 
 mod auth;
+mod connection;
 mod error;
 mod extract;
+mod failures;
+mod guard;
 mod metrics;
 mod openapi;
+mod raw_errors;
 mod routes;
 mod shutdown;
 mod wire;
 
 pub use error::ApiError;
-pub use shutdown::{run, shutdown_signal};
+pub use shutdown::{
+    FORCED_WAIT, ShutdownTiming, StopHandle, Stops, run, run_with, shutdown_signal,
+};
 
 /// The content type of every JSON answer.
 pub(crate) const JSON: &str = "application/json";
@@ -105,12 +115,15 @@ struct Shared {
     tracker: Tracker,
     limits: Limits,
     tokens: Vec<Box<[u8]>>,
+    allowed_origins: Vec<AllowedOrigin>,
     metrics: Arc<metrics::Metrics>,
+    failures: failures::FailureLog,
     /// Admission: one permit per tracker request in progress.
     admission: Arc<Semaphore>,
     /// One permit per blocking task; shutdown takes them all to wait for the last.
     tasks: Arc<Semaphore>,
-    ready: AtomicBool,
+    /// False once shutdown has begun (shared with the metrics' `ready` gauge).
+    ready: Arc<AtomicBool>,
     /// Held while a namespace's configuration is read, changed and written (PUT,
     /// PATCH, DELETE): configuration changes are rare, one lock for all is enough.
     config: std::sync::Mutex<()>,
@@ -125,6 +138,7 @@ impl std::fmt::Debug for Shared {
             .field("tracker", &self.tracker)
             .field("limits", &self.limits)
             .field("tokens", &format_args!("[{} redacted]", self.tokens.len()))
+            .field("allowed_origins", &self.allowed_origins)
             .field("ready", &self.ready)
             .finish_non_exhaustive()
     }
@@ -132,32 +146,49 @@ impl std::fmt::Debug for Shared {
 
 impl AppState {
     /// State around an open tracker. With `tokens` non-empty, requests need one of
-    /// them as a bearer token.
+    /// them as a bearer token. No origin is allowed (see [`Self::from_settings`]).
     pub fn new(tracker: Tracker, limits: Limits, tokens: &[String]) -> Self {
-        let metrics = Arc::new(metrics::Metrics::new(tracker.clone()));
+        Self::with_origins(tracker, limits, tokens, Vec::new())
+    }
+
+    fn with_origins(
+        tracker: Tracker,
+        limits: Limits,
+        tokens: &[String],
+        allowed_origins: Vec<AllowedOrigin>,
+    ) -> Self {
+        let ready = Arc::new(AtomicBool::new(true));
+        let metrics = Arc::new(metrics::Metrics::new(tracker.clone(), Arc::clone(&ready)));
         Self {
             inner: Arc::new(Shared {
                 tracker,
                 limits,
                 tokens: tokens.iter().map(|t| Box::from(t.as_bytes())).collect(),
+                allowed_origins,
                 metrics,
+                failures: failures::FailureLog::new(),
                 admission: Arc::new(Semaphore::new(limits.max_concurrency)),
                 tasks: Arc::new(Semaphore::new(TASK_PERMITS as usize)),
-                ready: AtomicBool::new(true),
+                ready,
                 config: std::sync::Mutex::new(()),
                 openapi: openapi::document_bytes(limits),
             }),
         }
     }
 
-    /// State from resolved settings.
+    /// State from resolved settings: limits, tokens and allowed origins.
     pub fn from_settings(tracker: Tracker, settings: &Settings) -> Self {
         let limits = Limits {
             max_ids: settings.max_ids,
             max_body_bytes: settings.max_body_bytes,
             max_concurrency: settings.max_concurrency,
         };
-        Self::new(tracker, limits, &settings.tokens)
+        Self::with_origins(
+            tracker,
+            limits,
+            &settings.tokens,
+            settings.allowed_origins.clone(),
+        )
     }
 
     /// The tracker.
@@ -172,7 +203,8 @@ impl AppState {
         self.inner.limits
     }
 
-    /// Whether `/readyz` answers ready: true from construction until shutdown begins.
+    /// Whether the daemon is not shutting down: true from construction until
+    /// shutdown begins. (`/readyz` also needs the store's writes to succeed.)
     #[must_use]
     pub fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::Acquire)
@@ -182,6 +214,31 @@ impl AppState {
     /// balancers stop sending traffic while in-flight requests finish).
     pub fn set_ready(&self, ready: bool) {
         self.inner.ready.store(ready, Ordering::Release);
+    }
+
+    /// What `/readyz` answers: ready, unless shutdown has begun or the store's
+    /// writes are failing (from a failed write until one succeeds; with no client
+    /// writing, the ticker's heartbeat write is the one that finds out).
+    ///
+    /// # Errors
+    ///
+    /// 503 `shutting_down` or `storage_unavailable`.
+    pub fn readiness(&self) -> Result<(), ApiError> {
+        if !self.is_ready() {
+            return Err(ApiError::shutting_down());
+        }
+        if let Some(failure) = self.inner.tracker.storage_failure() {
+            return Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                format!(
+                    "the store's writes are failing (since {} ms after the epoch): {}",
+                    failure.since.as_millis(),
+                    failure.error
+                ),
+            ));
+        }
+        Ok(())
     }
 
     pub(crate) fn tokens(&self) -> &[Box<[u8]>] {
@@ -199,6 +256,14 @@ impl AppState {
             .config
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn allowed_origins(&self) -> &[AllowedOrigin] {
+        &self.inner.allowed_origins
+    }
+
+    pub(crate) fn failures(&self) -> &failures::FailureLog {
+        &self.inner.failures
     }
 
     pub(crate) fn metrics(&self) -> &metrics::Metrics {
@@ -320,7 +385,9 @@ fn api_router() -> OpenApiRouter<AppState> {
 /// (`/v1/openapi.json` adds the limits of the running server: see [`openapi_json`].)
 #[must_use]
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router().into_openapi()
+    let mut doc = api_router().into_openapi();
+    guard::document(&mut doc);
+    doc
 }
 
 /// The OpenAPI document a server with these limits serves at `/v1/openapi.json`.
@@ -343,6 +410,10 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
+            guard::browser_guard,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
             metrics::record,
         ))
         .layer(CatchPanicLayer::custom(|_| -> Response {
@@ -362,8 +433,8 @@ pub async fn open_tracker(settings: &Settings) -> Result<Tracker, Error> {
     let mut builder = Tracker::builder()
         .durability(settings.durability)
         .rocks_options(settings.rocks);
-    if let Some(config) = settings.namespaces.get(oncely::NamespaceName::DEFAULT) {
-        builder = builder.default_config(config.clone());
+    if let Some(declared) = settings.namespaces.get(oncely::NamespaceName::DEFAULT) {
+        builder = builder.default_config(declared.config.clone());
     }
     let path = if settings.durability == Durability::Memory {
         std::path::PathBuf::new()
@@ -377,23 +448,70 @@ pub async fn open_tracker(settings: &Settings) -> Result<Tracker, Error> {
     opened.map_err(|source| Error::Open { path, source })
 }
 
-/// Creates or updates the namespaces the settings declare.
+/// Creates or updates the namespaces the settings declare; one whose configuration
+/// is already the declared one is left alone.
+///
+/// A change that would drop live generations or exact tables (and so forget
+/// remembered IDs) needs `drop_now` in its table. Every change that drops nothing
+/// is applied first; then, unless a table without `drop_now` would drop something
+/// (which stops start-up with nothing dropped), the changes that drop.
 ///
 /// # Errors
 ///
-/// [`Error::Namespace`] naming the namespace.
+/// [`Error::NamespaceWouldDrop`] naming the namespace and what would be dropped;
+/// [`Error::Namespace`] naming the namespace for anything else.
 pub async fn declare_namespaces(tracker: &Tracker, settings: &Settings) -> Result<(), Error> {
     let tracker = tracker.clone();
     let namespaces = settings.namespaces.clone();
     tokio::task::spawn_blocking(move || {
-        for (name, config) in namespaces {
-            let configured = tracker
-                .configure_namespace(&name, config)
+        let mut dropping = Vec::new();
+        for (name, declared) in &namespaces {
+            if tracker
+                .namespace_info(name)
+                .is_ok_and(|info| info.config == declared.config)
+            {
+                tracing::info!(namespace = %name, "namespace unchanged from the configuration");
+                continue;
+            }
+            match tracker.configure_namespace_with(name, declared.config.clone(), DropPolicy::Refuse)
+            {
+                Ok(configured) => {
+                    tracing::info!(namespace = %name, ?configured, "namespace declared by the configuration");
+                }
+                Err(oncely::Error::WouldDrop {
+                    generations,
+                    exact_tables,
+                }) => {
+                    if !declared.drop_now {
+                        return Err(Error::NamespaceWouldDrop {
+                            namespace: name.clone(),
+                            generations,
+                            exact_tables,
+                        });
+                    }
+                    dropping.push((name, declared, generations, exact_tables));
+                }
+                Err(source) => {
+                    return Err(Error::Namespace {
+                        namespace: name.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        for (name, declared, generations, exact_tables) in dropping {
+            let _updated = tracker
+                .configure_namespace_with(name, declared.config.clone(), DropPolicy::DropNow)
                 .map_err(|source| Error::Namespace {
                     namespace: name.clone(),
                     source,
                 })?;
-            tracing::info!(namespace = %name, ?configured, "namespace declared by the configuration");
+            tracing::warn!(
+                namespace = %name,
+                generations,
+                exact_tables,
+                "namespace reconfigured with drop_now: generations and exact tables dropped"
+            );
         }
         Ok(())
     })
@@ -401,15 +519,22 @@ pub async fn declare_namespaces(tracker: &Tracker, settings: &Settings) -> Resul
     .map_err(|e| Error::Serve(std::io::Error::other(e)))?
 }
 
-/// Runs the daemon the settings describe until SIGINT or SIGTERM: opens the
-/// tracker, declares the configured namespaces, binds, serves, then shuts down
-/// gracefully (see [`run`]).
+/// Runs the daemon the settings describe until SIGINT or SIGTERM: logs the
+/// settings' warnings, opens the tracker, declares the configured namespaces,
+/// binds, serves, then drains and shuts down (see [`run_with`]).
 ///
 /// # Errors
 ///
-/// Start-up failures ([`Error::Open`], [`Error::Namespace`], [`Error::Bind`]),
-/// [`Error::Serve`] and [`Error::Close`].
+/// Start-up failures ([`Error::Open`], [`Error::NamespaceWouldDrop`],
+/// [`Error::Namespace`], [`Error::Bind`]), [`Error::Serve`], [`Error::Close`] and
+/// [`Error::Interrupted`].
 pub async fn serve(settings: Settings) -> Result<(), Error> {
+    // Installed first: a signal during start-up then stops the daemon cleanly once
+    // it is up, rather than killing it mid-way.
+    let stops = Stops::os_signals();
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
     let tracker = open_tracker(&settings).await?;
     let started = async {
         declare_namespaces(&tracker, &settings).await?;
@@ -447,7 +572,11 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
         "oncelyd listening on http://{addr}"
     );
     let state = AppState::from_settings(tracker, &settings);
-    run(listener, state, shutdown_signal(), settings.shutdown_grace).await
+    let timing = ShutdownTiming {
+        drain_delay: settings.drain_delay,
+        grace: settings.shutdown_grace,
+    };
+    run_with(listener, state, stops, timing).await
 }
 
 /// How often the ticker seals generations whose span has passed.

@@ -21,8 +21,9 @@ use oncely_client::api::{
 use serde::Serialize;
 
 use super::error::ApiError;
+use super::error::FailureNote;
 use super::extract::{ApiPath, JsonBody};
-use super::metrics::{self, Op};
+use super::metrics::{self, ClaimEnd, Op};
 use super::{Admitted, AppState, JSON, wire};
 
 /// Serialises `value` as a JSON response. `capacity` is a guess of the size, so that
@@ -252,11 +253,13 @@ pub(crate) async fn claim(
     ApiPath(ns): ApiPath<String>,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
+    let m = state.metrics_handle();
     state
         .blocking(admitted, move |tracker| {
             let req: ClaimRequest = body.parse("invalid_request")?;
             let lease = std::time::Duration::from_millis(req.lease_ms);
             let outcome = tracker.claim(&ns, &req.id, &req.owner, lease)?;
+            m.count_claim(outcome);
             json(StatusCode::OK, &wire::claim_response(outcome), 64)
         })
         .await
@@ -325,12 +328,19 @@ async fn claim_action(
     body: JsonBody,
     action: ClaimState,
 ) -> Result<Response, ApiError> {
+    let m = state.metrics_handle();
     state
         .blocking(admitted, move |tracker| {
             let req: ClaimAction = body.parse("invalid_request")?;
             match action {
-                ClaimState::Completed => tracker.complete(&ns, &req.id, &req.owner)?,
-                ClaimState::Released => tracker.release(&ns, &req.id, &req.owner)?,
+                ClaimState::Completed => {
+                    tracker.complete(&ns, &req.id, &req.owner)?;
+                    m.count_claim_end(ClaimEnd::Completed);
+                }
+                ClaimState::Released => {
+                    tracker.release(&ns, &req.id, &req.owner)?;
+                    m.count_claim_end(ClaimEnd::Released);
+                }
             }
             json(
                 StatusCode::OK,
@@ -689,7 +699,8 @@ pub(crate) async fn healthz() -> Result<Response, ApiError> {
     )
 }
 
-/// Readiness: the tracker is open and the daemon is not shutting down. Needs no
+/// Readiness: the daemon is not shutting down (it turns unready for the drain
+/// delay before it stops listening), and the store's writes succeed. Needs no
 /// token.
 #[utoipa::path(
     get,
@@ -698,20 +709,27 @@ pub(crate) async fn healthz() -> Result<Response, ApiError> {
     security(()),
     responses(
         (status = 200, description = "Ready", body = Health),
-        (status = 503, description = "Shutting down", body = ErrorResponse),
+        (status = 503, description = "Shutting down (shutting_down), or the store's writes are failing (storage_unavailable)", body = ErrorResponse),
     )
 )]
-pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
-    if !state.is_ready() {
-        return Err(ApiError::shutting_down());
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
+    match state.readiness() {
+        Ok(()) => json(
+            StatusCode::OK,
+            &Health {
+                status: "ready".into(),
+            },
+            32,
+        )
+        .unwrap_or_else(IntoResponse::into_response),
+        Err(e) => {
+            // An expected answer while draining or while storage fails (which the
+            // ticker logs once): no failure line per probe.
+            let mut response = e.into_response();
+            response.extensions_mut().remove::<FailureNote>();
+            response
+        }
     }
-    json(
-        StatusCode::OK,
-        &Health {
-            status: "ready".into(),
-        },
-        32,
-    )
 }
 
 /// Metrics in the Prometheus text format (0.0.4): requests by route and status,

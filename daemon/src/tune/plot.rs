@@ -8,7 +8,9 @@
 //! layout, IDs per block), not on the filter's absolute size, and the x axis is each
 //! filter's actual bits per key after rounding to whole blocks.
 
-use std::path::Path;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 
 use oncely::sizing::{BLOCK_BITS, FilterSizing, Layout, MAX_HASHES};
 use plotters::coord::Shift;
@@ -194,18 +196,74 @@ fn best_sizing(layout: Layout, capacity: u64, bits_per_key: f64) -> FilterSizing
     best
 }
 
-/// Draws the sweep and the requested point into an SVG file.
-///
-/// # Errors
-///
-/// [`Error::PlotDraw`] when drawing fails, [`Error::PlotWrite`] when the file cannot be
-/// written.
-pub fn write_svg(report: &TuneReport, sweep: &Sweep, path: &Path) -> Result<(), Error> {
-    let svg = render_svg(report, sweep)?;
-    std::fs::write(path, svg).map_err(|source| Error::PlotWrite {
-        path: path.to_path_buf(),
-        source,
-    })
+/// Where the plot goes: a temporary file beside the target, created before any long
+/// work (so that an unwritable place is found at once) and renamed over the target
+/// once the plot is drawn. The target is untouched until then, so a measurement
+/// that fails or is interrupted never leaves an earlier plot empty or half-written.
+#[derive(Debug)]
+pub struct PlotFile {
+    target: PathBuf,
+    temp: PathBuf,
+    file: Option<File>,
+}
+
+impl PlotFile {
+    /// Creates the temporary file beside `target`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PlotWrite`] naming `target` when its directory cannot be written.
+    pub fn create(target: &Path) -> Result<Self, Error> {
+        let name = target
+            .file_name()
+            .map_or_else(|| "plot".into(), |n| n.to_string_lossy().into_owned());
+        let temp = target.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .map_err(|source| Error::PlotWrite {
+                path: target.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            target: target.to_owned(),
+            temp,
+            file: Some(file),
+        })
+    }
+
+    /// The temporary file's path.
+    #[must_use]
+    pub fn temp_path(&self) -> &Path {
+        &self.temp
+    }
+
+    /// Writes the SVG document and puts it in the target's place.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PlotWrite`] naming the target.
+    pub fn write(mut self, svg: &str) -> Result<(), Error> {
+        let failed = |source| Error::PlotWrite {
+            path: self.target.clone(),
+            source,
+        };
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| failed(io::ErrorKind::Other.into()))?;
+        file.write_all(svg.as_bytes()).map_err(failed)?;
+        drop(file);
+        std::fs::rename(&self.temp, &self.target).map_err(failed)
+    }
+}
+
+impl Drop for PlotFile {
+    fn drop(&mut self) {
+        // Still there when the plot was never written (or could not be renamed).
+        let _ = std::fs::remove_file(&self.temp);
+    }
 }
 
 /// Draws the sweep and the requested point as an SVG document.

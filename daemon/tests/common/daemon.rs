@@ -49,7 +49,15 @@ impl Daemon {
     /// its start-up log line (no race for a free port).
     pub fn start(data_dir: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Self {
         let dir = data_dir.to_str().unwrap();
-        let mut args = vec!["--listen", "127.0.0.1:0", "--data-dir", dir];
+        let mut args = vec!["--data-dir", dir];
+        args.extend_from_slice(extra);
+        Self::start_with(&args, envs)
+    }
+
+    /// Starts `oncelyd serve` on 127.0.0.1 port 0 with these arguments only (the
+    /// data directory comes from them, the environment or a file).
+    pub fn start_with(extra: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut args = vec!["--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
         let mut child = command(&args, envs).spawn().expect("the binary starts");
         let stderr = child.stderr.take().unwrap();
@@ -98,6 +106,19 @@ impl Daemon {
         assert!(status.success());
     }
 
+    /// Waits until the log has a line containing `needle`, at most `limit`.
+    pub fn wait_log(&self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.log_text().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log after {limit:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits for the process to exit, at most `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let deadline = Instant::now() + limit;
@@ -113,6 +134,38 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Runs a command to its end, at most `limit` (a start-up that hangs fails the test
+/// instead of holding it); its exit status and standard error.
+pub fn run_to_exit(mut cmd: Command, limit: Duration) -> (ExitStatus, String) {
+    use std::io::Read;
+    let mut child = cmd
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "still running after {limit:?}: {cmd:?}\n{}",
+                reader.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status, reader.join().unwrap())
 }
 
 /// The address in `... listen=127.0.0.1:PORT ...`.

@@ -83,6 +83,15 @@ pub struct Faulty {
     faults: Faults,
 }
 
+impl Faulty {
+    pub fn new(faults: Faults) -> Self {
+        Self {
+            inner: MemoryStore::new(),
+            faults,
+        }
+    }
+}
+
 fn disk_full() -> Error {
     Error::Io {
         path: "/injected".into(),
@@ -200,6 +209,21 @@ impl Harness {
     }
 
     pub fn with(limits: Limits, tokens: &[&str]) -> Self {
+        let tokens: Vec<String> = tokens.iter().map(|t| (*t).to_owned()).collect();
+        Self::build(|tracker| AppState::new(tracker, limits, &tokens))
+    }
+
+    /// A daemon that allows these origins (and needs these tokens).
+    pub fn with_origins(origins: &[&str], tokens: &[&str]) -> Self {
+        let settings = oncelyd::config::Settings {
+            allowed_origins: origins.iter().map(|o| o.parse().unwrap()).collect(),
+            tokens: tokens.iter().map(|t| (*t).to_owned()).collect(),
+            ..oncelyd::config::Settings::default()
+        };
+        Self::build(|tracker| AppState::from_settings(tracker, &settings))
+    }
+
+    fn build(state: impl FnOnce(Tracker) -> AppState) -> Self {
         let faults = Faults::default();
         let clock = ManualClock::new(Timestamp::from_millis(1_700_000_000_000));
         let tracker = Tracker::builder()
@@ -212,8 +236,7 @@ impl Harness {
             .default_config(small_config())
             .open()
             .unwrap();
-        let tokens: Vec<String> = tokens.iter().map(|t| (*t).to_owned()).collect();
-        let state = AppState::new(tracker, limits, &tokens);
+        let state = state(tracker);
         Self {
             app: app(state.clone()),
             state,
@@ -226,7 +249,8 @@ impl Harness {
         self.state.tracker()
     }
 
-    /// Sends a request; a `body` goes with `Content-Type: application/json`.
+    /// Sends a request as a well-behaved client does: a `body`, and any POST, PUT or
+    /// PATCH, goes with `Content-Type: application/json`.
     pub async fn call(&self, method: Method, uri: &str, body: Option<&str>) -> Answer {
         self.send(method, uri, body, &[]).await
     }
@@ -238,8 +262,9 @@ impl Harness {
         body: Option<&str>,
         headers: &[(&str, &str)],
     ) -> Answer {
+        let json = body.is_some() || [Method::POST, Method::PUT, Method::PATCH].contains(&method);
         let mut req = Request::builder().method(method).uri(uri);
-        if body.is_some() {
+        if json {
             req = req.header(header::CONTENT_TYPE, "application/json");
         }
         for (k, v) in headers {

@@ -1,0 +1,902 @@
+//! `oncelyd serve`'s settings: flags, environment and a TOML file, merged.
+//!
+//! This module owns the settings: their names ([`SETTINGS`]), types, defaults,
+//! precedence and validation. The command line (`crate::cli`) only parses flags into
+//! a [`Layer`]; the environment ([`env`]) and the file ([`file`]) are read here.
+//!
+//! Every setting has one name in all three places: `--max-ids` on the command line,
+//! `ONCELY_MAX_IDS` in the environment, `max_ids` in the file. A flag wins over the
+//! environment, either wins over the file, and what none of them gives takes its
+//! default; a setting given in two places with different values is reported at
+//! start-up ([`Settings::warnings`]). Namespaces can only be declared in the file
+//! (`[namespaces.NAME]` tables). `docs/configuration.md` is the reference.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use oncely::{Durability, HumanDuration, NamespaceConfig, NamespaceName, RocksOptions};
+use serde::Deserialize;
+
+use crate::Error;
+
+pub mod env;
+pub mod file;
+mod origin;
+mod units;
+
+pub use file::NamespaceTable;
+pub use origin::AllowedOrigin;
+pub use units::{ByteSize, parse_duration};
+
+/// One setting's three names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Setting {
+    /// The key in the file, which error messages use too: `max_ids`.
+    pub key: &'static str,
+    /// The command-line flag: `--max-ids`.
+    pub flag: &'static str,
+    /// The environment variable: `ONCELY_MAX_IDS`.
+    pub env: &'static str,
+    /// Whether the file may give it (all but `config`, the file's own path).
+    pub in_file: bool,
+}
+
+const fn setting(key: &'static str, flag: &'static str, env: &'static str) -> Setting {
+    Setting {
+        key,
+        flag,
+        env,
+        in_file: true,
+    }
+}
+
+/// Every setting of `oncelyd serve`, in the order the reference lists them.
+pub const SETTINGS: [Setting; 13] = [
+    setting("listen", "--listen", "ONCELY_LISTEN"),
+    setting("data_dir", "--data-dir", "ONCELY_DATA_DIR"),
+    Setting {
+        key: "config",
+        flag: "--config",
+        env: "ONCELY_CONFIG",
+        in_file: false,
+    },
+    setting("tokens", "--token", "ONCELY_TOKENS"),
+    setting(
+        "allowed_origins",
+        "--allowed-origin",
+        "ONCELY_ALLOWED_ORIGINS",
+    ),
+    setting("durability", "--durability", "ONCELY_DURABILITY"),
+    setting(
+        "max_body_bytes",
+        "--max-body-bytes",
+        "ONCELY_MAX_BODY_BYTES",
+    ),
+    setting("max_ids", "--max-ids", "ONCELY_MAX_IDS"),
+    setting(
+        "max_concurrency",
+        "--max-concurrency",
+        "ONCELY_MAX_CONCURRENCY",
+    ),
+    setting("cache_bytes", "--cache-bytes", "ONCELY_CACHE_BYTES"),
+    setting(
+        "memtable_bytes",
+        "--memtable-bytes",
+        "ONCELY_MEMTABLE_BYTES",
+    ),
+    setting(
+        "shutdown_grace",
+        "--shutdown-grace",
+        "ONCELY_SHUTDOWN_GRACE",
+    ),
+    setting("drain_delay", "--drain-delay", "ONCELY_DRAIN_DELAY"),
+];
+
+/// The default listen address: loopback only, so that a daemon started without
+/// thought is not reachable from the network.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 7070);
+/// The default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./data";
+/// The default request body limit: 4 MiB, room for 10,000 IDs of 256 bytes with JSON
+/// quoting to spare.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 << 20;
+/// The default most IDs per request.
+pub const DEFAULT_MAX_IDS: usize = 10_000;
+/// The default most requests in progress at once; more are shed with 503.
+pub const DEFAULT_MAX_CONCURRENCY: usize = 256;
+/// The default time in-flight requests get to finish at shutdown.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// The default time `/readyz` answers 503 at shutdown before the listener closes:
+/// long enough for a load balancer that checks every 2 s to see two failures, short
+/// enough not to slow a Ctrl-C much. (Kubernetes' default readiness probe, every
+/// 10 s with 3 failures needed, takes 30 s: set more there.)
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(5);
+/// The most `max_concurrency` may be: Tokio's semaphores count up to
+/// `usize::MAX >> 3` permits, and a million requests in progress is far beyond any
+/// machine.
+pub const MAX_CONCURRENCY: usize = 1 << 20;
+/// The shortest bearer token: 16 characters. A token is a password sent with every
+/// request; 16 random hexadecimal characters are 64 bits, which an attacker cannot
+/// guess over the network. (`openssl rand -hex 16` makes a 32-character one.)
+pub const MIN_TOKEN_LEN: usize = 16;
+/// The longest `shutdown_grace` or `drain_delay`: one hour. Longer is a unit mistake
+/// (`600` meant as milliseconds is ten minutes); service managers kill a process
+/// that takes that long to stop anyway.
+pub const MAX_SHUTDOWN_WAIT: Duration = Duration::from_secs(3600);
+
+/// Settings from one source, each optional. The file gives all of them, and the
+/// `[namespaces.NAME]` tables; flags and the environment leave `namespaces` empty.
+/// (Its `Debug` form shows how many tokens there are, never the tokens.)
+#[derive(Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layer {
+    /// `listen`.
+    pub listen: Option<SocketAddr>,
+    /// `data_dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `tokens`.
+    pub tokens: Option<Vec<String>>,
+    /// `allowed_origins`, as given (validated when merged).
+    pub allowed_origins: Option<Vec<String>>,
+    /// `durability`.
+    pub durability: Option<Durability>,
+    /// `max_body_bytes`.
+    pub max_body_bytes: Option<ByteSize>,
+    /// `max_ids`.
+    pub max_ids: Option<usize>,
+    /// `max_concurrency`.
+    pub max_concurrency: Option<usize>,
+    /// `cache_bytes`.
+    pub cache_bytes: Option<ByteSize>,
+    /// `memtable_bytes`.
+    pub memtable_bytes: Option<ByteSize>,
+    /// `shutdown_grace`.
+    pub shutdown_grace: Option<HumanDuration>,
+    /// `drain_delay`.
+    pub drain_delay: Option<HumanDuration>,
+    /// `[namespaces.NAME]` tables: created or updated at start-up.
+    #[serde(default)]
+    pub namespaces: BTreeMap<String, NamespaceTable>,
+}
+
+impl fmt::Debug for Layer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Layer")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field(
+                "tokens",
+                &self
+                    .tokens
+                    .as_ref()
+                    .map(|t| format!("[{} redacted]", t.len())),
+            )
+            .field("allowed_origins", &self.allowed_origins)
+            .field("durability", &self.durability)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_ids", &self.max_ids)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("cache_bytes", &self.cache_bytes)
+            .field("memtable_bytes", &self.memtable_bytes)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("drain_delay", &self.drain_delay)
+            .field("namespaces", &self.namespaces)
+            .finish()
+    }
+}
+
+/// A namespace the file declares, with its whole configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeclaredNamespace {
+    /// The configuration the namespace is created with, or changed to.
+    pub config: NamespaceConfig,
+    /// Whether the change may drop live generations or exact tables at start-up.
+    pub drop_now: bool,
+}
+
+/// Everything `oncelyd serve` runs with, resolved and validated. (Its `Debug` form
+/// shows how many tokens there are, never the tokens.)
+#[derive(Clone, PartialEq)]
+pub struct Settings {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where RocksDB and the filter snapshots live (unused with `memory` durability).
+    pub data_dir: PathBuf,
+    /// When a mark is acknowledged.
+    pub durability: Durability,
+    /// Bearer tokens; empty: no authentication.
+    pub tokens: Vec<String>,
+    /// Origins whose pages may send requests (a request with any other `Origin`
+    /// header gets 403).
+    pub allowed_origins: Vec<AllowedOrigin>,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Most IDs in one check or check-and-mark.
+    pub max_ids: usize,
+    /// Most requests in progress at once; more are answered 503 at once.
+    pub max_concurrency: usize,
+    /// RocksDB's block cache and memtable budgets.
+    pub rocks: RocksOptions,
+    /// How long in-flight requests get to finish at shutdown.
+    pub shutdown_grace: Duration,
+    /// How long `/readyz` answers 503 at shutdown while requests are still served,
+    /// before the listener closes.
+    pub drain_delay: Duration,
+    /// Namespaces to create or update at start-up (`default` included, if given).
+    pub namespaces: BTreeMap<String, DeclaredNamespace>,
+    /// The file the settings were read from, if any.
+    pub config_file: Option<PathBuf>,
+    /// Things worth an operator's attention that do not stop start-up: a setting
+    /// given in two places with different values, a network listener without
+    /// tokens. `oncelyd serve` logs each at WARN.
+    pub warnings: Vec<String>,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("durability", &self.durability)
+            .field("tokens", &format_args!("[{} redacted]", self.tokens.len()))
+            .field("allowed_origins", &self.allowed_origins)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_ids", &self.max_ids)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("rocks", &self.rocks)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("drain_delay", &self.drain_delay)
+            .field("namespaces", &self.namespaces)
+            .field("config_file", &self.config_file)
+            .field("warnings", &self.warnings)
+            .finish()
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            durability: Durability::default(),
+            tokens: Vec::new(),
+            allowed_origins: Vec::new(),
+            max_body_bytes: usize::try_from(DEFAULT_MAX_BODY_BYTES).unwrap_or(usize::MAX),
+            max_ids: DEFAULT_MAX_IDS,
+            max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            rocks: RocksOptions::default(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            drain_delay: DEFAULT_DRAIN_DELAY,
+            namespaces: BTreeMap::new(),
+            config_file: None,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Where a value came from, for the start-up warnings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Flag,
+    Env,
+    File,
+}
+
+/// Picks each setting's value from the sources in order of precedence, noting
+/// the values that lose to a different one.
+struct Merge<'a> {
+    file: Option<&'a std::path::Path>,
+    warnings: Vec<String>,
+}
+
+impl Merge<'_> {
+    fn pick<T: PartialEq>(
+        &mut self,
+        key: &'static str,
+        given: [(Source, Option<T>); 3],
+        show: impl Fn(&T) -> String,
+    ) -> Option<T> {
+        let mut winner: Option<(Source, T)> = None;
+        for (source, value) in given {
+            let Some(value) = value else { continue };
+            match &winner {
+                None => winner = Some((source, value)),
+                Some((won, kept)) if *kept != value => {
+                    let warning = format!(
+                        "{key}: {} overrides {}",
+                        self.describe(key, *won, &show(kept)),
+                        self.describe(key, source, &show(&value)),
+                    );
+                    self.warnings.push(warning);
+                }
+                Some(_) => {}
+            }
+        }
+        winner.map(|(_, v)| v)
+    }
+
+    fn describe(&self, key: &str, source: Source, value: &str) -> String {
+        let s = SETTINGS.iter().find(|s| s.key == key);
+        match (source, s) {
+            (Source::Flag, Some(s)) => format!("{} {value} (command line)", s.flag),
+            (Source::Env, Some(s)) => format!("{}={value} (environment)", s.env),
+            (Source::File, _) => match self.file {
+                Some(path) => format!("{key} = {value} in {}", path.display()),
+                None => format!("{key} = {value} in the file"),
+            },
+            (_, None) => format!("{key} = {value}"),
+        }
+    }
+}
+
+impl Settings {
+    /// Resolves the flags with the environment (`vars`; the process's own for the
+    /// daemon) and the configuration file they name, if any: flags over
+    /// environment over file over defaults. The file's path is `flag_config`
+    /// (`--config`), else `ONCELY_CONFIG`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownVariables`] for `ONCELY_*` variables that are no setting,
+    /// [`Error::ConfigFile`] for a file that cannot be read or parsed,
+    /// [`Error::Config`] naming the first setting out of range.
+    pub fn resolve(
+        flags: Layer,
+        flag_config: Option<PathBuf>,
+        vars: impl IntoIterator<Item = (OsString, OsString)>,
+    ) -> Result<Self, Error> {
+        let env = env::read(vars)?;
+        let config_file = flag_config.or(env.config);
+        let file = match &config_file {
+            Some(path) => file::load(path)?,
+            None => Layer::default(),
+        };
+        Self::merge(flags, env.layer, file, config_file)
+    }
+
+    /// Merges the sources, most important first, then validates.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the first setting out of range.
+    pub fn merge(
+        flags: Layer,
+        env: Layer,
+        file: Layer,
+        config_file: Option<PathBuf>,
+    ) -> Result<Self, Error> {
+        use Source::{Env, File, Flag};
+        let d = Self::default();
+        let file_path = config_file.clone();
+        let mut m = Merge {
+            file: file_path.as_deref(),
+            warnings: Vec::new(),
+        };
+        let size = |setting: &'static str, v: Option<ByteSize>, default: usize| {
+            v.map_or(Ok(default), |b| {
+                usize::try_from(b.0).map_err(|_| Error::Config {
+                    setting,
+                    reason: format!("{b} does not fit in memory"),
+                })
+            })
+        };
+        let show_size = |b: &ByteSize| b.to_string();
+        let show_duration = |d: &HumanDuration| format!("{:?}", d.0);
+
+        let listen = m.pick(
+            "listen",
+            [(Flag, flags.listen), (Env, env.listen), (File, file.listen)],
+            ToString::to_string,
+        );
+        let data_dir = m.pick(
+            "data_dir",
+            [
+                (Flag, flags.data_dir),
+                (Env, env.data_dir),
+                (File, file.data_dir),
+            ],
+            |p| p.display().to_string(),
+        );
+        let tokens = m.pick(
+            "tokens",
+            [(Flag, flags.tokens), (Env, env.tokens), (File, file.tokens)],
+            |t| format!("({} hidden)", t.len()),
+        );
+        let origins = m.pick(
+            "allowed_origins",
+            [
+                (Flag, flags.allowed_origins),
+                (Env, env.allowed_origins),
+                (File, file.allowed_origins),
+            ],
+            |o| o.join(","),
+        );
+        let durability = m.pick(
+            "durability",
+            [
+                (Flag, flags.durability),
+                (Env, env.durability),
+                (File, file.durability),
+            ],
+            ToString::to_string,
+        );
+        let max_body_bytes = m.pick(
+            "max_body_bytes",
+            [
+                (Flag, flags.max_body_bytes),
+                (Env, env.max_body_bytes),
+                (File, file.max_body_bytes),
+            ],
+            show_size,
+        );
+        let max_ids = m.pick(
+            "max_ids",
+            [
+                (Flag, flags.max_ids),
+                (Env, env.max_ids),
+                (File, file.max_ids),
+            ],
+            ToString::to_string,
+        );
+        let max_concurrency = m.pick(
+            "max_concurrency",
+            [
+                (Flag, flags.max_concurrency),
+                (Env, env.max_concurrency),
+                (File, file.max_concurrency),
+            ],
+            ToString::to_string,
+        );
+        let cache_bytes = m.pick(
+            "cache_bytes",
+            [
+                (Flag, flags.cache_bytes),
+                (Env, env.cache_bytes),
+                (File, file.cache_bytes),
+            ],
+            show_size,
+        );
+        let memtable_bytes = m.pick(
+            "memtable_bytes",
+            [
+                (Flag, flags.memtable_bytes),
+                (Env, env.memtable_bytes),
+                (File, file.memtable_bytes),
+            ],
+            show_size,
+        );
+        let shutdown_grace = m.pick(
+            "shutdown_grace",
+            [
+                (Flag, flags.shutdown_grace),
+                (Env, env.shutdown_grace),
+                (File, file.shutdown_grace),
+            ],
+            show_duration,
+        );
+        let drain_delay = m.pick(
+            "drain_delay",
+            [
+                (Flag, flags.drain_delay),
+                (Env, env.drain_delay),
+                (File, file.drain_delay),
+            ],
+            show_duration,
+        );
+
+        let allowed_origins = origins
+            .unwrap_or_default()
+            .iter()
+            .map(|o| {
+                o.parse().map_err(|reason| Error::Config {
+                    setting: "allowed_origins",
+                    reason,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let mut settings = Self {
+            listen: listen.unwrap_or(d.listen),
+            data_dir: data_dir.unwrap_or(d.data_dir),
+            durability: durability.unwrap_or(d.durability),
+            tokens: tokens.unwrap_or_default(),
+            allowed_origins,
+            max_body_bytes: size("max_body_bytes", max_body_bytes, d.max_body_bytes)?,
+            max_ids: max_ids.unwrap_or(d.max_ids),
+            max_concurrency: max_concurrency.unwrap_or(d.max_concurrency),
+            rocks: RocksOptions {
+                cache_bytes: size("cache_bytes", cache_bytes, d.rocks.cache_bytes)?,
+                memtable_bytes: size("memtable_bytes", memtable_bytes, d.rocks.memtable_bytes)?,
+            },
+            shutdown_grace: shutdown_grace.map_or(d.shutdown_grace, |g| g.0),
+            drain_delay: drain_delay.map_or(d.drain_delay, |g| g.0),
+            namespaces: declared_namespaces(&file.namespaces)?,
+            config_file,
+            warnings: m.warnings,
+        };
+        settings.validate()?;
+        if settings.tokens.is_empty() && !settings.listen.ip().is_loopback() {
+            settings.warnings.push(format!(
+                "listening on {}, which is not a loopback address, with no tokens: anyone \
+                 who can reach it can mark, claim, reconfigure and delete; set tokens \
+                 (--token, ONCELY_TOKENS, or tokens in the file)",
+                settings.listen
+            ));
+        }
+        Ok(settings)
+    }
+
+    /// Checks every setting's range.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the first setting out of range.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |setting: &'static str, reason: String| Err(Error::Config { setting, reason });
+        if self.max_body_bytes == 0 {
+            return bad("max_body_bytes", "must be at least 1 byte".into());
+        }
+        if self.max_ids == 0 {
+            return bad("max_ids", "must be at least 1".into());
+        }
+        if self.max_concurrency == 0 {
+            return bad("max_concurrency", "must be at least 1".into());
+        }
+        if self.max_concurrency > MAX_CONCURRENCY {
+            return bad(
+                "max_concurrency",
+                format!(
+                    "{} is over the limit of {MAX_CONCURRENCY}",
+                    self.max_concurrency
+                ),
+            );
+        }
+        if let Err(oncely::Error::InvalidConfig { field, reason }) = self.rocks.validate() {
+            return bad(field, reason);
+        }
+        for (setting, value) in [
+            ("shutdown_grace", self.shutdown_grace),
+            ("drain_delay", self.drain_delay),
+        ] {
+            if value > MAX_SHUTDOWN_WAIT {
+                return bad(
+                    setting,
+                    format!("{value:?} is over the limit of 1h (write units: \"30s\", \"500ms\")"),
+                );
+            }
+        }
+        for (i, token) in self.tokens.iter().enumerate() {
+            if let Some(reason) = token_problem(token) {
+                return bad("tokens", format!("token {} {reason}", i + 1));
+            }
+        }
+        for name in self.namespaces.keys() {
+            if let Err(e) = NamespaceName::new(name.as_str()) {
+                return bad("namespaces", e.to_string());
+            }
+        }
+        if self.durability != Durability::Memory && self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir", "must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+/// What is wrong with a token, if anything (never the token itself: messages are
+/// logged).
+fn token_problem(token: &str) -> Option<String> {
+    if token.is_empty() {
+        // It would let `Authorization: Bearer ` in.
+        return Some("is empty".into());
+    }
+    if token.contains(',') {
+        return Some(
+            "contains a comma: give each token its own --token (ONCELY_TOKENS is the one \
+             comma-separated list), so that a token can never be split into a short one"
+                .into(),
+        );
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        // It could never be sent in a header.
+        return Some(
+            "has characters other than visible ASCII, which cannot be sent in an \
+             Authorization header"
+                .into(),
+        );
+    }
+    if token.len() < MIN_TOKEN_LEN {
+        return Some(format!(
+            "is {} characters long; tokens must have at least {MIN_TOKEN_LEN} (make one with \
+             `openssl rand -hex 16`)",
+            token.len()
+        ));
+    }
+    None
+}
+
+/// The `[namespaces.NAME]` tables as whole configurations. Every table must give
+/// every field: a field left out would silently take its default, and a default
+/// replacing a namespace's setting can forget remembered IDs at the next start.
+fn declared_namespaces(
+    tables: &BTreeMap<String, NamespaceTable>,
+) -> Result<BTreeMap<String, DeclaredNamespace>, Error> {
+    let mut declared = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (name, table) in tables {
+        if let Err(e) = NamespaceName::new(name.as_str()) {
+            problems.push(e.to_string());
+            continue;
+        }
+        match table.fields().complete() {
+            Ok(config) => {
+                declared.insert(
+                    name.clone(),
+                    DeclaredNamespace {
+                        config,
+                        drop_now: table.drop_now,
+                    },
+                );
+            }
+            Err(oncely::Error::MissingFields(missing)) => problems.push(format!(
+                "[namespaces.{name}] is missing {}: a namespace table gives the whole \
+                 configuration, so that no field silently takes its default",
+                missing.join(", ")
+            )),
+            Err(e) => problems.push(format!("[namespaces.{name}]: {e}")),
+        }
+    }
+    if problems.is_empty() {
+        Ok(declared)
+    } else {
+        Err(Error::Config {
+            setting: "namespaces",
+            reason: problems.join("; "),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WHOLE: &str = "generations = 6\ngeneration_capacity = 1000\n\
+                         generation_span = \"10m\"\nfp_rate = 0.001\nexact_generations = 2\n";
+
+    fn token(c: char) -> String {
+        c.to_string().repeat(MIN_TOKEN_LEN)
+    }
+
+    fn from_file(text: &str) -> Result<Settings, Error> {
+        Settings::merge(
+            Layer::default(),
+            Layer::default(),
+            file::parse(text).unwrap(),
+            None,
+        )
+    }
+
+    #[test]
+    fn file_settings_and_precedence() {
+        let file = file::parse(&format!(
+            r#"
+            listen = "0.0.0.0:9000"
+            max_ids = 5
+            max_body_bytes = "1MiB"
+            shutdown_grace = "3s"
+            drain_delay = "1s"
+            tokens = ["{}"]
+            durability = "sync"
+            allowed_origins = ["https://App.example:443"]
+
+            [namespaces.orders]
+            {WHOLE}
+            "#,
+            token('f')
+        ))
+        .unwrap();
+        let flags = Layer {
+            max_ids: Some(7),
+            ..Layer::default()
+        };
+        let env = Layer {
+            max_ids: Some(6),
+            durability: Some(Durability::Flush),
+            ..Layer::default()
+        };
+        let s = Settings::merge(flags, env, file, Some("o.toml".into())).unwrap();
+        assert_eq!(s.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(
+            s.max_ids, 7,
+            "a flag wins over the environment and the file"
+        );
+        assert_eq!(
+            s.durability,
+            Durability::Flush,
+            "the environment wins over the file"
+        );
+        assert_eq!(s.max_body_bytes, 1 << 20);
+        assert_eq!(s.shutdown_grace, Duration::from_secs(3));
+        assert_eq!(s.drain_delay, Duration::from_secs(1));
+        assert_eq!(s.tokens, [token('f')]);
+        assert_eq!(s.allowed_origins[0].as_str(), "https://app.example");
+        assert_eq!(s.namespaces["orders"].config.generations(), 6);
+        assert!(!s.namespaces["orders"].drop_now);
+        assert_eq!(s.max_concurrency, DEFAULT_MAX_CONCURRENCY);
+        assert_eq!(
+            s.warnings,
+            [
+                "durability: ONCELY_DURABILITY=flush (environment) overrides durability = sync \
+                 in o.toml",
+                "max_ids: --max-ids 7 (command line) overrides ONCELY_MAX_IDS=6 (environment)",
+                "max_ids: --max-ids 7 (command line) overrides max_ids = 5 in o.toml",
+            ]
+        );
+    }
+
+    #[test]
+    fn equal_values_in_two_places_are_no_warning() {
+        let env = Layer {
+            data_dir: Some("/var/lib/oncely".into()),
+            ..Layer::default()
+        };
+        let file = file::parse("data_dir = \"/var/lib/oncely\"").unwrap();
+        let s = Settings::merge(Layer::default(), env, file, None).unwrap();
+        assert_eq!(s.warnings, Vec::<String>::new());
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let s =
+            Settings::merge(Layer::default(), Layer::default(), Layer::default(), None).unwrap();
+        assert_eq!(s, Settings::default());
+    }
+
+    #[test]
+    fn a_network_listener_without_tokens_is_warned_about() {
+        let s = from_file("listen = \"0.0.0.0:7070\"").unwrap();
+        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+        assert!(s.warnings[0].contains("not a loopback address"), "{s:?}");
+        let s = from_file(&format!(
+            "listen = \"0.0.0.0:7070\"\ntokens = [\"{}\"]",
+            token('t')
+        ))
+        .unwrap();
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        for loopback in ["127.0.0.1:7070", "[::1]:7070"] {
+            let s = from_file(&format!("listen = \"{loopback}\"")).unwrap();
+            assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        }
+    }
+
+    #[test]
+    fn namespace_tables_must_be_whole() {
+        let err = from_file("[namespaces.orders]\ngenerations = 6\n[namespaces.b]\nfp_rate = 0.1")
+            .unwrap_err();
+        let Error::Config { setting, reason } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(*setting, "namespaces");
+        assert!(
+            reason.contains(
+                "[namespaces.orders] is missing generation_capacity, generation_span, fp_rate, \
+                 exact_generations"
+            ),
+            "{reason}"
+        );
+        assert!(
+            reason.contains(
+                "[namespaces.b] is missing generations, generation_capacity, generation_span, \
+                 exact_generations"
+            ),
+            "{reason}"
+        );
+        let err = from_file(&format!(
+            "[namespaces.orders]\n{}",
+            WHOLE.replace("0.001", "2.0")
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("fp_rate"), "{err}");
+        let s = from_file(&format!("[namespaces.orders]\n{WHOLE}drop_now = true")).unwrap();
+        assert!(s.namespaces["orders"].drop_now);
+    }
+
+    #[test]
+    fn tokens_are_whole_long_and_sendable() {
+        let reason_of = |tokens: &[&str]| {
+            let s = Settings {
+                tokens: tokens.iter().map(|t| (*t).to_owned()).collect(),
+                ..Settings::default()
+            };
+            match s.validate() {
+                Err(Error::Config { setting, reason }) => {
+                    assert_eq!(setting, "tokens");
+                    reason
+                }
+                other => panic!("{tokens:?}: {other:?}"),
+            }
+        };
+        assert!(reason_of(&[""]).contains("empty"));
+        assert!(reason_of(&["x,correct-horse-battery"]).contains("comma"));
+        assert!(reason_of(&["correct horse battery staple"]).contains("visible ASCII"));
+        let short = reason_of(&["x"]);
+        assert!(short.contains("token 1 is 1 characters long"), "{short}");
+        assert!(reason_of(&[&token('a'), "short"]).contains("token 2"));
+        let ok = Settings {
+            tokens: vec![token('a')],
+            ..Settings::default()
+        };
+        assert_eq!(ok.validate().ok(), Some(()));
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let setting_of = |file: &str| match from_file(file) {
+            Err(Error::Config { setting, .. }) => setting,
+            other => panic!("{file}: expected a config error, got {other:?}"),
+        };
+        assert_eq!(setting_of("max_ids = 0"), "max_ids");
+        assert_eq!(setting_of("max_concurrency = 0"), "max_concurrency");
+        assert_eq!(setting_of("max_concurrency = 2000000"), "max_concurrency");
+        assert_eq!(setting_of("max_body_bytes = 0"), "max_body_bytes");
+        assert_eq!(setting_of("memtable_bytes = 64"), "memtable_bytes");
+        assert_eq!(setting_of("cache_bytes = \"32MiB\""), "cache_bytes");
+        assert_eq!(setting_of("shutdown_grace = \"2h\""), "shutdown_grace");
+        assert_eq!(setting_of("drain_delay = 7200"), "drain_delay");
+        assert_eq!(setting_of("tokens = [\"\"]"), "tokens");
+        assert_eq!(setting_of("tokens = [\"a b\"]"), "tokens");
+        assert_eq!(setting_of("allowed_origins = [\"*\"]"), "allowed_origins");
+        assert_eq!(
+            setting_of(&format!("[namespaces.\"no/slash\"]\n{WHOLE}")),
+            "namespaces"
+        );
+        assert_eq!(
+            setting_of(&format!("[namespaces.\"..\"]\n{WHOLE}")),
+            "namespaces"
+        );
+        assert_eq!(
+            setting_of(&format!("[namespaces.\".\"]\n{WHOLE}")),
+            "namespaces"
+        );
+    }
+
+    #[test]
+    fn the_reference_lists_every_setting_under_its_three_names() {
+        let doc = include_str!("../../../docs/configuration.md");
+        for s in SETTINGS {
+            assert!(doc.contains(&format!("`{}", s.flag)), "{} missing", s.flag);
+            assert!(doc.contains(&format!("`{}", s.env)), "{} missing", s.env);
+            if s.in_file {
+                assert!(doc.contains(&format!("`{}", s.key)), "{} missing", s.key);
+            }
+        }
+        assert!(doc.contains(&format!("`{}`", env::TOKEN)));
+        for name in env::OTHER_PROGRAMS.iter().chain(&env::HARNESS_PREFIXES) {
+            assert!(doc.contains(&format!("`{name}`")), "{name} missing");
+        }
+    }
+
+    #[test]
+    fn every_setting_but_config_is_a_file_key() {
+        for s in SETTINGS {
+            let text = format!("{} = 1", s.key);
+            let accepted = match file::parse(&text) {
+                Ok(_) => true,
+                // A type error means the key is known.
+                Err(e) => !e.contains("unknown field"),
+            };
+            assert_eq!(accepted, s.in_file, "{}: {text}", s.key);
+            // Lists take one item per flag, so their flags are singular.
+            let flag = match s.key {
+                "tokens" => "--token".to_owned(),
+                "allowed_origins" => "--allowed-origin".to_owned(),
+                key => format!("--{}", key.replace('_', "-")),
+            };
+            assert_eq!(s.flag, flag);
+            assert_eq!(s.env, format!("ONCELY_{}", s.key.to_ascii_uppercase()));
+        }
+    }
+}
