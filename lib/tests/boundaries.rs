@@ -9,9 +9,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use common::{Engine, Place};
 use common::{
-    NowMs, WriteHook, clock, injected, marks_id, open_faulty, open_hooked, open_memory, open_rocks,
-    ring_config, scratch_dir,
+    NowMs, WriteHook, clock, injected, marks_id, open_faulty, open_hooked, open_rocks, ring_config,
+    scratch_dir,
 };
 use oncely::store::Op;
 use oncely::{ClaimOutcome, Error, NamespaceConfig, Timestamp, Tracker, Transacted, Verdict};
@@ -62,10 +63,10 @@ fn open_ids(t: &Tracker) -> u64 {
 
 // 1. Reconfiguration never lets a filter hold more IDs than it was sized for.
 
-#[test]
-fn raising_the_capacity_never_overfills_the_open_filter() {
+fn raising_the_capacity_never_overfills_the_open_filter(engine: Engine) {
     let c = clock();
-    let t = open_memory(&c, config(1_000, 1));
+    let place = Place::new(engine);
+    let t = place.open(&c, config(1_000, 1));
     mark_all(&t, &ids("early", 10));
     let bigger = config(10_000, 1);
     assert_eq!(
@@ -118,10 +119,10 @@ fn a_filter_rebuilt_after_a_crash_is_sized_for_its_table() {
 
 // 2. A claim is exclusive for its whole lease, whatever the rotations.
 
-#[test]
-fn a_claim_outlives_the_generations_it_started_in() {
+fn a_claim_outlives_the_generations_it_started_in(engine: Engine) {
     let c = clock();
-    let t = open_memory(&c, ring_config(2, 2, 1_000, HOUR, 0.01));
+    let place = Place::new(engine);
+    let t = place.open(&c, ring_config(2, 2, 1_000, HOUR, 0.01));
     assert!(matches!(
         t.claim(NS, "job", "w1", HOUR).unwrap(),
         ClaimOutcome::Acquired { .. }
@@ -140,10 +141,10 @@ fn a_claim_outlives_the_generations_it_started_in() {
     assert_eq!(t.check(NS, &["job"]).unwrap(), [Verdict::Duplicate]);
 }
 
-#[test]
-fn a_claim_taken_over_or_renewed_stays_exclusive_across_rotations() {
+fn a_claim_taken_over_or_renewed_stays_exclusive_across_rotations(engine: Engine) {
     let c = clock();
-    let t = open_memory(&c, ring_config(2, 2, 1_000, HOUR, 0.01));
+    let place = Place::new(engine);
+    let t = place.open(&c, ring_config(2, 2, 1_000, HOUR, 0.01));
     let short = Duration::from_secs(1);
     let _ = t.claim(NS, "job", "dead", short).unwrap();
     c.advance(Duration::from_secs(2));
@@ -176,10 +177,10 @@ fn a_claim_taken_over_or_renewed_stays_exclusive_across_rotations() {
 
 // 3. Given back means given back, also once the generation turned Bloom-only.
 
-#[test]
-fn a_released_claim_is_new_once_its_generation_is_bloom_only() {
+fn a_released_claim_is_new_once_its_generation_is_bloom_only(engine: Engine) {
     let c = clock();
-    let t = open_memory(&c, config(1_000, 1));
+    let place = Place::new(engine);
+    let t = place.open(&c, config(1_000, 1));
     let _ = t.claim(NS, "job", "w1", HOUR).unwrap();
     t.release(NS, "job", "w1").unwrap();
     t.rotate_namespace(NS).unwrap();
@@ -194,10 +195,10 @@ fn a_released_claim_is_new_once_its_generation_is_bloom_only() {
     );
 }
 
-#[test]
-fn an_expired_claim_is_new_once_its_generation_is_bloom_only() {
+fn an_expired_claim_is_new_once_its_generation_is_bloom_only(engine: Engine) {
     let c = clock();
-    let t = open_memory(&c, config(1_000, 1));
+    let place = Place::new(engine);
+    let t = place.open(&c, config(1_000, 1));
     let _ = t.claim(NS, "job", "dead", Duration::from_secs(1)).unwrap();
     c.advance(Duration::from_secs(2));
     t.rotate_namespace(NS).unwrap();
@@ -207,10 +208,10 @@ fn an_expired_claim_is_new_once_its_generation_is_bloom_only() {
     ));
 }
 
-#[test]
-fn a_failed_transaction_is_new_once_its_generation_is_bloom_only() {
+fn a_failed_transaction_is_new_once_its_generation_is_bloom_only(engine: Engine) {
     let c = clock();
-    let t = open_memory(&c, config(1_000, 1));
+    let place = Place::new(engine);
+    let t = place.open(&c, config(1_000, 1));
     let failed: Result<Transacted<()>, Error> = t.transact(NS, "event", None, |_| {
         Err(Error::Refused("the effect failed".into()))
     });
@@ -373,10 +374,10 @@ fn a_mark_with_a_checkpoint_stores_both_or_neither() {
 
 // 5. Only attempts that land count towards the capacity.
 
-#[test]
-fn attempts_that_never_landed_do_not_count_towards_capacity() {
+fn attempts_that_never_landed_do_not_count_towards_capacity(engine: Engine) {
     let c = clock();
-    let t = open_memory(&c, config(5, 2));
+    let place = Place::new(engine);
+    let t = place.open(&c, config(5, 2));
     for _ in 0..20 {
         let _ = t.claim(NS, "job", "w1", HOUR).unwrap();
         t.release(NS, "job", "w1").unwrap();
@@ -471,12 +472,11 @@ fn a_lease_keeps_its_remaining_time_across_a_crash() {
 
 // 7. A namespace is never re-created over an existing one.
 
-#[test]
-fn configuring_after_close_is_refused_and_forgets_nothing() {
-    let dir = scratch_dir();
+fn configuring_after_close_is_refused_and_forgets_nothing(engine: Engine) {
+    let place = Place::new(engine);
     let c = clock();
     {
-        let t = open_rocks(dir.path(), &c, config(1_000, 2));
+        let t = place.open(&c, config(1_000, 2));
         let _ = t.check_and_mark(NS, &["kept"], None).unwrap();
         t.close().unwrap();
         assert!(matches!(
@@ -488,7 +488,7 @@ fn configuring_after_close_is_refused_and_forgets_nothing() {
             Err(Error::Closed)
         ));
     }
-    let t = open_rocks(dir.path(), &c, config(1_000, 2));
+    let t = place.open(&c, config(1_000, 2));
     assert_eq!(t.check(NS, &["kept"]).unwrap(), [Verdict::Duplicate]);
     assert_eq!(t.namespaces(), ["default"]);
 }
@@ -523,3 +523,14 @@ fn a_snapshot_rebuilt_at_start_up_is_saved_again() {
     let t = open_rocks(dir.path(), &c, config(1_000, 2));
     assert_eq!(t.check(NS, &["a"]).unwrap(), [Verdict::ProbableDuplicate]);
 }
+
+on_every_store!(
+    raising_the_capacity_never_overfills_the_open_filter,
+    a_claim_outlives_the_generations_it_started_in,
+    a_claim_taken_over_or_renewed_stays_exclusive_across_rotations,
+    a_released_claim_is_new_once_its_generation_is_bloom_only,
+    an_expired_claim_is_new_once_its_generation_is_bloom_only,
+    a_failed_transaction_is_new_once_its_generation_is_bloom_only,
+    attempts_that_never_landed_do_not_count_towards_capacity,
+    configuring_after_close_is_refused_and_forgets_nothing,
+);

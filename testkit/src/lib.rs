@@ -305,3 +305,125 @@ fn watchdog(server: u32) -> Option<Child> {
         .spawn()
         .ok()
 }
+
+/// What a [`CutProxy`] does with the next `COMMIT` a client sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// Pass everything.
+    Nothing,
+    /// Drop the connection before the `COMMIT` reaches the server: it never lands.
+    BeforeCommit,
+    /// Forward the `COMMIT`, let the server answer, and drop the connection before
+    /// the answer reaches the client: it landed, and the client cannot know.
+    AfterCommit,
+}
+
+/// A TCP proxy to a PostgreSQL server that can cut a connection around its next
+/// `COMMIT` (a simple query, as `tokio-postgres` sends it): the ambiguous commit a
+/// network fault makes.
+pub struct CutProxy {
+    port: u16,
+    armed: std::sync::Arc<Mutex<Cut>>,
+}
+
+impl CutProxy {
+    /// A proxy on 127.0.0.1 to `target_port` on 127.0.0.1.
+    ///
+    /// # Panics
+    ///
+    /// When it cannot listen.
+    #[must_use]
+    pub fn start(target_port: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a proxy port");
+        let port = listener.local_addr().expect("bound").port();
+        let armed = std::sync::Arc::new(Mutex::new(Cut::Nothing));
+        let shared = std::sync::Arc::clone(&armed);
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target_port)) else {
+                    continue;
+                };
+                proxy_connection(client, server, std::sync::Arc::clone(&shared));
+            }
+        });
+        Self { port, armed }
+    }
+
+    /// The proxy's port.
+    #[must_use]
+    pub const fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// What to do with the next `COMMIT` (once; then it passes everything again).
+    pub fn arm(&self, cut: Cut) {
+        *self
+            .armed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = cut;
+    }
+}
+
+fn proxy_connection(
+    client: std::net::TcpStream,
+    server: std::net::TcpStream,
+    armed: std::sync::Arc<Mutex<Cut>>,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let cut_replies = std::sync::Arc::new(AtomicBool::new(false));
+    let (mut c_read, mut c_write) = (client.try_clone().expect("clone"), client);
+    let (mut s_read, mut s_write) = (server.try_clone().expect("clone"), server);
+    let replies_cut = std::sync::Arc::clone(&cut_replies);
+    // Server to client: stops forwarding once a cut after a commit is due.
+    std::thread::spawn(move || {
+        let mut buf = [0_u8; 16 << 10];
+        loop {
+            let n = match s_read.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if replies_cut.load(Ordering::SeqCst) {
+                let _ = c_write.shutdown(std::net::Shutdown::Both);
+                break;
+            }
+            if c_write.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    // Client to server: watches for the COMMIT.
+    std::thread::spawn(move || {
+        let mut buf = [0_u8; 16 << 10];
+        loop {
+            let n = match c_read.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let chunk = &buf[..n];
+            let commit = chunk.windows(7).any(|w| w == b"COMMIT\0");
+            let cut = if commit {
+                std::mem::replace(
+                    &mut *armed
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner),
+                    Cut::Nothing,
+                )
+            } else {
+                Cut::Nothing
+            };
+            match cut {
+                Cut::BeforeCommit => {
+                    let _ = s_write.shutdown(std::net::Shutdown::Both);
+                    let _ = c_read.shutdown(std::net::Shutdown::Both);
+                    break;
+                }
+                Cut::AfterCommit => cut_replies.store(true, Ordering::SeqCst),
+                Cut::Nothing => {}
+            }
+            if s_write.write_all(chunk).is_err() {
+                break;
+            }
+        }
+    });
+}

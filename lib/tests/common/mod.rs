@@ -357,3 +357,83 @@ pub fn open_hooked(
         .open()
         .unwrap()
 }
+
+/// Where a tracker's state lives, for suites that run against every store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Rocks,
+    #[cfg(feature = "postgres")]
+    Postgres,
+}
+
+/// One store's place: a directory, or a fresh database on the shared throwaway
+/// PostgreSQL. Opening it again reopens the same state.
+pub struct Place {
+    engine: Engine,
+    dir: tempfile::TempDir,
+    #[cfg(feature = "postgres")]
+    url: Option<String>,
+}
+
+impl Place {
+    pub fn new(engine: Engine) -> Self {
+        Self {
+            engine,
+            dir: scratch_dir(),
+            #[cfg(feature = "postgres")]
+            url: (engine == Engine::Postgres)
+                .then(|| oncely_testkit::PgServer::shared().fresh_database()),
+        }
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    pub fn open(&self, clock: &ManualClock, config: NamespaceConfig) -> Tracker {
+        self.builder(clock, config).open().unwrap()
+    }
+
+    pub fn builder(&self, clock: &ManualClock, config: NamespaceConfig) -> oncely::TrackerBuilder {
+        let b = Tracker::builder()
+            .clock(Arc::new(clock.clone()))
+            .default_config(config);
+        match self.engine {
+            Engine::Rocks => b.path(self.dir.path()).rocks_options(small_rocks()),
+            #[cfg(feature = "postgres")]
+            Engine::Postgres => b.postgres(oncely::postgres::PgOptions::new(
+                self.url.as_deref().expect("a database"),
+            )),
+        }
+    }
+
+    /// The PostgreSQL URL, for tests that reach into the database.
+    #[cfg(feature = "postgres")]
+    pub fn url(&self) -> &str {
+        self.url.as_deref().expect("a PostgreSQL place")
+    }
+}
+
+/// Defines `$name` once per engine: `$name` on RocksDB and `${name}_on_postgres`.
+#[macro_export]
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod on_rocks {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(super::common::Engine::Rocks);
+                }
+            )*
+        }
+        #[cfg(feature = "postgres")]
+        mod on_postgres {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(super::common::Engine::Postgres);
+                }
+            )*
+        }
+    };
+}

@@ -214,7 +214,12 @@ pub(crate) async fn open_rows<C: GenericClient + Sync>(
                    FROM {s}.marks m
                    LEFT JOIN {s}.claims c ON c.ns = m.ns AND c.id = m.id
                   WHERE m.ns = $1 AND m.gen = $2 AND m.id = ANY($3){}",
-                if lock { " FOR UPDATE OF m" } else { "" }
+                // Locked in key order, as the inserts are.
+                if lock {
+                    " ORDER BY m.id FOR UPDATE OF m"
+                } else {
+                    ""
+                }
             ),
             &[&ns, &open, &keys],
         )
@@ -330,7 +335,10 @@ pub(crate) async fn run<C: GenericClient + Sync>(
                     candidates.push(i);
                 }
             }
-            let keys: Vec<&[u8]> = candidates.iter().map(|&i| bytes[i]).collect();
+            // In key order: concurrent inserts of overlapping batches then wait for
+            // one another in one order, never in a cycle (a deadlock).
+            let mut keys: Vec<&[u8]> = candidates.iter().map(|&i| bytes[i]).collect();
+            keys.sort_unstable();
             let inserted: std::collections::HashSet<Vec<u8>> = if keys.is_empty() {
                 std::collections::HashSet::new()
             } else {
@@ -360,7 +368,8 @@ pub(crate) async fn run<C: GenericClient + Sync>(
             }
             // The rest met a row in the open generation (or a Bloom-only filter):
             // what that row is decides.
-            let probe_keys: Vec<&[u8]> = probe.iter().map(|&i| bytes[i]).collect();
+            let mut probe_keys: Vec<&[u8]> = probe.iter().map(|&i| bytes[i]).collect();
+            probe_keys.sort_unstable();
             let rows = open_rows(client, ctx, ns.id, ring.open, &probe_keys, true).await?;
             let mut completes: Vec<&[u8]> = Vec::new();
             for &i in &probe {

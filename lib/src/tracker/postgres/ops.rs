@@ -72,7 +72,11 @@ impl Pg {
             let ctx = self.ctx();
             let mut conn = self.conn().await?;
             let tx = conn.transaction().await?;
-            match self.gone_if_missing(ns, mark::run(&*tx, &ctx, ns, ids, mode, true).await)? {
+            let run = mark::run(&*tx, &ctx, ns, ids, mode, true).await;
+            if retryable(&run) {
+                continue;
+            }
+            match self.gone_if_missing(ns, run)? {
                 Marked::Decided(verdicts) => {
                     if let Some((consumer, position)) = checkpoint {
                         put_checkpoint(&*tx, &ctx, ns.id, consumer, position).await?;
@@ -162,8 +166,11 @@ impl Pg {
             let ctx = self.ctx();
             let mut conn = self.conn().await?;
             let tx = conn.transaction().await?;
-            let one =
-                self.gone_if_missing(ns, single::decide_one(&*tx, &ctx, ns, id, ask, true).await)?;
+            let one = single::decide_one(&*tx, &ctx, ns, id, ask, true).await;
+            if retryable(&one) {
+                continue;
+            }
+            let one = self.gone_if_missing(ns, one)?;
             match one {
                 One::RotateFirst(reason) => {
                     drop(tx);
@@ -512,6 +519,15 @@ pub(crate) async fn get_checkpoint<C: tokio_postgres::GenericClient + Sync>(
         )
         .await?
         .map(|r| r.get(0)))
+}
+
+/// Whether a transaction failed only because PostgreSQL chose it as a deadlock's or
+/// a serialisation conflict's victim: nothing was written, and it may start over.
+fn retryable<T>(r: &Result<T, Error>) -> bool {
+    use tokio_postgres::error::SqlState;
+    matches!(r, Err(Error::Postgres(e)) if e.code().is_some_and(|c| {
+        *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    }))
 }
 
 /// Finishes a completion or a release.
