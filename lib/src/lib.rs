@@ -79,8 +79,8 @@ pub use sizing::{FilterSizing, Layout};
 pub use store::{MemoryStore, RocksOptions, RocksStore, Store};
 pub use tracker::{
     ClaimOutcome, Configured, DropPolicy, Durability, FilterBudget, GenerationInfo, MAX_LEASE,
-    MAX_POSITION_LEN, NamespaceInfo, StorageFailure, Tracker, TrackerBuilder, Transacted,
-    Transaction,
+    MAX_POSITION_LEN, NamespaceInfo, StorageFailure, StoreProbe, Tracker, TrackerBuilder,
+    Transacted, Transaction,
 };
 pub use verdict::Verdict;
 

@@ -21,6 +21,19 @@ pub struct StorageFailure {
     pub error: String,
 }
 
+/// Where a tracker's store is, as a probe just saw it (see
+/// [`Tracker::probe_store`](crate::Tracker::probe_store)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreProbe {
+    /// `rocksdb`, `memory` or `postgres`.
+    pub kind: &'static str,
+    /// The server the tracker is connected to (`host:port`), for a remote store.
+    pub host: Option<String>,
+    /// How long the probe's round trip took, for a remote store.
+    pub round_trip: Option<std::time::Duration>,
+}
+
 /// Write outcomes: a flag for the hot path, the failure's details beside it.
 #[derive(Debug, Default)]
 pub(crate) struct Health {

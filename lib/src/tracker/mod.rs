@@ -28,7 +28,7 @@ pub(crate) mod transaction;
 
 pub use budget::FilterBudget;
 pub use builder::{Durability, TrackerBuilder};
-pub use health::StorageFailure;
+pub use health::{StorageFailure, StoreProbe};
 pub use info::{GenerationInfo, NamespaceInfo};
 pub use outcome::{ClaimOutcome, Configured, DropPolicy, MAX_LEASE, Transacted};
 pub use transaction::{MAX_POSITION_LEN, Transaction};
@@ -486,5 +486,16 @@ impl Tracker {
                 "marks inside your transaction need the PostgreSQL store".into(),
             )),
         }
+    }
+
+    /// Probes the store: which server a remote store is on, and the round trip to
+    /// it. For the embedded store, answers at once without a round trip.
+    ///
+    /// # Errors
+    ///
+    /// The store cannot be reached (recorded in
+    /// [`storage_failure`](Self::storage_failure) too).
+    pub fn probe_store(&self) -> Result<StoreProbe, Error> {
+        dispatch!(self, t => t.probe_store())
     }
 }

@@ -407,3 +407,19 @@ fn live_sizes(st: &State) -> Vec<u64> {
         .map(|g| g.filter().sizing().memory_bytes())
         .collect()
 }
+
+impl Local {
+    /// See [`Tracker::probe_store`](crate::Tracker::probe_store).
+    #[allow(clippy::unnecessary_wraps)]
+    pub(crate) fn probe_store(&self) -> Result<crate::tracker::StoreProbe, Error> {
+        Ok(crate::tracker::StoreProbe {
+            kind: if self.inner.store.persistent() {
+                "rocksdb"
+            } else {
+                "memory"
+            },
+            host: None,
+            round_trip: None,
+        })
+    }
+}

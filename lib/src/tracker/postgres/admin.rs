@@ -336,6 +336,41 @@ impl Pg {
         .ok()
     }
 
+    pub(crate) fn probe_store(&self) -> Result<crate::tracker::StoreProbe, Error> {
+        self.block_on(async {
+            let conn = self.conn().await?;
+            let started = std::time::Instant::now();
+            let row = conn
+                .query_one(
+                    "SELECT host(inet_server_addr()), inet_server_port(), pg_is_in_recovery()",
+                    &[],
+                )
+                .await?;
+            let round_trip = started.elapsed();
+            let host: Option<String> = row.get(0);
+            let port: Option<i32> = row.get(1);
+            let in_recovery: bool = row.get(2);
+            if in_recovery {
+                // A standby answers reads only: this node must not serve marks from
+                // it (with `target_session_attrs=read-write`, the next connection
+                // finds the primary).
+                let _ = deadpool_postgres::Object::take(conn);
+                return Err(Error::Unavailable(
+                    "connected to a standby (in recovery): no primary to write to".into(),
+                ));
+            }
+            Ok(crate::tracker::StoreProbe {
+                kind: "postgres",
+                host: match (host, port) {
+                    (Some(h), Some(p)) => Some(format!("{h}:{p}")),
+                    (None, _) => Some("unix socket".into()),
+                    (Some(h), None) => Some(h),
+                },
+                round_trip: Some(round_trip),
+            })
+        })
+    }
+
     pub(crate) fn close(&self) -> Result<(), Error> {
         self.inner.closed.store(true, Ordering::Release);
         self.inner.pool.close();

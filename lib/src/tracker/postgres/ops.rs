@@ -76,6 +76,14 @@ impl Pg {
             if retryable(&run) {
                 continue;
             }
+            let run = match run {
+                Err(e) if broken(&e) => {
+                    drop(tx);
+                    let _ = deadpool_postgres::Object::take(conn);
+                    return Err(e);
+                }
+                other => other,
+            };
             match self.gone_if_missing(ns, run)? {
                 Marked::Decided(verdicts) => {
                     if let Some((consumer, position)) = checkpoint {
@@ -170,6 +178,14 @@ impl Pg {
             if retryable(&one) {
                 continue;
             }
+            let one = match one {
+                Err(e) if broken(&e) => {
+                    drop(tx);
+                    let _ = deadpool_postgres::Object::take(conn);
+                    return Err(e);
+                }
+                other => other,
+            };
             let one = self.gone_if_missing(ns, one)?;
             match one {
                 One::RotateFirst(reason) => {
@@ -528,6 +544,22 @@ fn retryable<T>(r: &Result<T, Error>) -> bool {
     matches!(r, Err(Error::Postgres(e)) if e.code().is_some_and(|c| {
         *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
     }))
+}
+
+/// Whether a connection must not go back to the pool: it is closed, or it reached a
+/// server that takes no writes (a standby, a demoted primary). The next connection
+/// looks for the primary afresh (`target_session_attrs=read-write`).
+pub(crate) fn broken(e: &Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    match e {
+        Error::Postgres(e) => {
+            e.is_closed()
+                || e.code().is_some_and(|c| {
+                    *c == SqlState::READ_ONLY_SQL_TRANSACTION || *c == SqlState::ADMIN_SHUTDOWN
+                })
+        }
+        _ => false,
+    }
 }
 
 /// Finishes a completion or a release.
