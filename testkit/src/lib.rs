@@ -7,7 +7,9 @@
 //! test that panics or is killed leaves no server behind.
 //!
 //! [`PgServer::shared`] hands every test of a process the same server, and
-//! [`PgServer::fresh_database`] a database of its own on it.
+//! [`PgServer::fresh_database`] a database of its own on it. [`PgCluster`] is a
+//! primary with a synchronous standby, for failover tests; [`CutProxy`] cuts a
+//! connection around a `COMMIT`.
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -426,4 +428,256 @@ fn proxy_connection(
             }
         }
     });
+}
+
+/// A primary with one synchronous standby, on loopback: a commit is acknowledged
+/// only once the standby has it, so the primary's loss loses nothing acknowledged.
+pub struct PgCluster {
+    dir: tempfile::TempDir,
+    primary: Option<Node>,
+    standby: Option<Node>,
+    user: ServerUser,
+}
+
+/// One server of a [`PgCluster`].
+struct Node {
+    port: u16,
+    data: PathBuf,
+    server: Child,
+    watchdog: Option<Child>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        stop(&mut self.server);
+        if let Some(w) = &mut self.watchdog {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
+}
+
+impl PgCluster {
+    /// Starts the primary, copies it into a standby with `pg_basebackup`, starts
+    /// the standby, and makes it synchronous.
+    ///
+    /// # Panics
+    ///
+    /// When a step fails: a fixture failure.
+    #[must_use]
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("oncely-pgc-")
+            .tempdir()
+            .expect("a temporary directory");
+        let user = ServerUser::detect();
+        user.own(dir.path());
+        let primary_data = dir.path().join("primary");
+        std::fs::create_dir(&primary_data).expect("primary directory");
+        user.own(&primary_data);
+        let status = user
+            .command(&bin("initdb"))
+            .args([
+                "-D",
+                path_str(&primary_data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+            ])
+            .args(["--no-sync", "--no-instructions"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("initdb runs");
+        assert!(status.success(), "initdb failed: {status}");
+        let sockets = dir.path().join("sockets");
+        std::fs::create_dir(&sockets).expect("sockets directory");
+        user.own(&sockets);
+        let mut cluster = Self {
+            dir,
+            primary: None,
+            standby: None,
+            user,
+        };
+        let primary = cluster.launch(&primary_data, "primary");
+        let primary_port = primary.port;
+        cluster.primary = Some(primary);
+        Self::wait_ready(primary_port);
+
+        let standby_data = cluster.dir.path().join("standby");
+        let status = cluster
+            .user
+            .command(&bin("pg_basebackup"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary_port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args([
+                "-D",
+                path_str(&standby_data),
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+            ])
+            .status()
+            .expect("pg_basebackup runs");
+        assert!(status.success(), "pg_basebackup failed: {status}");
+        // Name the standby, so that the primary can wait for it by name.
+        let auto = standby_data.join("postgresql.auto.conf");
+        let mut conf = std::fs::read_to_string(&auto).expect("postgresql.auto.conf");
+        conf.push_str(&format!(
+            "primary_conninfo = 'host=127.0.0.1 port={primary_port} user=postgres application_name=standby1'\n"
+        ));
+        std::fs::write(&auto, conf).expect("postgresql.auto.conf");
+        let standby = cluster.launch(&standby_data, "standby");
+        let standby_port = standby.port;
+        cluster.standby = Some(standby);
+        Self::wait_ready(standby_port);
+        Self::sql(
+            primary_port,
+            "ALTER SYSTEM SET synchronous_standby_names = 'standby1'",
+        );
+        Self::sql(primary_port, "SELECT pg_reload_conf()");
+        // Synchronous once the primary says so.
+        let started = Instant::now();
+        loop {
+            let state = Self::sql(
+                primary_port,
+                "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'standby1'",
+            );
+            if state.trim() == "sync" {
+                break;
+            }
+            assert!(
+                started.elapsed() < START_TIMEOUT,
+                "the standby never became synchronous"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    fn launch(&self, data: &Path, name: &str) -> Node {
+        let port = free_port();
+        let sockets = self.dir.path().join("sockets");
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("log");
+        let server = self
+            .user
+            .command(&bin("postgres"))
+            .args(["-D", path_str(data), "-p", &port.to_string()])
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args([
+                "-c",
+                &format!("unix_socket_directories={}", path_str(&sockets)),
+            ])
+            .args(["-c", "wal_level=replica", "-c", "max_wal_senders=10"])
+            .args(["-c", "hot_standby=on", "-c", "max_connections=200"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("postgres starts");
+        let watchdog = watchdog(server.id());
+        Node {
+            port,
+            data: data.to_owned(),
+            server,
+            watchdog,
+        }
+    }
+
+    fn wait_ready(port: u16) {
+        let started = Instant::now();
+        while !Command::new(bin("pg_isready"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            assert!(started.elapsed() < START_TIMEOUT, "a server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs SQL on a node with `psql`; its output, unaligned.
+    fn sql(port: u16, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+            .args(["-XAtc", sql, "postgres"])
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The primary's port, while it lives.
+    #[must_use]
+    pub fn primary_port(&self) -> u16 {
+        self.primary.as_ref().expect("a primary").port
+    }
+
+    /// The standby's port.
+    #[must_use]
+    pub fn standby_port(&self) -> u16 {
+        self.standby.as_ref().expect("a standby").port
+    }
+
+    /// Creates a database on the primary (the standby receives it) and returns a
+    /// URL naming both servers, primary first, for whichever is writable.
+    #[must_use]
+    pub fn fresh_database(&self, name: &str) -> String {
+        let _ = Self::sql(self.primary_port(), &format!("CREATE DATABASE {name}"));
+        format!(
+            "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{name}?target_session_attrs=read-write",
+            self.primary_port(),
+            self.standby_port()
+        )
+    }
+
+    /// Kills the primary with SIGKILL: the loss of a machine.
+    pub fn kill_primary(&mut self) {
+        if let Some(mut node) = self.primary.take() {
+            let _ = node.server.kill();
+            let _ = node.server.wait();
+            // Its backends notice the postmaster's death and exit; its data stays.
+            let _ = &node.data;
+        }
+    }
+
+    /// Promotes the standby to primary and waits until it takes writes.
+    pub fn promote_standby(&self) {
+        let _ = Self::sql(self.standby_port(), "SELECT pg_promote(true, 60)");
+        let started = Instant::now();
+        while Self::sql(self.standby_port(), "SELECT pg_is_in_recovery()").trim() != "f" {
+            assert!(
+                started.elapsed() < START_TIMEOUT,
+                "the standby was not promoted"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The servers' logs, for a failing test's message.
+    #[must_use]
+    pub fn logs(&self) -> String {
+        ["primary", "standby"]
+            .iter()
+            .map(|n| {
+                format!(
+                    "--- {n}\n{}",
+                    std::fs::read_to_string(self.dir.path().join(format!("{n}.log")))
+                        .unwrap_or_default()
+                )
+            })
+            .collect()
+    }
 }
