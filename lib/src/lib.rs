@@ -78,9 +78,9 @@ pub use id::{EventId, MAX_ID_LEN, MAX_NAMESPACE_LEN, NamespaceName};
 pub use sizing::{FilterSizing, Layout};
 pub use store::{MemoryStore, RocksOptions, RocksStore, Store};
 pub use tracker::{
-    ClaimOutcome, Configured, DropPolicy, Durability, FilterBudget, GenerationInfo, MAX_LEASE,
-    MAX_POSITION_LEN, NamespaceInfo, StorageFailure, StoreProbe, Tracker, TrackerBuilder,
-    Transacted, Transaction,
+    CallVerdicts, ClaimOutcome, Configured, DropPolicy, Durability, FilterBudget, GenerationInfo,
+    MAX_LEASE, MAX_POSITION_LEN, NamespaceInfo, StorageFailure, StoreProbe, Tracker,
+    TrackerBuilder, Transacted, Transaction,
 };
 pub use verdict::Verdict;
 

@@ -37,7 +37,7 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -64,6 +64,8 @@ type Shape = (u32, u32, u64, u64);
 enum Op {
     /// Check-and-mark a batch (IDs are indices into the alphabet), maybe as an owner.
     Mark(Vec<u8>, Option<usize>),
+    /// Several callers' check-and-mark calls decided together.
+    MarkEach(Vec<(Vec<u8>, Option<usize>)>),
     Check(Vec<u8>),
     Claim(u8, usize, u64),
     Complete(u8, usize),
@@ -103,6 +105,8 @@ fn op() -> impl Strategy<Value = Op> {
     let owner = || 0..OWNERS.len();
     prop_oneof![
         6 => (batch(), proptest::option::of(owner())).prop_map(|(b, o)| Op::Mark(b, o)),
+        2 => proptest::collection::vec((batch(), proptest::option::of(owner())), 1..=4)
+            .prop_map(Op::MarkEach),
         3 => batch().prop_map(Op::Check),
         3 => (id(), owner(), proptest::sample::select(LEASES_MS.to_vec()))
             .prop_map(|(i, o, l)| Op::Claim(i, o, l)),
@@ -336,28 +340,49 @@ impl Model {
     }
 
     fn mark(&mut self, batch: &[u8], owner: Option<usize>) -> (Vec<Verdict>, bool) {
+        let owned: Vec<(u8, Option<usize>)> = batch.iter().map(|&id| (id, owner)).collect();
+        self.mark_owned(&owned)
+    }
+
+    /// Several calls decided as one batch, each ID with its own owner.
+    fn mark_each(&mut self, calls: &[(Vec<u8>, Option<usize>)]) -> (Vec<Vec<Verdict>>, bool) {
+        let owned: Vec<(u8, Option<usize>)> = calls
+            .iter()
+            .flat_map(|(batch, owner)| batch.iter().map(|&id| (id, *owner)))
+            .collect();
+        let (verdicts, wrote) = self.mark_owned(&owned);
+        let mut rest = verdicts.into_iter();
+        let each = calls
+            .iter()
+            .map(|(batch, _)| rest.by_ref().take(batch.len()).collect())
+            .collect();
+        (each, wrote)
+    }
+
+    fn mark_owned(&mut self, batch: &[(u8, Option<usize>)]) -> (Vec<Verdict>, bool) {
         let mut wrote = self.rotate_if_due();
         // Every ID is decided against the state at the start of the call; only then
-        // are the new ones added, in input order, sealing on the way.
+        // are the new ones added, in input order, sealing on the way. An ID marked
+        // new earlier in the batch is done for every later occurrence.
         let decided: Vec<Option<Verdict>> = batch
             .iter()
-            .map(|&id| self.decide(id, Ask::Mark(owner)))
+            .map(|&(id, owner)| self.decide(id, Ask::Mark(owner)))
             .collect();
-        let mut marked_now = HashSet::new();
+        let mut marked_now: HashMap<u8, Option<usize>> = HashMap::new();
         let verdicts = batch
             .iter()
             .zip(decided)
-            .map(|(&id, decided)| {
+            .map(|(&(id, owner), decided)| {
+                if let Some(&by) = marked_now.get(&id) {
+                    return match owner {
+                        Some(me) if by == Some(me) => Verdict::Replayed,
+                        _ => Verdict::Duplicate,
+                    };
+                }
                 if let Some(v) = decided {
                     return v;
                 }
-                if !marked_now.insert(id) {
-                    return if owner.is_some() {
-                        Verdict::Replayed
-                    } else {
-                        Verdict::Duplicate
-                    };
-                }
+                let _ = marked_now.insert(id, owner);
                 wrote = true;
                 self.mark_new(id, owner);
                 Verdict::New
@@ -610,6 +635,33 @@ fn run(engine: Engine, shape: Shape, ops: &[Op]) -> Result<(), TestCaseError> {
                 let names: Vec<String> = batch.iter().map(|&i| name(i)).collect();
                 let got = outcome(t.check_and_mark(NS, &names, owner.map(|o| OWNERS[o])));
                 let want = predict(&mut model, |m| m.mark(batch, *owner));
+                prop_assert_eq!(got, want, "tracker (left) vs model (right) at {}", at());
+            }
+            Op::MarkEach(calls) => {
+                let names: Vec<(Vec<String>, Option<&str>)> = calls
+                    .iter()
+                    .map(|(b, o)| (b.iter().map(|&i| name(i)).collect(), o.map(|o| OWNERS[o])))
+                    .collect();
+                let asked: Vec<(&[String], Option<&str>)> =
+                    names.iter().map(|(b, o)| (b.as_slice(), *o)).collect();
+                let got = outcome(
+                    t.check_and_mark_each(NS, &asked)
+                        .and_then(|each| each.into_iter().collect::<Result<Vec<_>, Error>>()),
+                );
+                // PostgreSQL answers each call in its own transaction, in order.
+                let want = if embedded {
+                    predict(&mut model, |m| m.mark_each(calls))
+                } else {
+                    Expect::Ok(
+                        calls
+                            .iter()
+                            .map(|(b, o)| match predict(&mut model, |m| m.mark(b, *o)) {
+                                Expect::Ok(v) => v,
+                                Expect::Fails => unreachable!("PostgreSQL writes do not fail here"),
+                            })
+                            .collect(),
+                    )
+                };
                 prop_assert_eq!(got, want, "tracker (left) vs model (right) at {}", at());
             }
             Op::Check(batch) => {

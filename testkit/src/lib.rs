@@ -121,7 +121,7 @@ impl PgServer {
             .stderr(log)
             .spawn()
             .expect("postgres starts");
-        let watchdog = watchdog(server.id());
+        let watchdog = watchdog(server.id(), dir.path());
         let pg = Self {
             dir,
             port,
@@ -293,14 +293,19 @@ fn free_port() -> u16 {
 }
 
 /// A process that kills `server` as soon as this process is gone (however it ends:
-/// a panic that skips destructors, or SIGKILL), polling once a second.
-fn watchdog(server: u32) -> Option<Child> {
+/// a panic that skips destructors, SIGKILL, or the end of a test binary, which never
+/// drops a shared server), polling once a second, then removes `dir`, the server's
+/// data, once the server has exited.
+fn watchdog(server: u32, dir: &Path) -> Option<Child> {
     let script = format!(
-        "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -QUIT {server} 2>/dev/null",
+        "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -QUIT {server} 2>/dev/null; \
+         n=0; while kill -0 {server} 2>/dev/null && [ $n -lt 20 ]; do sleep 0.5; n=$((n+1)); done; \
+         kill -KILL {server} 2>/dev/null; sleep 0.5; rm -rf -- \"$1\"",
         me = std::process::id()
     );
     Command::new("sh")
-        .args(["-c", &script])
+        .args(["-c", &script, "watchdog"])
+        .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -583,7 +588,7 @@ impl PgCluster {
             .stderr(log)
             .spawn()
             .expect("postgres starts");
-        let watchdog = watchdog(server.id());
+        let watchdog = watchdog(server.id(), data);
         Node {
             port,
             data: data.to_owned(),

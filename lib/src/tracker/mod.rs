@@ -30,7 +30,7 @@ pub use budget::FilterBudget;
 pub use builder::{Durability, TrackerBuilder};
 pub use health::{StorageFailure, StoreProbe};
 pub use info::{GenerationInfo, NamespaceInfo};
-pub use outcome::{ClaimOutcome, Configured, DropPolicy, MAX_LEASE, Transacted};
+pub use outcome::{CallVerdicts, ClaimOutcome, Configured, DropPolicy, MAX_LEASE, Transacted};
 pub use transaction::{MAX_POSITION_LEN, Transaction};
 
 /// The dedup authority: namespaces, their generations and exact tables, claims, and
@@ -131,6 +131,44 @@ impl Tracker {
         owner: Option<&str>,
     ) -> Result<Option<Vec<Verdict>>, Error> {
         dispatch!(self, t => t.try_check_and_mark(namespace, ids, owner))
+    }
+
+    /// Several callers' [`check_and_mark`](Self::check_and_mark) calls on one
+    /// namespace, decided together and written in one write, as one batch would be:
+    /// every ID is decided against the state before the calls, except that an ID an
+    /// earlier call marks new is, for every later call, a duplicate (or replayed, for
+    /// the same owner). Each call is validated on its own: a bad one is refused
+    /// alone, in its place in the answer. A daemon coalesces concurrent small
+    /// requests this way, sharing one decision pass and one write among them.
+    ///
+    /// On PostgreSQL each call is its own transaction, in order.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownNamespace`]; a storage error, in which case none of the calls'
+    /// marks was written.
+    pub fn check_and_mark_each<T: AsRef<[u8]>>(
+        &self,
+        namespace: &str,
+        calls: &[(&[T], Option<&str>)],
+    ) -> Result<Vec<CallVerdicts>, Error> {
+        let each = dispatch!(self, t => t.check_and_mark_each(namespace, calls, false))?;
+        Ok(each.expect("a blocking call answers"))
+    }
+
+    /// [`check_and_mark_each`](Self::check_and_mark_each) for a caller that must not
+    /// block, as [`try_check_and_mark`](Self::try_check_and_mark): `Ok(None)`, with
+    /// nothing marked, where it would have had to wait.
+    ///
+    /// # Errors
+    ///
+    /// As [`check_and_mark_each`](Self::check_and_mark_each).
+    pub fn try_check_and_mark_each<T: AsRef<[u8]>>(
+        &self,
+        namespace: &str,
+        calls: &[(&[T], Option<&str>)],
+    ) -> Result<Option<Vec<CallVerdicts>>, Error> {
+        dispatch!(self, t => t.check_and_mark_each(namespace, calls, true))
     }
 
     /// Answers like [`check_and_mark`](Self::check_and_mark) without marking: `New`

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::clock::Timestamp;
+use crate::error::Error;
 use crate::verdict::Verdict;
 
 /// The longest lease a claim may ask for: 7 days.
@@ -101,3 +102,7 @@ pub enum DropPolicy {
     /// Apply it, forgetting what it drops.
     DropNow,
 }
+
+/// One call's answer within [`Tracker::check_and_mark_each`](crate::Tracker::check_and_mark_each):
+/// its verdicts, in its IDs' order, or why that call alone was refused.
+pub type CallVerdicts = Result<Vec<Verdict>, Error>;

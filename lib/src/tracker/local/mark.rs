@@ -1,11 +1,13 @@
 //! Batched check and check-and-mark (see "How a batch is decided" in the module
 //! above).
 
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::claims;
-use super::flight::{Flight, FlightId, key_of};
+use super::flight::{Flight, FlightId, IdentityHasher, key_of};
 use super::namespace::{Namespace, State};
 use super::{Local, lock, lock_briefly};
 use crate::error::Error;
@@ -14,20 +16,38 @@ use crate::generation::{GenerationId, SealReason};
 use crate::hash::IdHash;
 use crate::id::EventId;
 use crate::store::Batch;
+use crate::tracker::CallVerdicts;
 use crate::tracker::decide::{Ask, Decision, Known, decide};
 use crate::verdict::Verdict;
 
 #[derive(Clone, Copy)]
-pub(super) enum Mode {
+pub(super) enum Mode<'a> {
     Check,
-    Mark(Option<OwnerFp>),
+    Mark(Owners<'a>),
 }
 
-impl Mode {
-    const fn ask(self) -> Ask {
+/// Who marks: one owner for the whole call, or one per ID (several callers' calls
+/// decided in one pass).
+#[derive(Clone, Copy)]
+pub(super) enum Owners<'a> {
+    One(Option<OwnerFp>),
+    Each(&'a [Option<OwnerFp>]),
+}
+
+impl Owners<'_> {
+    fn of(self, i: usize) -> Option<OwnerFp> {
+        match self {
+            Self::One(owner) => owner,
+            Self::Each(owners) => owners[i],
+        }
+    }
+}
+
+impl Mode<'_> {
+    fn ask(self, i: usize) -> Ask {
         match self {
             Self::Check => Ask::Check,
-            Self::Mark(owner) => Ask::Mark(owner),
+            Self::Mark(owners) => Ask::Mark(owners.of(i)),
         }
     }
 }
@@ -38,7 +58,7 @@ struct Call<'a> {
     ns: &'a Namespace,
     ids: &'a [EventId<'a>],
     hashes: &'a [IdHash],
-    mode: Mode,
+    mode: Mode<'a>,
     /// Give up with [`Error::WouldBlock`], before anything is written, rather than
     /// wait (see [`Local::try_check_and_mark`]).
     nonblocking: bool,
@@ -177,7 +197,7 @@ impl Local {
         let ids = EventId::batch(ids)?;
         let ns = self.namespace_handle(namespace)?;
         let owner = owner.map(|o| OwnerFp::new(o, ns.seed)).transpose()?;
-        self.run(&ns, &ids, Mode::Mark(owner), None, false)
+        self.run(&ns, &ids, Mode::Mark(Owners::One(owner)), None, false)
     }
 
     /// See [`Tracker::try_check_and_mark`](crate::Tracker::try_check_and_mark).
@@ -190,7 +210,53 @@ impl Local {
         let ids = EventId::batch(ids)?;
         let ns = self.namespace_handle(namespace)?;
         let owner = owner.map(|o| OwnerFp::new(o, ns.seed)).transpose()?;
-        gave_up(self.run(&ns, &ids, Mode::Mark(owner), None, true))
+        gave_up(self.run(&ns, &ids, Mode::Mark(Owners::One(owner)), None, true))
+    }
+
+    /// See [`Tracker::check_and_mark_each`](crate::Tracker::check_and_mark_each).
+    pub(crate) fn check_and_mark_each<T: AsRef<[u8]>>(
+        &self,
+        namespace: &str,
+        calls: &[(&[T], Option<&str>)],
+        nonblocking: bool,
+    ) -> Result<Option<Vec<CallVerdicts>>, Error> {
+        let ns = self.namespace_handle(namespace)?;
+        // Each call is validated on its own: a bad one is refused alone.
+        let checked: Vec<Result<_, Error>> = calls
+            .iter()
+            .map(|(ids, owner)| {
+                let ids = EventId::batch(ids)?;
+                Ok((ids, owner.map(|o| OwnerFp::new(o, ns.seed)).transpose()?))
+            })
+            .collect();
+        let mut ids: Vec<EventId<'_>> = Vec::new();
+        let mut owners: Vec<Option<OwnerFp>> = Vec::new();
+        for (call_ids, owner) in checked.iter().flatten() {
+            ids.extend_from_slice(call_ids);
+            owners.extend(std::iter::repeat_n(*owner, call_ids.len()));
+        }
+        let all = if ids.is_empty() {
+            Vec::new()
+        } else {
+            match self.run(
+                &ns,
+                &ids,
+                Mode::Mark(Owners::Each(&owners)),
+                None,
+                nonblocking,
+            ) {
+                Ok(v) => v,
+                Err(Error::WouldBlock) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        };
+        let mut rest = all.into_iter();
+        Ok(Some(
+            checked
+                .into_iter()
+                .map(|c| c.map(|(call_ids, _)| rest.by_ref().take(call_ids.len()).collect()))
+                .collect(),
+        ))
     }
 
     /// See [`Tracker::check`](crate::Tracker::check).
@@ -224,7 +290,7 @@ impl Local {
         &self,
         ns: &Namespace,
         ids: &[EventId<'_>],
-        mode: Mode,
+        mode: Mode<'_>,
         extra: Option<&Batch>,
         nonblocking: bool,
     ) -> Result<Vec<Verdict>, Error> {
@@ -397,7 +463,6 @@ impl Local {
         }
         pass.reserved.clear();
         let now = self.inner.time.now();
-        let ask = mode.ask();
 
         // Lookups of one ID are adjacent, newest generation first: the first value
         // found is the one that counts.
@@ -418,13 +483,13 @@ impl Local {
                 done,
                 bloom_only: probe.bloom_only[i],
             };
-            match decide(ask, known, now) {
+            match decide(mode.ask(i), known, now) {
                 Decision::Verdict(v) => verdicts[i] = Some(v),
                 Decision::MarkDone { clears_claim } => to_mark.push((i, clears_claim)),
                 other => unreachable!("a check or mark decided {other:?}"),
             }
         }
-        let Mode::Mark(owner) = mode else {
+        let Mode::Mark(owners) = mode else {
             return Ok(());
         };
         // Nothing is changed yet: a non-blocking call may still give up where it
@@ -435,16 +500,18 @@ impl Local {
         }
         // Input order decides which occurrence of a repeated ID is the new one, and
         // which generation each ID lands in.
-        let value = MarkValue::Done { owner }.encode();
         for (i, clears_claim) in to_mark {
             let key = key_of(hashes[i]);
+            let owner = owners.of(i);
             if let Some((holder, _)) = st.flights.holder(key) {
                 // Repeated within this batch (or, by a 2^-128 chance, a collision):
-                // every other holder was waited for before deciding.
+                // every other holder was waited for before deciding. The owner gets
+                // its new back. (With an owner per ID, `later_calls` rules below.)
                 debug_assert_eq!(holder, pass.flight_id);
-                verdicts[i] = Some(match owner {
-                    Some(_) => Verdict::Replayed,
-                    None => Verdict::Duplicate,
+                verdicts[i] = Some(if owner.is_some() {
+                    Verdict::Replayed
+                } else {
+                    Verdict::Duplicate
                 });
                 continue;
             }
@@ -456,7 +523,8 @@ impl Local {
             st.add_pending(g, 1);
             pass.count(g);
             let id = ids[i].as_bytes();
-            pass.batch.put_mark(ns.id, g, id, value.as_slice());
+            pass.batch
+                .put_mark(ns.id, g, id, MarkValue::Done { owner }.encode().as_slice());
             if clears_claim {
                 claims::delete_record(&mut pass.batch, ns.id, id);
                 pass.clears.push(i);
@@ -465,7 +533,37 @@ impl Local {
             pass.mine.push((i, g));
             verdicts[i] = Some(Verdict::New);
         }
+        if let Owners::Each(each) = owners {
+            later_calls(hashes, each, &pass.mine, verdicts);
+        }
         Ok(())
+    }
+}
+
+/// Several callers' calls decided in one pass: every ID was decided against the
+/// state before the pass, but an ID an earlier call marks new here is, for every
+/// later call, already done: a duplicate, or replayed for the same owner (where the
+/// state before would have said, say, that its claim is in progress).
+fn later_calls(
+    hashes: &[IdHash],
+    owners: &[Option<OwnerFp>],
+    mine: &[(usize, GenerationId)],
+    verdicts: &mut [Option<Verdict>],
+) {
+    if mine.is_empty() {
+        return;
+    }
+    let marked: HashMap<u128, usize, BuildHasherDefault<IdentityHasher>> =
+        mine.iter().map(|&(j, _)| (key_of(hashes[j]), j)).collect();
+    for (i, &h) in hashes.iter().enumerate() {
+        if let Some(&j) = marked.get(&key_of(h))
+            && j < i
+        {
+            verdicts[i] = Some(match owners[i] {
+                Some(me) if owners[j] == Some(me) => Verdict::Replayed,
+                _ => Verdict::Duplicate,
+            });
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! event, whatever the redeliveries and crashes. A checkpoint is a consumer's last
 //! processed position, written durably, alone or in the same batch as marks.
 
-use super::mark::Mode;
+use super::mark::{Mode, Owners};
 use super::single::One;
 use super::{Local, lock};
 use crate::error::Error;
@@ -110,7 +110,13 @@ impl Local {
         let owner = owner.map(|o| OwnerFp::new(o, ns.seed)).transpose()?;
         let mut extra = Batch::new();
         extra.put_meta(&checkpoint_key(ns.id, consumer), position.as_bytes());
-        self.run(&ns, &ids, Mode::Mark(owner), Some(&extra), false)
+        self.run(
+            &ns,
+            &ids,
+            Mode::Mark(Owners::One(owner)),
+            Some(&extra),
+            false,
+        )
     }
 }
 

@@ -15,7 +15,7 @@ use crate::generation::SealReason;
 use crate::id::EventId;
 use crate::tracker::decide::{Ask, Decision};
 use crate::tracker::transaction::{UserRead, Writes, validate_checkpoint, validate_consumer};
-use crate::tracker::{ClaimOutcome, MAX_LEASE, Transacted, Transaction};
+use crate::tracker::{CallVerdicts, ClaimOutcome, MAX_LEASE, Transacted, Transaction};
 use crate::verdict::Verdict;
 
 /// How many times an operation starts over (a rotation first, or a race for the same
@@ -33,6 +33,26 @@ impl Pg {
         let ns = self.namespace(namespace)?;
         let owner = owner.map(|o| OwnerFp::new(o, ns.seed)).transpose()?;
         self.block_on(self.marks(&ns, &ids, Mode::Mark(owner), None))
+    }
+
+    /// One transaction per call: PostgreSQL answers each on its own connection, so
+    /// there is no write to share (and a non-blocking call always gives up).
+    pub(crate) fn check_and_mark_each<T: AsRef<[u8]>>(
+        &self,
+        namespace: &str,
+        calls: &[(&[T], Option<&str>)],
+        nonblocking: bool,
+    ) -> Result<Option<Vec<CallVerdicts>>, Error> {
+        if nonblocking {
+            return Ok(None);
+        }
+        let _ = self.namespace(namespace)?;
+        Ok(Some(
+            calls
+                .iter()
+                .map(|(ids, owner)| self.check_and_mark(namespace, ids, *owner))
+                .collect(),
+        ))
     }
 
     pub(crate) fn check<T: AsRef<[u8]>>(
