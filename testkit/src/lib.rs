@@ -447,12 +447,14 @@ fn proxy_connection(
 /// `pg_rewind`, follows the new one as its synchronous standby. Between the
 /// promotion and the rejoin the new primary has no standby and commits alone.
 pub struct PgCluster {
-    dir: tempfile::TempDir,
     primary: Option<Node>,
     standby: Option<Node>,
     /// The killed primary's data and port, until it rejoins.
     down: Option<Dormant>,
     user: ServerUser,
+    /// Last: fields drop in order, and the directory must go only once the servers
+    /// writing into it have stopped (else its removal races them and leaves it).
+    dir: tempfile::TempDir,
 }
 
 /// One running server of a [`PgCluster`].
