@@ -4,12 +4,22 @@
 # As root it installs with apt-get; otherwise it names the packages to install.
 #
 # Arguments COMMAND=PACKAGE add tools a caller needs (benches/peers/run.sh: the peers):
-# PACKAGE is installed when COMMAND is not on PATH.
+# PACKAGE is installed when COMMAND is not on PATH. A COMMAND with a `/` is a path:
+# PACKAGE is installed when no file is there.
 set -euo pipefail
 
 missing=()
 for wanted in "$@"; do
-    command -v "${wanted%%=*}" >/dev/null 2>&1 || missing+=("${wanted#*=}")
+    what=${wanted%%=*}
+    package=${wanted#*=}
+    case $what in
+        */*) [ -e "$what" ] && continue ;;
+        *) command -v "$what" >/dev/null 2>&1 && continue ;;
+    esac
+    case " ${missing[*]} " in
+        *" $package "*) ;;
+        *) missing+=("$package") ;;
+    esac
 done
 have_libclang() {
     [ -n "${LIBCLANG_PATH:-}" ] && return 0
