@@ -712,7 +712,10 @@ fn calls_decided_together_answer_each_caller() {
         (&["held"], Some("a")),
     ];
     let each = t.check_and_mark_each("default", &calls).unwrap();
-    assert_eq!(each[0].as_ref().unwrap(), &[Verdict::New, Verdict::Replayed]);
+    assert_eq!(
+        each[0].as_ref().unwrap(),
+        &[Verdict::New, Verdict::Replayed]
+    );
     assert_eq!(
         each[1].as_ref().unwrap(),
         &[Verdict::Duplicate, Verdict::New],
@@ -729,7 +732,11 @@ fn calls_decided_together_answer_each_caller() {
         "before its holder marks it, a claimed ID is in progress: {:?}",
         each[4]
     );
-    assert_eq!(each[5].as_ref().unwrap(), &[Verdict::New], "the holder marks it");
+    assert_eq!(
+        each[5].as_ref().unwrap(),
+        &[Verdict::New],
+        "the holder marks it"
+    );
     assert_eq!(
         each[6].as_ref().unwrap(),
         &[Verdict::Duplicate, Verdict::Replayed],
