@@ -525,7 +525,10 @@ fn namespace_view(tracker: &Tracker, ns: &str, status: StatusCode) -> Result<Res
 
 /// A namespace's configuration and live statistics: per generation its IDs, whether
 /// it keeps its exact table, its filter's fill ratio and estimated false-positive
-/// rate.
+/// rate; what the namespace is charged against the filter memory budget
+/// (`charged_bytes`), and the budget with its use across namespaces
+/// (`filter_budget`). The statistics are counters the library keeps as filters
+/// change: reading them scans no filter.
 #[utoipa::path(
     get,
     path = "/v1/namespaces/{ns}",
