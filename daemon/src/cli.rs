@@ -90,6 +90,43 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     pub max_concurrency: Option<usize>,
 
+    /// Longest wait of a request on the tracker; past it the answer is 504
+    /// deadline_exceeded and the call may still complete (retry with the same owner
+    /// token to learn its outcome) [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub tracker_timeout: Option<HumanDuration>,
+
+    /// Longest time a request body may take to arrive after its head; past it the
+    /// answer is 408 request_timeout and nothing is done [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub body_read_timeout: Option<HumanDuration>,
+
+    /// Longest time a request head may take to arrive, from its first byte; past it
+    /// the connection is closed [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub header_read_timeout: Option<HumanDuration>,
+
+    /// Longest time a connection may stay open with no request under way [default:
+    /// 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_timeout: Option<HumanDuration>,
+
+    /// Most connections open at once; at the cap no more are accepted until one
+    /// closes [default: 4096, less when the descriptor limit needs it].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Most Bloom filter memory all namespaces together may be charged; a namespace
+    /// change that would exceed it is refused with 409 over_budget [default: half of
+    /// the memory limit: the cgroup's, or the machine's].
+    #[arg(long, value_name = "SIZE")]
+    pub max_filter_bytes: Option<ByteSize>,
+
+    /// Most namespaces, default included; one more is refused with 409
+    /// too_many_namespaces [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub max_namespaces: Option<u32>,
+
     /// RocksDB block cache, memtables included [default: 128MiB].
     #[arg(long, value_name = "SIZE")]
     pub cache_bytes: Option<ByteSize>,
@@ -122,6 +159,13 @@ impl ServeArgs {
             max_body_bytes: self.max_body_bytes,
             max_ids: self.max_ids,
             max_concurrency: self.max_concurrency,
+            tracker_timeout: self.tracker_timeout,
+            body_read_timeout: self.body_read_timeout,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+            max_filter_bytes: self.max_filter_bytes,
+            max_namespaces: self.max_namespaces,
             cache_bytes: self.cache_bytes,
             memtable_bytes: self.memtable_bytes,
             shutdown_grace: self.shutdown_grace,

@@ -969,6 +969,74 @@ async fn overload_is_shed_with_503_at_once() {
     assert_eq!(h.check(&["held-1", "shed-1"]).await, ["duplicate", "new"]);
 }
 
+/// A tracker call that outlasts `tracker_timeout` is answered 504
+/// `deadline_exceeded` at the deadline, and goes on: what it marks stands, and the
+/// owner's retry gets those marks back as `new`, `replayed: true`. Nothing that
+/// landed is hidden by the late answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_tracker_call_answers_504_and_hides_no_mark() {
+    let timeout = Duration::from_millis(300);
+    let h = Harness::with(
+        Limits {
+            tracker_timeout: timeout,
+            ..Limits::default()
+        },
+        &[],
+    );
+    h.faults.hold_writes();
+    let body = r#"{"ids": ["late-1", "late-2"], "owner": "delivery-7"}"#;
+    let started = std::time::Instant::now();
+    let a = h.post(MARK, body).await;
+    let took = started.elapsed();
+    a.assert_error(StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded");
+    assert!(
+        took >= timeout && took < timeout + Duration::from_secs(3),
+        "answered after {took:?}"
+    );
+    let message = a.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("tracker_timeout") && message.contains("same owner token"),
+        "{message}"
+    );
+    assert_eq!(a.headers.get(header::RETRY_AFTER).unwrap(), "1");
+    assert_eq!(
+        h.faults.held.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the call still waits in the store"
+    );
+
+    h.faults.release_writes();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = h.get("/metrics").await.text;
+        if metrics.contains("oncelyd_tracker_calls_late_total 1") {
+            assert!(
+                metrics.contains(
+                    "oncelyd_http_requests_total{method=\"POST\",route=\"/v1/namespaces/{ns}/check-and-mark\",status=\"504\"} 1"
+                ),
+                "{metrics}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the late call never finished:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let a = h.post(MARK, body).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(
+        a.json()["results"],
+        json!([
+            {"id": "late-1", "verdict": "new", "replayed": true},
+            {"id": "late-2", "verdict": "new", "replayed": true},
+        ]),
+        "the owner's retry learns that the late call marked both"
+    );
+    assert_eq!(h.mark(&["late-1"], None).await, ["duplicate"]);
+}
+
 #[tokio::test]
 async fn health_and_readiness() {
     let h = Harness::new();
@@ -1045,13 +1113,22 @@ async fn metrics_have_the_expected_families() {
         "oncelyd_ready 1",
         r#"oncelyd_claims_total{outcome="acquired"} 0"#,
         r#"oncelyd_claims_ended_total{outcome="completed"} 0"#,
+        r#"oncelyd_namespace_charged_bytes{namespace="default"}"#,
+        "oncelyd_filter_charged_bytes ",
+        "oncelyd_filter_allocated_bytes ",
+        "oncelyd_namespaces 1",
+        "oncelyd_connections_open 0",
+        "oncelyd_connection_cap_reached_total 0",
+        r#"oncelyd_connections_closed_total{reason="idle_timeout"} 0"#,
+        "oncelyd_tracker_calls_late_total 0",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
     // A check marks nothing, so it never replays: no such series.
     assert!(!text.contains(r#"op="check",verdict="replayed""#), "{text}");
     // docs/metrics.md describes exactly the families served (disk_bytes is absent
-    // with memory durability, as here).
+    // with memory durability, as here, and filter_budget_bytes for a tracker with
+    // no budget, as this one).
     let doc = include_str!("../../docs/metrics.md");
     let served: Vec<&str> = text
         .lines()
@@ -1067,7 +1144,9 @@ async fn metrics_have_the_expected_families() {
     for line in doc.lines().filter(|l| l.starts_with("| `oncelyd_")) {
         let family = line.split('`').nth(1).unwrap();
         assert!(
-            served.contains(&family) || family == "oncelyd_disk_bytes",
+            served.contains(&family)
+                || family == "oncelyd_disk_bytes"
+                || family == "oncelyd_filter_budget_bytes",
             "{family} documented but not served"
         );
     }

@@ -11,7 +11,17 @@
 //! The daemon is the `oncelyd` binary cargo builds for the test's profile: run it
 //! with `--release` for figures worth quoting (a dev-profile daemon is fine for
 //! checking the test itself). `ONCELY_SOAK_SECS` sets the length (default 600) and
-//! `ONCELY_SOAK_RATE` the target IDs per second (default 50,000).
+//! `ONCELY_SOAK_RATE` the target IDs per second (default 50,000);
+//! `ONCELY_SOAK_SLOW_SECS` the slow-client phase's (default 60).
+//!
+//! # The slow-client phase
+//!
+//! Then the same steady load runs again for `ONCELY_SOAK_SLOW_SECS` while
+//! [`SLOW_BODIES`] connections each send a check-and-mark head and one byte of its
+//! body and stall, and [`IDLE`] connections send nothing, each reconnecting as soon
+//! as the daemon closes it (408 after `body_read_timeout`, or `idle_timeout`). The
+//! honest load must hold: no error, and at least [`SLOW_PHASE_SHARE`] of the rate
+//! the first phase achieved.
 //!
 //! # The set-up
 //!
@@ -59,6 +69,8 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::daemon::{Daemon, client};
@@ -78,6 +90,12 @@ const MEMTABLE_BYTES: u64 = 16 << 20;
 const BATCH: usize = 1_000;
 const CONNECTIONS: usize = 4;
 const DUPLICATES: f64 = 0.1;
+/// Connections of the slow-client phase stalled one byte into a body.
+const SLOW_BODIES: usize = 300;
+/// Connections of the slow-client phase that send nothing.
+const IDLE: usize = 300;
+/// The share of the first phase's rate the honest load must keep beside them.
+const SLOW_PHASE_SHARE: f64 = 0.95;
 /// Memory no setting bounds (see the module docs).
 const SLACK: u64 = 48 << 20;
 /// How often RSS and the namespace's stats are sampled.
@@ -456,8 +474,139 @@ async fn rss_stays_within_the_configured_bound_under_a_steady_rate() {
         );
     }
 
+    slow_client_phase(&daemon, rate, report.ids_per_sec).await;
+
     // A clean stop, as an operator would: SIGTERM, then exit 0.
     daemon.signal("TERM");
     let status = daemon.wait_exit(Duration::from_secs(60));
     assert!(status.success(), "{status:?}; log:\n{}", daemon.log_text());
+}
+
+/// What the slow clients saw: 408 answers, and closes by the daemon.
+#[derive(Default)]
+struct Swarm {
+    timeouts_408: AtomicU64,
+    closed: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// One slow client: connects, stalls (one byte into a body, or silent), waits for
+/// the daemon to close the connection, and again, until told to stop.
+async fn slow_client(addr: std::net::SocketAddr, stall_in_body: bool, swarm: Arc<Swarm>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    while !swarm.stop.load(Ordering::Relaxed) {
+        let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        if stall_in_body {
+            let head = format!(
+                "POST /v1/namespaces/{NS}/check-and-mark HTTP/1.1\r\nhost: soak\r\n\
+                 content-type: application/json\r\ncontent-length: 100\r\n\r\n{{"
+            );
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                continue;
+            }
+        }
+        let mut answer = Vec::new();
+        let mut chunk = [0_u8; 1024];
+        loop {
+            tokio::select! {
+                read = stream.read(&mut chunk) => match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answer.extend_from_slice(&chunk[..n]),
+                },
+                () = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if swarm.stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                }
+            }
+        }
+        if answer.starts_with(b"HTTP/1.1 408") {
+            swarm.timeouts_408.fetch_add(1, Ordering::Relaxed);
+        }
+        swarm.closed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The slow-client phase (see the module docs): the honest rate must hold.
+async fn slow_client_phase(daemon: &Daemon, rate: u64, first_rate: f64) {
+    let secs = env_u64("ONCELY_SOAK_SLOW_SECS", 60);
+    let swarm = Arc::new(Swarm::default());
+    let mut clients = Vec::new();
+    for i in 0..SLOW_BODIES + IDLE {
+        clients.push(tokio::spawn(slow_client(
+            daemon.addr,
+            i < SLOW_BODIES,
+            Arc::clone(&swarm),
+        )));
+    }
+    // Every slow client connected before the honest load starts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let args = LoadArgs {
+        url: daemon.url(""),
+        namespace: NS.into(),
+        batch: BATCH,
+        concurrency: CONNECTIONS,
+        duration: HumanDuration(Duration::from_secs(secs)),
+        ids: None,
+        rate: Some(rate as f64),
+        duplicates: DUPLICATES,
+        token: None,
+        json: true,
+        seed: None,
+        threads: 1,
+    };
+    let loader = std::thread::spawn(move || load::run(&args));
+    let c = client();
+    let mut most_open = 0.0_f64;
+    while !loader.is_finished() {
+        if let Ok(r) = c.get(daemon.url("/metrics")).send().await
+            && let Ok(text) = r.text().await
+            && let Some(open) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("oncelyd_connections_open "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        {
+            most_open = most_open.max(open);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let report: LoadReport = loader
+        .join()
+        .expect("the load thread ends")
+        .expect("the load runs");
+    swarm.stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        let _ = client.await;
+    }
+    println!("slow-client phase");
+    println!("{}", load::render_text(&report));
+    println!(
+        "  beside      {SLOW_BODIES} connections stalled in a body and {IDLE} idle ones \
+         (reconnecting when closed): at most {most_open:.0} connections open, {} answered \
+         408, {} closes",
+        swarm.timeouts_408.load(Ordering::Relaxed),
+        swarm.closed.load(Ordering::Relaxed),
+    );
+    println!(
+        "  honest rate {} IDs/s ({:.1}% of the first phase's {}), p99 {} us, {} errors",
+        grouped(report.ids_per_sec.round() as u64),
+        report.ids_per_sec / first_rate * 100.0,
+        grouped(first_rate.round() as u64),
+        report.latency_us.p99,
+        report.errors.total,
+    );
+    assert!(
+        most_open >= (SLOW_BODIES + IDLE) as f64,
+        "the slow clients were not all connected: at most {most_open} connections"
+    );
+    assert_eq!(report.errors.total, 0, "honest requests failed: {report:?}");
+    assert!(
+        report.ids_per_sec >= first_rate * SLOW_PHASE_SHARE,
+        "the honest rate fell to {:.0} IDs/s beside slow clients, under {:.0}% of {first_rate:.0}",
+        report.ids_per_sec,
+        SLOW_PHASE_SHARE * 100.0
+    );
 }

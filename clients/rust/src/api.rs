@@ -535,6 +535,31 @@ pub struct NamespaceView {
     pub estimated_fp: f64,
     /// Bytes of filter memory across generations.
     pub memory_bytes: u64,
+    /// What the namespace is charged against the daemon's filter memory budget: the
+    /// most filter memory it can hold over its life under its configuration (its
+    /// generations and one more, which a rotation allocates before the oldest
+    /// leaves). Absent from daemons older than the budget: 0.
+    #[serde(default)]
+    pub charged_bytes: u64,
+    /// The daemon's filter memory budget and its use across all namespaces. Absent
+    /// from daemons older than the budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_budget: Option<FilterBudgetView>,
+}
+
+/// The daemon's filter memory budget (`max_filter_bytes`) and its use: a namespace
+/// create or reconfigure whose charge would take `charged_bytes` over
+/// `budget_bytes` is refused with 409 `over_budget`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FilterBudgetView {
+    /// The budget, in bytes; absent when unbounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_bytes: Option<u64>,
+    /// Bytes charged to all namespaces together.
+    pub charged_bytes: u64,
+    /// Bytes of filters allocated now, across namespaces.
+    pub allocated_bytes: u64,
 }
 
 /// The remembering guarantee: an ID is remembered for at least `ms` when fewer than

@@ -79,6 +79,25 @@ pub fn read(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Result<From
             "ONCELY_MAX_CONCURRENCY" => {
                 l.max_concurrency = Some(parse("max_concurrency", name, value)?);
             }
+            "ONCELY_TRACKER_TIMEOUT" => {
+                l.tracker_timeout = Some(duration("tracker_timeout", name, value)?);
+            }
+            "ONCELY_BODY_READ_TIMEOUT" => {
+                l.body_read_timeout = Some(duration("body_read_timeout", name, value)?);
+            }
+            "ONCELY_HEADER_READ_TIMEOUT" => {
+                l.header_read_timeout = Some(duration("header_read_timeout", name, value)?);
+            }
+            "ONCELY_IDLE_TIMEOUT" => l.idle_timeout = Some(duration("idle_timeout", name, value)?),
+            "ONCELY_MAX_CONNECTIONS" => {
+                l.max_connections = Some(parse("max_connections", name, value)?);
+            }
+            "ONCELY_MAX_FILTER_BYTES" => {
+                l.max_filter_bytes = Some(parse("max_filter_bytes", name, value)?);
+            }
+            "ONCELY_MAX_NAMESPACES" => {
+                l.max_namespaces = Some(parse("max_namespaces", name, value)?);
+            }
             "ONCELY_CACHE_BYTES" => l.cache_bytes = Some(parse("cache_bytes", name, value)?),
             "ONCELY_MEMTABLE_BYTES" => {
                 l.memtable_bytes = Some(parse("memtable_bytes", name, value)?);
@@ -202,6 +221,13 @@ mod tests {
             ("ONCELY_MEMTABLE_BYTES", "32MiB"),
             ("ONCELY_SHUTDOWN_GRACE", "3s"),
             ("ONCELY_DRAIN_DELAY", "250ms"),
+            ("ONCELY_TRACKER_TIMEOUT", "2s"),
+            ("ONCELY_BODY_READ_TIMEOUT", "3s"),
+            ("ONCELY_HEADER_READ_TIMEOUT", "4s"),
+            ("ONCELY_IDLE_TIMEOUT", "5s"),
+            ("ONCELY_MAX_CONNECTIONS", "100"),
+            ("ONCELY_MAX_FILTER_BYTES", "2GiB"),
+            ("ONCELY_MAX_NAMESPACES", "12"),
             ("PATH", "/bin"),
         ]))
         .unwrap();
@@ -222,6 +248,19 @@ mod tests {
         assert_eq!(l.memtable_bytes, Some(ByteSize(32 << 20)));
         assert_eq!(l.shutdown_grace.map(|d| d.0), Some(Duration::from_secs(3)));
         assert_eq!(l.drain_delay.map(|d| d.0), Some(Duration::from_millis(250)));
+        assert_eq!(l.tracker_timeout.map(|d| d.0), Some(Duration::from_secs(2)));
+        assert_eq!(
+            l.body_read_timeout.map(|d| d.0),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            l.header_read_timeout.map(|d| d.0),
+            Some(Duration::from_secs(4))
+        );
+        assert_eq!(l.idle_timeout.map(|d| d.0), Some(Duration::from_secs(5)));
+        assert_eq!(l.max_connections, Some(100));
+        assert_eq!(l.max_filter_bytes, Some(ByteSize(2 << 30)));
+        assert_eq!(l.max_namespaces, Some(12));
     }
 
     #[test]
@@ -230,7 +269,12 @@ mod tests {
             let value = match s.key {
                 "listen" => "127.0.0.1:1",
                 "durability" => "flush",
-                "shutdown_grace" | "drain_delay" => "1s",
+                "shutdown_grace"
+                | "drain_delay"
+                | "tracker_timeout"
+                | "body_read_timeout"
+                | "header_read_timeout"
+                | "idle_timeout" => "1s",
                 _ => "1",
             };
             let got = read(vars(&[(s.env, value)]));

@@ -25,12 +25,13 @@ use crate::Error;
 
 pub mod env;
 pub mod file;
+pub mod machine;
 mod origin;
 mod units;
 
 pub use file::NamespaceTable;
 pub use origin::AllowedOrigin;
-pub use units::{ByteSize, parse_duration};
+pub use units::{ByteSize, human_bytes, parse_duration};
 
 /// One setting's three names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +56,7 @@ const fn setting(key: &'static str, flag: &'static str, env: &'static str) -> Se
 }
 
 /// Every setting of `oncelyd serve`, in the order the reference lists them.
-pub const SETTINGS: [Setting; 13] = [
+pub const SETTINGS: [Setting; 20] = [
     setting("listen", "--listen", "ONCELY_LISTEN"),
     setting("data_dir", "--data-dir", "ONCELY_DATA_DIR"),
     Setting {
@@ -81,6 +82,37 @@ pub const SETTINGS: [Setting; 13] = [
         "max_concurrency",
         "--max-concurrency",
         "ONCELY_MAX_CONCURRENCY",
+    ),
+    setting(
+        "tracker_timeout",
+        "--tracker-timeout",
+        "ONCELY_TRACKER_TIMEOUT",
+    ),
+    setting(
+        "body_read_timeout",
+        "--body-read-timeout",
+        "ONCELY_BODY_READ_TIMEOUT",
+    ),
+    setting(
+        "header_read_timeout",
+        "--header-read-timeout",
+        "ONCELY_HEADER_READ_TIMEOUT",
+    ),
+    setting("idle_timeout", "--idle-timeout", "ONCELY_IDLE_TIMEOUT"),
+    setting(
+        "max_connections",
+        "--max-connections",
+        "ONCELY_MAX_CONNECTIONS",
+    ),
+    setting(
+        "max_filter_bytes",
+        "--max-filter-bytes",
+        "ONCELY_MAX_FILTER_BYTES",
+    ),
+    setting(
+        "max_namespaces",
+        "--max-namespaces",
+        "ONCELY_MAX_NAMESPACES",
     ),
     setting("cache_bytes", "--cache-bytes", "ONCELY_CACHE_BYTES"),
     setting(
@@ -116,6 +148,34 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// enough not to slow a Ctrl-C much. (Kubernetes' default readiness probe, every
 /// 10 s with 3 failures needed, takes 30 s: set more there.)
 pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(5);
+/// The default longest wait of a request on the tracker: a mark takes microseconds
+/// to milliseconds, a write stall or an fsync on a slow disk tens to hundreds; five
+/// seconds is a store in trouble, and a third of the typed client's 15 s budget for
+/// a whole call, so its retries still fit.
+pub const DEFAULT_TRACKER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default time a request's body has to arrive, from its head: a whole
+/// `max_body_bytes` (4 MiB) in 10 s is 3.4 Mbit/s, far below any link between
+/// services.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default time a request head has to arrive, from its first byte: a head is a
+/// few hundred bytes, sent in one write by every HTTP client.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default time a connection may stay open with no request under way: longer
+/// than the idle timeouts of the usual client pools' keep-alive reuse (the typed
+/// client's reqwest pool keeps connections 90 s, but reuses them at once under
+/// load), short enough that abandoned connections give their descriptors back.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The most connections by default, when the descriptor limit allows it (see
+/// `server::descriptors`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// The default most namespaces, `default` included.
+pub const DEFAULT_MAX_NAMESPACES: u32 = 1024;
+/// The smallest `max_filter_bytes`: 1 MiB (the `default` namespace's filters take
+/// about 6 MiB with its defaults, so a smaller budget is a unit mistake).
+pub const MIN_FILTER_BYTES: u64 = 1 << 20;
+/// The longest of the request and connection timeouts: one hour. Longer is a unit
+/// mistake, and would let a client hold a connection for that long.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The most `max_concurrency` may be: Tokio's semaphores count up to
 /// `usize::MAX >> 3` permits, and a million requests in progress is far beyond any
 /// machine.
@@ -151,6 +211,20 @@ pub struct Layer {
     pub max_ids: Option<usize>,
     /// `max_concurrency`.
     pub max_concurrency: Option<usize>,
+    /// `tracker_timeout`.
+    pub tracker_timeout: Option<HumanDuration>,
+    /// `body_read_timeout`.
+    pub body_read_timeout: Option<HumanDuration>,
+    /// `header_read_timeout`.
+    pub header_read_timeout: Option<HumanDuration>,
+    /// `idle_timeout`.
+    pub idle_timeout: Option<HumanDuration>,
+    /// `max_connections`.
+    pub max_connections: Option<usize>,
+    /// `max_filter_bytes`.
+    pub max_filter_bytes: Option<ByteSize>,
+    /// `max_namespaces`.
+    pub max_namespaces: Option<u32>,
     /// `cache_bytes`.
     pub cache_bytes: Option<ByteSize>,
     /// `memtable_bytes`.
@@ -181,6 +255,13 @@ impl fmt::Debug for Layer {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_ids", &self.max_ids)
             .field("max_concurrency", &self.max_concurrency)
+            .field("tracker_timeout", &self.tracker_timeout)
+            .field("body_read_timeout", &self.body_read_timeout)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("max_filter_bytes", &self.max_filter_bytes)
+            .field("max_namespaces", &self.max_namespaces)
             .field("cache_bytes", &self.cache_bytes)
             .field("memtable_bytes", &self.memtable_bytes)
             .field("shutdown_grace", &self.shutdown_grace)
@@ -220,6 +301,22 @@ pub struct Settings {
     pub max_ids: usize,
     /// Most requests in progress at once; more are answered 503 at once.
     pub max_concurrency: usize,
+    /// Longest wait of a request on the tracker; then 504 `deadline_exceeded`.
+    pub tracker_timeout: Duration,
+    /// Longest time a request body may take to arrive; then 408 `request_timeout`.
+    pub body_read_timeout: Duration,
+    /// Longest time a request head may take to arrive, from its first byte; then the
+    /// connection is closed.
+    pub header_read_timeout: Duration,
+    /// Longest time a connection may stay open with no request under way.
+    pub idle_timeout: Duration,
+    /// Most connections open at once; `None`: derived at start-up from the
+    /// descriptor limit (see `server::descriptors`).
+    pub max_connections: Option<usize>,
+    /// Most filter memory all namespaces may be charged, in bytes.
+    pub max_filter_bytes: u64,
+    /// Most namespaces, `default` included.
+    pub max_namespaces: u32,
     /// RocksDB's block cache and memtable budgets.
     pub rocks: RocksOptions,
     /// How long in-flight requests get to finish at shutdown.
@@ -248,6 +345,13 @@ impl fmt::Debug for Settings {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_ids", &self.max_ids)
             .field("max_concurrency", &self.max_concurrency)
+            .field("tracker_timeout", &self.tracker_timeout)
+            .field("body_read_timeout", &self.body_read_timeout)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("max_filter_bytes", &self.max_filter_bytes)
+            .field("max_namespaces", &self.max_namespaces)
             .field("rocks", &self.rocks)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("drain_delay", &self.drain_delay)
@@ -269,6 +373,13 @@ impl Default for Settings {
             max_body_bytes: usize::try_from(DEFAULT_MAX_BODY_BYTES).unwrap_or(usize::MAX),
             max_ids: DEFAULT_MAX_IDS,
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            tracker_timeout: DEFAULT_TRACKER_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: None,
+            max_filter_bytes: machine::MemoryLimit::of_this_process().default_filter_budget(),
+            max_namespaces: DEFAULT_MAX_NAMESPACES,
             rocks: RocksOptions::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             drain_delay: DEFAULT_DRAIN_DELAY,
@@ -452,6 +563,69 @@ impl Settings {
             ],
             ToString::to_string,
         );
+        let tracker_timeout = m.pick(
+            "tracker_timeout",
+            [
+                (Flag, flags.tracker_timeout),
+                (Env, env.tracker_timeout),
+                (File, file.tracker_timeout),
+            ],
+            show_duration,
+        );
+        let body_read_timeout = m.pick(
+            "body_read_timeout",
+            [
+                (Flag, flags.body_read_timeout),
+                (Env, env.body_read_timeout),
+                (File, file.body_read_timeout),
+            ],
+            show_duration,
+        );
+        let header_read_timeout = m.pick(
+            "header_read_timeout",
+            [
+                (Flag, flags.header_read_timeout),
+                (Env, env.header_read_timeout),
+                (File, file.header_read_timeout),
+            ],
+            show_duration,
+        );
+        let idle_timeout = m.pick(
+            "idle_timeout",
+            [
+                (Flag, flags.idle_timeout),
+                (Env, env.idle_timeout),
+                (File, file.idle_timeout),
+            ],
+            show_duration,
+        );
+        let max_connections = m.pick(
+            "max_connections",
+            [
+                (Flag, flags.max_connections),
+                (Env, env.max_connections),
+                (File, file.max_connections),
+            ],
+            ToString::to_string,
+        );
+        let max_filter_bytes = m.pick(
+            "max_filter_bytes",
+            [
+                (Flag, flags.max_filter_bytes),
+                (Env, env.max_filter_bytes),
+                (File, file.max_filter_bytes),
+            ],
+            show_size,
+        );
+        let max_namespaces = m.pick(
+            "max_namespaces",
+            [
+                (Flag, flags.max_namespaces),
+                (Env, env.max_namespaces),
+                (File, file.max_namespaces),
+            ],
+            ToString::to_string,
+        );
         let cache_bytes = m.pick(
             "cache_bytes",
             [
@@ -508,6 +682,13 @@ impl Settings {
             max_body_bytes: size("max_body_bytes", max_body_bytes, d.max_body_bytes)?,
             max_ids: max_ids.unwrap_or(d.max_ids),
             max_concurrency: max_concurrency.unwrap_or(d.max_concurrency),
+            tracker_timeout: tracker_timeout.map_or(d.tracker_timeout, |t| t.0),
+            body_read_timeout: body_read_timeout.map_or(d.body_read_timeout, |t| t.0),
+            header_read_timeout: header_read_timeout.map_or(d.header_read_timeout, |t| t.0),
+            idle_timeout: idle_timeout.map_or(d.idle_timeout, |t| t.0),
+            max_connections,
+            max_filter_bytes: max_filter_bytes.map_or(d.max_filter_bytes, |b| b.0),
+            max_namespaces: max_namespaces.unwrap_or(d.max_namespaces),
             rocks: RocksOptions {
                 cache_bytes: size("cache_bytes", cache_bytes, d.rocks.cache_bytes)?,
                 memtable_bytes: size("memtable_bytes", memtable_bytes, d.rocks.memtable_bytes)?,
@@ -553,6 +734,47 @@ impl Settings {
                     "{} is over the limit of {MAX_CONCURRENCY}",
                     self.max_concurrency
                 ),
+            );
+        }
+        for (setting, value) in [
+            ("tracker_timeout", self.tracker_timeout),
+            ("body_read_timeout", self.body_read_timeout),
+            ("header_read_timeout", self.header_read_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if value.is_zero() {
+                return bad(setting, "must be above 0s".into());
+            }
+            if value > MAX_TIMEOUT {
+                return bad(
+                    setting,
+                    format!("{value:?} is over the limit of 1h (write units: \"30s\", \"500ms\")"),
+                );
+            }
+        }
+        match self.max_connections {
+            Some(0) => return bad("max_connections", "must be at least 1".into()),
+            Some(n) if n > MAX_CONCURRENCY => {
+                return bad(
+                    "max_connections",
+                    format!("{n} is over the limit of {MAX_CONCURRENCY}"),
+                );
+            }
+            _ => {}
+        }
+        if self.max_filter_bytes < MIN_FILTER_BYTES {
+            return bad(
+                "max_filter_bytes",
+                format!(
+                    "{} is under the minimum of 1MiB (write units: \"8GiB\")",
+                    ByteSize(self.max_filter_bytes)
+                ),
+            );
+        }
+        if self.max_namespaces == 0 {
+            return bad(
+                "max_namespaces",
+                "must be at least 1 (the default namespace always exists)".into(),
             );
         }
         if let Err(oncely::Error::InvalidConfig { field, reason }) = self.rocks.validate() {
@@ -846,6 +1068,17 @@ mod tests {
         assert_eq!(setting_of("cache_bytes = \"32MiB\""), "cache_bytes");
         assert_eq!(setting_of("shutdown_grace = \"2h\""), "shutdown_grace");
         assert_eq!(setting_of("drain_delay = 7200"), "drain_delay");
+        assert_eq!(setting_of("tracker_timeout = \"0s\""), "tracker_timeout");
+        assert_eq!(
+            setting_of("body_read_timeout = \"2h\""),
+            "body_read_timeout"
+        );
+        assert_eq!(setting_of("header_read_timeout = 0"), "header_read_timeout");
+        assert_eq!(setting_of("idle_timeout = 3601"), "idle_timeout");
+        assert_eq!(setting_of("max_connections = 0"), "max_connections");
+        assert_eq!(setting_of("max_connections = 2000000"), "max_connections");
+        assert_eq!(setting_of("max_filter_bytes = 4096"), "max_filter_bytes");
+        assert_eq!(setting_of("max_namespaces = 0"), "max_namespaces");
         assert_eq!(setting_of("tokens = [\"\"]"), "tokens");
         assert_eq!(setting_of("tokens = [\"a b\"]"), "tokens");
         assert_eq!(setting_of("allowed_origins = [\"*\"]"), "allowed_origins");

@@ -80,6 +80,21 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// Bytes for a message: `530.1 MiB`, `11.8 GiB`, `512 B`; the nearest binary unit,
+/// one decimal.
+#[must_use]
+pub fn human_bytes(n: u64) -> String {
+    for (unit, per) in [("GiB", 1_u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if n >= per {
+            // Display only: a u64 of bytes fits an f64 to well within a tenth.
+            #[allow(clippy::cast_precision_loss)]
+            let value = n as f64 / per as f64;
+            return format!("{value:.1} {unit}");
+        }
+    }
+    format!("{n} B")
+}
+
 /// Parses a duration setting (`"10s"`, `"500ms"`, a number of seconds).
 ///
 /// # Errors
@@ -113,5 +128,8 @@ mod tests {
         }
         assert_eq!(ByteSize(4 << 20).to_string(), "4MiB");
         assert_eq!(ByteSize(1000).to_string(), "1000B");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 << 29), "1.5 GiB");
+        assert_eq!(human_bytes(555_745_280), "530.0 MiB");
     }
 }

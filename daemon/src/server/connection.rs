@@ -9,9 +9,23 @@
 //!   application is handling finishes and gets its answer.
 //! * Each socket is wrapped in [`RawErrors`], so that the answers hyper writes itself
 //!   have the JSON error shape too.
+//! * No client can hold the daemon's connections or descriptors:
+//!   - at most `max_connections` are open at once. At the cap the loop stops
+//!     accepting until one closes: new clients wait in the kernel's accept queue (up
+//!     to its backlog), nothing is refused, and `oncelyd_connection_cap_reached_total`
+//!     counts each time it happened. Descriptors for the store stay free
+//!     (`super::descriptors`);
+//!   - a connection with no request under way closes after `idle_timeout` (counted
+//!     from its accept, or from its last answer);
+//!   - a request head must arrive within `header_read_timeout` of its first byte,
+//!     else the connection closes (a head that trickles in a byte at a time holds
+//!     it no longer than that);
+//!   - a body must arrive within `body_read_timeout` (408, in `super::extract`).
 
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -19,11 +33,14 @@ use axum::body::Body;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tower::ServiceExt;
 
+use super::metrics::{Closed, Metrics};
 use super::raw_errors::RawErrors;
 
 /// What the connections are told to do.
@@ -37,6 +54,14 @@ pub(super) enum Phase {
     Abort,
 }
 
+/// How many connections, and how long each may wait for its client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct ConnectionLimits {
+    pub(super) max_connections: usize,
+    pub(super) header_read_timeout: Duration,
+    pub(super) idle_timeout: Duration,
+}
+
 /// Accepts connections on `listener` and serves `router` on them until told to
 /// close, then waits for the connections to finish, or drops them when told to
 /// abort. Returns when no connection is left.
@@ -44,14 +69,48 @@ pub(super) async fn serve(
     listener: TcpListener,
     router: Router,
     mut phase: watch::Receiver<Phase>,
+    limits: ConnectionLimits,
+    metrics: Arc<Metrics>,
 ) {
     let mut connections = JoinSet::new();
     let mut closing = phase.clone();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // The slot the next connection takes; accepting waits for one.
+    let mut slot: Option<OwnedSemaphorePermit> = None;
+    let mut at_cap = false;
     loop {
+        if slot.is_none() {
+            match Arc::clone(&slots).try_acquire_owned() {
+                Ok(permit) => slot = Some(permit),
+                Err(_) if !at_cap => {
+                    at_cap = true;
+                    metrics.connection_cap_reached();
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        "connection cap reached: accepting no more until one closes"
+                    );
+                }
+                Err(_) => {}
+            }
+        }
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            freed = Arc::clone(&slots).acquire_owned(), if slot.is_none() => {
+                slot = freed.ok();
+                if at_cap {
+                    at_cap = false;
+                    tracing::info!("below the connection cap again: accepting");
+                }
+            }
+            accepted = listener.accept(), if slot.is_some() => match accepted {
                 Ok((stream, _)) => {
-                    connections.spawn(connection(stream, router.clone(), phase.clone()));
+                    let held = Held::new(slot.take(), &metrics);
+                    connections.spawn(connection(
+                        stream,
+                        router.clone(),
+                        phase.clone(),
+                        limits,
+                        held,
+                    ));
                 }
                 Err(e) => accept_failed(&e).await,
             },
@@ -71,6 +130,29 @@ pub(super) async fn serve(
                 return;
             }
         }
+    }
+}
+
+/// A connection's slot under the cap, and its place in the metrics; both given
+/// back when the connection's task ends, however it ends.
+struct Held {
+    _slot: Option<OwnedSemaphorePermit>,
+    metrics: Arc<Metrics>,
+}
+
+impl Held {
+    fn new(slot: Option<OwnedSemaphorePermit>, metrics: &Arc<Metrics>) -> Self {
+        metrics.connection_opened();
+        Self {
+            _slot: slot,
+            metrics: Arc::clone(metrics),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.metrics.connection_ended();
     }
 }
 
@@ -96,41 +178,218 @@ async fn accept_failed(e: &std::io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
-/// Serves one connection until it ends, or until told to close (then it ends once
-/// its request in progress, if any, is answered).
-async fn connection(stream: TcpStream, router: Router, mut phase: watch::Receiver<Phase>) {
+/// What a connection is doing, for its timeouts: shared by the socket (which sees
+/// bytes arrive), the service (which sees requests begin and end) and the
+/// connection's task (which closes it when a deadline passes). Times are
+/// milliseconds since `epoch`, plus one, so that 0 means "none".
+struct Activity {
+    epoch: Instant,
+    /// Requests handed to the application and not yet answered.
+    busy: AtomicUsize,
+    /// When the connection last had nothing under way: accepted, or answered.
+    idle_since: AtomicU64,
+    /// When the first byte of a request head arrived while nothing was under way;
+    /// 0 when none has.
+    head_since: AtomicU64,
+    /// Whether any request of this connection ever reached the application.
+    asked: AtomicBool,
+    /// Wakes the task to look at its deadline again (a head began, an answer ended).
+    changed: Notify,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            busy: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(1),
+            head_since: AtomicU64::new(0),
+            asked: AtomicBool::new(false),
+            changed: Notify::new(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    fn at(&self, stamp: u64) -> Instant {
+        self.epoch + Duration::from_millis(stamp.saturating_sub(1))
+    }
+
+    /// Bytes arrived: with nothing under way, they begin a request head.
+    fn read(&self) {
+        if self.busy.load(Ordering::Relaxed) == 0 && self.head_since.load(Ordering::Relaxed) == 0 {
+            self.head_since.store(self.now(), Ordering::Relaxed);
+            self.changed.notify_one();
+        }
+    }
+
+    /// A request reached the application: its head is complete.
+    fn begin(&self) {
+        self.asked.store(true, Ordering::Relaxed);
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        self.head_since.store(0, Ordering::Relaxed);
+    }
+
+    /// A request was answered (or abandoned).
+    fn end(&self) {
+        if self.busy.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.idle_since.store(self.now(), Ordering::Relaxed);
+            self.changed.notify_one();
+        }
+    }
+
+    /// When the connection must close if nothing changes, and why; `None` while a
+    /// request is under way (the application's own deadlines bound it).
+    fn deadline(&self, limits: ConnectionLimits) -> Option<(Instant, Closed)> {
+        if self.busy.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        match self.head_since.load(Ordering::Relaxed) {
+            0 => Some((
+                self.at(self.idle_since.load(Ordering::Relaxed)) + limits.idle_timeout,
+                Closed::IdleTimeout,
+            )),
+            since => Some((
+                self.at(since) + limits.header_read_timeout,
+                Closed::HeaderTimeout,
+            )),
+        }
+    }
+}
+
+/// Ends a request's busy time when dropped: when its answer is ready, or when the
+/// request is abandoned (its connection closed under it).
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// A socket that tells its connection's [`Activity`] when bytes arrive.
+struct Watched<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.read();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Serves one connection until it ends, a deadline passes, or it is told to close
+/// (then it ends once its request in progress, if any, is answered).
+async fn connection(
+    stream: TcpStream,
+    router: Router,
+    mut phase: watch::Receiver<Phase>,
+    limits: ConnectionLimits,
+    held: Held,
+) {
     // Small answers must not wait for Nagle's algorithm (and the client's delayed
     // ACK): that would cost up to 40 ms per request on a keep-alive connection.
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
-    // Whether hyper has handed the application a request on this connection.
-    let asked = Arc::new(AtomicBool::new(false));
+    let activity = Arc::new(Activity::new());
     let service = {
-        let asked = Arc::clone(&asked);
+        let activity = Arc::clone(&activity);
         hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            asked.store(true, Ordering::Relaxed);
-            router.clone().oneshot(req.map(Body::new))
+            activity.begin();
+            let busy = Busy(Arc::clone(&activity));
+            let answer = router.clone().oneshot(req.map(Body::new));
+            async move {
+                let answered = answer.await;
+                drop(busy);
+                answered
+            }
         })
     };
+    let socket = Watched {
+        inner: stream,
+        activity: Arc::clone(&activity),
+    };
     let conn =
-        http1::Builder::new().serve_connection(TokioIo::new(RawErrors::new(stream)), service);
+        http1::Builder::new().serve_connection(TokioIo::new(RawErrors::new(socket)), service);
     let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        ended = conn.as_mut() => {
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, "connection ended with an error");
+    loop {
+        let deadline = activity.deadline(limits);
+        let expired = async {
+            match deadline {
+                Some((at, _)) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
             }
-            return;
+        };
+        tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = expired => {
+                // Only if it still holds: bytes or an answer may have moved it.
+                if let Some((at, why)) = activity.deadline(limits)
+                    && at <= Instant::now()
+                {
+                    held.metrics.connection_closed(why);
+                    tracing::debug!(reason = why.as_str(), "closing a connection past its deadline");
+                    return;
+                }
+            }
+            () = activity.changed.notified() => {}
+            () = until(&mut phase, |p| p != Phase::Serving) => break,
         }
-        () = until(&mut phase, |p| p != Phase::Serving) => {}
     }
     // hyper closes an idle keep-alive connection here, and turns keep-alive off for
     // a request in progress. It waits for a first request head that has begun to
     // arrive, though: no request of this connection ever reached the application,
     // so there is nothing to finish, and the client will retry elsewhere.
     conn.as_mut().graceful_shutdown();
-    if !asked.load(Ordering::Relaxed) {
+    if !activity.asked.load(Ordering::Relaxed) {
         return;
     }
     if let Err(e) = conn.await {

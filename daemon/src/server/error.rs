@@ -9,6 +9,8 @@ use axum::response::{IntoResponse, Response};
 
 use oncely_client::api::{ErrorBody, ErrorResponse};
 
+use crate::config::human_bytes;
+
 /// An error answer: a status, a stable code and a message for humans.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiError {
@@ -54,6 +56,37 @@ impl ApiError {
             format!(
                 "{limit} requests are already in progress (max_concurrency); nothing in \
                  this request was done, retry later"
+            ),
+        )
+    }
+
+    /// 408 when a request body did not arrive within `body_read_timeout`; the
+    /// connection is closed after the answer (the rest of the body may still come).
+    pub fn body_timeout(timeout: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {timeout:?} (body_read_timeout); \
+                 nothing in this request was done, send it again"
+            ),
+        )
+    }
+
+    /// 504 when the tracker did not answer within `tracker_timeout`. The call goes
+    /// on and what it does stands, so the outcome is unknown: the message says how
+    /// to learn it.
+    pub fn deadline_exceeded(timeout: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "deadline_exceeded",
+            format!(
+                "the tracker did not answer within {timeout:?} (tracker_timeout); the outcome \
+                 is unknown: the call was not abandoned, and whatever it marks, claims or \
+                 changes when it finishes stands. Retry the same request to learn it: a \
+                 check-and-mark or claim retried with the same owner token gets its new or \
+                 acquired back (replayed: true) for what this call did; without an owner, a \
+                 retry answers duplicate for IDs this call marked"
             ),
         )
     }
@@ -108,8 +141,27 @@ impl From<oncely::Error> for ApiError {
             E::InvalidArgument { .. } => (StatusCode::BAD_REQUEST, "invalid_argument"),
             E::MissingFields(_) => (StatusCode::BAD_REQUEST, "missing_fields"),
             E::WouldDrop { .. } => (StatusCode::CONFLICT, "would_drop"),
-            E::OverBudget { .. } => (StatusCode::CONFLICT, "over_budget"),
-            E::TooManyNamespaces { .. } => (StatusCode::CONFLICT, "too_many_namespaces"),
+            E::OverBudget {
+                asked,
+                in_use,
+                budget,
+            } => {
+                return Self::new(
+                    StatusCode::CONFLICT,
+                    "over_budget",
+                    over_budget(*asked, *in_use, *budget),
+                );
+            }
+            E::TooManyNamespaces { max } => {
+                return Self::new(
+                    StatusCode::CONFLICT,
+                    "too_many_namespaces",
+                    format!(
+                        "there are already {max} namespaces, the most this daemon allows \
+                         (max_namespaces); nothing changed: delete one, or raise the cap"
+                    ),
+                );
+            }
             E::UnknownNamespace(_) => (StatusCode::NOT_FOUND, "unknown_namespace"),
             E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             E::Refused(_) => (StatusCode::CONFLICT, "refused"),
@@ -129,6 +181,22 @@ impl From<oncely::Error> for ApiError {
         };
         Self::new(status, code, message)
     }
+}
+
+/// The message of 409 `over_budget`: the three numbers, readable and exact.
+fn over_budget(asked: u64, in_use: u64, budget: u64) -> String {
+    let free = budget.saturating_sub(in_use);
+    format!(
+        "the namespace's filters would need up to {} ({asked} bytes) over its life, but only \
+         {} ({free} bytes) of the {} ({budget}-byte) filter budget (max_filter_bytes) are \
+         free: {} ({in_use} bytes) are charged to the other namespaces. Nothing changed; \
+         ask for a smaller generation_capacity, fewer generations or a higher fp_rate, or \
+         delete a namespace",
+        human_bytes(asked),
+        human_bytes(free),
+        human_bytes(budget),
+        human_bytes(in_use),
+    )
 }
 
 /// A server error's code and message, carried to the metrics middleware in the
@@ -167,15 +235,19 @@ impl IntoResponse for ApiError {
             .into_response();
         let headers = response.headers_mut();
         match self.status {
+            // The rest of a late body may still come: the connection cannot be reused.
+            StatusCode::REQUEST_TIMEOUT => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             StatusCode::UNAUTHORIZED => {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"oncelyd\""),
                 );
             }
-            // Shedding and storage failures are transient: tell clients when to retry
-            // instead of letting them hammer an overloaded server.
-            StatusCode::SERVICE_UNAVAILABLE => {
+            // Shedding, storage failures and deadlines are transient: tell clients when
+            // to retry instead of letting them hammer an overloaded server.
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}

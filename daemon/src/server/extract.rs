@@ -51,8 +51,15 @@ impl JsonBody {
 impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
+    /// Reads the whole body within `body_read_timeout`: a client that stalls gets
+    /// 408 and the request does nothing. (It holds no admission permit meanwhile:
+    /// routes take theirs once the body is read.)
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        match Bytes::from_request(req, state).await {
+        let timeout = state.limits().body_read_timeout;
+        let Ok(read) = tokio::time::timeout(timeout, Bytes::from_request(req, state)).await else {
+            return Err(ApiError::body_timeout(timeout));
+        };
+        match read {
             Ok(bytes) => Ok(Self(bytes)),
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(ApiError::new(

@@ -48,6 +48,29 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Why the daemon closed a connection itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Closed {
+    /// No request under way for `idle_timeout`.
+    IdleTimeout,
+    /// A request head not complete `header_read_timeout` after its first byte.
+    HeaderTimeout,
+}
+
+impl Closed {
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Self::IdleTimeout => "idle_timeout",
+            Self::HeaderTimeout => "header_timeout",
+        }
+    }
+}
+
 /// Which call produced verdicts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Op {
@@ -124,6 +147,12 @@ pub(crate) struct Metrics {
     claim_ends: [Counter; 2],
     shed: Counter,
     in_flight: Gauge<i64, AtomicI64>,
+    connections_open: Gauge<i64, AtomicI64>,
+    connections_accepted: Counter,
+    cap_reached: Counter,
+    /// Per [`Closed`] reason, in its order.
+    connections_closed: [Counter; 2],
+    late: Counter,
 }
 
 /// Upper bounds of the latency buckets, in seconds: 1, 2.5 and 5 per decade from
@@ -223,6 +252,46 @@ impl Metrics {
             "Requests being served now",
             in_flight.clone(),
         );
+        let connections_open = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "connections_open",
+            "Client connections open now",
+            connections_open.clone(),
+        );
+        let connections_accepted = Counter::default();
+        registry.register(
+            "connections_accepted",
+            "Client connections accepted since start-up",
+            connections_accepted.clone(),
+        );
+        let cap_reached = Counter::default();
+        registry.register(
+            "connection_cap_reached",
+            "Times the accept loop reached max_connections and stopped accepting until a \
+             connection closed",
+            cap_reached.clone(),
+        );
+        let closed_family = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections the daemon closed itself, by reason: idle_timeout (no request under \
+             way for idle_timeout), header_timeout (a request head not complete within \
+             header_read_timeout of its first byte)",
+            closed_family.clone(),
+        );
+        let connections_closed = [Closed::IdleTimeout, Closed::HeaderTimeout].map(|reason| {
+            closed_family.get_or_create_owned(&ReasonLabels {
+                reason: reason.as_str(),
+            })
+        });
+        let late = Counter::default();
+        registry.register(
+            "tracker_calls_late",
+            "Tracker calls that finished after their request had been answered 504 \
+             deadline_exceeded; what they did stands (a retry with the same owner token gets \
+             the outcome)",
+            late.clone(),
+        );
         registry.register_collector(Box::new(TrackerCollector { tracker, accepting }));
         Self {
             registry,
@@ -234,7 +303,34 @@ impl Metrics {
             claim_ends,
             shed,
             in_flight,
+            connections_open,
+            connections_accepted,
+            cap_reached,
+            connections_closed,
+            late,
         }
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.connections_accepted.inc();
+        self.connections_open.inc();
+    }
+
+    pub(crate) fn connection_ended(&self) {
+        self.connections_open.dec();
+    }
+
+    pub(crate) fn connection_cap_reached(&self) {
+        self.cap_reached.inc();
+    }
+
+    pub(crate) fn connection_closed(&self, why: Closed) {
+        self.connections_closed[why as usize].inc();
+    }
+
+    /// A tracker call finished after its request was answered 504.
+    pub(crate) fn late_call(&self) {
+        self.late.inc();
     }
 
     /// Counts a request's verdicts: one tally per request, then one add per verdict
@@ -365,7 +461,7 @@ type NsGauge = (
     fn(&oncely::NamespaceInfo) -> f64,
 );
 
-const NAMESPACE_GAUGES: [NsGauge; 8] = [
+const NAMESPACE_GAUGES: [NsGauge; 9] = [
     (
         "namespace_fill_ratio",
         "Fill ratio (bits set / bits) of the open generation's Bloom filter.",
@@ -406,6 +502,12 @@ const NAMESPACE_GAUGES: [NsGauge; 8] = [
         "Bytes of Bloom filter memory across live generations.",
         |i| as_f64(i.memory_bytes),
     ),
+    (
+        "namespace_charged_bytes",
+        "Bytes the namespace is charged against max_filter_bytes: the most filter memory \
+         it can hold over its life under its configuration.",
+        |i| as_f64(i.charged_bytes),
+    ),
 ];
 
 /// Counts as gauge values: exact up to 2^53, which no count here reaches.
@@ -430,6 +532,36 @@ impl Collector for TrackerCollector {
                 let labels = [("namespace", info.name.as_str())];
                 family.encode_family(&labels)?.encode_gauge(&value(info))?;
             }
+        }
+        let budget = self.tracker.filter_budget();
+        let namespaces = infos.len() as u64;
+        for (name, help, value) in [
+            (
+                "filter_budget_bytes",
+                "The filter memory budget (max_filter_bytes).",
+                budget.budget,
+            ),
+            (
+                "filter_charged_bytes",
+                "Bytes charged to namespaces against the budget: the sum of what each can \
+                 hold over its life.",
+                Some(budget.charged),
+            ),
+            (
+                "filter_allocated_bytes",
+                "Bytes of Bloom filters allocated now, across namespaces.",
+                Some(budget.allocated),
+            ),
+            (
+                "namespaces",
+                "Namespaces, default included.",
+                Some(namespaces),
+            ),
+        ] {
+            let Some(value) = value else { continue };
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
         }
         if let Some(bytes) = self.tracker.disk_bytes() {
             let gauge = ConstGauge::new(i64::try_from(bytes).unwrap_or(i64::MAX));

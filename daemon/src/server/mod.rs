@@ -15,10 +15,23 @@
 //! resort: no input is meant to panic), the metrics recorder (which counts every
 //! answer, refusals included), the browser guard (foreign `Origin`: 403; a body that
 //! is not declared JSON: 415), bearer authentication, the body limit, then the route.
-//! Routes that touch the tracker first take an admission permit (`Admitted`),
-//! shedding load with an immediate 503 when `max_concurrency` requests are already
-//! in progress instead of queueing without bound, then do their work on the
-//! blocking pool.
+//! A route with a body reads it whole first, within `body_read_timeout` (else 408,
+//! see `extract`). Routes that touch the tracker then take an admission permit
+//! (`Admitted`), shedding load with an immediate 503 when `max_concurrency` requests
+//! are already in progress instead of queueing without bound, and do their work on
+//! the blocking pool. Admission comes after the body, so that clients sending their
+//! bodies slowly hold no permit: 300 connections each stalled one byte into a body
+//! used to take every permit and starve every other client for as long as they
+//! stayed open.
+//!
+//! # Deadlines
+//!
+//! No request waits on the tracker longer than `tracker_timeout`: past it, the
+//! answer is 504 `deadline_exceeded`. The tracker call is not abandoned (a thread of
+//! the blocking pool cannot be stopped, and a write half-done must not be): it
+//! finishes, keeping its admission permit until then, and what it did stands. The
+//! answer says so, since the outcome is unknown to the client: a retry with the same
+//! owner token gets the marks of the first attempt back as `new`, `replayed: true`.
 //!
 //! # Why the blocking pool
 //!
@@ -38,7 +51,7 @@
 //! blocking pool and back had been half the CPU; most now never make it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -55,10 +68,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::Error;
-use crate::config::{AllowedOrigin, Settings};
+use crate::config::{AllowedOrigin, DEFAULT_MAX_CONNECTIONS, Settings, human_bytes};
 
 mod auth;
 mod connection;
+pub mod descriptors;
 mod error;
 mod extract;
 mod failures;
@@ -78,7 +92,7 @@ pub use shutdown::{
 /// The content type of every JSON answer.
 pub(crate) const JSON: &str = "application/json";
 
-/// Request limits.
+/// Request and connection limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Most IDs in one check or check-and-mark (more: 400 `too_many_ids`).
@@ -87,16 +101,45 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Most tracker requests in progress at once (more: 503 `overloaded`).
     pub max_concurrency: usize,
+    /// Longest wait of a request on the tracker (then 504 `deadline_exceeded`).
+    pub tracker_timeout: Duration,
+    /// Longest time a body may take to arrive (then 408 `request_timeout`).
+    pub body_read_timeout: Duration,
+    /// Longest time a request head may take to arrive from its first byte (then
+    /// the connection is closed).
+    pub header_read_timeout: Duration,
+    /// Longest time a connection may stay open with no request under way.
+    pub idle_timeout: Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        let s = Settings::default();
+impl Limits {
+    fn from_settings(s: &Settings) -> Self {
         Self {
             max_ids: s.max_ids,
             max_body_bytes: s.max_body_bytes,
             max_concurrency: s.max_concurrency,
+            tracker_timeout: s.tracker_timeout,
+            body_read_timeout: s.body_read_timeout,
+            header_read_timeout: s.header_read_timeout,
+            idle_timeout: s.idle_timeout,
+            max_connections: s.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
         }
+    }
+
+    const fn connections(&self) -> connection::ConnectionLimits {
+        connection::ConnectionLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::from_settings(&Settings::default())
     }
 }
 
@@ -178,11 +221,7 @@ impl AppState {
 
     /// State from resolved settings: limits, tokens and allowed origins.
     pub fn from_settings(tracker: Tracker, settings: &Settings) -> Self {
-        let limits = Limits {
-            max_ids: settings.max_ids,
-            max_body_bytes: settings.max_body_bytes,
-            max_concurrency: settings.max_concurrency,
-        };
+        let limits = Limits::from_settings(settings);
         Self::with_origins(
             tracker,
             limits,
@@ -308,7 +347,19 @@ impl AppState {
         .await
     }
 
-    /// Runs `f` on the blocking pool without an admission permit.
+    /// Takes an admission permit, or answers 503 `overloaded` at once.
+    pub(crate) fn admit(&self) -> Result<Admitted, ApiError> {
+        match Arc::clone(&self.inner.admission).try_acquire_owned() {
+            Ok(permit) => Ok(Admitted(permit)),
+            Err(_) => {
+                self.metrics().shed();
+                Err(ApiError::overloaded(self.limits().max_concurrency))
+            }
+        }
+    }
+
+    /// Runs `f` on the blocking pool without an admission permit, waiting for it
+    /// at most `tracker_timeout` (see the module's "Deadlines").
     pub(crate) async fn blocking_unadmitted<T, F>(&self, f: F) -> Result<T, ApiError>
     where
         F: FnOnce(&Tracker) -> Result<T, ApiError> + Send + 'static,
@@ -319,11 +370,41 @@ impl AppState {
             return Err(ApiError::shutting_down());
         };
         let tracker = self.inner.tracker.clone();
-        let joined = tokio::task::spawn_blocking(move || {
+        // Who got there first: the call finishing, or its waiter giving up. Decided
+        // once, so that a call finishing as the deadline passes is answered, never
+        // hidden behind a 504.
+        let race = Arc::new(AtomicU8::new(RUNNING));
+        let worker_race = Arc::clone(&race);
+        let metrics = self.metrics_handle();
+        let mut handle = tokio::task::spawn_blocking(move || {
             let _task = task;
-            f(&tracker)
-        })
-        .await;
+            let result = f(&tracker);
+            if worker_race
+                .compare_exchange(RUNNING, FINISHED, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                metrics.late_call();
+                tracing::warn!(
+                    ok = result.is_ok(),
+                    "a tracker call finished after its request was answered 504; what it did stands"
+                );
+            }
+            result
+        });
+        let timeout = self.limits().tracker_timeout;
+        let joined = match tokio::time::timeout(timeout, &mut handle).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                if race
+                    .compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return Err(ApiError::deadline_exceeded(timeout));
+                }
+                // It finished just now: its answer is ready.
+                handle.await
+            }
+        };
         match joined {
             Ok(Ok(t)) => Ok(t),
             // After close, the tracker refuses calls: that is a shutdown, not a
@@ -340,8 +421,15 @@ impl AppState {
     }
 }
 
+/// States of a tracker call's race against its deadline.
+const RUNNING: u8 = 0;
+const FINISHED: u8 = 1;
+const ABANDONED: u8 = 2;
+
 /// An admission permit: one of `max_concurrency`. Taking it fails at once, with 503
-/// `overloaded`, when all are in use; the request then does nothing.
+/// `overloaded`, when all are in use; the request then does nothing. Routes with a
+/// body take it once the body is read ([`AppState::admit`]); routes without one,
+/// as an extractor.
 #[derive(Debug)]
 pub(crate) struct Admitted(#[allow(dead_code)] OwnedSemaphorePermit);
 
@@ -349,13 +437,7 @@ impl FromRequestParts<AppState> for Admitted {
     type Rejection = ApiError;
 
     async fn from_request_parts(_: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match Arc::clone(&state.inner.admission).try_acquire_owned() {
-            Ok(permit) => Ok(Self(permit)),
-            Err(_) => {
-                state.metrics().shed();
-                Err(ApiError::overloaded(state.limits().max_concurrency))
-            }
-        }
+        state.admit()
     }
 }
 
@@ -432,7 +514,9 @@ pub fn app(state: AppState) -> Router {
 pub async fn open_tracker(settings: &Settings) -> Result<Tracker, Error> {
     let mut builder = Tracker::builder()
         .durability(settings.durability)
-        .rocks_options(settings.rocks);
+        .rocks_options(settings.rocks)
+        .max_filter_bytes(settings.max_filter_bytes)
+        .max_namespaces(settings.max_namespaces);
     if let Some(declared) = settings.namespaces.get(oncely::NamespaceName::DEFAULT) {
         builder = builder.default_config(declared.config.clone());
     }
@@ -445,7 +529,14 @@ pub async fn open_tracker(settings: &Settings) -> Result<Tracker, Error> {
     let opened = tokio::task::spawn_blocking(move || builder.open())
         .await
         .map_err(|e| Error::Serve(std::io::Error::other(e)))?;
-    opened.map_err(|source| Error::Open { path, source })
+    opened.map_err(|source| match source {
+        // Only the `default` namespace is created at open: the budget cannot hold it.
+        oncely::Error::OverBudget { .. } => Error::Config {
+            setting: "max_filter_bytes",
+            reason: format!("cannot hold the default namespace: {source}"),
+        },
+        source => Error::Open { path, source },
+    })
 }
 
 /// Creates or updates the namespaces the settings declare; one whose configuration
@@ -535,19 +626,27 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
     for warning in &settings.warnings {
         tracing::warn!("{warning}");
     }
+    let files = descriptors::raise_limit();
+    if let Some(from) = files.raised_from {
+        tracing::info!(from, to = ?files.soft, "raised the limit on open files to the hard limit");
+    }
     let tracker = open_tracker(&settings).await?;
     let started = async {
         declare_namespaces(&tracker, &settings).await?;
-        TcpListener::bind(settings.listen)
+        let listener = TcpListener::bind(settings.listen)
             .await
             .map_err(|source| Error::Bind {
                 addr: settings.listen,
                 source,
-            })
+            })?;
+        // Counted once the store and the listener are open.
+        let in_use = descriptors::open_now().unwrap_or(0);
+        let cap = descriptors::connection_cap(settings.max_connections, files, in_use)?;
+        Ok((listener, cap))
     }
     .await;
-    let listener = match started {
-        Ok(listener) => listener,
+    let (listener, (max_connections, cap_warning)) = match started {
+        Ok(started) => started,
         Err(e) => {
             let t = tracker.clone();
             // Best effort: the error to report is the start-up failure.
@@ -561,6 +660,19 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
     } else {
         settings.data_dir.display().to_string()
     };
+    if let Some(warning) = cap_warning {
+        tracing::warn!("{warning}");
+    }
+    let budget = tracker.filter_budget();
+    if budget.charged > settings.max_filter_bytes {
+        tracing::warn!(
+            "the namespaces are charged {} of filter memory, over max_filter_bytes {}: \
+             creating namespaces and growing them are refused until namespaces are deleted \
+             or shrunk, or the budget is raised",
+            human_bytes(budget.charged),
+            human_bytes(settings.max_filter_bytes)
+        );
+    }
     // One line says where it listens, what it keeps and where: the process tests
     // read the bound address from `listen=`.
     tracing::info!(
@@ -569,8 +681,15 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
         durability = %settings.durability,
         auth = if settings.tokens.is_empty() { "off" } else { "bearer" },
         max_concurrency = settings.max_concurrency,
+        max_connections,
+        max_filter_bytes = settings.max_filter_bytes,
+        filter_bytes_charged = budget.charged,
         "oncelyd listening on http://{addr}"
     );
+    let settings = Settings {
+        max_connections: Some(max_connections),
+        ..settings
+    };
     let state = AppState::from_settings(tracker, &settings);
     let timing = ShutdownTiming {
         drain_delay: settings.drain_delay,

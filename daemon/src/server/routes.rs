@@ -89,17 +89,19 @@ const RESULT_BYTES: usize = 96;
         (status = 400, description = "Bad ID, owner, namespace name, JSON, or too many IDs; nothing was marked", body = ErrorResponse),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
+        (status = 408, description = "The body did not arrive within body_read_timeout; nothing was done (the connection is closed)", body = ErrorResponse),
         (status = 413, description = "Body over max_body_bytes", body = ErrorResponse),
         (status = 415, description = "Content-Type is not JSON", body = ErrorResponse),
         (status = 503, description = "Storage failed (nothing acknowledged), overloaded, or shutting down", body = ErrorResponse),
+        (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
 )]
 pub(crate) async fn check_and_mark(
     State(state): State<AppState>,
-    admitted: Admitted,
     ApiPath(ns): ApiPath<String>,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
+    let admitted = state.admit()?;
     let max_ids = state.limits().max_ids;
     let m = state.metrics_handle();
     // A small request is first tried on the async worker that read it: most need
@@ -168,17 +170,19 @@ fn mark(
         (status = 400, description = "Bad ID, namespace name, JSON, or too many IDs", body = ErrorResponse),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
+        (status = 408, description = "The body did not arrive within body_read_timeout; nothing was done (the connection is closed)", body = ErrorResponse),
         (status = 413, description = "Body over max_body_bytes", body = ErrorResponse),
         (status = 415, description = "Content-Type is not JSON", body = ErrorResponse),
         (status = 503, description = "Storage failed, overloaded, or shutting down", body = ErrorResponse),
+        (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
 )]
 pub(crate) async fn check(
     State(state): State<AppState>,
-    admitted: Admitted,
     ApiPath(ns): ApiPath<String>,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
+    let admitted = state.admit()?;
     let max_ids = state.limits().max_ids;
     let m = state.metrics_handle();
     // As for check-and-mark: small requests are first tried on the async worker.
@@ -242,17 +246,19 @@ fn check_ids(
         (status = 400, description = "Bad ID, owner, lease, namespace name or JSON", body = ErrorResponse),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
+        (status = 408, description = "The body did not arrive within body_read_timeout; nothing was done (the connection is closed)", body = ErrorResponse),
         (status = 413, description = "Body over max_body_bytes", body = ErrorResponse),
         (status = 415, description = "Content-Type is not JSON", body = ErrorResponse),
         (status = 503, description = "Storage failed, overloaded, or shutting down", body = ErrorResponse),
+        (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
 )]
 pub(crate) async fn claim(
     State(state): State<AppState>,
-    admitted: Admitted,
     ApiPath(ns): ApiPath<String>,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
+    let admitted = state.admit()?;
     let m = state.metrics_handle();
     state
         .blocking(admitted, move |tracker| {
@@ -279,17 +285,19 @@ pub(crate) async fn claim(
         (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
         (status = 409, description = "Another owner holds or completed the ID, or there is no claim", body = ErrorResponse),
+        (status = 408, description = "The body did not arrive within body_read_timeout; nothing was done (the connection is closed)", body = ErrorResponse),
         (status = 413, description = "Body over max_body_bytes", body = ErrorResponse),
         (status = 415, description = "Content-Type is not JSON", body = ErrorResponse),
         (status = 503, description = "Storage failed, overloaded, or shutting down", body = ErrorResponse),
+        (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
 )]
 pub(crate) async fn complete(
     State(state): State<AppState>,
-    admitted: Admitted,
     ApiPath(ns): ApiPath<String>,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
+    let admitted = state.admit()?;
     claim_action(state, admitted, ns, body, ClaimState::Completed).await
 }
 
@@ -307,17 +315,19 @@ pub(crate) async fn complete(
         (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
         (status = 409, description = "Another owner holds the claim, or the ID is done", body = ErrorResponse),
+        (status = 408, description = "The body did not arrive within body_read_timeout; nothing was done (the connection is closed)", body = ErrorResponse),
         (status = 413, description = "Body over max_body_bytes", body = ErrorResponse),
         (status = 415, description = "Content-Type is not JSON", body = ErrorResponse),
         (status = 503, description = "Storage failed, overloaded, or shutting down", body = ErrorResponse),
+        (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
 )]
 pub(crate) async fn release(
     State(state): State<AppState>,
-    admitted: Admitted,
     ApiPath(ns): ApiPath<String>,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
+    let admitted = state.admit()?;
     claim_action(state, admitted, ns, body, ClaimState::Released).await
 }
 
@@ -377,18 +387,20 @@ async fn claim_action(
         (status = 200, description = "Updated; its configuration and statistics", body = NamespaceView),
         (status = 400, description = "Missing fields (`missing_fields`, naming each), a field out of range (`invalid_config`), a bad namespace name or JSON; nothing changed", body = ErrorResponse),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
-        (status = 409, description = "`would_drop`: the change would forget remembered IDs and `drop_now` is not set; `config_conflict`: the fields do not fit together; nothing changed", body = ErrorResponse),
+        (status = 409, description = "`would_drop`: the change would forget remembered IDs and `drop_now` is not set; `config_conflict`: the fields do not fit together; `over_budget`: the namespace's filters would not fit the filter memory budget (max_filter_bytes; the message gives what it asks, what the others use and the budget); `too_many_namespaces`: max_namespaces namespaces exist already; nothing changed", body = ErrorResponse),
+        (status = 408, description = "The body did not arrive within body_read_timeout; nothing was done (the connection is closed)", body = ErrorResponse),
         (status = 413, description = "Body over max_body_bytes", body = ErrorResponse),
         (status = 415, description = "Content-Type is not JSON", body = ErrorResponse),
         (status = 503, description = "Storage failed (nothing changed), overloaded, or shutting down", body = ErrorResponse),
+        (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
 )]
 pub(crate) async fn put_namespace(
     State(state): State<AppState>,
-    admitted: Admitted,
     ApiPath(ns): ApiPath<String>,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
+    let admitted = state.admit()?;
     let shared = state.clone();
     state
         .blocking(admitted, move |tracker| {
@@ -438,18 +450,20 @@ pub(crate) async fn put_namespace(
         (status = 400, description = "A field out of range (`invalid_config`), a bad namespace name or JSON; nothing changed", body = ErrorResponse),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
-        (status = 409, description = "`would_drop`: the change would forget remembered IDs and `drop_now` is not set; `config_conflict`: the fields do not fit together; nothing changed", body = ErrorResponse),
+        (status = 409, description = "`would_drop`: the change would forget remembered IDs and `drop_now` is not set; `config_conflict`: the fields do not fit together; `over_budget`: the namespace's filters would not fit the filter memory budget (max_filter_bytes; the message gives what it asks, what the others use and the budget); `too_many_namespaces`: max_namespaces namespaces exist already; nothing changed", body = ErrorResponse),
+        (status = 408, description = "The body did not arrive within body_read_timeout; nothing was done (the connection is closed)", body = ErrorResponse),
         (status = 413, description = "Body over max_body_bytes", body = ErrorResponse),
         (status = 415, description = "Content-Type is not JSON", body = ErrorResponse),
         (status = 503, description = "Storage failed (nothing changed), overloaded, or shutting down", body = ErrorResponse),
+        (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
 )]
 pub(crate) async fn patch_namespace(
     State(state): State<AppState>,
-    admitted: Admitted,
     ApiPath(ns): ApiPath<String>,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
+    let admitted = state.admit()?;
     let shared = state.clone();
     state
         .blocking(admitted, move |tracker| {
@@ -505,13 +519,16 @@ const fn drop_policy(patch: &NamespacePatch) -> DropPolicy {
 }
 
 fn namespace_view(tracker: &Tracker, ns: &str, status: StatusCode) -> Result<Response, ApiError> {
-    let view = wire::namespace_view(tracker.namespace_info(ns)?);
+    let view = wire::namespace_view(tracker.namespace_info(ns)?, tracker.filter_budget());
     json(status, &view, 512 + 384 * view.generations.len())
 }
 
 /// A namespace's configuration and live statistics: per generation its IDs, whether
 /// it keeps its exact table, its filter's fill ratio and estimated false-positive
-/// rate.
+/// rate; what the namespace is charged against the filter memory budget
+/// (`charged_bytes`), and the budget with its use across namespaces
+/// (`filter_budget`). The statistics are counters the library keeps as filters
+/// change: reading them scans no filter.
 #[utoipa::path(
     get,
     path = "/v1/namespaces/{ns}",
@@ -523,6 +540,7 @@ fn namespace_view(tracker: &Tracker, ns: &str, status: StatusCode) -> Result<Res
         (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
         (status = 503, description = "Overloaded or shutting down", body = ErrorResponse),
+        (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
 )]
 pub(crate) async fn get_namespace(
@@ -551,6 +569,7 @@ pub(crate) async fn get_namespace(
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
         (status = 409, description = "The default namespace cannot be deleted", body = ErrorResponse),
         (status = 503, description = "Storage failed (nothing changed), overloaded, or shutting down", body = ErrorResponse),
+        (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
 )]
 pub(crate) async fn delete_namespace(
@@ -579,6 +598,7 @@ pub(crate) async fn delete_namespace(
         (status = 200, description = "Namespace names", body = NamespaceList),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
         (status = 503, description = "Overloaded or shutting down", body = ErrorResponse),
+        (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
 )]
 pub(crate) async fn list_namespaces(
@@ -609,17 +629,19 @@ pub(crate) async fn list_namespaces(
         (status = 400, description = "Bad consumer name, position (1 to 1024 bytes), namespace name or JSON", body = ErrorResponse),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
+        (status = 408, description = "The body did not arrive within body_read_timeout; nothing was done (the connection is closed)", body = ErrorResponse),
         (status = 413, description = "Body over max_body_bytes", body = ErrorResponse),
         (status = 415, description = "Content-Type is not JSON", body = ErrorResponse),
         (status = 503, description = "Storage failed (nothing stored), overloaded, or shutting down", body = ErrorResponse),
+        (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
 )]
 pub(crate) async fn put_checkpoint(
     State(state): State<AppState>,
-    admitted: Admitted,
     ApiPath((ns, consumer)): ApiPath<(String, String)>,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
+    let admitted = state.admit()?;
     state
         .blocking(admitted, move |tracker| {
             let req: CheckpointBody = body.parse("invalid_request")?;
@@ -652,6 +674,7 @@ pub(crate) async fn put_checkpoint(
         (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
         (status = 404, description = "Unknown namespace, or no checkpoint stored", body = ErrorResponse),
         (status = 503, description = "Storage failed, overloaded, or shutting down", body = ErrorResponse),
+        (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
 )]
 pub(crate) async fn get_checkpoint(
@@ -733,8 +756,9 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// Metrics in the Prometheus text format (0.0.4): requests by route and status,
-/// latency histograms, IDs by verdict, per-namespace fill ratio, estimated
-/// false-positive rate and generation count.
+/// latency histograms, IDs by verdict, connections, the filter memory budget and
+/// its use, per-namespace fill ratio, estimated false-positive rate, generation
+/// count and charge against the budget.
 #[utoipa::path(
     get,
     path = "/metrics",
@@ -742,11 +766,14 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     responses(
         (status = 200, description = "Prometheus text format", content_type = "text/plain; version=0.0.4", body = String),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
+        (status = 504, description = "deadline_exceeded: the figures could not be read within tracker_timeout", body = ErrorResponse),
     )
 )]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     // Not admission-controlled: monitoring must see an overloaded daemon. It reads
-    // namespace statistics, so it runs on the blocking pool like the rest.
+    // namespace statistics (kept as counters by the library: no filter is scanned,
+    // and each namespace's lock is held for a copy of a few numbers), on the
+    // blocking pool like the rest.
     let m = state.metrics_handle();
     let text = state
         .blocking_unadmitted(move |_| {

@@ -182,7 +182,13 @@ pub async fn run_with(
     let (tick_stop, tick_stop_rx) = watch::channel(false);
     let ticker = tokio::spawn(tick(state.clone(), tick_stop_rx));
     let (phase, phase_rx) = watch::channel(Phase::Serving);
-    let mut connections = tokio::spawn(connection::serve(listener, app(state.clone()), phase_rx));
+    let mut connections = tokio::spawn(connection::serve(
+        listener,
+        app(state.clone()),
+        phase_rx,
+        state.limits().connections(),
+        state.metrics_handle(),
+    ));
 
     stops.next().await;
     state.set_ready(false);

@@ -4,10 +4,12 @@
 //! The wire types know nothing of the library (a consumer builds them without it), so
 //! the conversions live here, on the server's side.
 
-use oncely::{ClaimOutcome, ConfigFields, GenerationInfo, HumanDuration, NamespaceInfo, Verdict};
+use oncely::{
+    ClaimOutcome, ConfigFields, FilterBudget, GenerationInfo, HumanDuration, NamespaceInfo, Verdict,
+};
 use oncely_client::api::{
-    CheckResult, ClaimResponse, ClaimVerdict, FilterView, GenerationView, MarkResult,
-    NamespaceConfig, NamespacePatch, NamespaceView, Remembers, VerdictName,
+    CheckResult, ClaimResponse, ClaimVerdict, FilterBudgetView, FilterView, GenerationView,
+    MarkResult, NamespaceConfig, NamespacePatch, NamespaceView, Remembers, VerdictName,
 };
 use std::borrow::Cow;
 
@@ -95,7 +97,7 @@ pub(crate) fn fields(patch: &NamespacePatch) -> ConfigFields {
 }
 
 /// A namespace's configuration and statistics.
-pub(crate) fn namespace_view(info: NamespaceInfo) -> NamespaceView {
+pub(crate) fn namespace_view(info: NamespaceInfo, budget: FilterBudget) -> NamespaceView {
     let (span, ids) = info.config.remembers_at_least();
     NamespaceView {
         name: info.name,
@@ -107,6 +109,12 @@ pub(crate) fn namespace_view(info: NamespaceInfo) -> NamespaceView {
         generations: info.generations.iter().map(generation_view).collect(),
         estimated_fp: info.estimated_fp,
         memory_bytes: info.memory_bytes,
+        charged_bytes: info.charged_bytes,
+        filter_budget: Some(FilterBudgetView {
+            budget_bytes: budget.budget,
+            charged_bytes: budget.charged,
+            allocated_bytes: budget.allocated,
+        }),
     }
 }
 
