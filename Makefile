@@ -2,7 +2,9 @@
 #   make run    the daemon on its embedded RocksDB in ./data, on 127.0.0.1:7070
 #   make test   the whole test suite: format, lints, unit/integration/doc tests, examples,
 #               schemathesis against a real daemon
-# Both first install what the build needs (scripts/ensure-deps.sh).
+# Both first install what the build needs (scripts/ensure-deps.sh). Tests and examples
+# that need PostgreSQL or NATS JetStream start throwaway servers of their own
+# (oncely-testkit): nothing assumes a server is running.
 
 CARGO ?= cargo
 ARGS ?=
@@ -34,6 +36,7 @@ examples:
 	$(CARGO) run --locked -q -p oncely-examples --example consumer
 	$(CARGO) run --locked -q -p oncely-examples --example read_model
 	$(CARGO) run --locked -q -p oncely-examples --example http_consumer
+	$(CARGO) run --locked -q -p oncely-examples --example jetstream_read_model
 
 # The daemon against its own OpenAPI document, every check (about 10 s once built).
 schemathesis:

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Installs what building Oncely needs on a Debian machine with Rust, when missing:
-# libclang (the rocksdb crate generates its bindings with bindgen) and a C++ compiler.
-# As root it installs with apt-get; otherwise it names the packages to install.
+# Installs what building and testing Oncely needs on a Debian machine with Rust, when
+# missing: libclang (the rocksdb crate generates its bindings with bindgen), a C++
+# compiler, PostgreSQL's server programs (the PostgreSQL store's tests and examples
+# start throwaway servers with initdb; none is left running) and nats-server (the
+# JetStream example starts its own). As root it installs with apt-get; otherwise it
+# names the packages to install.
 #
 # Arguments COMMAND=PACKAGE add tools a caller needs (benches/peers/run.sh: the peers):
 # PACKAGE is installed when COMMAND is not on PATH. A COMMAND with a `/` is a path:
@@ -26,6 +29,14 @@ have_libclang() {
     ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1
 }
 have_libclang || missing+=(libclang-dev)
+# Debian keeps initdb out of PATH, under /usr/lib/postgresql/<version>/bin, where
+# oncely-testkit looks for it (or in ONCELY_PG_BINDIR).
+have_initdb() {
+    [ -n "${ONCELY_PG_BINDIR:-}" ] && [ -x "$ONCELY_PG_BINDIR/initdb" ] && return 0
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
+}
+have_initdb || missing+=(postgresql)
+command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v make >/dev/null 2>&1 || missing+=(make)
 

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use oncely::{Durability, HumanDuration};
 
-use crate::config::{ByteSize, Layer, parse_duration};
+use crate::config::{ByteSize, Layer, StoreUrl, parse_duration};
 
 /// `oncelyd`: the Oncely dedup daemon and its tools.
 #[derive(Debug, Parser)]
@@ -23,8 +23,10 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon: the shared HTTP dedup authority on an embedded RocksDB.
-    Serve(ServeArgs),
+    /// Run the daemon: the shared HTTP dedup authority, on an embedded RocksDB or on
+    /// PostgreSQL (--store).
+    // Boxed: the serve flags are most of the enum's size, and parsed once.
+    Serve(Box<ServeArgs>),
     /// Size a namespace's Bloom filters and, optionally, measure their false-positive rate.
     Tune(TuneArgs),
     /// Drive a running daemon with batches of unique IDs; report IDs per second and
@@ -52,9 +54,21 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
 
-    /// Data directory: RocksDB and the filter snapshots [default: ./data].
+    /// Data directory: RocksDB and the filter snapshots [default: ./data]. Not with
+    /// --store.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+
+    /// Keep the state in PostgreSQL instead of the embedded RocksDB: a URL such as
+    /// postgres://oncely@db1:5432,db2:5432/oncely?target_session_attrs=read-write.
+    /// Every daemon given the same database is one dedup authority [default: none,
+    /// the embedded RocksDB in --data-dir].
+    #[arg(long, value_name = "URL")]
+    pub store: Option<StoreUrl>,
+
+    /// Most connections to the PostgreSQL store [default: 16].
+    #[arg(long, value_name = "N")]
+    pub store_pool_size: Option<usize>,
 
     /// TOML file with settings (the same names as these options, in snake_case) and
     /// `[namespaces.NAME]` tables. No file is read unless given.
@@ -153,6 +167,8 @@ impl ServeArgs {
         Layer {
             listen: self.listen,
             data_dir: self.data_dir.clone(),
+            store: self.store.clone(),
+            store_pool_size: self.store_pool_size,
             tokens: list(&self.tokens),
             allowed_origins: list(&self.allowed_origins),
             durability: self.durability,

@@ -1,10 +1,11 @@
 //! `oncelyd`: the Oncely daemon and its tools.
 //!
 //! Many consumers share one `oncelyd` as their dedup authority: it serves the
-//! [`oncely`] library's check-and-mark over HTTP, on an embedded RocksDB. The same
-//! binary carries two tools for operators: `oncelyd tune`, which sizes a namespace's
-//! filters and measures their false-positive rate, and `oncelyd load`, a load generator
-//! for a running daemon.
+//! [`oncely`] library's check-and-mark over HTTP, on an embedded RocksDB or on
+//! PostgreSQL, where any number of daemons sharing a database are one authority.
+//! The same binary carries two tools for operators: `oncelyd tune`, which sizes a
+//! namespace's filters and measures their false-positive rate, and `oncelyd load`, a
+//! load generator for a running daemon.
 //!
 //! The binary itself only parses the command line and sets up logging; everything it
 //! runs lives here, so it can be tested without a process:
@@ -122,6 +123,18 @@ pub enum Error {
     Open {
         /// The data directory (empty with `memory` durability).
         path: PathBuf,
+        /// What the library said.
+        #[source]
+        source: oncely::Error,
+    },
+
+    /// The PostgreSQL store could not be opened (unreachable, refused, a schema
+    /// newer than this build, ...).
+    // The cause is not repeated in the message: `main` prints the chain.
+    #[error("cannot open the PostgreSQL store {store}")]
+    OpenStore {
+        /// The store's URL, password masked.
+        store: String,
         /// What the library said.
         #[source]
         source: oncely::Error,

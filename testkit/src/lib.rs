@@ -11,6 +11,10 @@
 //! primary with a synchronous standby, for failover tests (a killed primary can
 //! rejoin as the new primary's standby, rewound with `pg_rewind`); [`CutProxy`] cuts
 //! a connection around a `COMMIT`.
+//!
+//! [`NatsServer`] starts a throwaway NATS server with JetStream (`nats-server -js`),
+//! its store in a temporary directory, on a free port of 127.0.0.1, watched the same
+//! way.
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -19,8 +23,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Where Debian's PostgreSQL 15 puts its programs.
-const DEFAULT_BINDIR: &str = "/usr/lib/postgresql/15/bin";
+/// Where Debian puts each PostgreSQL version's programs (`<version>/bin`); they are
+/// not on `PATH`.
+const DEBIAN_ROOT: &str = "/usr/lib/postgresql";
 
 /// How long a server may take to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -278,10 +283,35 @@ impl ServerUser {
     }
 }
 
+/// A PostgreSQL program: from `ONCELY_PG_BINDIR` when set, else from the newest
+/// version Debian installed (Debian 12 ships 15, Debian 13 ships 17).
 fn bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("ONCELY_PG_BINDIR")
-        .map_or_else(|| PathBuf::from(DEFAULT_BINDIR), PathBuf::from);
-    dir.join(name)
+    static BINDIR: OnceLock<PathBuf> = OnceLock::new();
+    BINDIR
+        .get_or_init(|| {
+            std::env::var_os("ONCELY_PG_BINDIR").map_or_else(newest_debian_bindir, PathBuf::from)
+        })
+        .join(name)
+}
+
+fn newest_debian_bindir() -> PathBuf {
+    let newest = std::fs::read_dir(DEBIAN_ROOT)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .max_by_key(|(version, _)| *version);
+    match newest {
+        Some((_, bin)) => bin,
+        None => panic!(
+            "no PostgreSQL server programs under {DEBIAN_ROOT}/<version>/bin: install the \
+             postgresql package (scripts/ensure-deps.sh does), or set ONCELY_PG_BINDIR"
+        ),
+    }
 }
 
 fn path_str(p: &Path) -> &str {
@@ -316,6 +346,79 @@ fn watchdog(server: u32, dir: &Path) -> Option<Child> {
         .stderr(Stdio::null())
         .spawn()
         .ok()
+}
+
+/// A throwaway NATS server with JetStream. Stopped (data discarded) when dropped.
+#[derive(Debug)]
+pub struct NatsServer {
+    dir: tempfile::TempDir,
+    port: u16,
+    server: Child,
+    watchdog: Option<Child>,
+}
+
+impl NatsServer {
+    /// Starts `nats-server -js` on 127.0.0.1 and waits until it accepts connections.
+    ///
+    /// # Panics
+    ///
+    /// When `nats-server` is not installed or does not start: a fixture failure.
+    #[must_use]
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("oncely-nats-")
+            .tempdir()
+            .expect("a temporary directory");
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("server.log")).expect("server log");
+        let server = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-sd", path_str(dir.path())])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nats-server starts (is the nats-server package installed?)");
+        let watchdog = watchdog(server.id(), dir.path());
+        let nats = Self {
+            dir,
+            port,
+            server,
+            watchdog,
+        };
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < START_TIMEOUT,
+                "nats-server did not listen within {START_TIMEOUT:?}; its log:\n{}",
+                nats.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        nats
+    }
+
+    /// The URL clients connect to: `nats://127.0.0.1:PORT`.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's log so far.
+    #[must_use]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        stop(&mut self.server);
+        if let Some(w) = &mut self.watchdog {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
 }
 
 /// What a [`CutProxy`] does with the next `COMMIT` a client sends.
@@ -625,7 +728,7 @@ impl PgCluster {
             .stderr(log)
             .spawn()
             .expect("postgres starts");
-        let watchdog = watchdog(server.id(), data);
+        let watchdog = watchdog(server.id(), &node.data);
         Node {
             name: node.name,
             port: node.port,

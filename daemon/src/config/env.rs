@@ -18,8 +18,8 @@ use crate::Error;
 pub const TOKEN: &str = "ONCELY_TOKEN";
 
 /// Variables other Oncely programs read, which `oncelyd serve` ignores: the URL the
-/// client examples connect to.
-pub const OTHER_PROGRAMS: [&str; 1] = ["ONCELY_URL"];
+/// client examples connect to, and where the test kit finds PostgreSQL's programs.
+pub const OTHER_PROGRAMS: [&str; 2] = ["ONCELY_URL", "ONCELY_PG_BINDIR"];
 
 /// Prefixes of the variables the test and benchmark harnesses read (`ONCELY_SOAK_SECS`,
 /// `ONCELY_BENCH_DIR`, ...), which `oncelyd serve` ignores.
@@ -65,6 +65,10 @@ pub fn read(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Result<From
         match name {
             "ONCELY_LISTEN" => l.listen = Some(parse("listen", name, value)?),
             "ONCELY_DATA_DIR" => l.data_dir = Some(utf8("data_dir", name, value)?.into()),
+            "ONCELY_STORE" => l.store = Some(store(name, value)?),
+            "ONCELY_STORE_POOL_SIZE" => {
+                l.store_pool_size = Some(parse("store_pool_size", name, value)?);
+            }
             "ONCELY_CONFIG" => out.config = Some(utf8("config", name, value)?.into()),
             "ONCELY_TOKENS" => l.tokens = Some(list(&utf8("tokens", name, value)?)),
             TOKEN => single_token = Some(utf8("tokens", name, value)?),
@@ -140,6 +144,16 @@ where
     })
 }
 
+/// A store URL; unlike other values, never echoed (it may hold a password).
+fn store(name: &str, value: OsString) -> Result<super::StoreUrl, Error> {
+    utf8("store", name, value)?
+        .parse()
+        .map_err(|reason: String| Error::Config {
+            setting: "store",
+            reason: format!("{name}: {reason}"),
+        })
+}
+
 fn duration(
     setting: &'static str,
     name: &str,
@@ -207,6 +221,8 @@ mod tests {
         let env = read(vars(&[
             ("ONCELY_LISTEN", "127.0.0.1:9"),
             ("ONCELY_DATA_DIR", "/d"),
+            ("ONCELY_STORE", "postgres://o:pw@db1:5432,db2:5432/app"),
+            ("ONCELY_STORE_POOL_SIZE", "8"),
             ("ONCELY_CONFIG", "/c.toml"),
             ("ONCELY_TOKENS", "aaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbb"),
             (
@@ -234,6 +250,11 @@ mod tests {
         let l = &env.layer;
         assert_eq!(l.listen, Some("127.0.0.1:9".parse().unwrap()));
         assert_eq!(l.data_dir, Some(PathBuf::from("/d")));
+        assert_eq!(
+            l.store.as_ref().map(super::super::StoreUrl::expose),
+            Some("postgres://o:pw@db1:5432,db2:5432/app")
+        );
+        assert_eq!(l.store_pool_size, Some(8));
         assert_eq!(env.config, Some(PathBuf::from("/c.toml")));
         assert_eq!(
             l.tokens.as_deref(),
@@ -268,6 +289,7 @@ mod tests {
         for s in SETTINGS {
             let value = match s.key {
                 "listen" => "127.0.0.1:1",
+                "store" => "postgres://db/app",
                 "durability" => "flush",
                 "shutdown_grace"
                 | "drain_delay"
@@ -328,6 +350,7 @@ mod tests {
     fn other_programs_variables_are_left_alone() {
         let env = read(vars(&[
             ("ONCELY_URL", "http://127.0.0.1:7070"),
+            ("ONCELY_PG_BINDIR", "/usr/lib/postgresql/15/bin"),
             ("ONCELY_SOAK_SECS", "60"),
             ("ONCELY_BENCH_DIR", "/tmp"),
             ("ONCELY_CRASH_SEED", "1"),
@@ -344,6 +367,8 @@ mod tests {
             ("ONCELY_DURABILITY", "fast", "durability"),
             ("ONCELY_SHUTDOWN_GRACE", "soon", "shutdown_grace"),
             ("ONCELY_MEMTABLE_BYTES", "64 parsecs", "memtable_bytes"),
+            ("ONCELY_STORE", "./data", "store"),
+            ("ONCELY_STORE_POOL_SIZE", "lots", "store_pool_size"),
         ] {
             match read(vars(&[(name, value)])) {
                 Err(Error::Config { setting: s, reason }) => {

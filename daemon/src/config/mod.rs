@@ -10,6 +10,10 @@
 //! default; a setting given in two places with different values is reported at
 //! start-up ([`Settings::warnings`]). Namespaces can only be declared in the file
 //! (`[namespaces.NAME]` tables). `docs/configuration.md` is the reference.
+//!
+//! The state lives in the embedded RocksDB under `data_dir` unless `store` names a
+//! PostgreSQL database ([`StoreUrl`]); the settings that only one store uses are
+//! refused or warned about with the other.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -27,10 +31,12 @@ pub mod env;
 pub mod file;
 pub mod machine;
 mod origin;
+mod store;
 mod units;
 
 pub use file::NamespaceTable;
 pub use origin::AllowedOrigin;
+pub use store::StoreUrl;
 pub use units::{ByteSize, human_bytes, parse_duration};
 
 /// One setting's three names.
@@ -56,9 +62,15 @@ const fn setting(key: &'static str, flag: &'static str, env: &'static str) -> Se
 }
 
 /// Every setting of `oncelyd serve`, in the order the reference lists them.
-pub const SETTINGS: [Setting; 20] = [
+pub const SETTINGS: [Setting; 22] = [
     setting("listen", "--listen", "ONCELY_LISTEN"),
     setting("data_dir", "--data-dir", "ONCELY_DATA_DIR"),
+    setting("store", "--store", "ONCELY_STORE"),
+    setting(
+        "store_pool_size",
+        "--store-pool-size",
+        "ONCELY_STORE_POOL_SIZE",
+    ),
     Setting {
         key: "config",
         flag: "--config",
@@ -134,6 +146,14 @@ pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 7070);
 /// The default data directory.
 pub const DEFAULT_DATA_DIR: &str = "./data";
+/// The default most connections to a PostgreSQL store: the library's default. Each
+/// request holds one for one transaction (a few milliseconds for a 1,000-ID batch),
+/// so 16 keep a daemon's two cores busy; PostgreSQL's own default `max_connections`
+/// of 100 then serves six daemons.
+pub const DEFAULT_STORE_POOL_SIZE: usize = 16;
+/// The most `store_pool_size` may be: more connections than PostgreSQL servers
+/// usually allow in all (each one is a server process).
+pub const MAX_STORE_POOL_SIZE: usize = 1024;
 /// The default request body limit: 4 MiB, room for 10,000 IDs of 256 bytes with JSON
 /// quoting to spare.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 << 20;
@@ -199,6 +219,10 @@ pub struct Layer {
     pub listen: Option<SocketAddr>,
     /// `data_dir`.
     pub data_dir: Option<PathBuf>,
+    /// `store`.
+    pub store: Option<StoreUrl>,
+    /// `store_pool_size`.
+    pub store_pool_size: Option<usize>,
     /// `tokens`.
     pub tokens: Option<Vec<String>>,
     /// `allowed_origins`, as given (validated when merged).
@@ -243,6 +267,8 @@ impl fmt::Debug for Layer {
         f.debug_struct("Layer")
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
+            .field("store", &self.store)
+            .field("store_pool_size", &self.store_pool_size)
             .field(
                 "tokens",
                 &self
@@ -286,8 +312,13 @@ pub struct DeclaredNamespace {
 pub struct Settings {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Where RocksDB and the filter snapshots live (unused with `memory` durability).
+    /// Where RocksDB and the filter snapshots live (unused with `memory` durability
+    /// and with a `store`).
     pub data_dir: PathBuf,
+    /// The PostgreSQL database the state lives in, instead of RocksDB in `data_dir`.
+    pub store: Option<StoreUrl>,
+    /// The most connections the daemon holds to its PostgreSQL store.
+    pub store_pool_size: usize,
     /// When a mark is acknowledged.
     pub durability: Durability,
     /// Bearer tokens; empty: no authentication.
@@ -339,6 +370,8 @@ impl fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
+            .field("store", &self.store)
+            .field("store_pool_size", &self.store_pool_size)
             .field("durability", &self.durability)
             .field("tokens", &format_args!("[{} redacted]", self.tokens.len()))
             .field("allowed_origins", &self.allowed_origins)
@@ -367,6 +400,8 @@ impl Default for Settings {
         Self {
             listen: DEFAULT_LISTEN,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            store: None,
+            store_pool_size: DEFAULT_STORE_POOL_SIZE,
             durability: Durability::default(),
             tokens: Vec::new(),
             allowed_origins: Vec::new(),
@@ -512,6 +547,20 @@ impl Settings {
                 (File, file.data_dir),
             ],
             |p| p.display().to_string(),
+        );
+        let store = m.pick(
+            "store",
+            [(Flag, flags.store), (Env, env.store), (File, file.store)],
+            ToString::to_string,
+        );
+        let store_pool_size = m.pick(
+            "store_pool_size",
+            [
+                (Flag, flags.store_pool_size),
+                (Env, env.store_pool_size),
+                (File, file.store_pool_size),
+            ],
+            ToString::to_string,
         );
         let tokens = m.pick(
             "tokens",
@@ -673,9 +722,21 @@ impl Settings {
                 })
             })
             .collect::<Result<_, _>>()?;
+        let stores = StoreChoice {
+            store: store.as_ref(),
+            data_dir: data_dir.is_some(),
+            pool_size: store_pool_size.is_some(),
+            rocks: [
+                ("cache_bytes", cache_bytes.is_some()),
+                ("memtable_bytes", memtable_bytes.is_some()),
+            ],
+        };
+        stores.check(&mut m.warnings)?;
         let mut settings = Self {
             listen: listen.unwrap_or(d.listen),
             data_dir: data_dir.unwrap_or(d.data_dir),
+            store,
+            store_pool_size: store_pool_size.unwrap_or(d.store_pool_size),
             durability: durability.unwrap_or(d.durability),
             tokens: tokens.unwrap_or_default(),
             allowed_origins,
@@ -726,6 +787,24 @@ impl Settings {
         }
         if self.max_concurrency == 0 {
             return bad("max_concurrency", "must be at least 1".into());
+        }
+        if !(1..=MAX_STORE_POOL_SIZE).contains(&self.store_pool_size) {
+            return bad(
+                "store_pool_size",
+                format!(
+                    "{} is outside 1 ..= {MAX_STORE_POOL_SIZE}",
+                    self.store_pool_size
+                ),
+            );
+        }
+        if self.store.is_some() && self.durability == Durability::Memory {
+            return bad(
+                "durability",
+                "memory does not apply to a PostgreSQL store: a mark is acknowledged once its \
+                 transaction commits, as durable as the server's synchronous_commit makes it \
+                 (leave durability unset; flush and sync mean the same there)"
+                    .into(),
+            );
         }
         if self.max_concurrency > MAX_CONCURRENCY {
             return bad(
@@ -801,8 +880,57 @@ impl Settings {
                 return bad("namespaces", e.to_string());
             }
         }
-        if self.durability != Durability::Memory && self.data_dir.as_os_str().is_empty() {
+        if self.store.is_none()
+            && self.durability != Durability::Memory
+            && self.data_dir.as_os_str().is_empty()
+        {
             return bad("data_dir", "must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+/// Which store the settings choose, and which store-specific settings were given.
+struct StoreChoice<'a> {
+    store: Option<&'a StoreUrl>,
+    data_dir: bool,
+    pool_size: bool,
+    rocks: [(&'static str, bool); 2],
+}
+
+impl StoreChoice<'_> {
+    /// Refuses `data_dir` with `store`: an operator who names a data directory
+    /// believes the marks are kept there, and a daemon that silently kept them
+    /// elsewhere would mislead every backup and capacity plan. The other settings
+    /// of one store only, harmless with the other, are warned about.
+    fn check(&self, warnings: &mut Vec<String>) -> Result<(), Error> {
+        match self.store {
+            Some(store) => {
+                if self.data_dir {
+                    return Err(Error::Config {
+                        setting: "data_dir",
+                        reason: format!(
+                            "given together with store ({store}): the state lives in \
+                             PostgreSQL then, and nothing is kept in a data directory; \
+                             give one or the other"
+                        ),
+                    });
+                }
+                for (setting, given) in self.rocks {
+                    if given {
+                        warnings.push(format!(
+                            "{setting} sizes the embedded RocksDB, which is not used with \
+                             store ({store}): ignored"
+                        ));
+                    }
+                }
+            }
+            None if self.pool_size => warnings.push(
+                "store_pool_size sizes the connection pool of a PostgreSQL store, but no \
+                 store is set (the state is in the embedded RocksDB): ignored"
+                    .into(),
+            ),
+            None => {}
         }
         Ok(())
     }
@@ -1027,6 +1155,76 @@ mod tests {
     }
 
     #[test]
+    fn a_store_takes_the_place_of_the_data_directory() {
+        let url = "postgres://oncely:s3cret@db1:5432,db2:5432/app?target_session_attrs=read-write";
+        let s = from_file(&format!("store = \"{url}\"\nstore_pool_size = 4")).unwrap();
+        assert_eq!(s.store.as_ref().map(StoreUrl::expose), Some(url));
+        assert_eq!(s.store_pool_size, 4);
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        assert!(!format!("{s:?}").contains("s3cret"), "{s:?}");
+
+        // A data directory beside a store is a mistake about where marks are kept.
+        let err = from_file(&format!(
+            "store = \"{url}\"\ndata_dir = \"/var/lib/oncely\""
+        ))
+        .unwrap_err();
+        let Error::Config { setting, reason } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(*setting, "data_dir");
+        assert!(reason.contains("give one or the other"), "{reason}");
+        assert!(!reason.contains("s3cret"), "{reason}");
+        // Also when they come from different places.
+        let flags = Layer {
+            data_dir: Some("./data".into()),
+            ..Layer::default()
+        };
+        let env = Layer {
+            store: Some(url.parse().unwrap()),
+            ..Layer::default()
+        };
+        assert!(Settings::merge(flags, env, Layer::default(), None).is_err());
+
+        // memory durability means nothing there.
+        let err = from_file(&format!("store = \"{url}\"\ndurability = \"memory\"")).unwrap_err();
+        let Error::Config { setting, reason } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(*setting, "durability");
+        assert!(reason.contains("transaction commits"), "{reason}");
+        for d in ["flush", "sync"] {
+            assert!(from_file(&format!("store = \"{url}\"\ndurability = \"{d}\"")).is_ok());
+        }
+
+        // RocksDB's budgets are ignored with a store, the pool without one: said so.
+        let s = from_file(&format!("store = \"{url}\"\ncache_bytes = \"256MiB\"")).unwrap();
+        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+        assert!(s.warnings[0].starts_with("cache_bytes sizes the embedded RocksDB"));
+        let s = from_file("store_pool_size = 8").unwrap();
+        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+        assert!(
+            s.warnings[0].contains("no store is set"),
+            "{:?}",
+            s.warnings
+        );
+
+        // A store URL that overrides another is shown without its password.
+        let env = Layer {
+            store: Some("postgres://a:pw1@db1/app".parse().unwrap()),
+            ..Layer::default()
+        };
+        let file = file::parse("store = \"postgres://b:pw2@db2/app\"").unwrap();
+        let s = Settings::merge(Layer::default(), env, file, None).unwrap();
+        assert_eq!(
+            s.warnings,
+            [
+                "store: ONCELY_STORE=postgres://a:***@db1/app (environment) overrides store = \
+              postgres://b:***@db2/app in the file"
+            ]
+        );
+    }
+
+    #[test]
     fn tokens_are_whole_long_and_sendable() {
         let reason_of = |tokens: &[&str]| {
             let s = Settings {
@@ -1063,6 +1261,8 @@ mod tests {
         assert_eq!(setting_of("max_ids = 0"), "max_ids");
         assert_eq!(setting_of("max_concurrency = 0"), "max_concurrency");
         assert_eq!(setting_of("max_concurrency = 2000000"), "max_concurrency");
+        assert_eq!(setting_of("store_pool_size = 0"), "store_pool_size");
+        assert_eq!(setting_of("store_pool_size = 5000"), "store_pool_size");
         assert_eq!(setting_of("max_body_bytes = 0"), "max_body_bytes");
         assert_eq!(setting_of("memtable_bytes = 64"), "memtable_bytes");
         assert_eq!(setting_of("cache_bytes = \"32MiB\""), "cache_bytes");

@@ -175,6 +175,22 @@ impl From<oncely::Error> for ApiError {
                     format!("{message}; nothing in this request was acknowledged"),
                 );
             }
+            // PostgreSQL failed, or no connection could be had: nothing was
+            // acknowledged, except that a connection lost during COMMIT hides whether
+            // the commit landed. A retry with the same owner token tells (its `new`
+            // comes back `replayed: true`); an owner-less retry may read `duplicate`
+            // for a mark that did land.
+            E::Postgres(_) | E::Unavailable(_) => {
+                return Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    format!(
+                        "{message}; nothing in this request was acknowledged, unless the \
+                         connection was lost while committing: retry with the same owner \
+                         token, and a mark that landed comes back new with replayed: true"
+                    ),
+                );
+            }
             // Damaged data and anything new in the library are ours to fix, not the
             // caller's.
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -268,5 +284,24 @@ pub(crate) fn json_error(e: &serde_json::Error, data_code: &'static str) -> ApiE
         Category::Syntax | Category::Eof | Category::Io => {
             ApiError::bad_request("invalid_json", format!("malformed JSON: {e}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_failures_are_retryable_storage_errors() {
+        let e = ApiError::from(oncely::Error::Unavailable("the pool's wait ran out".into()));
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code(), "storage_unavailable");
+        assert!(e.message().starts_with("no PostgreSQL connection: the pool's wait ran out; nothing in this request was acknowledged"), "{e}");
+        assert!(
+            e.message().contains("retry with the same owner token"),
+            "{e}"
+        );
+        let response = e.into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
     }
 }

@@ -26,6 +26,7 @@ use prometheus_client::registry::Registry;
 
 use super::AppState;
 use super::error::FailureNote;
+use super::store::StoreWatch;
 
 /// The content type of the Prometheus text format.
 pub(crate) const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -41,6 +42,12 @@ struct RequestLabels {
 struct VerdictLabels {
     op: &'static str,
     verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabels {
+    kind: &'static str,
+    host: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -193,8 +200,13 @@ fn latency_histogram() -> Histogram {
 
 impl Metrics {
     /// Metrics of a daemon around `tracker`; `accepting` is the daemon's flag that
-    /// turns false when shutdown begins (readiness reads it with the storage health).
-    pub(crate) fn new(tracker: Tracker, accepting: Arc<AtomicBool>) -> Self {
+    /// turns false when shutdown begins (readiness reads it with the storage health);
+    /// `store` holds the ticker's last probe of the store.
+    pub(crate) fn new(
+        tracker: Tracker,
+        accepting: Arc<AtomicBool>,
+        store: Arc<StoreWatch>,
+    ) -> Self {
         let mut registry = Registry::with_prefix("oncelyd");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -292,7 +304,11 @@ impl Metrics {
              the outcome)",
             late.clone(),
         );
-        registry.register_collector(Box::new(TrackerCollector { tracker, accepting }));
+        registry.register_collector(Box::new(TrackerCollector {
+            tracker,
+            accepting,
+            store,
+        }));
         Self {
             registry,
             requests,
@@ -453,6 +469,7 @@ impl Drop for InFlight<'_> {
 struct TrackerCollector {
     tracker: Tracker,
     accepting: Arc<AtomicBool>,
+    store: Arc<StoreWatch>,
 }
 
 type NsGauge = (
@@ -599,6 +616,41 @@ impl Collector for TrackerCollector {
             errors.metric_type(),
         )?;
         errors.encode(metric)?;
+        self.encode_store(&mut encoder)
+    }
+}
+
+impl TrackerCollector {
+    /// Which store, on which server, and the last round trip to it (from the
+    /// ticker's probe, so a scrape never waits on the database for them).
+    fn encode_store(&self, encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let seen = self.store.seen();
+        if seen.kind.is_empty() {
+            // Not probed yet (the first tick probes).
+            return Ok(());
+        }
+        let mut family = encoder.encode_descriptor(
+            "store_info",
+            "The store the state lives in (kind: rocksdb, memory or postgres) and, for \
+             PostgreSQL, the host:port it was last found on; always 1.",
+            None,
+            MetricType::Gauge,
+        )?;
+        let labels = StoreLabels {
+            kind: seen.kind,
+            host: seen.host.clone().unwrap_or_default(),
+        };
+        family.encode_family(&labels)?.encode_gauge(&1_i64)?;
+        if let Some(rtt) = seen.round_trip {
+            let gauge = ConstGauge::new(rtt.as_secs_f64());
+            let metric = encoder.encode_descriptor(
+                "store_round_trip_seconds",
+                "The last probe's round trip to a remote store (one query, once a second).",
+                None,
+                gauge.metric_type(),
+            )?;
+            gauge.encode(metric)?;
+        }
         Ok(())
     }
 }

@@ -36,8 +36,9 @@
 //! # Why the blocking pool
 //!
 //! A tracker call may wait on RocksDB (a write stall, an fsync in `sync` mode, a
-//! read from disk on a filter hit), so it runs in `tokio::task::spawn_blocking`,
-//! not on an async worker. That is also what makes the daemon fast: concurrent
+//! read from disk on a filter hit), or on PostgreSQL (each call is a transaction of
+//! a few round trips, run by the library on a runtime of its own), so it runs in
+//! `tokio::task::spawn_blocking`, not on an async worker. That is also what makes the daemon fast: concurrent
 //! requests reach RocksDB from separate threads at the same moment, and RocksDB's
 //! group commit folds their writes into one WAL append (one fsync in `sync` mode)
 //! for the whole group. The admission limit bounds how many blocking threads
@@ -47,8 +48,9 @@
 //! worker with [`Tracker::try_check_and_mark`] or [`Tracker::try_check`], which give
 //! up, having changed nothing, rather than wait for anything but the namespace's
 //! lock and handing a write to the operating system (`AppState::inline`); under
-//! `sync` durability a mark always gives up. For single-ID requests the hop to the
-//! blocking pool and back had been half the CPU; most now never make it.
+//! `sync` durability a mark always gives up, and on PostgreSQL every call does
+//! (after validating it). For single-ID requests the hop to the blocking pool and
+//! back had been half the CPU; most now never make it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -82,6 +84,7 @@ mod openapi;
 mod raw_errors;
 mod routes;
 mod shutdown;
+mod store;
 mod wire;
 
 pub use error::ApiError;
@@ -161,6 +164,8 @@ struct Shared {
     allowed_origins: Vec<AllowedOrigin>,
     metrics: Arc<metrics::Metrics>,
     failures: failures::FailureLog,
+    /// The store as the ticker's last probe saw it.
+    store: Arc<store::StoreWatch>,
     /// Admission: one permit per tracker request in progress.
     admission: Arc<Semaphore>,
     /// One permit per blocking task; shutdown takes them all to wait for the last.
@@ -201,7 +206,12 @@ impl AppState {
         allowed_origins: Vec<AllowedOrigin>,
     ) -> Self {
         let ready = Arc::new(AtomicBool::new(true));
-        let metrics = Arc::new(metrics::Metrics::new(tracker.clone(), Arc::clone(&ready)));
+        let store = Arc::new(store::StoreWatch::default());
+        let metrics = Arc::new(metrics::Metrics::new(
+            tracker.clone(),
+            Arc::clone(&ready),
+            Arc::clone(&store),
+        ));
         Self {
             inner: Arc::new(Shared {
                 tracker,
@@ -210,6 +220,7 @@ impl AppState {
                 allowed_origins,
                 metrics,
                 failures: failures::FailureLog::new(),
+                store,
                 admission: Arc::new(Semaphore::new(limits.max_concurrency)),
                 tasks: Arc::new(Semaphore::new(TASK_PERMITS as usize)),
                 ready,
@@ -303,6 +314,10 @@ impl AppState {
 
     pub(crate) fn failures(&self) -> &failures::FailureLog {
         &self.inner.failures
+    }
+
+    pub(crate) fn store_watch(&self) -> &store::StoreWatch {
+        &self.inner.store
     }
 
     pub(crate) fn metrics(&self) -> &metrics::Metrics {
@@ -506,20 +521,34 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// Opens the tracker the settings describe, on the blocking pool (recovery reads
-/// snapshots and may scan an exact table).
+/// snapshots and may scan an exact table; PostgreSQL is connected to and its schema
+/// created or migrated).
 ///
 /// # Errors
 ///
-/// [`Error::Open`] naming the data directory.
+/// [`Error::Open`] naming the data directory; [`Error::OpenStore`] naming the
+/// PostgreSQL store (password masked).
 pub async fn open_tracker(settings: &Settings) -> Result<Tracker, Error> {
     let mut builder = Tracker::builder()
         .durability(settings.durability)
-        .rocks_options(settings.rocks)
         .max_filter_bytes(settings.max_filter_bytes)
         .max_namespaces(settings.max_namespaces);
     if let Some(declared) = settings.namespaces.get(oncely::NamespaceName::DEFAULT) {
         builder = builder.default_config(declared.config.clone());
     }
+    if let Some(store) = &settings.store {
+        builder = builder.postgres(
+            oncely::postgres::PgOptions::new(store.expose()).pool_size(settings.store_pool_size),
+        );
+        let opened = tokio::task::spawn_blocking(move || builder.open())
+            .await
+            .map_err(|e| Error::Serve(std::io::Error::other(e)))?;
+        return opened.map_err(|source| Error::OpenStore {
+            store: store.redacted(),
+            source,
+        });
+    }
+    builder = builder.rocks_options(settings.rocks);
     let path = if settings.durability == Durability::Memory {
         std::path::PathBuf::new()
     } else {
@@ -655,15 +684,26 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
         }
     };
     let addr = listener.local_addr().map_err(Error::Serve)?;
-    let data_dir = if settings.durability == Durability::Memory {
-        "(none: memory durability)".to_owned()
+    let settings = Settings {
+        max_connections: Some(max_connections),
+        ..settings
+    };
+    let budget = tracker.filter_budget();
+    let state = AppState::from_settings(tracker, &settings);
+    // The first probe logs the server a PostgreSQL store is on; later ones a change.
+    let probing = state.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        probing.store_watch().probe(probing.tracker());
+    })
+    .await;
+    let auth = if settings.tokens.is_empty() {
+        "off"
     } else {
-        settings.data_dir.display().to_string()
+        "bearer"
     };
     if let Some(warning) = cap_warning {
         tracing::warn!("{warning}");
     }
-    let budget = tracker.filter_budget();
     if budget.charged > settings.max_filter_bytes {
         tracing::warn!(
             "the namespaces are charged {} of filter memory, over max_filter_bytes {}: \
@@ -675,22 +715,38 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
     }
     // One line says where it listens, what it keeps and where: the process tests
     // read the bound address from `listen=`.
-    tracing::info!(
-        listen = %addr,
-        data_dir = %data_dir,
-        durability = %settings.durability,
-        auth = if settings.tokens.is_empty() { "off" } else { "bearer" },
-        max_concurrency = settings.max_concurrency,
-        max_connections,
-        max_filter_bytes = settings.max_filter_bytes,
-        filter_bytes_charged = budget.charged,
-        "oncelyd listening on http://{addr}"
-    );
-    let settings = Settings {
-        max_connections: Some(max_connections),
-        ..settings
-    };
-    let state = AppState::from_settings(tracker, &settings);
+    if let Some(store) = &settings.store {
+        let host = state.store_watch().seen().host;
+        tracing::info!(
+            listen = %addr,
+            store = %store,
+            store_host = %host.as_deref().unwrap_or("(not reached)"),
+            store_pool_size = settings.store_pool_size,
+            auth,
+            max_concurrency = settings.max_concurrency,
+            max_connections,
+            max_filter_bytes = settings.max_filter_bytes,
+            filter_bytes_charged = budget.charged,
+            "oncelyd listening on http://{addr}"
+        );
+    } else {
+        let data_dir = if settings.durability == Durability::Memory {
+            "(none: memory durability)".to_owned()
+        } else {
+            settings.data_dir.display().to_string()
+        };
+        tracing::info!(
+            listen = %addr,
+            data_dir = %data_dir,
+            durability = %settings.durability,
+            auth,
+            max_concurrency = settings.max_concurrency,
+            max_connections,
+            max_filter_bytes = settings.max_filter_bytes,
+            filter_bytes_charged = budget.charged,
+            "oncelyd listening on http://{addr}"
+        );
+    }
     let timing = ShutdownTiming {
         drain_delay: settings.drain_delay,
         grace: settings.shutdown_grace,

@@ -277,11 +277,13 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Every [`TICK_INTERVAL`], until `stop` is set or its sender dropped: seals
-/// generations whose span has passed (so idle namespaces rotate too), which also
-/// writes the clock's heartbeat and so tells, with no client writing, when a failing
-/// store has recovered; logs the store's health when it changes; and logs the
-/// failures the failure log has only counted.
+/// Every [`TICK_INTERVAL`], until `stop` is set or its sender dropped: probes the
+/// store (the server a PostgreSQL store is on, and the round trip, for the metrics);
+/// seals generations whose span has passed (so idle namespaces rotate too), which
+/// also writes the clock's heartbeat (or, on PostgreSQL, reaches the database) and
+/// so tells, with no client writing, when a failing store has recovered; logs the
+/// store's health when it changes; and logs the failures the failure log has only
+/// counted.
 async fn tick(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut interval = tokio::time::interval(TICK_INTERVAL);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -294,8 +296,13 @@ async fn tick(state: AppState, mut stop: watch::Receiver<bool>) {
         if *stop.borrow() {
             return;
         }
-        let t = state.tracker().clone();
-        match tokio::task::spawn_blocking(move || t.tick()).await {
+        let s = state.clone();
+        // The probe first: the tick's outcome is then the one readiness reports.
+        let ticked = tokio::task::spawn_blocking(move || {
+            s.store_watch().probe(s.tracker());
+            s.tracker().tick()
+        });
+        match ticked.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "sealing due generations failed; will retry"),
             Err(e) => tracing::error!(error = %e, "the ticker panicked"),

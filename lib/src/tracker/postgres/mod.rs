@@ -213,7 +213,7 @@ impl Pg {
             .pool
             .get()
             .await
-            .map_err(|e| Error::Unavailable(e.to_string()))
+            .map_err(|e| Error::Unavailable(with_causes(&e)))
     }
 
     /// A namespace's cache entry, loaded from the database when this node has not
@@ -336,6 +336,23 @@ impl Pg {
         NamespaceName::new(namespace)?;
         Ok(None)
     }
+}
+
+/// An error's message followed by its causes': the pool's own says only "error
+/// connecting to server", and the operator needs the reason after it (connection
+/// refused, authentication failed, no such database).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// A copy of an error good enough for the health record (which keeps its message).
