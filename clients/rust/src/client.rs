@@ -333,6 +333,15 @@ impl Client {
     /// # }
     /// ```
     ///
+    /// # Auto-batching
+    ///
+    /// With batching on (the default), a call made while this namespace and owner
+    /// already have [`Batching::max_in_flight`] requests in flight waits, at most
+    /// [`Batching::window`], to share a request with the calls that come after it;
+    /// an idle client sends each call at once. The verdicts and errors returned are
+    /// this call's own, and the owner token returned replays its IDs;
+    /// [`Batching`] says exactly what coalesced calls share.
+    ///
     /// # Errors
     ///
     /// [`Error::Http`]: 400 for a bad ID, owner or namespace name or too many IDs
