@@ -22,11 +22,24 @@ calibration run, as redis-benchmark counts requests rather than time):
   * batched-unique: unique 16-byte IDs (32 hex characters); Oncely 1,000-ID batches,
     Redis pipelines of 1,000 SET NX PX, NATS 1,000 publishes awaiting acks; 4 connections.
   * batched-dup10: the same with about 10% repeats of IDs already stored.
-  * single: unique IDs one per request, 4 connections, one request in flight on each.
+  * single: one fresh ID per request, 8 connections, one request in flight on each.
+    Oncely with wrk (-t1, benches/peers/single.lua posts one fresh ID per
+    check-and-mark), and the same wrk command against `ceiling`
+    (benches/src/bin/ceiling.rs): the daemon's HTTP stack answering the same request
+    without the tracker, the ceiling the single-ID path can reach. Redis with
+    `redis-benchmark -P 1 -c 8 SET k:__rand_int__ 1 NX PX 3600000` and -r 2e9 (without
+    -r, __rand_int__ is not replaced and every SET after the first is a no-op NX on one
+    key). NATS with 8 synchronous publishers.
+  * client: Oncely through its typed client (benches/src/bin/client_batching.rs): 64
+    tasks each marking one fresh ID per call, with the client's auto-batching off and
+    on, and the batched reference: 4 tasks marking 1,000 fresh IDs per call. One
+    fresh daemon per mode.
 
-Load: `oncelyd load` for Oncely, `redis-benchmark` (Redis's own tool) for Redis, and
-`nats_dedup` (benches/src/bin/nats_dedup.rs) for NATS, which has no standard tool that
-publishes with Nats-Msg-Id. Each uses one thread.
+Load: `oncelyd load` for Oncely's batched workloads, wrk for single IDs,
+`redis-benchmark` (Redis's own tool) for Redis, and `nats_dedup`
+(benches/src/bin/nats_dedup.rs) for NATS, which has no standard tool that publishes
+with Nats-Msg-Id. Each uses one thread. wrk, like redis-benchmark, times a request
+from its sending, with each connection sending as soon as its last answer is in.
 
 RAM per ID is the server's resident memory after the run minus before it (Redis also
 reports INFO used_memory), divided by the IDs it stored; disk per ID is the size of its
@@ -53,11 +66,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CONNECTIONS = 4
+# Single-ID requests: 8 connections, as Oncely's target states it.
+SINGLE_CONNECTIONS = 8
 BATCH = 1000
+# The client workload: tasks sharing one typed client.
+CLIENT_TASKS = 64
+CLIENT_BATCHED_TASKS = 4
 # Keys of 32 characters, like Oncely's 16-byte IDs in hex. redis-benchmark replaces each
 # __rand_int__ with its own 12-digit random number below -r.
 REDIS_UNIQUE_KEY = "oncelyid__rand_int____rand_int__"
 REDIS_DUP_KEY = "oncelyidoncelyidoncely__rand_int__"
+# Single-ID requests: the command of Oncely's single-ID target.
+REDIS_SINGLE_KEY = "k:__rand_int__"
 REDIS_TTL_MS = "3600000"
 # The Oncely namespace: an exact table for every ID of a run (no Bloom-only answers),
 # like the peers, which keep every key exactly.
@@ -166,23 +186,24 @@ class Result:
     stored: int
     duplicates_expected: int
     duplicates_answered: int
-    ram_bytes: int
-    disk_bytes: int
+    ram_bytes: int | None
+    disk_bytes: int | None
     extra: dict = field(default_factory=dict)
 
     @property
     def ram_per_id(self) -> float:
-        return self.ram_bytes / self.stored if self.stored else math.nan
+        return self.ram_bytes / self.stored if self.stored and self.ram_bytes is not None else math.nan
 
     @property
     def disk_per_id(self) -> float:
-        return self.disk_bytes / self.stored if self.stored else math.nan
+        return self.disk_bytes / self.stored if self.stored and self.disk_bytes is not None else math.nan
 
 
 # --- Oncely -------------------------------------------------------------------------
 
 
-def oncely(args, workload: str, tmp: Path) -> Result:
+def start_oncely(args, tmp: Path) -> tuple[subprocess.Popen, str, Path]:
+    """A fresh oncelyd with the peers namespace; its process, URL and data directory."""
     port = free_port()
     data = tmp / "oncely-data"
     log = tmp / "oncely.log"
@@ -196,9 +217,113 @@ def oncely(args, workload: str, tmp: Path) -> Result:
                                      data=json.dumps(ONCELY_NAMESPACE).encode(),
                                      headers={"Content-Type": "application/json"})
         urllib.request.urlopen(req, timeout=10).read()
+    except BaseException:
+        stop(server)
+        raise
+    return server, url, data
+
+
+def oncely_stored(url: str) -> int:
+    """New IDs the peers namespace holds, over its live generations."""
+    with urllib.request.urlopen(f"{url}/v1/namespaces/peers", timeout=10) as r:
+        view = json.loads(r.read())
+    return sum(g["ids"] for g in view["generations"])
+
+
+def wrk_single(args, url: str, run_number: int) -> dict:
+    """wrk posting one fresh ID per request to url for --duration; its ONCELY_WRK line."""
+    env_run = os.environ.copy()
+    env_run["ONCELY_WRK_RUN"] = str(run_number)
+    p = subprocess.run(["wrk", "-t1", f"-c{SINGLE_CONNECTIONS}", f"-d{args.duration}s",
+                        "--timeout", "10s", "-s", str(args.wrk_script), url],
+                       capture_output=True, text=True, env=env_run,
+                       timeout=args.duration + 60)
+    if p.returncode != 0:
+        raise RuntimeError(f"wrk failed ({p.returncode}):\n{p.stderr[-2000:]}")
+    for line in p.stdout.splitlines():
+        if line.startswith("ONCELY_WRK "):
+            r = json.loads(line.removeprefix("ONCELY_WRK "))
+            if any(r["errors"].values()):
+                raise RuntimeError(f"wrk saw errors: {r['errors']}\n{p.stdout[-2000:]}")
+            return r
+    raise RuntimeError(f"no ONCELY_WRK line from wrk:\n{p.stdout[-2000:]}")
+
+
+def oncely_single(args, tmp: Path) -> Result:
+    server, url, data = start_oncely(args, tmp)
+    try:
         before = rss_bytes(server.pid)
-        batch, dup = {"batched-unique": (BATCH, 0.0), "batched-dup10": (BATCH, 0.1),
-                      "single": (1, 0.0)}[workload]
+        r = wrk_single(args, f"{url}/v1/namespaces/peers/check-and-mark", 1)
+        after = rss_bytes(server.pid)
+        stored = oncely_stored(url)
+        # Every answered request marked its fresh ID; requests still in flight when wrk
+        # stopped may have marked theirs without being counted.
+        if not r["requests"] <= stored <= r["requests"] + SINGLE_CONNECTIONS:
+            raise RuntimeError(f"oncely single: {stored} IDs stored for {r['requests']} requests")
+        stop(server)
+        snapshots = dir_bytes(data / "snapshots")
+        rate = r["requests"] / (r["duration_us"] / 1e6)
+        return Result("Oncely (wrk)", "single", r["requests"], rate, r["p50_us"], r["p99_us"],
+                      stored, 0, 0, after - before, dir_bytes(data) - snapshots,
+                      {"filter_snapshot_bytes": snapshots, "wrk": r})
+    finally:
+        stop(server)
+
+
+def ceiling(args, workload: str, tmp: Path) -> list[Result]:
+    if workload != "single":
+        return []
+    port = free_port()
+    log = tmp / "ceiling.log"
+    server = start([args.ceiling, "--listen", f"127.0.0.1:{port}"], log)
+    try:
+        wait_port(server, port, log)
+        r = wrk_single(args, f"http://127.0.0.1:{port}/v1/namespaces/peers/check-and-mark", 2)
+        rate = r["requests"] / (r["duration_us"] / 1e6)
+        return [Result("HTTP stack, no tracker (wrk)", "single", r["requests"], rate,
+                       r["p50_us"], r["p99_us"], 0, 0, 0, None, None, {"wrk": r})]
+    finally:
+        stop(server)
+
+
+def oncely_client(args, mode: str, tmp: Path) -> Result:
+    server, url, _ = start_oncely(args, tmp)
+    try:
+        tasks = CLIENT_BATCHED_TASKS if mode == "batched" else CLIENT_TASKS
+        out = run([args.client_batching, "--url", url, "--namespace", "peers",
+                   "--tasks", str(tasks), "--duration", str(args.duration), "--mode", mode,
+                   "--batch", str(BATCH), "--seed", "7"], timeout=args.duration + 120)
+        r = json.loads(out)
+        stored = oncely_stored(url)
+        if stored != r["ids"]:
+            raise RuntimeError(f"oncely client {mode}: {stored} IDs stored for {r['ids']} marked")
+        name = {"off": f"{tasks} tasks x 1 ID, auto-batching off",
+                "on": f"{tasks} tasks x 1 ID, auto-batching on",
+                "batched": f"{tasks} tasks x {BATCH:,} IDs per call"}[mode]
+        return Result(name, "client", r["ids"], r["ids_per_sec"], r["latency_us"]["p50"],
+                      r["latency_us"]["p99"], stored, 0, 0, None, None,
+                      {"client": r, "requests_per_call": r["requests"] / max(1, r["calls"])})
+    finally:
+        stop(server)
+
+
+def oncely(args, workload: str, tmp: Path) -> list[Result]:
+    if workload == "single":
+        return [oncely_single(args, tmp)]
+    if workload == "client":
+        results = []
+        for mode in ("off", "on", "batched"):
+            with tempfile.TemporaryDirectory(prefix=f"oncely-peers-client-{mode}-") as t:
+                results.append(oncely_client(args, mode, Path(t)))
+        return results
+    return [oncely_batched(args, workload, tmp)]
+
+
+def oncely_batched(args, workload: str, tmp: Path) -> Result:
+    server, url, data = start_oncely(args, tmp)
+    try:
+        before = rss_bytes(server.pid)
+        batch, dup = {"batched-unique": (BATCH, 0.0), "batched-dup10": (BATCH, 0.1)}[workload]
         out = run([args.oncelyd, "load", "--url", url, "--namespace", "peers",
                    "--batch", str(batch), "--concurrency", str(CONNECTIONS),
                    "--duration", f"{args.duration}s", "--duplicates", str(dup),
@@ -206,7 +331,7 @@ def oncely(args, workload: str, tmp: Path) -> Result:
         r = json.loads(out)
         after = rss_bytes(server.pid)
         stored = r["verdicts"]["new"]
-        unexpected = sum(r["unexpected"].values()) if isinstance(r["unexpected"], dict) else 0
+        unexpected = sum(r["unexpected"].values())
         failed = r["failed_ids"]
         if unexpected or failed:
             raise RuntimeError(f"oncely: {unexpected} unexpected verdicts, {failed} failed IDs")
@@ -274,8 +399,8 @@ def keyspace_for_repeats(n: int, fraction: float) -> int:
 
 
 def redis_benchmark(port: int, n: int, pipeline: int, key: str, keyspace: int,
-                    timeout: float) -> dict:
-    out = run(["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(CONNECTIONS),
+                    timeout: float, connections: int = CONNECTIONS) -> dict:
+    out = run(["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(connections),
                "-P", str(pipeline), "-n", str(n), "-r", str(keyspace), "--csv", "-q",
                "SET", key, "1", "NX", "PX", REDIS_TTL_MS], timeout=timeout)
     lines = [line for line in out.splitlines() if line.strip()]
@@ -293,26 +418,30 @@ def start_redis(port: int, data: Path, log: Path) -> subprocess.Popen:
     return server
 
 
-def redis_calibrate(pipeline: int, tmp: Path) -> float:
+def redis_calibrate(pipeline: int, key: str, connections: int, tmp: Path) -> float:
     tmp.mkdir()
     port = free_port()
     server = start_redis(port, tmp / "data", tmp / "redis.log")
     try:
         probe = redis_benchmark(port, 20_000 if pipeline == 1 else 400_000, pipeline,
-                                REDIS_UNIQUE_KEY, 2_000_000_000, timeout=120)
+                                key, 2_000_000_000, timeout=120, connections=connections)
         return float(probe["rps"])
     finally:
         stop(server)
 
 
-def redis(args, workload: str, tmp: Path) -> Result:
+def redis(args, workload: str, tmp: Path) -> list[Result]:
+    if workload == "client":
+        return []
     pipeline, dup = {"batched-unique": (BATCH, 0.0), "batched-dup10": (BATCH, 0.1),
                      "single": (1, 0.0)}[workload]
+    connections = SINGLE_CONNECTIONS if workload == "single" else CONNECTIONS
+    unique_key = REDIS_SINGLE_KEY if workload == "single" else REDIS_UNIQUE_KEY
     rate = args.redis_calibration.get(pipeline)
     if rate is None:
         # redis-benchmark counts requests, not time: size the run from a short
         # calibration, on a server of its own, so that it lasts about --duration.
-        rate = redis_calibrate(pipeline, tmp / "calibration")
+        rate = redis_calibrate(pipeline, unique_key, connections, tmp / "calibration")
         args.redis_calibration[pipeline] = rate
     port, data, log = free_port(), tmp / "redis-data", tmp / "redis.log"
     server = start_redis(port, data, log)
@@ -321,11 +450,12 @@ def redis(args, workload: str, tmp: Path) -> Result:
         if dup:
             key, keyspace = REDIS_DUP_KEY, keyspace_for_repeats(n, dup)
         else:
-            key, keyspace = REDIS_UNIQUE_KEY, 2_000_000_000
+            key, keyspace = unique_key, 2_000_000_000
         time.sleep(0.2)
         before = redis_info(port, "used_memory")
         rss_before = rss_bytes(server.pid)
-        r = redis_benchmark(port, n, pipeline, key, keyspace, timeout=args.duration * 10 + 120)
+        r = redis_benchmark(port, n, pipeline, key, keyspace, timeout=args.duration * 10 + 120,
+                            connections=connections)
         stored = int(redis_cmd(port, "DBSIZE"))
         used = redis_info(port, "used_memory") - before
         rss = rss_bytes(server.pid) - rss_before
@@ -335,10 +465,11 @@ def redis(args, workload: str, tmp: Path) -> Result:
         # redis-benchmark sends whole pipelines, so up to CONNECTIONS x pipeline more than
         # n requests: the repeats answered nil are about n - DBSIZE, and none when unique.
         repeats = max(0, n - stored) if dup else 0
-        return Result("Redis", workload, n, float(r["rps"]), float(r["p50_latency_ms"]) * 1000,
-                      float(r["p99_latency_ms"]) * 1000, stored, repeats, repeats,
-                      rss, disk, {"used_memory_per_key": used / stored if stored else None,
-                                  "keyspace": keyspace})
+        name = "Redis (-P 1)" if pipeline == 1 else "Redis"
+        return [Result(name, workload, n, float(r["rps"]), float(r["p50_latency_ms"]) * 1000,
+                       float(r["p99_latency_ms"]) * 1000, stored, repeats, repeats,
+                       rss, disk, {"used_memory_per_key": used / stored if stored else None,
+                                   "keyspace": keyspace, "connections": connections})]
     finally:
         stop(server)
 
@@ -346,9 +477,12 @@ def redis(args, workload: str, tmp: Path) -> Result:
 # --- NATS ---------------------------------------------------------------------------
 
 
-def nats(args, workload: str, tmp: Path) -> Result:
+def nats(args, workload: str, tmp: Path) -> list[Result]:
+    if workload == "client":
+        return []
     inflight, dup = {"batched-unique": (BATCH, 0.0), "batched-dup10": (BATCH, 0.1),
                      "single": (1, 0.0)}[workload]
+    connections = SINGLE_CONNECTIONS if workload == "single" else CONNECTIONS
     port = free_port()
     data = tmp / "nats-data"
     log = tmp / "nats.log"
@@ -359,7 +493,7 @@ def nats(args, workload: str, tmp: Path) -> Result:
         time.sleep(0.3)  # JetStream finishes starting after the port opens
         before = rss_bytes(server.pid)
         out = run([args.nats_dedup, "--url", f"nats://127.0.0.1:{port}",
-                   "--concurrency", str(CONNECTIONS), "--inflight", str(inflight),
+                   "--concurrency", str(connections), "--inflight", str(inflight),
                    "--duration", f"{args.duration}s", "--duplicates", str(dup), "--seed", "7"],
                   timeout=args.duration + 180)
         r = json.loads(out)
@@ -367,10 +501,10 @@ def nats(args, workload: str, tmp: Path) -> Result:
         if r["errors"] or r["unexpected_fresh_duplicate"] or r["unexpected_repeat_new"]:
             raise RuntimeError(f"nats: errors or unexpected flags: {r}")
         stop(server)
-        return Result("NATS JetStream", workload, r["ids"], r["ids_per_sec"],
-                      r["latency_us"]["p50"], r["latency_us"]["p99"], r["acks_new"],
-                      r["repeated_ids"], r["acks_duplicate"], after - before, dir_bytes(data),
-                      {"server_version": r["server_version"]})
+        return [Result("NATS JetStream", workload, r["ids"], r["ids_per_sec"],
+                       r["latency_us"]["p50"], r["latency_us"]["p99"], r["acks_new"],
+                       r["repeated_ids"], r["acks_duplicate"], after - before, dir_bytes(data),
+                       {"server_version": r["server_version"]})]
     finally:
         stop(server)
 
@@ -386,18 +520,43 @@ def fmt_us(x: float) -> str:
     return f"{x / 1000:.2f} ms" if x >= 1000 else f"{x:.0f} µs"
 
 
+def is_oncely(r: Result) -> bool:
+    return r.peer.startswith("Oncely")
+
+
 def table(results: list[Result]) -> str:
-    oncely_rate = {r.workload: r.ids_per_sec for r in results if r.peer == "Oncely"}
+    """The dedup workloads, each peer beside Oncely."""
+    oncely_rate = {r.workload: r.ids_per_sec for r in results if is_oncely(r)}
     rows = ["| workload | peer | IDs/s | Oncely ÷ peer | p50 | p99 | RAM B/ID | disk B/ID | duplicates found |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
+        if r.workload == "client":
+            continue
         ratio = oncely_rate.get(r.workload)
-        ratio_s = "1.00x" if r.peer == "Oncely" else (f"{ratio / r.ids_per_sec:.2f}x" if ratio else "-")
-        dups = f"{r.duplicates_answered:,} / {r.duplicates_expected:,}"
+        ratio_s = "1.00x" if is_oncely(r) else (f"{ratio / r.ids_per_sec:.2f}x" if ratio else "-")
+        stateless = r.ram_bytes is None
+        dups = "-" if stateless else f"{r.duplicates_answered:,} / {r.duplicates_expected:,}"
+        ram = "-" if stateless else f"{r.ram_per_id:.1f}"
+        disk = "-" if r.disk_bytes is None else f"{r.disk_per_id:.1f}"
         rows.append(f"| {r.workload} | {r.peer} | {fmt_rate(r.ids_per_sec)} | {ratio_s} | "
-                    f"{fmt_us(r.p50_us)} | {fmt_us(r.p99_us)} | {r.ram_per_id:.1f} | "
-                    f"{r.disk_per_id:.1f} | {dups} |")
+                    f"{fmt_us(r.p50_us)} | {fmt_us(r.p99_us)} | {ram} | {disk} | {dups} |")
     return "\n".join(rows)
+
+
+def client_table(results: list[Result]) -> str:
+    """The client workload: auto-batching off and on beside the batched reference."""
+    rows = [r for r in results if r.workload == "client"]
+    if not rows:
+        return ""
+    reference = next((r.ids_per_sec for r in rows if "per call" in r.peer), None)
+    out = ["| through oncely-client | IDs/s | ÷ batched | requests per call | p50 | p99 |",
+           "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ratio = f"{r.ids_per_sec / reference:.2f}x" if reference else "-"
+        out.append(f"| {r.peer} | {fmt_rate(r.ids_per_sec)} | {ratio} | "
+                   f"{r.extra['requests_per_call']:.3f} | {fmt_us(r.p50_us)} | "
+                   f"{fmt_us(r.p99_us)} |")
+    return "\n".join(out)
 
 
 def machine() -> str:
@@ -416,28 +575,48 @@ def versions(args) -> str:
     return f"{oncely_v}; Redis {redis_v}; {nats_v}"
 
 
+PEERS = ("oncely", "ceiling", "redis", "nats")
+WORKLOADS = ("batched-unique", "batched-dup10", "single", "client")
+
+
+def command(args) -> str:
+    """The run.sh command line that reproduces this run."""
+    words = ["benches/peers/run.sh", "--duration", str(args.duration)]
+    if args.peers != ",".join(PEERS):
+        words += ["--peers", args.peers]
+    if args.workloads != ",".join(WORKLOADS):
+        words += ["--only", args.workloads]
+    return " ".join(words)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--oncelyd", required=True, help="the release oncelyd binary")
     parser.add_argument("--nats-dedup", required=True, help="the release nats_dedup binary")
+    parser.add_argument("--ceiling", required=True, help="the release ceiling binary")
+    parser.add_argument("--client-batching", required=True,
+                        help="the release client_batching binary")
+    parser.add_argument("--wrk-script", default=str(Path(__file__).with_name("single.lua")),
+                        help="wrk's script for single-ID requests")
     parser.add_argument("--duration", type=int, default=15, help="seconds per workload (default 15)")
-    parser.add_argument("--peers", default="oncely,redis,nats",
-                        help="comma-separated subset of oncely,redis,nats")
-    parser.add_argument("--workloads", default="batched-unique,batched-dup10,single",
-                        help="comma-separated subset of batched-unique,batched-dup10,single")
+    parser.add_argument("--peers", default=",".join(PEERS),
+                        help=f"comma-separated subset of {','.join(PEERS)}")
+    parser.add_argument("--workloads", "--only", dest="workloads", default=",".join(WORKLOADS),
+                        help=f"comma-separated subset of {','.join(WORKLOADS)} "
+                             "(--only single: a quick run of single-ID requests)")
     parser.add_argument("--out", help="also write the Markdown report to this file")
     parser.add_argument("--json", help="also write the raw results to this file")
     args = parser.parse_args()
     if args.duration < 1 or args.duration > 600:
         parser.error("--duration must be 1 to 600 seconds")
-    drivers = {"oncely": oncely, "redis": redis, "nats": nats}
+    drivers = {"oncely": oncely, "ceiling": ceiling, "redis": redis, "nats": nats}
     peers = args.peers.split(",")
     workloads = args.workloads.split(",")
     for p in peers:
         if p not in drivers:
             parser.error(f"unknown peer {p!r}")
     for w in workloads:
-        if w not in ("batched-unique", "batched-dup10", "single"):
+        if w not in WORKLOADS:
             parser.error(f"unknown workload {w!r}")
     args.redis_calibration = {}
 
@@ -448,19 +627,24 @@ def main() -> int:
     try:
         for w in workloads:
             for p in peers:
+                # The ceiling answers single IDs only; the client workload is Oncely's.
+                if (p == "ceiling" and w != "single") or (p in ("redis", "nats") and w == "client"):
+                    continue
                 print(f"peers: {p} / {w} ...", file=sys.stderr, flush=True)
                 with tempfile.TemporaryDirectory(prefix=f"oncely-peers-{p}-") as tmp:
-                    r = drivers[p](args, w, Path(tmp))
-                print(f"peers: {p} / {w}: {fmt_rate(r.ids_per_sec)} IDs/s", file=sys.stderr,
-                      flush=True)
-                results.append(r)
+                    done = drivers[p](args, w, Path(tmp))
+                for r in done:
+                    print(f"peers: {r.peer} / {w}: {fmt_rate(r.ids_per_sec)} IDs/s",
+                          file=sys.stderr, flush=True)
+                results.extend(done)
         header = [
             "# Oncely, Redis and NATS JetStream side by side",
             "",
             f"Run {started:%Y-%m-%d %H:%M} UTC on {machine()}.",
             f"Versions: {versions(args)}.",
-            f"Command: `benches/peers/run.sh --duration {args.duration}` "
-            f"({CONNECTIONS} connections; batches of {BATCH}; one load-generator thread each).",
+            f"Command: `{command(args)}` ({CONNECTIONS} connections and batches of {BATCH} "
+            f"for the batched workloads, {SINGLE_CONNECTIONS} connections for single IDs; one "
+            f"load-generator thread each).",
             "",
             "Durability: Oncely `flush`, Redis AOF `appendfsync everysec`, NATS JetStream file "
             "storage (see benches/peers/peers.py). RAM per ID is the server's RSS growth over "
@@ -483,10 +667,39 @@ def main() -> int:
                 f"files (`cargo bench -p oncely-benches --bench tracker` reports it after).",
                 "",
             ]
+        if any(r.workload == "single" for r in results):
+            header += [
+                f"Single IDs: one fresh ID per request, {SINGLE_CONNECTIONS} connections with "
+                f"one request in flight on each. Oncely and \"HTTP stack, no tracker\" (the "
+                f"daemon's axum stack, body parsing and JSON answer without the tracker: "
+                f"benches/src/bin/ceiling.rs) are driven by the same command, "
+                f"`wrk -t1 -c{SINGLE_CONNECTIONS} -d{args.duration}s -s benches/peers/single.lua`; "
+                f"Redis by `redis-benchmark -P 1 -c {SINGLE_CONNECTIONS} -r 2000000000 "
+                f"SET {REDIS_SINGLE_KEY} 1 NX PX {REDIS_TTL_MS}`; NATS by "
+                f"{SINGLE_CONNECTIONS} synchronous publishers. For single IDs, IDs/s is "
+                f"requests/s, and p50 and p99 are per request, from its sending.",
+                "",
+            ]
         report = "\n".join(header) + "\n" + table(results) + "\n"
+        if any(r.workload == "client" for r in results):
+            report += "\n" + "\n".join([
+                f"Through the typed client (benches/src/bin/client_batching.rs, one thread): "
+                f"{CLIENT_TASKS} tasks sharing one `oncely-client` `Client`, each marking one "
+                f"fresh ID per `check_and_mark` call, with auto-batching off and on (its "
+                f"defaults), and the batched reference: {CLIENT_BATCHED_TASKS} tasks marking "
+                f"{BATCH:,} fresh IDs per call. A fresh daemon for each; p50 and p99 are per "
+                f"call. \"÷ batched\" is IDs/s over the reference's.",
+                "",
+                client_table(results),
+            ]) + "\n"
         print(report)
-        if args.out:
+        # Only a whole run replaces the report: a quick look at one workload must not
+        # overwrite the figures of the others.
+        complete = set(peers) == set(PEERS) and set(workloads) == set(WORKLOADS)
+        if args.out and complete:
             Path(args.out).write_text(report)
+        elif args.out:
+            print(f"peers: a partial run; {args.out} is left as it was", file=sys.stderr)
         if args.json:
             Path(args.json).write_text(json.dumps([r.__dict__ | {
                 "ram_per_id": r.ram_per_id, "disk_per_id": r.disk_per_id} for r in results],

@@ -171,6 +171,21 @@ pub enum Error {
     #[error(transparent)]
     Client(#[from] oncely_client::Error),
 
+    /// `oncelyd load` ran, but requests failed: its report's rates and latencies
+    /// count only the requests answered 200.
+    #[error(
+        "{failed} of {sent} requests failed: {causes}; the report's rates and latencies \
+         count only the requests answered 200"
+    )]
+    LoadFailed {
+        /// Requests that failed.
+        failed: u64,
+        /// Requests sent, failed or not.
+        sent: u64,
+        /// The failures by cause, with the daemon's error codes and messages.
+        causes: String,
+    },
+
     /// A tool's async runtime could not be started.
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] io::Error),

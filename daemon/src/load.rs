@@ -12,7 +12,8 @@
 //! # Pacing (`--rate`)
 //!
 //! Without `--rate` each task sends its next request as soon as the last one is
-//! answered: the rate is whatever the daemon gives. With `--rate R`, requests follow
+//! answered: the rate is whatever the daemon gives, and a request's latency is
+//! timed from its sending. With `--rate R`, requests follow
 //! one schedule shared by all tasks: request `k` is due `k x batch / R` seconds after
 //! the start, and whichever task is free claims the next due request (an atomic
 //! counter, so a task stuck on a slow answer does not hold the rate back while
@@ -29,6 +30,29 @@
 //! [`BELOW_TARGET`] of the target. A paced run is timed over at least the schedule
 //! its requests cover, so that a 2 s run at 2,000 IDs/s reports 2,000 IDs/s, not a
 //! little more because the last answer came before the last period ended.
+//!
+//! # Latency under `--rate`: no coordinated omission
+//!
+//! A paced request that could not go out on time, because every connection was
+//! still waiting for an answer, is timed from when it was due, not from when it was
+//! sent: its caller would have waited that long (Tene, "How NOT to Measure
+//! Latency", 2015, calls timing it from the sending "coordinated omission": the
+//! generator holds back exactly the requests a slow daemon would have made slow).
+//! A dropped request counts too, with the time it had waited when it was dropped
+//! (a connection came free only then, so it would have waited at least that long).
+//! So a daemon that stalls for 1.5 s shows the stall in the percentiles of every
+//! request due during it. A request that went out on time is timed from its
+//! sending: waking at its due time, tokio's millisecond timer may be late by up to
+//! a millisecond, and that is the generator's delay, not the daemon's.
+//!
+//! # Failures
+//!
+//! A request answered other than 200 is counted by its status and by the daemon's
+//! error code (`too_many_ids`, `overloaded`, ...), with the first such answer's
+//! message; the rates and latencies count only the requests answered 200, and a run
+//! where no request succeeded has no latency. [`check`] turns a report with failed
+//! requests into an error, which gives `oncelyd load` a non-zero exit status after
+//! the report is printed.
 //!
 //! # IDs
 //!
@@ -54,6 +78,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -74,6 +99,7 @@ use tokio::time::Instant;
 use crate::Error;
 use crate::cli::LoadArgs;
 use crate::tune::group as thousands;
+use oncely_client::api::ErrorResponse;
 use oncely_client::{Client, RetryPolicy, bearer};
 
 /// How many of its most recent acknowledged fresh IDs a task draws repeats from.
@@ -88,6 +114,16 @@ const MAX_LATENCY_US: u64 = 60_000_000;
 /// How long a task waits after a failed request before the next, so that a daemon
 /// that is down is not hammered in a tight loop.
 const ERROR_PAUSE: Duration = Duration::from_millis(20);
+
+/// How long a request may take before it counts as failed (timed out) and its
+/// connection is dropped: the histogram's ceiling, so a daemon that never answers
+/// ends the run rather than holding it open.
+const REQUEST_TIMEOUT: Duration = Duration::from_micros(MAX_LATENCY_US);
+
+/// Dropped requests recorded one by one in the latency histogram, at most; more in
+/// one go (an unreachable target rate) are recorded in this many groups of equal
+/// size, each at its middle value.
+const MISSED_EXACT: u64 = 4096;
 
 /// With `--rate`: how late a request may be and still be sent, when one period is
 /// shorter (see [Pacing](self#pacing---rate)). Later requests are dropped.
@@ -254,15 +290,16 @@ impl Pacer {
     }
 
     /// Claims the next request that is not too late, dropping (and counting) the
-    /// ones that are; returns when it is due, or `None` when no request is due
-    /// before the deadline any more.
+    /// ones that are: when it is due (`None` when no request is due before the
+    /// deadline any more) and which requests were dropped to get there.
     #[allow(
         clippy::cast_precision_loss,
         clippy::cast_possible_truncation,
         clippy::cast_sign_loss
     )]
-    fn claim(&self) -> Option<Instant> {
-        let late = self.start.elapsed().as_secs_f64() - self.allowance;
+    fn claim(&self) -> Claim {
+        let at = Instant::now();
+        let late = at.saturating_duration_since(self.start).as_secs_f64() - self.allowance;
         // The first request not yet too late.
         let earliest = if late > 0.0 {
             (late / self.period).ceil() as u64
@@ -277,11 +314,14 @@ impl Pacer {
                 // missed (counted once: only the first to move the counter sees it
                 // below `slots`).
                 let before = self.next.fetch_max(self.slots, Ordering::Relaxed);
-                if before < self.slots {
-                    self.missed
-                        .fetch_add(self.slots - before, Ordering::Relaxed);
-                }
-                return None;
+                let missed = before.min(self.slots)..self.slots;
+                self.missed
+                    .fetch_add(missed.end - missed.start, Ordering::Relaxed);
+                return Claim {
+                    due: None,
+                    missed,
+                    at,
+                };
             }
             match self.next.compare_exchange_weak(
                 next,
@@ -290,13 +330,56 @@ impl Pacer {
                 Ordering::Relaxed,
             ) {
                 Ok(_) => {
-                    if take > next {
-                        self.missed.fetch_add(take - next, Ordering::Relaxed);
-                    }
-                    let due = Duration::from_secs_f64(take as f64 * self.period);
-                    return Some(self.start + due);
+                    self.missed.fetch_add(take - next, Ordering::Relaxed);
+                    return Claim {
+                        due: Some(self.due(take)),
+                        missed: next..take,
+                        at,
+                    };
                 }
                 Err(actual) => next = actual,
+            }
+        }
+    }
+
+    /// When request `k` is due.
+    #[allow(clippy::cast_precision_loss)]
+    fn due(&self, k: u64) -> Instant {
+        self.start + Duration::from_secs_f64(k as f64 * self.period)
+    }
+
+    /// Records the requests `claim` dropped in `latency`, each with the time it had
+    /// waited since it was due (see [the module docs](self#latency-under---rate-no-coordinated-omission)).
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
+    fn record_missed(&self, claim: &Claim, latency: &mut Histogram<u64>) {
+        let Range { start, end } = claim.missed;
+        let n = end.saturating_sub(start);
+        if n == 0 {
+            return;
+        }
+        let now = claim.at.saturating_duration_since(self.start).as_secs_f64();
+        let waited_us = |k: u64| {
+            let us = (now - k as f64 * self.period) * 1e6;
+            (us.max(1.0) as u64).min(MAX_LATENCY_US)
+        };
+        if n <= MISSED_EXACT {
+            for k in start..end {
+                latency.saturating_record(waited_us(k));
+            }
+            return;
+        }
+        // Group g holds requests [start + n*g/G, start + n*(g+1)/G); in u128, as n
+        // may be near u64::MAX for an unreachable rate.
+        let bound =
+            |g: u64| start + (u128::from(n) * u128::from(g) / u128::from(MISSED_EXACT)) as u64;
+        for g in 0..MISSED_EXACT {
+            let (lo, hi) = (bound(g), bound(g + 1));
+            if hi > lo {
+                latency.saturating_record_n(waited_us(lo + (hi - lo) / 2), hi - lo);
             }
         }
     }
@@ -307,6 +390,16 @@ impl Pacer {
         let claimed = self.next.load(Ordering::Relaxed).min(self.slots);
         Duration::try_from_secs_f64(claimed as f64 * self.period).unwrap_or(Duration::MAX)
     }
+}
+
+/// A claim on the schedule ([`Pacer::claim`]).
+struct Claim {
+    /// When the claimed request is due; `None`: the schedule is over.
+    due: Option<Instant>,
+    /// Requests dropped to get to it: too late to send.
+    missed: Range<u64>,
+    /// When the claim was made.
+    at: Instant,
 }
 
 /// What every task shares: where to send, and how to make IDs.
@@ -520,16 +613,25 @@ impl Worker {
             let Some(sender) = conn.as_mut() else {
                 continue;
             };
+            // Where this request's latency is timed from: its sending, unless it
+            // goes out late on the schedule (see the module docs).
+            let mut due_late = None;
             if let Some(pacer) = &pacer {
-                let Some(due) = pacer.claim() else { break };
-                if due > Instant::now() {
+                let claim = pacer.claim();
+                pacer.record_missed(&claim, &mut self.stats.latency);
+                let Some(due) = claim.due else { break };
+                if due > claim.at {
                     tokio::time::sleep_until(due).await;
+                } else {
+                    due_late = Some(due);
                 }
             }
             let body = self.fill(n);
-            let started = Instant::now();
-            match self.exchange(sender, body).await {
-                Ok(StatusCode::OK) => {
+            let started = due_late.unwrap_or_else(Instant::now);
+            let exchanged =
+                tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(sender, body)).await;
+            match exchanged {
+                Ok(Ok(StatusCode::OK)) => {
                     let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                     self.stats
                         .latency
@@ -544,14 +646,20 @@ impl Worker {
                         self.fail(Failure::Decode, n);
                     }
                 }
-                Ok(status) => {
+                Ok(Ok(status)) => {
                     self.fail(Failure::Status(status.as_u16()), n);
                     tokio::time::sleep(ERROR_PAUSE).await;
                 }
-                Err(()) => {
-                    // The connection may be broken: start a new one.
+                Ok(Err(())) | Err(_) => {
+                    // The connection may be broken, or still busy with the request
+                    // that timed out: start a new one.
                     conn = None;
-                    self.fail(Failure::Transport, n);
+                    let failure = if exchanged.is_err() {
+                        Failure::Timeout
+                    } else {
+                        Failure::Transport
+                    };
+                    self.fail(failure, n);
                     tokio::time::sleep(ERROR_PAUSE).await;
                 }
             }
@@ -706,7 +814,10 @@ impl Worker {
     }
 
     fn fail(&mut self, failure: Failure, ids: usize) {
-        self.stats.errors.count(failure);
+        match failure {
+            Failure::Status(status) => self.stats.errors.answered(status, &self.answer),
+            _ => self.stats.errors.count(failure),
+        }
         self.stats.failed_ids += ids as u64;
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
     }
@@ -735,7 +846,9 @@ async fn connect(plan: &Plan) -> Result<SendRequest<Full<Bytes>>, ()> {
 enum Failure {
     /// Connecting, sending or reading failed.
     Transport,
-    /// An answer other than 200.
+    /// No whole answer within [`REQUEST_TIMEOUT`].
+    Timeout,
+    /// An answer other than 200 (its body is in the worker's answer buffer).
     Status(u16),
     /// A 200 answer without one verdict per ID.
     Decode,
@@ -788,8 +901,13 @@ impl Stats {
     fn report(&self, args: &LoadArgs, seed: u64, elapsed: Duration, missed: u64) -> LoadReport {
         let secs = elapsed.as_secs_f64();
         let rate = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
-        let h = &self.latency;
-        let latency_us = Latency::from_histogram(h);
+        // Dropped requests alone are no latency of the daemon's: with no request
+        // answered 200, there is none to report.
+        let latency_us = if self.requests == 0 {
+            None
+        } else {
+            Latency::of(&self.latency)
+        };
         let ids_per_sec = rate(self.ids);
         LoadReport {
             url: args.url.clone(),
@@ -821,6 +939,11 @@ impl Stats {
             unexpected: self.unexpected,
             errors: self.errors.clone(),
             failed_ids: self.failed_ids,
+            latency_from: if args.rate.is_some() {
+                "schedule"
+            } else {
+                "send"
+            },
             latency_us,
         }
     }
@@ -882,9 +1005,14 @@ pub struct LoadReport {
     pub errors: ErrorCounts,
     /// IDs in failed requests (not in `ids`).
     pub failed_ids: u64,
-    /// Latency per request, in microseconds, from sending to the last byte of the
-    /// answer.
-    pub latency_us: Latency,
+    /// `send` without `--rate`; `schedule` with it: see `latency_us`.
+    pub latency_from: &'static str,
+    /// Latency per request answered 200, in microseconds, to the last byte of the
+    /// answer: from its sending without `--rate`; with it, from when it was due if
+    /// it went out late, and counting the dropped requests with the time they had
+    /// waited (see [the module docs](self#latency-under---rate-no-coordinated-omission)).
+    /// `None` (JSON `null`) when no request was answered 200.
+    pub latency_us: Option<Latency>,
 }
 
 /// IDs by verdict.
@@ -927,10 +1055,30 @@ pub struct ErrorCounts {
     pub total: u64,
     /// Connecting, sending or reading failed.
     pub transport: u64,
+    /// No whole answer within 60 s.
+    pub timeout: u64,
     /// Answers 200 without one verdict per ID.
     pub decode: u64,
     /// Answers other than 200, by status.
     pub http: BTreeMap<u16, u64>,
+    /// Answers other than 200, by status and the daemon's error code, most frequent
+    /// first.
+    pub answers: Vec<ErrorAnswer>,
+}
+
+/// Error answers with one status and code.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ErrorAnswer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The daemon's error code (`too_many_ids`, `overloaded`, `unknown_namespace`,
+    /// ...), or `http_<status>` for an answer without the daemon's error body (a
+    /// proxy's, say).
+    pub code: String,
+    /// Requests answered so.
+    pub requests: u64,
+    /// The message of the first of them.
+    pub message: String,
 }
 
 impl ErrorCounts {
@@ -938,22 +1086,61 @@ impl ErrorCounts {
         self.total += 1;
         match failure {
             Failure::Transport => self.transport += 1,
+            Failure::Timeout => self.timeout += 1,
             Failure::Decode => self.decode += 1,
             Failure::Status(s) => *self.http.entry(s).or_default() += 1,
+        }
+    }
+
+    /// Counts an answer other than 200, with the error code and message of its body.
+    fn answered(&mut self, status: u16, body: &[u8]) {
+        self.count(Failure::Status(status));
+        let (code, message) = match serde_json::from_slice::<ErrorResponse>(body) {
+            Ok(e) => (e.error.code, e.error.message),
+            Err(_) => (
+                format!("http_{status}"),
+                format!(
+                    "an answer without the daemon's error body: {:?}",
+                    String::from_utf8_lossy(&body[..body.len().min(200)])
+                ),
+            ),
+        };
+        self.add_answer(ErrorAnswer {
+            status,
+            code,
+            requests: 1,
+            message,
+        });
+    }
+
+    fn add_answer(&mut self, answer: ErrorAnswer) {
+        match self
+            .answers
+            .iter_mut()
+            .find(|a| a.status == answer.status && a.code == answer.code)
+        {
+            Some(known) => known.requests += answer.requests,
+            None => self.answers.push(answer),
         }
     }
 
     fn merge(&mut self, other: &Self) {
         self.total += other.total;
         self.transport += other.transport;
+        self.timeout += other.timeout;
         self.decode += other.decode;
         for (status, n) in &other.http {
             *self.http.entry(*status).or_default() += n;
         }
+        for answer in &other.answers {
+            self.add_answer(answer.clone());
+        }
+        self.answers
+            .sort_by(|a, b| b.requests.cmp(&a.requests).then(a.status.cmp(&b.status)));
     }
 }
 
-/// Latency percentiles in microseconds (all 0 when no request succeeded).
+/// Latency percentiles in microseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Latency {
     /// Fastest.
@@ -973,7 +1160,8 @@ pub struct Latency {
 }
 
 impl Latency {
-    /// The percentiles of a histogram of microseconds; all 0 when it is empty.
+    /// The percentiles of a histogram of microseconds; all 0 when it is empty (see
+    /// [`Latency::of`]).
     #[must_use]
     pub fn from_histogram(h: &Histogram<u64>) -> Self {
         if h.is_empty() {
@@ -988,6 +1176,12 @@ impl Latency {
             p999: h.value_at_quantile(0.999),
             max: h.max(),
         }
+    }
+
+    /// The percentiles of a histogram of microseconds; `None` when it is empty.
+    #[must_use]
+    pub fn of(h: &Histogram<u64>) -> Option<Self> {
+        (!h.is_empty()).then(|| Self::from_histogram(h))
     }
 }
 
@@ -1011,7 +1205,6 @@ pub fn write_report(report: &LoadReport, json: bool, out: &mut dyn Write) -> Res
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 pub fn render_text(r: &LoadReport) -> String {
     let ms = |us: u64| format!("{:.3} ms", us as f64 / 1000.0);
-    let l = &r.latency_us;
     let mut s = String::new();
     // Writing to a String cannot fail.
     let _ = writeln!(
@@ -1039,9 +1232,10 @@ pub fn render_text(r: &LoadReport) -> String {
     let _ = writeln!(s, "  rate        {}", rate_line(r));
     let _ = writeln!(
         s,
-        "  requests    {} ({} req/s)",
+        "  requests    {} answered 200 ({} req/s), {} failed",
         thousands(r.requests),
         thousands(r.requests_per_sec.round() as u64),
+        thousands(r.errors.total),
     );
     let v = &r.verdicts;
     let _ = writeln!(
@@ -1058,28 +1252,70 @@ pub fn render_text(r: &LoadReport) -> String {
         thousands(r.unexpected.fresh_not_new),
         thousands(r.unexpected.repeated_not_duplicate),
     );
-    let mut errors = format!(
-        "{} ({} transport, {} malformed",
-        thousands(r.errors.total),
-        r.errors.transport,
-        r.errors.decode
-    );
-    for (status, n) in &r.errors.http {
-        let _ = write!(errors, ", {n} x HTTP {status}");
+    let _ = writeln!(s, "  errors      {}", error_line(&r.errors));
+    match &r.latency_us {
+        Some(l) => {
+            let _ = writeln!(
+                s,
+                "  latency     p50 {}, p90 {}, p99 {}, p99.9 {}, max {} (mean {:.3} ms; {})",
+                ms(l.p50),
+                ms(l.p90),
+                ms(l.p99),
+                ms(l.p999),
+                ms(l.max),
+                l.mean / 1000.0,
+                if r.latency_from == "schedule" {
+                    "late and dropped requests timed from when they were due"
+                } else {
+                    "from sending"
+                },
+            );
+        }
+        None => {
+            let _ = writeln!(s, "  latency     none: no request was answered 200");
+        }
     }
-    errors.push(')');
-    let _ = writeln!(s, "  errors      {errors}");
-    let _ = writeln!(
-        s,
-        "  latency     p50 {}, p90 {}, p99 {}, p99.9 {}, max {} (mean {:.3} ms)",
-        ms(l.p50),
-        ms(l.p90),
-        ms(l.p99),
-        ms(l.p999),
-        ms(l.max),
-        l.mean / 1000.0,
-    );
     s
+}
+
+/// The text report's errors line: counts by cause, and the daemon's error codes.
+fn error_line(e: &ErrorCounts) -> String {
+    let mut line = format!(
+        "{} ({} transport, {} timed out, {} malformed",
+        thousands(e.total),
+        e.transport,
+        e.timeout,
+        e.decode
+    );
+    for a in &e.answers {
+        let _ = write!(
+            line,
+            ", {} x HTTP {} {}: {}",
+            thousands(a.requests),
+            a.status,
+            a.code,
+            a.message
+        );
+    }
+    line.push(')');
+    line
+}
+
+/// The run's outcome: `Ok` when every request was answered 200.
+///
+/// # Errors
+///
+/// [`Error::LoadFailed`] with the counts and the daemon's error codes when requests
+/// failed: the report's rates and latencies count only the others.
+pub fn check(report: &LoadReport) -> Result<(), Error> {
+    if report.errors.total == 0 {
+        return Ok(());
+    }
+    Err(Error::LoadFailed {
+        failed: report.errors.total,
+        sent: report.requests + report.errors.total,
+        causes: error_line(&report.errors),
+    })
 }
 
 /// The text report's rate line: the target and how close the run came to it.
@@ -1140,26 +1376,108 @@ mod tests {
         let start = Instant::now();
         let pacer = Pacer::new(start, Duration::from_secs(2), 100, 1_000.0);
         assert_eq!(pacer.slots, 20);
-        assert_eq!(pacer.claim(), Some(start));
-        assert_eq!(pacer.claim(), Some(start + Duration::from_millis(100)));
+        assert_eq!(pacer.claim().due, Some(start));
+        let claim = pacer.claim();
+        assert_eq!(claim.due, Some(start + Duration::from_millis(100)));
+        assert!(claim.missed.is_empty());
         assert_eq!(pacer.missed.load(Ordering::Relaxed), 0);
 
         // Started 1.02 s ago: requests due before 0.92 s (one period of allowance)
         // are dropped, and the next one is due at 1 s.
         let start = Instant::now() - Duration::from_millis(1_020);
         let pacer = Pacer::new(start, Duration::from_secs(2), 100, 1_000.0);
-        let due = pacer.claim().unwrap();
-        assert_eq!(due, start + Duration::from_secs(1));
+        let claim = pacer.claim();
+        assert_eq!(claim.due, Some(start + Duration::from_secs(1)));
+        assert_eq!(claim.missed, 0..10);
         assert_eq!(pacer.missed.load(Ordering::Relaxed), 10);
-        assert_eq!(pacer.claim(), Some(start + Duration::from_millis(1_100)));
+        assert_eq!(
+            pacer.claim().due,
+            Some(start + Duration::from_millis(1_100))
+        );
 
         // Past the deadline: nothing more is due; the skipped rest is counted once.
         let start = Instant::now() - Duration::from_secs(5);
         let pacer = Pacer::new(start, Duration::from_secs(2), 100, 1_000.0);
-        assert_eq!(pacer.claim(), None);
-        assert_eq!(pacer.claim(), None);
+        let claim = pacer.claim();
+        assert_eq!((claim.due, claim.missed), (None, 0..20));
+        let claim = pacer.claim();
+        assert_eq!((claim.due, claim.missed), (None, 20..20));
         assert_eq!(pacer.missed.load(Ordering::Relaxed), 20);
         assert_eq!(pacer.covered(), Duration::from_secs(2));
+    }
+
+    fn histogram() -> Histogram<u64> {
+        Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).unwrap()
+    }
+
+    #[test]
+    fn dropped_requests_count_with_the_time_they_waited() {
+        // Started 1.02 s ago at 10 requests a second: requests 0 to 9 were due at
+        // 0, 100, ..., 900 ms and had waited 1020, 920, ..., 120 ms when dropped.
+        let start = Instant::now() - Duration::from_millis(1_020);
+        let pacer = Pacer::new(start, Duration::from_secs(2), 100, 1_000.0);
+        let claim = pacer.claim();
+        let mut h = histogram();
+        pacer.record_missed(&claim, &mut h);
+        assert_eq!(h.len(), 10);
+        let near = |us: u64, ms: u64| us.abs_diff(ms * 1000) < 30_000;
+        assert!(near(h.max(), 1_020), "{}", h.max());
+        assert!(near(h.min(), 120), "{}", h.min());
+        assert!(
+            near(h.value_at_quantile(0.5), 520),
+            "{}",
+            h.value_at_quantile(0.5)
+        );
+
+        // An unreachable rate drops requests by the billion: recorded in groups, the
+        // count exact and the spread kept.
+        let start = Instant::now() - Duration::from_millis(500);
+        let pacer = Pacer::new(start, Duration::from_secs(1), 1, 1e10);
+        let claim = pacer.claim();
+        let dropped = claim.missed.end - claim.missed.start;
+        assert!(dropped > 4_000_000_000, "{dropped}");
+        let mut h = histogram();
+        pacer.record_missed(&claim, &mut h);
+        assert_eq!(h.len(), dropped);
+        assert!(
+            near(h.max(), 480),
+            "waited up to 500 ms less the allowance: {}",
+            h.max()
+        );
+        assert!(
+            near(h.value_at_quantile(0.5), 240),
+            "{}",
+            h.value_at_quantile(0.5)
+        );
+    }
+
+    #[test]
+    fn error_answers_are_counted_by_code_with_a_message() {
+        let mut a = ErrorCounts::default();
+        let body = br#"{"error":{"code":"too_many_ids","message":"1001 IDs in one request"}}"#;
+        a.answered(400, body);
+        a.answered(400, body);
+        let mut b = ErrorCounts::default();
+        b.answered(502, b"<html>bad gateway</html>");
+        b.answered(400, body);
+        b.count(Failure::Timeout);
+        a.merge(&b);
+        assert_eq!((a.total, a.timeout), (5, 1));
+        assert_eq!(a.http, BTreeMap::from([(400, 3), (502, 1)]));
+        assert_eq!(a.answers.len(), 2);
+        assert_eq!(
+            (
+                a.answers[0].status,
+                a.answers[0].code.as_str(),
+                a.answers[0].requests
+            ),
+            (400, "too_many_ids", 3)
+        );
+        assert_eq!(a.answers[0].message, "1001 IDs in one request");
+        assert_eq!(a.answers[1].code, "http_502");
+        let line = error_line(&a);
+        assert!(line.contains("3 x HTTP 400 too_many_ids"), "{line}");
+        assert!(line.contains("1 timed out"), "{line}");
     }
 
     #[test]

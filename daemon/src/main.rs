@@ -63,6 +63,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut out = std::io::stdout().lock();
             oncelyd::load::write_report(&report, args.json, &mut out)?;
             out.flush().context("cannot write the report")?;
+            // After the report: failed requests make the exit status non-zero.
+            oncelyd::load::check(&report)?;
         }
     }
     Ok(())

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use oncely_client::api::NamespaceConfig;
-use oncely_client::{ClaimOutcome, Client, Configured, Error, RetryPolicy, Verdict};
+use oncely_client::{Batching, ClaimOutcome, Client, Configured, Error, RetryPolicy, Verdict};
 use oncelyd::server::{AppState, Limits, run};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -528,6 +528,336 @@ async fn a_shed_delete_then_404_is_not_a_success() {
     let e = c.delete_namespace("nowhere").await.unwrap_err();
     assert_eq!(e.code(), Some("unknown_namespace"));
     assert_eq!(e.attempts(), 2);
+    daemon.shutdown().await;
+}
+
+/// A client that coalesces: one request in flight per lane, and a window long
+/// enough that, in these tests, waiting calls go only when that request is answered.
+fn coalescing(url: &str, attempts: u32) -> Client {
+    Client::builder(url)
+        .timeout(Duration::from_secs(10))
+        .retry(fast_retries(attempts))
+        .jitter_seed(1)
+        .batching(
+            Batching::default()
+                .max_in_flight(1)
+                .window(Duration::from_secs(60)),
+        )
+        .build()
+        .unwrap()
+}
+
+/// Waits until `n` calls of `c` wait for batch mates.
+async fn until_waiting(c: &Client, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while c.batching_stats().unwrap().waiting != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} calls should be waiting: {:?}",
+            c.batching_stats()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Waits until the proxy has seen `n` requests.
+async fn until_requests(proxy: &Proxy, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while proxy.requests() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "request {n} arrives"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+type Call = tokio::task::JoinHandle<Result<oncely_client::Marked, Error>>;
+
+fn spawn_mark(c: &Client, ids: &[&str]) -> Call {
+    let c = c.clone();
+    let ids: Vec<String> = ids.iter().map(|s| (*s).to_owned()).collect();
+    tokio::spawn(async move { c.check_and_mark("default", &ids, None).await })
+}
+
+fn body_of(proxy: &Proxy, n: usize) -> Value {
+    serde_json::from_slice(&proxy.bodies()[n]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_calls_get_their_own_verdicts_and_errors() {
+    let daemon = Daemon::start(&[]).await;
+    let direct = client(&daemon.url(), 1);
+    let seen = direct
+        .check_and_mark("default", &["seen-1", "seen-2"], None)
+        .await
+        .unwrap();
+    assert_eq!(seen.verdicts, [Verdict::New, Verdict::New]);
+
+    // The first call finds the lane idle and goes at once; the proxy holds it, so
+    // the lane stays busy while the others come.
+    let proxy = Proxy::start(
+        daemon.addr,
+        |n| {
+            if n == 0 { Act::Gated } else { Act::Forward }
+        },
+    )
+    .await;
+    let c = coalescing(&proxy.url(), 3);
+    let first = spawn_mark(&c, &["first"]);
+    until_requests(&proxy, 1).await;
+
+    // The calls join one at a time, so that which batch each joins is known: ten
+    // fresh IDs, one marked before, a call of two IDs, then two deliveries of one
+    // event (never in one request, so one of them reads new: the second opens the
+    // next batch, which the last call joins).
+    let fresh: Vec<String> = (0..10).map(|i| format!("fresh-{i}")).collect();
+    let mut order: Vec<Vec<&str>> = fresh.iter().map(|id| vec![id.as_str()]).collect();
+    order.extend([
+        vec!["seen-1"],
+        vec!["fresh-a", "seen-2"],
+        vec!["twice"],
+        vec!["twice"],
+        vec!["abandoned"],
+    ]);
+    let mut calls = Vec::new();
+    for ids in &order {
+        calls.push(spawn_mark(&c, ids));
+        until_waiting(&c, calls.len() as u64).await;
+    }
+    let gone = calls.pop().unwrap();
+    let twice = [calls.pop().unwrap(), calls.pop().unwrap()];
+    let pair_call = calls.pop().unwrap();
+    let seen_call = calls.pop().unwrap();
+    let fresh_calls = calls;
+    // A caller that gives up while it waits is left out of the request.
+    gone.abort();
+    assert!(gone.await.unwrap_err().is_cancelled());
+    // A bad ID fails its own call at once, with the daemon's error, and nothing
+    // else: no request is made for it and its would-be batch mates still wait.
+    let long = "x".repeat(257);
+    let e = c
+        .check_and_mark("default", &["fine", long.as_str()], None)
+        .await
+        .unwrap_err();
+    match &e {
+        Error::Http {
+            status,
+            code,
+            message,
+            attempts,
+        } => {
+            assert_eq!((status.as_u16(), code.as_str()), (400, "invalid_id"), "{e}");
+            assert!(
+                message.contains("index 1") && message.contains("257 bytes"),
+                "{e}"
+            );
+            assert_eq!(*attempts, 0, "no request was made: {e}");
+        }
+        other => panic!("expected invalid_id, got {other:?}"),
+    }
+    assert_eq!(c.batching_stats().unwrap().waiting, 15);
+
+    proxy.open_gate();
+    assert_eq!(first.await.unwrap().unwrap().verdicts, [Verdict::New]);
+    let mut owners = Vec::new();
+    for call in fresh_calls {
+        let marked = call.await.unwrap().unwrap();
+        assert_eq!(marked.verdicts, [Verdict::New]);
+        owners.push(marked.owner);
+    }
+    let marked = seen_call.await.unwrap().unwrap();
+    assert_eq!(marked.verdicts, [Verdict::Duplicate]);
+    owners.push(marked.owner);
+    let marked = pair_call.await.unwrap().unwrap();
+    assert_eq!(marked.verdicts, [Verdict::New, Verdict::Duplicate]);
+    owners.push(marked.owner);
+    let mut twice_verdicts = Vec::new();
+    for call in twice {
+        let marked = call.await.unwrap().unwrap();
+        twice_verdicts.push(marked.verdicts[0]);
+    }
+    twice_verdicts.sort_by_key(|v| *v != Verdict::New);
+    assert_eq!(twice_verdicts, [Verdict::New, Verdict::Duplicate]);
+
+    // Three requests: the first call, one for the thirteen calls of the first batch
+    // (14 IDs), one for the second "twice" (the abandoned call left out).
+    assert_eq!(proxy.requests(), 3);
+    let batch = body_of(&proxy, 1);
+    let sent: Vec<&str> = batch["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(sent.len(), 14, "{batch}");
+    assert_eq!(sent.iter().filter(|id| **id == "twice").count(), 1);
+    assert!(!sent.contains(&"abandoned"));
+    assert!(
+        owners.iter().all(|o| *o == batch["owner"]),
+        "one token per request"
+    );
+    let second = body_of(&proxy, 2);
+    assert_eq!(second["ids"], serde_json::json!(["twice"]), "{second}");
+    assert_ne!(second["owner"], batch["owner"]);
+    assert_eq!(
+        direct.check("default", &["abandoned"]).await.unwrap(),
+        [Verdict::New],
+        "never marked"
+    );
+    let stats = c.batching_stats().unwrap();
+    assert_eq!((stats.calls, stats.requests, stats.waiting), (16, 3, 0));
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_refused_whole_is_split_and_other_errors_reach_every_call() {
+    // The daemon takes 4 IDs per request; the client would put 10 in one.
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = common::rocks_tracker(dir.path()).await;
+    let limits = Limits {
+        max_ids: 4,
+        ..Limits::default()
+    };
+    let daemon = Daemon::serve(AppState::new(tracker, limits, &[])).await;
+    let proxy = Proxy::start(
+        daemon.addr,
+        |n| {
+            if n == 0 { Act::Gated } else { Act::Forward }
+        },
+    )
+    .await;
+    let c = coalescing(&proxy.url(), 3);
+    let first = spawn_mark(&c, &["first"]);
+    until_requests(&proxy, 1).await;
+    let a = spawn_mark(&c, &["a1", "a2"]);
+    let b = spawn_mark(&c, &["b1", "b2", "b3"]);
+    let too_many = spawn_mark(&c, &["c1", "c2", "c3", "c4", "c5"]);
+    until_waiting(&c, 3).await;
+    proxy.open_gate();
+    first.await.unwrap().unwrap();
+    // Refused as a whole (400 too_many_ids), so nothing was marked: each call goes
+    // again alone, with the same token. New, not replayed: the refusal marked
+    // nothing.
+    assert_eq!(a.await.unwrap().unwrap().verdicts, [Verdict::New; 2]);
+    assert_eq!(b.await.unwrap().unwrap().verdicts, [Verdict::New; 3]);
+    let e = too_many.await.unwrap().unwrap_err();
+    assert_http(&e, 400, "too_many_ids");
+    assert_eq!(
+        proxy.requests(),
+        5,
+        "first, the refused batch, three calls alone"
+    );
+    assert_eq!(
+        body_of(&proxy, 1)["ids"].as_array().unwrap().len(),
+        10,
+        "one request for the three waiting calls"
+    );
+
+    // An error about the whole lane (here an unknown namespace) is every call's.
+    let proxy = Proxy::start(
+        daemon.addr,
+        |n| {
+            if n == 0 { Act::Gated } else { Act::Forward }
+        },
+    )
+    .await;
+    let c = coalescing(&proxy.url(), 3);
+    let mark = |ids: &'static [&'static str]| {
+        let c = c.clone();
+        tokio::spawn(async move { c.check_and_mark("nowhere", ids, None).await })
+    };
+    let first = mark(&["n0"]);
+    until_requests(&proxy, 1).await;
+    let waiting = [mark(&["n1"]), mark(&["n2"]), mark(&["n3", "n4"])];
+    until_waiting(&c, 3).await;
+    proxy.open_gate();
+    assert_http(&first.await.unwrap().unwrap_err(), 404, "unknown_namespace");
+    for call in waiting {
+        assert_http(&call.await.unwrap().unwrap_err(), 404, "unknown_namespace");
+    }
+    assert_eq!(
+        proxy.requests(),
+        2,
+        "not split: alone, each would get the same"
+    );
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_of_a_coalesced_batch_is_replayed_for_every_call() {
+    let daemon = Daemon::start(&[]).await;
+    // The first call is held; the batch after it is marked but its answer lost; the
+    // client's retry of the batch goes through.
+    let proxy = Proxy::start(daemon.addr, |n| match n {
+        0 => Act::Gated,
+        1 => Act::DropAnswer,
+        _ => Act::Forward,
+    })
+    .await;
+    let c = coalescing(&proxy.url(), 4);
+    let first = spawn_mark(&c, &["held"]);
+    until_requests(&proxy, 1).await;
+    let ids: Vec<String> = (0..8).map(|i| format!("batched-{i}")).collect();
+    let calls: Vec<Call> = ids.iter().map(|id| spawn_mark(&c, &[id])).collect();
+    until_waiting(&c, 8).await;
+    proxy.open_gate();
+    assert_eq!(first.await.unwrap().unwrap().verdicts, [Verdict::New]);
+    let mut marked = Vec::new();
+    for call in calls {
+        marked.push(call.await.unwrap().unwrap());
+    }
+    assert!(
+        marked.iter().all(|m| m.verdicts == [Verdict::Replayed]),
+        "every call gets its new back, flagged replayed: {marked:?}"
+    );
+    assert_eq!(
+        proxy.requests(),
+        3,
+        "the first call, the lost batch, its retry"
+    );
+    let (lost, retry) = (body_of(&proxy, 1), body_of(&proxy, 2));
+    assert_eq!(lost, retry, "the retry is the same request, same owner");
+    assert_eq!(lost["ids"].as_array().unwrap().len(), 8);
+    assert!(marked.iter().all(|m| m.owner == lost["owner"]));
+
+    // A caller's own later retry with the returned token replays its own ID; a
+    // new delivery of the event, with a token of its own, is a duplicate.
+    let direct = client(&daemon.url(), 1);
+    let again = direct
+        .check_and_mark("default", &[&ids[3]], Some(&marked[3].owner))
+        .await
+        .unwrap();
+    assert_eq!(again.verdicts, [Verdict::Replayed]);
+    let redelivered = direct.check_and_mark("default", &ids, None).await.unwrap();
+    assert!(
+        redelivered
+            .verdicts
+            .iter()
+            .all(|v| *v == Verdict::Duplicate)
+    );
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_client_sends_each_call_at_once() {
+    let daemon = Daemon::start(&[]).await;
+    let proxy = Proxy::start(daemon.addr, |_| Act::Forward).await;
+    // A 60 s window: a call that waited for it would not finish in time.
+    let c = coalescing(&proxy.url(), 1);
+    let calls = async {
+        for i in 0..3 {
+            let id = format!("idle-{i}");
+            let marked = c.check_and_mark("default", &[&id], None).await.unwrap();
+            assert_eq!(marked.verdicts, [Verdict::New]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), calls)
+        .await
+        .expect("a lone call does not wait for the window");
+    assert_eq!(proxy.requests(), 3);
+    let stats = c.batching_stats().unwrap();
+    assert_eq!((stats.calls, stats.requests, stats.waiting), (3, 3, 0));
     daemon.shutdown().await;
 }
 

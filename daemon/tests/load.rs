@@ -1,17 +1,26 @@
 //! `oncelyd load` against an in-process daemon on a loopback socket: the report's
 //! counts agree with each other and with the daemon, its JSON has every key, and
-//! `--rate` holds a steady rate.
+//! `--rate` holds a steady rate. Against a scripted server that stalls for a known
+//! time: the stall shows in a paced run's percentiles. Against a daemon that
+//! refuses every request: the daemon's error code is reported, there is no latency,
+//! and the command exits non-zero.
 
 use std::net::SocketAddr;
+use std::process::Command as Process;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use clap::Parser;
 use oncely::{Durability, HumanDuration, RocksOptions, Tracker};
+use oncely_client::api::{NamespaceConfig, NamespaceView, Remembers};
 use oncelyd::cli::{Cli, Command, LoadArgs};
 use oncelyd::load::{self, LoadReport};
 use oncelyd::server::{AppState, Limits, run};
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 /// A daemon on its own runtime thread (the load generator starts its own runtime,
 /// which cannot nest in a test's), on RocksDB in a temporary directory.
@@ -85,8 +94,12 @@ impl Drop for Daemon {
 }
 
 fn args(daemon: &Daemon) -> LoadArgs {
+    args_for(&format!("http://{}", daemon.addr))
+}
+
+fn args_for(url: &str) -> LoadArgs {
     LoadArgs {
-        url: format!("http://{}", daemon.addr),
+        url: url.to_owned(),
         namespace: "default".into(),
         batch: 200,
         concurrency: 2,
@@ -121,8 +134,9 @@ fn assert_consistent(r: &LoadReport) {
         r.unexpected.fresh_not_new + r.unexpected.repeated_not_duplicate,
         0
     );
-    assert!(r.latency_us.p50 > 0 && r.latency_us.p50 <= r.latency_us.p99);
-    assert!(r.latency_us.p99 <= r.latency_us.p999 && r.latency_us.p999 <= r.latency_us.max);
+    let l = r.latency_us.expect("a latency when requests succeeded");
+    assert!(l.p50 > 0 && l.p50 <= l.p99);
+    assert!(l.p99 <= l.p999 && l.p999 <= l.max);
 }
 
 #[test]
@@ -170,6 +184,7 @@ fn a_one_second_run_reports_consistent_counts_and_every_json_key() {
         "unexpected",
         "errors",
         "failed_ids",
+        "latency_from",
         "latency_us",
     ] {
         assert!(v.get(key).is_some(), "missing {key}: {text}");
@@ -180,11 +195,13 @@ fn a_one_second_run_reports_consistent_counts_and_every_json_key() {
     for key in ["min", "mean", "p50", "p90", "p99", "p999", "max"] {
         assert!(v["latency_us"][key].is_number(), "latency_us.{key}");
     }
-    for key in ["total", "transport", "decode", "http"] {
+    for key in ["total", "transport", "timeout", "decode", "http", "answers"] {
         assert!(v["errors"].get(key).is_some(), "errors.{key}");
     }
     assert_eq!(v["ids"], r.ids);
     assert!(v["target_ids_per_sec"].is_null(), "unlimited: null");
+    assert_eq!(v["latency_from"], "send");
+    assert!(load::check(&r).is_ok());
     assert_eq!((r.missed_requests, r.below_target), (0, false));
 
     let text = load::render_text(&r);
@@ -316,6 +333,7 @@ fn a_rate_is_held_steady_and_reported() {
     load::write_report(&r, true, &mut out).unwrap();
     let v: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["target_ids_per_sec"], target);
+    assert_eq!(v["latency_from"], "schedule");
     assert!(v["missed_requests"].is_u64() && v["below_target"].is_boolean());
     let text = load::render_text(&r);
     assert!(text.contains("2,000 IDs/s"), "{text}");
@@ -375,4 +393,235 @@ fn the_command_line_refuses_a_rate_that_is_not_positive_and_finite() {
         panic!("a load command")
     };
     assert_eq!(a.rate, None, "unlimited by default");
+}
+
+/// A stand-in daemon on 127.0.0.1: it knows the namespace `default` and answers
+/// every check-and-mark with `new` for each ID, except that, from `stall_after` past
+/// the first check-and-mark, it holds every request arriving in the next `stall`
+/// until that time is over: a daemon stalled for a known time.
+struct Stalling {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Stalling {
+    fn start(stall_after: Duration, stall: Duration) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let first = Arc::new(OnceLock::<Instant>::new());
+                let accept = async {
+                    while let Ok((stream, _)) = listener.accept().await {
+                        let _ = stream.set_nodelay(true);
+                        let first = Arc::clone(&first);
+                        tokio::spawn(serve_stalling(stream, first, stall_after, stall));
+                    }
+                };
+                tokio::select! {
+                    () = accept => {}
+                    _ = stopped => {}
+                }
+            });
+        });
+        Self {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Stalling {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("the scripted server ends");
+        }
+    }
+}
+
+/// One keep-alive connection of [`Stalling`].
+async fn serve_stalling(
+    mut stream: TcpStream,
+    first: Arc<OnceLock<Instant>>,
+    stall_after: Duration,
+    stall: Duration,
+) {
+    let view = serde_json::to_vec(&NamespaceView {
+        name: "default".into(),
+        config: NamespaceConfig::default(),
+        remembers_at_least: Remembers { ms: 0, ids: 0 },
+        generations: Vec::new(),
+        estimated_fp: 0.0,
+        memory_bytes: 0,
+        charged_bytes: 0,
+        filter_budget: None,
+    })
+    .unwrap();
+    let mut buf = Vec::new();
+    loop {
+        // One request: its head, then `content-length` bytes of body.
+        let (head, body) = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                if buf.len() >= end + 4 + length {
+                    let body = buf[end + 4..end + 4 + length].to_vec();
+                    buf.drain(..end + 4 + length);
+                    break (head, body);
+                }
+            }
+            let mut chunk = [0_u8; 16 * 1024];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let answer = if head.starts_with("get ") {
+            view.clone()
+        } else {
+            let now = Instant::now();
+            let from = *first.get_or_init(|| now) + stall_after;
+            if (from..from + stall).contains(&now) {
+                tokio::time::sleep_until(from + stall).await;
+            }
+            let request: Value = serde_json::from_slice(&body).unwrap();
+            let results: Vec<Value> = request["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|id| serde_json::json!({"id": id, "verdict": "new", "replayed": false}))
+                .collect();
+            serde_json::to_vec(&serde_json::json!({ "results": results })).unwrap()
+        };
+        // One write: the answer's head and body in two segments would wait for
+        // the client's delayed ACK.
+        let mut message = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            answer.len()
+        )
+        .into_bytes();
+        message.extend_from_slice(&answer);
+        if stream.write_all(&message).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_stall_of_the_daemon_shows_in_a_paced_runs_percentiles() {
+    // 200 requests a second for 3 s on 2 connections; 1 s after the first request
+    // the server stalls for 1 s. A third of the schedule falls in the stall, its
+    // requests due evenly over it: timed from when they were due (the dropped ones
+    // with the time they had waited), they take up to 1 s, so p99 is near 1 s.
+    // Timed from their sending, as before, only the two requests in flight when
+    // the stall began would show it, and p99 stayed under a millisecond or so.
+    let server = Stalling::start(Duration::from_secs(1), Duration::from_secs(1));
+    let r = load::run(&LoadArgs {
+        url: format!("http://{}", server.addr),
+        batch: 1,
+        concurrency: 2,
+        duration: HumanDuration(Duration::from_secs(3)),
+        rate: Some(200.0),
+        duplicates: 0.0,
+        seed: Some(5),
+        json: true,
+        ..args_for("http://unused")
+    })
+    .unwrap();
+    assert_eq!(r.errors.total, 0, "{r:?}");
+    assert!(r.missed_requests > 100, "the stall dropped requests: {r:?}");
+    let l = r.latency_us.expect("requests succeeded");
+    assert!(
+        l.p99 >= 800_000,
+        "p99 {} µs: the 1 s stall must show: {r:?}",
+        l.p99
+    );
+    assert!(l.max >= 900_000 && l.max < 5_000_000, "{l:?}");
+    assert!(
+        l.p50 < l.p90 && l.p90 < l.p99,
+        "most requests were not in the stall: {l:?}"
+    );
+    assert!(load::render_text(&r).contains("timed from when they were due"));
+}
+
+#[test]
+fn a_run_where_every_request_fails_reports_the_code_and_no_latency() {
+    let daemon = Daemon::start();
+    // One ID over the daemon's max_ids (10,000): every request is refused.
+    let a = LoadArgs {
+        batch: 10_001,
+        duration: HumanDuration(Duration::from_millis(300)),
+        duplicates: 0.0,
+        ..args(&daemon)
+    };
+    let r = load::run(&a).unwrap();
+    assert_eq!((r.requests, r.ids), (0, 0), "{r:?}");
+    assert!(
+        r.errors.total > 0 && r.failed_ids == r.errors.total * 10_001,
+        "{r:?}"
+    );
+    assert_eq!(r.errors.http.get(&400), Some(&r.errors.total));
+    assert_eq!(r.errors.answers.len(), 1, "{r:?}");
+    let answer = &r.errors.answers[0];
+    assert_eq!((answer.status, answer.code.as_str()), (400, "too_many_ids"));
+    assert_eq!(answer.requests, r.errors.total);
+    assert!(answer.message.contains("10001 IDs"), "{}", answer.message);
+    assert_eq!(r.latency_us, None, "no request succeeded: no latency");
+
+    let text = load::render_text(&r);
+    assert!(text.contains("HTTP 400 too_many_ids"), "{text}");
+    assert!(text.contains("latency     none"), "{text}");
+    assert!(!text.contains("0.000 ms"), "{text}");
+    let mut out = Vec::new();
+    load::write_report(&r, true, &mut out).unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert!(v["latency_us"].is_null());
+    assert_eq!(v["errors"]["answers"][0]["code"], "too_many_ids");
+    match load::check(&r) {
+        Err(e @ oncelyd::Error::LoadFailed { .. }) => {
+            assert!(e.to_string().contains("too_many_ids"), "{e}");
+        }
+        other => panic!("expected LoadFailed, got {other:?}"),
+    }
+    assert_eq!(daemon.marked("default"), 0);
+
+    // The command: the report on standard output, the failure on standard error,
+    // and a non-zero exit status.
+    let out = Process::new(env!("CARGO_BIN_EXE_oncelyd"))
+        .args([
+            "load",
+            "--url",
+            &a.url,
+            "--batch",
+            "10001",
+            "--duration",
+            "300ms",
+        ])
+        .env_remove("ONCELY_TOKEN")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("too_many_ids"), "{stdout}");
+    assert!(stdout.contains("latency     none"), "{stdout}");
+    assert!(
+        stderr.contains("requests failed") && stderr.contains("too_many_ids"),
+        "{stderr}"
+    );
 }

@@ -591,11 +591,11 @@ async fn slow_client_phase(daemon: &Daemon, rate: u64, first_rate: f64) {
         swarm.closed.load(Ordering::Relaxed),
     );
     println!(
-        "  honest rate {} IDs/s ({:.1}% of the first phase's {}), p99 {} us, {} errors",
+        "  honest rate {} IDs/s ({:.1}% of the first phase's {}), p99 {:?} us, {} errors",
         grouped(report.ids_per_sec.round() as u64),
         report.ids_per_sec / first_rate * 100.0,
         grouped(first_rate.round() as u64),
-        report.latency_us.p99,
+        report.latency_us.as_ref().map(|l| l.p99),
         report.errors.total,
     );
     assert!(

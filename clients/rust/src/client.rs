@@ -17,6 +17,7 @@ use crate::api::{
     MarkRequest, MarkResponse, NamespaceConfig, NamespaceList, NamespacePatch, NamespacePut,
     NamespaceView, VerdictName,
 };
+use crate::batch::{self, BatchStats, Batcher, Batching};
 use crate::error::Error;
 use crate::outcome::{ClaimOutcome, Configured, DropPolicy, Verdict};
 use crate::retry::{Jitter, RetryPolicy};
@@ -30,6 +31,7 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     retry: RetryPolicy,
     jitter_seed: Option<u64>,
+    batching: Option<Batching>,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -42,6 +44,7 @@ impl fmt::Debug for ClientBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("retry", &self.retry)
             .field("jitter_seed", &self.jitter_seed)
+            .field("batching", &self.batching)
             .finish()
     }
 }
@@ -82,12 +85,27 @@ impl ClientBuilder {
         self
     }
 
+    /// How concurrent [`check_and_mark`](Client::check_and_mark) calls share requests
+    /// [default: [`Batching::default`], on]; see [`Batching`] for when a call waits
+    /// and what coalesced calls share.
+    pub const fn batching(mut self, batching: Batching) -> Self {
+        self.batching = Some(batching);
+        self
+    }
+
+    /// Turns auto-batching off: every call is a request of its own.
+    pub const fn no_batching(mut self) -> Self {
+        self.batching = None;
+        self
+    }
+
     /// Builds the client. Nothing is sent yet.
     ///
     /// # Errors
     ///
     /// [`Error::Config`] for a base URL that is not `http://host[:port][/prefix]`, a
-    /// token that cannot be a header, zero attempts or a zero deadline.
+    /// token that cannot be a header, zero attempts, a zero deadline, or batching
+    /// limits of 0.
     pub fn build(self) -> Result<Client, Error> {
         let mut base = Url::parse(&self.base_url).map_err(|e| Error::Config {
             setting: "base_url",
@@ -114,6 +132,9 @@ impl ClientBuilder {
             segments.pop_if_empty();
         }
         self.retry.validate()?;
+        if let Some(batching) = &self.batching {
+            batching.validate()?;
+        }
         let auth = self.token.as_deref().map(bearer).transpose()?;
         let http = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
@@ -135,6 +156,7 @@ impl ClientBuilder {
                 auth,
                 timeout: self.timeout,
                 jitter: Jitter::new(seed),
+                batcher: self.batching.map(Batcher::new),
             }),
             retry: self.retry,
         })
@@ -157,6 +179,7 @@ struct Inner {
     auth: Option<HeaderValue>,
     timeout: Duration,
     jitter: Jitter,
+    batcher: Option<Batcher>,
 }
 
 impl fmt::Debug for Client {
@@ -166,6 +189,10 @@ impl fmt::Debug for Client {
             .field("auth", &self.inner.auth.is_some())
             .field("timeout", &self.inner.timeout)
             .field("retry", &self.retry)
+            .field(
+                "batching",
+                &self.inner.batcher.as_ref().map(Batcher::config),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -174,7 +201,9 @@ impl fmt::Debug for Client {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Marked {
     /// The owner token the marks were made with: the caller's, or the one the client
-    /// drew for this call.
+    /// drew for the request. A call coalesced with others (see [`Batching`]) shares
+    /// the drawn token of their request: reuse it only to retry this call's own IDs,
+    /// as for any token.
     pub owner: String,
     /// One verdict per ID, in the order of the IDs given.
     pub verdicts: Vec<Verdict>,
@@ -214,6 +243,7 @@ impl Client {
             connect_timeout: Duration::from_secs(2),
             retry: RetryPolicy::default(),
             jitter_seed: None,
+            batching: Some(Batching::default()),
         }
     }
 
@@ -245,6 +275,12 @@ impl Client {
     #[must_use]
     pub const fn retry_policy(&self) -> RetryPolicy {
         self.retry
+    }
+
+    /// What auto-batching has done so far, or `None` when it is off.
+    #[must_use]
+    pub fn batching_stats(&self) -> Option<BatchStats> {
+        self.inner.batcher.as_ref().map(Batcher::stats)
     }
 
     /// The daemon's base URL.
@@ -297,6 +333,15 @@ impl Client {
     /// # }
     /// ```
     ///
+    /// # Auto-batching
+    ///
+    /// With batching on (the default), a call made while this namespace and owner
+    /// already have [`Batching::max_in_flight`] requests in flight waits, at most
+    /// [`Batching::window`], to share a request with the calls that come after it;
+    /// an idle client sends each call at once. The verdicts and errors returned are
+    /// this call's own, and the owner token returned replays its IDs;
+    /// [`Batching`] says exactly what coalesced calls share.
+    ///
     /// # Errors
     ///
     /// [`Error::Http`]: 400 for a bad ID, owner or namespace name or too many IDs
@@ -310,16 +355,40 @@ impl Client {
         ids: &[S],
         owner: Option<&str>,
     ) -> Result<Marked, Error> {
+        if let Some(batcher) = &self.inner.batcher
+            && batcher.takes(ids.len())
+        {
+            return batch::check_and_mark(self, batcher, namespace, ids, owner).await;
+        }
         let owner = match owner {
             Some(o) => o.to_owned(),
             None => random_owner()?,
         };
+        let end = Instant::now() + self.retry.deadline;
+        self.mark_once(namespace, ids, owner, end).await
+    }
+
+    /// One check-and-mark request of `ids` with `owner`, retried per the policy
+    /// until `end`.
+    pub(crate) async fn mark_once<S: AsRef<str>>(
+        &self,
+        namespace: &str,
+        ids: &[S],
+        owner: String,
+        end: Instant,
+    ) -> Result<Marked, Error> {
         let body = MarkRequest {
             ids: ids.iter().map(|id| Cow::Borrowed(id.as_ref())).collect(),
             owner: Some(Cow::Borrowed(&owner)),
         };
-        let url = self.url(&["v1", "namespaces", namespace, "check-and-mark"]);
-        let (_, bytes) = self.send_expecting(Method::POST, &url, Some(&body)).await?;
+        let url = self.mark_url(namespace);
+        let sent = self
+            .send_until(Method::POST, &url, Some(&body), Settled::Never, end)
+            .await?;
+        let (_, bytes) = sent.ok_or_else(|| Error::Decode {
+            url: url.to_string(),
+            reason: "no answer to read".into(),
+        })?;
         let answer: MarkResponse<'_> = decode(&url, &bytes)?;
         if answer.results.len() != ids.len() {
             return Err(mismatch(&url, ids.len(), answer.results.len()));
@@ -339,6 +408,16 @@ impl Client {
             })
             .collect::<Result<_, _>>()?;
         Ok(Marked { owner, verdicts })
+    }
+
+    /// The check-and-mark URL of a namespace.
+    pub(crate) fn mark_url(&self, namespace: &str) -> Url {
+        self.url(&["v1", "namespaces", namespace, "check-and-mark"])
+    }
+
+    /// The batcher, when auto-batching is on.
+    pub(crate) fn batcher(&self) -> Option<&Batcher> {
+        self.inner.batcher.as_ref()
     }
 
     /// Checks a batch of IDs without marking them (`POST .../check`): here
@@ -700,15 +779,30 @@ impl Client {
         })
     }
 
-    /// Sends one request, retrying per the policy within its deadline. The body is
-    /// serialised once and shared by the attempts. A success status and its body;
-    /// `None` when `settled` says an earlier attempt did the work; or the last error.
+    /// Sends one request, retrying per the policy within its deadline from now. The
+    /// body is serialised once and shared by the attempts. A success status and its
+    /// body; `None` when `settled` says an earlier attempt did the work; or the last
+    /// error.
     async fn send<B: Serialize + ?Sized>(
         &self,
         method: Method,
         url: &Url,
         body: Option<&B>,
         settled: Settled,
+    ) -> Result<Option<(StatusCode, Bytes)>, Error> {
+        let end = Instant::now() + self.retry.deadline;
+        self.send_until(method, url, body, settled, end).await
+    }
+
+    /// [`send`](Self::send), with the call's deadline given: attempts and waits end
+    /// by `end`.
+    async fn send_until<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Option<&B>,
+        settled: Settled,
+        end: Instant,
     ) -> Result<Option<(StatusCode, Bytes)>, Error> {
         let body = body
             .map(|b| serde_json::to_vec(b).map(Bytes::from))
@@ -718,7 +812,6 @@ impl Client {
                 reason: format!("cannot encode the request: {e}"),
             })?;
         let policy = self.retry;
-        let end = Instant::now() + policy.deadline;
         // Whether an attempt may have reached the daemon and done the work without
         // its answer reaching us.
         let mut maybe_done = false;
@@ -815,7 +908,7 @@ fn random_u64() -> Result<u64, Error> {
 /// A fresh owner token: 128 random bits from the operating system, as hex. Never
 /// from a seeded generator: two clients sharing a token would read each other's
 /// marks as their own retries.
-fn random_owner() -> Result<String, Error> {
+pub(crate) fn random_owner() -> Result<String, Error> {
     let mut bytes = [0_u8; 16];
     getrandom::fill(&mut bytes).map_err(|e| Error::Config {
         setting: "random",

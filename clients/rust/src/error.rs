@@ -1,5 +1,7 @@
 //! The error type of the client.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -97,5 +99,143 @@ impl Error {
             | Self::Timeout { attempts, .. } => *attempts,
             Self::Decode { .. } | Self::Config { .. } => 0,
         }
+    }
+}
+
+/// One error, handed to every call that shared the request it came from (see
+/// [`Batching`](crate::Batching)): each caller gets an [`Error`] of its own, with the
+/// same variant, fields and source chain.
+pub(crate) enum Shared {
+    /// Every variant but [`Error::Transport`] is cloned field by field.
+    Plain(Error),
+    /// The source of a transport error, which is not `Clone`, behind one `Arc`.
+    Transport {
+        url: String,
+        attempts: u32,
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl From<Error> for Shared {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Transport {
+                url,
+                attempts,
+                source,
+            } => Self::Transport {
+                url,
+                attempts,
+                source: Arc::from(source),
+            },
+            other => Self::Plain(other),
+        }
+    }
+}
+
+impl Shared {
+    /// A copy for one caller.
+    pub(crate) fn get(&self) -> Error {
+        match self {
+            Self::Transport {
+                url,
+                attempts,
+                source,
+            } => Error::Transport {
+                url: url.clone(),
+                attempts: *attempts,
+                source: Box::new(SharedSource(Arc::clone(source))),
+            },
+            Self::Plain(e) => match e {
+                Error::Http {
+                    status,
+                    code,
+                    message,
+                    attempts,
+                } => Error::Http {
+                    status: *status,
+                    code: code.clone(),
+                    message: message.clone(),
+                    attempts: *attempts,
+                },
+                Error::Timeout {
+                    url,
+                    timeout,
+                    attempts,
+                } => Error::Timeout {
+                    url: url.clone(),
+                    timeout: *timeout,
+                    attempts: *attempts,
+                },
+                Error::Decode { url, reason } => Error::Decode {
+                    url: url.clone(),
+                    reason: reason.clone(),
+                },
+                Error::Config { setting, reason } => Error::Config {
+                    setting,
+                    reason: reason.clone(),
+                },
+                // Never stored as `Plain` (see `From`); kept whole rather than lose it.
+                Error::Transport { url, attempts, .. } => Error::Transport {
+                    url: url.clone(),
+                    attempts: *attempts,
+                    source: "transport error".into(),
+                },
+            },
+        }
+    }
+}
+
+/// A transport error's source shared by several callers: shows and chains as the
+/// original.
+struct SharedSource(Arc<dyn std::error::Error + Send + Sync>);
+
+impl fmt::Debug for SharedSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for SharedSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl std::error::Error for SharedSource {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_error_is_the_same_error_for_every_caller() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let shared = Shared::from(Error::Transport {
+            url: "http://x/".into(),
+            attempts: 3,
+            source: Box::new(io),
+        });
+        let (a, b) = (shared.get(), shared.get());
+        assert_eq!(a.to_string(), b.to_string());
+        assert!(a.to_string().contains("reset by peer"), "{a}");
+        assert_eq!(a.attempts(), 3);
+        let source = std::error::Error::source(&a).expect("a source");
+        assert_eq!(source.to_string(), "reset by peer");
+
+        let shared = Shared::from(Error::Http {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "overloaded".into(),
+            message: "m".into(),
+            attempts: 4,
+        });
+        let e = shared.get();
+        assert_eq!(e.code(), Some("overloaded"));
+        assert_eq!(e.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+        assert_eq!(e.attempts(), 4);
     }
 }

@@ -55,6 +55,21 @@
 //! `match` covers every case; lease ends are in milliseconds since the Unix epoch.
 //! [`api`] holds the JSON bodies themselves.
 //!
+//! # Auto-batching
+//!
+//! Concurrent [`Client::check_and_mark`] calls share requests: a consumer with
+//! many handlers, each marking the one event it holds, sends the daemon a few
+//! requests of many IDs rather than one request per event. It is on by default,
+//! because it costs an idle client nothing: a call goes at once, alone, unless its
+//! lane (namespace, owner, retry policy) already has
+//! [`Batching::max_in_flight`] requests in flight, and then it waits at most
+//! [`Batching::window`] (1 ms by default), usually less: waiting calls go together
+//! as soon as one of those requests is answered. Each call still gets its own
+//! verdicts; a bad ID fails only its own call; retries replay a lost answer for
+//! every call of the request. [`Batching`] says exactly what coalesced calls share,
+//! [`Client::batching_stats`] how many requests they took, and
+//! [`ClientBuilder::no_batching`] turns it off.
+//!
 //! # Retries
 //!
 //! Every method retries, up to [`RetryPolicy::attempts`] requests, when the request
@@ -76,6 +91,7 @@
 //! yours" (409) or "no such namespace" (404) as success, and only then. Each method
 //! documents its retries.
 
+mod batch;
 mod client;
 mod error;
 mod outcome;
@@ -85,6 +101,7 @@ mod whole;
 
 pub mod api;
 
+pub use batch::{BatchStats, Batching};
 pub use client::{Client, ClientBuilder, Marked, bearer};
 pub use error::Error;
 pub use outcome::{ClaimOutcome, Configured, DropPolicy, Verdict};

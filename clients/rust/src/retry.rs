@@ -36,7 +36,7 @@ use crate::error::Error;
 /// assert_eq!(patient.attempts, 8);
 /// assert_eq!(RetryPolicy::none().attempts, 1);
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct RetryPolicy {
     /// Requests per call, the first included (at least 1; 1 means no retry).
