@@ -688,7 +688,13 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
         max_connections: Some(max_connections),
         ..settings
     };
-    let budget = tracker.filter_budget();
+    // On the blocking pool: on PostgreSQL it reads the namespaces from the database.
+    let budget = {
+        let tracker = tracker.clone();
+        tokio::task::spawn_blocking(move || tracker.filter_budget())
+            .await
+            .map_err(|e| Error::Serve(std::io::Error::other(e)))?
+    };
     let state = AppState::from_settings(tracker, &settings);
     // The first probe logs the server a PostgreSQL store is on; later ones a change.
     let probing = state.clone();
