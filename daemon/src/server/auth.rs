@@ -5,10 +5,7 @@
 //! credentials) needs `Authorization: Bearer <token>` matching one of them, else 401.
 //! Unknown routes answer 401 too, so the route table is not disclosed to strangers.
 
-use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
 use super::AppState;
@@ -17,25 +14,24 @@ use super::error::ApiError;
 /// Paths reachable without a token.
 const PUBLIC: [&str; 2] = ["/healthz", "/readyz"];
 
-/// Middleware: refuses requests without a valid token when tokens are configured.
-pub(crate) async fn require_token(
-    State(state): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Response {
+/// Refuses requests without a valid token when tokens are configured (run by
+/// [`super::gate`]).
+pub(super) fn check(state: &AppState, path: &str, headers: &HeaderMap) -> Result<(), ApiError> {
     let tokens = state.tokens();
-    if tokens.is_empty() || PUBLIC.contains(&req.uri().path()) {
-        return next.run(req).await;
+    if tokens.is_empty() || PUBLIC.contains(&path) {
+        return Ok(());
     }
-    match presented(req.headers()) {
-        Some(given) if matches_any(tokens, given) => next.run(req).await,
-        Some(_) => unauthorized("the bearer token is not valid"),
-        None => unauthorized("this daemon requires Authorization: Bearer <token>"),
+    match presented(headers) {
+        Some(given) if matches_any(tokens, given) => Ok(()),
+        Some(_) => Err(unauthorized("the bearer token is not valid")),
+        None => Err(unauthorized(
+            "this daemon requires Authorization: Bearer <token>",
+        )),
     }
 }
 
-fn unauthorized(message: &str) -> Response {
-    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response()
+fn unauthorized(message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
 }
 
 /// The token of an `Authorization: Bearer <token>` header (the scheme is

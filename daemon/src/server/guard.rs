@@ -30,30 +30,21 @@
 //! Programs (curl, the typed client, `oncelyd load`) send no `Origin`, and send
 //! `Content-Type: application/json` with their bodies (`curl --json` does).
 
-use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::{OpenApi, RefOr, ResponseBuilder};
 
 use super::AppState;
 use super::error::ApiError;
 
-/// Middleware: refuses requests from foreign origins (403) and state-changing
-/// requests without a JSON content type (415), before anything else is done.
-pub(crate) async fn browser_guard(
-    State(state): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Response {
-    if let Err(e) = check(&state, req.method(), req.headers()) {
-        return e.into_response();
-    }
-    next.run(req).await
-}
-
-fn check(state: &AppState, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Refuses requests from foreign origins (403) and state-changing requests without
+/// a JSON content type (415), before anything else is done (run by
+/// [`super::gate`]).
+pub(super) fn check(
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
     for origin in headers.get_all(header::ORIGIN) {
         let origin = origin.as_bytes();
         if !state.allowed_origins().iter().any(|o| o.matches(origin)) {
@@ -91,14 +82,25 @@ fn check(state: &AppState, method: &Method, headers: &HeaderMap) -> Result<(), A
 /// `application/json`, `application/problem+json` and the like, with any
 /// parameters.
 pub(crate) fn is_json(content_type: &str) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    // Compared in place: this runs on every request, and lowering a copy first was
+    // an allocation per request.
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    let has_prefix = |p: &str| {
+        essence
+            .get(..p.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(p))
+    };
+    let has_suffix = |p: &str| {
+        essence
+            .len()
+            .checked_sub(p.len())
+            .and_then(|at| essence.get(at..))
+            .is_some_and(|tail| tail.eq_ignore_ascii_case(p))
+    };
+    essence.eq_ignore_ascii_case("application/json")
+        || (essence.len() > "application/+json".len()
+            && has_prefix("application/")
+            && has_suffix("+json"))
 }
 
 /// Adds the guard's answers to every operation of the OpenAPI document: 403 to all,

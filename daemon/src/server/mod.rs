@@ -78,6 +78,7 @@ pub mod descriptors;
 mod error;
 mod extract;
 mod failures;
+mod gate;
 mod guard;
 mod metrics;
 mod openapi;
@@ -501,18 +502,7 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(routes::method_not_allowed)
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(state.limits().max_body_bytes))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_token,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            guard::browser_guard,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            metrics::record,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), gate::gate))
         .layer(CatchPanicLayer::custom(|_| -> Response {
             tracing::error!("a request panicked");
             ApiError::internal("the request failed unexpectedly").into_response()
