@@ -430,6 +430,25 @@ async fn state_changing_requests_must_declare_json() {
         .raw(browser_request(Method::DELETE, uri, None, None, ""))
         .await;
     assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.text);
+
+    // The type only matters to a request a handler takes: a method its route does
+    // not answer gets 405, and a path no route matches 404, whatever the type.
+    for uri in ["/healthz", "/metrics", "/v1/namespaces"] {
+        let a = h
+            .raw(browser_request(Method::PUT, uri, None, None, ""))
+            .await;
+        a.assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    }
+    let a = h
+        .raw(browser_request(
+            Method::POST,
+            "/v1/nowhere",
+            Some("text/plain"),
+            None,
+            "x",
+        ))
+        .await;
+    a.assert_error(StatusCode::NOT_FOUND, "not_found");
 }
 
 #[tokio::test]

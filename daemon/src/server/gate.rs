@@ -8,15 +8,19 @@
 //! of a single-ID check-and-mark's 52,600 instructions (callgrind, README
 //! "Single-ID requests").
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::{AppState, auth, guard};
+use super::{AppState, auth, guard, openapi};
 
 pub(crate) async fn gate(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let timed = state.metrics().begin(&req);
-    let refused = guard::check(&state, req.method(), req.headers())
+    let handled = req
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|route| openapi::routes().allows(route.as_str(), req.method()));
+    let refused = guard::check(&state, req.method(), req.headers(), handled)
         .and_then(|()| auth::check(&state, req.uri().path(), req.headers()));
     let response = match refused {
         Ok(()) => next.run(req).await,

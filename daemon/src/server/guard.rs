@@ -40,10 +40,15 @@ use super::error::ApiError;
 /// Refuses requests from foreign origins (403) and state-changing requests without
 /// a JSON content type (415), before anything else is done (run by
 /// [`super::gate`]).
+///
+/// `handled` says whether a handler takes the request: only then does its content
+/// type matter. A method its route does not answer gets 405, and a path no route
+/// matches 404, whatever the type.
 pub(super) fn check(
     state: &AppState,
     method: &Method,
     headers: &HeaderMap,
+    handled: bool,
 ) -> Result<(), ApiError> {
     for origin in headers.get_all(header::ORIGIN) {
         let origin = origin.as_bytes();
@@ -62,7 +67,7 @@ pub(super) fn check(
     let needs_json = matches!(*method, Method::POST | Method::PUT | Method::PATCH);
     let content_type = headers.get(header::CONTENT_TYPE);
     let declared_json = content_type.is_some_and(|v| v.to_str().is_ok_and(is_json));
-    if declared_json || (content_type.is_none() && !needs_json) {
+    if !handled || declared_json || (content_type.is_none() && !needs_json) {
         return Ok(());
     }
     let got = content_type.map_or_else(

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
@@ -28,6 +28,7 @@ use prometheus_client::registry::Registry;
 
 use super::error::FailureNote;
 use super::failures::FailureLog;
+use super::openapi;
 use super::store::StoreWatch;
 
 /// The content type of the Prometheus text format.
@@ -547,7 +548,7 @@ impl Hasher for KeyHasher {
 
 /// A request's route, for its label: the pattern it matched, or none.
 enum Route {
-    /// Index in [`served_routes`].
+    /// Index in [`openapi::routes`].
     Served(u16),
     /// A pattern outside the table (none is, unless a route is added without
     /// going through the OpenAPI router).
@@ -562,7 +563,8 @@ impl Route {
         let Some(matched) = matched else {
             return Self::Unmatched;
         };
-        served_routes()
+        openapi::routes()
+            .patterns()
             .iter()
             .position(|r| *r == matched.as_str())
             .and_then(|i| u16::try_from(i).ok())
@@ -573,32 +575,18 @@ impl Route {
     fn index(&self) -> Option<u16> {
         match self {
             Self::Served(i) => Some(*i),
-            Self::Unmatched => u16::try_from(served_routes().len()).ok(),
+            Self::Unmatched => u16::try_from(openapi::routes().patterns().len()).ok(),
             Self::Other(_) => None,
         }
     }
 
     fn label(self) -> Cow<'static, str> {
         match self {
-            Self::Served(i) => Cow::Borrowed(served_routes()[usize::from(i)]),
+            Self::Served(i) => Cow::Borrowed(openapi::routes().patterns()[usize::from(i)]),
             Self::Other(route) => Cow::Owned(route),
             Self::Unmatched => Cow::Borrowed("unmatched"),
         }
     }
-}
-
-/// The patterns of the served routes, from the OpenAPI router that serves them.
-fn served_routes() -> &'static [&'static str] {
-    static ROUTES: OnceLock<Box<[&'static str]>> = OnceLock::new();
-    ROUTES.get_or_init(|| {
-        // Leaked once per process: a few hundred bytes, for the process's life.
-        super::openapi()
-            .paths
-            .paths
-            .into_keys()
-            .map(|path| &*String::leak(path))
-            .collect()
-    })
 }
 
 /// Counts a request in flight until dropped: a request whose client goes away is

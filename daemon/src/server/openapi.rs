@@ -3,7 +3,10 @@
 //! same router that serves them ([`super::api_router`]), and the limits this server
 //! was started with patched in ([`document`]).
 
+use std::sync::OnceLock;
+
 use axum::body::Bytes;
+use axum::http::Method;
 use oncely_client::api::schema::Name;
 use oncely_client::api::{ErrorBody, ErrorResponse};
 use serde_json::Value;
@@ -85,4 +88,58 @@ pub(crate) fn document(limits: Limits) -> Value {
 /// [`document`], serialised once per application.
 pub(crate) fn document_bytes(limits: Limits) -> Bytes {
     Bytes::from(serde_json::to_vec(&document(limits)).unwrap_or_default())
+}
+
+/// The served routes' patterns and the methods each answers, from the OpenAPI router
+/// that serves them.
+#[derive(Debug)]
+pub(crate) struct Routes {
+    patterns: Box<[&'static str]>,
+    /// Per pattern, in its order: the methods its operations take.
+    methods: Box<[Vec<Method>]>,
+}
+
+impl Routes {
+    pub(crate) fn patterns(&self) -> &[&'static str] {
+        &self.patterns
+    }
+
+    /// Whether the route `pattern` (as matched) answers `method`.
+    pub(crate) fn allows(&self, pattern: &str, method: &Method) -> bool {
+        self.patterns
+            .iter()
+            .position(|p| *p == pattern)
+            .is_some_and(|i| self.methods[i].contains(method))
+    }
+}
+
+/// The table of served routes, built once per process.
+pub(crate) fn routes() -> &'static Routes {
+    static ROUTES: OnceLock<Routes> = OnceLock::new();
+    ROUTES.get_or_init(|| {
+        let (patterns, methods) = super::openapi()
+            .paths
+            .paths
+            .into_iter()
+            .map(|(pattern, item)| {
+                let methods = [
+                    (item.get.is_some(), Method::GET),
+                    (item.post.is_some(), Method::POST),
+                    (item.put.is_some(), Method::PUT),
+                    (item.patch.is_some(), Method::PATCH),
+                    (item.delete.is_some(), Method::DELETE),
+                ]
+                .into_iter()
+                .filter_map(|(has, m)| has.then_some(m))
+                .collect::<Vec<_>>();
+                // Leaked once per process: a few hundred bytes, for its life, so
+                // that labelling a request with its route allocates nothing.
+                (&*String::leak(pattern), methods)
+            })
+            .unzip::<_, _, Vec<_>, Vec<_>>();
+        Routes {
+            patterns: patterns.into(),
+            methods: methods.into(),
+        }
+    })
 }
