@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Instructions per single-ID check-and-mark, counted by callgrind, for `oncelyd serve`
+# and for `ceiling` (the daemon's HTTP stack without the tracker,
+# benches/src/bin/ceiling.rs). Unlike times, instruction counts repeat to within a
+# few per cent on a shared machine, so a change to the request path can be judged by
+# one run.
+#
+# Each server runs under valgrind on 127.0.0.1; `wrk -t1 -c8` posts one fresh ID per
+# request (benches/peers/single.lua), first for 3 s of warm-up, then, with the counts
+# zeroed, for $SECS seconds. The counts are dumped and divided by the requests wrk
+# saw answered. Everything counts: every thread of the server, RocksDB's background
+# work included. Prints one line per server; with KEEP=DIR, leaves the profiles
+# there for callgrind_annotate.
+#
+#   benches/callgrind.sh            # 15 s each
+#   SECS=5 KEEP=/tmp/cg benches/callgrind.sh
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+secs="${SECS:-15}"
+
+"$root/scripts/ensure-deps.sh" valgrind=valgrind wrk=wrk curl=curl
+cargo build --release --locked -p oncelyd -p oncely-benches --bin oncelyd --bin ceiling
+target="${CARGO_TARGET_DIR:-$root/target}/release"
+
+dir="$(mktemp -d)"
+pid=""
+cleanup() {
+    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# count NAME URL COMMAND...: the server COMMAND, under callgrind, answering at URL.
+count() {
+    local name="$1" url="$2"
+    shift 2
+    valgrind --tool=callgrind --callgrind-out-file="$dir/$name.out" "$@" >"$dir/$name.log" 2>&1 &
+    pid=$!
+    local ready=""
+    for _ in $(seq 600); do
+        if curl -s -o /dev/null -X POST -H 'content-type: application/json' \
+            -d '{"ids":["warm-up"]}' "$url"; then
+            ready=1
+            break
+        fi
+        sleep 0.2
+    done
+    [ -n "$ready" ] || { echo "$name did not start: $(tail -5 "$dir/$name.log")" >&2; exit 1; }
+    wrk -t1 -c8 -d3s -s benches/peers/single.lua "$url" >/dev/null
+    callgrind_control -z "$pid" >/dev/null
+    ONCELY_WRK_RUN=1 wrk -t1 -c8 -d"${secs}s" -s benches/peers/single.lua "$url" >"$dir/$name.wrk"
+    callgrind_control -d "$pid" >/dev/null
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    pid=""
+    local requests instructions
+    requests=$(grep -oE '^ +[0-9]+ requests' "$dir/$name.wrk" | grep -oE '[0-9]+')
+    # The dump taken after the counted run: the file with the highest part number.
+    instructions=$(callgrind_annotate "$(ls "$dir/$name.out".* | sort -t. -k3 -n | tail -1)" 2>/dev/null \
+        | grep -m1 'PROGRAM TOTALS' | grep -oE '^[0-9,]+' | tr -d ,)
+    printf '%-8s %8d requests  %14d instructions  %7d per request\n' \
+        "$name" "$requests" "$instructions" $((instructions / requests))
+    if [ -n "${KEEP:-}" ]; then
+        mkdir -p "$KEEP"
+        cp "$dir/$name".out* "$KEEP/"
+    fi
+}
+
+p=$(port)
+count oncelyd "http://127.0.0.1:$p/v1/namespaces/default/check-and-mark" \
+    "$target/oncelyd" serve --listen "127.0.0.1:$p" --data-dir "$dir/data" --drain-delay 0s
+p=$(port)
+count ceiling "http://127.0.0.1:$p/v1/namespaces/default/check-and-mark" \
+    "$target/ceiling" --listen "127.0.0.1:$p"
