@@ -534,183 +534,37 @@ impl Settings {
         let show_size = |b: &ByteSize| b.to_string();
         let show_duration = |d: &HumanDuration| format!("{:?}", d.0);
 
-        let listen = m.pick(
-            "listen",
-            [(Flag, flags.listen), (Env, env.listen), (File, file.listen)],
-            ToString::to_string,
-        );
-        let data_dir = m.pick(
-            "data_dir",
-            [
-                (Flag, flags.data_dir),
-                (Env, env.data_dir),
-                (File, file.data_dir),
-            ],
-            |p| p.display().to_string(),
-        );
-        let store = m.pick(
-            "store",
-            [(Flag, flags.store), (Env, env.store), (File, file.store)],
-            ToString::to_string,
-        );
-        let store_pool_size = m.pick(
-            "store_pool_size",
-            [
-                (Flag, flags.store_pool_size),
-                (Env, env.store_pool_size),
-                (File, file.store_pool_size),
-            ],
-            ToString::to_string,
-        );
-        let tokens = m.pick(
-            "tokens",
-            [(Flag, flags.tokens), (Env, env.tokens), (File, file.tokens)],
-            |t| format!("({} hidden)", t.len()),
-        );
-        let origins = m.pick(
-            "allowed_origins",
-            [
-                (Flag, flags.allowed_origins),
-                (Env, env.allowed_origins),
-                (File, file.allowed_origins),
-            ],
-            |o| o.join(","),
-        );
-        let durability = m.pick(
-            "durability",
-            [
-                (Flag, flags.durability),
-                (Env, env.durability),
-                (File, file.durability),
-            ],
-            ToString::to_string,
-        );
-        let max_body_bytes = m.pick(
-            "max_body_bytes",
-            [
-                (Flag, flags.max_body_bytes),
-                (Env, env.max_body_bytes),
-                (File, file.max_body_bytes),
-            ],
-            show_size,
-        );
-        let max_ids = m.pick(
-            "max_ids",
-            [
-                (Flag, flags.max_ids),
-                (Env, env.max_ids),
-                (File, file.max_ids),
-            ],
-            ToString::to_string,
-        );
-        let max_concurrency = m.pick(
-            "max_concurrency",
-            [
-                (Flag, flags.max_concurrency),
-                (Env, env.max_concurrency),
-                (File, file.max_concurrency),
-            ],
-            ToString::to_string,
-        );
-        let tracker_timeout = m.pick(
-            "tracker_timeout",
-            [
-                (Flag, flags.tracker_timeout),
-                (Env, env.tracker_timeout),
-                (File, file.tracker_timeout),
-            ],
-            show_duration,
-        );
-        let body_read_timeout = m.pick(
-            "body_read_timeout",
-            [
-                (Flag, flags.body_read_timeout),
-                (Env, env.body_read_timeout),
-                (File, file.body_read_timeout),
-            ],
-            show_duration,
-        );
-        let header_read_timeout = m.pick(
-            "header_read_timeout",
-            [
-                (Flag, flags.header_read_timeout),
-                (Env, env.header_read_timeout),
-                (File, file.header_read_timeout),
-            ],
-            show_duration,
-        );
-        let idle_timeout = m.pick(
-            "idle_timeout",
-            [
-                (Flag, flags.idle_timeout),
-                (Env, env.idle_timeout),
-                (File, file.idle_timeout),
-            ],
-            show_duration,
-        );
-        let max_connections = m.pick(
-            "max_connections",
-            [
-                (Flag, flags.max_connections),
-                (Env, env.max_connections),
-                (File, file.max_connections),
-            ],
-            ToString::to_string,
-        );
-        let max_filter_bytes = m.pick(
-            "max_filter_bytes",
-            [
-                (Flag, flags.max_filter_bytes),
-                (Env, env.max_filter_bytes),
-                (File, file.max_filter_bytes),
-            ],
-            show_size,
-        );
-        let max_namespaces = m.pick(
-            "max_namespaces",
-            [
-                (Flag, flags.max_namespaces),
-                (Env, env.max_namespaces),
-                (File, file.max_namespaces),
-            ],
-            ToString::to_string,
-        );
-        let cache_bytes = m.pick(
-            "cache_bytes",
-            [
-                (Flag, flags.cache_bytes),
-                (Env, env.cache_bytes),
-                (File, file.cache_bytes),
-            ],
-            show_size,
-        );
-        let memtable_bytes = m.pick(
-            "memtable_bytes",
-            [
-                (Flag, flags.memtable_bytes),
-                (Env, env.memtable_bytes),
-                (File, file.memtable_bytes),
-            ],
-            show_size,
-        );
-        let shutdown_grace = m.pick(
-            "shutdown_grace",
-            [
-                (Flag, flags.shutdown_grace),
-                (Env, env.shutdown_grace),
-                (File, file.shutdown_grace),
-            ],
-            show_duration,
-        );
-        let drain_delay = m.pick(
-            "drain_delay",
-            [
-                (Flag, flags.drain_delay),
-                (Env, env.drain_delay),
-                (File, file.drain_delay),
-            ],
-            show_duration,
-        );
+        // Each setting is a flag, a variable and a key of the same name.
+        macro_rules! pick {
+            ($key:ident, $show:expr) => {
+                m.pick(
+                    stringify!($key),
+                    [(Flag, flags.$key), (Env, env.$key), (File, file.$key)],
+                    $show,
+                )
+            };
+        }
+        let listen = pick!(listen, ToString::to_string);
+        let data_dir = pick!(data_dir, |p| p.display().to_string());
+        let store = pick!(store, ToString::to_string);
+        let store_pool_size = pick!(store_pool_size, ToString::to_string);
+        let tokens = pick!(tokens, |t| format!("({} hidden)", t.len()));
+        let origins = pick!(allowed_origins, |o| o.join(","));
+        let durability = pick!(durability, ToString::to_string);
+        let max_body_bytes = pick!(max_body_bytes, show_size);
+        let max_ids = pick!(max_ids, ToString::to_string);
+        let max_concurrency = pick!(max_concurrency, ToString::to_string);
+        let tracker_timeout = pick!(tracker_timeout, show_duration);
+        let body_read_timeout = pick!(body_read_timeout, show_duration);
+        let header_read_timeout = pick!(header_read_timeout, show_duration);
+        let idle_timeout = pick!(idle_timeout, show_duration);
+        let max_connections = pick!(max_connections, ToString::to_string);
+        let max_filter_bytes = pick!(max_filter_bytes, show_size);
+        let max_namespaces = pick!(max_namespaces, ToString::to_string);
+        let cache_bytes = pick!(cache_bytes, show_size);
+        let memtable_bytes = pick!(memtable_bytes, show_size);
+        let shutdown_grace = pick!(shutdown_grace, show_duration);
+        let drain_delay = pick!(drain_delay, show_duration);
 
         let allowed_origins = origins
             .unwrap_or_default()

@@ -12,7 +12,7 @@ use super::AppState;
 use super::error::ApiError;
 
 /// Paths reachable without a token.
-const PUBLIC: [&str; 2] = ["/healthz", "/readyz"];
+pub(super) const PUBLIC: [&str; 2] = ["/healthz", "/readyz"];
 
 /// Refuses requests without a valid token when tokens are configured (run by
 /// [`super::gate`]).

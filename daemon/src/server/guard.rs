@@ -31,8 +31,6 @@
 //! `Content-Type: application/json` with their bodies (`curl --json` does).
 
 use axum::http::{HeaderMap, Method, StatusCode, header};
-use utoipa::openapi::path::Operation;
-use utoipa::openapi::{OpenApi, RefOr, ResponseBuilder};
 
 use super::AppState;
 use super::error::ApiError;
@@ -106,51 +104,6 @@ pub(crate) fn is_json(content_type: &str) -> bool {
         || (essence.len() > "application/+json".len()
             && has_prefix("application/")
             && has_suffix("+json"))
-}
-
-/// Adds the guard's answers to every operation of the OpenAPI document: 403 to all,
-/// 415 to those that take a body.
-pub(crate) fn document(openapi: &mut OpenApi) {
-    let error = |description: &str| {
-        RefOr::T(
-            ResponseBuilder::new()
-                .description(description)
-                .content(
-                    super::JSON,
-                    utoipa::openapi::ContentBuilder::new()
-                        .schema(Some(utoipa::openapi::Ref::from_schema_name(
-                            "ErrorResponse",
-                        )))
-                        .build(),
-                )
-                .build(),
-        )
-    };
-    for item in openapi.paths.paths.values_mut() {
-        // (operation, whether it takes a body)
-        let operations: [(&mut Option<Operation>, bool); 5] = [
-            (&mut item.get, false),
-            (&mut item.post, true),
-            (&mut item.put, true),
-            (&mut item.patch, true),
-            (&mut item.delete, false),
-        ];
-        for (op, takes_body) in operations {
-            let Some(op) = op else { continue };
-            op.responses
-                .responses
-                .entry("403".to_owned())
-                .or_insert_with(|| {
-                    error("The request's Origin is not in allowed_origins (browser guard)")
-                });
-            if takes_body {
-                op.responses
-                    .responses
-                    .entry("415".to_owned())
-                    .or_insert_with(|| error("Content-Type is not application/json"));
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -484,7 +484,7 @@ fn api_router() -> OpenApiRouter<AppState> {
 #[must_use]
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = api_router().into_openapi();
-    guard::document(&mut doc);
+    openapi::add_refusals(&mut doc);
     doc
 }
 

@@ -10,7 +10,9 @@ use axum::http::Method;
 use oncely_client::api::schema::Name;
 use oncely_client::api::{ErrorBody, ErrorResponse};
 use serde_json::Value;
+use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::Limits;
@@ -142,4 +144,82 @@ pub(crate) fn routes() -> &'static Routes {
             methods: methods.into(),
         }
     })
+}
+
+/// The answers a request can get before any handler runs, from the middleware and
+/// the body extractor: added here to every operation they apply to, rather than
+/// repeated in each route's annotation.
+const REFUSALS: [(&str, &str, Applies); 5] = [
+    ("401", "Missing or wrong bearer token", Applies::Secured),
+    (
+        "403",
+        "The request's Origin is not in allowed_origins (browser guard)",
+        Applies::All,
+    ),
+    (
+        "408",
+        "The body did not arrive within body_read_timeout; nothing was done (the \
+         connection is closed)",
+        Applies::WithBody,
+    ),
+    ("413", "Body over max_body_bytes", Applies::WithBody),
+    (
+        "415",
+        "Content-Type is not application/json",
+        Applies::WithBody,
+    ),
+];
+
+/// Which operations a refusal applies to.
+#[derive(Clone, Copy)]
+enum Applies {
+    All,
+    /// Every route but the health routes, when tokens are configured.
+    Secured,
+    /// POST, PUT and PATCH.
+    WithBody,
+}
+
+/// Adds [`REFUSALS`] to `doc`'s operations.
+pub(crate) fn add_refusals(doc: &mut utoipa::openapi::OpenApi) {
+    for (path, item) in &mut doc.paths.paths {
+        let public = super::auth::PUBLIC.contains(&path.as_str());
+        let operations: [(&mut Option<Operation>, bool); 5] = [
+            (&mut item.get, false),
+            (&mut item.post, true),
+            (&mut item.put, true),
+            (&mut item.patch, true),
+            (&mut item.delete, false),
+        ];
+        for (op, takes_body) in operations {
+            let Some(op) = op else { continue };
+            for (status, description, applies) in REFUSALS {
+                let applies = match applies {
+                    Applies::All => true,
+                    Applies::Secured => !public,
+                    Applies::WithBody => takes_body,
+                };
+                if applies {
+                    op.responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error_response(description));
+                }
+            }
+        }
+    }
+}
+
+fn error_response(description: &str) -> RefOr<Response> {
+    RefOr::T(
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                super::JSON,
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorResponse")))
+                    .build(),
+            )
+            .build(),
+    )
 }

@@ -87,11 +87,7 @@ const RESULT_BYTES: usize = 96;
     responses(
         (status = 200, description = "One verdict per ID, in request order", body = MarkResponse<'_>),
         (status = 400, description = "Bad ID, owner, namespace name, JSON, or too many IDs; nothing was marked", body = ErrorResponse),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
-        (status = 408, description = "The body did not arrive within body_read_timeout; nothing was done (the connection is closed)", body = ErrorResponse),
-        (status = 413, description = "Body over max_body_bytes", body = ErrorResponse),
-        (status = 415, description = "Content-Type is not JSON", body = ErrorResponse),
         (status = 503, description = "Storage failed (nothing acknowledged), overloaded, or shutting down", body = ErrorResponse),
         (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
@@ -168,11 +164,7 @@ fn mark(
     responses(
         (status = 200, description = "One verdict per ID, in request order", body = CheckResponse<'_>),
         (status = 400, description = "Bad ID, namespace name, JSON, or too many IDs", body = ErrorResponse),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
-        (status = 408, description = "The body did not arrive within body_read_timeout; nothing was done (the connection is closed)", body = ErrorResponse),
-        (status = 413, description = "Body over max_body_bytes", body = ErrorResponse),
-        (status = 415, description = "Content-Type is not JSON", body = ErrorResponse),
         (status = 503, description = "Storage failed, overloaded, or shutting down", body = ErrorResponse),
         (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
@@ -244,11 +236,7 @@ fn check_ids(
     responses(
         (status = 200, description = "The claim's outcome", body = ClaimResponse),
         (status = 400, description = "Bad ID, owner, lease, namespace name or JSON", body = ErrorResponse),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
-        (status = 408, description = "The body did not arrive within body_read_timeout; nothing was done (the connection is closed)", body = ErrorResponse),
-        (status = 413, description = "Body over max_body_bytes", body = ErrorResponse),
-        (status = 415, description = "Content-Type is not JSON", body = ErrorResponse),
         (status = 503, description = "Storage failed, overloaded, or shutting down", body = ErrorResponse),
         (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
@@ -282,12 +270,8 @@ pub(crate) async fn claim(
     responses(
         (status = 200, description = "Completed", body = ClaimActionResponse),
         (status = 400, description = "Bad ID, owner, namespace name or JSON", body = ErrorResponse),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
         (status = 409, description = "Another owner holds or completed the ID, or there is no claim", body = ErrorResponse),
-        (status = 408, description = "The body did not arrive within body_read_timeout; nothing was done (the connection is closed)", body = ErrorResponse),
-        (status = 413, description = "Body over max_body_bytes", body = ErrorResponse),
-        (status = 415, description = "Content-Type is not JSON", body = ErrorResponse),
         (status = 503, description = "Storage failed, overloaded, or shutting down", body = ErrorResponse),
         (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
@@ -312,12 +296,8 @@ pub(crate) async fn complete(
     responses(
         (status = 200, description = "Released", body = ClaimActionResponse),
         (status = 400, description = "Bad ID, owner, namespace name or JSON", body = ErrorResponse),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
         (status = 409, description = "Another owner holds the claim, or the ID is done", body = ErrorResponse),
-        (status = 408, description = "The body did not arrive within body_read_timeout; nothing was done (the connection is closed)", body = ErrorResponse),
-        (status = 413, description = "Body over max_body_bytes", body = ErrorResponse),
-        (status = 415, description = "Content-Type is not JSON", body = ErrorResponse),
         (status = 503, description = "Storage failed, overloaded, or shutting down", body = ErrorResponse),
         (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
@@ -386,11 +366,7 @@ async fn claim_action(
         (status = 201, description = "Created; its configuration and statistics", body = NamespaceView),
         (status = 200, description = "Updated; its configuration and statistics", body = NamespaceView),
         (status = 400, description = "Missing fields (`missing_fields`, naming each), a field out of range (`invalid_config`), a bad namespace name or JSON; nothing changed", body = ErrorResponse),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
         (status = 409, description = "`would_drop`: the change would forget remembered IDs and `drop_now` is not set; `config_conflict`: the fields do not fit together; `over_budget`: the namespace's filters would not fit the filter memory budget (max_filter_bytes; the message gives what it asks, what the others use and the budget); `too_many_namespaces`: max_namespaces namespaces exist already; nothing changed", body = ErrorResponse),
-        (status = 408, description = "The body did not arrive within body_read_timeout; nothing was done (the connection is closed)", body = ErrorResponse),
-        (status = 413, description = "Body over max_body_bytes", body = ErrorResponse),
-        (status = 415, description = "Content-Type is not JSON", body = ErrorResponse),
         (status = 503, description = "Storage failed (nothing changed), overloaded, or shutting down", body = ErrorResponse),
         (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
@@ -448,12 +424,8 @@ pub(crate) async fn put_namespace(
     responses(
         (status = 200, description = "Updated; its configuration and statistics", body = NamespaceView),
         (status = 400, description = "A field out of range (`invalid_config`), a bad namespace name or JSON; nothing changed", body = ErrorResponse),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
         (status = 409, description = "`would_drop`: the change would forget remembered IDs and `drop_now` is not set; `config_conflict`: the fields do not fit together; `over_budget`: the namespace's filters would not fit the filter memory budget (max_filter_bytes; the message gives what it asks, what the others use and the budget); `too_many_namespaces`: max_namespaces namespaces exist already; nothing changed", body = ErrorResponse),
-        (status = 408, description = "The body did not arrive within body_read_timeout; nothing was done (the connection is closed)", body = ErrorResponse),
-        (status = 413, description = "Body over max_body_bytes", body = ErrorResponse),
-        (status = 415, description = "Content-Type is not JSON", body = ErrorResponse),
         (status = 503, description = "Storage failed (nothing changed), overloaded, or shutting down", body = ErrorResponse),
         (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
@@ -537,7 +509,6 @@ fn namespace_view(tracker: &Tracker, ns: &str, status: StatusCode) -> Result<Res
     responses(
         (status = 200, description = "Configuration and statistics", body = NamespaceView),
         (status = 400, description = "Bad namespace name", body = ErrorResponse),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
         (status = 503, description = "Overloaded or shutting down", body = ErrorResponse),
         (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
@@ -565,7 +536,6 @@ pub(crate) async fn get_namespace(
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Bad namespace name", body = ErrorResponse),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
         (status = 409, description = "The default namespace cannot be deleted", body = ErrorResponse),
         (status = 503, description = "Storage failed (nothing changed), overloaded, or shutting down", body = ErrorResponse),
@@ -596,7 +566,6 @@ pub(crate) async fn delete_namespace(
     tag = "namespaces",
     responses(
         (status = 200, description = "Namespace names", body = NamespaceList),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
         (status = 503, description = "Overloaded or shutting down", body = ErrorResponse),
         (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
@@ -627,11 +596,7 @@ pub(crate) async fn list_namespaces(
     responses(
         (status = 200, description = "Stored", body = CheckpointResponse),
         (status = 400, description = "Bad consumer name, position (1 to 1024 bytes), namespace name or JSON", body = ErrorResponse),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
-        (status = 408, description = "The body did not arrive within body_read_timeout; nothing was done (the connection is closed)", body = ErrorResponse),
-        (status = 413, description = "Body over max_body_bytes", body = ErrorResponse),
-        (status = 415, description = "Content-Type is not JSON", body = ErrorResponse),
         (status = 503, description = "Storage failed (nothing stored), overloaded, or shutting down", body = ErrorResponse),
         (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
@@ -671,7 +636,6 @@ pub(crate) async fn put_checkpoint(
     responses(
         (status = 200, description = "The stored position", body = CheckpointResponse),
         (status = 400, description = "Bad consumer or namespace name", body = ErrorResponse),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
         (status = 404, description = "Unknown namespace, or no checkpoint stored", body = ErrorResponse),
         (status = 503, description = "Storage failed, overloaded, or shutting down", body = ErrorResponse),
         (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
@@ -765,7 +729,6 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     tag = "operations",
     responses(
         (status = 200, description = "Prometheus text format", content_type = "text/plain; version=0.0.4", body = String),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
         (status = 504, description = "deadline_exceeded: the figures could not be read within tracker_timeout", body = ErrorResponse),
     )
 )]
@@ -800,7 +763,6 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     tag = "operations",
     responses(
         (status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorResponse),
     )
 )]
 pub(crate) async fn openapi_json(State(state): State<AppState>) -> Response {
