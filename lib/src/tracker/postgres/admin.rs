@@ -4,8 +4,8 @@
 use std::sync::atomic::Ordering;
 
 use super::Pg;
-use super::mark::begin;
-use super::ring::{NsCache, Ring, refresh, ring_row};
+use super::mark::{self, begin};
+use super::ring::{NsCache, Ring};
 use super::schema::{create_partition, drop_partition};
 use crate::config::NamespaceConfig;
 use crate::error::Error;
@@ -184,13 +184,7 @@ impl Pg {
         let s = ctx.schema;
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock($1, $2)",
-            &[&ctx.lock_key, &ns.id],
-        )
-        .await?;
-        let row = ring_row(&*tx, &ctx, ns).await?;
-        let ring = refresh(&*tx, &ctx, ns, &row).await?;
+        let (_, ring) = mark::begin_exclusive(&*tx, &ctx, ns).await?;
         budget::check(
             self.inner.limits,
             budget::footprint(config, &live_sizes(&ring)),
@@ -246,11 +240,7 @@ impl Pg {
             let s = ctx.schema;
             let mut conn = self.conn().await?;
             let tx = conn.transaction().await?;
-            tx.execute(
-                "SELECT pg_advisory_xact_lock($1, $2)",
-                &[&ctx.lock_key, &ns.id],
-            )
-            .await?;
+            mark::lock_exclusive(&*tx, &ctx, ns.id).await?;
             let ring = tx
                 .query_opt(
                     &format!("SELECT oldest_gen, open_gen FROM {s}.namespaces WHERE id = $1"),

@@ -94,6 +94,34 @@ pub(crate) async fn begin<C: GenericClient + Sync>(
     Ok((row, ring))
 }
 
+/// Takes the namespace's exclusive lock for this transaction (no mark or other
+/// change of its ring runs meanwhile, on any node).
+pub(crate) async fn lock_exclusive<C: GenericClient + Sync>(
+    client: &C,
+    ctx: &Ctx<'_>,
+    ns: i32,
+) -> Result<(), Error> {
+    client
+        .execute(
+            "SELECT pg_advisory_xact_lock($1, $2)",
+            &[&ctx.lock_key, &ns],
+        )
+        .await?;
+    Ok(())
+}
+
+/// [`begin`] for rotations and reconfigurations: the ring under the exclusive lock.
+pub(crate) async fn begin_exclusive<C: GenericClient + Sync>(
+    client: &C,
+    ctx: &Ctx<'_>,
+    ns: &NsCache,
+) -> Result<(RingRow, std::sync::Arc<Ring>), Error> {
+    lock_exclusive(client, ctx, ns.id).await?;
+    let row = ring_row(client, ctx, ns).await?;
+    let ring = refresh(client, ctx, ns, &row).await?;
+    Ok((row, ring))
+}
+
 /// Per ID: the owner of its newest done mark in a sealed generation with an exact
 /// table (`Some(None)`: no owner), and whether a Bloom-only filter holds it.
 pub(crate) async fn sealed_state<C: GenericClient + Sync>(

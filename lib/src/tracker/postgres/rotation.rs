@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use super::Pg;
-use super::mark::{due, lock_shared};
+use super::mark::{self, due, lock_shared};
 use super::ring::{NsCache, Ring, refresh, ring_row};
 use super::schema::{create_partition, drop_partition};
 use crate::error::Error;
@@ -31,13 +31,7 @@ impl Pg {
         let s = ctx.schema;
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock($1, $2)",
-            &[&ctx.lock_key, &ns.id],
-        )
-        .await?;
-        let row = ring_row(&*tx, &ctx, ns).await?;
-        let ring = refresh(&*tx, &ctx, ns, &row).await?;
+        let (row, ring) = mark::begin_exclusive(&*tx, &ctx, ns).await?;
         if reason.is_some() && due(&ring, &row).is_none() {
             tx.commit().await?;
             return Ok(());
@@ -181,13 +175,7 @@ impl Pg {
         let s = ctx.schema;
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock($1, $2)",
-            &[&ctx.lock_key, &ns.id],
-        )
-        .await?;
-        let row = ring_row(&*tx, &ctx, ns).await?;
-        let ring = refresh(&*tx, &ctx, ns, &row).await?;
+        let (_, ring) = mark::begin_exclusive(&*tx, &ctx, ns).await?;
         let floor = ready_floor(&ring, ring.open, ring.oldest);
         if floor > ring.floor {
             for g in ring.floor.max(ring.oldest)..floor {
