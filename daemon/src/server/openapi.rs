@@ -149,7 +149,7 @@ pub(crate) fn routes() -> &'static Routes {
 /// The answers a request can get before any handler runs, from the middleware and
 /// the body extractor: added here to every operation they apply to, rather than
 /// repeated in each route's annotation.
-const REFUSALS: [(&str, &str, Applies); 5] = [
+const REFUSALS: [(&str, &str, Applies); 6] = [
     ("401", "Missing or wrong bearer token", Applies::Secured),
     (
         "403",
@@ -168,6 +168,13 @@ const REFUSALS: [(&str, &str, Applies); 5] = [
         "Content-Type is not application/json",
         Applies::WithBody,
     ),
+    (
+        "504",
+        "deadline_exceeded: the tracker did not answer within tracker_timeout; the call \
+         goes on and what it does stands, so retry (with the same owner token) to learn \
+         the outcome",
+        Applies::TrackerCalls,
+    ),
 ];
 
 /// Which operations a refusal applies to.
@@ -178,6 +185,9 @@ enum Applies {
     Secured,
     /// POST, PUT and PATCH.
     WithBody,
+    /// The routes that wait for the tracker under `tracker_timeout`: all but the
+    /// health routes and this document.
+    TrackerCalls,
 }
 
 /// Adds [`REFUSALS`] to `doc`'s operations.
@@ -198,6 +208,7 @@ pub(crate) fn add_refusals(doc: &mut utoipa::openapi::OpenApi) {
                     Applies::All => true,
                     Applies::Secured => !public,
                     Applies::WithBody => takes_body,
+                    Applies::TrackerCalls => !public && path != "/v1/openapi.json",
                 };
                 if applies {
                     op.responses

@@ -89,7 +89,6 @@ const RESULT_BYTES: usize = 96;
         (status = 400, description = "Bad ID, owner, namespace name, JSON, or too many IDs; nothing was marked", body = ErrorResponse),
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
         (status = 503, description = "Storage failed (nothing acknowledged), overloaded, or shutting down", body = ErrorResponse),
-        (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
 )]
 pub(crate) async fn check_and_mark(
@@ -166,7 +165,6 @@ fn mark(
         (status = 400, description = "Bad ID, namespace name, JSON, or too many IDs", body = ErrorResponse),
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
         (status = 503, description = "Storage failed, overloaded, or shutting down", body = ErrorResponse),
-        (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
 )]
 pub(crate) async fn check(
@@ -238,7 +236,6 @@ fn check_ids(
         (status = 400, description = "Bad ID, owner, lease, namespace name or JSON", body = ErrorResponse),
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
         (status = 503, description = "Storage failed, overloaded, or shutting down", body = ErrorResponse),
-        (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
 )]
 pub(crate) async fn claim(
@@ -273,7 +270,6 @@ pub(crate) async fn claim(
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
         (status = 409, description = "Another owner holds or completed the ID, or there is no claim", body = ErrorResponse),
         (status = 503, description = "Storage failed, overloaded, or shutting down", body = ErrorResponse),
-        (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
 )]
 pub(crate) async fn complete(
@@ -299,7 +295,6 @@ pub(crate) async fn complete(
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
         (status = 409, description = "Another owner holds the claim, or the ID is done", body = ErrorResponse),
         (status = 503, description = "Storage failed, overloaded, or shutting down", body = ErrorResponse),
-        (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
 )]
 pub(crate) async fn release(
@@ -368,7 +363,6 @@ async fn claim_action(
         (status = 400, description = "Missing fields (`missing_fields`, naming each), a field out of range (`invalid_config`), a bad namespace name or JSON; nothing changed", body = ErrorResponse),
         (status = 409, description = "`would_drop`: the change would forget remembered IDs and `drop_now` is not set; `config_conflict`: the fields do not fit together; `over_budget`: the namespace's filters would not fit the filter memory budget (max_filter_bytes; the message gives what it asks, what the others use and the budget); `too_many_namespaces`: max_namespaces namespaces exist already; nothing changed", body = ErrorResponse),
         (status = 503, description = "Storage failed (nothing changed), overloaded, or shutting down", body = ErrorResponse),
-        (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
 )]
 pub(crate) async fn put_namespace(
@@ -427,7 +421,6 @@ pub(crate) async fn put_namespace(
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
         (status = 409, description = "`would_drop`: the change would forget remembered IDs and `drop_now` is not set; `config_conflict`: the fields do not fit together; `over_budget`: the namespace's filters would not fit the filter memory budget (max_filter_bytes; the message gives what it asks, what the others use and the budget); `too_many_namespaces`: max_namespaces namespaces exist already; nothing changed", body = ErrorResponse),
         (status = 503, description = "Storage failed (nothing changed), overloaded, or shutting down", body = ErrorResponse),
-        (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
 )]
 pub(crate) async fn patch_namespace(
@@ -511,7 +504,6 @@ fn namespace_view(tracker: &Tracker, ns: &str, status: StatusCode) -> Result<Res
         (status = 400, description = "Bad namespace name", body = ErrorResponse),
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
         (status = 503, description = "Overloaded or shutting down", body = ErrorResponse),
-        (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
 )]
 pub(crate) async fn get_namespace(
@@ -539,7 +531,6 @@ pub(crate) async fn get_namespace(
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
         (status = 409, description = "The default namespace cannot be deleted", body = ErrorResponse),
         (status = 503, description = "Storage failed (nothing changed), overloaded, or shutting down", body = ErrorResponse),
-        (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
 )]
 pub(crate) async fn delete_namespace(
@@ -567,7 +558,6 @@ pub(crate) async fn delete_namespace(
     responses(
         (status = 200, description = "Namespace names", body = NamespaceList),
         (status = 503, description = "Overloaded or shutting down", body = ErrorResponse),
-        (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
 )]
 pub(crate) async fn list_namespaces(
@@ -598,7 +588,6 @@ pub(crate) async fn list_namespaces(
         (status = 400, description = "Bad consumer name, position (1 to 1024 bytes), namespace name or JSON", body = ErrorResponse),
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
         (status = 503, description = "Storage failed (nothing stored), overloaded, or shutting down", body = ErrorResponse),
-        (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
 )]
 pub(crate) async fn put_checkpoint(
@@ -638,7 +627,6 @@ pub(crate) async fn put_checkpoint(
         (status = 400, description = "Bad consumer or namespace name", body = ErrorResponse),
         (status = 404, description = "Unknown namespace, or no checkpoint stored", body = ErrorResponse),
         (status = 503, description = "Storage failed, overloaded, or shutting down", body = ErrorResponse),
-        (status = 504, description = "deadline_exceeded: the tracker did not answer within tracker_timeout; the call goes on and what it does stands, so retry (with the same owner token) to learn the outcome", body = ErrorResponse),
     )
 )]
 pub(crate) async fn get_checkpoint(
