@@ -140,6 +140,9 @@ impl ClientBuilder {
             .connect_timeout(self.connect_timeout)
             // Small requests must not wait for Nagle's algorithm.
             .tcp_nodelay(true)
+            // The daemon never redirects, and a followed redirect would send a
+            // check-and-mark again, somewhere else: a redirect is an error here.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Error::Config {
                 setting: "http",
