@@ -61,10 +61,10 @@ impl FromRequest<AppState> for JsonBody {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let timeout = state.limits().body_read_timeout;
         let mut reading = pin!(Bytes::from_request(req, state));
-        // A small body usually arrives with its head and is read at the first poll:
-        // arming and cancelling the timer for it was about 1,500 of a single-ID
-        // request's instructions (callgrind). A body still on its way is timed from
-        // here, microseconds after its head.
+        // A small body usually arrives with its head and is read at the first poll,
+        // and needs no timer: arming and cancelling one per request showed in the
+        // profile of single-ID requests (`benches/callgrind.sh`). A body still on its
+        // way is timed from here, microseconds after its head.
         let read = match poll_fn(|cx| Poll::Ready(reading.as_mut().poll(cx))).await {
             Poll::Ready(read) => read,
             Poll::Pending => match tokio::time::timeout(timeout, reading).await {
