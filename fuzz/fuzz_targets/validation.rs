@@ -13,7 +13,10 @@ fuzz_target!(|data: &[u8]| {
     let name_ok = NamespaceName::new(text.as_ref()).is_ok();
     let rule = !text.is_empty()
         && text.len() <= MAX_NAMESPACE_LEN
-        && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        // Path segments, which a name in a URL must not be.
+        && text != "."
+        && text != "..";
     assert_eq!(name_ok, rule, "{text:?}");
 
     if let Ok(config) = serde_json::from_slice::<NamespaceConfig>(data) {
