@@ -296,11 +296,7 @@ async fn the_environment_overriding_the_file_is_reported() {
 
 #[test]
 fn the_systemd_unit_leaves_file_settings_to_the_file() {
-    let unit = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../deploy/oncelyd.service"
-    ))
-    .unwrap();
+    let unit = include_str!("../../deploy/oncelyd.service");
     // Anything but the file's own path, set in the unit, would silently override
     // the file (the environment wins over the file).
     for line in unit.lines().filter(|l| l.starts_with("Environment=")) {

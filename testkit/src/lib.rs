@@ -87,23 +87,7 @@ impl PgServer {
         owner.own(dir.path());
         owner.own(&data);
         owner.own(&sockets);
-        let status = owner
-            .command(&bin("initdb"))
-            .args([
-                "-D",
-                path_str(&data),
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-            ])
-            .args(["--no-sync", "--no-instructions"])
-            .stdout(Stdio::null())
-            .status()
-            .expect("initdb runs (is the postgresql package installed?)");
-        assert!(status.success(), "initdb failed: {status}");
+        initdb(&owner, &data);
         let port = free_port();
         let mut server = owner.command(&bin("postgres"));
         server
@@ -190,11 +174,7 @@ impl PgServer {
     fn wait_ready(&self) {
         let started = Instant::now();
         loop {
-            let ready = Command::new(bin("pg_isready"))
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
-                .status()
-                .is_ok_and(|s| s.success());
-            if ready {
+            if accepts_connections(self.port) {
                 return;
             }
             assert!(
@@ -325,6 +305,44 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port()
+}
+
+/// Whether the server on 127.0.0.1:`port` accepts connections (`pg_isready`).
+fn accepts_connections(port: u16) -> bool {
+    Command::new(bin("pg_isready"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-q",
+        ])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Creates a cluster in `data` (which `user` owns): superuser `postgres`, trusted
+/// local connections, UTF-8.
+fn initdb(user: &ServerUser, data: &Path) {
+    let status = user
+        .command(&bin("initdb"))
+        .args([
+            "-D",
+            path_str(data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+        ])
+        .args(["--no-sync", "--no-instructions"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("initdb runs (is the postgresql package installed?)");
+    assert!(status.success(), "initdb failed: {status}");
 }
 
 /// A process that kills `server` as soon as this process is gone (however it ends:
@@ -633,23 +651,7 @@ impl PgCluster {
         let primary_data = dir.path().join("node1");
         std::fs::create_dir(&primary_data).expect("node1's directory");
         user.own(&primary_data);
-        let status = user
-            .command(&bin("initdb"))
-            .args([
-                "-D",
-                path_str(&primary_data),
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-            ])
-            .args(["--no-sync", "--no-instructions"])
-            .stdout(Stdio::null())
-            .status()
-            .expect("initdb runs");
-        assert!(status.success(), "initdb failed: {status}");
+        initdb(&user, &primary_data);
         let conf = primary_data.join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf).expect("postgresql.conf");
         text.push_str(CLUSTER_SETTINGS);
@@ -804,19 +806,7 @@ impl PgCluster {
 
     fn wait_ready(port: u16) {
         let started = Instant::now();
-        while !Command::new(bin("pg_isready"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "postgres",
-                "-q",
-            ])
-            .status()
-            .is_ok_and(|s| s.success())
-        {
+        while !accepts_connections(port) {
             assert!(started.elapsed() < START_TIMEOUT, "a server did not start");
             std::thread::sleep(Duration::from_millis(50));
         }

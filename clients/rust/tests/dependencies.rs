@@ -6,7 +6,10 @@ use std::process::Command;
 /// The packages in `cargo tree -p oncely-client` (normal, build and dev edges, the
 /// default features: what a consumer and this crate's own tests build).
 fn tree() -> BTreeSet<String> {
-    let out = Command::new(env!("CARGO"))
+    // The cargo running this test, and its working directory (this package's):
+    // read at run time, as a binary built for another checkout may be reused.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
         .args([
             "tree",
             "-p",
@@ -20,7 +23,6 @@ fn tree() -> BTreeSet<String> {
             "--locked",
             "--offline",
         ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo runs");
     assert!(

@@ -8,18 +8,17 @@
 //! check-and-mark's 57,400 instructions (`benches/callgrind.sh`; README, "Single-ID
 //! requests").
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::{AppState, auth, guard, openapi};
+use super::metrics::Route;
+use super::{AppState, auth, guard};
 
 pub(crate) async fn gate(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let timed = state.metrics().begin(&req);
-    let handled = req
-        .extensions()
-        .get::<MatchedPath>()
-        .is_some_and(|route| openapi::routes().allows(route.as_str(), req.method()));
+    let route = Route::of(&req);
+    let handled = route.handles(req.method());
+    let timed = state.metrics().begin(&req, route);
     let refused = guard::check(&state, req.method(), req.headers(), handled)
         .and_then(|()| auth::check(&state, req.uri().path(), req.headers()));
     let response = match refused {

@@ -439,12 +439,13 @@ pub(crate) struct Timed<'a> {
 }
 
 impl Metrics {
-    pub(crate) fn begin(&self, req: &Request) -> Timed<'_> {
+    /// Starts timing `req`, which matched `route`.
+    pub(crate) fn begin(&self, req: &Request, route: Route) -> Timed<'_> {
         Timed {
             metrics: self,
             start: Instant::now(),
             method: method_index(req.method()),
-            route: Route::of(req.extensions().get::<MatchedPath>()),
+            route,
             _in_flight: InFlight::enter(&self.in_flight),
         }
     }
@@ -546,8 +547,9 @@ impl Hasher for KeyHasher {
     }
 }
 
-/// A request's route, for its label: the pattern it matched, or none.
-enum Route {
+/// A request's route, looked up once per request (for its label here, and for the
+/// browser guard): the pattern it matched, or none.
+pub(crate) enum Route {
     /// Index in [`openapi::routes`].
     Served(u16),
     /// A pattern outside the table (none is, unless a route is added without
@@ -559,16 +561,22 @@ enum Route {
 }
 
 impl Route {
-    fn of(matched: Option<&MatchedPath>) -> Self {
-        let Some(matched) = matched else {
+    pub(crate) fn of(req: &Request) -> Self {
+        let Some(matched) = req.extensions().get::<MatchedPath>() else {
             return Self::Unmatched;
         };
         openapi::routes()
-            .patterns()
-            .iter()
-            .position(|r| *r == matched.as_str())
-            .and_then(|i| u16::try_from(i).ok())
+            .index(matched.as_str())
             .map_or_else(|| Self::Other(matched.as_str().to_owned()), Self::Served)
+    }
+
+    /// Whether a handler of this route answers `method` (else the request gets
+    /// 405 or 404).
+    pub(crate) fn handles(&self, method: &Method) -> bool {
+        match self {
+            Self::Served(i) => openapi::routes().allows(*i, method),
+            Self::Other(_) | Self::Unmatched => false,
+        }
     }
 
     /// Its index for [`series_key`]; `Unmatched` follows the served routes.

@@ -106,12 +106,17 @@ impl Routes {
         &self.patterns
     }
 
-    /// Whether the route `pattern` (as matched) answers `method`.
-    pub(crate) fn allows(&self, pattern: &str, method: &Method) -> bool {
+    /// The index of the route `pattern` (as matched), if it is served.
+    pub(crate) fn index(&self, pattern: &str) -> Option<u16> {
         self.patterns
             .iter()
             .position(|p| *p == pattern)
-            .is_some_and(|i| self.methods[i].contains(method))
+            .and_then(|i| u16::try_from(i).ok())
+    }
+
+    /// Whether the route at `index` answers `method`.
+    pub(crate) fn allows(&self, index: u16, method: &Method) -> bool {
+        self.methods[usize::from(index)].contains(method)
     }
 }
 

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use super::Pg;
-use super::mark::{self, begin};
+use super::mark::{NsLock, begin, lock};
 use super::ring::{NsCache, Ring};
 use super::schema::{create_partition, drop_partition};
 use crate::config::NamespaceConfig;
@@ -45,7 +45,7 @@ impl Pg {
             let ctx = self.ctx();
             let mut conn = self.conn().await?;
             let tx = conn.transaction().await?;
-            let (row, ring) = begin(&*tx, &ctx, &ns).await?;
+            let (row, ring) = begin(&*tx, &ctx, &ns, NsLock::Shared).await?;
             let claims: i64 = tx
                 .query_one(
                     &format!("SELECT count(*) FROM {}.claims WHERE ns = $1", ctx.schema),
@@ -184,7 +184,7 @@ impl Pg {
         let s = ctx.schema;
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
-        let (_, ring) = mark::begin_exclusive(&*tx, &ctx, ns).await?;
+        let (_, ring) = begin(&*tx, &ctx, ns, NsLock::Exclusive).await?;
         budget::check(
             self.inner.limits,
             budget::footprint(config, &live_sizes(&ring)),
@@ -240,7 +240,7 @@ impl Pg {
             let s = ctx.schema;
             let mut conn = self.conn().await?;
             let tx = conn.transaction().await?;
-            mark::lock_exclusive(&*tx, &ctx, ns.id).await?;
+            lock(&*tx, &ctx, ns.id, NsLock::Exclusive).await?;
             let ring = tx
                 .query_opt(
                     &format!("SELECT oldest_gen, open_gen FROM {s}.namespaces WHERE id = $1"),

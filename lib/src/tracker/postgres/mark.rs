@@ -52,18 +52,27 @@ pub(crate) enum Marked {
     RotateFirst(SealReason),
 }
 
-/// Takes the namespace's shared lock for this transaction.
-pub(crate) async fn lock_shared<C: GenericClient + Sync>(
+/// How a transaction holds its namespace's advisory lock.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum NsLock {
+    /// Marks, claims and checks: any number at once, never during a rotation.
+    Shared,
+    /// Rotations and reconfigurations: alone, on every node.
+    Exclusive,
+}
+
+/// Takes the namespace's lock for this transaction.
+pub(crate) async fn lock<C: GenericClient + Sync>(
     client: &C,
     ctx: &Ctx<'_>,
     ns: i32,
+    mode: NsLock,
 ) -> Result<(), Error> {
-    client
-        .execute(
-            "SELECT pg_advisory_xact_lock_shared($1, $2)",
-            &[&ctx.lock_key, &ns],
-        )
-        .await?;
+    let sql = match mode {
+        NsLock::Shared => "SELECT pg_advisory_xact_lock_shared($1, $2)",
+        NsLock::Exclusive => "SELECT pg_advisory_xact_lock($1, $2)",
+    };
+    client.execute(sql, &[&ctx.lock_key, &ns]).await?;
     Ok(())
 }
 
@@ -87,36 +96,9 @@ pub(crate) async fn begin<C: GenericClient + Sync>(
     client: &C,
     ctx: &Ctx<'_>,
     ns: &NsCache,
+    mode: NsLock,
 ) -> Result<(RingRow, std::sync::Arc<Ring>), Error> {
-    lock_shared(client, ctx, ns.id).await?;
-    let row = ring_row(client, ctx, ns).await?;
-    let ring = refresh(client, ctx, ns, &row).await?;
-    Ok((row, ring))
-}
-
-/// Takes the namespace's exclusive lock for this transaction (no mark or other
-/// change of its ring runs meanwhile, on any node).
-pub(crate) async fn lock_exclusive<C: GenericClient + Sync>(
-    client: &C,
-    ctx: &Ctx<'_>,
-    ns: i32,
-) -> Result<(), Error> {
-    client
-        .execute(
-            "SELECT pg_advisory_xact_lock($1, $2)",
-            &[&ctx.lock_key, &ns],
-        )
-        .await?;
-    Ok(())
-}
-
-/// [`begin`] for rotations and reconfigurations: the ring under the exclusive lock.
-pub(crate) async fn begin_exclusive<C: GenericClient + Sync>(
-    client: &C,
-    ctx: &Ctx<'_>,
-    ns: &NsCache,
-) -> Result<(RingRow, std::sync::Arc<Ring>), Error> {
-    lock_exclusive(client, ctx, ns.id).await?;
+    lock(client, ctx, ns.id, mode).await?;
     let row = ring_row(client, ctx, ns).await?;
     let ring = refresh(client, ctx, ns, &row).await?;
     Ok((row, ring))
@@ -317,7 +299,7 @@ pub(crate) async fn run<C: GenericClient + Sync>(
     mode: Mode,
     may_rotate: bool,
 ) -> Result<Marked, Error> {
-    let (row, ring) = begin(client, ctx, ns).await?;
+    let (row, ring) = begin(client, ctx, ns, NsLock::Shared).await?;
     if may_rotate && let Some(reason) = due(&ring, &row) {
         return Ok(Marked::RotateFirst(reason));
     }

@@ -22,6 +22,22 @@ use crate::verdict::Verdict;
 /// ID with another transaction) before it gives up.
 const ATTEMPTS: usize = 8;
 
+/// `$result`, unless its error says the connection is broken: then that error is
+/// returned, with the connection taken out of the pool first (`Fast` recycling
+/// would hand it out again). A macro, as the transaction borrows the connection.
+macro_rules! unless_broken {
+    ($result:expr, $tx:ident, $conn:ident) => {
+        match $result {
+            Err(e) if broken(&e) => {
+                drop($tx);
+                let _ = deadpool_postgres::Object::take($conn);
+                return Err(e);
+            }
+            other => other,
+        }
+    };
+}
+
 impl Pg {
     pub(crate) fn check_and_mark<T: AsRef<[u8]>>(
         &self,
@@ -96,14 +112,7 @@ impl Pg {
             if retryable(&run) {
                 continue;
             }
-            let run = match run {
-                Err(e) if broken(&e) => {
-                    drop(tx);
-                    let _ = deadpool_postgres::Object::take(conn);
-                    return Err(e);
-                }
-                other => other,
-            };
+            let run = unless_broken!(run, tx, conn);
             match self.gone_if_missing(ns, run)? {
                 Marked::Decided(verdicts) => {
                     if let Some((consumer, position)) = checkpoint {
@@ -198,14 +207,7 @@ impl Pg {
             if retryable(&one) {
                 continue;
             }
-            let one = match one {
-                Err(e) if broken(&e) => {
-                    drop(tx);
-                    let _ = deadpool_postgres::Object::take(conn);
-                    return Err(e);
-                }
-                other => other,
-            };
+            let one = unless_broken!(one, tx, conn);
             let one = self.gone_if_missing(ns, one)?;
             match one {
                 One::RotateFirst(reason) => {

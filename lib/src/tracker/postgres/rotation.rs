@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use super::Pg;
-use super::mark::{self, due, lock_shared};
+use super::mark::{NsLock, begin, due, lock};
 use super::ring::{NsCache, Ring, refresh, ring_row};
 use super::schema::{create_partition, drop_partition};
 use crate::error::Error;
@@ -31,7 +31,7 @@ impl Pg {
         let s = ctx.schema;
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
-        let (row, ring) = mark::begin_exclusive(&*tx, &ctx, ns).await?;
+        let (row, ring) = begin(&*tx, &ctx, ns, NsLock::Exclusive).await?;
         if reason.is_some() && due(&ring, &row).is_none() {
             tx.commit().await?;
             return Ok(());
@@ -175,7 +175,7 @@ impl Pg {
         let s = ctx.schema;
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
-        let (_, ring) = mark::begin_exclusive(&*tx, &ctx, ns).await?;
+        let (_, ring) = begin(&*tx, &ctx, ns, NsLock::Exclusive).await?;
         let floor = ready_floor(&ring, ring.open, ring.oldest);
         if floor > ring.floor {
             for g in ring.floor.max(ring.oldest)..floor {
@@ -200,7 +200,7 @@ impl Pg {
         let s = ctx.schema;
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
-        lock_shared(&*tx, &ctx, ns.id).await?;
+        lock(&*tx, &ctx, ns.id, NsLock::Shared).await?;
         let row = ring_row(&*tx, &ctx, ns).await?;
         let gone: Vec<Vec<u8>> = tx
             .query(

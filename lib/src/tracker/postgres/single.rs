@@ -11,7 +11,7 @@
 
 use tokio_postgres::GenericClient;
 
-use super::mark::{OpenRow, begin, count, due, open_rows, sealed_state};
+use super::mark::{NsLock, OpenRow, begin, count, due, open_rows, sealed_state};
 use super::ring::NsCache;
 use super::{Ctx, owner_param};
 use crate::clock::Timestamp;
@@ -66,7 +66,7 @@ pub(crate) async fn decide_one<C: GenericClient + Sync>(
     ask: impl Fn(Timestamp) -> Ask,
     may_rotate: bool,
 ) -> Result<One, Error> {
-    let (row, ring) = begin(client, ctx, ns).await?;
+    let (row, ring) = begin(client, ctx, ns, NsLock::Shared).await?;
     if may_rotate && let Some(reason) = due(&ring, &row) {
         return Ok(One::RotateFirst(reason));
     }
