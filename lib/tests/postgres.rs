@@ -34,6 +34,25 @@ fn sql(place: &Place, statement: &str) {
     });
 }
 
+/// The first column of a query's rows, as text, outside any tracker.
+fn column(place: &Place, query: &str) -> Vec<String> {
+    let url = place.url().to_owned();
+    let query = query.to_owned();
+    runtime().block_on(async move {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .query(&query, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    })
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -255,6 +274,68 @@ fn a_newer_schema_is_refused() {
     assert!(err.to_string().contains("version 99"), "{err}");
 }
 
+/// A database left by version 1 (one key on `(ns, gen, id)` over every partition) is
+/// migrated in place: each partition unique on `id`, its marks kept, and the
+/// partitions made after it the same.
+#[test]
+fn a_version_1_schema_is_migrated_with_its_marks() {
+    let place = Place::new(Engine::Postgres);
+    let c = clock();
+    let config = ring_config(4, 4, 2, Duration::from_secs(3600), 0.01);
+    let t = place.open(&c, config.clone());
+    assert_eq!(
+        t.check_and_mark(NS, &["a", "b"], None).unwrap(),
+        [Verdict::New, Verdict::New]
+    );
+    drop(t);
+    sql(
+        &place,
+        "DROP INDEX oncely.marks_1_1_id;
+         ALTER TABLE oncely.marks ADD PRIMARY KEY (ns, gen, id);
+         UPDATE oncely.meta SET value = '1' WHERE key = 'schema_version'",
+    );
+    let indexes = |place: &Place| {
+        column(
+            place,
+            "SELECT tablename || ': ' || regexp_replace(indexdef, '.* USING ', '')
+               FROM pg_indexes WHERE schemaname = 'oncely' AND tablename LIKE 'marks%'
+              ORDER BY 1",
+        )
+    };
+    assert_eq!(
+        indexes(&place),
+        [
+            "marks: btree (ns, gen, id)",
+            "marks_1_1: btree (ns, gen, id)"
+        ],
+        "version 1, as it was"
+    );
+
+    let t = place.open(&c, config);
+    assert_eq!(
+        column(
+            &place,
+            "SELECT value FROM oncely.meta WHERE key = 'schema_version'"
+        ),
+        ["2"]
+    );
+    assert_eq!(indexes(&place), ["marks_1_1: btree (id)"]);
+    assert_eq!(
+        t.check_and_mark(NS, &["a", "b", "c"], None).unwrap(),
+        [Verdict::Duplicate, Verdict::Duplicate, Verdict::New],
+        "the marks of version 1 still count; c seals generation 1 and opens 2"
+    );
+    assert_eq!(
+        indexes(&place),
+        ["marks_1_1: btree (id)", "marks_1_2: btree (id)"]
+    );
+    assert_eq!(
+        t.check_and_mark(NS, &["c"], None).unwrap(),
+        [Verdict::Duplicate],
+        "the new partition's index decides"
+    );
+}
+
 #[test]
 fn leaving_the_exact_horizon_drops_a_partition() {
     let place = Place::new(Engine::Postgres);
@@ -264,25 +345,12 @@ fn leaving_the_exact_horizon_drops_a_partition() {
         ring_config(4, 1, 1_000, Duration::from_secs(3600), 0.01),
     );
     let _ = t.check_and_mark(NS, &["a"], None).unwrap();
-    let partitions = |place: &Place| -> Vec<String> {
-        let url = place.url().to_owned();
-        runtime().block_on(async move {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            client
-                .query(
-                    "SELECT tablename::text FROM pg_tables WHERE schemaname = 'oncely'
-                      AND tablename LIKE 'marks\\_%' ORDER BY 1",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get(0))
-                .collect()
-        })
+    let partitions = |place: &Place| {
+        column(
+            place,
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'oncely'
+              AND tablename LIKE 'marks\\_%' ORDER BY 1",
+        )
     };
     assert_eq!(partitions(&place), ["marks_1_1"]);
     t.rotate_namespace(NS).unwrap();

@@ -12,14 +12,20 @@
 //!    `SELECT id, owner FROM $s.marks WHERE ns = $ns AND gen = $g AND id = ANY($ids)
 //!    AND NOT claim`. A hit in a Bloom-only generation can only say "probably".
 //!    (A sealed generation whose filter is not built yet is looked up for every ID.)
-//! 4. The open generation decides the rest by its unique index:
-//!    `INSERT INTO $s.marks (ns, gen, id, owner) SELECT $ns, $open, unnest($ids),
-//!    $owner ON CONFLICT DO NOTHING RETURNING id`. Every ID returned is new; for the
-//!    others the conflicting row says why (a done mark, or a claim's placeholder):
+//! 4. The open generation decides the rest by its unique index, and counts what it
+//!    took, in one statement:
+//!    `WITH ins AS (INSERT INTO $s.marks (ns, gen, id, owner) SELECT $ns, $open,
+//!    unnest($ids), $owner ON CONFLICT DO NOTHING RETURNING id), counted AS (INSERT INTO
+//!    $s.counts ... SELECT ..., count(*) FROM ins ... ON CONFLICT DO UPDATE SET n =
+//!    counts.n + excluded.n) SELECT x FROM unnest($ids) x EXCEPT SELECT id FROM ins`,
+//!    on the session's count shard. Every ID not returned is new; for the returned
+//!    ones the conflicting row says why (a done mark, or a claim's placeholder):
 //!    `SELECT m.id, m.owner, m.claim, c.until_ms FROM $s.marks m LEFT JOIN $s.claims c
-//!    ... FOR UPDATE OF m`.
-//! 5. `INSERT INTO $s.counts ... ON CONFLICT DO UPDATE SET n = counts.n + excluded.n`
-//!    on one of a few shards.
+//!    ... FOR UPDATE OF m`. Only the conflicts travel back: a batch of new IDs answers
+//!    no rows.
+//!
+//! Each statement is prepared once per pooled connection and sent with its
+//! parameters' types on a caller's ([`Ctx::query`]): one round trip each.
 //!
 //! Among any number of callers on any number of nodes, one `INSERT` wins each ID:
 //! exactly one `new`. A rollback forgets the marks with the caller's other writes.
@@ -27,6 +33,7 @@
 use std::collections::HashMap;
 
 use tokio_postgres::GenericClient;
+use tokio_postgres::types::Type;
 
 use super::ring::{NsCache, Ring, RingRow, refresh, ring_row};
 use super::{Ctx, owner_param};
@@ -72,7 +79,12 @@ pub(crate) async fn lock<C: GenericClient + Sync>(
         NsLock::Shared => "SELECT pg_advisory_xact_lock_shared($1, $2)",
         NsLock::Exclusive => "SELECT pg_advisory_xact_lock($1, $2)",
     };
-    client.execute(sql, &[&ctx.lock_key, &ns]).await?;
+    ctx.query(
+        client,
+        sql,
+        &[(&ctx.lock_key, Type::INT4), (&ns, Type::INT4)],
+    )
+    .await?;
     Ok(())
 }
 
@@ -98,6 +110,11 @@ pub(crate) async fn begin<C: GenericClient + Sync>(
     ns: &NsCache,
     mode: NsLock,
 ) -> Result<(RingRow, std::sync::Arc<Ring>), Error> {
+    // One after the other, never pipelined: the row must be read once the lock is
+    // held. Sent together, the two statements ran in the order their futures happened
+    // to be polled, and a row read before the lock let a mark land in a generation a
+    // rotation had just sealed (two `new`s for one ID in
+    // `two_trackers_on_one_database_are_one_authority`, about one run in five).
     lock(client, ctx, ns.id, mode).await?;
     let row = ring_row(client, ctx, ns).await?;
     let ring = refresh(client, ctx, ns, &row).await?;
@@ -143,14 +160,19 @@ pub(crate) async fn sealed_state<C: GenericClient + Sync>(
             continue;
         }
         let keys: Vec<&[u8]> = wanted.iter().map(|&i| ids[i]).collect();
-        let rows = client
+        let rows = ctx
             .query(
+                client,
                 &format!(
                     "SELECT id, owner FROM {}.marks
                       WHERE ns = $1 AND gen = $2 AND id = ANY($3) AND NOT claim",
                     ctx.schema
                 ),
-                &[&ns.id, &g.generation, &keys],
+                &[
+                    (&ns.id, Type::INT4),
+                    (&g.generation, Type::INT8),
+                    (&keys, Type::BYTEA_ARRAY),
+                ],
             )
             .await?;
         let found: HashMap<Vec<u8>, Option<i64>> = rows
@@ -217,8 +239,9 @@ pub(crate) async fn open_rows<C: GenericClient + Sync>(
         return Ok(HashMap::new());
     }
     let s = ctx.schema;
-    let rows = client
+    let rows = ctx
         .query(
+            client,
             &format!(
                 "SELECT m.id, m.owner, m.claim, c.until_ms
                    FROM {s}.marks m
@@ -231,7 +254,11 @@ pub(crate) async fn open_rows<C: GenericClient + Sync>(
                     ""
                 }
             ),
-            &[&ns, &open, &keys],
+            &[
+                (&ns, Type::INT4),
+                (&open, Type::INT8),
+                (&keys, Type::BYTEA_ARRAY),
+            ],
         )
         .await?;
     Ok(rows
@@ -251,7 +278,15 @@ pub(crate) async fn open_rows<C: GenericClient + Sync>(
         .collect())
 }
 
-/// Adds `n` new IDs to the open generation's count, on one of a few shards.
+/// The count shard a transaction adds to: its session's, so that concurrent marks
+/// (every one holds its shard's row until it commits) never queue on one row unless
+/// their sessions' process IDs meet modulo 64. Pooled sessions start one after
+/// another, so their process IDs mostly follow each other. (A shard per thread, 8 of
+/// them, left one single-ID mark in ten waiting on another's row: `Lock:transactionid`
+/// in `pg_stat_activity`.)
+const SHARD: &str = "pg_backend_pid() % 64";
+
+/// Adds `n` new IDs to the open generation's count, on the session's shard.
 pub(crate) async fn count<C: GenericClient + Sync>(
     client: &C,
     ctx: &Ctx<'_>,
@@ -262,30 +297,58 @@ pub(crate) async fn count<C: GenericClient + Sync>(
     if n == 0 {
         return Ok(());
     }
-    // Eight shards: concurrent marks rarely queue on one row's lock.
-    let shard = i32::from(rand_shard());
-    client
-        .execute(
-            &format!(
-                "INSERT INTO {}.counts (ns, gen, shard, n) VALUES ($1, $2, $3, $4)
+    ctx.query(
+        client,
+        &format!(
+            "INSERT INTO {}.counts (ns, gen, shard, n) VALUES ($1, $2, {SHARD}, $3)
                  ON CONFLICT (ns, gen, shard) DO UPDATE SET n = counts.n + excluded.n",
-                ctx.schema
-            ),
-            &[&ns, &generation, &shard, &n],
-        )
-        .await?;
+            ctx.schema
+        ),
+        &[
+            (&ns, Type::INT4),
+            (&generation, Type::INT8),
+            (&n, Type::INT8),
+        ],
+    )
+    .await?;
     Ok(())
 }
 
-/// A shard, from the thread's own counter (no RNG needed: spreading is all).
-fn rand_shard() -> u8 {
-    use std::cell::Cell;
-    thread_local!(static NEXT: Cell<u8> = const { Cell::new(0) });
-    NEXT.with(|n| {
-        let v = n.get().wrapping_add(1);
-        n.set(v);
-        (v ^ (std::process::id() as u8)) & 7
-    })
+/// Inserts `keys` (sorted) into the open generation and counts those it took, in one
+/// statement; answers the keys it did not take (another row holds them).
+async fn insert_new<C: GenericClient + Sync>(
+    client: &C,
+    ctx: &Ctx<'_>,
+    ns: i32,
+    open: i64,
+    owner: Option<OwnerFp>,
+    keys: &[&[u8]],
+) -> Result<std::collections::HashSet<Vec<u8>>, Error> {
+    let s = ctx.schema;
+    let rows = ctx
+        .query(
+            client,
+            &format!(
+                "WITH ins AS (
+                     INSERT INTO {s}.marks (ns, gen, id, owner)
+                     SELECT $1, $2, x, $3 FROM unnest($4::bytea[]) AS x
+                     ON CONFLICT DO NOTHING RETURNING id
+                 ), counted AS (
+                     INSERT INTO {s}.counts (ns, gen, shard, n)
+                     SELECT $1, $2, {SHARD}, count(*) FROM ins HAVING count(*) > 0
+                     ON CONFLICT (ns, gen, shard) DO UPDATE SET n = counts.n + excluded.n
+                 )
+                 SELECT x FROM unnest($4::bytea[]) AS x EXCEPT SELECT id FROM ins"
+            ),
+            &[
+                (&ns, Type::INT4),
+                (&open, Type::INT8),
+                (&owner_param(owner), Type::INT8),
+                (&keys, Type::BYTEA_ARRAY),
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get::<_, Vec<u8>>(0)).collect())
 }
 
 /// Checks, or checks and marks, a batch (see the module docs). With `may_rotate`,
@@ -349,31 +412,16 @@ pub(crate) async fn run<C: GenericClient + Sync>(
             // one another in one order, never in a cycle (a deadlock).
             let mut keys: Vec<&[u8]> = candidates.iter().map(|&i| bytes[i]).collect();
             keys.sort_unstable();
-            let inserted: std::collections::HashSet<Vec<u8>> = if keys.is_empty() {
+            let taken = if keys.is_empty() {
                 std::collections::HashSet::new()
             } else {
-                client
-                    .query(
-                        &format!(
-                            "INSERT INTO {}.marks (ns, gen, id, owner)
-                             SELECT $1, $2, x, $3 FROM unnest($4::bytea[]) AS x
-                             ON CONFLICT DO NOTHING RETURNING id",
-                            ctx.schema
-                        ),
-                        &[&ns.id, &ring.open, &owner_param(owner), &keys],
-                    )
-                    .await?
-                    .iter()
-                    .map(|r| r.get::<_, Vec<u8>>(0))
-                    .collect()
+                insert_new(client, ctx, ns.id, ring.open, owner, &keys).await?
             };
-            let mut fresh = 0_i64;
             for &i in &candidates {
-                if inserted.contains(bytes[i]) {
-                    verdicts[i] = Some(Verdict::New);
-                    fresh += 1;
-                } else {
+                if taken.contains(bytes[i]) {
                     probe.push(i);
+                } else {
+                    verdicts[i] = Some(Verdict::New);
                 }
             }
             // The rest met a row in the open generation (or a Bloom-only filter):
@@ -419,9 +467,8 @@ pub(crate) async fn run<C: GenericClient + Sync>(
                         &[&ns.id, &completes],
                     )
                     .await?;
-                fresh += completes.len() as i64;
+                count(client, ctx, ns.id, ring.open, completes.len() as i64).await?;
             }
-            count(client, ctx, ns.id, ring.open, fresh).await?;
         }
     }
     // Repeats within the batch follow their first occurrence.

@@ -105,8 +105,8 @@ impl Pg {
         checkpoint: Option<(&str, &str)>,
     ) -> Result<Vec<Verdict>, Error> {
         for _ in 0..ATTEMPTS {
-            let ctx = self.ctx();
             let mut conn = self.conn().await?;
+            let ctx = self.ctx().on(&conn);
             let tx = conn.transaction().await?;
             let run = mark::run(&*tx, &ctx, ns, ids, mode, true).await;
             if retryable(&run) {
@@ -200,8 +200,8 @@ impl Pg {
         ask: impl Fn(Timestamp) -> Ask + Copy,
     ) -> Result<Decision, Error> {
         for _ in 0..ATTEMPTS {
-            let ctx = self.ctx();
             let mut conn = self.conn().await?;
+            let ctx = self.ctx().on(&conn);
             let tx = conn.transaction().await?;
             let one = single::decide_one(&*tx, &ctx, ns, id, ask, true).await;
             if retryable(&one) {

@@ -11,6 +11,7 @@
 use std::sync::{Arc, RwLock};
 
 use tokio_postgres::GenericClient;
+use tokio_postgres::types::Type;
 
 use crate::config::NamespaceConfig;
 use crate::error::Error;
@@ -81,8 +82,9 @@ pub(crate) async fn ring_row<C: GenericClient + Sync>(
     ns: &NsCache,
 ) -> Result<RingRow, Error> {
     let s = ctx.schema;
-    let row = client
-        .query_opt(
+    let row = ctx
+        .query(
+            client,
             &format!(
                 "SELECT n.version, n.open_gen, g.opened_at,
                         (SELECT coalesce(sum(c.n), 0)::bigint FROM {s}.counts c
@@ -92,9 +94,10 @@ pub(crate) async fn ring_row<C: GenericClient + Sync>(
                    JOIN {s}.generations g ON g.ns = n.id AND g.gen = n.open_gen
                   WHERE n.id = $1"
             ),
-            &[&ns.id],
+            &[(&ns.id, Type::INT4)],
         )
         .await?
+        .pop()
         .ok_or_else(|| Error::UnknownNamespace(ns.name.to_string()))?;
     let db_now: i64 = row.get(4);
     Ok(RingRow {

@@ -10,6 +10,7 @@
 //! generation, so a claim never depends on the generation it started in.
 
 use tokio_postgres::GenericClient;
+use tokio_postgres::types::Type;
 
 use super::mark::{NsLock, OpenRow, begin, count, due, open_rows, sealed_state};
 use super::ring::NsCache;
@@ -103,32 +104,38 @@ pub(crate) async fn apply<C: GenericClient + Sync>(
             };
             if d.row {
                 // The ID's claim placeholder becomes its mark.
-                client
-                    .execute(
-                        &format!(
-                            "UPDATE {s}.marks SET claim = false, owner = $4
-                              WHERE ns = $1 AND gen = $2 AND id = $3"
-                        ),
-                        &[&ns.id, &d.open, &id, &owner_param(owner)],
-                    )
-                    .await?;
-                client
-                    .execute(
-                        &format!("DELETE FROM {s}.claims WHERE ns = $1 AND id = $2"),
-                        &[&ns.id, &id],
-                    )
-                    .await?;
+                ctx.query(
+                    client,
+                    &format!(
+                        "UPDATE {s}.marks SET claim = false, owner = $4
+                          WHERE ns = $1 AND gen = $2 AND id = $3"
+                    ),
+                    &[
+                        (&ns.id, Type::INT4),
+                        (&d.open, Type::INT8),
+                        (&id, Type::BYTEA),
+                        (&owner_param(owner), Type::INT8),
+                    ],
+                )
+                .await?;
+                delete_claim(client, ctx, ns.id, id).await?;
             } else {
-                let inserted = client
-                    .execute(
+                let inserted = ctx
+                    .query(
+                        client,
                         &format!(
                             "INSERT INTO {s}.marks (ns, gen, id, owner) VALUES ($1, $2, $3, $4)
-                             ON CONFLICT DO NOTHING"
+                             ON CONFLICT DO NOTHING RETURNING true"
                         ),
-                        &[&ns.id, &d.open, &id, &owner_param(owner)],
+                        &[
+                            (&ns.id, Type::INT4),
+                            (&d.open, Type::INT8),
+                            (&id, Type::BYTEA),
+                            (&owner_param(owner), Type::INT8),
+                        ],
                     )
                     .await?;
-                if inserted == 0 {
+                if inserted.is_empty() {
                     return Ok(Applied::Raced);
                 }
             }
@@ -140,61 +147,94 @@ pub(crate) async fn apply<C: GenericClient + Sync>(
         ) => {
             let owner = owner.to_u64() as i64;
             if d.row {
-                client
-                    .execute(
-                        &format!(
-                            "UPDATE {s}.marks SET owner = $4
-                              WHERE ns = $1 AND gen = $2 AND id = $3 AND claim"
-                        ),
-                        &[&ns.id, &d.open, &id, &owner],
-                    )
-                    .await?;
+                ctx.query(
+                    client,
+                    &format!(
+                        "UPDATE {s}.marks SET owner = $4
+                          WHERE ns = $1 AND gen = $2 AND id = $3 AND claim"
+                    ),
+                    &[
+                        (&ns.id, Type::INT4),
+                        (&d.open, Type::INT8),
+                        (&id, Type::BYTEA),
+                        (&owner, Type::INT8),
+                    ],
+                )
+                .await?;
             } else {
-                let inserted = client
-                    .execute(
+                let inserted = ctx
+                    .query(
+                        client,
                         &format!(
                             "INSERT INTO {s}.marks (ns, gen, id, owner, claim)
-                             VALUES ($1, $2, $3, $4, true) ON CONFLICT DO NOTHING"
+                             VALUES ($1, $2, $3, $4, true) ON CONFLICT DO NOTHING RETURNING true"
                         ),
-                        &[&ns.id, &d.open, &id, &owner],
+                        &[
+                            (&ns.id, Type::INT4),
+                            (&d.open, Type::INT8),
+                            (&id, Type::BYTEA),
+                            (&owner, Type::INT8),
+                        ],
                     )
                     .await?;
-                if inserted == 0 {
+                if inserted.is_empty() {
                     return Ok(Applied::Raced);
                 }
             }
             let until = i64::try_from(until.as_millis()).unwrap_or(i64::MAX);
             let lease = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-            client
-                .execute(
-                    &format!(
-                        "INSERT INTO {s}.claims (ns, id, owner, until_ms, lease_ms)
-                         VALUES ($1, $2, $3, $4, $5)
-                         ON CONFLICT (ns, id) DO UPDATE
-                            SET owner = excluded.owner, until_ms = excluded.until_ms,
-                                lease_ms = excluded.lease_ms"
-                    ),
-                    &[&ns.id, &id, &owner, &until, &lease],
-                )
-                .await?;
+            ctx.query(
+                client,
+                &format!(
+                    "INSERT INTO {s}.claims (ns, id, owner, until_ms, lease_ms)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (ns, id) DO UPDATE
+                        SET owner = excluded.owner, until_ms = excluded.until_ms,
+                            lease_ms = excluded.lease_ms"
+                ),
+                &[
+                    (&ns.id, Type::INT4),
+                    (&id, Type::BYTEA),
+                    (&owner, Type::INT8),
+                    (&until, Type::INT8),
+                    (&lease, Type::INT8),
+                ],
+            )
+            .await?;
         }
         (Decision::DeleteClaim, _) => {
-            client
-                .execute(
-                    &format!(
-                        "DELETE FROM {s}.marks WHERE ns = $1 AND gen = $2 AND id = $3 AND claim"
-                    ),
-                    &[&ns.id, &d.open, &id],
-                )
-                .await?;
-            client
-                .execute(
-                    &format!("DELETE FROM {s}.claims WHERE ns = $1 AND id = $2"),
-                    &[&ns.id, &id],
-                )
-                .await?;
+            ctx.query(
+                client,
+                &format!("DELETE FROM {s}.marks WHERE ns = $1 AND gen = $2 AND id = $3 AND claim"),
+                &[
+                    (&ns.id, Type::INT4),
+                    (&d.open, Type::INT8),
+                    (&id, Type::BYTEA),
+                ],
+            )
+            .await?;
+            delete_claim(client, ctx, ns.id, id).await?;
         }
         (other, ask) => unreachable!("{ask:?} decided {other:?}, which writes nothing"),
     }
     Ok(Applied::Written)
+}
+
+/// Forgets the ID's claim (its placeholder in `marks` is the caller's to change).
+async fn delete_claim<C: GenericClient + Sync>(
+    client: &C,
+    ctx: &Ctx<'_>,
+    ns: i32,
+    id: &[u8],
+) -> Result<(), Error> {
+    ctx.query(
+        client,
+        &format!(
+            "DELETE FROM {}.claims WHERE ns = $1 AND id = $2",
+            ctx.schema
+        ),
+        &[(&ns, Type::INT4), (&id, Type::BYTEA)],
+    )
+    .await?;
+    Ok(())
 }
