@@ -65,7 +65,8 @@
 //! SELECT m.id, m.owner, m.claim, c.until_ms FROM oncely.marks m
 //!   LEFT JOIN oncely.claims c ON c.ns = m.ns AND c.id = m.id
 //!  WHERE m.ns = $ns AND m.gen = $open_gen AND m.id = ANY($conflicted) FOR UPDATE OF m;
-//! INSERT INTO oncely.counts (ns, gen, shard, n) VALUES ($ns, $open_gen, $shard, $new)
+//! INSERT INTO oncely.counts (ns, gen, shard, n)                  -- the session's shard: concurrent
+//! VALUES ($ns, $open_gen, pg_backend_pid() % 64, $new)             -- marks rarely share one row
 //!     ON CONFLICT (ns, gen, shard) DO UPDATE SET n = counts.n + excluded.n;
 //! ```
 //!
