@@ -274,9 +274,10 @@ fn a_newer_schema_is_refused() {
     assert!(err.to_string().contains("version 99"), "{err}");
 }
 
-/// A database left by version 1 (one key on `(ns, gen, id)` over every partition) is
-/// migrated in place: each partition unique on `id`, its marks kept, and the
-/// partitions made after it the same.
+/// A database left by version 1 (keyed on `(ns, gen, id)`) is migrated in place to
+/// the key `(id, ns, gen)`, its marks kept; every partition made after it has the new
+/// key, a partition made as a node still on version 1 makes it included (a rolling
+/// upgrade).
 #[test]
 fn a_version_1_schema_is_migrated_with_its_marks() {
     let place = Place::new(Engine::Postgres);
@@ -290,8 +291,7 @@ fn a_version_1_schema_is_migrated_with_its_marks() {
     drop(t);
     sql(
         &place,
-        "DROP INDEX oncely.marks_1_1_id;
-         ALTER TABLE oncely.marks ADD PRIMARY KEY (ns, gen, id);
+        "ALTER TABLE oncely.marks DROP CONSTRAINT marks_pkey, ADD PRIMARY KEY (ns, gen, id);
          UPDATE oncely.meta SET value = '1' WHERE key = 'schema_version'",
     );
     let indexes = |place: &Place| {
@@ -319,20 +319,36 @@ fn a_version_1_schema_is_migrated_with_its_marks() {
         ),
         ["2"]
     );
-    assert_eq!(indexes(&place), ["marks_1_1: btree (id)"]);
+    assert_eq!(
+        indexes(&place),
+        [
+            "marks: btree (id, ns, gen)",
+            "marks_1_1: btree (id, ns, gen)"
+        ]
+    );
     assert_eq!(
         t.check_and_mark(NS, &["a", "b", "c"], None).unwrap(),
         [Verdict::Duplicate, Verdict::Duplicate, Verdict::New],
         "the marks of version 1 still count; c seals generation 1 and opens 2"
     );
+    // As version 1 creates a partition: no index of its own.
+    sql(
+        &place,
+        "CREATE TABLE oncely.marks_1_3 PARTITION OF oncely.marks FOR VALUES FROM (1, 3) TO (1, 4)",
+    );
     assert_eq!(
         indexes(&place),
-        ["marks_1_1: btree (id)", "marks_1_2: btree (id)"]
+        [
+            "marks: btree (id, ns, gen)",
+            "marks_1_1: btree (id, ns, gen)",
+            "marks_1_2: btree (id, ns, gen)",
+            "marks_1_3: btree (id, ns, gen)"
+        ]
     );
     assert_eq!(
         t.check_and_mark(NS, &["c"], None).unwrap(),
         [Verdict::Duplicate],
-        "the new partition's index decides"
+        "the new partition's key decides"
     );
 }
 

@@ -12,20 +12,23 @@
 //!    `SELECT id, owner FROM $s.marks WHERE ns = $ns AND gen = $g AND id = ANY($ids)
 //!    AND NOT claim`. A hit in a Bloom-only generation can only say "probably".
 //!    (A sealed generation whose filter is not built yet is looked up for every ID.)
-//! 4. The open generation decides the rest by its unique index, and counts what it
-//!    took, in one statement:
+//! 4. The open generation decides the rest by its unique key:
 //!    `WITH ins AS (INSERT INTO $s.marks (ns, gen, id, owner) SELECT $ns, $open,
-//!    unnest($ids), $owner ON CONFLICT DO NOTHING RETURNING id), counted AS (INSERT INTO
-//!    $s.counts ... SELECT ..., count(*) FROM ins ... ON CONFLICT DO UPDATE SET n =
-//!    counts.n + excluded.n) SELECT x FROM unnest($ids) x EXCEPT SELECT id FROM ins`,
-//!    on the session's count shard. Every ID not returned is new; for the returned
+//!    unnest($ids), $owner ON CONFLICT DO NOTHING RETURNING id) SELECT x FROM
+//!    unnest($ids) x EXCEPT SELECT id FROM ins`. Every ID not returned is new (only
+//!    the conflicts travel back: a batch of new IDs answers no rows); for the returned
 //!    ones the conflicting row says why (a done mark, or a claim's placeholder):
 //!    `SELECT m.id, m.owner, m.claim, c.until_ms FROM $s.marks m LEFT JOIN $s.claims c
-//!    ... FOR UPDATE OF m`. Only the conflicts travel back: a batch of new IDs answers
-//!    no rows.
+//!    ... FOR UPDATE OF m`.
+//! 5. `INSERT INTO $s.counts ... ON CONFLICT DO UPDATE SET n = counts.n + excluded.n`
+//!    on the session's shard, last: a transaction holds its shard's row from then
+//!    until it commits, and waits for no other lock meanwhile, so the row is never
+//!    one link of a deadlock. (Counted inside step 4's statement it was: a batch
+//!    holding the row, waiting for a claim's placeholder, whose completion waited for
+//!    the row.)
 //!
-//! Each statement is prepared once per pooled connection and sent with its
-//! parameters' types on a caller's ([`Ctx::query`]): one round trip each.
+//! The statements of a mark are prepared once per pooled connection, and sent with
+//! their parameters' types on a caller's ([`Ctx::query`]): one round trip each.
 //!
 //! Among any number of callers on any number of nodes, one `INSERT` wins each ID:
 //! exactly one `new`. A rollback forgets the marks with the caller's other writes.
@@ -314,8 +317,8 @@ pub(crate) async fn count<C: GenericClient + Sync>(
     Ok(())
 }
 
-/// Inserts `keys` (sorted) into the open generation and counts those it took, in one
-/// statement; answers the keys it did not take (another row holds them).
+/// Inserts `keys` (sorted) into the open generation; answers the keys it did not take
+/// (another row holds them).
 async fn insert_new<C: GenericClient + Sync>(
     client: &C,
     ctx: &Ctx<'_>,
@@ -333,10 +336,6 @@ async fn insert_new<C: GenericClient + Sync>(
                      INSERT INTO {s}.marks (ns, gen, id, owner)
                      SELECT $1, $2, x, $3 FROM unnest($4::bytea[]) AS x
                      ON CONFLICT DO NOTHING RETURNING id
-                 ), counted AS (
-                     INSERT INTO {s}.counts (ns, gen, shard, n)
-                     SELECT $1, $2, {SHARD}, count(*) FROM ins HAVING count(*) > 0
-                     ON CONFLICT (ns, gen, shard) DO UPDATE SET n = counts.n + excluded.n
                  )
                  SELECT x FROM unnest($4::bytea[]) AS x EXCEPT SELECT id FROM ins"
             ),
@@ -412,16 +411,18 @@ pub(crate) async fn run<C: GenericClient + Sync>(
             // one another in one order, never in a cycle (a deadlock).
             let mut keys: Vec<&[u8]> = candidates.iter().map(|&i| bytes[i]).collect();
             keys.sort_unstable();
-            let taken = if keys.is_empty() {
+            let conflicted = if keys.is_empty() {
                 std::collections::HashSet::new()
             } else {
                 insert_new(client, ctx, ns.id, ring.open, owner, &keys).await?
             };
+            let mut fresh = 0_i64;
             for &i in &candidates {
-                if taken.contains(bytes[i]) {
+                if conflicted.contains(bytes[i]) {
                     probe.push(i);
                 } else {
                     verdicts[i] = Some(Verdict::New);
+                    fresh += 1;
                 }
             }
             // The rest met a row in the open generation (or a Bloom-only filter):
@@ -467,8 +468,9 @@ pub(crate) async fn run<C: GenericClient + Sync>(
                         &[&ns.id, &completes],
                     )
                     .await?;
-                count(client, ctx, ns.id, ring.open, completes.len() as i64).await?;
+                fresh += completes.len() as i64;
             }
+            count(client, ctx, ns.id, ring.open, fresh).await?;
         }
     }
     // Repeats within the batch follow their first occurrence.

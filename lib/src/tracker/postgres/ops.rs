@@ -219,13 +219,19 @@ impl Pg {
                     tx.commit().await?;
                     return Ok(d.decision);
                 }
-                One::Decided(d) => match single::apply(&*tx, &ctx, ns, id, &d).await? {
-                    Applied::Written => {
-                        tx.commit().await?;
-                        return Ok(d.decision);
+                One::Decided(d) => {
+                    let applied = single::apply(&*tx, &ctx, ns, id, &d).await;
+                    if retryable(&applied) {
+                        continue;
                     }
-                    Applied::Raced => {}
-                },
+                    match unless_broken!(applied, tx, conn)? {
+                        Applied::Written => {
+                            tx.commit().await?;
+                            return Ok(d.decision);
+                        }
+                        Applied::Raced => {}
+                    }
+                }
             }
         }
         Err(Error::Unavailable(

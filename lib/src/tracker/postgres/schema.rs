@@ -9,8 +9,8 @@
 //! | `meta` | `schema_version` |
 //! | `namespaces` | name, configuration, hash seed, and the ring: open generation, exact floor, oldest live generation, a version bumped at every change |
 //! | `generations` | per generation: opened and sealed (ms since the epoch, database time), IDs at sealing, and its Bloom filter once sealed (a versioned, checksummed snapshot) |
-//! | `counts` | new IDs per generation, in a few shards so that concurrent marks do not queue on one row |
-//! | `marks` | the exact tables, partitioned by `(ns, gen)`: one partition per generation, unique on `id`, dropped whole when the generation leaves the exact horizon; a row is a done mark (with its owner's fingerprint) or a claim's placeholder |
+//! | `counts` | new IDs per generation, in up to 64 shards (the session's process ID modulo 64) so that concurrent marks rarely queue on one row |
+//! | `marks` | the exact tables, partitioned by `(ns, gen)`: one partition per generation, keyed on `(id, ns, gen)`, dropped whole when the generation leaves the exact horizon; a row is a done mark (with its owner's fingerprint) or a claim's placeholder |
 //! | `claims` | live claims: owner, lease end, lease |
 //! | `checkpoints` | consumers' positions |
 //! | `user_kv` | the transactional API's user keys |
@@ -21,7 +21,7 @@
 //! | version | what changed |
 //! |---|---|
 //! | 1 | the first |
-//! | 2 | each partition of `marks` is unique on `id` alone, not `(ns, gen, id)`: a partition holds one namespace's generation, so the two leading columns only made every index comparison three (PostgreSQL's CPU per batched ID fell by about a fifth, measured from `/proc` with `benches/peers/postgres.sh`'s batched workload) |
+//! | 2 | the key of `marks` is `(id, ns, gen)`, not `(ns, gen, id)`: a partition holds one namespace's generation, so leading with `ns` and `gen` made every index comparison three; led by `id`, comparisons stop at the first column unless the IDs are equal (PostgreSQL's CPU per batched ID fell by about a fifth, from `/proc`, with `benches/peers/postgres.sh`'s batched workload). The key stays the parent's, so every partition inherits it, whoever creates it: a node still on version 1 during a rolling upgrade included |
 
 use tokio_postgres::GenericClient;
 
@@ -150,22 +150,14 @@ fn v1(s: &str) -> String {
     )
 }
 
-/// Version 2: every partition of `marks` unique on `id`, the parent without a key
-/// (`INSERT ... ON CONFLICT DO NOTHING` on the parent then checks the partition's
-/// unique index). Existing partitions get their index before the old key goes, inside
-/// the migration's transaction: no moment without one.
+/// Version 2: `marks` keyed on `(id, ns, gen)`. One `ALTER TABLE` drops the old key
+/// and adds the new one on the parent and every partition, holding the parent
+/// exclusively meanwhile (marks wait, as does any partition being created), so there
+/// is no moment without a key and no partition left out. It rebuilds every
+/// partition's index: the longer the more marks are stored.
 fn v2(s: &str) -> String {
     format!(
-        "DO $$
-         DECLARE part regclass;
-         BEGIN
-             FOR part IN SELECT inhrelid::regclass FROM pg_inherits
-                          WHERE inhparent = '{s}.marks'::regclass
-             LOOP
-                 EXECUTE format('CREATE UNIQUE INDEX ON %s (id)', part);
-             END LOOP;
-         END $$;
-         ALTER TABLE {s}.marks DROP CONSTRAINT marks_pkey;
+        "ALTER TABLE {s}.marks DROP CONSTRAINT marks_pkey, ADD PRIMARY KEY (id, ns, gen);
          UPDATE {s}.meta SET value = '2' WHERE key = 'schema_version';"
     )
 }
@@ -182,12 +174,11 @@ pub(crate) async fn create_partition<C: GenericClient + Sync>(
     ns: i32,
     generation: i64,
 ) -> Result<(), Error> {
-    // Its unique index is what decides `new`: created with it, in one transaction.
+    // It inherits the parent's key, which is what decides `new`.
     client
         .batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS {p} PARTITION OF {schema}.marks \
-             FOR VALUES FROM ({ns}, {generation}) TO ({ns}, {next}); \
-             CREATE UNIQUE INDEX IF NOT EXISTS marks_{ns}_{generation}_id ON {p} (id);",
+             FOR VALUES FROM ({ns}, {generation}) TO ({ns}, {next})",
             p = partition(schema, ns, generation),
             next = generation + 1,
         ))
