@@ -366,8 +366,8 @@ enum Admission {
     /// Wait for the answer; maybe send a batch now, maybe start its window.
     Queued {
         rx: oneshot::Receiver<Result<Marked, Error>>,
-        /// The lane's key, when the call sends a batch or starts a window.
-        key: Option<Arc<LaneKey>>,
+        /// The lane's key, for the batch the call sends or the window it starts.
+        key: Arc<LaneKey>,
         send: Option<Batch>,
         timer: Option<u64>,
     },
@@ -407,12 +407,12 @@ pub(crate) async fn check_and_mark<S: AsRef<str>>(
             send,
             timer,
         } => {
-            if let (Some(batch), Some(key)) = (send, &key) {
-                let slot = Slot::new(client.clone(), Arc::clone(key));
+            if let Some(batch) = send {
+                let slot = Slot::new(client.clone(), Arc::clone(&key));
                 tokio::spawn(run(slot, batch));
             }
             // (When the new batch was the one sent, its timer finds nothing.)
-            if let (Some(seq), Some(key)) = (timer, key) {
+            if let Some(seq) = timer {
                 tokio::spawn(expire(client.clone(), key, seq));
             }
             match rx.await {
@@ -516,10 +516,9 @@ fn admit<S: AsRef<str>>(
         lane.in_flight += 1;
         batcher.dequeued(b);
     }
-    let key = (send.is_some() || timer.is_some()).then(|| Arc::clone(&lane.key));
     Admission::Queued {
         rx,
-        key,
+        key: Arc::clone(&lane.key),
         send,
         timer,
     }
