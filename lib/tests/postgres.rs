@@ -21,30 +21,28 @@ use rand::{Rng, SeedableRng};
 
 const NS: &str = "default";
 
-/// Runs SQL on the place's database, outside any tracker.
-fn sql(place: &Place, statement: &str) {
+/// Runs `f` with a connection of its own to the place's database, outside any
+/// tracker.
+fn with_db<T>(place: &Place, f: impl AsyncFnOnce(&tokio_postgres::Client) -> T) -> T {
     let url = place.url().to_owned();
-    let statement = statement.to_owned();
     runtime().block_on(async move {
         let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await
             .unwrap();
         tokio::spawn(conn);
-        client.batch_execute(&statement).await.unwrap();
-    });
+        f(&client).await
+    })
+}
+
+/// Runs SQL on the place's database, outside any tracker.
+fn sql(place: &Place, statement: &str) {
+    with_db(place, async |c| c.batch_execute(statement).await.unwrap());
 }
 
 /// The first column of a query's rows, as text, outside any tracker.
 fn column(place: &Place, query: &str) -> Vec<String> {
-    let url = place.url().to_owned();
-    let query = query.to_owned();
-    runtime().block_on(async move {
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        client
-            .query(&query, &[])
+    with_db(place, async |c| {
+        c.query(query, &[])
             .await
             .unwrap()
             .iter()

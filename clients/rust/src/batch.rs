@@ -824,29 +824,21 @@ mod tests {
     #[test]
     fn a_call_finds_its_lane_by_a_borrowed_key() {
         let policy = RetryPolicy::default();
-        let mut lanes: HashMap<Arc<LaneKey>, u32, Keyed> = HashMap::with_hasher(Keyed::new());
-        for (i, (namespace, owner)) in [("a", None), ("a", Some("o")), ("b", None), ("", Some(""))]
+        let wanted: Vec<LaneRef<'_>> = [("a", None), ("a", Some("o")), ("b", None), ("", Some(""))]
             .into_iter()
-            .enumerate()
-        {
-            let lane = LaneRef {
+            .map(|(namespace, owner)| LaneRef {
                 namespace,
                 owner,
                 policy,
-            };
-            lanes.insert(Arc::new(lane.to_key()), i as u32);
+            })
+            .collect();
+        let mut lanes: HashMap<Arc<LaneKey>, usize, Keyed> = HashMap::with_hasher(Keyed::new());
+        for (i, lane) in wanted.iter().enumerate() {
+            lanes.insert(Arc::new(lane.to_key()), i);
         }
         assert_eq!(lanes.len(), 4, "no two of them are one lane");
-        for (i, (namespace, owner)) in [("a", None), ("a", Some("o")), ("b", None), ("", Some(""))]
-            .into_iter()
-            .enumerate()
-        {
-            let lane = LaneRef {
-                namespace,
-                owner,
-                policy,
-            };
-            assert_eq!(lanes.get(&lane as &dyn AsLane), Some(&(i as u32)));
+        for (i, lane) in wanted.iter().enumerate() {
+            assert_eq!(lanes.get(lane as &dyn AsLane), Some(&i));
         }
         let other = LaneRef {
             namespace: "a",
