@@ -920,3 +920,24 @@ fn tracker_matches_the_model_long() {
         )
         .unwrap();
 }
+
+/// The longer search on PostgreSQL, for after changes to its schema or statements:
+/// `cargo test -p oncely --features postgres --test model -- --ignored`.
+#[cfg(feature = "postgres")]
+#[test]
+#[ignore = "long: 300 cases, a database each"]
+fn tracker_on_postgres_matches_the_model_long() {
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 300,
+        rng_seed: RngSeed::Fixed(0x00DB_1096),
+        failure_persistence: None,
+        max_shrink_iters: 500,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(
+            &(shape(), proptest::collection::vec(op(), 1..96)),
+            |(shape, ops)| run(Engine::Postgres, shape, &ops),
+        )
+        .unwrap();
+}

@@ -65,8 +65,33 @@ pub(crate) async fn migrate(
         tracing::info!(schema, version = 1, "PostgreSQL schema created");
     }
     if version < 2 {
+        // Rebuilding the key takes time in proportion to the marks stored, and every
+        // mark waits meanwhile: say so before, with the planner's estimate.
+        if version == 1 {
+            let marks: i64 = tx
+                .query_one(
+                    "SELECT coalesce(sum(c.reltuples), 0)::bigint FROM pg_inherits i
+                       JOIN pg_class c ON c.oid = i.inhrelid
+                      WHERE i.inhparent = ($1 || '.marks')::regclass",
+                    &[&schema],
+                )
+                .await?
+                .get(0);
+            tracing::warn!(
+                schema,
+                marks = marks.max(0),
+                "migrating the PostgreSQL schema to version 2: rebuilding the key of \
+                 every stored mark; marks on every node wait until it ends"
+            );
+        }
+        let started = std::time::Instant::now();
         tx.batch_execute(&v2(schema)).await?;
-        tracing::info!(schema, version = 2, "PostgreSQL schema migrated");
+        tracing::info!(
+            schema,
+            version = 2,
+            seconds = started.elapsed().as_secs_f64(),
+            "PostgreSQL schema migrated"
+        );
     }
     tx.commit().await?;
     Ok(())
