@@ -32,8 +32,10 @@
 //! structure the tracker reports (generations, seals, exact flags, counts, opening
 //! times on the caller's clock, claims held) must match too.
 //!
-//! The filters are sized for a false-positive rate of 1e-9 over a handful of IDs,
-//! and the seed is fixed, so a false positive cannot make a run flaky.
+//! The filters are sized for a false-positive rate of 1e-9 over a handful of IDs:
+//! the proptest seed is fixed, but each namespace's hash seed is random, so it is
+//! that rate (below one in 100,000 per run, summed over every fresh ID a run checks
+//! against a Bloom-only filter) that keeps a false positive from making a run flaky.
 
 mod common;
 
