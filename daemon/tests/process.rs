@@ -437,7 +437,7 @@ async fn namespace_tables_survive_restarts_and_drops_need_drop_now() {
     };
     // At a false-positive rate of one in a million: 550 fresh IDs checked against up
     // to four Bloom-only generations must all read `new`. (At the 0.001 of `table`,
-    // about one run in three met a false positive among them.)
+    // 4 runs in 22 met a false positive among them.)
     let rare = |generations| table("orders", generations, 100).replace("0.001", "0.000001");
     let six = write("six.toml", &rare(6));
     let c = client();
