@@ -19,17 +19,11 @@ secs="${SECS:-10}"
 batch="${BATCH:-1000}"
 connections="${CONNECTIONS:-4}"
 
-dir="$(mktemp -d)"
-pid=""
-cleanup() {
-    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-    rm -rf "$dir"
-}
-trap cleanup EXIT
+. "$(dirname "$0")/lib.sh"
 
 run() {
     local bin="$1" label="$2" round="$3" port url
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    port=$(free_port)
     url="http://127.0.0.1:$port"
     rm -rf "$dir/data"
     # Older daemons have no --drain-delay; newer ones wait for it at shutdown.
@@ -37,13 +31,9 @@ run() {
     if "$bin" serve --help | grep -q -- --drain-delay; then drain=(--drain-delay 0s); fi
     "$bin" serve --listen "127.0.0.1:$port" --data-dir "$dir/data" "${drain[@]}" >"$dir/serve.log" 2>&1 &
     pid=$!
-    for _ in $(seq 100); do
-        curl -sf "$url/readyz" >/dev/null && break
-        sleep 0.1
-    done
-    curl -sf -X PUT -H 'content-type: application/json' \
-        -d '{"generations":4,"exact_generations":4,"generation_capacity":10000000,"generation_span":"1h","fp_rate":0.01}' \
-        "$url/v1/namespaces/ab" >/dev/null
+    wait_ready "$url"
+    put_namespace "$url" ab \
+        '{"generations":4,"exact_generations":4,"generation_capacity":10000000,"generation_span":"1h","fp_rate":0.01}'
     "$new" load --url "$url" --namespace ab --batch "$batch" --concurrency "$connections" \
         --duration "${secs}s" --duplicates 0 --seed "$round" --json >"$dir/load.json"
     python3 - "$dir/load.json" "$label" >>"$dir/results" <<'EOF'
@@ -53,8 +43,7 @@ assert r["errors"]["total"] == 0, r["errors"]
 print(sys.argv[2], round(r["ids_per_sec"]), r["latency_us"]["p50"], r["latency_us"]["p99"])
 EOF
     tail -1 "$dir/results"
-    kill "$pid"
-    wait "$pid" 2>/dev/null || true
+    stop "$pid"
     pid=""
 }
 

@@ -23,15 +23,7 @@ secs="${SECS:-15}"
 cargo build --release --locked -p oncelyd -p oncely-benches --bin oncelyd --bin ceiling
 target="${CARGO_TARGET_DIR:-$root/target}/release"
 
-dir="$(mktemp -d)"
-pid=""
-cleanup() {
-    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$root/benches/lib.sh"
 
 # count NAME URL COMMAND...: the server COMMAND, under callgrind, answering at URL.
 count() {
@@ -53,8 +45,7 @@ count() {
     callgrind_control -z "$pid" >/dev/null
     ONCELY_WRK_RUN=1 wrk -t1 -c8 -d"${secs}s" -s benches/peers/single.lua "$url" >"$dir/$name.wrk"
     callgrind_control -d "$pid" >/dev/null
-    kill "$pid"
-    wait "$pid" 2>/dev/null || true
+    stop "$pid"
     pid=""
     local requests instructions
     requests=$(grep -oE '^ +[0-9]+ requests' "$dir/$name.wrk" | grep -oE '[0-9]+')
@@ -69,9 +60,9 @@ count() {
     fi
 }
 
-p=$(port)
+p=$(free_port)
 count oncelyd "http://127.0.0.1:$p/v1/namespaces/default/check-and-mark" \
     "$target/oncelyd" serve --listen "127.0.0.1:$p" --data-dir "$dir/data" --drain-delay 0s
-p=$(port)
+p=$(free_port)
 count ceiling "http://127.0.0.1:$p/v1/namespaces/default/check-and-mark" \
     "$target/ceiling" --listen "127.0.0.1:$p"

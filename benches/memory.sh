@@ -17,25 +17,15 @@ port="${PORT:-17270}"
 cargo build --release --locked -p oncelyd --bin oncelyd
 bin="${CARGO_TARGET_DIR:-$root/target}/release/oncelyd"
 
-dir="$(mktemp -d)"
-pid=""
-cleanup() {
-    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-    rm -rf "$dir"
-}
-trap cleanup EXIT
+. "$root/benches/lib.sh"
 
 "$bin" serve --listen "127.0.0.1:$port" --data-dir "$dir/data" >"$dir/serve.log" 2>&1 &
 pid=$!
-for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break
-    sleep 0.1
-done
+wait_ready "http://127.0.0.1:$port"
 rss() { awk '/^VmRSS/ {printf "%.1f MiB", $2 / 1024}' "/proc/$pid/status"; }
 echo "start-up: $(rss)"
-curl -sf -X PUT -H 'content-type: application/json' \
-    -d '{"generations":4,"exact_generations":2,"generation_capacity":10000000,"generation_span":"1h","fp_rate":0.01}' \
-    "http://127.0.0.1:$port/v1/namespaces/mem" >/dev/null
+put_namespace "http://127.0.0.1:$port" mem \
+    '{"generations":4,"exact_generations":2,"generation_capacity":10000000,"generation_span":"1h","fp_rate":0.01}'
 for i in $(seq "$steps"); do
     "$bin" load --url "http://127.0.0.1:$port" --namespace mem --batch 1000 --concurrency 4 \
         --ids 10000000 --duration 300s --duplicates 0 --seed "$i" --json >/dev/null

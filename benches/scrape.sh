@@ -22,18 +22,18 @@ url="http://127.0.0.1:$port"
 cargo build --release --locked -p oncelyd --bin oncelyd
 bin="${CARGO_TARGET_DIR:-$root/target}/release/oncelyd"
 
-dir="$(mktemp -d)"
-pid=""
+. "$root/benches/lib.sh"
 scraper=""
 stop_daemon() {
-    if [ -n "$scraper" ]; then kill "$scraper" 2>/dev/null || true; wait "$scraper" 2>/dev/null || true; scraper=""; fi
-    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=""; fi
+    stop "$scraper"
+    stop "$pid"
+    scraper=""
+    pid=""
 }
 cleanup() {
     stop_daemon
     rm -rf "$dir"
 }
-trap cleanup EXIT
 
 # One run: "scraped" or "quiet"; appends "IDs/s p99_us" to $dir/<kind>.
 run() {
@@ -42,13 +42,9 @@ run() {
     "$bin" serve --listen "127.0.0.1:$port" --data-dir "$dir/data" --drain-delay 0s \
         >"$dir/serve.log" 2>&1 &
     pid=$!
-    for _ in $(seq 100); do
-        curl -sf "$url/readyz" >/dev/null && break
-        sleep 0.1
-    done
-    curl -sf -X PUT -H 'content-type: application/json' \
-        -d '{"generations":4,"exact_generations":2,"generation_capacity":50000000,"generation_span":"1h","fp_rate":0.001}' \
-        "$url/v1/namespaces/big" >/dev/null
+    wait_ready "$url"
+    put_namespace "$url" big \
+        '{"generations":4,"exact_generations":2,"generation_capacity":50000000,"generation_span":"1h","fp_rate":0.001}'
     if [ "$kind" = scraped ]; then
         # One process on one keep-alive connection, as Prometheus scrapes: a curl
         # started every 100 ms cost the shared two cores more than the scrapes did

@@ -909,18 +909,16 @@ proptest! {
 #[test]
 #[ignore = "long: 1,000 cases"]
 fn tracker_matches_the_model_long() {
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-        cases: 1_000,
-        rng_seed: RngSeed::Fixed(0x0_10_96),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    });
-    runner
-        .run(
-            &(shape(), proptest::collection::vec(op(), 1..128)),
-            |(shape, ops)| run(Engine::Rocks, shape, &ops),
-        )
-        .unwrap();
+    long_search(
+        Engine::Rocks,
+        ProptestConfig {
+            cases: 1_000,
+            rng_seed: RngSeed::Fixed(0x0_10_96),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        },
+        128,
+    );
 }
 
 /// The longer search on PostgreSQL, for after changes to its schema or statements:
@@ -929,17 +927,25 @@ fn tracker_matches_the_model_long() {
 #[test]
 #[ignore = "long: 300 cases, a database each"]
 fn tracker_on_postgres_matches_the_model_long() {
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-        cases: 300,
-        rng_seed: RngSeed::Fixed(0x00DB_1096),
-        failure_persistence: None,
-        max_shrink_iters: 500,
-        ..ProptestConfig::default()
-    });
-    runner
+    long_search(
+        Engine::Postgres,
+        ProptestConfig {
+            cases: 300,
+            rng_seed: RngSeed::Fixed(0x00DB_1096),
+            failure_persistence: None,
+            max_shrink_iters: 500,
+            ..ProptestConfig::default()
+        },
+        96,
+    );
+}
+
+/// The longer searches: cases of up to `max_ops - 1` operations, as `config` says.
+fn long_search(engine: Engine, config: ProptestConfig, max_ops: usize) {
+    proptest::test_runner::TestRunner::new(config)
         .run(
-            &(shape(), proptest::collection::vec(op(), 1..96)),
-            |(shape, ops)| run(Engine::Postgres, shape, &ops),
+            &(shape(), proptest::collection::vec(op(), 1..max_ops)),
+            |(shape, ops)| run(engine, shape, &ops),
         )
         .unwrap();
 }

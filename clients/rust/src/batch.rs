@@ -19,7 +19,7 @@
 use std::borrow::Borrow;
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -184,27 +184,6 @@ pub(crate) struct Batcher {
     waiting: AtomicU64,
 }
 
-/// The hasher of a set of hashes: their bits are already mixed ([`Keyed`]), so
-/// hashing them again, as a `HashSet<u64>` does by default, only costs.
-#[derive(Default)]
-struct Spread(u64);
-
-impl Hasher for Spread {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 /// Calls that may share a request.
 #[derive(Debug)]
 struct LaneKey {
@@ -300,8 +279,8 @@ struct Batch {
     seq: u64,
     /// Every call's IDs, one after the other.
     ids: Vec<String>,
-    /// Hashes of `ids`, already keyed and uniform: used as they are.
-    seen: HashSet<u64, BuildHasherDefault<Spread>>,
+    /// Hashes of `ids` ([`Batcher::ids`]).
+    seen: HashSet<u64, Keyed>,
     calls: Vec<Waiter>,
     /// When its first call was made: the request's deadline counts from then.
     opened: Instant,
@@ -483,7 +462,7 @@ fn admit<S: AsRef<str>>(
             Batch {
                 seq,
                 ids: Vec::with_capacity(ids.len()),
-                seen: HashSet::with_capacity_and_hasher(ids.len(), BuildHasherDefault::default()),
+                seen: HashSet::with_capacity_and_hasher(ids.len(), batcher.ids),
                 calls: Vec::with_capacity(1),
                 opened: Instant::now(),
             }

@@ -22,12 +22,16 @@ use crate::verdict::Verdict;
 /// ID with another transaction) before it gives up.
 const ATTEMPTS: usize = 8;
 
-/// `$result`, unless its error says the connection is broken: then that error is
-/// returned, with the connection taken out of the pool first (`Fast` recycling
-/// would hand it out again). A macro, as the transaction borrows the connection.
-macro_rules! unless_broken {
+/// `$result`, the outcome of one step of an attempt, inside the attempts' loop: a
+/// deadlock or serialisation failure starts the attempt over (`continue`, dropping
+/// the transaction, which rolls it back); an error that says the connection is
+/// broken is returned, with the connection taken out of the pool first (`Fast`
+/// recycling would hand it out again); anything else is the step's result. A macro,
+/// as the transaction borrows the connection and the loop is the caller's.
+macro_rules! step {
     ($result:expr, $tx:ident, $conn:ident) => {
         match $result {
+            r if retryable(&r) => continue,
             Err(e) if broken(&e) => {
                 drop($tx);
                 let _ = deadpool_postgres::Object::take($conn);
@@ -108,11 +112,7 @@ impl Pg {
             let mut conn = self.conn().await?;
             let ctx = self.ctx().on(&conn);
             let tx = conn.transaction().await?;
-            let run = mark::run(&*tx, &ctx, ns, ids, mode, true).await;
-            if retryable(&run) {
-                continue;
-            }
-            let run = unless_broken!(run, tx, conn);
+            let run = step!(mark::run(&*tx, &ctx, ns, ids, mode, true).await, tx, conn);
             match self.gone_if_missing(ns, run)? {
                 Marked::Decided(verdicts) => {
                     if let Some((consumer, position)) = checkpoint {
@@ -203,11 +203,11 @@ impl Pg {
             let mut conn = self.conn().await?;
             let ctx = self.ctx().on(&conn);
             let tx = conn.transaction().await?;
-            let one = single::decide_one(&*tx, &ctx, ns, id, ask, true).await;
-            if retryable(&one) {
-                continue;
-            }
-            let one = unless_broken!(one, tx, conn);
+            let one = step!(
+                single::decide_one(&*tx, &ctx, ns, id, ask, true).await,
+                tx,
+                conn
+            );
             let one = self.gone_if_missing(ns, one)?;
             match one {
                 One::RotateFirst(reason) => {
@@ -220,11 +220,7 @@ impl Pg {
                     return Ok(d.decision);
                 }
                 One::Decided(d) => {
-                    let applied = single::apply(&*tx, &ctx, ns, id, &d).await;
-                    if retryable(&applied) {
-                        continue;
-                    }
-                    match unless_broken!(applied, tx, conn)? {
+                    match step!(single::apply(&*tx, &ctx, ns, id, &d).await, tx, conn)? {
                         Applied::Written => {
                             tx.commit().await?;
                             return Ok(d.decision);
