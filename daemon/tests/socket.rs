@@ -188,6 +188,139 @@ async fn one_new_per_id(batch_size: usize) {
     assert!(after.is_err(), "a closed tracker refuses calls");
 }
 
+/// What one delivery of a single-ID request was answered, as a client saw it.
+#[derive(Debug)]
+enum Seen {
+    New,
+    Replayed,
+    Duplicate,
+}
+
+/// Single-ID requests from many connections at once, decided on the async workers
+/// (or on the blocking pool when one would have to wait): each must get its own
+/// answer, its own verdict for its own ID and owner, its own refusal for its own
+/// bad ID, and its own replay.
+/// 32 clients deliver 200 events each, drawn from 1,500 with a seeded RNG, each
+/// delivery with a fresh owner; some deliveries are retried with the same owner
+/// (must be `new` again, `replayed`, when the first was `new`), and some carry a
+/// second, bad ID (must be 400 `invalid_id`, their good ID left unmarked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_single_id_requests_each_get_their_own_answer() {
+    use rand::{Rng, SeedableRng};
+    const EVENTS: usize = 1_500;
+    const CLIENTS: usize = 32;
+    const DELIVERIES: usize = 200;
+    let server = Arc::new(Server::start().await);
+    let url = server.url("/v1/namespaces/default/check-and-mark");
+    let mut tasks = Vec::new();
+    for client_no in 0..CLIENTS {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(client_no as u64);
+            let mut seen = Vec::new();
+            let mut refused = Vec::new();
+            for k in 0..DELIVERIES {
+                let id = format!("event-{:05}", rng.random_range(0..EVENTS));
+                let owner = format!("delivery-{client_no}-{k}");
+                if rng.random_ratio(1, 10) {
+                    // Never marked by anyone: the bad ID refuses the whole request.
+                    let good = format!("refused-{client_no}-{k}");
+                    let bad = "x".repeat(300);
+                    let (status, v) =
+                        post(&c, &url, &json!({ "ids": [good, bad], "owner": owner })).await;
+                    assert_eq!(status, 400, "{v}");
+                    assert_eq!(v["error"]["code"], "invalid_id", "{v}");
+                    refused.push(good);
+                    continue;
+                }
+                let body = json!({ "ids": [id], "owner": owner });
+                let (status, v) = post(&c, &url, &body).await;
+                assert_eq!(status, 200, "{v}");
+                let r = &v["results"][0];
+                assert_eq!(r["id"], id.as_str(), "{v}");
+                let first = match (r["verdict"].as_str(), r["replayed"].as_bool()) {
+                    (Some("new"), Some(false)) => Seen::New,
+                    (Some("duplicate"), _) => Seen::Duplicate,
+                    _ => panic!("a fresh owner's first delivery of {id}: {v}"),
+                };
+                if rng.random_ratio(1, 4) {
+                    // The same delivery again, as after a lost answer.
+                    let (status, again) = post(&c, &url, &body).await;
+                    assert_eq!(status, 200, "{again}");
+                    let r = &again["results"][0];
+                    match first {
+                        Seen::New => {
+                            assert_eq!(r["verdict"], "new", "{again}");
+                            assert_eq!(r["replayed"], true, "{again}");
+                            seen.push((id.clone(), Seen::Replayed));
+                        }
+                        _ => assert_eq!(r["verdict"], "duplicate", "{again}"),
+                    }
+                }
+                seen.push((id, first));
+            }
+            (seen, refused)
+        }));
+    }
+    let mut new: HashMap<String, usize> = HashMap::new();
+    let mut delivered = std::collections::HashSet::new();
+    let mut replayed = 0;
+    let mut refused = Vec::new();
+    for t in tasks {
+        let (seen, r) = tokio::time::timeout(Duration::from_secs(90), t)
+            .await
+            .expect("the clients finish in time")
+            .unwrap();
+        for (id, s) in seen {
+            delivered.insert(id.clone());
+            match s {
+                Seen::New => *new.entry(id).or_default() += 1,
+                Seen::Replayed => replayed += 1,
+                Seen::Duplicate => {}
+            }
+        }
+        refused.extend(r);
+    }
+    assert_eq!(
+        new.len(),
+        delivered.len(),
+        "every event delivered was new once"
+    );
+    assert!(
+        new.values().all(|&n| n == 1),
+        "no event was new for two deliveries"
+    );
+    assert!(replayed > 0 && !refused.is_empty(), "the mix was exercised");
+    let c = client();
+    let (status, v) = post(
+        &c,
+        &server.url("/v1/namespaces/default/check"),
+        &json!({ "ids": refused }),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    for r in v["results"].as_array().unwrap() {
+        assert_eq!(r["verdict"], "new", "a refused request marked nothing: {r}");
+    }
+    // Every event delivered was marked by exactly the delivery that was told `new`.
+    let ids: Vec<&String> = new.keys().collect();
+    let (status, v) = post(
+        &c,
+        &server.url("/v1/namespaces/default/check"),
+        &json!({ "ids": ids }),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    for r in v["results"].as_array().unwrap() {
+        assert_eq!(r["verdict"], "duplicate", "{r}");
+    }
+    Arc::into_inner(server)
+        .expect("the clients are done")
+        .shutdown()
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_requests_in_progress_finish() {
     let server = Server::start().await;
