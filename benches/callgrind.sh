@@ -12,14 +12,26 @@
 # work included. Prints one line per server; with KEEP=DIR, leaves the profiles
 # there for callgrind_annotate.
 #
+# With DEPTH=N, wrk pipelines N requests at a time on each connection (single.lua's
+# DEPTH). With REDIS=1, `redis-server` (AOF written every second, as in
+# benches/peers) is counted too, driven by `redis-benchmark -c 8 -P $DEPTH` with the
+# `SET NX PX` of benches/peers: $SECS × 4,000 requests, the same count at any depth,
+# as Redis's cost per key grows with its table. Callgrind counts user-space
+# instructions only: the system calls that pipelining saves are not in them.
+#
 #   benches/callgrind.sh            # 15 s each
 #   SECS=5 KEEP=/tmp/cg benches/callgrind.sh
+#   DEPTH=16 REDIS=1 benches/callgrind.sh
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 secs="${SECS:-15}"
+depth="${DEPTH:-1}"
+export DEPTH="$depth"
 
-"$root/scripts/ensure-deps.sh" valgrind=valgrind wrk=wrk curl=curl
+deps=(valgrind=valgrind wrk=wrk curl=curl)
+[ -n "${REDIS:-}" ] && deps+=(redis-server=redis-server redis-benchmark=redis-tools)
+"$root/scripts/ensure-deps.sh" "${deps[@]}"
 cargo build --release --locked -p oncelyd -p oncely-benches --bin oncelyd --bin ceiling
 target="${CARGO_TARGET_DIR:-$root/target}/release"
 
@@ -44,11 +56,18 @@ count() {
     wrk -t1 -c8 -d3s -s benches/peers/single.lua "$url" >/dev/null
     callgrind_control -z "$pid" >/dev/null
     ONCELY_WRK_RUN=1 wrk -t1 -c8 -d"${secs}s" -s benches/peers/single.lua "$url" >"$dir/$name.wrk"
+    local requests
+    requests=$(grep -oE '^ +[0-9]+ requests' "$dir/$name.wrk" | grep -oE '[0-9]+')
+    report "$name" "$requests"
+}
+
+# report NAME REQUESTS: dumps the counts of the server $pid, stops it, and prints its
+# instructions per request.
+report() {
+    local name="$1" requests="$2" instructions
     callgrind_control -d "$pid" >/dev/null
     stop "$pid"
     pid=""
-    local requests instructions
-    requests=$(grep -oE '^ +[0-9]+ requests' "$dir/$name.wrk" | grep -oE '[0-9]+')
     # The dump taken after the counted run: the file with the highest part number.
     instructions=$(callgrind_annotate "$(ls "$dir/$name.out".* | sort -t. -k3 -n | tail -1)" 2>/dev/null \
         | grep -m1 'PROGRAM TOTALS' | grep -oE '^[0-9,]+' | tr -d ,)
@@ -66,3 +85,26 @@ count oncelyd "http://127.0.0.1:$p/v1/namespaces/default/check-and-mark" \
 p=$(free_port)
 count ceiling "http://127.0.0.1:$p/v1/namespaces/default/check-and-mark" \
     "$target/ceiling" --listen "127.0.0.1:$p"
+
+if [ -n "${REDIS:-}" ]; then
+    p=$(free_port)
+    mkdir -p "$dir/redis"
+    valgrind --tool=callgrind --callgrind-out-file="$dir/redis.out" redis-server --port "$p" \
+        --bind 127.0.0.1 --save '' --appendonly yes --appendfsync everysec --dir "$dir/redis" \
+        >"$dir/redis.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 600); do
+        redis-cli -p "$p" ping 2>/dev/null | grep -q PONG && break
+        sleep 0.2
+    done
+    bench() {
+        redis-benchmark -p "$p" -c 8 -P "$depth" -n "$1" -r 2000000000 -q \
+            SET k:__rand_int__ 1 NX PX 3600000 >/dev/null
+    }
+    bench 20000
+    callgrind_control -z "$pid" >/dev/null
+    # A fixed count: redis-benchmark has no duration.
+    n=$((secs * 4000))
+    bench "$n"
+    report redis "$n"
+fi

@@ -30,6 +30,10 @@ calibration run, as redis-benchmark counts requests rather than time):
     `redis-benchmark -P 1 -c 8 SET k:__rand_int__ 1 NX PX 3600000` and -r 2e9 (without
     -r, __rand_int__ is not replaced and every SET after the first is a no-op NX on one
     key). NATS with 8 synchronous publishers.
+  * pipelined (only when asked for: --only pipelined): the single-ID requests of
+    `single`, but 16 in flight on each connection: HTTP/1.1 pipelining
+    (benches/peers/pipelined.lua, DEPTH=16) against Oncely and `ceiling`,
+    `redis-benchmark -P 16` against Redis.
   * client: Oncely through its typed client (benches/src/bin/client_batching.rs): 64
     tasks each marking one fresh ID per call, with the client's auto-batching off and
     on, and the batched reference: 4 tasks marking 1,000 fresh IDs per call. One
@@ -68,6 +72,8 @@ from pathlib import Path
 CONNECTIONS = 4
 # Single-ID requests: 8 connections, as Oncely's target states it.
 SINGLE_CONNECTIONS = 8
+# The pipelined workload: requests in flight on each of those connections.
+PIPELINE_DEPTH = 16
 BATCH = 1000
 # The client workload: tasks sharing one typed client.
 CLIENT_TASKS = 64
@@ -182,7 +188,7 @@ class Result:
     ids: int
     ids_per_sec: float
     p50_us: float
-    p99_us: float
+    p99_us: float | None
     stored: int
     duplicates_expected: int
     duplicates_answered: int
@@ -230,10 +236,17 @@ def oncely_stored(url: str) -> int:
     return sum(g["ids"] for g in view["generations"])
 
 
-def wrk_single(args, url: str, run_number: int) -> dict:
-    """wrk posting one fresh ID per request to url for --duration; its ONCELY_WRK line."""
+def depth(workload: str) -> int:
+    """Requests in flight on each connection of a single-ID workload."""
+    return PIPELINE_DEPTH if workload == "pipelined" else 1
+
+
+def wrk_single(args, url: str, run_number: int, workload: str) -> dict:
+    """wrk posting one fresh ID per request to url for --duration, `depth(workload)`
+    requests in flight per connection; its ONCELY_WRK line."""
     env_run = os.environ.copy()
     env_run["ONCELY_WRK_RUN"] = str(run_number)
+    env_run["DEPTH"] = str(depth(workload))
     p = subprocess.run(["wrk", "-t1", f"-c{SINGLE_CONNECTIONS}", f"-d{args.duration}s",
                         "--timeout", "10s", "-s", str(args.wrk_script), url],
                        capture_output=True, text=True, env=env_run,
@@ -245,25 +258,30 @@ def wrk_single(args, url: str, run_number: int) -> dict:
             r = json.loads(line.removeprefix("ONCELY_WRK "))
             if any(r["errors"].values()):
                 raise RuntimeError(f"wrk saw errors: {r['errors']}\n{p.stdout[-2000:]}")
+            if depth(workload) > 1:
+                # Pipelined, wrk times only the last answer of each group while counting
+                # every answer, and its high percentiles come out as 0: none is quoted.
+                r["p99_us"] = None
             return r
     raise RuntimeError(f"no ONCELY_WRK line from wrk:\n{p.stdout[-2000:]}")
 
 
-def oncely_single(args, tmp: Path) -> Result:
+def oncely_single(args, workload: str, tmp: Path) -> Result:
     server, url, data = start_oncely(args, tmp)
     try:
         before = rss_bytes(server.pid)
-        r = wrk_single(args, f"{url}/v1/namespaces/peers/check-and-mark", 1)
+        r = wrk_single(args, f"{url}/v1/namespaces/peers/check-and-mark", 1, workload)
         after = rss_bytes(server.pid)
         stored = oncely_stored(url)
         # Every answered request marked its fresh ID; requests still in flight when wrk
         # stopped may have marked theirs without being counted.
-        if not r["requests"] <= stored <= r["requests"] + SINGLE_CONNECTIONS:
-            raise RuntimeError(f"oncely single: {stored} IDs stored for {r['requests']} requests")
+        in_flight = SINGLE_CONNECTIONS * depth(workload)
+        if not r["requests"] <= stored <= r["requests"] + in_flight:
+            raise RuntimeError(f"oncely {workload}: {stored} IDs stored for {r['requests']} requests")
         stop(server)
         snapshots = dir_bytes(data / "snapshots")
         rate = r["requests"] / (r["duration_us"] / 1e6)
-        return Result("Oncely (wrk)", "single", r["requests"], rate, r["p50_us"], r["p99_us"],
+        return Result("Oncely (wrk)", workload, r["requests"], rate, r["p50_us"], r["p99_us"],
                       stored, 0, 0, after - before, dir_bytes(data) - snapshots,
                       {"filter_snapshot_bytes": snapshots, "wrk": r})
     finally:
@@ -271,16 +289,17 @@ def oncely_single(args, tmp: Path) -> Result:
 
 
 def ceiling(args, workload: str, tmp: Path) -> list[Result]:
-    if workload != "single":
+    if workload not in ("single", "pipelined"):
         return []
     port = free_port()
     log = tmp / "ceiling.log"
     server = start([args.ceiling, "--listen", f"127.0.0.1:{port}"], log)
     try:
         wait_port(server, port, log)
-        r = wrk_single(args, f"http://127.0.0.1:{port}/v1/namespaces/peers/check-and-mark", 2)
+        r = wrk_single(args, f"http://127.0.0.1:{port}/v1/namespaces/peers/check-and-mark", 2,
+                       workload)
         rate = r["requests"] / (r["duration_us"] / 1e6)
-        return [Result("HTTP stack, no tracker (wrk)", "single", r["requests"], rate,
+        return [Result("HTTP stack, no tracker (wrk)", workload, r["requests"], rate,
                        r["p50_us"], r["p99_us"], 0, 0, 0, None, None, {"wrk": r})]
     finally:
         stop(server)
@@ -308,8 +327,8 @@ def oncely_client(args, mode: str, tmp: Path) -> Result:
 
 
 def oncely(args, workload: str, tmp: Path) -> list[Result]:
-    if workload == "single":
-        return [oncely_single(args, tmp)]
+    if workload in ("single", "pipelined"):
+        return [oncely_single(args, workload, tmp)]
     if workload == "client":
         results = []
         for mode in ("off", "on", "batched"):
@@ -434,9 +453,10 @@ def redis(args, workload: str, tmp: Path) -> list[Result]:
     if workload == "client":
         return []
     pipeline, dup = {"batched-unique": (BATCH, 0.0), "batched-dup10": (BATCH, 0.1),
-                     "single": (1, 0.0)}[workload]
-    connections = SINGLE_CONNECTIONS if workload == "single" else CONNECTIONS
-    unique_key = REDIS_SINGLE_KEY if workload == "single" else REDIS_UNIQUE_KEY
+                     "single": (1, 0.0), "pipelined": (PIPELINE_DEPTH, 0.0)}[workload]
+    single = workload in ("single", "pipelined")
+    connections = SINGLE_CONNECTIONS if single else CONNECTIONS
+    unique_key = REDIS_SINGLE_KEY if single else REDIS_UNIQUE_KEY
     rate = args.redis_calibration.get(pipeline)
     if rate is None:
         # redis-benchmark counts requests, not time: size the run from a short
@@ -465,7 +485,7 @@ def redis(args, workload: str, tmp: Path) -> list[Result]:
         # redis-benchmark sends whole pipelines, so up to CONNECTIONS x pipeline more than
         # n requests: the repeats answered nil are about n - DBSIZE, and none when unique.
         repeats = max(0, n - stored) if dup else 0
-        name = "Redis (-P 1)" if pipeline == 1 else "Redis"
+        name = f"Redis (-P {pipeline})" if single else "Redis"
         return [Result(name, workload, n, float(r["rps"]), float(r["p50_latency_ms"]) * 1000,
                        float(r["p99_latency_ms"]) * 1000, stored, repeats, repeats,
                        rss, disk, {"used_memory_per_key": used / stored if stored else None,
@@ -516,7 +536,9 @@ def fmt_rate(x: float) -> str:
     return f"{x:,.0f}"
 
 
-def fmt_us(x: float) -> str:
+def fmt_us(x: float | None) -> str:
+    if x is None:
+        return "-"
     return f"{x / 1000:.2f} ms" if x >= 1000 else f"{x:.0f} µs"
 
 
@@ -577,6 +599,8 @@ def versions(args) -> str:
 
 PEERS = ("oncely", "ceiling", "redis", "nats")
 WORKLOADS = ("batched-unique", "batched-dup10", "single", "client")
+# Run only when named (--only pipelined): not part of the full run's report.
+OPTIONAL_WORKLOADS = ("pipelined",)
 
 
 def command(args) -> str:
@@ -602,8 +626,9 @@ def main() -> int:
     parser.add_argument("--peers", default=",".join(PEERS),
                         help=f"comma-separated subset of {','.join(PEERS)}")
     parser.add_argument("--workloads", "--only", dest="workloads", default=",".join(WORKLOADS),
-                        help=f"comma-separated subset of {','.join(WORKLOADS)} "
-                             "(--only single: a quick run of single-ID requests)")
+                        help=f"comma-separated subset of {','.join(WORKLOADS + OPTIONAL_WORKLOADS)} "
+                             "(--only single: a quick run of single-ID requests; pipelined "
+                             "runs only when named)")
     parser.add_argument("--out", help="also write the Markdown report to this file")
     parser.add_argument("--json", help="also write the raw results to this file")
     args = parser.parse_args()
@@ -616,7 +641,7 @@ def main() -> int:
         if p not in drivers:
             parser.error(f"unknown peer {p!r}")
     for w in workloads:
-        if w not in WORKLOADS:
+        if w not in WORKLOADS + OPTIONAL_WORKLOADS:
             parser.error(f"unknown workload {w!r}")
     args.redis_calibration = {}
 
@@ -627,8 +652,11 @@ def main() -> int:
     try:
         for w in workloads:
             for p in peers:
-                # The ceiling answers single IDs only; the client workload is Oncely's.
-                if (p == "ceiling" and w != "single") or (p in ("redis", "nats") and w == "client"):
+                # The ceiling answers single IDs only; the client workload is Oncely's;
+                # NATS's publishers here await each ack, so they have no pipelined form.
+                if ((p == "ceiling" and w not in ("single", "pipelined"))
+                        or (p in ("redis", "nats") and w == "client")
+                        or (p == "nats" and w == "pipelined")):
                     continue
                 print(f"peers: {p} / {w} ...", file=sys.stderr, flush=True)
                 with tempfile.TemporaryDirectory(prefix=f"oncely-peers-{p}-") as tmp:
@@ -678,6 +706,16 @@ def main() -> int:
                 f"SET {REDIS_SINGLE_KEY} 1 NX PX {REDIS_TTL_MS}`; NATS by "
                 f"{SINGLE_CONNECTIONS} synchronous publishers. For single IDs, IDs/s is "
                 f"requests/s, and p50 and p99 are per request, from its sending.",
+                "",
+            ]
+        if any(r.workload == "pipelined" for r in results):
+            header += [
+                f"Pipelined: the single-ID requests above with {PIPELINE_DEPTH} in flight on "
+                f"each connection, written together before their answers are read (HTTP/1.1 "
+                f"pipelining: the same wrk command with DEPTH={PIPELINE_DEPTH}; Redis "
+                f"`-P {PIPELINE_DEPTH}`). wrk's p50 is per group of {PIPELINE_DEPTH}, from its "
+                f"sending to its last answer, and its p99 is not quoted (wrk miscounts it when "
+                f"pipelining); Redis's are per request.",
                 "",
             ]
         report = "\n".join(header) + "\n" + table(results) + "\n"

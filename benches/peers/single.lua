@@ -4,6 +4,12 @@
 --   wrk -t1 -c8 -d15s -s benches/peers/single.lua \
 --       http://127.0.0.1:7070/v1/namespaces/default/check-and-mark
 --
+-- With DEPTH=N in the environment (default 1), each connection pipelines N requests
+-- at a time over HTTP/1.1, writing them together before reading their answers (the
+-- pipelined workload of benches/peers/peers.py; compare with redis-benchmark -P N).
+-- wrk counts the requests in request()'s first answer and expects as many answers
+-- to each later one; it counts and times every answer as a request.
+--
 -- IDs are 32 lowercase hex characters, like oncelyd load's: the wrk thread's
 -- number, a per-run number (ONCELY_WRK_RUN, default 0) and the thread's request
 -- counter, so they are unique within a run and across runs given distinct run
@@ -22,6 +28,7 @@ function setup(thread)
    table.insert(threads, thread)
 end
 
+local depth = math.max(1, tonumber(os.getenv("DEPTH") or "1") or 1)
 local prefix
 local sent = 0
 
@@ -32,13 +39,24 @@ function init(args)
    wrk.headers["Content-Type"] = "application/json"
 end
 
-function request()
+local function one()
    sent = sent + 1
    -- The counter in two 24-bit halves: string.format's %x takes 32-bit integers.
    local hi = math.floor(sent / 16777216)
    local lo = sent % 16777216
    local body = string.format('{"ids":["%s%08x%08x"]}', prefix, hi, lo)
    return wrk.format(nil, nil, nil, body)
+end
+
+function request()
+   if depth == 1 then
+      return one()
+   end
+   local batch = {}
+   for i = 1, depth do
+      batch[i] = one()
+   end
+   return table.concat(batch)
 end
 
 function done(summary, latency, requests)
