@@ -157,6 +157,12 @@ pub struct ServeArgs {
     /// served, before the listener closes; a second signal cuts it short [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub drain_delay: Option<HumanDuration>,
+
+    /// Threads that read, parse and answer requests (the async runtime's workers):
+    /// fewer than the CPUs when the daemon shares its machine with busy clients
+    /// [default: one per CPU the process may use].
+    #[arg(long, value_name = "N")]
+    pub worker_threads: Option<usize>,
 }
 
 impl ServeArgs {
@@ -186,6 +192,7 @@ impl ServeArgs {
             memtable_bytes: self.memtable_bytes,
             shutdown_grace: self.shutdown_grace,
             drain_delay: self.drain_delay,
+            worker_threads: self.worker_threads,
             namespaces: std::collections::BTreeMap::new(),
         }
     }

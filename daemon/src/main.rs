@@ -42,7 +42,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 args.config.clone(),
                 std::env::vars_os(),
             )?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = settings.worker_threads {
+                runtime.worker_threads(n);
+            }
+            let runtime = runtime
                 .enable_all()
                 .thread_name("oncelyd")
                 .build()

@@ -15,11 +15,19 @@ async fn sigterm_exits_cleanly_and_marks_survive() {
     let dir = tempfile::tempdir().unwrap();
     let mut daemon = Daemon::start(
         dir.path(),
-        &["--shutdown-grace", "5s", "--drain-delay", "2s"],
+        &[
+            "--shutdown-grace",
+            "5s",
+            "--drain-delay",
+            "2s",
+            "--worker-threads",
+            "1",
+        ],
         &[],
     );
     let line = daemon.log_text();
     assert!(line.contains("durability=flush"), "{line}");
+    assert!(line.contains("worker_threads=1"), "{line}");
     assert!(
         line.contains(&format!("data_dir={}", dir.path().display())),
         "{line}"
@@ -371,6 +379,11 @@ fn bad_settings_stop_start_up_naming_the_setting() {
         (vec!["--listen", "nowhere"], vec![], "listen"),
         (vec!["--shutdown-grace", "soon"], vec![], "shutdown-grace"),
         (vec!["--drain-delay", "2h"], vec![], "drain_delay"),
+        (
+            vec![],
+            vec![("ONCELY_WORKER_THREADS", "0")],
+            "worker_threads",
+        ),
         (vec!["--config", &bad_file], vec![], "max_idz"),
         (vec!["--config", &bad_ns], vec![], "fp_rate"),
         (

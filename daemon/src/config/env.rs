@@ -99,6 +99,9 @@ pub fn read(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Result<From
             "ONCELY_MAX_FILTER_BYTES" => {
                 l.max_filter_bytes = Some(parse("max_filter_bytes", name, value)?);
             }
+            "ONCELY_WORKER_THREADS" => {
+                l.worker_threads = Some(parse("worker_threads", name, value)?);
+            }
             "ONCELY_MAX_NAMESPACES" => {
                 l.max_namespaces = Some(parse("max_namespaces", name, value)?);
             }
@@ -244,6 +247,7 @@ mod tests {
             ("ONCELY_MAX_CONNECTIONS", "100"),
             ("ONCELY_MAX_FILTER_BYTES", "2GiB"),
             ("ONCELY_MAX_NAMESPACES", "12"),
+            ("ONCELY_WORKER_THREADS", "3"),
             ("PATH", "/bin"),
         ]))
         .unwrap();
@@ -282,6 +286,7 @@ mod tests {
         assert_eq!(l.max_connections, Some(100));
         assert_eq!(l.max_filter_bytes, Some(ByteSize(2 << 30)));
         assert_eq!(l.max_namespaces, Some(12));
+        assert_eq!(l.worker_threads, Some(3));
     }
 
     #[test]

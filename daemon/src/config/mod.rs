@@ -62,7 +62,7 @@ const fn setting(key: &'static str, flag: &'static str, env: &'static str) -> Se
 }
 
 /// Every setting of `oncelyd serve`, in the order the reference lists them.
-pub const SETTINGS: [Setting; 22] = [
+pub const SETTINGS: [Setting; 23] = [
     setting("listen", "--listen", "ONCELY_LISTEN"),
     setting("data_dir", "--data-dir", "ONCELY_DATA_DIR"),
     setting("store", "--store", "ONCELY_STORE"),
@@ -138,6 +138,11 @@ pub const SETTINGS: [Setting; 22] = [
         "ONCELY_SHUTDOWN_GRACE",
     ),
     setting("drain_delay", "--drain-delay", "ONCELY_DRAIN_DELAY"),
+    setting(
+        "worker_threads",
+        "--worker-threads",
+        "ONCELY_WORKER_THREADS",
+    ),
 ];
 
 /// The default listen address: loopback only, so that a daemon started without
@@ -190,6 +195,9 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// The default most namespaces, `default` included.
 pub const DEFAULT_MAX_NAMESPACES: u32 = 1024;
+/// The most `worker_threads` may be: far more than any machine's cores, so that a
+/// typo (an extra zero or three) is caught rather than obeyed.
+pub const MAX_WORKER_THREADS: usize = 1024;
 /// The smallest `max_filter_bytes`: 1 MiB (the `default` namespace's filters take
 /// about 6 MiB with its defaults, so a smaller budget is a unit mistake).
 pub const MIN_FILTER_BYTES: u64 = 1 << 20;
@@ -257,6 +265,8 @@ pub struct Layer {
     pub shutdown_grace: Option<HumanDuration>,
     /// `drain_delay`.
     pub drain_delay: Option<HumanDuration>,
+    /// `worker_threads`.
+    pub worker_threads: Option<usize>,
     /// `[namespaces.NAME]` tables: created or updated at start-up.
     #[serde(default)]
     pub namespaces: BTreeMap<String, NamespaceTable>,
@@ -292,6 +302,7 @@ impl fmt::Debug for Layer {
             .field("memtable_bytes", &self.memtable_bytes)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("drain_delay", &self.drain_delay)
+            .field("worker_threads", &self.worker_threads)
             .field("namespaces", &self.namespaces)
             .finish()
     }
@@ -355,6 +366,10 @@ pub struct Settings {
     /// How long `/readyz` answers 503 at shutdown while requests are still served,
     /// before the listener closes.
     pub drain_delay: Duration,
+    /// Threads of the async runtime, which read, parse and answer requests (and
+    /// decide most small ones); `None`: tokio's default, one per CPU the process
+    /// may use (or `TOKIO_WORKER_THREADS`).
+    pub worker_threads: Option<usize>,
     /// Namespaces to create or update at start-up (`default` included, if given).
     pub namespaces: BTreeMap<String, DeclaredNamespace>,
     /// The file the settings were read from, if any.
@@ -388,6 +403,7 @@ impl fmt::Debug for Settings {
             .field("rocks", &self.rocks)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("drain_delay", &self.drain_delay)
+            .field("worker_threads", &self.worker_threads)
             .field("namespaces", &self.namespaces)
             .field("config_file", &self.config_file)
             .field("warnings", &self.warnings)
@@ -418,6 +434,7 @@ impl Default for Settings {
             rocks: RocksOptions::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             drain_delay: DEFAULT_DRAIN_DELAY,
+            worker_threads: None,
             namespaces: BTreeMap::new(),
             config_file: None,
             warnings: Vec::new(),
@@ -565,6 +582,7 @@ impl Settings {
         let memtable_bytes = pick!(memtable_bytes, show_size);
         let shutdown_grace = pick!(shutdown_grace, show_duration);
         let drain_delay = pick!(drain_delay, show_duration);
+        let worker_threads = pick!(worker_threads, ToString::to_string);
 
         let allowed_origins = origins
             .unwrap_or_default()
@@ -610,6 +628,7 @@ impl Settings {
             },
             shutdown_grace: shutdown_grace.map_or(d.shutdown_grace, |g| g.0),
             drain_delay: drain_delay.map_or(d.drain_delay, |g| g.0),
+            worker_threads,
             namespaces: declared_namespaces(&file.namespaces)?,
             config_file,
             warnings: m.warnings,
@@ -703,6 +722,16 @@ impl Settings {
                     ByteSize(self.max_filter_bytes)
                 ),
             );
+        }
+        match self.worker_threads {
+            Some(0) => return bad("worker_threads", "must be at least 1".into()),
+            Some(n) if n > MAX_WORKER_THREADS => {
+                return bad(
+                    "worker_threads",
+                    format!("{n} is over the limit of {MAX_WORKER_THREADS}"),
+                );
+            }
+            _ => {}
         }
         if self.max_namespaces == 0 {
             return bad(
@@ -1133,6 +1162,8 @@ mod tests {
         assert_eq!(setting_of("max_connections = 2000000"), "max_connections");
         assert_eq!(setting_of("max_filter_bytes = 4096"), "max_filter_bytes");
         assert_eq!(setting_of("max_namespaces = 0"), "max_namespaces");
+        assert_eq!(setting_of("worker_threads = 0"), "worker_threads");
+        assert_eq!(setting_of("worker_threads = 20000"), "worker_threads");
         assert_eq!(setting_of("tokens = [\"\"]"), "tokens");
         assert_eq!(setting_of("tokens = [\"a b\"]"), "tokens");
         assert_eq!(setting_of("allowed_origins = [\"*\"]"), "allowed_origins");

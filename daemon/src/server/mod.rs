@@ -711,6 +711,7 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
     }
     // One line says where it listens, what it keeps and where: the process tests
     // read the bound address from `listen=`.
+    let worker_threads = tokio::runtime::Handle::current().metrics().num_workers();
     if let Some(store) = &settings.store {
         let host = state.store_watch().seen().host;
         tracing::info!(
@@ -721,6 +722,7 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
             auth,
             max_concurrency = settings.max_concurrency,
             max_connections,
+            worker_threads,
             max_filter_bytes = settings.max_filter_bytes,
             filter_bytes_charged = budget.charged,
             "oncelyd listening on http://{addr}"
@@ -738,6 +740,7 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
             auth,
             max_concurrency = settings.max_concurrency,
             max_connections,
+            worker_threads,
             max_filter_bytes = settings.max_filter_bytes,
             filter_bytes_charged = budget.charged,
             "oncelyd listening on http://{addr}"
