@@ -7,6 +7,9 @@
 #
 #   benches/ab.sh OLD_ONCELYD NEW_ONCELYD                   # 3 rounds of 10 s, 1,000-ID batches on 4 connections
 #   ROUNDS=3 SECS=8 BATCH=1 CONNECTIONS=1 benches/ab.sh OLD NEW   # single IDs on one connection
+#   NEW_ARGS="--worker-threads 1" BATCH=1 CONNECTIONS=8 benches/ab.sh B B   # one binary, two settings
+#
+# OLD_ARGS and NEW_ARGS are extra `serve` flags for each (split on blanks).
 #
 # Build the older binary from a worktree of its commit (`git worktree add`, then
 # `cargo build --release -p oncelyd` there). Bounded, and leaves nothing behind.
@@ -22,14 +25,16 @@ connections="${CONNECTIONS:-4}"
 . "$(dirname "$0")/lib.sh"
 
 run() {
-    local bin="$1" label="$2" round="$3" port url
+    local bin="$1" label="$2" round="$3" port url extra=()
+    if [ "$label" = old ]; then read -r -a extra <<<"${OLD_ARGS:-}"; else read -r -a extra <<<"${NEW_ARGS:-}"; fi
     port=$(free_port)
     url="http://127.0.0.1:$port"
     rm -rf "$dir/data"
     # Older daemons have no --drain-delay; newer ones wait for it at shutdown.
     local drain=()
     if "$bin" serve --help | grep -q -- --drain-delay; then drain=(--drain-delay 0s); fi
-    "$bin" serve --listen "127.0.0.1:$port" --data-dir "$dir/data" "${drain[@]}" >"$dir/serve.log" 2>&1 &
+    "$bin" serve --listen "127.0.0.1:$port" --data-dir "$dir/data" "${drain[@]}" "${extra[@]}" \
+        >"$dir/serve.log" 2>&1 &
     pid=$!
     wait_ready "$url"
     put_namespace "$url" ab \

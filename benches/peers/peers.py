@@ -34,6 +34,9 @@ calibration run, as redis-benchmark counts requests rather than time):
     `single`, but 16 in flight on each connection: HTTP/1.1 pipelining
     (benches/peers/pipelined.lua, DEPTH=16) against Oncely and `ceiling`,
     `redis-benchmark -P 16` against Redis.
+  * single-1-worker (only when asked for): `single` with Oncely and `ceiling` on one
+    worker thread (`--worker-threads 1`), as suits a server sharing two cores with
+    its load generator (Redis runs as in `single`: one thread serves its clients).
   * client: Oncely through its typed client (benches/src/bin/client_batching.rs): 64
     tasks each marking one fresh ID per call, with the client's auto-batching off and
     on, and the batched reference: 4 tasks marking 1,000 fresh IDs per call. One
@@ -208,14 +211,20 @@ class Result:
 # --- Oncely -------------------------------------------------------------------------
 
 
-def start_oncely(args, tmp: Path) -> tuple[subprocess.Popen, str, Path]:
+def worker_args(workload: str) -> list[str]:
+    """The HTTP servers' thread flags for a workload."""
+    return ["--worker-threads", "1"] if workload == "single-1-worker" else []
+
+
+def start_oncely(args, tmp: Path, extra: tuple[str, ...] | list[str] = ()
+                 ) -> tuple[subprocess.Popen, str, Path]:
     """A fresh oncelyd with the peers namespace; its process, URL and data directory."""
     port = free_port()
     data = tmp / "oncely-data"
     log = tmp / "oncely.log"
     # No drain delay: nothing balances load here, and each stop would wait for it.
     server = start([args.oncelyd, "serve", "--listen", f"127.0.0.1:{port}",
-                    "--data-dir", str(data), "--drain-delay", "0s"], log)
+                    "--data-dir", str(data), "--drain-delay", "0s", *extra], log)
     try:
         wait_port(server, port, log)
         url = f"http://127.0.0.1:{port}"
@@ -267,7 +276,7 @@ def wrk_single(args, url: str, run_number: int, workload: str) -> dict:
 
 
 def oncely_single(args, workload: str, tmp: Path) -> Result:
-    server, url, data = start_oncely(args, tmp)
+    server, url, data = start_oncely(args, tmp, worker_args(workload))
     try:
         before = rss_bytes(server.pid)
         r = wrk_single(args, f"{url}/v1/namespaces/peers/check-and-mark", 1, workload)
@@ -289,11 +298,11 @@ def oncely_single(args, workload: str, tmp: Path) -> Result:
 
 
 def ceiling(args, workload: str, tmp: Path) -> list[Result]:
-    if workload not in ("single", "pipelined"):
+    if workload not in SINGLE_WORKLOADS:
         return []
     port = free_port()
     log = tmp / "ceiling.log"
-    server = start([args.ceiling, "--listen", f"127.0.0.1:{port}"], log)
+    server = start([args.ceiling, "--listen", f"127.0.0.1:{port}", *worker_args(workload)], log)
     try:
         wait_port(server, port, log)
         r = wrk_single(args, f"http://127.0.0.1:{port}/v1/namespaces/peers/check-and-mark", 2,
@@ -327,7 +336,7 @@ def oncely_client(args, mode: str, tmp: Path) -> Result:
 
 
 def oncely(args, workload: str, tmp: Path) -> list[Result]:
-    if workload in ("single", "pipelined"):
+    if workload in SINGLE_WORKLOADS:
         return [oncely_single(args, workload, tmp)]
     if workload == "client":
         results = []
@@ -453,8 +462,9 @@ def redis(args, workload: str, tmp: Path) -> list[Result]:
     if workload == "client":
         return []
     pipeline, dup = {"batched-unique": (BATCH, 0.0), "batched-dup10": (BATCH, 0.1),
-                     "single": (1, 0.0), "pipelined": (PIPELINE_DEPTH, 0.0)}[workload]
-    single = workload in ("single", "pipelined")
+                     "single": (1, 0.0), "single-1-worker": (1, 0.0),
+                     "pipelined": (PIPELINE_DEPTH, 0.0)}[workload]
+    single = workload in SINGLE_WORKLOADS
     connections = SINGLE_CONNECTIONS if single else CONNECTIONS
     unique_key = REDIS_SINGLE_KEY if single else REDIS_UNIQUE_KEY
     rate = args.redis_calibration.get(pipeline)
@@ -600,7 +610,9 @@ def versions(args) -> str:
 PEERS = ("oncely", "ceiling", "redis", "nats")
 WORKLOADS = ("batched-unique", "batched-dup10", "single", "client")
 # Run only when named (--only pipelined): not part of the full run's report.
-OPTIONAL_WORKLOADS = ("pipelined",)
+OPTIONAL_WORKLOADS = ("pipelined", "single-1-worker")
+# One ID per request, against the HTTP servers and Redis not pipelined (or pipelined).
+SINGLE_WORKLOADS = ("single", "single-1-worker", "pipelined")
 
 
 def command(args) -> str:
@@ -654,9 +666,9 @@ def main() -> int:
             for p in peers:
                 # The ceiling answers single IDs only; the client workload is Oncely's;
                 # NATS's publishers here await each ack, so they have no pipelined form.
-                if ((p == "ceiling" and w not in ("single", "pipelined"))
+                if ((p == "ceiling" and w not in SINGLE_WORKLOADS)
                         or (p in ("redis", "nats") and w == "client")
-                        or (p == "nats" and w == "pipelined")):
+                        or (p == "nats" and w in OPTIONAL_WORKLOADS)):
                     continue
                 print(f"peers: {p} / {w} ...", file=sys.stderr, flush=True)
                 with tempfile.TemporaryDirectory(prefix=f"oncely-peers-{p}-") as tmp:
@@ -706,6 +718,12 @@ def main() -> int:
                 f"SET {REDIS_SINGLE_KEY} 1 NX PX {REDIS_TTL_MS}`; NATS by "
                 f"{SINGLE_CONNECTIONS} synchronous publishers. For single IDs, IDs/s is "
                 f"requests/s, and p50 and p99 are per request, from its sending.",
+                "",
+            ]
+        if any(r.workload == "single-1-worker" for r in results):
+            header += [
+                "single-1-worker: the same, with Oncely and the HTTP stack on one worker "
+                "thread (`--worker-threads 1`) instead of one per core.",
                 "",
             ]
         if any(r.workload == "pipelined" for r in results):

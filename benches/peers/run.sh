@@ -12,8 +12,8 @@
 #   benches/peers/run.sh                            # the documented run: 15 s per workload
 #   benches/peers/run.sh --duration 5               # shorter
 #   benches/peers/run.sh --duration 5 --only single # single-ID requests only
-#   benches/peers/run.sh --only single,pipelined --peers oncely,ceiling,redis
-#                                                   # and pipelined 16 deep (only when named)
+#   benches/peers/run.sh --only single,single-1-worker,pipelined --peers oncely,ceiling,redis
+#       # and, only when named: the HTTP servers on one worker thread; pipelined 16 deep
 #   benches/peers/run.sh --help                     # every option
 #
 # Every server and load generator is bounded in time and killed on exit, whatever the

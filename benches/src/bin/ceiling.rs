@@ -16,7 +16,7 @@
 //! the tracker, the admission permit, the bearer-token and metrics middlewares, and
 //! the namespace lookup. It keeps no state, so it answers `new` to repeats too.
 //!
-//! `ceiling --listen 127.0.0.1:0` prints `listening on ADDR` once bound, then serves
+//! `ceiling --listen 127.0.0.1:0 [--worker-threads N]` prints `listening on ADDR` once bound, then serves
 //! until killed.
 
 use std::borrow::Cow;
@@ -56,6 +56,11 @@ struct Args {
     /// Address to listen on (port 0: any free port, printed once bound).
     #[arg(long, default_value = "127.0.0.1:7071")]
     listen: SocketAddr,
+
+    /// Worker threads of the runtime, as `oncelyd serve --worker-threads` [default:
+    /// one per CPU].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: Option<u16>,
 }
 
 fn error(status: StatusCode, code: &str, message: String) -> Response {
@@ -140,10 +145,11 @@ async fn check_and_mark(Path(_ns): Path<String>, headers: HeaderMap, body: Bytes
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.worker_threads {
+        runtime.worker_threads(usize::from(n));
+    }
+    let runtime = match runtime.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ceiling: cannot start the runtime: {e}");
