@@ -625,6 +625,33 @@ def command(args) -> str:
     return " ".join(words)
 
 
+def workload_notes(args) -> dict[str, str]:
+    """What the report says of each single-ID workload, when it ran."""
+    return {
+        "single": (
+            f"Single IDs: one fresh ID per request, {SINGLE_CONNECTIONS} connections with "
+            f"one request in flight on each. Oncely and \"HTTP stack, no tracker\" (the "
+            f"daemon's axum stack, body parsing and JSON answer without the tracker: "
+            f"benches/src/bin/ceiling.rs) are driven by the same command, "
+            f"`wrk -t1 -c{SINGLE_CONNECTIONS} -d{args.duration}s -s benches/peers/single.lua`; "
+            f"Redis by `redis-benchmark -P 1 -c {SINGLE_CONNECTIONS} -r 2000000000 "
+            f"SET {REDIS_SINGLE_KEY} 1 NX PX {REDIS_TTL_MS}`; NATS by "
+            f"{SINGLE_CONNECTIONS} synchronous publishers. For single IDs, IDs/s is "
+            f"requests/s, and p50 and p99 are per request, from its sending."),
+        "single-1-worker": (
+            "single-1-worker: the single-ID requests of `single` (one fresh ID per request, "
+            f"{SINGLE_CONNECTIONS} connections, the same commands), with Oncely and the HTTP "
+            "stack on one worker thread (`--worker-threads 1`) instead of one per core."),
+        "pipelined": (
+            f"Pipelined: the single-ID requests above with {PIPELINE_DEPTH} in flight on "
+            f"each connection, written together before their answers are read (HTTP/1.1 "
+            f"pipelining: the same wrk command with DEPTH={PIPELINE_DEPTH}; Redis "
+            f"`-P {PIPELINE_DEPTH}`). wrk's p50 is per group of {PIPELINE_DEPTH}, from its "
+            f"sending to its last answer, and its p99 is not quoted (wrk miscounts it when "
+            f"pipelining); Redis's are per request."),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--oncelyd", required=True, help="the release oncelyd binary")
@@ -707,35 +734,9 @@ def main() -> int:
                 f"files (`cargo bench -p oncely-benches --bench tracker` reports it after).",
                 "",
             ]
-        if any(r.workload == "single" for r in results):
-            header += [
-                f"Single IDs: one fresh ID per request, {SINGLE_CONNECTIONS} connections with "
-                f"one request in flight on each. Oncely and \"HTTP stack, no tracker\" (the "
-                f"daemon's axum stack, body parsing and JSON answer without the tracker: "
-                f"benches/src/bin/ceiling.rs) are driven by the same command, "
-                f"`wrk -t1 -c{SINGLE_CONNECTIONS} -d{args.duration}s -s benches/peers/single.lua`; "
-                f"Redis by `redis-benchmark -P 1 -c {SINGLE_CONNECTIONS} -r 2000000000 "
-                f"SET {REDIS_SINGLE_KEY} 1 NX PX {REDIS_TTL_MS}`; NATS by "
-                f"{SINGLE_CONNECTIONS} synchronous publishers. For single IDs, IDs/s is "
-                f"requests/s, and p50 and p99 are per request, from its sending.",
-                "",
-            ]
-        if any(r.workload == "single-1-worker" for r in results):
-            header += [
-                "single-1-worker: the same, with Oncely and the HTTP stack on one worker "
-                "thread (`--worker-threads 1`) instead of one per core.",
-                "",
-            ]
-        if any(r.workload == "pipelined" for r in results):
-            header += [
-                f"Pipelined: the single-ID requests above with {PIPELINE_DEPTH} in flight on "
-                f"each connection, written together before their answers are read (HTTP/1.1 "
-                f"pipelining: the same wrk command with DEPTH={PIPELINE_DEPTH}; Redis "
-                f"`-P {PIPELINE_DEPTH}`). wrk's p50 is per group of {PIPELINE_DEPTH}, from its "
-                f"sending to its last answer, and its p99 is not quoted (wrk miscounts it when "
-                f"pipelining); Redis's are per request.",
-                "",
-            ]
+        for workload, note in workload_notes(args).items():
+            if any(r.workload == workload for r in results):
+                header += [note, ""]
         report = "\n".join(header) + "\n" + table(results) + "\n"
         if any(r.workload == "client" for r in results):
             report += "\n" + "\n".join([

@@ -704,15 +704,18 @@ impl Settings {
                 );
             }
         }
-        match self.max_connections {
-            Some(0) => return bad("max_connections", "must be at least 1".into()),
-            Some(n) if n > MAX_CONCURRENCY => {
-                return bad(
-                    "max_connections",
-                    format!("{n} is over the limit of {MAX_CONCURRENCY}"),
-                );
+        // Counts that may be left unset (a default derived at start-up), else 1 ..= max.
+        for (setting, value, max) in [
+            ("max_connections", self.max_connections, MAX_CONCURRENCY),
+            ("worker_threads", self.worker_threads, MAX_WORKER_THREADS),
+        ] {
+            match value {
+                Some(0) => return bad(setting, "must be at least 1".into()),
+                Some(n) if n > max => {
+                    return bad(setting, format!("{n} is over the limit of {max}"));
+                }
+                _ => {}
             }
-            _ => {}
         }
         if self.max_filter_bytes < MIN_FILTER_BYTES {
             return bad(
@@ -722,16 +725,6 @@ impl Settings {
                     ByteSize(self.max_filter_bytes)
                 ),
             );
-        }
-        match self.worker_threads {
-            Some(0) => return bad("worker_threads", "must be at least 1".into()),
-            Some(n) if n > MAX_WORKER_THREADS => {
-                return bad(
-                    "worker_threads",
-                    format!("{n} is over the limit of {MAX_WORKER_THREADS}"),
-                );
-            }
-            _ => {}
         }
         if self.max_namespaces == 0 {
             return bad(
