@@ -30,7 +30,7 @@ depth="${DEPTH:-1}"
 export DEPTH="$depth"
 
 deps=(valgrind=valgrind wrk=wrk curl=curl)
-[ -n "${REDIS:-}" ] && deps+=(redis-server=redis-server redis-benchmark=redis-tools)
+[ "${REDIS:-0}" = 1 ] && deps+=(redis-server=redis-server redis-benchmark=redis-tools)
 "$root/scripts/ensure-deps.sh" "${deps[@]}"
 cargo build --release --locked -p oncelyd -p oncely-benches --bin oncelyd --bin ceiling
 target="${CARGO_TARGET_DIR:-$root/target}/release"
@@ -86,17 +86,22 @@ p=$(free_port)
 count ceiling "http://127.0.0.1:$p/v1/namespaces/default/check-and-mark" \
     "$target/ceiling" --listen "127.0.0.1:$p"
 
-if [ -n "${REDIS:-}" ]; then
+if [ "${REDIS:-0}" = 1 ]; then
     p=$(free_port)
     mkdir -p "$dir/redis"
     valgrind --tool=callgrind --callgrind-out-file="$dir/redis.out" redis-server --port "$p" \
         --bind 127.0.0.1 --save '' --appendonly yes --appendfsync everysec --dir "$dir/redis" \
         >"$dir/redis.log" 2>&1 &
     pid=$!
+    ready=""
     for _ in $(seq 600); do
-        redis-cli -p "$p" ping 2>/dev/null | grep -q PONG && break
+        if redis-cli -p "$p" ping 2>/dev/null | grep -q PONG; then
+            ready=1
+            break
+        fi
         sleep 0.2
     done
+    [ -n "$ready" ] || { echo "redis did not start: $(tail -5 "$dir/redis.log")" >&2; exit 1; }
     bench() {
         redis-benchmark -p "$p" -c 8 -P "$depth" -n "$1" -r 2000000000 -q \
             SET k:__rand_int__ 1 NX PX 3600000 >/dev/null

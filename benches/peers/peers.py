@@ -32,7 +32,7 @@ calibration run, as redis-benchmark counts requests rather than time):
     key). NATS with 8 synchronous publishers.
   * pipelined (only when asked for: --only pipelined): the single-ID requests of
     `single`, but 16 in flight on each connection: HTTP/1.1 pipelining
-    (benches/peers/pipelined.lua, DEPTH=16) against Oncely and `ceiling`,
+    (benches/peers/single.lua with DEPTH=16) against Oncely and `ceiling`,
     `redis-benchmark -P 16` against Redis.
   * single-1-worker (only when asked for): `single` with Oncely and `ceiling` on one
     worker thread (`--worker-threads 1`), as suits a server sharing two cores with
@@ -609,7 +609,8 @@ def versions(args) -> str:
 
 PEERS = ("oncely", "ceiling", "redis", "nats")
 WORKLOADS = ("batched-unique", "batched-dup10", "single", "client")
-# Run only when named (--only pipelined): not part of the full run's report.
+# Run only when named (--only pipelined, --only single-1-worker): not part of the
+# full run's report.
 OPTIONAL_WORKLOADS = ("pipelined", "single-1-worker")
 # One ID per request, against the HTTP servers and Redis not pipelined (or pipelined).
 SINGLE_WORKLOADS = ("single", "single-1-worker", "pipelined")
@@ -643,7 +644,7 @@ def workload_notes(args) -> dict[str, str]:
             f"{SINGLE_CONNECTIONS} connections, the same commands), with Oncely and the HTTP "
             "stack on one worker thread (`--worker-threads 1`) instead of one per core."),
         "pipelined": (
-            f"Pipelined: the single-ID requests above with {PIPELINE_DEPTH} in flight on "
+            f"Pipelined: the single-ID requests of `single` with {PIPELINE_DEPTH} in flight on "
             f"each connection, written together before their answers are read (HTTP/1.1 "
             f"pipelining: the same wrk command with DEPTH={PIPELINE_DEPTH}; Redis "
             f"`-P {PIPELINE_DEPTH}`). wrk's p50 is per group of {PIPELINE_DEPTH}, from its "
@@ -666,8 +667,8 @@ def main() -> int:
                         help=f"comma-separated subset of {','.join(PEERS)}")
     parser.add_argument("--workloads", "--only", dest="workloads", default=",".join(WORKLOADS),
                         help=f"comma-separated subset of {','.join(WORKLOADS + OPTIONAL_WORKLOADS)} "
-                             "(--only single: a quick run of single-ID requests; pipelined "
-                             "runs only when named)")
+                             "(--only single: a quick run of single-ID requests; "
+                             f"{' and '.join(OPTIONAL_WORKLOADS)} run only when named)")
     parser.add_argument("--out", help="also write the Markdown report to this file")
     parser.add_argument("--json", help="also write the raw results to this file")
     args = parser.parse_args()
@@ -692,7 +693,8 @@ def main() -> int:
         for w in workloads:
             for p in peers:
                 # The ceiling answers single IDs only; the client workload is Oncely's;
-                # NATS's publishers here await each ack, so they have no pipelined form.
+                # NATS's publishers here await each ack, so they have no pipelined form,
+                # and it has no worker threads to set.
                 if ((p == "ceiling" and w not in SINGLE_WORKLOADS)
                         or (p in ("redis", "nats") and w == "client")
                         or (p == "nats" and w in OPTIONAL_WORKLOADS)):

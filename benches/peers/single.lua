@@ -7,8 +7,9 @@
 -- With DEPTH=N in the environment (default 1), each connection pipelines N requests
 -- at a time over HTTP/1.1, writing them together before reading their answers (the
 -- pipelined workload of benches/peers/peers.py; compare with redis-benchmark -P N).
--- wrk counts the requests in request()'s first answer and expects as many answers
--- to each later one; it counts and times every answer as a request.
+-- wrk counts the requests in the first string request() returns and expects as many
+-- answers to each later one; it counts every answer, but times each group once, from
+-- its sending to its last answer.
 --
 -- IDs are 32 lowercase hex characters, like oncelyd load's: the wrk thread's
 -- number, a per-run number (ONCELY_WRK_RUN, default 0) and the thread's request

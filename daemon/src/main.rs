@@ -42,15 +42,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 args.config.clone(),
                 std::env::vars_os(),
             )?;
-            let mut runtime = tokio::runtime::Builder::new_multi_thread();
-            if let Some(n) = settings.worker_threads {
-                runtime.worker_threads(n);
-            }
-            let runtime = runtime
-                .enable_all()
-                .thread_name("oncelyd")
-                .build()
-                .context("cannot start the async runtime")?;
+            let runtime = oncelyd::server::runtime(&settings)?;
             let served = runtime.block_on(oncelyd::server::serve(settings));
             // The tracker is closed by now; don't let a stuck blocking task (a
             // request whose client left after the grace period) hold the exit.

@@ -23,11 +23,16 @@ async fn sigterm_exits_cleanly_and_marks_survive() {
             "--worker-threads",
             "1",
         ],
-        &[],
+        // Tokio's own variable, which it would panic on: not read, warned about.
+        &[("TOKIO_WORKER_THREADS", "0")],
     );
     let line = daemon.log_text();
     assert!(line.contains("durability=flush"), "{line}");
     assert!(line.contains("worker_threads=1"), "{line}");
+    assert!(
+        line.contains("TOKIO_WORKER_THREADS is set but not read"),
+        "{line}"
+    );
     assert!(
         line.contains(&format!("data_dir={}", dir.path().display())),
         "{line}"
@@ -48,7 +53,8 @@ async fn sigterm_exits_cleanly_and_marks_survive() {
     assert!(log.contains("tracker closed cleanly"), "{log}");
     drop(daemon);
 
-    let daemon = Daemon::start(dir.path(), &[], &[]);
+    // With no worker_threads either: the default count, still not tokio's variable.
+    let daemon = Daemon::start(dir.path(), &[], &[("TOKIO_WORKER_THREADS", "abc")]);
     let check = daemon.url("/v1/namespaces/default/check");
     assert!(
         verdicts(&c, &check, &ids)

@@ -210,7 +210,7 @@ async fn concurrent_single_id_requests_each_get_their_own_answer() {
     const EVENTS: usize = 1_500;
     const CLIENTS: usize = 32;
     const DELIVERIES: usize = 200;
-    let server = Arc::new(Server::start().await);
+    let server = Server::start().await;
     let url = server.url("/v1/namespaces/default/check-and-mark");
     let mut tasks = Vec::new();
     for client_no in 0..CLIENTS {
@@ -225,12 +225,16 @@ async fn concurrent_single_id_requests_each_get_their_own_answer() {
                 let owner = format!("delivery-{client_no}-{k}");
                 if rng.random_ratio(1, 10) {
                     // Never marked by anyone: the bad ID refuses the whole request.
+                    // Its length is this request's own, and so must the refusal's be.
                     let good = format!("refused-{client_no}-{k}");
-                    let bad = "x".repeat(300);
+                    let bad_len = 257 + (client_no * DELIVERIES + k) % 200;
+                    let bad = "x".repeat(bad_len);
                     let (status, v) =
                         post(&c, &url, &json!({ "ids": [good, bad], "owner": owner })).await;
                     assert_eq!(status, 400, "{v}");
                     assert_eq!(v["error"]["code"], "invalid_id", "{v}");
+                    let message = v["error"]["message"].as_str().unwrap_or_default();
+                    assert!(message.contains(&format!("{bad_len} bytes")), "{v}");
                     refused.push(good);
                     continue;
                 }
@@ -241,7 +245,7 @@ async fn concurrent_single_id_requests_each_get_their_own_answer() {
                 assert_eq!(r["id"], id.as_str(), "{v}");
                 let first = match (r["verdict"].as_str(), r["replayed"].as_bool()) {
                     (Some("new"), Some(false)) => Seen::New,
-                    (Some("duplicate"), _) => Seen::Duplicate,
+                    (Some("duplicate"), Some(false)) => Seen::Duplicate,
                     _ => panic!("a fresh owner's first delivery of {id}: {v}"),
                 };
                 if rng.random_ratio(1, 4) {
@@ -255,7 +259,10 @@ async fn concurrent_single_id_requests_each_get_their_own_answer() {
                             assert_eq!(r["replayed"], true, "{again}");
                             seen.push((id.clone(), Seen::Replayed));
                         }
-                        _ => assert_eq!(r["verdict"], "duplicate", "{again}"),
+                        _ => {
+                            assert_eq!(r["verdict"], "duplicate", "{again}");
+                            assert_eq!(r["replayed"], false, "{again}");
+                        }
                     }
                 }
                 seen.push((id, first));
@@ -299,14 +306,13 @@ async fn concurrent_single_id_requests_each_get_their_own_answer() {
     for (ids, expected) in [(refused.iter().collect(), "new"), (marked, "duplicate")] {
         let (status, v) = post(&c, &check, &json!({ "ids": ids })).await;
         assert_eq!(status, 200, "{v}");
-        for r in v["results"].as_array().unwrap() {
+        let results = v["results"].as_array().unwrap();
+        assert_eq!(results.len(), ids.len());
+        for r in results {
             assert_eq!(r["verdict"], expected, "{r}");
         }
     }
-    Arc::into_inner(server)
-        .expect("the clients are done")
-        .shutdown()
-        .await;
+    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,8 +3,8 @@
 //! so that the tracker's share of each request shows beside `oncelyd` in the same
 //! run.
 //!
-//! What it shares with `oncelyd serve`: the allocator (jemalloc), tokio's
-//! multi-threaded runtime with its defaults, `axum::serve` with `TCP_NODELAY` on
+//! What it shares with `oncelyd serve`: the allocator (jemalloc), the runtime
+//! (`oncelyd::server::runtime`, with `--worker-threads` as the daemon's), `axum::serve` with `TCP_NODELAY` on
 //! every connection, the route `POST /v1/namespaces/{ns}/check-and-mark`, the
 //! default body limit (4 MiB), the panic guard, the body read as bytes after a
 //! JSON content-type check, parsed into the same wire type
@@ -16,8 +16,8 @@
 //! the tracker, the admission permit, the bearer-token and metrics middlewares, and
 //! the namespace lookup. It keeps no state, so it answers `new` to repeats too.
 //!
-//! `ceiling --listen 127.0.0.1:0 [--worker-threads N]` prints `listening on ADDR` once bound, then serves
-//! until killed.
+//! `ceiling --listen 127.0.0.1:0 [--worker-threads N]` prints `listening on ADDR`
+//! once bound, then serves until killed.
 
 use std::borrow::Cow;
 use std::io::Write;
@@ -57,10 +57,10 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:7071")]
     listen: SocketAddr,
 
-    /// Worker threads of the runtime, as `oncelyd serve --worker-threads` [default:
-    /// one per CPU].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
-    worker_threads: Option<u16>,
+    /// Worker threads of the runtime, as `oncelyd serve --worker-threads` (and
+    /// checked by the daemon's rules) [default: one per CPU].
+    #[arg(long, value_name = "N")]
+    worker_threads: Option<usize>,
 }
 
 fn error(status: StatusCode, code: &str, message: String) -> Response {
@@ -145,14 +145,17 @@ async fn check_and_mark(Path(_ns): Path<String>, headers: HeaderMap, body: Bytes
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.worker_threads {
-        runtime.worker_threads(usize::from(n));
-    }
-    let runtime = match runtime.enable_all().build() {
+    let settings = oncelyd::config::Settings {
+        worker_threads: args.worker_threads,
+        ..Default::default()
+    };
+    let runtime = match settings
+        .validate()
+        .and_then(|()| oncelyd::server::runtime(&settings))
+    {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("ceiling: cannot start the runtime: {e}");
+            eprintln!("ceiling: {e}");
             return ExitCode::FAILURE;
         }
     };

@@ -32,7 +32,13 @@ pub struct FromEnv {
     pub layer: Layer,
     /// `ONCELY_CONFIG`.
     pub config: Option<PathBuf>,
+    /// Whether [`TOKIO_WORKER_THREADS`] is set: tokio's own variable, which the
+    /// daemon does not read (`worker_threads` is its setting).
+    pub tokio_worker_threads: bool,
 }
+
+/// Tokio's variable for its default worker count.
+pub const TOKIO_WORKER_THREADS: &str = "TOKIO_WORKER_THREADS";
 
 /// Reads the `ONCELY_*` variables among `vars` (for the daemon, the process's
 /// environment; tests pass their own).
@@ -49,6 +55,10 @@ pub fn read(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Result<From
     let mut unknown = Vec::new();
     let mut single_token = None;
     for (name, value) in vars {
+        if name == TOKIO_WORKER_THREADS {
+            out.tokio_worker_threads = true;
+            continue;
+        }
         let Some(name) = name.to_str() else {
             if name.as_encoded_bytes().starts_with(b"ONCELY_") {
                 unknown.push(format!("{} (not UTF-8)", name.to_string_lossy()));

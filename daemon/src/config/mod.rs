@@ -367,8 +367,8 @@ pub struct Settings {
     /// before the listener closes.
     pub drain_delay: Duration,
     /// Threads of the async runtime, which read, parse and answer requests (and
-    /// decide most small ones); `None`: tokio's default, one per CPU the process
-    /// may use (or `TOKIO_WORKER_THREADS`).
+    /// decide most small ones); `None`: one per CPU the process may use. Applied by
+    /// the runtime [`crate::server::runtime`] builds.
     pub worker_threads: Option<usize>,
     /// Namespaces to create or update at start-up (`default` included, if given).
     pub namespaces: BTreeMap<String, DeclaredNamespace>,
@@ -519,7 +519,15 @@ impl Settings {
             Some(path) => file::load(path)?,
             None => Layer::default(),
         };
-        Self::merge(flags, env.layer, file, config_file)
+        let mut settings = Self::merge(flags, env.layer, file, config_file)?;
+        if env.tokio_worker_threads {
+            settings.warnings.push(format!(
+                "{} is set but not read: the daemon's threads are worker_threads \
+                 (--worker-threads, ONCELY_WORKER_THREADS), one per CPU by default",
+                env::TOKIO_WORKER_THREADS
+            ));
+        }
+        Ok(settings)
     }
 
     /// Merges the sources, most important first, then validates.
@@ -903,6 +911,23 @@ mod tests {
             file::parse(text).unwrap(),
             None,
         )
+    }
+
+    #[test]
+    fn tokios_own_thread_variable_is_warned_about_not_read() {
+        let resolve = |vars: &[(&str, &str)]| {
+            let vars = vars.iter().map(|(k, v)| ((*k).into(), (*v).into()));
+            Settings::resolve(Layer::default(), None, vars.collect::<Vec<_>>()).unwrap()
+        };
+        // A value tokio would panic on is no error here: it is never read.
+        let s = resolve(&[
+            ("TOKIO_WORKER_THREADS", "abc"),
+            ("ONCELY_WORKER_THREADS", "3"),
+        ]);
+        assert_eq!(s.worker_threads, Some(3));
+        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+        assert!(s.warnings[0].contains("TOKIO_WORKER_THREADS is set but not read"));
+        assert!(resolve(&[]).warnings.is_empty());
     }
 
     #[test]

@@ -629,7 +629,29 @@ pub async fn declare_namespaces(tracker: &Tracker, settings: &Settings) -> Resul
     .map_err(|e| Error::Serve(std::io::Error::other(e)))?
 }
 
-/// Runs the daemon the settings describe until SIGINT or SIGTERM: logs the
+/// The async runtime `serve` runs on: `settings.worker_threads` workers, or one per
+/// CPU the process may use. The count is always given to tokio, so that its own
+/// `TOKIO_WORKER_THREADS` is never read: unchecked, it panics on a typo and
+/// bypasses the cap (the settings warn when it is set).
+///
+/// # Errors
+///
+/// [`Error::Runtime`] if the runtime cannot start.
+pub fn runtime(settings: &Settings) -> Result<tokio::runtime::Runtime, Error> {
+    let workers = settings.worker_threads.unwrap_or_else(|| {
+        // Counts the process's CPU affinity and its cgroup's quota.
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .thread_name("oncelyd")
+        .build()
+        .map_err(Error::Runtime)
+}
+
+/// Runs the daemon the settings describe until SIGINT or SIGTERM (on the runtime
+/// [`runtime`] builds, for `worker_threads` to apply): logs the
 /// settings' warnings, opens the tracker, declares the configured namespaces,
 /// binds, serves, then drains and shuts down (see [`run_with`]).
 ///
