@@ -120,22 +120,7 @@ pub(crate) async fn apply<C: GenericClient + Sync>(
                 .await?;
                 delete_claim(client, ctx, ns.id, id).await?;
             } else {
-                let inserted = ctx
-                    .query(
-                        client,
-                        &format!(
-                            "INSERT INTO {s}.marks (ns, gen, id, owner) VALUES ($1, $2, $3, $4)
-                             ON CONFLICT DO NOTHING RETURNING true"
-                        ),
-                        &[
-                            (&ns.id, Type::INT4),
-                            (&d.open, Type::INT8),
-                            (&id, Type::BYTEA),
-                            (&owner_param(owner), Type::INT8),
-                        ],
-                    )
-                    .await?;
-                if inserted.is_empty() {
+                if !insert_row(client, ctx, ns.id, d.open, id, owner_param(owner), false).await? {
                     return Ok(Applied::Raced);
                 }
             }
@@ -162,22 +147,7 @@ pub(crate) async fn apply<C: GenericClient + Sync>(
                 )
                 .await?;
             } else {
-                let inserted = ctx
-                    .query(
-                        client,
-                        &format!(
-                            "INSERT INTO {s}.marks (ns, gen, id, owner, claim)
-                             VALUES ($1, $2, $3, $4, true) ON CONFLICT DO NOTHING RETURNING true"
-                        ),
-                        &[
-                            (&ns.id, Type::INT4),
-                            (&d.open, Type::INT8),
-                            (&id, Type::BYTEA),
-                            (&owner, Type::INT8),
-                        ],
-                    )
-                    .await?;
-                if inserted.is_empty() {
+                if !insert_row(client, ctx, ns.id, d.open, id, Some(owner), true).await? {
                     return Ok(Applied::Raced);
                 }
             }
@@ -218,6 +188,38 @@ pub(crate) async fn apply<C: GenericClient + Sync>(
         (other, ask) => unreachable!("{ask:?} decided {other:?}, which writes nothing"),
     }
     Ok(Applied::Written)
+}
+
+/// Inserts the ID's row into the open generation: a done mark, or with `claim` a
+/// claim's placeholder. False when another transaction's row holds the ID: a race
+/// lost, the attempt to start over.
+async fn insert_row<C: GenericClient + Sync>(
+    client: &C,
+    ctx: &Ctx<'_>,
+    ns: i32,
+    open: i64,
+    id: &[u8],
+    owner: Option<i64>,
+    claim: bool,
+) -> Result<bool, Error> {
+    let inserted = ctx
+        .query(
+            client,
+            &format!(
+                "INSERT INTO {}.marks (ns, gen, id, owner, claim) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT DO NOTHING RETURNING true",
+                ctx.schema
+            ),
+            &[
+                (&ns, Type::INT4),
+                (&open, Type::INT8),
+                (&id, Type::BYTEA),
+                (&owner, Type::INT8),
+                (&claim, Type::BOOL),
+            ],
+        )
+        .await?;
+    Ok(!inserted.is_empty())
 }
 
 /// Forgets the ID's claim (its placeholder in `marks` is the caller's to change).
