@@ -161,11 +161,28 @@ pub enum Error {
     #[error("PostgreSQL: {0}")]
     Postgres(#[from] tokio_postgres::Error),
 
-    /// No connection to PostgreSQL could be had (the pool's wait ran out, or every
-    /// host refused).
+    /// PostgreSQL could not be reached or did not answer in time: no connection
+    /// could be had (the pool's wait ran out, or no host answered), or the call's
+    /// deadline passed (then a call that was committing may have committed: a
+    /// retry with the same owner token tells).
     #[cfg(feature = "postgres")]
-    #[error("no PostgreSQL connection: {0}")]
+    #[error("PostgreSQL unavailable: {0}")]
     Unavailable(String),
+
+    /// The call could not run now and changed nothing: another transaction held
+    /// what it needed (one of its IDs, or its namespace during a rotation) past the
+    /// store's lock timeout, or its namespace's open generation is full and waits
+    /// for a rotation that cannot run yet. Retry shortly.
+    #[error("busy: {0}")]
+    Busy(String),
+
+    /// The transaction the call ran in must be rolled back and retried as a whole:
+    /// PostgreSQL could not serialise it (its snapshot predates a change it would
+    /// have had to see, such as another node's rotation of the namespace or another
+    /// transaction's mark of one of its IDs), or chose it as a deadlock's victim.
+    /// Nothing of it may be committed.
+    #[error("roll the transaction back and retry it: {0}")]
+    RetryTransaction(String),
 
     /// An I/O operation on a file failed.
     #[error("I/O error on {}: {source}", path.display())]

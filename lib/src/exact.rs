@@ -42,14 +42,20 @@ impl OwnerFp {
         Self(fp)
     }
 
-    /// Validates and fingerprints an owner token.
-    pub(crate) fn new(owner: &str, seed: HashSeed) -> Result<Self, Error> {
+    /// Validates an owner token: 1 to [`MAX_OWNER_LEN`] bytes.
+    pub(crate) fn check(owner: &str) -> Result<(), Error> {
         if owner.is_empty() {
             return Err(Error::InvalidOwner("empty"));
         }
         if owner.len() > MAX_OWNER_LEN {
             return Err(Error::InvalidOwner("longer than 256 bytes"));
         }
+        Ok(())
+    }
+
+    /// Validates and fingerprints an owner token.
+    pub(crate) fn new(owner: &str, seed: HashSeed) -> Result<Self, Error> {
+        Self::check(owner)?;
         Ok(Self(xxh3_64_with_seed(
             owner.as_bytes(),
             seed.to_u64() ^ OWNER_DOMAIN,

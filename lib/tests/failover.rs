@@ -1,6 +1,6 @@
 //! The PostgreSQL store across the loss of its primary: a primary with a synchronous
 //! standby, trackers marking under load through a URL naming both servers, the
-//! primary killed with SIGKILL and the standby promoted. Every acknowledged `new`
+//! primary killed with SIGKILL (or frozen with SIGSTOP) and the standby promoted. Every acknowledged `new`
 //! must read `duplicate` afterwards (nothing acknowledged is lost), marking must
 //! resume by itself within 15 seconds of the promotion, and no ID may be answered
 //! `new` twice: a call that fails is retried with the same owner token, so a commit
@@ -241,6 +241,53 @@ fn marks_survive_the_loss_of_the_primary() {
         resumed_after,
     );
     assert!(before_kill > 0, "marking ran before the kill");
+    assert_eq!(lost, 0, "an acknowledged mark was lost\n{}", cluster.logs());
+    assert_eq!(twice, 0, "an ID was answered new twice");
+    let resumed_after = resumed_after.expect("marking resumed after the promotion");
+    assert!(
+        resumed_after < RESUME_BOUND,
+        "marking resumed {resumed_after:?} after the promotion"
+    );
+}
+
+/// The primary frozen, not killed (SIGSTOP to all its processes: a hung disk, a
+/// machine that stopped answering): its port still accepts connections and nothing
+/// answers on them. Every phase of a call is bounded, so the tracker leaves it as
+/// surely as a dead one: marking resumes on the promoted standby within the bound,
+/// nothing acknowledged is lost, no ID is new twice.
+#[test]
+fn marks_survive_a_frozen_primary() {
+    let mut cluster = PgCluster::start();
+    let url = cluster.fresh_database("frozen");
+    let tracker = tracker(
+        &url,
+        ring_config(4, 4, 1_000_000, Duration::from_secs(3600), 0.01),
+    );
+    let load = Load::start(&tracker);
+
+    thread::sleep(Duration::from_millis(1_500));
+    let before = load.acked();
+    cluster.freeze_primary();
+    let frozen = Instant::now();
+    cluster.promote_standby();
+    let promoted = Instant::now();
+    let resumed = load.resumed_after(promoted, Duration::from_secs(40));
+    let failures = load.failures();
+    let acked = load.stop();
+
+    let twice = answered_twice(&acked);
+    let ids: Vec<&str> = acked.iter().map(|(id, _, _)| id.as_str()).collect();
+    let lost = lost(&tracker, &ids);
+    let resumed_after = resumed.map(|at| at.duration_since(promoted));
+    println!(
+        "frozen primary: {before} marks acknowledged before the freeze, {} in all, {failures} \
+         failed calls; promotion {:.2} s after the freeze; first acknowledged mark {:?} after \
+         the promotion; lost {lost}; new twice {twice}",
+        acked.len(),
+        promoted.duration_since(frozen).as_secs_f64(),
+        resumed_after,
+    );
+    assert!(before > 0, "marking ran before the freeze");
     assert_eq!(lost, 0, "an acknowledged mark was lost\n{}", cluster.logs());
     assert_eq!(twice, 0, "an ID was answered new twice");
     let resumed_after = resumed_after.expect("marking resumed after the promotion");

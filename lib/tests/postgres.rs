@@ -237,8 +237,11 @@ fn a_commit_the_network_hid_is_resolved_by_owner_replay() {
         .default_config(small_config(1_000))
         .open()
         .unwrap();
-    // Landed, but the answer was lost.
-    proxy.arm(Cut::AfterCommit);
+    // The namespace known, so that the next statement executed is the mark.
+    assert_eq!(t.check(NS, &["warm-up"]).unwrap(), [Verdict::New]);
+    // Landed, but the answer was lost. (A mark is one statement outside a
+    // transaction: it commits as it executes.)
+    proxy.arm(Cut::AfterExecute);
     assert!(
         t.check_and_mark(NS, &["landed"], Some("attempt-1"))
             .is_err()
@@ -250,12 +253,26 @@ fn a_commit_the_network_hid_is_resolved_by_owner_replay() {
         "the first commit landed: the retry gets its new back"
     );
     // Never reached the server.
-    proxy.arm(Cut::BeforeCommit);
+    proxy.arm(Cut::BeforeExecute);
     assert!(t.check_and_mark(NS, &["lost"], Some("attempt-2")).is_err());
     assert_eq!(
         t.check_and_mark(NS, &["lost"], Some("attempt-2")).unwrap(),
         [Verdict::New],
         "the first commit never landed"
+    );
+    // A claim is a transaction: cut around its COMMIT.
+    proxy.arm(Cut::AfterCommit);
+    assert!(
+        t.claim(NS, "job", "worker-1", Duration::from_secs(60))
+            .is_err()
+    );
+    assert!(
+        matches!(
+            t.claim(NS, "job", "worker-1", Duration::from_secs(60))
+                .unwrap(),
+            ClaimOutcome::Acquired { replayed: true, .. }
+        ),
+        "the first claim landed: the retry renews it"
     );
 }
 
@@ -272,86 +289,123 @@ fn a_newer_schema_is_refused() {
     assert!(err.to_string().contains("version 99"), "{err}");
 }
 
-/// A database left by version 1 (keyed on `(ns, gen, id)`) is migrated in place to
-/// the key `(id, ns, gen)`, its marks kept; every partition made after it has the new
-/// key, a partition made as a node still on version 1 makes it included (a rolling
-/// upgrade).
+/// A database left by version 1 (`marks` partitioned, keyed on `(ns, gen, id)`) or
+/// version 2 (keyed on `(id, ns, gen)`) is migrated in place to version 3: every
+/// partition becomes a table of its own keyed on `id`, the parent goes, the ring
+/// rows gain what `mark_ids` reads, and the marks and claims stored still count.
 #[test]
-fn a_version_1_schema_is_migrated_with_its_marks() {
-    let place = Place::new(Engine::Postgres);
-    let c = clock();
-    let config = ring_config(4, 4, 2, Duration::from_secs(3600), 0.01);
-    let t = place.open(&c, config.clone());
-    assert_eq!(
-        t.check_and_mark(NS, &["a", "b"], None).unwrap(),
-        [Verdict::New, Verdict::New]
-    );
-    drop(t);
-    sql(
-        &place,
-        "ALTER TABLE oncely.marks DROP CONSTRAINT marks_pkey, ADD PRIMARY KEY (ns, gen, id);
-         UPDATE oncely.meta SET value = '1' WHERE key = 'schema_version'",
-    );
-    let indexes = |place: &Place| {
-        column(
-            place,
-            "SELECT tablename || ': ' || regexp_replace(indexdef, '.* USING ', '')
-               FROM pg_indexes WHERE schemaname = 'oncely' AND tablename LIKE 'marks%'
-              ORDER BY 1",
-        )
-    };
-    assert_eq!(
-        indexes(&place),
-        [
-            "marks: btree (ns, gen, id)",
-            "marks_1_1: btree (ns, gen, id)"
-        ],
-        "version 1, as it was"
-    );
+fn older_schemas_are_migrated_with_their_marks() {
+    for (version, key) in [(1, "ns, gen, id"), (2, "id, ns, gen")] {
+        let place = Place::new(Engine::Postgres);
+        let config = ring_config(4, 4, 2, Duration::from_secs(3600), 0.01);
+        let config_json = serde_json::to_string(&config).unwrap();
+        sql(&place, &old_schema(version, key, &config_json));
+        let indexes = |place: &Place| {
+            column(
+                place,
+                "SELECT tablename || ': ' || regexp_replace(indexdef, '.* USING ', '')
+                   FROM pg_indexes WHERE schemaname = 'oncely' AND tablename LIKE 'marks%'
+                  ORDER BY 1",
+            )
+        };
+        assert_eq!(
+            indexes(&place),
+            [
+                format!("marks: btree ({key})"),
+                format!("marks_1_1: btree ({key})"),
+                format!("marks_1_2: btree ({key})")
+            ],
+            "version {version}, as it was"
+        );
+        let c = clock();
+        let t = place.open(&c, config.clone());
+        assert_eq!(
+            column(
+                &place,
+                "SELECT value FROM oncely.meta WHERE key = 'schema_version'"
+            ),
+            ["3"]
+        );
+        assert_eq!(
+            indexes(&place),
+            ["marks_1_1: btree (id)", "marks_1_2: btree (id)"],
+            "version {version}: tables of their own, keyed on id"
+        );
+        assert_eq!(
+            column(
+                &place,
+                "SELECT capacity || ' ' || span_ms || ' ' || opened_at FROM oncely.namespaces"
+            ),
+            ["2 3600000 1700000000000"]
+        );
+        assert_eq!(
+            t.check_and_mark(NS, &["a", "b", "c"], None).unwrap(),
+            [Verdict::Duplicate, Verdict::Duplicate, Verdict::Duplicate],
+            "version {version}: the stored marks still count"
+        );
+        assert_eq!(
+            t.claim(NS, "job", "w2", Duration::from_secs(60)).unwrap(),
+            ClaimOutcome::InProgress {
+                until: oncely::Timestamp::from_millis(1_800_000_000_000)
+            },
+            "version {version}: the stored claim still holds"
+        );
+        assert_eq!(t.check_and_mark(NS, &["d"], None).unwrap(), [Verdict::New]);
+        t.rotate_namespace(NS).unwrap();
+        assert_eq!(
+            t.check_and_mark(NS, &["d", "job"], None).unwrap(),
+            [
+                Verdict::Duplicate,
+                Verdict::InProgress {
+                    until: oncely::Timestamp::from_millis(1_800_000_000_000)
+                }
+            ],
+            "version {version}: the claim followed the open generation"
+        );
+    }
+}
 
-    let t = place.open(&c, config);
-    assert_eq!(
-        column(
-            &place,
-            "SELECT value FROM oncely.meta WHERE key = 'schema_version'"
-        ),
-        ["2"]
-    );
-    assert_eq!(
-        indexes(&place),
-        [
-            "marks: btree (id, ns, gen)",
-            "marks_1_1: btree (id, ns, gen)"
-        ]
-    );
-    assert_eq!(
-        t.check_and_mark(NS, &["a", "b", "c"], None).unwrap(),
-        [Verdict::Duplicate, Verdict::Duplicate, Verdict::New],
-        "the marks of version 1 still count; c seals generation 1 and opens 2"
-    );
-    // As version 1 creates a partition: no index of its own.
-    sql(
-        &place,
-        "CREATE TABLE oncely.marks_1_3 PARTITION OF oncely.marks FOR VALUES FROM (1, 3) TO (1, 4)",
-    );
-    assert_eq!(
-        indexes(&place),
-        [
-            "marks: btree (id, ns, gen)",
-            "marks_1_1: btree (id, ns, gen)",
-            "marks_1_2: btree (id, ns, gen)",
-            "marks_1_3: btree (id, ns, gen)"
-        ]
-    );
-    assert_eq!(
-        t.check_and_mark(NS, &["c"], None).unwrap(),
-        [Verdict::Duplicate],
-        "the new partition's key decides"
-    );
+/// A database as version 1 or 2 left it: namespace `default` with generations 1
+/// (sealed, `a` and `b`) and 2 (open, `c` and a claim's placeholder for `job`).
+fn old_schema(version: i32, key: &str, config: &str) -> String {
+    format!(
+        "CREATE SCHEMA oncely;
+        CREATE TABLE oncely.meta (key text PRIMARY KEY, value text NOT NULL);
+        INSERT INTO oncely.meta VALUES ('schema_version', '{version}');
+        CREATE TABLE oncely.namespaces (
+            id serial PRIMARY KEY, name text NOT NULL UNIQUE, config text NOT NULL,
+            seed bigint NOT NULL, version bigint NOT NULL DEFAULT 1, open_gen bigint NOT NULL,
+            exact_floor bigint NOT NULL, oldest_gen bigint NOT NULL);
+        CREATE TABLE oncely.generations (
+            ns integer NOT NULL REFERENCES oncely.namespaces (id) ON DELETE CASCADE,
+            gen bigint NOT NULL, opened_at bigint NOT NULL, sealed_at bigint,
+            ids bigint NOT NULL DEFAULT 0, filter bytea, PRIMARY KEY (ns, gen));
+        CREATE TABLE oncely.counts (ns integer NOT NULL, gen bigint NOT NULL,
+            shard integer NOT NULL, n bigint NOT NULL, PRIMARY KEY (ns, gen, shard));
+        CREATE TABLE oncely.marks (ns integer NOT NULL, gen bigint NOT NULL, id bytea NOT NULL,
+            owner bigint, claim boolean NOT NULL DEFAULT false, PRIMARY KEY ({key}))
+            PARTITION BY RANGE (ns, gen);
+        CREATE TABLE oncely.claims (ns integer NOT NULL, id bytea NOT NULL, owner bigint NOT NULL,
+            until_ms bigint NOT NULL, lease_ms bigint NOT NULL, PRIMARY KEY (ns, id));
+        CREATE TABLE oncely.checkpoints (ns integer NOT NULL, consumer text NOT NULL,
+            position text NOT NULL, PRIMARY KEY (ns, consumer));
+        CREATE TABLE oncely.user_kv (key bytea PRIMARY KEY, value bytea NOT NULL);
+        INSERT INTO oncely.namespaces (name, config, seed, version, open_gen, exact_floor, oldest_gen)
+             VALUES ('default', '{config}', 77, 3, 2, 1, 1);
+        INSERT INTO oncely.generations (ns, gen, opened_at, sealed_at, ids)
+             VALUES (1, 1, 1600000000000, 1650000000000, 2), (1, 2, 1700000000000, NULL, 0);
+        CREATE TABLE oncely.marks_1_1 PARTITION OF oncely.marks FOR VALUES FROM (1, 1) TO (1, 2);
+        CREATE TABLE oncely.marks_1_2 PARTITION OF oncely.marks FOR VALUES FROM (1, 2) TO (1, 3);
+        INSERT INTO oncely.marks (ns, gen, id, owner, claim) VALUES
+            (1, 1, 'a', NULL, false), (1, 1, 'b', 5, false), (1, 2, 'c', NULL, false),
+            (1, 2, 'job', 9, true);
+        INSERT INTO oncely.counts VALUES (1, 2, 0, 1);
+        INSERT INTO oncely.claims VALUES (1, 'job', 9, 1800000000000, 60000);"
+    )
 }
 
 #[test]
-fn leaving_the_exact_horizon_drops_a_partition() {
+fn leaving_the_exact_horizon_drops_a_generations_table() {
     let place = Place::new(Engine::Postgres);
     let c = clock();
     let t = place.open(
@@ -359,17 +413,17 @@ fn leaving_the_exact_horizon_drops_a_partition() {
         ring_config(4, 1, 1_000, Duration::from_secs(3600), 0.01),
     );
     let _ = t.check_and_mark(NS, &["a"], None).unwrap();
-    let partitions = |place: &Place| {
+    let tables = |place: &Place| {
         column(
             place,
             "SELECT tablename::text FROM pg_tables WHERE schemaname = 'oncely'
               AND tablename LIKE 'marks\\_%' ORDER BY 1",
         )
     };
-    assert_eq!(partitions(&place), ["marks_1_1"]);
+    assert_eq!(tables(&place), ["marks_1_1"]);
     t.rotate_namespace(NS).unwrap();
     assert_eq!(
-        partitions(&place),
+        tables(&place),
         ["marks_1_2"],
         "generation 1 turned Bloom-only: its table is gone, whole"
     );

@@ -439,7 +439,9 @@ impl Drop for NatsServer {
     }
 }
 
-/// What a [`CutProxy`] does with the next `COMMIT` a client sends.
+/// What a [`CutProxy`] does with the next statement that commits: a `COMMIT` sent
+/// as a simple query, or, for the `*Execute` kinds, the next statement executed
+/// (a statement outside a transaction commits as it runs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cut {
     /// Pass everything.
@@ -449,6 +451,11 @@ pub enum Cut {
     /// Forward the `COMMIT`, let the server answer, and drop the connection before
     /// the answer reaches the client: it landed, and the client cannot know.
     AfterCommit,
+    /// Drop the connection before the next executed statement reaches the server.
+    BeforeExecute,
+    /// Forward the next executed statement, and drop the connection before its
+    /// answer reaches the client.
+    AfterExecute,
 }
 
 /// A TCP proxy to a PostgreSQL server that can cut a connection around its next
@@ -525,40 +532,73 @@ fn proxy_connection(
             }
         }
     });
-    // Client to server: watches for the COMMIT.
+    // Client to server: reads the protocol's messages (a start-up message first,
+    // untyped; then a type byte and a length each), watching for the COMMIT or the
+    // next Execute.
     std::thread::spawn(move || {
-        let mut buf = [0_u8; 16 << 10];
-        loop {
-            let n = match c_read.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let chunk = &buf[..n];
-            let commit = chunk.windows(7).any(|w| w == b"COMMIT\0");
-            let cut = if commit {
-                std::mem::replace(
-                    &mut *armed
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner),
-                    Cut::Nothing,
-                )
-            } else {
-                Cut::Nothing
+        let mut started = false;
+        let mut execute_pending = false;
+        while let Some(message) = read_message(&mut c_read, started) {
+            // An SSL or GSS encryption request comes before the start-up message.
+            started = !(!started
+                && message.len() == 8
+                && matches!(message[4..8], [0x04, 0xd2, 0x16, 0x2f | 0x30]));
+            let commit =
+                message.first() == Some(&b'Q') && message.windows(7).any(|w| w == b"COMMIT\0");
+            let execute = message.first() == Some(&b'E');
+            let sync = message.first() == Some(&b'S');
+            let cut = {
+                let mut armed = armed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let hit = match *armed {
+                    Cut::BeforeCommit | Cut::AfterCommit => commit,
+                    Cut::BeforeExecute | Cut::AfterExecute => execute,
+                    Cut::Nothing => false,
+                };
+                if hit {
+                    std::mem::replace(&mut *armed, Cut::Nothing)
+                } else {
+                    Cut::Nothing
+                }
             };
             match cut {
-                Cut::BeforeCommit => {
+                Cut::BeforeCommit | Cut::BeforeExecute => {
                     let _ = s_write.shutdown(std::net::Shutdown::Both);
                     let _ = c_read.shutdown(std::net::Shutdown::Both);
                     break;
                 }
                 Cut::AfterCommit => cut_replies.store(true, Ordering::SeqCst),
+                // A statement outside a transaction commits at the Sync after it: cut
+                // the answers from there (earlier, the server might see the cut
+                // before the Sync, and roll back).
+                Cut::AfterExecute => execute_pending = true,
                 Cut::Nothing => {}
             }
-            if s_write.write_all(chunk).is_err() {
+            if sync && std::mem::take(&mut execute_pending) {
+                cut_replies.store(true, Ordering::SeqCst);
+            }
+            if s_write.write_all(&message).is_err() {
                 break;
             }
         }
     });
+}
+
+/// One protocol message from a client, whole: the start-up message (or an SSL or
+/// cancel request) when `started` is false, else a typed message.
+fn read_message(from: &mut std::net::TcpStream, started: bool) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let head = if started { 5 } else { 4 };
+    let mut message = vec![0_u8; head];
+    from.read_exact(&mut message).ok()?;
+    let at = head - 4;
+    let len = u32::from_be_bytes(message[at..head].try_into().ok()?) as usize;
+    let rest = len.checked_sub(4)?;
+    let mut body = vec![0_u8; rest];
+    from.read_exact(&mut body).ok()?;
+    message.extend_from_slice(&body);
+    Some(message)
 }
 
 /// A primary with one synchronous standby, on loopback: a commit is acknowledged
@@ -577,6 +617,9 @@ pub struct PgCluster {
     standby: Option<Node>,
     /// The killed primary's data and port, until it rejoins.
     down: Option<Dormant>,
+    /// A server stopped with SIGSTOP (all its processes), until it is thawed or the
+    /// cluster dropped.
+    frozen: Vec<Frozen>,
     user: ServerUser,
     /// Last: fields drop in order, and the directory must go only once the servers
     /// writing into it have stopped (else its removal races them and leaves it).
@@ -590,6 +633,58 @@ struct Node {
     data: PathBuf,
     server: Child,
     watchdog: Option<Child>,
+}
+
+/// A server of a [`PgCluster`] frozen with SIGSTOP: its processes, to thaw.
+struct Frozen {
+    /// `None` once thawed and running again.
+    node: Option<Node>,
+    pids: Vec<u32>,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // Thawed first, so that the node's own drop can stop it.
+        signal(&self.pids, "CONT");
+    }
+}
+
+/// Sends a signal to processes (with `kill`, which every machine has).
+fn signal(pids: &[u32], name: &str) {
+    if pids.is_empty() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .args(pids.iter().map(u32::to_string))
+        .status();
+}
+
+/// A server's processes: the postmaster and its children (the backends and
+/// auxiliary processes PostgreSQL forks), read from `/proc`.
+fn server_processes(postmaster: u32) -> Vec<u32> {
+    let mut pids = vec![postmaster];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The parent's pid is the second field after the command's closing paren.
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if parent == Some(postmaster) {
+            pids.push(pid);
+        }
+    }
+    pids
 }
 
 /// A server of a [`PgCluster`] that is not running: what it needs to start again.
@@ -664,6 +759,7 @@ impl PgCluster {
             primary: None,
             standby: None,
             down: None,
+            frozen: Vec::new(),
             user,
         };
         let primary = cluster.launch(Dormant {
@@ -868,6 +964,53 @@ impl PgCluster {
                 data: node.data.clone(),
             });
         }
+    }
+
+    /// Freezes the primary: SIGSTOP to its postmaster and every process it forked,
+    /// as a hung disk or a machine that stopped answering would leave it. Its port
+    /// still accepts connections (the kernel answers for it) and nothing on it
+    /// answers. It stays frozen until the cluster is dropped (a frozen primary is
+    /// never thawed: the standby may be promoted meanwhile).
+    pub fn freeze_primary(&mut self) {
+        if let Some(node) = self.primary.take() {
+            let pids = server_processes(node.server.id());
+            signal(&pids, "STOP");
+            self.frozen.push(Frozen {
+                node: Some(node),
+                pids,
+            });
+        }
+    }
+
+    /// Freezes the synchronous standby the same way: the primary's commits wait for
+    /// it from then on. [`thaw_standby`](Self::thaw_standby) lets it go on.
+    pub fn freeze_standby(&mut self) {
+        if let Some(node) = self.standby.take() {
+            let pids = server_processes(node.server.id());
+            signal(&pids, "STOP");
+            self.frozen.push(Frozen {
+                node: Some(node),
+                pids,
+            });
+        }
+    }
+
+    /// Lets a frozen standby go on (SIGCONT); it catches up and the primary's
+    /// commits that waited for it return.
+    ///
+    /// # Panics
+    ///
+    /// When no standby is frozen.
+    pub fn thaw_standby(&mut self) {
+        assert!(self.standby.is_none(), "the standby is not frozen");
+        let mut frozen = self.frozen.pop().expect("a frozen standby");
+        signal(&frozen.pids, "CONT");
+        frozen.pids.clear();
+        let node = frozen
+            .node
+            .take()
+            .expect("frozen nodes are held until thawed");
+        self.standby = Some(node);
     }
 
     /// Promotes the standby and waits until it takes writes; it is the primary from

@@ -166,6 +166,9 @@ impl From<oncely::Error> for ApiError {
             E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             E::Refused(_) => (StatusCode::CONFLICT, "refused"),
             E::Closed => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            // Another transaction held what the call needed, or the namespace waits
+            // for its rotation: nothing was done, and a retry soon will do.
+            E::Busy(_) | E::RetryTransaction(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             // The library acknowledges nothing from a call whose write failed: the
             // client may retry, here or elsewhere, once storage recovers.
             E::Storage(_) | E::Io { .. } => {
@@ -296,7 +299,7 @@ mod tests {
         let e = ApiError::from(oncely::Error::Unavailable("the pool's wait ran out".into()));
         assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(e.code(), "storage_unavailable");
-        assert!(e.message().starts_with("no PostgreSQL connection: the pool's wait ran out; nothing in this request was acknowledged"), "{e}");
+        assert!(e.message().starts_with("PostgreSQL unavailable: the pool's wait ran out; nothing in this request was acknowledged"), "{e}");
         assert!(
             e.message().contains("retry with the same owner token"),
             "{e}"

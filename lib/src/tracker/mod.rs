@@ -479,6 +479,19 @@ impl Tracker {
         dispatch!(self, t => t.storage_errors())
     }
 
+    /// Rotations left for later because their namespace was held (on PostgreSQL, a
+    /// transaction marking in it kept the rotation from its lock past a short
+    /// wait); each is tried again at the next tick or mark. Always 0 on the
+    /// embedded store, whose rotations never wait for another process.
+    #[must_use]
+    pub fn rotations_deferred(&self) -> u64 {
+        match &self.backend {
+            Backend::Local(_) => 0,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(pg) => pg.rotations_deferred(),
+        }
+    }
+
     /// Space the store uses on disk, in bytes, where known.
     #[must_use]
     pub fn disk_bytes(&self) -> Option<u64> {

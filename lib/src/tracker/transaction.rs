@@ -109,5 +109,14 @@ pub(crate) fn validate_checkpoint(consumer: &str, position: &str) -> Result<(), 
             reason: format!("{} bytes is outside 1..={MAX_POSITION_LEN}", position.len()),
         });
     }
+    // PostgreSQL's `text` cannot hold U+0000: refused on every store alike, so that
+    // a position means the same wherever it is kept (and a caller's bad input is
+    // never taken for a failing store).
+    if let Some(at) = position.find('\0') {
+        return Err(Error::InvalidArgument {
+            field: "position",
+            reason: format!("contains U+0000 (NUL) at byte {at}, which positions may not hold"),
+        });
+    }
     Ok(())
 }

@@ -2,11 +2,14 @@
 //! the namespace's exclusive lock, described from the database.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::Pg;
-use super::mark::{NsLock, begin, lock};
-use super::ring::{NsCache, Ring};
-use super::schema::{create_partition, drop_partition};
+use super::ring::{NsCache, Ring, RowRead, ring_row};
+use super::schema::{create_table, limits};
+use super::single::lock;
 use crate::config::NamespaceConfig;
 use crate::error::Error;
 use crate::filter::FilterStats;
@@ -17,8 +20,7 @@ use crate::tracker::{Configured, DropPolicy, GenerationInfo, NamespaceInfo, Stor
 
 impl Pg {
     pub(crate) fn namespaces(&self) -> Vec<String> {
-        let listed = self.block_on(async {
-            let conn = self.conn().await?;
+        let listed = self.block_on_read(self.session(self.deadline(), async |conn| {
             let rows = conn
                 .query(
                     &format!(
@@ -32,7 +34,7 @@ impl Pg {
                 .iter()
                 .map(|r| r.get::<_, String>(0))
                 .collect::<Vec<_>>())
-        });
+        }));
         listed.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot list namespaces");
             Vec::new()
@@ -41,21 +43,23 @@ impl Pg {
 
     pub(crate) fn namespace_info(&self, namespace: &str) -> Result<NamespaceInfo, Error> {
         let ns = self.namespace(namespace)?;
-        let (ring, open_ids, claims) = self.block_on(async {
-            let ctx = self.ctx();
-            let mut conn = self.conn().await?;
-            let tx = conn.transaction().await?;
-            let (row, ring) = begin(&*tx, &ctx, &ns, NsLock::Shared).await?;
-            let claims: i64 = tx
-                .query_one(
-                    &format!("SELECT count(*) FROM {}.claims WHERE ns = $1", ctx.schema),
-                    &[&ns.id],
-                )
-                .await?
-                .get(0);
-            tx.commit().await?;
-            Ok((ring, row.open_ids, claims))
-        })?;
+        let (ring, open_ids, claims) =
+            self.block_on_read(self.session(self.deadline(), async |conn| {
+                let ctx = self.ctx();
+                let tx = conn.transaction().await?;
+                lock(&*tx, &ctx, ns.id, false).await?;
+                let row = ring_row(&*tx, &ctx, &ns, RowRead::Current).await?;
+                let ring = self.load(&*tx, &ctx, &ns.name).await?.ring();
+                let claims: i64 = tx
+                    .query_one(
+                        &format!("SELECT count(*) FROM {}.claims WHERE ns = $1", ctx.schema),
+                        &[&ns.id],
+                    )
+                    .await?
+                    .get(0);
+                tx.commit().await?;
+                Ok((ring, row.open_ids, claims))
+            }))?;
         let mut generations = vec![GenerationInfo {
             id: ring.open as u64,
             opened_at: ring.open_opened_at as u64,
@@ -142,35 +146,45 @@ impl Pg {
     }
 
     async fn create(&self, name: &NamespaceName, config: &NamespaceConfig) -> Result<bool, Error> {
-        let ctx = self.ctx();
-        let s = ctx.schema;
-        let mut conn = self.conn().await?;
-        let tx = conn.transaction().await?;
-        let seed = HashSeed::random()?;
-        let row = tx
-            .query_opt(
-                &format!(
-                    "INSERT INTO {s}.namespaces (name, config, seed, open_gen, exact_floor, oldest_gen)
-                     VALUES ($1, $2, $3, 1, 1, 1)
-                     ON CONFLICT (name) DO NOTHING RETURNING id,
-                       (extract(epoch FROM clock_timestamp()) * 1000)::bigint"
-                ),
-                &[&name.as_str(), &config_text(config), &(seed.to_u64() as i64)],
+        self.session(self.deadline(), async |conn| {
+            let ctx = self.ctx();
+            let s = ctx.schema;
+            let tx = conn.transaction().await?;
+            let seed = HashSeed::random()?;
+            let (capacity, span) = limits(config);
+            let row = tx
+                .query_opt(
+                    &format!(
+                        "INSERT INTO {s}.namespaces (name, config, seed, open_gen, exact_floor, oldest_gen,
+                                                     capacity, span_ms, opened_at)
+                         VALUES ($1, $2, $3, 1, 1, 1, $4, $5, coalesce($6, (extract(epoch FROM clock_timestamp()) * 1000)::bigint))
+                         ON CONFLICT (name) DO NOTHING RETURNING id, opened_at"
+                    ),
+                    &[
+                        &name.as_str(),
+                        &config_text(config),
+                        &(seed.to_u64() as i64),
+                        &capacity,
+                        &span,
+                        &ctx.injected_now(),
+                    ],
+                )
+                .await?;
+            let Some(row) = row else {
+                return Ok(false);
+            };
+            let id: i32 = row.get(0);
+            let now: i64 = row.get(1);
+            tx.execute(
+                &format!("INSERT INTO {s}.generations (ns, gen, opened_at) VALUES ($1, 1, $2)"),
+                &[&id, &now],
             )
             .await?;
-        let Some(row) = row else {
-            return Ok(false);
-        };
-        let id: i32 = row.get(0);
-        let now = ctx.now(row.get(1));
-        tx.execute(
-            &format!("INSERT INTO {s}.generations (ns, gen, opened_at) VALUES ($1, 1, $2)"),
-            &[&id, &now],
-        )
-        .await?;
-        create_partition(&*tx, s, id, 1).await?;
-        tx.commit().await?;
-        Ok(true)
+            create_table(&*tx, s, id, 1).await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
     }
 
     async fn reconfigure(
@@ -180,52 +194,67 @@ impl Pg {
         policy: DropPolicy,
         others: u64,
     ) -> Result<(), Error> {
-        let ctx = self.ctx();
-        let s = ctx.schema;
-        let mut conn = self.conn().await?;
-        let tx = conn.transaction().await?;
-        let (_, ring) = begin(&*tx, &ctx, ns, NsLock::Exclusive).await?;
-        budget::check(
-            self.inner.limits,
-            budget::footprint(config, &live_sizes(&ring)),
-            others,
-        )?;
-        let live = ring.open - ring.oldest + 1;
-        let generations = i64::from(config.generations());
-        let dropped = (live - generations).max(0);
-        let oldest = ring.oldest + dropped;
-        let wanted = ring
-            .floor
-            .max(ring.open - (i64::from(config.exact_generations()) - 1));
-        let lost_tables = (wanted - ring.floor.max(oldest)).max(0);
-        if policy == DropPolicy::Refuse && (dropped > 0 || lost_tables > 0) {
-            return Err(Error::WouldDrop {
-                generations: u32::try_from(dropped).unwrap_or(u32::MAX),
-                exact_tables: u32::try_from(lost_tables).unwrap_or(u32::MAX),
-            });
-        }
-        for g in ring.oldest..oldest {
-            drop_partition(&*tx, s, ns.id, g).await?;
-        }
-        tx.execute(
-            &format!("DELETE FROM {s}.generations WHERE ns = $1 AND gen < $2"),
-            &[&ns.id, &oldest],
-        )
+        self.session(self.deadline(), async |conn| {
+            let ctx = self.ctx();
+            let s = ctx.schema;
+            let tx = conn.transaction().await?;
+            lock(&*tx, &ctx, ns.id, true).await?;
+            let ring = self.load(&*tx, &ctx, &ns.name).await?.ring();
+            budget::check(
+                self.inner.limits,
+                budget::footprint(config, &live_sizes(&ring)),
+                others,
+            )?;
+            let live = ring.open - ring.oldest + 1;
+            let generations = i64::from(config.generations());
+            let dropped = (live - generations).max(0);
+            let oldest = ring.oldest + dropped;
+            let wanted = ring
+                .floor
+                .max(ring.open - (i64::from(config.exact_generations()) - 1));
+            let lost_tables = (wanted - ring.floor.max(oldest)).max(0);
+            if policy == DropPolicy::Refuse && (dropped > 0 || lost_tables > 0) {
+                return Err(Error::WouldDrop {
+                    generations: u32::try_from(dropped).unwrap_or(u32::MAX),
+                    exact_tables: u32::try_from(lost_tables).unwrap_or(u32::MAX),
+                });
+            }
+            tx.execute(
+                &format!("DELETE FROM {s}.generations WHERE ns = $1 AND gen < $2"),
+                &[&ns.id, &oldest],
+            )
+            .await?;
+            tx.execute(
+                &format!("DELETE FROM {s}.counts WHERE ns = $1 AND gen < $2"),
+                &[&ns.id, &oldest],
+            )
+            .await?;
+            let floor = ring.floor.max(oldest);
+            let (capacity, span) = limits(config);
+            tx.execute(
+                &format!(
+                    "UPDATE {s}.namespaces SET config = $2, oldest_gen = $3, exact_floor = $4,
+                            capacity = $5, span_ms = $6, version = version + 1
+                      WHERE id = $1"
+                ),
+                &[
+                    &ns.id,
+                    &config_text(config),
+                    &oldest,
+                    &floor,
+                    &capacity,
+                    &span,
+                ],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
         .await?;
-        let floor = ring.floor.max(oldest);
-        tx.execute(
-            &format!(
-                "UPDATE {s}.namespaces SET config = $2, oldest_gen = $3, exact_floor = $4,
-                        version = version + 1
-                  WHERE id = $1"
-            ),
-            &[&ns.id, &config_text(config), &oldest, &floor],
-        )
-        .await?;
-        tx.commit().await?;
-        drop(conn);
-        // Filters to rebuild for the new rate, and the floor the new horizon asks.
-        self.catch_up(ns).await
+        // Filters to rebuild for the new rate, the floor the new horizon asks, and
+        // the tables of generations that left.
+        self.catch_up(ns).await?;
+        self.cleanup().await
     }
 
     pub(crate) fn delete_namespace(&self, namespace: &str) -> Result<(), Error> {
@@ -235,35 +264,36 @@ impl Pg {
             ));
         }
         let ns = self.namespace(namespace)?;
-        self.block_on(async {
+        self.block_on(self.session(self.deadline(), async |conn| {
             let ctx = self.ctx();
             let s = ctx.schema;
-            let mut conn = self.conn().await?;
             let tx = conn.transaction().await?;
-            lock(&*tx, &ctx, ns.id, NsLock::Exclusive).await?;
-            let ring = tx
-                .query_opt(
-                    &format!("SELECT oldest_gen, open_gen FROM {s}.namespaces WHERE id = $1"),
+            lock(&*tx, &ctx, ns.id, true).await?;
+            let gone = tx
+                .execute(
+                    &format!("DELETE FROM {s}.namespaces WHERE id = $1"),
                     &[&ns.id],
                 )
-                .await?
-                .ok_or_else(|| Error::UnknownNamespace(namespace.to_owned()))?;
-            let (oldest, open): (i64, i64) = (ring.get(0), ring.get(1));
-            for g in oldest..=open {
-                drop_partition(&*tx, s, ns.id, g).await?;
+                .await?;
+            if gone == 0 {
+                return Err(Error::UnknownNamespace(namespace.to_owned()));
             }
-            for table in ["counts", "claims", "checkpoints"] {
+            for table in ["generations", "counts", "claims", "checkpoints"] {
                 tx.execute(&format!("DELETE FROM {s}.{table} WHERE ns = $1"), &[&ns.id])
                     .await?;
             }
+            // Its tables go with the next clean-up (now, below, or at a tick).
             tx.execute(
-                &format!("DELETE FROM {s}.namespaces WHERE id = $1"),
+                &format!("INSERT INTO {s}.retired (ns) VALUES ($1) ON CONFLICT DO NOTHING"),
                 &[&ns.id],
             )
             .await?;
             tx.commit().await?;
             Ok(())
-        })?;
+        }))?;
+        if let Err(e) = self.block_on(self.cleanup()) {
+            tracing::debug!(namespace, error = %e, "its tables are left for the next tick");
+        }
         self.forget(namespace);
         tracing::info!(namespace, "namespace deleted");
         Ok(())
@@ -311,8 +341,7 @@ impl Pg {
     }
 
     pub(crate) fn disk_bytes(&self) -> Option<u64> {
-        self.block_on(async {
-            let conn = self.conn().await?;
+        self.block_on_read(self.session(self.deadline(), async |conn| {
             let row = conn
                 .query_one(
                     "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint
@@ -322,33 +351,33 @@ impl Pg {
                 )
                 .await?;
             Ok(row.get::<_, i64>(0) as u64)
-        })
+        }))
         .ok()
     }
 
+    /// A write, committed: with the synchronous standby gone (every commit waits),
+    /// or the primary frozen, it fails within the call's deadline, so readiness
+    /// follows whether marks can commit, not only whether the server answers.
     pub(crate) fn probe_store(&self) -> Result<crate::tracker::StoreProbe, Error> {
-        self.block_on(async {
-            let conn = self.conn().await?;
+        let deadline = Instant::now() + PROBE_TIMEOUT.min(self.inner.call_timeout);
+        self.block_on(self.session(deadline, async |conn| {
             let started = std::time::Instant::now();
             let row = conn
                 .query_one(
-                    "SELECT host(inet_server_addr()), inet_server_port(), pg_is_in_recovery()",
+                    &format!(
+                        "WITH beat AS (
+                             INSERT INTO {}.meta (key, value) VALUES ('probe', clock_timestamp()::text)
+                             ON CONFLICT (key) DO UPDATE SET value = excluded.value RETURNING 1)
+                         SELECT host(inet_server_addr()), inet_server_port(), pg_is_in_recovery(),
+                                (SELECT count(*) FROM beat)",
+                        self.inner.schema
+                    ),
                     &[],
                 )
                 .await?;
             let round_trip = started.elapsed();
             let host: Option<String> = row.get(0);
             let port: Option<i32> = row.get(1);
-            let in_recovery: bool = row.get(2);
-            if in_recovery {
-                // A standby answers reads only: this node must not serve marks from
-                // it (with `target_session_attrs=read-write`, the next connection
-                // finds the primary).
-                let _ = deadpool_postgres::Object::take(conn);
-                return Err(Error::Unavailable(
-                    "connected to a standby (in recovery): no primary to write to".into(),
-                ));
-            }
             Ok(crate::tracker::StoreProbe {
                 kind: "postgres",
                 host: match (host, port) {
@@ -358,7 +387,7 @@ impl Pg {
                 },
                 round_trip: Some(round_trip),
             })
-        })
+        }))
     }
 
     pub(crate) fn close(&self) -> Result<(), Error> {
@@ -376,6 +405,9 @@ fn live_sizes(ring: &Ring) -> Vec<u64> {
         .map(|g| g.filter.as_ref().map_or(0, |f| f.sizing().memory_bytes()))
         .collect()
 }
+
+/// How long the store's probe may take (a write and its commit).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn config_text(config: &NamespaceConfig) -> String {
     serde_json::to_string(config).expect("configurations serialise")

@@ -1,46 +1,34 @@
-//! The tracker's operations on PostgreSQL: each one transaction (or a few, when a
-//! rotation comes first or another node raced for the same ID), retried from the
-//! start, never half-applied.
+//! The tracker's operations on PostgreSQL: each one statement or one transaction
+//! (or a few, when a rotation comes first or another node raced for the same ID),
+//! retried from the start, never half-applied, all within the call's deadline.
 
 use std::time::Duration;
 
-use super::mark::{self, Marked, Mode};
+use tokio::time::Instant;
+
+use super::mark::{self, Answer, Ask as MarkAsk, Distinct};
 use super::ring::NsCache;
-use super::single::{self, Applied, One};
-use super::{Ctx, Pg, client};
+use super::rotation::Rotated;
+use super::single::{self, Applied, Caller, One};
+use super::{Ctx, Object, Pg, client, lock_timed_out, owner_fp, retryable};
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::exact::OwnerFp;
 use crate::generation::SealReason;
-use crate::id::EventId;
+use crate::id::{EventId, NamespaceName};
 use crate::tracker::decide::{Ask, Decision};
 use crate::tracker::transaction::{UserRead, Writes, validate_checkpoint, validate_consumer};
 use crate::tracker::{CallVerdicts, ClaimOutcome, MAX_LEASE, Transacted, Transaction};
 use crate::verdict::Verdict;
 
-/// How many times an operation starts over (a rotation first, or a race for the same
-/// ID with another transaction) before it gives up.
+/// How many times an operation starts over (the ring read again, a rotation first,
+/// or a race for the same ID with another transaction) before it gives up.
 const ATTEMPTS: usize = 8;
 
-/// `$result`, the outcome of one step of an attempt, inside the attempts' loop: a
-/// deadlock or serialisation failure starts the attempt over (`continue`, dropping
-/// the transaction, which rolls it back); an error that says the connection is
-/// broken is returned, with the connection taken out of the pool first (`Fast`
-/// recycling would hand it out again); anything else is the step's result. A macro,
-/// as the transaction borrows the connection and the loop is the caller's.
-macro_rules! step {
-    ($result:expr, $tx:ident, $conn:ident) => {
-        match $result {
-            r if retryable(&r) => continue,
-            Err(e) if broken(&e) => {
-                drop($tx);
-                let _ = deadpool_postgres::Object::take($conn);
-                return Err(e);
-            }
-            other => other,
-        }
-    };
-}
+/// How long a mark waits for its namespace's rotation when the open generation is
+/// full and the rotation cannot run yet (a transaction holds the namespace), before
+/// it fails with [`Error::Busy`].
+const FULL_WAIT: Duration = Duration::from_secs(1);
 
 impl Pg {
     pub(crate) fn check_and_mark<T: AsRef<[u8]>>(
@@ -50,12 +38,20 @@ impl Pg {
         owner: Option<&str>,
     ) -> Result<Vec<Verdict>, Error> {
         let ids = EventId::batch(ids)?;
-        let ns = self.namespace(namespace)?;
-        let owner = owner.map(|o| OwnerFp::new(o, ns.seed)).transpose()?;
-        self.block_on(self.marks(&ns, &ids, Mode::Mark(owner), None))
+        if let Some(o) = owner {
+            OwnerFp::check(o)?;
+        }
+        let name = NamespaceName::new(namespace)?;
+        let ask = MarkAsk {
+            check: false,
+            owner,
+            rotate: true,
+            checkpoint: None,
+        };
+        self.block_on(self.marks(&name, &ids, ask))
     }
 
-    /// One transaction per call: PostgreSQL answers each on its own connection, so
+    /// One call after the other: PostgreSQL answers each on its own connection, so
     /// there is no write to share (and a non-blocking call always gives up).
     pub(crate) fn check_and_mark_each<T: AsRef<[u8]>>(
         &self,
@@ -81,8 +77,14 @@ impl Pg {
         ids: &[T],
     ) -> Result<Vec<Verdict>, Error> {
         let ids = EventId::batch(ids)?;
-        let ns = self.namespace(namespace)?;
-        self.block_on(self.marks(&ns, &ids, Mode::Check, None))
+        let name = NamespaceName::new(namespace)?;
+        let ask = MarkAsk {
+            check: true,
+            owner: None,
+            rotate: true,
+            checkpoint: None,
+        };
+        self.block_on_read(self.marks(&name, &ids, ask))
     }
 
     pub(crate) fn check_and_mark_with_checkpoint<T: AsRef<[u8]>>(
@@ -95,50 +97,125 @@ impl Pg {
     ) -> Result<Vec<Verdict>, Error> {
         validate_checkpoint(consumer, position)?;
         let ids = EventId::batch(ids)?;
-        let ns = self.namespace(namespace)?;
-        let owner = owner.map(|o| OwnerFp::new(o, ns.seed)).transpose()?;
-        self.block_on(self.marks(&ns, &ids, Mode::Mark(owner), Some((consumer, position))))
+        if let Some(o) = owner {
+            OwnerFp::check(o)?;
+        }
+        let name = NamespaceName::new(namespace)?;
+        let ask = MarkAsk {
+            check: false,
+            owner,
+            rotate: true,
+            checkpoint: Some((consumer, position)),
+        };
+        self.block_on(self.marks(&name, &ids, ask))
     }
 
-    /// One call's transaction, after any rotation it finds due.
+    /// A namespace's cache entry, loaded within `deadline` when this node has none.
+    async fn ns(
+        &self,
+        name: &NamespaceName,
+        deadline: Instant,
+    ) -> Result<std::sync::Arc<NsCache>, Error> {
+        if let Some(ns) = self.cached(name.as_str()) {
+            return Ok(ns);
+        }
+        self.reload(name, deadline).await
+    }
+
+    /// Reads a namespace's ring again.
+    async fn reload(
+        &self,
+        name: &NamespaceName,
+        deadline: Instant,
+    ) -> Result<std::sync::Arc<NsCache>, Error> {
+        self.session(deadline, async |conn| {
+            self.load(client(conn), &self.ctx().on(conn), name).await
+        })
+        .await
+    }
+
+    /// One call: one autocommit statement, `mark_ids`, after whatever the ring
+    /// needs first (read again, or rotated).
     async fn marks(
         &self,
-        ns: &NsCache,
+        name: &NamespaceName,
         ids: &[EventId<'_>],
-        mode: Mode,
-        checkpoint: Option<(&str, &str)>,
+        mut ask: MarkAsk<'_>,
     ) -> Result<Vec<Verdict>, Error> {
-        for _ in 0..ATTEMPTS {
-            let mut conn = self.conn().await?;
-            let ctx = self.ctx().on(&conn);
-            let tx = conn.transaction().await?;
-            let run = step!(mark::run(&*tx, &ctx, ns, ids, mode, true).await, tx, conn);
-            match self.gone_if_missing(ns, run)? {
-                Marked::Decided(verdicts) => {
-                    if let Some((consumer, position)) = checkpoint {
-                        put_checkpoint(&*tx, &ctx, ns.id, consumer, position).await?;
-                    }
-                    tx.commit().await?;
-                    return Ok(verdicts);
+        let distinct = Distinct::new(ids);
+        let deadline = self.deadline();
+        let mut full_since: Option<Instant> = None;
+        let mut backoff = Duration::from_millis(10);
+        let mut attempts = 0;
+        while attempts < ATTEMPTS {
+            let mut ns = self.ns(name, deadline).await?;
+            if ns.ring().wants_filters() {
+                ns = self.reload(name, deadline).await?;
+            }
+            let ring = ns.ring();
+            let answer = self
+                .session(deadline, async |conn| {
+                    let ctx = self.ctx().on(conn);
+                    mark::call(client(conn), &ctx, &ns, &ring, &distinct.ids, &ask).await
+                })
+                .await;
+            let answer = match answer {
+                Err(e) if retryable(&e) => {
+                    attempts += 1;
+                    continue;
                 }
-                Marked::RotateFirst(reason) => {
-                    drop(tx);
-                    drop(conn);
-                    self.rotate(ns, Some(reason)).await?;
+                Err(e) if lock_timed_out(&e) => return Err(held(name)),
+                other => other?,
+            };
+            match answer {
+                Answer::Decided(verdicts) => return Ok(distinct.spread(&verdicts, &ask)),
+                Answer::Stale => {
+                    attempts += 1;
+                    self.reload(name, deadline).await?;
+                }
+                Answer::Unknown => {
+                    self.forget(name.as_str());
+                    return Err(Error::UnknownNamespace(name.to_string()));
+                }
+                Answer::Full => {
+                    if self
+                        .rotate(&ns, Some(SealReason::Capacity), deadline)
+                        .await?
+                        == Rotated::Deferred
+                    {
+                        if ask.check {
+                            // A check marks nothing: it may answer from the full
+                            // generation.
+                            ask.rotate = false;
+                            continue;
+                        }
+                        // The generation stays full until the rotation runs: wait a
+                        // little for it, then give up rather than overfill it.
+                        let since = *full_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() + backoff >= FULL_WAIT
+                            || Instant::now() + backoff >= deadline
+                        {
+                            return Err(single::full(&ns));
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_millis(200));
+                    }
+                }
+                Answer::Due => {
+                    attempts += 1;
+                    if self.rotate(&ns, Some(SealReason::Span), deadline).await?
+                        == Rotated::Deferred
+                    {
+                        // Past its span is no harm for a while: mark now, rotate
+                        // at the next tick.
+                        ask.rotate = false;
+                    }
                 }
             }
         }
         Err(Error::Unavailable(
-            "the namespace kept rotating under the call; retry".into(),
+            "the namespace kept changing under the call; retry".into(),
         ))
-    }
-
-    /// A namespace another node deleted: forgotten here too.
-    fn gone_if_missing<T>(&self, ns: &NsCache, r: Result<T, Error>) -> Result<T, Error> {
-        if matches!(r, Err(Error::UnknownNamespace(_))) {
-            self.forget(ns.name.as_str());
-        }
-        r
     }
 
     pub(crate) fn claim(
@@ -149,18 +226,15 @@ impl Pg {
         lease: Duration,
     ) -> Result<ClaimOutcome, Error> {
         let id = checked_id(id.as_ref())?;
-        if lease.is_zero() || lease > MAX_LEASE {
-            return Err(Error::InvalidArgument {
-                field: "lease_ms",
-                reason: format!("{} ms is outside 1 ms ..= 7 days", lease.as_millis()),
-            });
-        }
-        let ns = self.namespace(namespace)?;
-        let me = OwnerFp::new(owner, ns.seed)?;
-        let decision = self.block_on(self.one(&ns, id, |now: Timestamp| Ask::Claim {
-            owner: me,
-            until: now.saturating_add(lease),
-            lease,
+        check_lease(lease)?;
+        OwnerFp::check(owner)?;
+        let name = NamespaceName::new(namespace)?;
+        let decision = self.block_on(self.one(&name, id, |now: Timestamp, ns: &NsCache| {
+            Ok(Ask::Claim {
+                owner: owner_fp(owner, ns.seed)?,
+                until: now.saturating_add(lease),
+                lease,
+            })
         }))?;
         match decision {
             Decision::Claim(outcome) | Decision::PutClaim(outcome) => Ok(outcome),
@@ -175,9 +249,11 @@ impl Pg {
         owner: &str,
     ) -> Result<(), Error> {
         let id = checked_id(id.as_ref())?;
-        let ns = self.namespace(namespace)?;
-        let me = OwnerFp::new(owner, ns.seed)?;
-        settled(self.block_on(self.one(&ns, id, |_| Ask::Complete(me)))?)
+        OwnerFp::check(owner)?;
+        let name = NamespaceName::new(namespace)?;
+        settled(self.block_on(self.one(&name, id, |_, ns: &NsCache| {
+            Ok(Ask::Complete(owner_fp(owner, ns.seed)?))
+        }))?)
     }
 
     pub(crate) fn release(
@@ -187,45 +263,70 @@ impl Pg {
         owner: &str,
     ) -> Result<(), Error> {
         let id = checked_id(id.as_ref())?;
-        let ns = self.namespace(namespace)?;
-        let me = OwnerFp::new(owner, ns.seed)?;
-        settled(self.block_on(self.one(&ns, id, |_| Ask::Release(me)))?)
+        OwnerFp::check(owner)?;
+        let name = NamespaceName::new(namespace)?;
+        settled(self.block_on(self.one(&name, id, |_, ns: &NsCache| {
+            Ok(Ask::Release(owner_fp(owner, ns.seed)?))
+        }))?)
     }
 
     /// One single-ID operation: decided and written in one transaction.
     async fn one(
         &self,
-        ns: &NsCache,
+        name: &NamespaceName,
         id: &[u8],
-        ask: impl Fn(Timestamp) -> Ask + Copy,
+        ask: impl Fn(Timestamp, &NsCache) -> Result<Ask, Error>,
     ) -> Result<Decision, Error> {
+        let deadline = self.deadline();
+        let mut may_rotate = true;
         for _ in 0..ATTEMPTS {
-            let mut conn = self.conn().await?;
-            let ctx = self.ctx().on(&conn);
-            let tx = conn.transaction().await?;
-            let one = step!(
-                single::decide_one(&*tx, &ctx, ns, id, ask, true).await,
-                tx,
-                conn
-            );
-            let one = self.gone_if_missing(ns, one)?;
-            match one {
-                One::RotateFirst(reason) => {
-                    drop(tx);
-                    drop(conn);
-                    self.rotate(ns, Some(reason)).await?;
-                }
-                One::Decided(d) if !d.writes() => {
-                    tx.commit().await?;
-                    return Ok(d.decision);
-                }
-                One::Decided(d) => {
-                    match step!(single::apply(&*tx, &ctx, ns, id, &d).await, tx, conn)? {
-                        Applied::Written => {
+            let ns = self.ns(name, deadline).await?;
+            let step = self
+                .session(deadline, async |conn| {
+                    let ctx = self.ctx().on(conn);
+                    let tx = conn.transaction().await?;
+                    let one = single::decide_one(
+                        &*tx,
+                        &ctx,
+                        self,
+                        &ns,
+                        id,
+                        &ask,
+                        Caller::Pool { may_rotate },
+                    )
+                    .await?;
+                    Ok(match one {
+                        One::RotateFirst(reason) => Step::Rotate(reason),
+                        One::Stale => Step::Again,
+                        One::Decided(d) if !d.writes() => {
                             tx.commit().await?;
-                            return Ok(d.decision);
+                            Step::Done(d.decision)
                         }
-                        Applied::Raced => {}
+                        One::Decided(d) => match single::apply(&*tx, &ctx, &ns, id, &d).await? {
+                            Applied::Written => {
+                                tx.commit().await?;
+                                Step::Done(d.decision)
+                            }
+                            Applied::Raced => Step::Again,
+                        },
+                    })
+                })
+                .await;
+            match step {
+                Err(e) if retryable(&e) => {}
+                Err(e) if lock_timed_out(&e) => return Err(held(name)),
+                Err(Error::UnknownNamespace(n)) => {
+                    self.forget(name.as_str());
+                    return Err(Error::UnknownNamespace(n));
+                }
+                Err(e) => return Err(e),
+                Ok(Step::Done(decision)) => return Ok(decision),
+                Ok(Step::Again) => {
+                    self.reload(name, deadline).await?;
+                }
+                Ok(Step::Rotate(reason)) => {
+                    if self.rotate(&ns, Some(reason), deadline).await? == Rotated::Deferred {
+                        may_rotate = false;
                     }
                 }
             }
@@ -249,20 +350,22 @@ impl Pg {
         F: FnOnce(&mut Transaction<'_>) -> Result<T, E>,
     {
         let id = checked_id(id.as_ref())?;
-        let ns = self.namespace(namespace)?;
-        let me = owner.map(|o| OwnerFp::new(o, ns.seed)).transpose()?;
+        if let Some(o) = owner {
+            OwnerFp::check(o)?;
+        }
+        let name = NamespaceName::new(namespace)?;
         let mut held = None;
         for _ in 0..ATTEMPTS {
-            match self.block_on(self.hold_for_transaction(&ns, id, me))? {
+            match self.block_on(self.hold_for_transaction(&name, id, owner))? {
                 Hold::Answered(verdict) => return Ok(Transacted::Skipped(verdict)),
-                Hold::Rotated | Hold::Raced => {}
-                Hold::Held(conn) => {
-                    held = Some(*conn);
+                Hold::Again => {}
+                Hold::Held(conn, ns) => {
+                    held = Some((*conn, ns));
                     break;
                 }
             }
         }
-        let Some(conn) = held else {
+        let Some((conn, ns)) = held else {
             return Err(
                 Error::Unavailable("the ID kept changing under the call; retry".into()).into(),
             );
@@ -274,7 +377,7 @@ impl Pg {
         let mut tx = Transaction::new(&guard);
         let value = f(&mut tx)?;
         let writes = tx.into_writes();
-        guard.commit(ns.id, &writes)?;
+        guard.commit(ns, &writes)?;
         Ok(Transacted::Applied(value))
     }
 
@@ -282,45 +385,87 @@ impl Pg {
     /// the transaction open (the row stays locked by it).
     async fn hold_for_transaction(
         &self,
-        ns: &NsCache,
+        name: &NamespaceName,
         id: &[u8],
-        me: Option<OwnerFp>,
+        owner: Option<&str>,
     ) -> Result<Hold, Error> {
-        let ctx = self.ctx();
-        let conn = self.conn().await?;
-        conn.batch_execute("BEGIN").await?;
-        let mut open = OpenConn(Some(conn));
-        let one =
-            single::decide_one(client(open.get()), &ctx, ns, id, |_| Ask::Mark(me), true).await;
-        let one = self.gone_if_missing(ns, one)?;
-        match one {
-            One::RotateFirst(reason) => {
-                open.rollback().await;
-                self.rotate(ns, Some(reason)).await?;
-                Ok(Hold::Rotated)
-            }
-            One::Decided(d) if !d.writes() => {
-                open.rollback().await;
-                match d.decision {
-                    Decision::Verdict(v) => Ok(Hold::Answered(v)),
+        let deadline = self.deadline();
+        let ns = self.ns(name, deadline).await?;
+        let mut open = OpenConn(Some(self.conn(deadline).await?));
+        let attempt = tokio::time::timeout_at(deadline, async {
+            let ctx = self.ctx();
+            client(open.get()).batch_execute("BEGIN").await?;
+            let mark = |_: Timestamp, ns: &NsCache| {
+                Ok(Ask::Mark(owner.map(|o| owner_fp(o, ns.seed)).transpose()?))
+            };
+            let one = single::decide_one(
+                client(open.get()),
+                &ctx,
+                self,
+                &ns,
+                id,
+                mark,
+                Caller::Pool { may_rotate: true },
+            )
+            .await?;
+            Ok(match one {
+                One::Decided(d) if d.writes() => {
+                    match single::apply(client(open.get()), &ctx, &ns, id, &d).await? {
+                        Applied::Written => Attempt::Wrote,
+                        Applied::Raced => Attempt::Again,
+                    }
+                }
+                One::Decided(d) => match d.decision {
+                    Decision::Verdict(v) => Attempt::Answered(v),
                     other => unreachable!("a mark decided {other:?}"),
+                },
+                One::RotateFirst(reason) => Attempt::Rotate(reason),
+                One::Stale => Attempt::Stale,
+            })
+        })
+        .await;
+        let attempt: Result<Attempt, Error> = match attempt {
+            Ok(attempt) => attempt,
+            Err(_) => {
+                if let Some(conn) = open.0.take() {
+                    self.abandon(conn);
                 }
+                return Err(Error::Unavailable(format!(
+                    "PostgreSQL did not answer within {} ms (call_timeout)",
+                    self.inner.call_timeout.as_millis()
+                )));
             }
-            One::Decided(d) => match single::apply(client(open.get()), &ctx, ns, id, &d).await? {
-                Applied::Written => Ok(Hold::Held(Box::new(open.take()))),
-                Applied::Raced => {
-                    open.rollback().await;
-                    Ok(Hold::Raced)
-                }
-            },
+        };
+        if matches!(attempt, Ok(Attempt::Wrote)) {
+            return Ok(Hold::Held(Box::new(open.take()), ns.id));
+        }
+        open.rollback().await;
+        match attempt {
+            Ok(Attempt::Wrote) => unreachable!("returned above"),
+            Ok(Attempt::Answered(v)) => Ok(Hold::Answered(v)),
+            Ok(Attempt::Again) => Ok(Hold::Again),
+            Ok(Attempt::Stale) => {
+                self.reload(name, deadline).await?;
+                Ok(Hold::Again)
+            }
+            Ok(Attempt::Rotate(reason)) => {
+                let _ = self.rotate(&ns, Some(reason), deadline).await?;
+                Ok(Hold::Again)
+            }
+            Err(e) if retryable(&e) => Ok(Hold::Again),
+            Err(e) if lock_timed_out(&e) => Err(held(name)),
+            Err(Error::UnknownNamespace(n)) => {
+                self.forget(name.as_str());
+                Err(Error::UnknownNamespace(n))
+            }
+            Err(e) => Err(e),
         }
     }
 
     pub(crate) fn user_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        self.block_on(async {
-            let conn = self.conn().await?;
-            user_value(&**conn, &self.inner.schema, key).await
-        })
+        self.block_on_read(self.session(self.deadline(), async |conn| {
+            user_value(client(conn), &self.inner.schema, key).await
+        }))
     }
 
     pub(crate) fn set_checkpoint(
@@ -331,10 +476,9 @@ impl Pg {
     ) -> Result<(), Error> {
         validate_checkpoint(consumer, position)?;
         let ns = self.namespace(namespace)?;
-        self.block_on(async {
-            let conn = self.conn().await?;
-            put_checkpoint(&**conn, &self.ctx(), ns.id, consumer, position).await
-        })
+        self.block_on(self.session(self.deadline(), async |conn| {
+            put_checkpoint(client(conn), &self.ctx(), ns.id, consumer, position).await
+        }))
     }
 
     pub(crate) fn checkpoint(
@@ -344,15 +488,13 @@ impl Pg {
     ) -> Result<Option<String>, Error> {
         validate_consumer(consumer)?;
         let ns = self.namespace(namespace)?;
-        self.block_on(async {
-            let conn = self.conn().await?;
-            get_checkpoint(&**conn, &self.ctx(), ns.id, consumer).await
-        })
+        self.block_on_read(self.session(self.deadline(), async |conn| {
+            get_checkpoint(client(conn), &self.ctx(), ns.id, consumer).await
+        }))
     }
 
     pub(crate) fn tick(&self) -> Result<(), Error> {
-        let names = self.block_on(async {
-            let conn = self.conn().await?;
+        let names = self.block_on_read(self.session(self.deadline(), async |conn| {
             let rows = conn
                 .query(
                     &format!("SELECT name FROM {}.namespaces", self.inner.schema),
@@ -363,7 +505,7 @@ impl Pg {
                 .iter()
                 .map(|r| r.get::<_, String>(0))
                 .collect::<Vec<_>>())
-        })?;
+        }))?;
         let mut first_error = None;
         for name in names {
             let Ok(ns) = self.namespace(&name) else {
@@ -371,7 +513,7 @@ impl Pg {
             };
             let result = self.block_on(async {
                 if let Some(reason) = self.due_now(&ns).await? {
-                    self.rotate(&ns, Some(reason)).await?;
+                    let _ = self.rotate(&ns, Some(reason), self.deadline()).await?;
                 } else if Self::behind(&Self::arc_ring(&ns)) {
                     self.catch_up(&ns).await?;
                 }
@@ -381,33 +523,69 @@ impl Pg {
                 first_error.get_or_insert(e);
             }
         }
+        if let Err(e) = self.block_on(self.cleanup()) {
+            first_error.get_or_insert(e);
+        }
         first_error.map_or(Ok(()), Err)
     }
 
     pub(crate) fn rotate_namespace(&self, namespace: &str) -> Result<(), Error> {
         let ns = self.namespace(namespace)?;
-        self.block_on(self.rotate(&ns, None::<SealReason>))
+        let deadline = self.deadline();
+        match self.block_on(self.rotate(&ns, None::<SealReason>, deadline))? {
+            Rotated::Deferred => Err(Error::Busy(format!(
+                "namespace {namespace} is held by a transaction: its rotation could not take \
+                 its lock within {} ms; nothing changed, retry",
+                super::rotation::ROTATION_LOCK_WAIT.as_millis()
+            ))),
+            Rotated::Sealed | Rotated::NotDue => Ok(()),
+        }
     }
+}
+
+/// What one attempt of a single-ID operation came to.
+enum Step {
+    Done(Decision),
+    Rotate(SealReason),
+    /// Raced, or the namespace changed: read it again and start over.
+    Again,
+}
+
+/// Another transaction held what a call needed past `lock_timeout`.
+fn held(name: &NamespaceName) -> Error {
+    Error::Busy(format!(
+        "another transaction held one of these IDs in namespace {name}, or the namespace \
+         itself, for over {} ms; nothing was marked: retry",
+        super::schema::LOCK_TIMEOUT.as_millis()
+    ))
 }
 
 enum Hold {
     Answered(Verdict),
-    Rotated,
-    Raced,
-    Held(Box<deadpool_postgres::Object>),
+    Again,
+    Held(Box<Object>, i32),
+}
+
+/// How one attempt to hold a transaction's mark went.
+enum Attempt {
+    Wrote,
+    Answered(Verdict),
+    Rotate(SealReason),
+    Stale,
+    Again,
 }
 
 /// A pooled connection inside a transaction begun by hand: rolled back, or taken
 /// out of the pool, whatever happens, so that no connection goes back to the pool
 /// mid-transaction.
-struct OpenConn(Option<deadpool_postgres::Object>);
+struct OpenConn(Option<Object>);
 
 impl OpenConn {
-    fn get(&self) -> &deadpool_postgres::Object {
+    fn get(&self) -> &Object {
         self.0.as_ref().expect("taken only once")
     }
 
-    fn take(&mut self) -> deadpool_postgres::Object {
+    fn take(&mut self) -> Object {
         self.0.take().expect("taken only once")
     }
 
@@ -415,7 +593,7 @@ impl OpenConn {
         if let Some(conn) = self.0.take()
             && conn.batch_execute("ROLLBACK").await.is_err()
         {
-            let _ = deadpool_postgres::Object::take(conn);
+            let _ = Object::take(conn);
         }
     }
 }
@@ -425,7 +603,7 @@ impl Drop for OpenConn {
         if let Some(conn) = self.0.take() {
             // Its transaction's fate is unknown here: the connection is closed
             // rather than reused, which rolls the transaction back.
-            let _ = deadpool_postgres::Object::take(conn);
+            let _ = Object::take(conn);
         }
     }
 }
@@ -434,7 +612,7 @@ impl Drop for OpenConn {
 /// go through it.
 struct OpenTransaction<'a> {
     pg: &'a Pg,
-    conn: Option<deadpool_postgres::Object>,
+    conn: Option<Object>,
 }
 
 impl OpenTransaction<'_> {
@@ -442,34 +620,49 @@ impl OpenTransaction<'_> {
         let conn = self.conn.take().expect("committed once");
         let pg = self.pg;
         let ctx = pg.ctx();
+        let deadline = pg.deadline();
         let result = pg.block_on(async {
-            let s = ctx.schema;
-            for (key, value) in &writes.user {
-                match value {
-                    Some(v) => {
-                        conn.execute(
-                            &format!(
-                                "INSERT INTO {s}.user_kv (key, value) VALUES ($1, $2)
-                                 ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-                            ),
-                            &[key, v],
-                        )
-                        .await?;
-                    }
-                    None => {
-                        conn.execute(&format!("DELETE FROM {s}.user_kv WHERE key = $1"), &[key])
+            let work = async {
+                let s = ctx.schema;
+                for (key, value) in &writes.user {
+                    match value {
+                        Some(v) => {
+                            conn.execute(
+                                &format!(
+                                    "INSERT INTO {s}.user_kv (key, value) VALUES ($1, $2)
+                                     ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+                                ),
+                                &[key, v],
+                            )
                             .await?;
+                        }
+                        None => {
+                            conn.execute(
+                                &format!("DELETE FROM {s}.user_kv WHERE key = $1"),
+                                &[key],
+                            )
+                            .await?;
+                        }
                     }
                 }
-            }
-            for (consumer, position) in &writes.checkpoints {
-                put_checkpoint(&**conn, &ctx, ns, consumer, position).await?;
-            }
-            conn.batch_execute("COMMIT").await?;
-            Ok(())
+                for (consumer, position) in &writes.checkpoints {
+                    put_checkpoint(client(&conn), &ctx, ns, consumer, position).await?;
+                }
+                conn.batch_execute("COMMIT").await?;
+                Ok(())
+            };
+            tokio::time::timeout_at(deadline, work)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::Unavailable(
+                        "PostgreSQL did not answer the transaction's commit in time: it may or \
+                         may not have been committed"
+                            .into(),
+                    ))
+                })
         });
         if result.is_err() {
-            let _ = deadpool_postgres::Object::take(conn);
+            pg.abandon(conn);
         }
         result
     }
@@ -480,7 +673,7 @@ impl Drop for OpenTransaction<'_> {
         if let Some(conn) = self.conn.take() {
             // The closure failed (or panicked): the transaction, and with it the
             // mark, is rolled back by closing its connection.
-            let _ = deadpool_postgres::Object::take(conn);
+            let _ = Object::take(conn);
         }
     }
 }
@@ -488,8 +681,19 @@ impl Drop for OpenTransaction<'_> {
 impl UserRead for OpenTransaction<'_> {
     fn get_user(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         let conn = self.conn.as_ref().expect("open while the closure runs");
-        self.pg
-            .block_on(user_value_locked(client(conn), &self.pg.inner.schema, key))
+        let deadline = self.pg.deadline();
+        self.pg.block_on_read(async {
+            tokio::time::timeout_at(
+                deadline,
+                user_value_locked(client(conn), &self.pg.inner.schema, key),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Unavailable(
+                    "PostgreSQL did not answer a read in time".into(),
+                ))
+            })
+        })
     }
 }
 
@@ -561,33 +765,8 @@ pub(crate) async fn get_checkpoint<C: tokio_postgres::GenericClient + Sync>(
         .map(|r| r.get(0)))
 }
 
-/// Whether a transaction failed only because PostgreSQL chose it as a deadlock's or
-/// a serialisation conflict's victim: nothing was written, and it may start over.
-fn retryable<T>(r: &Result<T, Error>) -> bool {
-    use tokio_postgres::error::SqlState;
-    matches!(r, Err(Error::Postgres(e)) if e.code().is_some_and(|c| {
-        *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
-    }))
-}
-
-/// Whether a connection must not go back to the pool: it is closed, or it reached a
-/// server that takes no writes (a standby, a demoted primary). The next connection
-/// looks for the primary afresh (`target_session_attrs=read-write`).
-pub(crate) fn broken(e: &Error) -> bool {
-    use tokio_postgres::error::SqlState;
-    match e {
-        Error::Postgres(e) => {
-            e.is_closed()
-                || e.code().is_some_and(|c| {
-                    *c == SqlState::READ_ONLY_SQL_TRANSACTION || *c == SqlState::ADMIN_SHUTDOWN
-                })
-        }
-        _ => false,
-    }
-}
-
 /// Finishes a completion or a release.
-fn settled(decision: Decision) -> Result<(), Error> {
+pub(crate) fn settled(decision: Decision) -> Result<(), Error> {
     match decision {
         Decision::Nothing | Decision::MarkDone { .. } | Decision::DeleteClaim => Ok(()),
         Decision::Conflict(why) => Err(Error::Conflict(why)),
@@ -595,8 +774,18 @@ fn settled(decision: Decision) -> Result<(), Error> {
     }
 }
 
-fn checked_id(id: &[u8]) -> Result<&[u8], Error> {
+pub(crate) fn checked_id(id: &[u8]) -> Result<&[u8], Error> {
     EventId::new(id)
         .map(EventId::as_bytes)
         .map_err(|reason| Error::InvalidId { index: 0, reason })
+}
+
+pub(crate) fn check_lease(lease: Duration) -> Result<(), Error> {
+    if lease.is_zero() || lease > MAX_LEASE {
+        return Err(Error::InvalidArgument {
+            field: "lease_ms",
+            reason: format!("{} ms is outside 1 ms ..= 7 days", lease.as_millis()),
+        });
+    }
+    Ok(())
 }
