@@ -90,7 +90,10 @@
 //!   answer was lost), `until_ms`. `oncely.check_and_mark_bytes(namespace text, ids
 //!   bytea[], owner text DEFAULT NULL)` takes raw bytes (a name of its own: drivers
 //!   that send parameters untyped would make an overload ambiguous);
-//!   `oncely.check(namespace, ids)` and `oncely.check_bytes` answer without marking.
+//!   `oncely.check(namespace, ids)` and `oncely.check_bytes` answer without marking;
+//!   `oncely.set_checkpoint(namespace, consumer, position)` and
+//!   `oncely.checkpoint(namespace, consumer)` keep a consumer's position in the same
+//!   transaction. (Claims are the library's and the daemon's only.)
 //! * The function sorts the IDs and takes its row locks in that order, so batches
 //!   in any order from any number of transactions wait for one another and never
 //!   deadlock; it takes the namespace's lock and, at REPEATABLE READ and
@@ -166,7 +169,7 @@ use crate::exact::OwnerFp;
 use crate::id::{EventId, NamespaceName};
 use crate::tracker::ClaimOutcome;
 use crate::tracker::decide::{Ask, Decision};
-use crate::tracker::postgres::mark::{self, Answer, Ask as MarkAsk, Distinct};
+use crate::tracker::postgres::mark::{self, Answer, Ask as MarkAsk, Distinct, Owners};
 use crate::tracker::postgres::ops::{
     check_lease, checked_id, get_checkpoint, put_checkpoint, settled,
 };
@@ -272,11 +275,10 @@ impl InTransaction {
         let name = NamespaceName::new(namespace)?;
         let ask = MarkAsk {
             check: false,
-            owner,
             rotate: false,
             checkpoint: None,
         };
-        self.marks(client, &name, &ids, &ask).await
+        self.marks(client, &name, &ids, owner, &ask).await
     }
 
     /// [`Tracker::check`](crate::Tracker::check), inside `client`'s transaction.
@@ -294,11 +296,10 @@ impl InTransaction {
         let name = NamespaceName::new(namespace)?;
         let ask = MarkAsk {
             check: true,
-            owner: None,
             rotate: false,
             checkpoint: None,
         };
-        self.marks(client, &name, &ids, &ask).await
+        self.marks(client, &name, &ids, None, &ask).await
     }
 
     async fn marks<C: GenericClient + Sync>(
@@ -306,9 +307,11 @@ impl InTransaction {
         client: &C,
         name: &NamespaceName,
         ids: &[EventId<'_>],
+        owner: Option<&str>,
         ask: &MarkAsk<'_>,
     ) -> Result<Vec<Verdict>, Error> {
         let distinct = Distinct::new(ids);
+        let owners = owner.map_or(Owners::None, Owners::One);
         let ctx = self.pg.ctx();
         for _ in 0..ATTEMPTS {
             let mut ns = self.pg.namespace_in(client, name.as_str()).await?;
@@ -316,11 +319,13 @@ impl InTransaction {
                 ns = self.pg.load(client, &ctx, name).await?;
             }
             let ring = ns.ring();
-            match mark::call(client, &ctx, &ns, &ring, &distinct.ids, ask)
+            match mark::call(client, &ctx, &ns, &ring, &distinct.ids, owners, ask)
                 .await
                 .map_err(in_transaction)?
             {
-                Answer::Decided(verdicts) => return Ok(distinct.spread(&verdicts, ask)),
+                Answer::Decided(verdicts) => {
+                    return Ok(distinct.spread(&verdicts, ask.check, owner.is_some()));
+                }
                 Answer::Stale => {
                     self.pg.load(client, &ctx, name).await?;
                 }

@@ -315,6 +315,35 @@ fn sql_callers_get_the_librarys_verdicts() {
         [Verdict::New],
         "refused: nothing marked"
     );
+    // Checkpoints, kept where the library keeps them.
+    s.sql("SELECT oncely.set_checkpoint('default', 'ledger', 'offset-7')");
+    assert_eq!(
+        t.checkpoint(NS, "ledger").unwrap().as_deref(),
+        Some("offset-7")
+    );
+    t.set_checkpoint(NS, "ledger", "offset-8").unwrap();
+    let read: Option<String> = s.run(async |c| {
+        c.query_one("SELECT oncely.checkpoint('default', 'ledger')", &[])
+            .await
+            .unwrap()
+            .get(0)
+    });
+    assert_eq!(read.as_deref(), Some("offset-8"));
+    for bad in [
+        "SELECT oncely.set_checkpoint('default', '..', 'p')",
+        "SELECT oncely.set_checkpoint('default', 'ledger', '')",
+        "SELECT oncely.set_checkpoint('nope', 'ledger', 'p')",
+    ] {
+        let err = s.run(async |c| c.batch_execute(bad).await).expect_err(bad);
+        assert!(
+            matches!(sql_state(&err), Some("22023" | "42704")),
+            "{bad}: {err:?}"
+        );
+    }
+    assert_eq!(
+        t.checkpoint(NS, "ledger").unwrap().as_deref(),
+        Some("offset-8")
+    );
 }
 
 /// Batches of 2,000 IDs in opposite orders, from two transactions at once, many
@@ -707,4 +736,86 @@ fn hints_from_the_filters_keep_answers_exact_across_rotations() {
     }
     let generations = t.namespace_info(NS).unwrap().generations.len();
     assert!(generations >= 5, "{generations} generations");
+}
+
+/// Single IDs from many threads at once share statements: exactly one `new` per ID
+/// whatever the interleaving, an owner's retry gets its `new` back, and an ID
+/// another transaction holds fails only the call that carries it, not the calls it
+/// shared a statement with.
+#[test]
+fn single_ids_from_many_callers_share_statements_and_stay_exact() {
+    use rand::rngs::StdRng;
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+    let place = Place::new(Engine::Postgres);
+    let c = clock();
+    let t = place.open(&c, small_config(100_000_000));
+    let marks = t.in_transaction().unwrap();
+    let holder = Session::connect(&place);
+    holder.sql("BEGIN");
+    let held = holder.run(async |cl| marks.check_and_mark(cl, NS, &["held"], None).await);
+    assert_eq!(held.unwrap(), [Verdict::New]);
+    let ids: Vec<String> = (0..400).map(|i| format!("s-{i:04}")).collect();
+    let start = Arc::new(Barrier::new(17));
+    let answers: Vec<Vec<(String, String, Verdict)>> = thread::scope(|scope| {
+        let mut workers: Vec<_> = (0..16_u64)
+            .map(|w| {
+                let (t, start) = (t.clone(), Arc::clone(&start));
+                let mut mine = ids.clone();
+                scope.spawn(move || {
+                    let mut rng = StdRng::seed_from_u64(0x5EED + w);
+                    mine.shuffle(&mut rng);
+                    start.wait();
+                    let mut got = Vec::new();
+                    for (n, id) in mine.iter().take(150).enumerate() {
+                        let owner = format!("w{w}-d{n}");
+                        let v = t.check_and_mark(NS, &[id], Some(&owner)).unwrap();
+                        got.push((id.clone(), owner.clone(), v[0]));
+                        if rng.random_bool(0.2) {
+                            // The same delivery retried: its answer again, replayed.
+                            let again = t.check_and_mark(NS, &[id], Some(&owner)).unwrap();
+                            let expected = if v[0].is_new() {
+                                Verdict::Replayed
+                            } else {
+                                v[0]
+                            };
+                            assert_eq!(again[0], expected, "{id} retried by {owner}");
+                        }
+                    }
+                    got
+                })
+            })
+            .collect();
+        let t2 = t.clone();
+        let start2 = Arc::clone(&start);
+        let busy = scope.spawn(move || {
+            start2.wait();
+            let started = Instant::now();
+            let r = t2.check_and_mark(NS, &["held"], None);
+            (r, started.elapsed())
+        });
+        let answers = workers.drain(..).map(|w| w.join().unwrap()).collect();
+        let (r, took) = busy.join().unwrap();
+        assert!(matches!(r, Err(Error::Busy(_))), "{r:?} after {took:?}");
+        answers
+    });
+    holder.sql("COMMIT");
+    let mut news: HashMap<String, usize> = HashMap::new();
+    for (id, owner, v) in answers.iter().flatten() {
+        match v {
+            Verdict::New => *news.entry(id.clone()).or_default() += 1,
+            Verdict::Duplicate => {}
+            other => panic!("{id} for {owner}: {other:?}"),
+        }
+    }
+    assert!(news.values().all(|&n| n == 1), "an ID was new twice");
+    let marked: Vec<&String> = ids.iter().filter(|id| news.contains_key(*id)).collect();
+    assert!(marked.len() > 300, "{}", marked.len());
+    assert!(
+        t.check(NS, &marked)
+            .unwrap()
+            .iter()
+            .all(|v| *v == Verdict::Duplicate),
+        "every new was stored"
+    );
 }

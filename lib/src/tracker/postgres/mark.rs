@@ -8,8 +8,6 @@
 //! carry the ring version they were made for; for any other, `mark_ids` changes
 //! nothing and answers `stale`, and the node reads the ring again.
 
-use std::collections::HashMap;
-
 use tokio_postgres::GenericClient;
 use tokio_postgres::types::Type;
 
@@ -26,13 +24,38 @@ use crate::verdict::Verdict;
 pub(crate) struct Ask<'a> {
     /// Check only (mark nothing).
     pub(crate) check: bool,
-    /// The owner token, for marks.
-    pub(crate) owner: Option<&'a str>,
-    /// Answer [`Answer::Due`] when the open generation's span has passed, rather
-    /// than mark (the caller rotates first).
+    /// Answer [`Answer::Due`] (or [`Answer::Full`]) when the open generation must
+    /// rotate first, rather than mark (the caller rotates).
     pub(crate) rotate: bool,
     /// A checkpoint to store with the marks, in the same statement.
     pub(crate) checkpoint: Option<(&'a str, &'a str)>,
+}
+
+/// The owner tokens of a call's IDs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Owners<'a> {
+    /// None: a retry answers `duplicate`.
+    None,
+    /// One for every ID: one caller's call.
+    One(&'a str),
+    /// One (or none) per distinct ID: several callers' calls sharing a statement.
+    Each(&'a [Option<&'a str>]),
+}
+
+impl Owners<'_> {
+    const fn one(&self) -> Option<&str> {
+        match self {
+            Self::One(o) => Some(o),
+            Self::None | Self::Each(_) => None,
+        }
+    }
+
+    const fn each(&self) -> Option<&[Option<&str>]> {
+        match self {
+            Self::Each(each) => Some(each),
+            Self::None | Self::One(_) => None,
+        }
+    }
 }
 
 /// What `mark_ids` answered.
@@ -51,8 +74,8 @@ pub(crate) enum Answer {
     Due,
 }
 
-/// A batch's distinct IDs, in the order of their first occurrence, and how to give
-/// every position its verdict back.
+/// A batch's distinct IDs, in ascending order (the order `mark_ids` takes them in
+/// and locks them in), and how to give every position its verdict back.
 pub(crate) struct Distinct<'a> {
     pub(crate) ids: Vec<&'a [u8]>,
     /// For every position of the batch, its ID's index in `ids`.
@@ -61,34 +84,31 @@ pub(crate) struct Distinct<'a> {
 
 impl<'a> Distinct<'a> {
     pub(crate) fn new(batch: &[EventId<'a>]) -> Self {
-        let mut index: HashMap<&'a [u8], usize> = HashMap::with_capacity(batch.len());
-        let mut ids = Vec::with_capacity(batch.len());
+        let mut ids: Vec<&'a [u8]> = batch.iter().map(|id| id.as_bytes()).collect();
+        ids.sort_unstable();
+        ids.dedup();
         let first = batch
             .iter()
             .map(|id| {
-                *index.entry(id.as_bytes()).or_insert_with(|| {
-                    ids.push(id.as_bytes());
-                    ids.len() - 1
-                })
+                ids.binary_search(&id.as_bytes())
+                    .expect("every ID is among the distinct ones")
             })
             .collect();
         Self { ids, first }
     }
 
     /// The batch's verdicts from the distinct IDs': a repeat follows its first
-    /// occurrence, except that a `new` repeated is, for a mark, the same owner's
-    /// replay (or without an owner a duplicate).
-    pub(crate) fn spread(&self, decided: &[Verdict], ask: &Ask<'_>) -> Vec<Verdict> {
+    /// occurrence, except that a `new` repeated is, for a mark (`check` false), the
+    /// same owner's replay (or, with no owner, a duplicate).
+    pub(crate) fn spread(&self, decided: &[Verdict], check: bool, owned: bool) -> Vec<Verdict> {
         let mut seen = vec![false; self.ids.len()];
         self.first
             .iter()
             .map(|&k| {
                 let repeat = std::mem::replace(&mut seen[k], true);
                 match decided[k] {
-                    Verdict::New if repeat && !ask.check && ask.owner.is_some() => {
-                        Verdict::Replayed
-                    }
-                    Verdict::New if repeat && !ask.check => Verdict::Duplicate,
+                    Verdict::New if repeat && !check && owned => Verdict::Replayed,
+                    Verdict::New if repeat && !check => Verdict::Duplicate,
                     other => other,
                 }
             })
@@ -155,24 +175,27 @@ fn one_based(i: usize) -> i32 {
     i32::try_from(i + 1).unwrap_or(i32::MAX)
 }
 
-/// Calls `mark_ids` for the distinct `ids` with the ring `ring` of `ns`.
+/// Calls `mark_ids` for the distinct, sorted `ids` with the ring `ring` of `ns`.
 pub(crate) async fn call<C: GenericClient + Sync>(
     client: &C,
     ctx: &Ctx<'_>,
     ns: &NsCache,
     ring: &Ring,
     ids: &[&[u8]],
+    owners: Owners<'_>,
     ask: &Ask<'_>,
 ) -> Result<Answer, Error> {
+    debug_assert!(ids.windows(2).all(|w| w[0] < w[1]), "distinct and sorted");
     let h = hints(ns, ring, ids);
     let (consumer, position) = ask.checkpoint.unzip();
     let now = ctx.injected_now();
+    let (owner, each) = (owners.one(), owners.each());
     let rows = ctx
         .query(
             client,
             &format!(
                 "SELECT idx, verdict, until_ms FROM {}.mark_ids(
-                     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
                 ctx.schema
             ),
             &[
@@ -180,7 +203,8 @@ pub(crate) async fn call<C: GenericClient + Sync>(
                 (&ns.id, Type::INT4),
                 (&ring.version, Type::INT8),
                 (&ids, Type::BYTEA_ARRAY),
-                (&ask.owner, Type::TEXT),
+                (&owner, Type::TEXT),
+                (&each, Type::TEXT_ARRAY),
                 (&ask.check, Type::BOOL),
                 (&ask.rotate, Type::BOOL),
                 (&now, Type::INT8),
@@ -229,4 +253,47 @@ fn unexpected(what: &str) -> Error {
         "mark_ids answered {what:?}, which this build does not know: is the schema's \
          function from another version?"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeats_follow_their_first_occurrence() {
+        let batch = EventId::batch(&["a", "b", "a", "c", "b", "a"]).unwrap();
+        let distinct = Distinct::new(&batch);
+        assert_eq!(distinct.ids, [&b"a"[..], b"b", b"c"], "sorted");
+        use Verdict::{Duplicate, New, ProbableDuplicate, Replayed};
+        let decided = [New, Duplicate, ProbableDuplicate];
+        assert_eq!(
+            distinct.spread(&decided, false, false),
+            [
+                New,
+                Duplicate,
+                Duplicate,
+                ProbableDuplicate,
+                Duplicate,
+                Duplicate
+            ],
+            "without an owner, a new repeated is a duplicate"
+        );
+        assert_eq!(
+            distinct.spread(&decided, false, true),
+            [
+                New,
+                Duplicate,
+                Replayed,
+                ProbableDuplicate,
+                Duplicate,
+                Replayed
+            ],
+            "with one, the same owner's replay"
+        );
+        assert_eq!(
+            distinct.spread(&decided, true, false),
+            [New, Duplicate, New, ProbableDuplicate, Duplicate, New],
+            "a check repeats its answer"
+        );
+    }
 }

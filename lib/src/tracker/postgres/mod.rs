@@ -44,6 +44,7 @@ use crate::tracker::budget::Limits;
 use crate::tracker::health::Health;
 
 mod admin;
+mod combine;
 mod connect;
 pub(crate) mod mark;
 pub(crate) mod ops;
@@ -93,6 +94,8 @@ struct PgInner {
     /// Rotations that could not take their namespace's lock in time and were left
     /// for later.
     rotations_deferred: AtomicU64,
+    /// Small calls waiting to share a statement, per namespace.
+    lanes: combine::Lanes,
     closed: AtomicBool,
 }
 
@@ -264,6 +267,7 @@ impl Pg {
                 namespaces: RwLock::new(HashMap::new()),
                 health: Health::default(),
                 rotations_deferred: AtomicU64::new(0),
+                lanes: combine::Lanes::default(),
                 closed: AtomicBool::new(false),
             }),
         };

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::mark::{self, Answer, Ask as MarkAsk, Distinct};
+use super::combine;
+use super::mark::{self, Answer, Ask as MarkAsk, Distinct, Owners};
 use super::ring::NsCache;
 use super::rotation::Rotated;
 use super::single::{self, Applied, Caller, One};
@@ -42,17 +43,26 @@ impl Pg {
             OwnerFp::check(o)?;
         }
         let name = NamespaceName::new(namespace)?;
-        let ask = MarkAsk {
-            check: false,
-            owner,
-            rotate: true,
-            checkpoint: None,
+        let distinct = Distinct::new(&ids);
+        let decided = if distinct.ids.len() <= combine::MAX_IDS {
+            // Small calls of many callers at once share statements (see `combine`).
+            self.block_on(self.combined(&name, &distinct.ids, owner))?
+        } else {
+            let ask = MarkAsk {
+                check: false,
+                rotate: true,
+                checkpoint: None,
+            };
+            let owners = owner.map_or(Owners::None, Owners::One);
+            self.block_on(self.decide(&name, &distinct.ids, owners, ask))?
         };
-        self.block_on(self.marks(&name, &ids, ask))
+        Ok(distinct.spread(&decided, false, owner.is_some()))
     }
 
-    /// One call after the other: PostgreSQL answers each on its own connection, so
-    /// there is no write to share (and a non-blocking call always gives up).
+    /// One call after the other, each decided as it would be alone after the ones
+    /// before it (rotations between them included), as the embedded engine's one
+    /// write decides them. (Calls of *concurrent* callers share statements, see
+    /// `combine`; these come in an order, and each must see the last.)
     pub(crate) fn check_and_mark_each<T: AsRef<[u8]>>(
         &self,
         namespace: &str,
@@ -80,11 +90,12 @@ impl Pg {
         let name = NamespaceName::new(namespace)?;
         let ask = MarkAsk {
             check: true,
-            owner: None,
             rotate: true,
             checkpoint: None,
         };
-        self.block_on_read(self.marks(&name, &ids, ask))
+        let distinct = Distinct::new(&ids);
+        let decided = self.block_on_read(self.decide(&name, &distinct.ids, Owners::None, ask))?;
+        Ok(distinct.spread(&decided, true, false))
     }
 
     pub(crate) fn check_and_mark_with_checkpoint<T: AsRef<[u8]>>(
@@ -103,11 +114,13 @@ impl Pg {
         let name = NamespaceName::new(namespace)?;
         let ask = MarkAsk {
             check: false,
-            owner,
             rotate: true,
             checkpoint: Some((consumer, position)),
         };
-        self.block_on(self.marks(&name, &ids, ask))
+        let distinct = Distinct::new(&ids);
+        let owners = owner.map_or(Owners::None, Owners::One);
+        let decided = self.block_on(self.decide(&name, &distinct.ids, owners, ask))?;
+        Ok(distinct.spread(&decided, false, owner.is_some()))
     }
 
     /// A namespace's cache entry, loaded within `deadline` when this node has none.
@@ -134,15 +147,16 @@ impl Pg {
         .await
     }
 
-    /// One call: one autocommit statement, `mark_ids`, after whatever the ring
-    /// needs first (read again, or rotated).
-    async fn marks(
+    /// One call of distinct, sorted IDs: one autocommit statement, `mark_ids`,
+    /// after whatever the ring needs first (read again, or rotated). A verdict per
+    /// ID.
+    pub(crate) async fn decide(
         &self,
         name: &NamespaceName,
-        ids: &[EventId<'_>],
+        ids: &[&[u8]],
+        owners: Owners<'_>,
         mut ask: MarkAsk<'_>,
     ) -> Result<Vec<Verdict>, Error> {
-        let distinct = Distinct::new(ids);
         let deadline = self.deadline();
         let mut full_since: Option<Instant> = None;
         let mut backoff = Duration::from_millis(10);
@@ -156,7 +170,7 @@ impl Pg {
             let answer = self
                 .session(deadline, async |conn| {
                     let ctx = self.ctx().on(conn);
-                    mark::call(client(conn), &ctx, &ns, &ring, &distinct.ids, &ask).await
+                    mark::call(client(conn), &ctx, &ns, &ring, ids, owners, &ask).await
                 })
                 .await;
             let answer = match answer {
@@ -168,7 +182,7 @@ impl Pg {
                 other => other?,
             };
             match answer {
-                Answer::Decided(verdicts) => return Ok(distinct.spread(&verdicts, &ask)),
+                Answer::Decided(verdicts) => return Ok(verdicts),
                 Answer::Stale => {
                     attempts += 1;
                     self.reload(name, deadline).await?;
@@ -181,8 +195,10 @@ impl Pg {
                     if self
                         .rotate(&ns, Some(SealReason::Capacity), deadline)
                         .await?
-                        == Rotated::Deferred
+                        != Rotated::Deferred
                     {
+                        attempts += 1;
+                    } else {
                         if ask.check {
                             // A check marks nothing: it may answer from the full
                             // generation.
@@ -448,10 +464,10 @@ impl Pg {
                 self.reload(name, deadline).await?;
                 Ok(Hold::Again)
             }
-            Ok(Attempt::Rotate(reason)) => {
-                let _ = self.rotate(&ns, Some(reason), deadline).await?;
-                Ok(Hold::Again)
-            }
+            Ok(Attempt::Rotate(reason)) => match self.rotate(&ns, Some(reason), deadline).await? {
+                Rotated::Deferred if reason == SealReason::Capacity => Err(single::full(&ns)),
+                _ => Ok(Hold::Again),
+            },
             Err(e) if retryable(&e) => Ok(Hold::Again),
             Err(e) if lock_timed_out(&e) => Err(held(name)),
             Err(Error::UnknownNamespace(n)) => {
