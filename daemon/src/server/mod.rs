@@ -269,24 +269,37 @@ impl AppState {
 
     /// What `/readyz` answers: ready, unless shutdown has begun or the store's
     /// writes are failing (from a failed write until one succeeds; with no client
-    /// writing, the ticker's heartbeat write is the one that finds out).
+    /// writing, the ticker's heartbeat write is the one that finds out). With
+    /// `detail`, a store failure's message includes the store's error, which can
+    /// name the data directory's files or the database's servers: `/readyz` needs
+    /// no token, so it gives the detail only to a caller that proves one (and the
+    /// log has it, once, when the failure begins).
     ///
     /// # Errors
     ///
     /// 503 `shutting_down` or `storage_unavailable`.
-    pub fn readiness(&self) -> Result<(), ApiError> {
+    pub fn readiness(&self, detail: bool) -> Result<(), ApiError> {
         if !self.is_ready() {
             return Err(ApiError::shutting_down());
         }
         if let Some(failure) = self.inner.tracker.storage_failure() {
+            let since = failure.since.as_millis();
+            let message = if detail {
+                format!(
+                    "the store's writes are failing (since {since} ms after the epoch): {}",
+                    failure.error
+                )
+            } else {
+                format!(
+                    "the store's writes are failing (since {since} ms after the epoch); the \
+                     daemon's log has the store's error (and so does this answer, to a \
+                     caller with a token)"
+                )
+            };
             return Err(ApiError::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 "storage_unavailable",
-                format!(
-                    "the store's writes are failing (since {} ms after the epoch): {}",
-                    failure.since.as_millis(),
-                    failure.error
-                ),
+                message,
             ));
         }
         Ok(())
