@@ -91,13 +91,15 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MODE")]
     pub durability: Option<Durability>,
 
-    /// Largest request body; larger ones are answered 413 [default: 4MiB; at most
-    /// 1GiB].
+    /// Largest request body; larger ones are answered 413 (a declared Content-Length
+    /// over it at once, before the body is read) [default: 4MiB; at most 1GiB].
     #[arg(long, value_name = "SIZE")]
     pub max_body_bytes: Option<ByteSize>,
 
-    /// Most bytes all request bodies together may hold [default: an eighth of the
-    /// memory limit, at most 256MiB, at least --max-body-bytes].
+    /// Most bytes all request bodies together may hold, charged as they arrive; a
+    /// body that would take more waits up to a second, then is answered 503
+    /// overloaded [default: an eighth of the memory limit, at most 256MiB, at least
+    /// --max-body-bytes].
     #[arg(long, value_name = "SIZE")]
     pub max_body_bytes_in_flight: Option<ByteSize>,
 

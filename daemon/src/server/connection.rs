@@ -20,7 +20,11 @@
 //!   - a request head must arrive within `header_read_timeout` of its first byte,
 //!     else the connection closes (a head that trickles in a byte at a time holds
 //!     it no longer than that);
-//!   - a body must arrive within `body_read_timeout` (408, in `super::extract`).
+//!   - a body must arrive within `body_read_timeout` (408, in `super::extract`);
+//!   - hyper's read buffer, which each connection keeps, is at most
+//!     [`READ_BUFFER_BYTES`], which is also the longest request head (431 beyond).
+//!     hyper's default, 408 KiB, let 4,096 connections that had each once sent a
+//!     large body keep 1.6 GiB between them.
 //!
 //! The cap being reached and freed is logged at most once per
 //! [`super::failures::WINDOW`], with the count of the times in between: a client
@@ -45,6 +49,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
+use super::error::BodyUnread;
 use super::metrics::{Closed, Metrics};
 use super::raw_errors::RawErrors;
 
@@ -58,6 +63,11 @@ pub(super) enum Phase {
     /// Drop every connection now.
     Abort,
 }
+
+/// hyper's read buffer per connection, at most: also the longest request head
+/// (longer: 431). 64 KiB holds any head a client sends (nginx allows 32 KiB), and a
+/// 1,000-ID batch (about 40 KiB) in one read.
+pub(super) const READ_BUFFER_BYTES: usize = 64 << 10;
 
 /// How many connections, and how long each may wait for its client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -297,6 +307,9 @@ struct Activity {
     head_since: AtomicU64,
     /// Whether any request of this connection ever reached the application.
     asked: AtomicBool,
+    /// Whether an answer left its request's body unread: the socket then lingers
+    /// before it closes ([`Watched::drop`]).
+    linger: AtomicBool,
 }
 
 impl Activity {
@@ -307,6 +320,7 @@ impl Activity {
             idle_since: AtomicU64::new(1),
             head_since: AtomicU64::new(0),
             asked: AtomicBool::new(false),
+            linger: AtomicBool::new(false),
         }
     }
 
@@ -381,20 +395,43 @@ impl Drop for Busy {
     }
 }
 
-/// A socket that tells its connection's [`Activity`] when bytes arrive.
-struct Watched<T> {
-    inner: T,
+/// A connection's socket: it tells the connection's [`Activity`] when bytes
+/// arrive, and holds the connection's slot under the cap until it is closed, which
+/// can be after the connection's task: see [`Watched::drop`].
+struct Watched {
+    /// `None` only once dropped.
+    inner: Option<TcpStream>,
     activity: Arc<Activity>,
+    held: Option<Held>,
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+impl Watched {
+    fn stream(&mut self) -> std::io::Result<Pin<&mut TcpStream>> {
+        self.inner
+            .as_mut()
+            .map(Pin::new)
+            .ok_or_else(|| std::io::ErrorKind::NotConnected.into())
+    }
+}
+
+/// Polls `f` on the socket's stream, or fails if it is gone (never, before drop).
+macro_rules! on_stream {
+    ($self:ident, |$s:ident| $poll:expr) => {
+        match $self.stream() {
+            Ok($s) => $poll,
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    };
+}
+
+impl AsyncRead for Watched {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let polled = on_stream!(self, |s| s.poll_read(cx, buf));
         if buf.filled().len() > before {
             self.activity.read();
         }
@@ -402,13 +439,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+impl AsyncWrite for Watched {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        on_stream!(self, |s| s.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -416,20 +453,64 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        on_stream!(self, |s| s.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.inner
+            .as_ref()
+            .is_some_and(AsyncWrite::is_write_vectored)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        on_stream!(self, |s| s.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        on_stream!(self, |s| s.poll_shutdown(cx))
     }
+}
+
+impl Drop for Watched {
+    /// Closes the socket; but after an answer that left its request's body unread
+    /// (413, a body the budget had no room for, 408), first reads and discards what
+    /// the client still sends, for at most [`LINGER`]. A client writing its whole
+    /// body before it reads (as clients do without `Expect: 100-continue`) would
+    /// otherwise have the close reset its connection while it writes, and lose the
+    /// answer: a client posting 5 MiB got a broken pipe instead of its 413. The
+    /// connection keeps its slot under the cap meanwhile.
+    fn drop(&mut self) {
+        let Some(stream) = self.inner.take() else {
+            return;
+        };
+        if !self.activity.linger.load(Ordering::Relaxed) {
+            return;
+        }
+        let held = self.held.take();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                linger(stream).await;
+                drop(held);
+            });
+        }
+    }
+}
+
+/// After an answer that left a request's body unread, how long its connection goes
+/// on reading (and discarding) what the client sends before it is closed: time
+/// for a client to send a few MiB more, and read the answer, on any link.
+pub(super) const LINGER: Duration = Duration::from_secs(2);
+
+/// Half-closes `stream` (the answer is written) and discards what comes until the
+/// client closes, or [`LINGER`] has passed.
+async fn linger(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(LINGER, async {
+        let _ = stream.shutdown().await;
+        let mut sink = vec![0_u8; 16 << 10];
+        while let Ok(1..) = stream.read(&mut sink).await {}
+    })
+    .await;
 }
 
 /// Serves one connection until it ends, a deadline passes, or it is told to close
@@ -455,17 +536,25 @@ async fn connection(
             let answer = router.clone().oneshot(req.map(Body::new));
             async move {
                 let answered = answer.await;
+                if let Ok(response) = &answered
+                    && response.extensions().get::<BodyUnread>().is_some()
+                {
+                    busy.0.linger.store(true, Ordering::Relaxed);
+                }
                 drop(busy);
                 answered
             }
         })
     };
+    let metrics = Arc::clone(&held.metrics);
     let socket = Watched {
-        inner: stream,
+        inner: Some(stream),
         activity: Arc::clone(&activity),
+        held: Some(held),
     };
-    let conn =
-        http1::Builder::new().serve_connection(TokioIo::new(RawErrors::new(socket)), service);
+    let conn = http1::Builder::new()
+        .max_buf_size(READ_BUFFER_BYTES)
+        .serve_connection(TokioIo::new(RawErrors::new(socket)), service);
     let mut conn = std::pin::pin!(conn);
     let mut check = std::pin::pin!(tokio::time::sleep_until(activity.next_check(limits)));
     loop {
@@ -480,7 +569,7 @@ async fn connection(
                 if let Some((at, why)) = activity.deadline(limits)
                     && at <= Instant::now()
                 {
-                    held.metrics.connection_closed(why);
+                    metrics.connection_closed(why);
                     tracing::debug!(reason = why.as_str(), "closing a connection past its deadline");
                     return;
                 }
