@@ -2,11 +2,10 @@
 //!
 //! The daemon runs its own accept loop rather than `axum::serve` for two reasons:
 //!
-//! * At shutdown each connection is treated by its state. One with no request under
-//!   way closes at once, and that includes a connection whose client is half-way
-//!   through its first request head: it has asked for nothing yet, and with
-//!   `axum::serve` it held the shutdown for the whole grace period. A request the
-//!   application is handling finishes and gets its answer.
+//! * At shutdown each connection is treated by its state (see "Shutdown" below). A
+//!   request the application is handling finishes and gets its answer; a client
+//!   half-way through a request head gets a moment to finish it, not the whole
+//!   grace period it held with `axum::serve`.
 //! * Each socket is wrapped in [`RawErrors`], so that the answers hyper writes itself
 //!   have the JSON error shape too.
 //! * No client can hold the daemon's connections or descriptors:
@@ -30,7 +29,30 @@
 //! [`super::failures::WINDOW`], with the count of the times in between: a client
 //! reconnecting in a loop at the cap freed and retook it 9,009 times in 3 s, and
 //! wrote 7,114 lines; the metric counts every time.
+//!
+//! # Shutdown
+//!
+//! A server cannot close a keep-alive connection without racing its client: a
+//! request sent as the close happens is lost, and the client cannot tell whether it
+//! was done. The only close without that race is one announced in an answer
+//! (`Connection: close`, which every answer carries from the drain's start on, see
+//! `super::gate`). So, from the first stop request:
+//!
+//! * **Drain** ([`Phase::Draining`]): connections are still accepted and served,
+//!   each closing after its next answer. One with nothing under way for
+//!   [`DRAIN_IDLE`] closes (so do those idle that long when the drain begins): by
+//!   the time the listener closes, its client has long seen the close and will
+//!   connect again, rather than send into a socket that is closing. A client
+//!   sending a request every few milliseconds on a connection is never idle that
+//!   long, and gets its close in an answer instead.
+//! * **Close** ([`Phase::Closing`]): connections the kernel had completed but the
+//!   loop not yet accepted are accepted (the listener's close would reset them,
+//!   with their clients' requests perhaps already sent), then the listener closes.
+//!   A connection with a request under way finishes it; one without gets
+//!   [`DRAIN_IDLE`] more for a request already on its way, which is then served
+//!   and answered with `Connection: close`; then it closes.
 
+use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -58,10 +80,21 @@ use super::raw_errors::RawErrors;
 pub(super) enum Phase {
     /// Accept and serve.
     Serving,
-    /// Accept no more; close connections with no request under way; finish the rest.
+    /// Accept and serve, closing connections once idle for [`DRAIN_IDLE`] (answers
+    /// carry `Connection: close` meanwhile).
+    Draining,
+    /// Accept no more; close connections with no request under way after a last
+    /// [`DRAIN_IDLE`]; finish the rest.
     Closing,
     /// Drop every connection now.
     Abort,
+}
+
+impl Phase {
+    /// Whether the listener is to close.
+    const fn closing(self) -> bool {
+        matches!(self, Self::Closing | Self::Abort)
+    }
 }
 
 /// hyper's read buffer per connection, at most: also the longest request head
@@ -69,12 +102,32 @@ pub(super) enum Phase {
 /// 1,000-ID batch (about 40 KiB) in one read.
 pub(super) const READ_BUFFER_BYTES: usize = 64 << 10;
 
+/// While shutting down, how long a connection may have nothing under way before it
+/// is closed: far longer than the gap between a busy client's requests, which then
+/// gets its close in an answer, and far shorter than any drain delay, so that its
+/// client sees the close long before the listener's.
+pub(super) const DRAIN_IDLE: Duration = Duration::from_millis(250);
+
 /// How many connections, and how long each may wait for its client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct ConnectionLimits {
     pub(super) max_connections: usize,
     pub(super) header_read_timeout: Duration,
     pub(super) idle_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    /// The limits in `phase`: from the drain on, a connection may be idle for at
+    /// most [`DRAIN_IDLE`].
+    fn during(self, phase: Phase) -> Self {
+        match phase {
+            Phase::Serving => self,
+            Phase::Draining | Phase::Closing | Phase::Abort => Self {
+                idle_timeout: self.idle_timeout.min(DRAIN_IDLE),
+                ..self
+            },
+        }
+    }
 }
 
 /// Accepts connections on `listener` and serves `router` on them until told to
@@ -115,6 +168,15 @@ pub(super) async fn serve(
                 Err(_) => {}
             }
         }
+        let spawn = |connections: &mut JoinSet<()>, stream, held| {
+            connections.spawn(connection(
+                stream,
+                router.clone(),
+                phase.clone(),
+                limits,
+                held,
+            ));
+        };
         tokio::select! {
             freed = Arc::clone(&slots).acquire_owned(), if slot.is_none() => {
                 slot = freed.ok();
@@ -124,16 +186,7 @@ pub(super) async fn serve(
                 }
             }
             accepted = listener.accept(), if slot.is_some() => match accepted {
-                Ok((stream, _)) => {
-                    let held = Held::new(slot.take(), &metrics);
-                    connections.spawn(connection(
-                        stream,
-                        router.clone(),
-                        phase.clone(),
-                        limits,
-                        held,
-                    ));
-                }
+                Ok((stream, _)) => spawn(&mut connections, stream, Held::new(slot.take(), &metrics)),
                 Err(e) => accept_failed(&e).await,
             },
             // Reaps finished connections, so the set holds only live ones.
@@ -141,7 +194,19 @@ pub(super) async fn serve(
             () = tokio::time::sleep_until(cap_log.next_line), if cap_log.unlogged > 0 => {
                 cap_log.flush(Instant::now());
             }
-            () = until(&mut closing, |p| p != Phase::Serving) => break,
+            () = until(&mut closing, Phase::closing) => {
+                // Connections the kernel completed are accepted rather than reset
+                // with the listener (see "Shutdown"), as far as the cap allows.
+                while let Some(permit) = slot.take().or_else(|| Arc::clone(&slots).try_acquire_owned().ok()) {
+                    match poll_fn(|cx| Poll::Ready(listener.poll_accept(cx))).await {
+                        Poll::Ready(Ok((stream, _))) => {
+                            spawn(&mut connections, stream, Held::new(Some(permit), &metrics));
+                        }
+                        Poll::Ready(Err(_)) | Poll::Pending => break,
+                    }
+                }
+                break;
+            }
         }
     }
     drop(listener);
@@ -305,8 +370,6 @@ struct Activity {
     /// When the first byte of a request head arrived while nothing was under way;
     /// 0 when none has.
     head_since: AtomicU64,
-    /// Whether any request of this connection ever reached the application.
-    asked: AtomicBool,
     /// Whether an answer left its request's body unread: the socket then lingers
     /// before it closes ([`Watched::drop`]).
     linger: AtomicBool,
@@ -319,7 +382,6 @@ impl Activity {
             busy: AtomicUsize::new(0),
             idle_since: AtomicU64::new(1),
             head_since: AtomicU64::new(0),
-            asked: AtomicBool::new(false),
             linger: AtomicBool::new(false),
         }
     }
@@ -341,7 +403,6 @@ impl Activity {
 
     /// A request reached the application: its head is complete.
     fn begin(&self) {
-        self.asked.store(true, Ordering::Relaxed);
         self.busy.fetch_add(1, Ordering::Relaxed);
         self.head_since.store(0, Ordering::Relaxed);
     }
@@ -513,8 +574,8 @@ async fn linger(mut stream: TcpStream) {
     .await;
 }
 
-/// Serves one connection until it ends, a deadline passes, or it is told to close
-/// (then it ends once its request in progress, if any, is answered).
+/// Serves one connection until it ends or a deadline passes, and through the
+/// shutdown's phases (see "Shutdown" in the module docs).
 async fn connection(
     stream: TcpStream,
     router: Router,
@@ -556,8 +617,12 @@ async fn connection(
         .max_buf_size(READ_BUFFER_BYTES)
         .serve_connection(TokioIo::new(RawErrors::new(socket)), service);
     let mut conn = std::pin::pin!(conn);
-    let mut check = std::pin::pin!(tokio::time::sleep_until(activity.next_check(limits)));
-    loop {
+    let mut now = *phase.borrow_and_update();
+    let mut check = std::pin::pin!(tokio::time::sleep_until(
+        activity.next_check(limits.during(now))
+    ));
+    while !now.closing() {
+        let current = limits.during(now);
         tokio::select! {
             ended = conn.as_mut() => {
                 if let Err(e) = ended {
@@ -566,26 +631,43 @@ async fn connection(
                 return;
             }
             () = check.as_mut() => {
-                if let Some((at, why)) = activity.deadline(limits)
+                if let Some((at, why)) = activity.deadline(current)
                     && at <= Instant::now()
                 {
+                    let why = if now == Phase::Serving { why } else { Closed::Shutdown };
                     metrics.connection_closed(why);
                     tracing::debug!(reason = why.as_str(), "closing a connection past its deadline");
                     return;
                 }
-                check.as_mut().reset(activity.next_check(limits));
+                check.as_mut().reset(activity.next_check(current));
             }
-            () = until(&mut phase, |p| p != Phase::Serving) => break,
+            changed = phase.changed() => {
+                now = if changed.is_ok() { *phase.borrow_and_update() } else { Phase::Abort };
+                // The drain's shorter idle time applies from now.
+                check.as_mut().reset(activity.next_check(limits.during(now)));
+            }
         }
     }
-    // hyper closes an idle keep-alive connection here, and turns keep-alive off for
-    // a request in progress. It waits for a first request head that has begun to
-    // arrive, though: no request of this connection ever reached the application,
-    // so there is nothing to finish, and the client will retry elsewhere.
-    conn.as_mut().graceful_shutdown();
-    if !activity.asked.load(Ordering::Relaxed) {
-        return;
+    // The listener is closing. A request under way finishes (hyper turns keep-alive
+    // off for it); with nothing under way, a request already on its way gets
+    // `DRAIN_IDLE` to arrive, and is answered with `Connection: close` (the gate
+    // adds it once shutdown has begun).
+    if activity.busy.load(Ordering::Relaxed) == 0 {
+        tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = tokio::time::sleep(DRAIN_IDLE) => {}
+        }
+        if activity.busy.load(Ordering::Relaxed) == 0 {
+            metrics.connection_closed(Closed::Shutdown);
+            return;
+        }
     }
+    conn.as_mut().graceful_shutdown();
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, "connection ended with an error");
     }
@@ -618,5 +700,26 @@ mod tests {
         assert_eq!(log.reached(at(15_000)), CapLine::Counted);
         assert_eq!(log.reached(at(20_000)), CapLine::Reached { before: 1 });
         assert_eq!(log.freed(), CapLine::Freed);
+    }
+
+    #[test]
+    fn the_drain_shortens_only_the_idle_timeout() {
+        let limits = ConnectionLimits {
+            max_connections: 8,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        };
+        assert_eq!(limits.during(Phase::Serving), limits);
+        let draining = limits.during(Phase::Draining);
+        assert_eq!(draining.idle_timeout, DRAIN_IDLE);
+        assert_eq!(draining.header_read_timeout, limits.header_read_timeout);
+        let short = ConnectionLimits {
+            idle_timeout: Duration::from_millis(100),
+            ..limits
+        };
+        assert_eq!(
+            short.during(Phase::Closing).idle_timeout,
+            Duration::from_millis(100)
+        );
     }
 }

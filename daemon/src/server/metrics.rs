@@ -71,6 +71,9 @@ pub(crate) enum Closed {
     IdleTimeout,
     /// A request head not complete `header_read_timeout` after its first byte.
     HeaderTimeout,
+    /// Shutting down, with no request under way: idle during the drain, or at the
+    /// listener's close.
+    Shutdown,
 }
 
 impl Closed {
@@ -78,6 +81,7 @@ impl Closed {
         match self {
             Self::IdleTimeout => "idle_timeout",
             Self::HeaderTimeout => "header_timeout",
+            Self::Shutdown => "shutdown",
         }
     }
 }
@@ -168,7 +172,7 @@ pub(crate) struct Metrics {
     connections_accepted: Counter,
     cap_reached: Counter,
     /// Per [`Closed`] reason, in its order.
-    connections_closed: [Counter; 2],
+    connections_closed: [Counter; 3],
     late: Counter,
 }
 
@@ -307,14 +311,16 @@ impl Metrics {
             "connections_closed",
             "Connections the daemon closed itself, by reason: idle_timeout (no request under \
              way for idle_timeout), header_timeout (a request head not complete within \
-             header_read_timeout of its first byte)",
+             header_read_timeout of its first byte), shutdown (no request under way while \
+             shutting down)",
             closed_family.clone(),
         );
-        let connections_closed = [Closed::IdleTimeout, Closed::HeaderTimeout].map(|reason| {
-            closed_family.get_or_create_owned(&ReasonLabels {
-                reason: reason.as_str(),
-            })
-        });
+        let connections_closed = [Closed::IdleTimeout, Closed::HeaderTimeout, Closed::Shutdown]
+            .map(|reason| {
+                closed_family.get_or_create_owned(&ReasonLabels {
+                    reason: reason.as_str(),
+                })
+            });
         let late = Counter::default();
         registry.register(
             "tracker_calls_late",
