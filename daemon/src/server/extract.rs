@@ -12,9 +12,11 @@
 //!
 //! * A body is copied, chunk by chunk, into a buffer of its own, and each chunk
 //!   hyper handed over is dropped at once: what a body holds is its buffer, and the
-//!   buffer's capacity is what it is charged. (Keeping hyper's chunks instead would
-//!   pin a read buffer of at least 8 KiB for every chunk, however small: a body
-//!   trickling in a byte per segment would pin 8 KiB per byte.)
+//!   buffer's capacity is what it is charged. (Each chunk is a slice of one of
+//!   hyper's read buffers, of at least 8 KiB, and keeps all of it alive: a body
+//!   that kept its chunks, as collecting them does, would keep a read buffer per
+//!   chunk however small, 8 KiB per byte for a body trickling in a byte a
+//!   segment.)
 //! * The buffer grows, and is charged, only as bytes arrive (doubling, up to the
 //!   declared length), so a body that stalls holds no more than it has sent, at
 //!   most twice that. The charge is given back when the request is done with its
