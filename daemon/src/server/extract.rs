@@ -45,7 +45,8 @@
 //! (`connection::READ_BUFFER_BYTES`, 64 KiB), which also holds the first piece of a
 //! body waiting for room. Against 400 connections each sending 4 MiB one byte
 //! short, a daemon in a 512 MiB cgroup (budget 64 MiB) grew from 24.5 MiB resident
-//! to at most 161 MiB in five runs, and kept answering (`body_memory.rs`).
+//! to 140 to 166 MiB (15 runs; jemalloc keeps freed pages a while), and kept
+//! answering (`body_memory.rs`).
 
 use std::future::{Future, poll_fn};
 use std::pin::pin;
