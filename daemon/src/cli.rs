@@ -91,9 +91,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MODE")]
     pub durability: Option<Durability>,
 
-    /// Largest request body; larger ones are answered 413 [default: 4MiB].
+    /// Largest request body; larger ones are answered 413 (a declared Content-Length
+    /// over it at once, before the body is read) [default: 4MiB; at most 1GiB].
     #[arg(long, value_name = "SIZE")]
     pub max_body_bytes: Option<ByteSize>,
+
+    /// Most bytes all request bodies together may hold, charged as they arrive; a
+    /// body that would take more waits up to a second, then is answered 503
+    /// overloaded [default: an eighth of the memory limit, at most 256MiB, at least
+    /// --max-body-bytes].
+    #[arg(long, value_name = "SIZE")]
+    pub max_body_bytes_in_flight: Option<ByteSize>,
 
     /// Most IDs in one check or check-and-mark; more are answered 400 [default: 10000].
     #[arg(long, value_name = "N")]
@@ -179,6 +187,7 @@ impl ServeArgs {
             allowed_origins: list(&self.allowed_origins),
             durability: self.durability,
             max_body_bytes: self.max_body_bytes,
+            max_body_bytes_in_flight: self.max_body_bytes_in_flight,
             max_ids: self.max_ids,
             max_concurrency: self.max_concurrency,
             tracker_timeout: self.tracker_timeout,

@@ -1262,6 +1262,54 @@ async fn claims_are_counted_by_outcome() {
     }
 }
 
+/// `/readyz` needs no token, so it tells an unauthenticated caller only that the
+/// store fails, never the store's error (which names the data directory's files, or
+/// the database's servers): that is for a caller presenting a valid token, and for
+/// the log.
+#[tokio::test]
+async fn readiness_shows_the_stores_error_only_to_a_caller_with_a_token() {
+    let h = Harness::with(Limits::default(), &["s3cret-token-0123"]);
+    h.faults
+        .fail_writes
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let a = h
+        .send(
+            Method::POST,
+            MARK,
+            Some(r#"{"ids": ["f-1"]}"#),
+            &[("authorization", "Bearer s3cret-token-0123")],
+        )
+        .await;
+    a.assert_error(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable");
+    for headers in [
+        vec![],
+        vec![("authorization", "Bearer wrong-token-0123456")],
+        vec![("authorization", "s3cret-token-0123")],
+    ] {
+        let a = h.send(Method::GET, "/readyz", None, &headers).await;
+        a.assert_error(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable");
+        let message = a.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(
+            message.contains("the store's writes are failing"),
+            "{message}"
+        );
+        for secret in ["/injected", "no space left on device", "I/O"] {
+            assert!(!message.contains(secret), "{headers:?}: {message}");
+        }
+    }
+    let a = h
+        .send(
+            Method::GET,
+            "/readyz",
+            None,
+            &[("authorization", "Bearer s3cret-token-0123")],
+        )
+        .await;
+    a.assert_error(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable");
+    assert!(a.text.contains("no space left on device"), "{}", a.text);
+    assert!(a.text.contains("/injected"), "{}", a.text);
+}
+
 #[tokio::test]
 async fn failing_storage_makes_the_daemon_unready_until_a_write_succeeds() {
     let h = Harness::new();
@@ -1276,10 +1324,18 @@ async fn failing_storage_makes_the_daemon_unready_until_a_write_succeeds() {
     h.post(MARK, r#"{"ids": ["f-1"]}"#)
         .await
         .assert_error(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable");
-    // Unready, saying why; alive all the same (a restart would not free the disk).
+    // Unready, saying why, but not the store's error (it names files and servers)
+    // to a caller without a token; alive all the same (a restart would not free the
+    // disk).
     let a = h.get("/readyz").await;
     a.assert_error(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable");
-    assert!(a.text.contains("no space left on device"), "{}", a.text);
+    assert!(
+        a.text.contains("the store's writes are failing"),
+        "{}",
+        a.text
+    );
+    assert!(!a.text.contains("no space left on device"), "{}", a.text);
+    assert!(!a.text.contains("/injected"), "{}", a.text);
     assert_eq!(h.get("/healthz").await.status, StatusCode::OK);
     let text = h.get("/metrics").await.text;
     assert_eq!(metric(&text, "oncelyd_storage_failing"), 1.0);

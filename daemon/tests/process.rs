@@ -371,6 +371,33 @@ fn bad_settings_stop_start_up_naming_the_setting() {
     type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
     let cases: Vec<Case<'_>> = vec![
         (vec!["--max-ids", "0"], vec![], "max_ids"),
+        // Absurd sizes and counts: refused, naming the setting and its limit (they
+        // used to start silently).
+        (
+            vec!["--max-body-bytes", "64GiB"],
+            vec![],
+            "invalid setting max_body_bytes: 64GiB is over the limit of 1GiB",
+        ),
+        (
+            vec!["--max-ids", "1000000000000"],
+            vec![],
+            "invalid setting max_ids: 1000000000000 is over the limit of 1000000",
+        ),
+        (
+            vec![],
+            vec![("ONCELY_MAX_BODY_BYTES_IN_FLIGHT", "1MiB")],
+            "invalid setting max_body_bytes_in_flight: 1MiB is under max_body_bytes (4MiB)",
+        ),
+        (
+            vec!["--max-filter-bytes", "2000GiB"],
+            vec![],
+            "invalid setting max_filter_bytes: 2000GiB is over the limit of 1024GiB",
+        ),
+        (
+            vec!["--max-namespaces", "4000000000"],
+            vec![],
+            "invalid setting max_namespaces",
+        ),
         (
             vec![],
             vec![("ONCELY_MAX_CONCURRENCY", "0")],

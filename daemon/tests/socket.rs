@@ -13,6 +13,8 @@ use oncelyd::server::{AppState, Limits, ShutdownTiming, StopHandle, Stops, run, 
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
+const MARK: &str = "/v1/namespaces/default/check-and-mark";
+
 struct Server {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
@@ -493,6 +495,133 @@ async fn shutdown_drains_with_readyz_503_before_the_listener_closes() {
         "the listener is closed"
     );
     assert!(!server.state.is_ready());
+}
+
+/// What one keep-alive client saw from the first stop request on.
+#[derive(Debug, Default)]
+struct DrainSeen {
+    /// Answers, each with `Connection: close`.
+    answered: usize,
+    /// Times the client found its connection closed by the daemon before sending
+    /// on it (as a client pool checks before reusing one).
+    closed_before_sending: usize,
+    /// Connections refused: the listener had closed.
+    refused: usize,
+    /// Requests sent that got no answer: lost to a close, their outcome unknown.
+    swallowed: Vec<String>,
+}
+
+/// From the drain's start, every answer carries `Connection: close` and keep-alive
+/// connections with nothing under way are closed, so that clients reconnect rather
+/// than lose requests: 8 clients on keep-alive connections, sending through the
+/// drain and past the listener's close (half of them first on their idle
+/// connection just as the listener closes, the moment at which, with keep-alive
+/// kept through the drain, 7 of 8 such clients once got no answer), each get an
+/// answer to every request they send, or find their connection closed (or refused)
+/// before sending, as a client pool checks before reusing one. None sends a
+/// request that is then swallowed. (Before, the answers during the drain kept
+/// their connections alive, and the idle connections stayed open until the
+/// listener closed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_clients_reconnect_through_the_drain_and_lose_no_request() {
+    use common::raw::RawConn;
+    const CLIENTS: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = common::rocks_tracker(dir.path()).await;
+    let drain = Duration::from_millis(1500);
+    let timing = ShutdownTiming {
+        drain_delay: drain,
+        grace: Duration::from_secs(5),
+    };
+    let server = Stoppable::start(tracker, timing).await;
+    let mark =
+        |client: usize, n: usize| json!({ "ids": [format!("drain-{client}-{n}")] }).to_string();
+    let mut conns = Vec::new();
+    for i in 0..CLIENTS {
+        let mut c = RawConn::connect(server.addr).await;
+        let a = c
+            .request("POST", MARK, Some(&mark(i, 0)), Duration::from_secs(5))
+            .await;
+        assert_eq!(a.status, 200, "{a:?}");
+        assert!(!a.headers.contains("connection: close"), "{a:?}");
+        conns.push(c);
+    }
+    let stopped = std::time::Instant::now() + Duration::from_millis(50);
+    let addr = server.addr;
+    let mut clients = Vec::new();
+    for (i, conn) in conns.into_iter().enumerate() {
+        clients.push(tokio::spawn(async move {
+            let mut seen = DrainSeen::default();
+            let mut conn = Some(conn);
+            // Even clients first send 400 ms into the drain, odd ones as the
+            // listener closes; then each every 150 ms, until refused.
+            let first = if i % 2 == 0 {
+                Duration::from_millis(400 + 20 * i as u64)
+            } else {
+                drain - Duration::from_millis(60) + Duration::from_millis(10 * i as u64)
+            };
+            for n in 1..40 {
+                let at = stopped + first + Duration::from_millis(150) * (n as u32 - 1);
+                tokio::time::sleep_until(at.into()).await;
+                if conn.as_ref().is_some_and(RawConn::closed_now) {
+                    seen.closed_before_sending += 1;
+                    conn = None;
+                }
+                let mut c = match conn.take() {
+                    Some(c) => c,
+                    None => match tokio::net::TcpStream::connect(addr).await {
+                        Ok(stream) => {
+                            stream.set_nodelay(true).unwrap();
+                            RawConn::from_stream(stream)
+                        }
+                        Err(_) => {
+                            seen.refused += 1;
+                            break;
+                        }
+                    },
+                };
+                let body = mark(i, n);
+                c.send(&common::raw::request_bytes("POST", MARK, Some(&body)))
+                    .await;
+                match c.answer(Duration::from_secs(5)).await {
+                    Some(a) => {
+                        assert_eq!(a.status, 200, "{a:?}");
+                        assert!(
+                            a.headers.contains("connection: close"),
+                            "an answer during the drain keeps its connection alive: {a:?}"
+                        );
+                        seen.answered += 1;
+                    }
+                    None => seen.swallowed.push(body),
+                }
+                // Told to close: a new connection for the next request.
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep_until(stopped.into()).await;
+    server.stops.stop();
+    let mut seen = Vec::new();
+    for client in clients {
+        seen.push(client.await.unwrap());
+    }
+    tokio::time::timeout(Duration::from_secs(10), server.done)
+        .await
+        .expect("the shutdown ends")
+        .unwrap()
+        .expect("a clean shutdown");
+    println!("{seen:#?}");
+    for (i, s) in seen.iter().enumerate() {
+        assert!(s.swallowed.is_empty(), "client {i}: {s:?}");
+        // Its idle keep-alive connection was closed before it sent on it again.
+        assert!(s.closed_before_sending >= 1, "client {i}: {s:?}");
+        assert!(
+            s.refused == 1,
+            "client {i} never found the listener closed: {s:?}"
+        );
+    }
+    // The even clients sent during the drain, on new connections, and were answered.
+    assert!(seen.iter().step_by(2).all(|s| s.answered >= 1), "{seen:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

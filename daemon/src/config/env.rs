@@ -89,6 +89,10 @@ pub fn read(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Result<From
             "ONCELY_MAX_BODY_BYTES" => {
                 l.max_body_bytes = Some(parse::<ByteSize>("max_body_bytes", name, value)?);
             }
+            "ONCELY_MAX_BODY_BYTES_IN_FLIGHT" => {
+                l.max_body_bytes_in_flight =
+                    Some(parse::<ByteSize>("max_body_bytes_in_flight", name, value)?);
+            }
             "ONCELY_MAX_IDS" => l.max_ids = Some(parse("max_ids", name, value)?),
             "ONCELY_MAX_CONCURRENCY" => {
                 l.max_concurrency = Some(parse("max_concurrency", name, value)?);
@@ -244,6 +248,7 @@ mod tests {
             ),
             ("ONCELY_DURABILITY", "sync"),
             ("ONCELY_MAX_BODY_BYTES", "1MiB"),
+            ("ONCELY_MAX_BODY_BYTES_IN_FLIGHT", "64MiB"),
             ("ONCELY_MAX_IDS", "5"),
             ("ONCELY_MAX_CONCURRENCY", "9"),
             ("ONCELY_CACHE_BYTES", "64MiB"),
@@ -277,6 +282,7 @@ mod tests {
         assert_eq!(l.allowed_origins.as_ref().map(Vec::len), Some(2));
         assert_eq!(l.durability, Some(oncely::Durability::Sync));
         assert_eq!(l.max_body_bytes, Some(ByteSize(1 << 20)));
+        assert_eq!(l.max_body_bytes_in_flight, Some(ByteSize(64 << 20)));
         assert_eq!(l.max_ids, Some(5));
         assert_eq!(l.max_concurrency, Some(9));
         assert_eq!(l.cache_bytes, Some(ByteSize(64 << 20)));

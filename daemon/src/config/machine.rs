@@ -1,6 +1,6 @@
 //! What the machine gives the daemon, for the defaults derived from it: the memory
-//! the process may use, of which the filter budget (`max_filter_bytes`) takes a
-//! share.
+//! the process may use, of which the filter budget (`max_filter_bytes`) and the
+//! budget of request bodies in flight (`max_body_bytes_in_flight`) take shares.
 //!
 //! The limit is the smallest of the machine's memory (`MemTotal` in `/proc/meminfo`)
 //! and every memory limit of the control groups the process is in: cgroup v2's
@@ -12,10 +12,23 @@ use std::path::{Path, PathBuf};
 
 /// The share of the memory limit that the filters may be charged by default: half.
 /// The other half is for everything else the daemon holds: RocksDB's block cache and
-/// memtables (`cache_bytes`, 128 MiB by default), request and answer buffers (up to
-/// `max_concurrency` × `max_body_bytes`, 1 GiB with the defaults), RocksDB's memory
-/// outside its cache, and the page cache the store's reads rely on.
+/// memtables (`cache_bytes`, 128 MiB by default), request bodies (at most
+/// `max_body_bytes_in_flight`, an eighth by default, see [`BODY_SHARE_DIVISOR`]),
+/// connection buffers and answers, RocksDB's memory outside its cache, and the page
+/// cache the store's reads rely on.
 pub const FILTER_SHARE_DIVISOR: u64 = 2;
+
+/// The share of the memory limit that request bodies in flight may hold by default:
+/// an eighth, at most [`MAX_DEFAULT_BODY_BUDGET`]. In the 768 MiB container of the
+/// issue that once OOM-killed a daemon with 186 bodies of 4 MiB, that is 96 MiB:
+/// with half for the filters and 128 MiB for RocksDB's cache, 160 MiB stay free.
+pub const BODY_SHARE_DIVISOR: u64 = 8;
+
+/// The most the default body budget takes: 256 MiB, 64 bodies of the default 4 MiB
+/// `max_body_bytes` at once, or some 6,000 batches of 1,000 IDs (about 40 KiB each),
+/// far more than `max_concurrency` (256) requests hold. A larger machine gains
+/// nothing from more, and an attacker's bodies would only pin more memory.
+pub const MAX_DEFAULT_BODY_BUDGET: u64 = 256 << 20;
 
 /// The memory assumed when no limit can be read: 8 GiB, so that the default budget
 /// is 4 GiB.
@@ -74,6 +87,16 @@ impl MemoryLimit {
     #[must_use]
     pub const fn default_filter_budget(&self) -> u64 {
         self.bytes / FILTER_SHARE_DIVISOR
+    }
+
+    /// The default budget of request bodies in flight under this limit: an eighth of
+    /// it, at most [`MAX_DEFAULT_BODY_BUDGET`], and never less than one body of
+    /// `max_body_bytes` (or no body of the largest size allowed could be read).
+    #[must_use]
+    pub fn default_body_budget(&self, max_body_bytes: u64) -> u64 {
+        (self.bytes / BODY_SHARE_DIVISOR)
+            .min(MAX_DEFAULT_BODY_BUDGET)
+            .max(max_body_bytes)
     }
 }
 
@@ -180,10 +203,29 @@ mod tests {
     }
 
     #[test]
+    fn the_body_budget_is_an_eighth_of_memory_capped_and_holds_one_body() {
+        let limit = |bytes| MemoryLimit {
+            bytes,
+            source: MemorySource::MemTotal,
+        };
+        // The issue's 768 MiB container.
+        assert_eq!(limit(768 << 20).default_body_budget(4 << 20), 96 << 20);
+        assert_eq!(limit(24 << 30).default_body_budget(4 << 20), 256 << 20);
+        // A tiny machine still reads one whole body of the largest size.
+        assert_eq!(limit(16 << 20).default_body_budget(4 << 20), 4 << 20);
+        assert_eq!(limit(24 << 30).default_body_budget(1 << 30), 1 << 30);
+    }
+
+    #[test]
     fn the_limit_of_this_process_is_the_smallest_found() {
         let limit = MemoryLimit::of_this_process();
         assert!(limit.bytes > 0);
         assert_eq!(limit.default_filter_budget(), limit.bytes / 2);
+        let body = limit.default_body_budget(4 << 20);
+        assert!(
+            (4 << 20..=MAX_DEFAULT_BODY_BUDGET).contains(&body),
+            "{body}"
+        );
         if let Some(total) = std::fs::read_to_string("/proc/meminfo")
             .ok()
             .as_deref()

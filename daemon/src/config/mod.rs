@@ -62,7 +62,7 @@ const fn setting(key: &'static str, flag: &'static str, env: &'static str) -> Se
 }
 
 /// Every setting of `oncelyd serve`, in the order the reference lists them.
-pub const SETTINGS: [Setting; 23] = [
+pub const SETTINGS: [Setting; 24] = [
     setting("listen", "--listen", "ONCELY_LISTEN"),
     setting("data_dir", "--data-dir", "ONCELY_DATA_DIR"),
     setting("store", "--store", "ONCELY_STORE"),
@@ -88,6 +88,11 @@ pub const SETTINGS: [Setting; 23] = [
         "max_body_bytes",
         "--max-body-bytes",
         "ONCELY_MAX_BODY_BYTES",
+    ),
+    setting(
+        "max_body_bytes_in_flight",
+        "--max-body-bytes-in-flight",
+        "ONCELY_MAX_BODY_BYTES_IN_FLIGHT",
     ),
     setting("max_ids", "--max-ids", "ONCELY_MAX_IDS"),
     setting(
@@ -162,8 +167,21 @@ pub const MAX_STORE_POOL_SIZE: usize = 1024;
 /// The default request body limit: 4 MiB, room for 10,000 IDs of 256 bytes with JSON
 /// quoting to spare.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 << 20;
+/// The largest `max_body_bytes`: 1 GiB. A body is read whole into one buffer before
+/// it is parsed, and 1 GiB of JSON holds some 25 million IDs, far more than
+/// [`MAX_IDS`] allows; a larger figure is a unit mistake (`64GiB` meant as `64MiB`).
+pub const MAX_BODY_BYTES: u64 = 1 << 30;
 /// The default most IDs per request.
 pub const DEFAULT_MAX_IDS: usize = 10_000;
+/// The most `max_ids` may be: a million IDs. One check-and-mark is one write under
+/// its namespace's lock, and a 1,000-ID batch takes about a millisecond, so a
+/// million-ID one holds the namespace for a second or more (beyond
+/// `tracker_timeout`'s default on a slow disk); more is a digit mistake.
+pub const MAX_IDS: usize = 1_000_000;
+/// The largest memory budget (`max_filter_bytes`, `max_body_bytes_in_flight`,
+/// `cache_bytes`): 1 TiB, more memory than the machines the daemon runs on have; a
+/// larger figure is a unit or digit mistake.
+pub const MAX_MEMORY_BYTES: u64 = 1 << 40;
 /// The default most requests in progress at once; more are shed with 503.
 pub const DEFAULT_MAX_CONCURRENCY: usize = 256;
 /// The default time in-flight requests get to finish at shutdown.
@@ -195,6 +213,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// The default most namespaces, `default` included.
 pub const DEFAULT_MAX_NAMESPACES: u32 = 1024;
+/// The most `max_namespaces` may be: 1,048,576. Every namespace is charged its
+/// filters against `max_filter_bytes` (at least a few KiB each), so no budget holds
+/// that many; a cap above it caps nothing.
+pub const MAX_NAMESPACES: u32 = 1 << 20;
 /// The most `worker_threads` may be: far more than any machine's cores, so that a
 /// typo (an extra zero or three) is caught rather than obeyed.
 pub const MAX_WORKER_THREADS: usize = 1024;
@@ -239,6 +261,8 @@ pub struct Layer {
     pub durability: Option<Durability>,
     /// `max_body_bytes`.
     pub max_body_bytes: Option<ByteSize>,
+    /// `max_body_bytes_in_flight`.
+    pub max_body_bytes_in_flight: Option<ByteSize>,
     /// `max_ids`.
     pub max_ids: Option<usize>,
     /// `max_concurrency`.
@@ -289,6 +313,7 @@ impl fmt::Debug for Layer {
             .field("allowed_origins", &self.allowed_origins)
             .field("durability", &self.durability)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_body_bytes_in_flight", &self.max_body_bytes_in_flight)
             .field("max_ids", &self.max_ids)
             .field("max_concurrency", &self.max_concurrency)
             .field("tracker_timeout", &self.tracker_timeout)
@@ -339,6 +364,10 @@ pub struct Settings {
     pub allowed_origins: Vec<AllowedOrigin>,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// Most bytes that request bodies may hold at once, charged as they arrive (see
+    /// `server::extract`); a body that would take more waits briefly, then is
+    /// answered 503.
+    pub max_body_bytes_in_flight: usize,
     /// Most IDs in one check or check-and-mark.
     pub max_ids: usize,
     /// Most requests in progress at once; more are answered 503 at once.
@@ -391,6 +420,7 @@ impl fmt::Debug for Settings {
             .field("tokens", &format_args!("[{} redacted]", self.tokens.len()))
             .field("allowed_origins", &self.allowed_origins)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_body_bytes_in_flight", &self.max_body_bytes_in_flight)
             .field("max_ids", &self.max_ids)
             .field("max_concurrency", &self.max_concurrency)
             .field("tracker_timeout", &self.tracker_timeout)
@@ -413,6 +443,7 @@ impl fmt::Debug for Settings {
 
 impl Default for Settings {
     fn default() -> Self {
+        let memory = machine::MemoryLimit::of_this_process();
         Self {
             listen: DEFAULT_LISTEN,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
@@ -422,6 +453,10 @@ impl Default for Settings {
             tokens: Vec::new(),
             allowed_origins: Vec::new(),
             max_body_bytes: usize::try_from(DEFAULT_MAX_BODY_BYTES).unwrap_or(usize::MAX),
+            max_body_bytes_in_flight: usize::try_from(
+                memory.default_body_budget(DEFAULT_MAX_BODY_BYTES),
+            )
+            .unwrap_or(usize::MAX),
             max_ids: DEFAULT_MAX_IDS,
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
             tracker_timeout: DEFAULT_TRACKER_TIMEOUT,
@@ -429,7 +464,7 @@ impl Default for Settings {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: None,
-            max_filter_bytes: machine::MemoryLimit::of_this_process().default_filter_budget(),
+            max_filter_bytes: memory.default_filter_budget(),
             max_namespaces: DEFAULT_MAX_NAMESPACES,
             rocks: RocksOptions::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
@@ -577,6 +612,7 @@ impl Settings {
         let origins = pick!(allowed_origins, |o| o.join(","));
         let durability = pick!(durability, ToString::to_string);
         let max_body_bytes = pick!(max_body_bytes, show_size);
+        let max_body_bytes_in_flight = pick!(max_body_bytes_in_flight, show_size);
         let max_ids = pick!(max_ids, ToString::to_string);
         let max_concurrency = pick!(max_concurrency, ToString::to_string);
         let tracker_timeout = pick!(tracker_timeout, show_duration);
@@ -612,6 +648,20 @@ impl Settings {
             ],
         };
         stores.check(&mut m.warnings)?;
+        let max_body_bytes = size("max_body_bytes", max_body_bytes, d.max_body_bytes)?;
+        // Derived from the largest body unless given (see `machine`).
+        let max_body_bytes_in_flight = match max_body_bytes_in_flight {
+            Some(given) => size("max_body_bytes_in_flight", Some(given), 0)?,
+            None if max_body_bytes == d.max_body_bytes => d.max_body_bytes_in_flight,
+            None => size(
+                "max_body_bytes_in_flight",
+                Some(ByteSize(
+                    machine::MemoryLimit::of_this_process()
+                        .default_body_budget(u64::try_from(max_body_bytes).unwrap_or(u64::MAX)),
+                )),
+                0,
+            )?,
+        };
         let mut settings = Self {
             listen: listen.unwrap_or(d.listen),
             data_dir: data_dir.unwrap_or(d.data_dir),
@@ -620,7 +670,8 @@ impl Settings {
             durability: durability.unwrap_or(d.durability),
             tokens: tokens.unwrap_or_default(),
             allowed_origins,
-            max_body_bytes: size("max_body_bytes", max_body_bytes, d.max_body_bytes)?,
+            max_body_bytes,
+            max_body_bytes_in_flight,
             max_ids: max_ids.unwrap_or(d.max_ids),
             max_concurrency: max_concurrency.unwrap_or(d.max_concurrency),
             tracker_timeout: tracker_timeout.map_or(d.tracker_timeout, |t| t.0),
@@ -660,11 +711,61 @@ impl Settings {
     /// [`Error::Config`] naming the first setting out of range.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |setting: &'static str, reason: String| Err(Error::Config { setting, reason });
+        let bytes = |n: usize| ByteSize(u64::try_from(n).unwrap_or(u64::MAX));
         if self.max_body_bytes == 0 {
             return bad("max_body_bytes", "must be at least 1 byte".into());
         }
+        if bytes(self.max_body_bytes).0 > MAX_BODY_BYTES {
+            return bad(
+                "max_body_bytes",
+                format!(
+                    "{} is over the limit of 1GiB: a body is read whole into memory before \
+                     it is parsed (write units: \"4MiB\")",
+                    bytes(self.max_body_bytes)
+                ),
+            );
+        }
+        if self.max_body_bytes_in_flight < self.max_body_bytes {
+            return bad(
+                "max_body_bytes_in_flight",
+                format!(
+                    "{} is under max_body_bytes ({}): no body of the largest size allowed \
+                     could ever be read",
+                    bytes(self.max_body_bytes_in_flight),
+                    bytes(self.max_body_bytes)
+                ),
+            );
+        }
         if self.max_ids == 0 {
             return bad("max_ids", "must be at least 1".into());
+        }
+        if self.max_ids > MAX_IDS {
+            return bad(
+                "max_ids",
+                format!(
+                    "{} is over the limit of {MAX_IDS}: one request's IDs are marked in one \
+                     write under the namespace's lock",
+                    self.max_ids
+                ),
+            );
+        }
+        for (setting, value) in [
+            (
+                "max_body_bytes_in_flight",
+                bytes(self.max_body_bytes_in_flight),
+            ),
+            ("max_filter_bytes", ByteSize(self.max_filter_bytes)),
+            ("cache_bytes", bytes(self.rocks.cache_bytes)),
+        ] {
+            if value.0 > MAX_MEMORY_BYTES {
+                return bad(
+                    setting,
+                    format!(
+                        "{value} is over the limit of 1024GiB, far more memory than a machine \
+                         gives a daemon (write units: \"256MiB\", \"8GiB\")"
+                    ),
+                );
+            }
         }
         if self.max_concurrency == 0 {
             return bad("max_concurrency", "must be at least 1".into());
@@ -738,6 +839,16 @@ impl Settings {
             return bad(
                 "max_namespaces",
                 "must be at least 1 (the default namespace always exists)".into(),
+            );
+        }
+        if self.max_namespaces > MAX_NAMESPACES {
+            return bad(
+                "max_namespaces",
+                format!(
+                    "{} is over the limit of {MAX_NAMESPACES}: every namespace is charged \
+                     its filters against max_filter_bytes, so no budget holds more",
+                    self.max_namespaces
+                ),
             );
         }
         if let Err(oncely::Error::InvalidConfig { field, reason }) = self.rocks.validate() {
@@ -1165,6 +1276,28 @@ mod tests {
         assert_eq!(setting_of("store_pool_size = 0"), "store_pool_size");
         assert_eq!(setting_of("store_pool_size = 5000"), "store_pool_size");
         assert_eq!(setting_of("max_body_bytes = 0"), "max_body_bytes");
+        assert_eq!(setting_of("max_body_bytes = \"64GiB\""), "max_body_bytes");
+        assert_eq!(setting_of("max_body_bytes = \"1025MiB\""), "max_body_bytes");
+        assert_eq!(setting_of("max_ids = 1000000000000"), "max_ids");
+        assert_eq!(setting_of("max_ids = 1000001"), "max_ids");
+        assert_eq!(
+            setting_of("max_body_bytes_in_flight = \"1MiB\""),
+            "max_body_bytes_in_flight"
+        );
+        assert_eq!(
+            setting_of("max_body_bytes = \"8MiB\"\nmax_body_bytes_in_flight = \"4MiB\""),
+            "max_body_bytes_in_flight"
+        );
+        assert_eq!(
+            setting_of("max_body_bytes_in_flight = \"1025GiB\""),
+            "max_body_bytes_in_flight"
+        );
+        assert_eq!(
+            setting_of("max_filter_bytes = \"1025GiB\""),
+            "max_filter_bytes"
+        );
+        assert_eq!(setting_of("cache_bytes = \"1025GiB\""), "cache_bytes");
+        assert_eq!(setting_of("max_namespaces = 2000000"), "max_namespaces");
         assert_eq!(setting_of("memtable_bytes = 64"), "memtable_bytes");
         assert_eq!(setting_of("cache_bytes = \"32MiB\""), "cache_bytes");
         assert_eq!(setting_of("shutdown_grace = \"2h\""), "shutdown_grace");
@@ -1197,6 +1330,45 @@ mod tests {
             setting_of(&format!("[namespaces.\".\"]\n{WHOLE}")),
             "namespaces"
         );
+    }
+
+    #[test]
+    fn sizes_and_counts_up_to_their_limits_are_accepted() {
+        let s = from_file(
+            "max_body_bytes = \"1GiB\"\nmax_ids = 1000000\nmax_namespaces = 1048576\n\
+             max_body_bytes_in_flight = \"1024GiB\"",
+        )
+        .unwrap();
+        assert_eq!(s.max_body_bytes, 1 << 30);
+        assert_eq!(s.max_body_bytes_in_flight, 1 << 40);
+        assert_eq!(s.max_ids, MAX_IDS);
+        let err = from_file("max_ids = 1000001").unwrap_err().to_string();
+        assert!(
+            err.contains("max_ids: 1000001 is over the limit of 1000000"),
+            "{err}"
+        );
+        let err = from_file("max_body_bytes = \"64GiB\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("max_body_bytes: 64GiB is over the limit of 1GiB"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_body_budget_defaults_to_a_share_of_memory_holding_the_largest_body() {
+        let memory = machine::MemoryLimit::of_this_process();
+        let s = from_file("").unwrap();
+        assert_eq!(
+            s.max_body_bytes_in_flight as u64,
+            memory.default_body_budget(DEFAULT_MAX_BODY_BYTES)
+        );
+        // A larger body limit raises the default to hold at least one such body.
+        let s = from_file("max_body_bytes = \"512MiB\"").unwrap();
+        assert_eq!(s.max_body_bytes_in_flight, 512 << 20);
+        let s = from_file("max_body_bytes_in_flight = \"32MiB\"").unwrap();
+        assert_eq!(s.max_body_bytes_in_flight, 32 << 20);
     }
 
     #[test]

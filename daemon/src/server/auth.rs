@@ -4,6 +4,8 @@
 //! health routes (`/healthz`, `/readyz`, which orchestrators probe without
 //! credentials) needs `Authorization: Bearer <token>` matching one of them, else 401.
 //! Unknown routes answer 401 too, so the route table is not disclosed to strangers.
+//! `/readyz` shows why the store fails only to a caller that proves a token
+//! ([`proves_token`]): the store's errors name files and servers.
 
 use axum::http::{HeaderMap, StatusCode, header};
 use subtle::ConstantTimeEq;
@@ -28,6 +30,14 @@ pub(super) fn check(state: &AppState, path: &str, headers: &HeaderMap) -> Result
             "this daemon requires Authorization: Bearer <token>",
         )),
     }
+}
+
+/// Whether the request proves a token: false when none is configured, since then no
+/// caller can. (For what only such callers are shown, such as the store's error
+/// on `/readyz`.)
+pub(super) fn proves_token(state: &AppState, headers: &HeaderMap) -> bool {
+    let tokens = state.tokens();
+    !tokens.is_empty() && presented(headers).is_some_and(|given| matches_any(tokens, given))
 }
 
 fn unauthorized(message: &str) -> ApiError {

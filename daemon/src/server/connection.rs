@@ -2,11 +2,10 @@
 //!
 //! The daemon runs its own accept loop rather than `axum::serve` for two reasons:
 //!
-//! * At shutdown each connection is treated by its state. One with no request under
-//!   way closes at once, and that includes a connection whose client is half-way
-//!   through its first request head: it has asked for nothing yet, and with
-//!   `axum::serve` it held the shutdown for the whole grace period. A request the
-//!   application is handling finishes and gets its answer.
+//! * At shutdown each connection is treated by its state (see "Shutdown" below). A
+//!   request the application is handling finishes and gets its answer; a client
+//!   half-way through a request head gets a moment to finish it, not the whole
+//!   grace period it held with `axum::serve`.
 //! * Each socket is wrapped in [`RawErrors`], so that the answers hyper writes itself
 //!   have the JSON error shape too.
 //! * No client can hold the daemon's connections or descriptors:
@@ -20,8 +19,40 @@
 //!   - a request head must arrive within `header_read_timeout` of its first byte,
 //!     else the connection closes (a head that trickles in a byte at a time holds
 //!     it no longer than that);
-//!   - a body must arrive within `body_read_timeout` (408, in `super::extract`).
+//!   - a body must arrive within `body_read_timeout` (408, in `super::extract`);
+//!   - hyper's read buffer, which each connection keeps, is at most
+//!     [`READ_BUFFER_BYTES`], which is also the longest request head (431 beyond).
+//!     hyper's default, 408 KiB, let 4,096 connections that had each once sent a
+//!     large body keep 1.6 GiB between them.
+//!
+//! The cap being reached and freed is logged at most once per
+//! [`super::failures::WINDOW`], with the count of the times in between: a client
+//! reconnecting in a loop at the cap freed and retook it 9,009 times in 3 s, and
+//! wrote 7,114 lines; the metric counts every time.
+//!
+//! # Shutdown
+//!
+//! A server cannot close a keep-alive connection without racing its client: a
+//! request sent as the close happens is lost, and the client cannot tell whether it
+//! was done. The only close without that race is one announced in an answer
+//! (`Connection: close`, which every answer carries from the drain's start on, see
+//! `super::gate`). So, from the first stop request:
+//!
+//! * **Drain** ([`Phase::Draining`]): connections are still accepted and served,
+//!   each closing after its next answer. One with nothing under way for
+//!   [`DRAIN_IDLE`] closes (so do those idle that long when the drain begins): by
+//!   the time the listener closes, its client has long seen the close and will
+//!   connect again, rather than send into a socket that is closing. A client
+//!   sending a request every few milliseconds on a connection is never idle that
+//!   long, and gets its close in an answer instead.
+//! * **Close** ([`Phase::Closing`]): connections the kernel had completed but the
+//!   loop not yet accepted are accepted (the listener's close would reset them,
+//!   with their clients' requests perhaps already sent), then the listener closes.
+//!   A connection with a request under way finishes it; one without gets
+//!   [`DRAIN_IDLE`] more for a request already on its way, which is then served
+//!   and answered with `Connection: close`; then it closes.
 
+use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -40,6 +71,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
+use super::error::BodyUnread;
 use super::metrics::{Closed, Metrics};
 use super::raw_errors::RawErrors;
 
@@ -48,11 +80,33 @@ use super::raw_errors::RawErrors;
 pub(super) enum Phase {
     /// Accept and serve.
     Serving,
-    /// Accept no more; close connections with no request under way; finish the rest.
+    /// Accept and serve, closing connections once idle for [`DRAIN_IDLE`] (answers
+    /// carry `Connection: close` meanwhile).
+    Draining,
+    /// Accept no more; close connections with no request under way after a last
+    /// [`DRAIN_IDLE`]; finish the rest.
     Closing,
     /// Drop every connection now.
     Abort,
 }
+
+impl Phase {
+    /// Whether the listener is to close.
+    const fn closing(self) -> bool {
+        matches!(self, Self::Closing | Self::Abort)
+    }
+}
+
+/// hyper's read buffer per connection, at most: also the longest request head
+/// (longer: 431). 64 KiB holds any head a client sends (nginx allows 32 KiB), and a
+/// 1,000-ID batch (about 40 KiB) in one read.
+pub(super) const READ_BUFFER_BYTES: usize = 64 << 10;
+
+/// While shutting down, how long a connection may have nothing under way before it
+/// is closed: far longer than the gap between a busy client's requests, which then
+/// gets its close in an answer, and far shorter than any drain delay, so that its
+/// client sees the close long before the listener's.
+pub(super) const DRAIN_IDLE: Duration = Duration::from_millis(250);
 
 /// How many connections, and how long each may wait for its client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +114,20 @@ pub(super) struct ConnectionLimits {
     pub(super) max_connections: usize,
     pub(super) header_read_timeout: Duration,
     pub(super) idle_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    /// The limits in `phase`: from the drain on, a connection may be idle for at
+    /// most [`DRAIN_IDLE`].
+    fn during(self, phase: Phase) -> Self {
+        match phase {
+            Phase::Serving => self,
+            Phase::Draining | Phase::Closing | Phase::Abort => Self {
+                idle_timeout: self.idle_timeout.min(DRAIN_IDLE),
+                ..self
+            },
+        }
+    }
 }
 
 /// Accepts connections on `listener` and serves `router` on them until told to
@@ -78,45 +146,67 @@ pub(super) async fn serve(
     // The slot the next connection takes; accepting waits for one.
     let mut slot: Option<OwnedSemaphorePermit> = None;
     let mut at_cap = false;
+    let mut cap_log = CapLog::new(limits.max_connections, super::failures::WINDOW);
     loop {
         if slot.is_none() {
             match Arc::clone(&slots).try_acquire_owned() {
-                Ok(permit) => slot = Some(permit),
+                // A slot freed while another branch ran (a finished connection being
+                // reaped, say) ends the time at the cap just as `freed` does: left
+                // unnoticed, the next time at the cap went uncounted.
+                Ok(permit) => {
+                    slot = Some(permit);
+                    if at_cap {
+                        at_cap = false;
+                        cap_log.freed();
+                    }
+                }
                 Err(_) if !at_cap => {
                     at_cap = true;
                     metrics.connection_cap_reached();
-                    tracing::warn!(
-                        max_connections = limits.max_connections,
-                        "connection cap reached: accepting no more until one closes"
-                    );
+                    cap_log.reached(Instant::now());
                 }
                 Err(_) => {}
             }
         }
+        let spawn = |connections: &mut JoinSet<()>, stream, held| {
+            connections.spawn(connection(
+                stream,
+                router.clone(),
+                phase.clone(),
+                limits,
+                held,
+            ));
+        };
         tokio::select! {
             freed = Arc::clone(&slots).acquire_owned(), if slot.is_none() => {
                 slot = freed.ok();
                 if at_cap {
                     at_cap = false;
-                    tracing::info!("below the connection cap again: accepting");
+                    cap_log.freed();
                 }
             }
             accepted = listener.accept(), if slot.is_some() => match accepted {
-                Ok((stream, _)) => {
-                    let held = Held::new(slot.take(), &metrics);
-                    connections.spawn(connection(
-                        stream,
-                        router.clone(),
-                        phase.clone(),
-                        limits,
-                        held,
-                    ));
-                }
+                Ok((stream, _)) => spawn(&mut connections, stream, Held::new(slot.take(), &metrics)),
                 Err(e) => accept_failed(&e).await,
             },
             // Reaps finished connections, so the set holds only live ones.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            () = until(&mut closing, |p| p != Phase::Serving) => break,
+            () = tokio::time::sleep_until(cap_log.next_line), if cap_log.unlogged > 0 => {
+                cap_log.flush(Instant::now());
+            }
+            () = until(&mut closing, Phase::closing) => {
+                // Connections the kernel completed are accepted rather than reset
+                // with the listener (see "Shutdown"), as far as the cap allows.
+                while let Some(permit) = slot.take().or_else(|| Arc::clone(&slots).try_acquire_owned().ok()) {
+                    match poll_fn(|cx| Poll::Ready(listener.poll_accept(cx))).await {
+                        Poll::Ready(Ok((stream, _))) => {
+                            spawn(&mut connections, stream, Held::new(Some(permit), &metrics));
+                        }
+                        Poll::Ready(Err(_)) | Poll::Pending => break,
+                    }
+                }
+                break;
+            }
         }
     }
     drop(listener);
@@ -156,6 +246,95 @@ impl Drop for Held {
     }
 }
 
+/// The accept loop's lines about the connection cap: the first time it is reached
+/// in a window, a `WARN` (with how often it was reached since the last line) and,
+/// when it is freed, an `INFO`; the times in between are counted and logged once the
+/// window has passed. (The loop is one task: no atomics needed.)
+struct CapLog {
+    max_connections: usize,
+    window: Duration,
+    /// When the next line about reaching the cap may be logged.
+    next_line: Instant,
+    /// Times the cap was reached since the last line.
+    unlogged: u64,
+    /// Whether the last reach was logged, so its end is too.
+    logged_reach: bool,
+}
+
+/// What [`CapLog`] logs for an event.
+#[derive(Debug, PartialEq, Eq)]
+enum CapLine {
+    /// Nothing: counted.
+    Counted,
+    /// The cap was reached, and `before` more times since the last line.
+    Reached { before: u64 },
+    /// Below the cap again, after a logged reach.
+    Freed,
+    /// The cap was reached `times` times since the last line, none logged.
+    Summary { times: u64 },
+}
+
+impl CapLog {
+    fn new(max_connections: usize, window: Duration) -> Self {
+        Self {
+            max_connections,
+            window,
+            next_line: Instant::now(),
+            unlogged: 0,
+            logged_reach: false,
+        }
+    }
+
+    fn reached(&mut self, now: Instant) -> CapLine {
+        if now < self.next_line {
+            self.unlogged += 1;
+            self.logged_reach = false;
+            return CapLine::Counted;
+        }
+        self.next_line = now + self.window;
+        self.logged_reach = true;
+        let before = std::mem::take(&mut self.unlogged);
+        if before == 0 {
+            tracing::warn!(
+                max_connections = self.max_connections,
+                "connection cap reached: accepting no more until one closes"
+            );
+        } else {
+            tracing::warn!(
+                max_connections = self.max_connections,
+                more = before,
+                "connection cap reached: accepting no more until one closes ({before} more \
+                 times since the last line)"
+            );
+        }
+        CapLine::Reached { before }
+    }
+
+    fn freed(&mut self) -> CapLine {
+        if !std::mem::take(&mut self.logged_reach) {
+            return CapLine::Counted;
+        }
+        tracing::info!("below the connection cap again: accepting");
+        CapLine::Freed
+    }
+
+    /// Logs the count of reaches that got no line, once the window has passed.
+    fn flush(&mut self, now: Instant) -> CapLine {
+        if self.unlogged == 0 || now < self.next_line {
+            return CapLine::Counted;
+        }
+        self.next_line = now + self.window;
+        let times = std::mem::take(&mut self.unlogged);
+        tracing::warn!(
+            max_connections = self.max_connections,
+            times,
+            window_s = self.window.as_secs(),
+            "the connection cap was reached {times} more times since the last line"
+        );
+        CapLine::Summary { times }
+    }
+}
+
 /// Resolves when the phase satisfies `reached`, or when no more phases can come
 /// (which the server treats as the end). (`wait_for`'s guard is not held across an
 /// await: the futures stay `Send`.)
@@ -191,8 +370,9 @@ struct Activity {
     /// When the first byte of a request head arrived while nothing was under way;
     /// 0 when none has.
     head_since: AtomicU64,
-    /// Whether any request of this connection ever reached the application.
-    asked: AtomicBool,
+    /// Whether an answer left its request's body unread: the socket then lingers
+    /// before it closes ([`Watched::drop`]).
+    linger: AtomicBool,
 }
 
 impl Activity {
@@ -202,7 +382,7 @@ impl Activity {
             busy: AtomicUsize::new(0),
             idle_since: AtomicU64::new(1),
             head_since: AtomicU64::new(0),
-            asked: AtomicBool::new(false),
+            linger: AtomicBool::new(false),
         }
     }
 
@@ -223,7 +403,6 @@ impl Activity {
 
     /// A request reached the application: its head is complete.
     fn begin(&self) {
-        self.asked.store(true, Ordering::Relaxed);
         self.busy.fetch_add(1, Ordering::Relaxed);
         self.head_since.store(0, Ordering::Relaxed);
     }
@@ -277,20 +456,43 @@ impl Drop for Busy {
     }
 }
 
-/// A socket that tells its connection's [`Activity`] when bytes arrive.
-struct Watched<T> {
-    inner: T,
+/// A connection's socket: it tells the connection's [`Activity`] when bytes
+/// arrive, and holds the connection's slot under the cap until it is closed, which
+/// can be after the connection's task: see [`Watched::drop`].
+struct Watched {
+    /// `None` only once dropped.
+    inner: Option<TcpStream>,
     activity: Arc<Activity>,
+    held: Option<Held>,
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+impl Watched {
+    fn stream(&mut self) -> std::io::Result<Pin<&mut TcpStream>> {
+        self.inner
+            .as_mut()
+            .map(Pin::new)
+            .ok_or_else(|| std::io::ErrorKind::NotConnected.into())
+    }
+}
+
+/// Polls `f` on the socket's stream, or fails if it is gone (never, before drop).
+macro_rules! on_stream {
+    ($self:ident, |$s:ident| $poll:expr) => {
+        match $self.stream() {
+            Ok($s) => $poll,
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    };
+}
+
+impl AsyncRead for Watched {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let polled = on_stream!(self, |s| s.poll_read(cx, buf));
         if buf.filled().len() > before {
             self.activity.read();
         }
@@ -298,13 +500,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+impl AsyncWrite for Watched {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        on_stream!(self, |s| s.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -312,24 +514,68 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        on_stream!(self, |s| s.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.inner
+            .as_ref()
+            .is_some_and(AsyncWrite::is_write_vectored)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        on_stream!(self, |s| s.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        on_stream!(self, |s| s.poll_shutdown(cx))
     }
 }
 
-/// Serves one connection until it ends, a deadline passes, or it is told to close
-/// (then it ends once its request in progress, if any, is answered).
+impl Drop for Watched {
+    /// Closes the socket; but after an answer that left its request's body unread
+    /// (413, a body the budget had no room for, 408), first reads and discards what
+    /// the client still sends, for at most [`LINGER`]. A client writing its whole
+    /// body before it reads (as clients do without `Expect: 100-continue`) would
+    /// otherwise have the close reset its connection while it writes, and lose the
+    /// answer: a client posting 5 MiB got a broken pipe instead of its 413. The
+    /// connection keeps its slot under the cap meanwhile.
+    fn drop(&mut self) {
+        let Some(stream) = self.inner.take() else {
+            return;
+        };
+        if !self.activity.linger.load(Ordering::Relaxed) {
+            return;
+        }
+        let held = self.held.take();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                linger(stream).await;
+                drop(held);
+            });
+        }
+    }
+}
+
+/// After an answer that left a request's body unread, how long its connection goes
+/// on reading (and discarding) what the client sends before it is closed: time
+/// for a client to send a few MiB more, and read the answer, on any link.
+pub(super) const LINGER: Duration = Duration::from_secs(2);
+
+/// Half-closes `stream` (the answer is written) and discards what comes until the
+/// client closes, or [`LINGER`] has passed.
+async fn linger(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(LINGER, async {
+        let _ = stream.shutdown().await;
+        let mut sink = vec![0_u8; 16 << 10];
+        while let Ok(1..) = stream.read(&mut sink).await {}
+    })
+    .await;
+}
+
+/// Serves one connection until it ends or a deadline passes, and through the
+/// shutdown's phases (see "Shutdown" in the module docs).
 async fn connection(
     stream: TcpStream,
     router: Router,
@@ -351,20 +597,32 @@ async fn connection(
             let answer = router.clone().oneshot(req.map(Body::new));
             async move {
                 let answered = answer.await;
+                if let Ok(response) = &answered
+                    && response.extensions().get::<BodyUnread>().is_some()
+                {
+                    busy.0.linger.store(true, Ordering::Relaxed);
+                }
                 drop(busy);
                 answered
             }
         })
     };
+    let metrics = Arc::clone(&held.metrics);
     let socket = Watched {
-        inner: stream,
+        inner: Some(stream),
         activity: Arc::clone(&activity),
+        held: Some(held),
     };
-    let conn =
-        http1::Builder::new().serve_connection(TokioIo::new(RawErrors::new(socket)), service);
+    let conn = http1::Builder::new()
+        .max_buf_size(READ_BUFFER_BYTES)
+        .serve_connection(TokioIo::new(RawErrors::new(socket)), service);
     let mut conn = std::pin::pin!(conn);
-    let mut check = std::pin::pin!(tokio::time::sleep_until(activity.next_check(limits)));
-    loop {
+    let mut now = *phase.borrow_and_update();
+    let mut check = std::pin::pin!(tokio::time::sleep_until(
+        activity.next_check(limits.during(now))
+    ));
+    while !now.closing() {
+        let current = limits.during(now);
         tokio::select! {
             ended = conn.as_mut() => {
                 if let Err(e) = ended {
@@ -373,27 +631,95 @@ async fn connection(
                 return;
             }
             () = check.as_mut() => {
-                if let Some((at, why)) = activity.deadline(limits)
+                if let Some((at, why)) = activity.deadline(current)
                     && at <= Instant::now()
                 {
-                    held.metrics.connection_closed(why);
+                    let why = if now == Phase::Serving { why } else { Closed::Shutdown };
+                    metrics.connection_closed(why);
                     tracing::debug!(reason = why.as_str(), "closing a connection past its deadline");
                     return;
                 }
-                check.as_mut().reset(activity.next_check(limits));
+                check.as_mut().reset(activity.next_check(current));
             }
-            () = until(&mut phase, |p| p != Phase::Serving) => break,
+            changed = phase.changed() => {
+                now = if changed.is_ok() { *phase.borrow_and_update() } else { Phase::Abort };
+                // The drain's shorter idle time applies from now.
+                check.as_mut().reset(activity.next_check(limits.during(now)));
+            }
         }
     }
-    // hyper closes an idle keep-alive connection here, and turns keep-alive off for
-    // a request in progress. It waits for a first request head that has begun to
-    // arrive, though: no request of this connection ever reached the application,
-    // so there is nothing to finish, and the client will retry elsewhere.
-    conn.as_mut().graceful_shutdown();
-    if !activity.asked.load(Ordering::Relaxed) {
-        return;
+    // The listener is closing. A request under way finishes (hyper turns keep-alive
+    // off for it); with nothing under way, a request already on its way gets
+    // `DRAIN_IDLE` to arrive, and is answered with `Connection: close` (the gate
+    // adds it once shutdown has begun).
+    if activity.busy.load(Ordering::Relaxed) == 0 {
+        tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = tokio::time::sleep(DRAIN_IDLE) => {}
+        }
+        if activity.busy.load(Ordering::Relaxed) == 0 {
+            metrics.connection_closed(Closed::Shutdown);
+            return;
+        }
     }
+    conn.as_mut().graceful_shutdown();
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_is_logged_once_per_window_with_the_count_of_the_rest() {
+        let window = Duration::from_secs(10);
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut log = CapLog::new(4, window);
+        log.next_line = start;
+        assert_eq!(log.reached(at(0)), CapLine::Reached { before: 0 });
+        assert_eq!(log.freed(), CapLine::Freed);
+        // Reached and freed 1,000 times within the window: counted, not logged.
+        for ms in 1..=1000 {
+            assert_eq!(log.reached(at(ms)), CapLine::Counted);
+            assert_eq!(log.freed(), CapLine::Counted);
+        }
+        assert_eq!(log.flush(at(9_999)), CapLine::Counted);
+        // Once the window has passed, the count is logged, once.
+        assert_eq!(log.flush(at(10_000)), CapLine::Summary { times: 1000 });
+        assert_eq!(log.flush(at(30_000)), CapLine::Counted);
+        // The summary started a window: the next reach is counted, and the one
+        // after the window is logged with it.
+        assert_eq!(log.reached(at(15_000)), CapLine::Counted);
+        assert_eq!(log.reached(at(20_000)), CapLine::Reached { before: 1 });
+        assert_eq!(log.freed(), CapLine::Freed);
+    }
+
+    #[test]
+    fn the_drain_shortens_only_the_idle_timeout() {
+        let limits = ConnectionLimits {
+            max_connections: 8,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        };
+        assert_eq!(limits.during(Phase::Serving), limits);
+        let draining = limits.during(Phase::Draining);
+        assert_eq!(draining.idle_timeout, DRAIN_IDLE);
+        assert_eq!(draining.header_read_timeout, limits.header_read_timeout);
+        let short = ConnectionLimits {
+            idle_timeout: Duration::from_millis(100),
+            ..limits
+        };
+        assert_eq!(
+            short.during(Phase::Closing).idle_timeout,
+            Duration::from_millis(100)
+        );
     }
 }

@@ -17,6 +17,9 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Whether the answer closes the connection (`Connection: close`): after a body
+    /// that was not read whole, the rest of it may still come.
+    close: bool,
 }
 
 impl ApiError {
@@ -26,7 +29,15 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            close: false,
         }
+    }
+
+    /// The same error, answered with `Connection: close`.
+    #[must_use]
+    const fn closing(mut self) -> Self {
+        self.close = true;
+        self
     }
 
     /// 400 with a code naming the kind of bad input.
@@ -71,6 +82,47 @@ impl ApiError {
                  nothing in this request was done, send it again"
             ),
         )
+        .closing()
+    }
+
+    /// 413 for a body over `max_body_bytes`: declared so by its `Content-Length`
+    /// (answered before any of it is read) or found so as it arrives. The
+    /// connection is closed after the answer (the rest of the body may still come).
+    pub fn payload_too_large(max_body_bytes: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the request body is over the limit of {max_body_bytes} bytes \
+                 (max_body_bytes); nothing was done"
+            ),
+        )
+        .closing()
+    }
+
+    /// 503 `overloaded` when the bodies being read and handled hold the whole
+    /// `max_body_bytes_in_flight` budget: a new body found no room within
+    /// `BODY_BUDGET_WAIT` (`waited`), or a body being read could not grow at once.
+    /// The body was not read whole, so the connection is closed.
+    pub fn bodies_over_budget(budget: usize, waited: bool) -> Self {
+        let when = if waited {
+            format!(
+                "none came back within {:?}",
+                super::extract::BODY_BUDGET_WAIT
+            )
+        } else {
+            "this body could not grow".to_owned()
+        };
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!(
+                "the request bodies in flight hold all {budget} bytes they may \
+                 (max_body_bytes_in_flight), and {when}; nothing in this request was done, \
+                 retry later"
+            ),
+        )
+        .closing()
     }
 
     /// 504 when the tracker did not answer within `tracker_timeout`. The call goes
@@ -228,6 +280,13 @@ pub(crate) struct FailureNote {
     pub(crate) message: String,
 }
 
+/// Marks an answer that closes its connection with its request's body not read
+/// whole (in the answer's extensions, never on the wire): the connection then reads
+/// and discards what its client still sends before it closes (see
+/// `connection::LINGER`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BodyUnread;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let note = self.status.is_server_error().then(|| FailureNote {
@@ -253,11 +312,12 @@ impl IntoResponse for ApiError {
         )
             .into_response();
         let headers = response.headers_mut();
+        // The rest of a body not read whole may still come: the connection cannot be
+        // reused.
+        if self.close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         match self.status {
-            // The rest of a late body may still come: the connection cannot be reused.
-            StatusCode::REQUEST_TIMEOUT => {
-                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
             StatusCode::UNAUTHORIZED => {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
@@ -273,6 +333,9 @@ impl IntoResponse for ApiError {
         }
         if let Some(note) = note {
             response.extensions_mut().insert(note);
+        }
+        if self.close {
+            response.extensions_mut().insert(BodyUnread);
         }
         response
     }

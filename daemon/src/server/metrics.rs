@@ -27,6 +27,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::error::FailureNote;
+use super::extract::BodyBudget;
 use super::failures::FailureLog;
 use super::openapi;
 use super::store::StoreWatch;
@@ -70,6 +71,9 @@ pub(crate) enum Closed {
     IdleTimeout,
     /// A request head not complete `header_read_timeout` after its first byte.
     HeaderTimeout,
+    /// Shutting down, with no request under way: idle during the drain, or at the
+    /// listener's close.
+    Shutdown,
 }
 
 impl Closed {
@@ -77,6 +81,7 @@ impl Closed {
         match self {
             Self::IdleTimeout => "idle_timeout",
             Self::HeaderTimeout => "header_timeout",
+            Self::Shutdown => "shutdown",
         }
     }
 }
@@ -161,12 +166,13 @@ pub(crate) struct Metrics {
     claims: [Counter; 6],
     claim_ends: [Counter; 2],
     shed: Counter,
+    bodies_shed: Counter,
     in_flight: Gauge<i64, AtomicI64>,
     connections_open: Gauge<i64, AtomicI64>,
     connections_accepted: Counter,
     cap_reached: Counter,
     /// Per [`Closed`] reason, in its order.
-    connections_closed: [Counter; 2],
+    connections_closed: [Counter; 3],
     late: Counter,
 }
 
@@ -209,11 +215,13 @@ fn latency_histogram() -> Histogram {
 impl Metrics {
     /// Metrics of a daemon around `tracker`; `accepting` is the daemon's flag that
     /// turns false when shutdown begins (readiness reads it with the storage health);
-    /// `store` holds the ticker's last probe of the store.
+    /// `store` holds the ticker's last probe of the store; `bodies` is the budget of
+    /// request bodies in flight.
     pub(crate) fn new(
         tracker: Tracker,
         accepting: Arc<AtomicBool>,
         store: Arc<StoreWatch>,
+        bodies: BodyBudget,
     ) -> Self {
         let mut registry = Registry::with_prefix("oncelyd");
         let requests = Family::<RequestLabels, Counter>::default();
@@ -266,6 +274,13 @@ impl Metrics {
             "Requests answered 503 at once because max_concurrency requests were in progress",
             shed.clone(),
         );
+        let bodies_shed = Counter::default();
+        registry.register(
+            "bodies_shed",
+            "Requests answered 503 overloaded because their body could not be read within \
+             max_body_bytes_in_flight (the bodies in flight held it all for a second)",
+            bodies_shed.clone(),
+        );
         let in_flight = Gauge::<i64, AtomicI64>::default();
         registry.register(
             "requests_in_flight",
@@ -296,14 +311,16 @@ impl Metrics {
             "connections_closed",
             "Connections the daemon closed itself, by reason: idle_timeout (no request under \
              way for idle_timeout), header_timeout (a request head not complete within \
-             header_read_timeout of its first byte)",
+             header_read_timeout of its first byte), shutdown (no request under way while \
+             shutting down)",
             closed_family.clone(),
         );
-        let connections_closed = [Closed::IdleTimeout, Closed::HeaderTimeout].map(|reason| {
-            closed_family.get_or_create_owned(&ReasonLabels {
-                reason: reason.as_str(),
-            })
-        });
+        let connections_closed = [Closed::IdleTimeout, Closed::HeaderTimeout, Closed::Shutdown]
+            .map(|reason| {
+                closed_family.get_or_create_owned(&ReasonLabels {
+                    reason: reason.as_str(),
+                })
+            });
         let late = Counter::default();
         registry.register(
             "tracker_calls_late",
@@ -316,6 +333,7 @@ impl Metrics {
             tracker,
             accepting,
             store,
+            bodies,
         }));
         Self {
             registry,
@@ -327,6 +345,7 @@ impl Metrics {
             claims,
             claim_ends,
             shed,
+            bodies_shed,
             in_flight,
             connections_open,
             connections_accepted,
@@ -388,6 +407,11 @@ impl Metrics {
 
     pub(crate) fn shed(&self) {
         self.shed.inc();
+    }
+
+    /// A request refused because the body budget had no room for its body.
+    pub(crate) fn body_shed(&self) {
+        self.bodies_shed.inc();
     }
 
     /// The Prometheus text exposition.
@@ -621,6 +645,7 @@ struct TrackerCollector {
     tracker: Tracker,
     accepting: Arc<AtomicBool>,
     store: Arc<StoreWatch>,
+    bodies: BodyBudget,
 }
 
 type NsGauge = (
@@ -724,6 +749,17 @@ impl Collector for TrackerCollector {
                 "namespaces",
                 "Namespaces, default included.",
                 Some(namespaces),
+            ),
+            (
+                "body_budget_bytes",
+                "The budget of request bodies in flight (max_body_bytes_in_flight).",
+                u64::try_from(self.bodies.bytes()).ok(),
+            ),
+            (
+                "body_bytes_in_flight",
+                "Bytes request bodies being read or handled are charged now against \
+                 max_body_bytes_in_flight (bodies of at most 4 KiB are not charged).",
+                u64::try_from(self.bodies.charged()).ok(),
             ),
         ] {
             let Some(value) = value else { continue };

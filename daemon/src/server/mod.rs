@@ -14,9 +14,12 @@
 //! answers turned into the JSON error shape, see `raw_errors`), a panic guard (a last
 //! resort: no input is meant to panic), the metrics recorder (which counts every
 //! answer, refusals included), the browser guard (foreign `Origin`: 403; a body that
-//! is not declared JSON: 415), bearer authentication, the body limit, then the route.
-//! A route with a body reads it whole first, within `body_read_timeout` (else 408,
-//! see `extract`). Routes that touch the tracker then take an admission permit
+//! is not declared JSON: 415), bearer authentication, then the route. A route with
+//! a body reads it whole first, within `body_read_timeout` (else 408), refusing one
+//! over `max_body_bytes` (413, at once for a declared `Content-Length`), and charging
+//! the bytes as they arrive against `max_body_bytes_in_flight`, so that bodies being
+//! read cannot take more memory than that (503 when the budget stays spent; see
+//! `extract`). Routes that touch the tracker then take an admission permit
 //! (`Admitted`), shedding load with an immediate 503 when `max_concurrency` requests
 //! are already in progress instead of queueing without bound, and do their work on
 //! the blocking pool. Admission comes after the body, so that clients sending their
@@ -57,7 +60,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -103,6 +106,9 @@ pub struct Limits {
     pub max_ids: usize,
     /// Largest request body in bytes (more: 413 `payload_too_large`).
     pub max_body_bytes: usize,
+    /// Most bytes request bodies may hold at once, charged as they arrive (a body
+    /// the budget cannot make room for within a second: 503 `overloaded`).
+    pub max_body_bytes_in_flight: usize,
     /// Most tracker requests in progress at once (more: 503 `overloaded`).
     pub max_concurrency: usize,
     /// Longest wait of a request on the tracker (then 504 `deadline_exceeded`).
@@ -123,6 +129,7 @@ impl Limits {
         Self {
             max_ids: s.max_ids,
             max_body_bytes: s.max_body_bytes,
+            max_body_bytes_in_flight: s.max_body_bytes_in_flight,
             max_concurrency: s.max_concurrency,
             tracker_timeout: s.tracker_timeout,
             body_read_timeout: s.body_read_timeout,
@@ -169,6 +176,8 @@ struct Shared {
     store: Arc<store::StoreWatch>,
     /// Admission: one permit per tracker request in progress.
     admission: Arc<Semaphore>,
+    /// The bytes request bodies may hold (see `extract`).
+    bodies: extract::BodyBudget,
     /// One permit per blocking task; shutdown takes them all to wait for the last.
     tasks: Arc<Semaphore>,
     /// False once shutdown has begun (shared with the metrics' `ready` gauge).
@@ -208,10 +217,12 @@ impl AppState {
     ) -> Self {
         let ready = Arc::new(AtomicBool::new(true));
         let store = Arc::new(store::StoreWatch::default());
+        let bodies = extract::BodyBudget::new(limits.max_body_bytes_in_flight);
         let metrics = Arc::new(metrics::Metrics::new(
             tracker.clone(),
             Arc::clone(&ready),
             Arc::clone(&store),
+            bodies.clone(),
         ));
         Self {
             inner: Arc::new(Shared {
@@ -223,6 +234,7 @@ impl AppState {
                 failures: failures::FailureLog::new(),
                 store,
                 admission: Arc::new(Semaphore::new(limits.max_concurrency)),
+                bodies,
                 tasks: Arc::new(Semaphore::new(TASK_PERMITS as usize)),
                 ready,
                 config: std::sync::Mutex::new(()),
@@ -269,24 +281,37 @@ impl AppState {
 
     /// What `/readyz` answers: ready, unless shutdown has begun or the store's
     /// writes are failing (from a failed write until one succeeds; with no client
-    /// writing, the ticker's heartbeat write is the one that finds out).
+    /// writing, the ticker's heartbeat write is the one that finds out). With
+    /// `detail`, a store failure's message includes the store's error, which can
+    /// name the data directory's files or the database's servers: `/readyz` needs
+    /// no token, so it gives the detail only to a caller that proves one (and the
+    /// log has it, once, when the failure begins).
     ///
     /// # Errors
     ///
     /// 503 `shutting_down` or `storage_unavailable`.
-    pub fn readiness(&self) -> Result<(), ApiError> {
+    pub fn readiness(&self, detail: bool) -> Result<(), ApiError> {
         if !self.is_ready() {
             return Err(ApiError::shutting_down());
         }
         if let Some(failure) = self.inner.tracker.storage_failure() {
+            let since = failure.since.as_millis();
+            let message = if detail {
+                format!(
+                    "the store's writes are failing (since {since} ms after the epoch): {}",
+                    failure.error
+                )
+            } else {
+                format!(
+                    "the store's writes are failing (since {since} ms after the epoch); the \
+                     daemon's log has the store's error (and so does this answer, to a \
+                     caller with a token)"
+                )
+            };
             return Err(ApiError::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 "storage_unavailable",
-                format!(
-                    "the store's writes are failing (since {} ms after the epoch): {}",
-                    failure.since.as_millis(),
-                    failure.error
-                ),
+                message,
             ));
         }
         Ok(())
@@ -319,6 +344,10 @@ impl AppState {
 
     pub(crate) fn store_watch(&self) -> &store::StoreWatch {
         &self.inner.store
+    }
+
+    pub(crate) fn body_budget(&self) -> &extract::BodyBudget {
+        &self.inner.bodies
     }
 
     pub(crate) fn metrics(&self) -> &metrics::Metrics {
@@ -501,7 +530,6 @@ pub fn app(state: AppState) -> Router {
         // Both must come after the routes: they wrap what exists.
         .method_not_allowed_fallback(routes::method_not_allowed)
         .fallback(routes::not_found)
-        .layer(DefaultBodyLimit::max(state.limits().max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), gate::gate))
         .layer(CatchPanicLayer::custom(|_| -> Response {
             tracing::error!("a request panicked");
@@ -743,6 +771,7 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
             store_pool_size = settings.store_pool_size,
             auth,
             max_concurrency = settings.max_concurrency,
+            max_body_bytes_in_flight = settings.max_body_bytes_in_flight,
             max_connections,
             worker_threads,
             max_filter_bytes = settings.max_filter_bytes,
@@ -761,6 +790,7 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
             durability = %settings.durability,
             auth,
             max_concurrency = settings.max_concurrency,
+            max_body_bytes_in_flight = settings.max_body_bytes_in_flight,
             max_connections,
             worker_threads,
             max_filter_bytes = settings.max_filter_bytes,

@@ -62,7 +62,8 @@ impl Modify for BearerAuth {
 
 /// The document as served: the generated one with this server's limits, which are
 /// settings rather than code, patched in: `maxItems` of every `ids` array is
-/// `max_ids`, and the description states `max_body_bytes`.
+/// `max_ids`, and the description states `max_body_bytes` and
+/// `max_body_bytes_in_flight`.
 #[must_use]
 pub(crate) fn document(limits: Limits) -> Value {
     let mut doc = serde_json::to_value(super::openapi()).unwrap_or_else(|e| {
@@ -80,8 +81,10 @@ pub(crate) fn document(limits: Limits) -> Value {
         description.push_str(&format!(
             " This server takes at most {} IDs per check or check-and-mark (more: 400 \
              `too_many_ids`) and request bodies of at most {} bytes (more: 413 \
-             `payload_too_large`).",
-            limits.max_ids, limits.max_body_bytes
+             `payload_too_large`, at once for a declared Content-Length). The bodies being \
+             read and handled may hold {} bytes between them: a body over 4 KiB that finds \
+             no room within a second is answered 503 `overloaded`, with nothing done.",
+            limits.max_ids, limits.max_body_bytes, limits.max_body_bytes_in_flight
         ));
     }
     doc
@@ -167,7 +170,12 @@ const REFUSALS: [(&str, &str, Applies); 6] = [
          connection is closed)",
         Applies::WithBody,
     ),
-    ("413", "Body over max_body_bytes", Applies::WithBody),
+    (
+        "413",
+        "Body over max_body_bytes (a declared Content-Length over it is refused before the \
+         body is read); nothing was done (the connection is closed)",
+        Applies::WithBody,
+    ),
     (
         "415",
         "Content-Type is not application/json",

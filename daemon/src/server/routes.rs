@@ -9,7 +9,7 @@
 //! async worker, with a call that gives up rather than wait ([`AppState::inline`]).
 
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use oncely::{DropPolicy, Tracker};
 use oncely_client::api::schema::Name;
@@ -676,7 +676,8 @@ pub(crate) async fn healthz() -> Result<Response, ApiError> {
 
 /// Readiness: the daemon is not shutting down (it turns unready for the drain
 /// delay before it stops listening), and the store's writes succeed. Needs no
-/// token.
+/// token; the store's error, when its writes fail, is shown only to a caller that
+/// presents one.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -684,11 +685,11 @@ pub(crate) async fn healthz() -> Result<Response, ApiError> {
     security(()),
     responses(
         (status = 200, description = "Ready", body = Health),
-        (status = 503, description = "Shutting down (shutting_down), or the store's writes are failing (storage_unavailable)", body = ErrorResponse),
+        (status = 503, description = "Shutting down (shutting_down), or the store's writes are failing (storage_unavailable; the store's error itself only to a caller presenting a valid token)", body = ErrorResponse),
     )
 )]
-pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
-    match state.readiness() {
+pub(crate) async fn readyz(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    match state.readiness(super::auth::proves_token(&state, &headers)) {
         Ok(()) => json(
             StatusCode::OK,
             &Health {

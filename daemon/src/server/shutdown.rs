@@ -5,10 +5,14 @@
 //! 1. **Drain.** `/readyz` answers 503 for `drain_delay` while every other route is
 //!    still served and new connections are still accepted, so that load balancers
 //!    see the node go unready and stop sending traffic before it stops listening.
-//! 2. **Close.** The listener closes. A connection with no request under way closes
-//!    at once: an idle keep-alive one, and one whose client is still sending its
-//!    first request head (it has asked for nothing yet). Requests in progress finish
-//!    and get their answers, with keep-alive turned off.
+//!    Every answer carries `Connection: close`, and a connection with nothing under
+//!    way for 250 ms is closed, so that clients move to new connections while the
+//!    listener is still open rather than send on one the close would cut (see
+//!    `connection`, "Shutdown").
+//! 2. **Close.** The listener closes, once the connections the kernel had already
+//!    completed are accepted. A connection with no request under way gets 250 ms for
+//!    a request already on its way, then closes; requests in progress finish and get
+//!    their answers, with keep-alive turned off.
 //! 3. After `shutdown_grace`, connections still open are dropped. A request whose
 //!    client is dropped was either acknowledged or not; if not, the client retries
 //!    elsewhere or after restart, which is what check-and-mark is for.
@@ -192,6 +196,7 @@ pub async fn run_with(
 
     stops.next().await;
     state.set_ready(false);
+    let _ = phase.send(Phase::Draining);
     tracing::info!(
         drain_ms = millis(timing.drain_delay),
         grace_ms = millis(timing.grace),

@@ -26,9 +26,19 @@ impl Drop for Daemon {
     }
 }
 
+/// The path of the binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_oncelyd");
+
 pub fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oncelyd"));
+    let mut cmd = Command::new(BIN);
     cmd.arg("serve").args(args);
+    clean_env(&mut cmd, envs);
+    cmd
+}
+
+/// A command's environment as the daemon's tests give it: `ONCELY_*` variables
+/// only from `envs`, logs at `info` without colours, standard error piped.
+pub fn clean_env(cmd: &mut Command, envs: &[(&str, &str)]) {
     // A clean environment for the settings: only what the test gives.
     for (key, _) in std::env::vars() {
         if key.starts_with("ONCELY_") {
@@ -41,7 +51,6 @@ pub fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    cmd
 }
 
 impl Daemon {
@@ -59,7 +68,14 @@ impl Daemon {
     pub fn start_with(extra: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut args = vec!["--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
-        let mut child = command(&args, envs).spawn().expect("the binary starts");
+        Self::spawn(command(&args, envs))
+    }
+
+    /// Runs `cmd`, which must start a daemon listening on a port of 127.0.0.1
+    /// (with standard error piped), and reads its bound address from its start-up
+    /// line.
+    pub fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd.spawn().expect("the binary starts");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();

@@ -56,6 +56,10 @@ impl RawConn {
     pub async fn connect(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).await.expect("connect");
         stream.set_nodelay(true).unwrap();
+        Self::from_stream(stream)
+    }
+
+    pub fn from_stream(stream: TcpStream) -> Self {
         Self {
             stream,
             buf: Vec::new(),
@@ -130,6 +134,17 @@ impl RawConn {
                 self.buf.extend_from_slice(&chunk[..n]);
                 true
             }
+        }
+    }
+
+    /// Whether the server has closed the connection, as a client pool sees it
+    /// before reusing one: without waiting (bytes waiting to be read are not a close).
+    pub fn closed_now(&self) -> bool {
+        let mut byte = [0_u8; 1];
+        match self.stream.try_read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
         }
     }
 
