@@ -137,6 +137,20 @@ async fn a_long_transaction_holds_up_no_other_namespace_on_any_daemon() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "busy", "{body}");
     assert!(took < Duration::from_secs(3), "{took:?}");
+    let metrics = c
+        .get(two.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let deferred: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("oncelyd_rotations_deferred_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no oncelyd_rotations_deferred_total in\n{metrics}"));
+    assert!(deferred >= 1, "{deferred}");
     consumer.batch_execute("COMMIT").await.unwrap();
     report.batch_execute("COMMIT").await.unwrap();
     let (status, body, _) = post(

@@ -803,6 +803,14 @@ impl Collector for TrackerCollector {
             errors.metric_type(),
         )?;
         errors.encode(metric)?;
+        let deferred = ConstCounter::new(self.tracker.rotations_deferred());
+        let metric = encoder.encode_descriptor(
+            "rotations_deferred",
+            "Rotations left for later because a transaction held their namespace past a short wait (PostgreSQL).",
+            None,
+            deferred.metric_type(),
+        )?;
+        deferred.encode(metric)?;
         self.encode_store(&mut encoder)
     }
 }
