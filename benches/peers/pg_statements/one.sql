@@ -1,0 +1,5 @@
+-- One statement: lock, ring version, insert. Its snapshot predates the lock, so a
+-- rotation committed while it waited goes unseen: wrong at any isolation level, here
+-- only as the bound of what one statement costs.
+\set id random(1, 1000000000000)
+WITH l AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared(1, 1)), r AS (SELECT 1 FROM ns, l WHERE id = 1 AND version = 7), i AS (INSERT INTO marks_1_1 (id, owner) SELECT int8send(:id), 5 FROM r ON CONFLICT DO NOTHING RETURNING 1) SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM i);
