@@ -7,6 +7,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::daemon::metric_value;
 use common::raw::RawConn;
 use oncelyd::server::{AppState, Limits, run};
 
@@ -76,11 +77,7 @@ async fn reconnecting_at_the_cap_logs_a_line_per_window_and_counts_every_time() 
         .request("GET", "/metrics", None, Duration::from_secs(5))
         .await
         .body;
-    let reached: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("oncelyd_connection_cap_reached_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no cap metric in:\n{text}"));
+    let reached = metric_value(&text, "oncelyd_connection_cap_reached_total");
     assert_eq!(reached, RECONNECTS as f64, "{text}");
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(10), done)

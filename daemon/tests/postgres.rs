@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::daemon::{Daemon, client, command, run_to_exit, verdicts};
+use common::daemon::{Daemon, client, command, metric_value, metrics, run_to_exit, verdicts};
 use oncely_testkit::PgServer;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -283,16 +283,6 @@ async fn wait_status(c: &reqwest::Client, daemon: &Daemon, path: &str, status: u
     }
 }
 
-async fn metrics(c: &reqwest::Client, daemon: &Daemon) -> String {
-    c.get(daemon.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_metrics_and_errors_follow_the_database() {
     let pg = PgServer::shared();
@@ -313,11 +303,7 @@ async fn readiness_metrics_and_errors_follow_the_database() {
         )),
         "{text}"
     );
-    let rtt = text
-        .lines()
-        .find_map(|l| l.strip_prefix("oncelyd_store_round_trip_seconds "))
-        .unwrap_or_else(|| panic!("no round trip in\n{text}"));
-    let rtt: f64 = rtt.parse().unwrap();
+    let rtt = metric_value(&text, "oncelyd_store_round_trip_seconds");
     assert!(rtt > 0.0 && rtt < 5.0, "{rtt}");
     let mark = daemon.url("/v1/namespaces/default/check-and-mark");
     let ids = vec!["before".to_owned()];

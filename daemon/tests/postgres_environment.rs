@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::daemon::{Daemon, client};
+use common::daemon::{Daemon, client, metric_value, metrics};
 use oncely_testkit::{PgCluster, PgServer};
 use serde_json::{Value, json};
 
@@ -137,20 +137,8 @@ async fn a_long_transaction_holds_up_no_other_namespace_on_any_daemon() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "busy", "{body}");
     assert!(took < Duration::from_secs(3), "{took:?}");
-    let metrics = c
-        .get(two.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let deferred: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("oncelyd_rotations_deferred_total "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no oncelyd_rotations_deferred_total in\n{metrics}"));
-    assert!(deferred >= 1, "{deferred}");
+    let deferred = metric_value(&metrics(&c, &two).await, "oncelyd_rotations_deferred_total");
+    assert!(deferred >= 1.0, "{deferred}");
     consumer.batch_execute("COMMIT").await.unwrap();
     report.batch_execute("COMMIT").await.unwrap();
     let (status, body, _) = post(

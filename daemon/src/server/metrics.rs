@@ -795,22 +795,23 @@ impl Collector for TrackerCollector {
             let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
             gauge.encode(metric)?;
         }
-        let errors = ConstCounter::new(self.tracker.storage_errors());
-        let metric = encoder.encode_descriptor(
-            "storage_write_errors",
-            "Store writes that failed since start-up (each one's caller got 503).",
-            None,
-            errors.metric_type(),
-        )?;
-        errors.encode(metric)?;
-        let deferred = ConstCounter::new(self.tracker.rotations_deferred());
-        let metric = encoder.encode_descriptor(
-            "rotations_deferred",
-            "Rotations left for later because a transaction held their namespace past a short wait (PostgreSQL).",
-            None,
-            deferred.metric_type(),
-        )?;
-        deferred.encode(metric)?;
+        for (name, help, value) in [
+            (
+                "storage_write_errors",
+                "Store writes that failed since start-up (each one's caller got 503).",
+                self.tracker.storage_errors(),
+            ),
+            (
+                "rotations_deferred",
+                "Rotations left for later because a transaction held their namespace past a \
+                 short wait (PostgreSQL).",
+                self.tracker.rotations_deferred(),
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
         self.encode_store(&mut encoder)
     }
 }

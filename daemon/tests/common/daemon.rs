@@ -215,3 +215,23 @@ pub async fn verdicts(c: &reqwest::Client, url: &str, ids: &[String]) -> Vec<Str
         .map(|r| r["verdict"].as_str().unwrap().to_owned())
         .collect()
 }
+
+/// The daemon's `/metrics` page.
+pub async fn metrics(c: &reqwest::Client, daemon: &Daemon) -> String {
+    c.get(daemon.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of an unlabelled series `name` in a `/metrics` page; panics, showing the
+/// page, when it has none.
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
