@@ -66,6 +66,16 @@ pub struct ServeArgs {
     #[arg(long, value_name = "URL")]
     pub store: Option<StoreUrl>,
 
+    /// Also serve the Redis protocol (RESP2 and RESP3) on this address, beside HTTP:
+    /// `SET key 1 NX PX ms`, `BF.ADD`, `ONCELY.*`, with the same tracker, tokens,
+    /// limits and metrics [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub resp_listen: Option<SocketAddr>,
+
+    /// The namespace RESP's `SET key value NX` marks keys in [default: default].
+    #[arg(long, value_name = "NAME")]
+    pub resp_namespace: Option<String>,
+
     /// Most connections to the PostgreSQL store [default: 16].
     #[arg(long, value_name = "N")]
     pub store_pool_size: Option<usize>,
@@ -180,6 +190,8 @@ impl ServeArgs {
         let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
         Layer {
             listen: self.listen,
+            resp_listen: self.resp_listen,
+            resp_namespace: self.resp_namespace.clone(),
             data_dir: self.data_dir.clone(),
             store: self.store.clone(),
             store_pool_size: self.store_pool_size,

@@ -31,6 +31,7 @@ use std::path::PathBuf;
 pub mod cli;
 pub mod config;
 pub mod load;
+pub mod resp;
 pub mod server;
 pub mod tune;
 

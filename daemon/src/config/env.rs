@@ -74,6 +74,10 @@ pub fn read(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Result<From
         let l = &mut out.layer;
         match name {
             "ONCELY_LISTEN" => l.listen = Some(parse("listen", name, value)?),
+            "ONCELY_RESP_LISTEN" => l.resp_listen = Some(parse("resp_listen", name, value)?),
+            "ONCELY_RESP_NAMESPACE" => {
+                l.resp_namespace = Some(utf8("resp_namespace", name, value)?);
+            }
             "ONCELY_DATA_DIR" => l.data_dir = Some(utf8("data_dir", name, value)?.into()),
             "ONCELY_STORE" => l.store = Some(store(name, value)?),
             "ONCELY_STORE_POOL_SIZE" => {
@@ -309,7 +313,7 @@ mod tests {
     fn every_listed_variable_is_read() {
         for s in SETTINGS {
             let value = match s.key {
-                "listen" => "127.0.0.1:1",
+                "listen" | "resp_listen" => "127.0.0.1:1",
                 "store" => "postgres://db/app",
                 "durability" => "flush",
                 "shutdown_grace"

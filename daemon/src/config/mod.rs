@@ -62,8 +62,10 @@ const fn setting(key: &'static str, flag: &'static str, env: &'static str) -> Se
 }
 
 /// Every setting of `oncelyd serve`, in the order the reference lists them.
-pub const SETTINGS: [Setting; 24] = [
+pub const SETTINGS: [Setting; 26] = [
     setting("listen", "--listen", "ONCELY_LISTEN"),
+    setting("resp_listen", "--resp-listen", "ONCELY_RESP_LISTEN"),
+    setting("resp_namespace", "--resp-namespace", "ONCELY_RESP_NAMESPACE"),
     setting("data_dir", "--data-dir", "ONCELY_DATA_DIR"),
     setting("store", "--store", "ONCELY_STORE"),
     setting(
@@ -247,6 +249,10 @@ pub const MAX_SHUTDOWN_WAIT: Duration = Duration::from_secs(3600);
 pub struct Layer {
     /// `listen`.
     pub listen: Option<SocketAddr>,
+    /// `resp_listen`.
+    pub resp_listen: Option<SocketAddr>,
+    /// `resp_namespace`.
+    pub resp_namespace: Option<String>,
     /// `data_dir`.
     pub data_dir: Option<PathBuf>,
     /// `store`.
@@ -300,6 +306,8 @@ impl fmt::Debug for Layer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Layer")
             .field("listen", &self.listen)
+            .field("resp_listen", &self.resp_listen)
+            .field("resp_namespace", &self.resp_namespace)
             .field("data_dir", &self.data_dir)
             .field("store", &self.store)
             .field("store_pool_size", &self.store_pool_size)
@@ -348,6 +356,10 @@ pub struct DeclaredNamespace {
 pub struct Settings {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// Address of the RESP (Redis protocol) listener; `None`: no RESP face.
+    pub resp_listen: Option<SocketAddr>,
+    /// The namespace RESP's `SET key value NX` marks in.
+    pub resp_namespace: String,
     /// Where RocksDB and the filter snapshots live (unused with `memory` durability
     /// and with a `store`).
     pub data_dir: PathBuf,
@@ -413,6 +425,8 @@ impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Settings")
             .field("listen", &self.listen)
+            .field("resp_listen", &self.resp_listen)
+            .field("resp_namespace", &self.resp_namespace)
             .field("data_dir", &self.data_dir)
             .field("store", &self.store)
             .field("store_pool_size", &self.store_pool_size)
@@ -446,6 +460,8 @@ impl Default for Settings {
         let memory = machine::MemoryLimit::of_this_process();
         Self {
             listen: DEFAULT_LISTEN,
+            resp_listen: None,
+            resp_namespace: NamespaceName::DEFAULT.to_owned(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             store: None,
             store_pool_size: DEFAULT_STORE_POOL_SIZE,
@@ -605,6 +621,8 @@ impl Settings {
             };
         }
         let listen = pick!(listen, ToString::to_string);
+        let resp_listen = pick!(resp_listen, ToString::to_string);
+        let resp_namespace = pick!(resp_namespace, Clone::clone);
         let data_dir = pick!(data_dir, |p| p.display().to_string());
         let store = pick!(store, ToString::to_string);
         let store_pool_size = pick!(store_pool_size, ToString::to_string);
@@ -664,6 +682,8 @@ impl Settings {
         };
         let mut settings = Self {
             listen: listen.unwrap_or(d.listen),
+            resp_listen,
+            resp_namespace: resp_namespace.unwrap_or(d.resp_namespace),
             data_dir: data_dir.unwrap_or(d.data_dir),
             store,
             store_pool_size: store_pool_size.unwrap_or(d.store_pool_size),
@@ -712,6 +732,15 @@ impl Settings {
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |setting: &'static str, reason: String| Err(Error::Config { setting, reason });
         let bytes = |n: usize| ByteSize(u64::try_from(n).unwrap_or(u64::MAX));
+        if let Err(e) = NamespaceName::new(self.resp_namespace.as_str()) {
+            return bad("resp_namespace", e.to_string());
+        }
+        if self.resp_listen.is_some_and(|r| r == self.listen) {
+            return bad(
+                "resp_listen",
+                format!("{} is also listen's address: the two faces need two ports", self.listen),
+            );
+        }
         if self.max_body_bytes == 0 {
             return bad("max_body_bytes", "must be at least 1 byte".into());
         }

@@ -19,12 +19,11 @@ pub(super) const PUBLIC: [&str; 2] = ["/healthz", "/readyz"];
 /// Refuses requests without a valid token when tokens are configured (run by
 /// [`super::gate`]).
 pub(super) fn check(state: &AppState, path: &str, headers: &HeaderMap) -> Result<(), ApiError> {
-    let tokens = state.tokens();
-    if tokens.is_empty() || PUBLIC.contains(&path) {
+    if !state.requires_token() || PUBLIC.contains(&path) {
         return Ok(());
     }
     match presented(headers) {
-        Some(given) if matches_any(tokens, given) => Ok(()),
+        Some(given) if state.authorises(given) => Ok(()),
         Some(_) => Err(unauthorized("the bearer token is not valid")),
         None => Err(unauthorized(
             "this daemon requires Authorization: Bearer <token>",
@@ -36,8 +35,7 @@ pub(super) fn check(state: &AppState, path: &str, headers: &HeaderMap) -> Result
 /// caller can. (For what only such callers are shown, such as the store's error
 /// on `/readyz`.)
 pub(super) fn proves_token(state: &AppState, headers: &HeaderMap) -> bool {
-    let tokens = state.tokens();
-    !tokens.is_empty() && presented(headers).is_some_and(|given| matches_any(tokens, given))
+    presented(headers).is_some_and(|given| state.authorises(given))
 }
 
 fn unauthorized(message: &str) -> ApiError {
@@ -58,7 +56,7 @@ fn presented(headers: &HeaderMap) -> Option<&[u8]> {
 /// Compares against every token in constant time, without stopping at the first
 /// match, so timing reveals neither the token's bytes nor which token matched. (Only
 /// a length mismatch is cheaper, which reveals a token's length at most.)
-fn matches_any(tokens: &[Box<[u8]>], given: &[u8]) -> bool {
+pub(super) fn matches_any(tokens: &[Box<[u8]>], given: &[u8]) -> bool {
     let mut any = subtle::Choice::from(0);
     for token in tokens {
         any |= token.as_ref().ct_eq(given);

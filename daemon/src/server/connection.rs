@@ -77,7 +77,7 @@ use super::raw_errors::RawErrors;
 
 /// What the connections are told to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Phase {
+pub(crate) enum Phase {
     /// Accept and serve.
     Serving,
     /// Accept and serve, closing connections once idle for [`DRAIN_IDLE`] (answers
@@ -92,7 +92,7 @@ pub(super) enum Phase {
 
 impl Phase {
     /// Whether the listener is to close.
-    const fn closing(self) -> bool {
+    pub(crate) const fn closing(self) -> bool {
         matches!(self, Self::Closing | Self::Abort)
     }
 }
@@ -106,7 +106,7 @@ pub(super) const READ_BUFFER_BYTES: usize = 64 << 10;
 /// is closed: far longer than the gap between a busy client's requests, which then
 /// gets its close in an answer, and far shorter than any drain delay, so that its
 /// client sees the close long before the listener's.
-pub(super) const DRAIN_IDLE: Duration = Duration::from_millis(250);
+pub(crate) const DRAIN_IDLE: Duration = Duration::from_millis(250);
 
 /// How many connections, and how long each may wait for its client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,10 +139,10 @@ pub(super) async fn serve(
     mut phase: watch::Receiver<Phase>,
     limits: ConnectionLimits,
     metrics: Arc<Metrics>,
+    slots: Arc<Semaphore>,
 ) {
     let mut connections = JoinSet::new();
     let mut closing = phase.clone();
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
     // The slot the next connection takes; accepting waits for one.
     let mut slot: Option<OwnedSemaphorePermit> = None;
     let mut at_cap = false;
@@ -225,13 +225,13 @@ pub(super) async fn serve(
 
 /// A connection's slot under the cap, and its place in the metrics; both given
 /// back when the connection's task ends, however it ends.
-struct Held {
+pub(crate) struct Held {
     _slot: Option<OwnedSemaphorePermit>,
     metrics: Arc<Metrics>,
 }
 
 impl Held {
-    fn new(slot: Option<OwnedSemaphorePermit>, metrics: &Arc<Metrics>) -> Self {
+    pub(crate) fn new(slot: Option<OwnedSemaphorePermit>, metrics: &Arc<Metrics>) -> Self {
         metrics.connection_opened();
         Self {
             _slot: slot,
@@ -338,14 +338,14 @@ impl CapLog {
 /// Resolves when the phase satisfies `reached`, or when no more phases can come
 /// (which the server treats as the end). (`wait_for`'s guard is not held across an
 /// await: the futures stay `Send`.)
-async fn until(phase: &mut watch::Receiver<Phase>, reached: impl Fn(Phase) -> bool) {
+pub(crate) async fn until(phase: &mut watch::Receiver<Phase>, reached: impl Fn(Phase) -> bool) {
     let _ = phase.wait_for(|p| reached(*p)).await;
 }
 
 /// An error from `accept`: one connection's failure is skipped; anything else
 /// (no file descriptors left, say) is logged and retried after a pause, rather
 /// than spinning.
-async fn accept_failed(e: &std::io::Error) {
+pub(crate) async fn accept_failed(e: &std::io::Error) {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
     if matches!(
         e.kind(),

@@ -44,6 +44,7 @@ struct RequestLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VerdictLabels {
+    protocol: &'static str,
     op: &'static str,
     verdict: &'static str,
 }
@@ -56,8 +57,41 @@ struct StoreLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
+    protocol: &'static str,
     outcome: &'static str,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommandLabels {
+    command: &'static str,
+    outcome: &'static str,
+}
+
+/// Which face a request came in by: the `protocol` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Http = 0,
+    Resp = 1,
+}
+
+impl Protocol {
+    const ALL: [Self; 2] = [Self::Http, Self::Resp];
+
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Resp => "resp",
+        }
+    }
+}
+
+/// The RESP commands counted by name in `oncelyd_resp_commands_total`; any other
+/// command is counted as `other`, so clients cannot grow the series.
+pub(crate) const RESP_COMMANDS: [&str; 19] = [
+    "set", "bf.add", "bf.madd", "bf.exists", "bf.mexists", "bf.reserve", "oncely.mark",
+    "oncely.check", "oncely.claim", "oncely.complete", "oncely.release",
+    "oncely.checkpoint", "oncely.ns", "ping", "hello", "auth", "client", "command", "other",
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
@@ -161,10 +195,12 @@ pub(crate) struct Metrics {
     /// request's 52,100 instructions in its profile (`benches/callgrind.sh`).
     series: RwLock<HashMap<u64, Series, BuildHasherDefault<KeyHasher>>>,
     /// Per verdict: resolved once, so counting takes no lock.
-    mark_verdicts: [Counter; 5],
-    check_verdicts: [Counter; 4],
-    claims: [Counter; 6],
-    claim_ends: [Counter; 2],
+    mark_verdicts: [[Counter; 5]; 2],
+    check_verdicts: [[Counter; 4]; 2],
+    claims: [[Counter; 6]; 2],
+    claim_ends: [[Counter; 2]; 2],
+    /// Per [`RESP_COMMANDS`] entry: answered, refused with an error.
+    resp_commands: [[Counter; 2]; RESP_COMMANDS.len()],
     shed: Counter,
     bodies_shed: Counter,
     in_flight: Gauge<i64, AtomicI64>,
@@ -242,14 +278,16 @@ impl Metrics {
             "Event IDs answered, by operation and verdict",
             ids.clone(),
         );
-        let verdict = |op: Op, verdict| {
+        let verdict = |protocol: Protocol, op: Op, verdict| {
             ids.get_or_create_owned(&VerdictLabels {
+                protocol: protocol.as_str(),
                 op: op.as_str(),
                 verdict,
             })
         };
-        let mark_verdicts = MARK_VERDICTS.map(|v| verdict(Op::CheckAndMark, v));
-        let check_verdicts = CHECK_VERDICTS.map(|v| verdict(Op::Check, v));
+        let mark_verdicts =
+            Protocol::ALL.map(|p| MARK_VERDICTS.map(|v| verdict(p, Op::CheckAndMark, v)));
+        let check_verdicts = Protocol::ALL.map(|p| CHECK_VERDICTS.map(|v| verdict(p, Op::Check, v)));
         let claim_family = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "claims",
@@ -258,16 +296,40 @@ impl Metrics {
              probable_duplicate",
             claim_family.clone(),
         );
-        let claims = CLAIM_OUTCOMES
-            .map(|outcome| claim_family.get_or_create_owned(&OutcomeLabels { outcome }));
+        let claims = Protocol::ALL.map(|p| {
+            CLAIM_OUTCOMES.map(|outcome| {
+                claim_family.get_or_create_owned(&OutcomeLabels {
+                    protocol: p.as_str(),
+                    outcome,
+                })
+            })
+        });
         let ends_family = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "claims_ended",
             "Claims ended by their owner: completed (now a done mark) or released (given back)",
             ends_family.clone(),
         );
-        let claim_ends = ["completed", "released"]
-            .map(|outcome| ends_family.get_or_create_owned(&OutcomeLabels { outcome }));
+        let claim_ends = Protocol::ALL.map(|p| {
+            ["completed", "released"].map(|outcome| {
+                ends_family.get_or_create_owned(&OutcomeLabels {
+                    protocol: p.as_str(),
+                    outcome,
+                })
+            })
+        });
+        let commands_family = Family::<CommandLabels, Counter>::default();
+        registry.register(
+            "resp_commands",
+            "RESP commands answered, by command (lower case; `other` for any not listed) and \
+             outcome: ok, or error (a RESP error answer, refusals included)",
+            commands_family.clone(),
+        );
+        let resp_commands = RESP_COMMANDS.map(|command| {
+            ["ok", "error"].map(|outcome| {
+                commands_family.get_or_create_owned(&CommandLabels { command, outcome })
+            })
+        });
         let shed = Counter::default();
         registry.register(
             "requests_shed",
@@ -344,6 +406,7 @@ impl Metrics {
             check_verdicts,
             claims,
             claim_ends,
+            resp_commands,
             shed,
             bodies_shed,
             in_flight,
@@ -379,14 +442,14 @@ impl Metrics {
 
     /// Counts a request's verdicts: one tally per request, then one add per verdict
     /// present, so a 1,000-ID batch costs at most five atomic adds.
-    pub(crate) fn count_verdicts(&self, op: Op, verdicts: &[Verdict]) {
+    pub(crate) fn count_verdicts(&self, protocol: Protocol, op: Op, verdicts: &[Verdict]) {
         let mut tally = [0_u64; 5];
         for &v in verdicts {
             tally[verdict_index(op, v)] += 1;
         }
         let counters: &[Counter] = match op {
-            Op::CheckAndMark => &self.mark_verdicts,
-            Op::Check => &self.check_verdicts,
+            Op::CheckAndMark => &self.mark_verdicts[protocol as usize],
+            Op::Check => &self.check_verdicts[protocol as usize],
         };
         for (counter, n) in counters.iter().zip(tally) {
             if n > 0 {
@@ -396,13 +459,19 @@ impl Metrics {
     }
 
     /// Counts a claim's outcome.
-    pub(crate) fn count_claim(&self, outcome: ClaimOutcome) {
-        self.claims[claim_index(outcome)].inc();
+    pub(crate) fn count_claim(&self, protocol: Protocol, outcome: ClaimOutcome) {
+        self.claims[protocol as usize][claim_index(outcome)].inc();
     }
 
     /// Counts a claim ended by its owner.
-    pub(crate) fn count_claim_end(&self, end: ClaimEnd) {
-        self.claim_ends[end as usize].inc();
+    pub(crate) fn count_claim_end(&self, protocol: Protocol, end: ClaimEnd) {
+        self.claim_ends[protocol as usize][end as usize].inc();
+    }
+
+    /// Counts a RESP command's answer, by the command's index in [`RESP_COMMANDS`].
+    pub(crate) fn count_resp_command(&self, command: usize, ok: bool) {
+        let row = command.min(RESP_COMMANDS.len() - 1);
+        self.resp_commands[row][usize::from(!ok)].inc();
     }
 
     pub(crate) fn shed(&self) {

@@ -23,7 +23,7 @@ use serde::Serialize;
 use super::error::ApiError;
 use super::error::FailureNote;
 use super::extract::{ApiPath, JsonBody};
-use super::metrics::{self, ClaimEnd, Op};
+use super::metrics::{self, ClaimEnd, Op, Protocol};
 use super::{Admitted, AppState, JSON, wire};
 
 /// Serialises `value` as a JSON response. `capacity` is a guess of the size, so that
@@ -139,7 +139,7 @@ fn mark(
     let Some(verdicts) = call(&ids, req.owner.as_deref())? else {
         return Ok(None);
     };
-    m.count_verdicts(Op::CheckAndMark, &verdicts);
+    m.count_verdicts(Protocol::Http, Op::CheckAndMark, &verdicts);
     let results = ids
         .iter()
         .zip(verdicts)
@@ -204,7 +204,7 @@ fn check_ids(
     let Some(verdicts) = call(&ids)? else {
         return Ok(None);
     };
-    m.count_verdicts(Op::Check, &verdicts);
+    m.count_verdicts(Protocol::Http, Op::Check, &verdicts);
     let results = ids
         .iter()
         .zip(verdicts)
@@ -250,7 +250,7 @@ pub(crate) async fn claim(
             let req: ClaimRequest = body.parse("invalid_request")?;
             let lease = std::time::Duration::from_millis(req.lease_ms);
             let outcome = tracker.claim(&ns, &req.id, &req.owner, lease)?;
-            m.count_claim(outcome);
+            m.count_claim(Protocol::Http, outcome);
             json(StatusCode::OK, &wire::claim_response(outcome), 64)
         })
         .await
@@ -320,11 +320,11 @@ async fn claim_action(
             match action {
                 ClaimState::Completed => {
                     tracker.complete(&ns, &req.id, &req.owner)?;
-                    m.count_claim_end(ClaimEnd::Completed);
+                    m.count_claim_end(Protocol::Http, ClaimEnd::Completed);
                 }
                 ClaimState::Released => {
                     tracker.release(&ns, &req.id, &req.owner)?;
-                    m.count_claim_end(ClaimEnd::Released);
+                    m.count_claim_end(Protocol::Http, ClaimEnd::Released);
                 }
             }
             json(

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use oncely::Tracker;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::connection::{self, Phase};
@@ -180,19 +180,66 @@ pub async fn run(
 pub async fn run_with(
     listener: TcpListener,
     state: AppState,
+    stops: Stops,
+    timing: ShutdownTiming,
+) -> Result<(), Error> {
+    run_faces(listener, None, state, stops, timing).await
+}
+
+/// The RESP face: its listener and the namespace `SET NX` marks in.
+#[derive(Debug)]
+pub struct RespFace {
+    /// The bound RESP listener.
+    pub listener: TcpListener,
+    /// `resp_namespace`.
+    pub namespace: String,
+}
+
+/// [`run_with`], with the RESP face beside HTTP when `resp` is given: both share
+/// the state, the connection cap and the shutdown's phases (each connection of
+/// either face is drained and closed as its protocol allows).
+///
+/// # Errors
+///
+/// As [`run_with`].
+pub async fn run_faces(
+    listener: TcpListener,
+    resp: Option<RespFace>,
+    state: AppState,
     mut stops: Stops,
     timing: ShutdownTiming,
 ) -> Result<(), Error> {
     let (tick_stop, tick_stop_rx) = watch::channel(false);
     let ticker = tokio::spawn(tick(state.clone(), tick_stop_rx));
     let (phase, phase_rx) = watch::channel(Phase::Serving);
-    let mut connections = tokio::spawn(connection::serve(
+    // One cap for the connections of both faces.
+    let slots = Arc::new(Semaphore::new(state.limits().max_connections));
+    let http = tokio::spawn(connection::serve(
         listener,
         app(state.clone()),
-        phase_rx,
+        phase_rx.clone(),
         state.limits().connections(),
         state.metrics_handle(),
+        Arc::clone(&slots),
     ));
+    let resp = resp.map(|face| {
+        let server = Arc::new(crate::resp::conn::Server::new(state.clone(), &face.namespace));
+        tokio::spawn(crate::resp::conn::serve(
+            face.listener,
+            server,
+            phase_rx.clone(),
+            Arc::clone(&slots),
+        ))
+    });
+    let mut connections = tokio::spawn(async move {
+        let served = http.await;
+        if let Some(resp) = resp
+            && let Err(e) = resp.await
+        {
+            tracing::error!(error = %e, "the RESP connection task failed");
+        }
+        served
+    });
 
     stops.next().await;
     state.set_ready(false);
@@ -228,8 +275,9 @@ pub async fn run_with(
         Some(done) => done,
         None => connections.await,
     };
-    if let Err(e) = finished {
-        tracing::error!(error = %e, "the connection task failed");
+    match finished {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) | Err(e) => tracing::error!(error = %e, "the connection task failed"),
     }
     state.set_ready(false);
 
