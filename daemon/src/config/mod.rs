@@ -65,7 +65,11 @@ const fn setting(key: &'static str, flag: &'static str, env: &'static str) -> Se
 pub const SETTINGS: [Setting; 26] = [
     setting("listen", "--listen", "ONCELY_LISTEN"),
     setting("resp_listen", "--resp-listen", "ONCELY_RESP_LISTEN"),
-    setting("resp_namespace", "--resp-namespace", "ONCELY_RESP_NAMESPACE"),
+    setting(
+        "resp_namespace",
+        "--resp-namespace",
+        "ONCELY_RESP_NAMESPACE",
+    ),
     setting("data_dir", "--data-dir", "ONCELY_DATA_DIR"),
     setting("store", "--store", "ONCELY_STORE"),
     setting(
@@ -738,7 +742,10 @@ impl Settings {
         if self.resp_listen.is_some_and(|r| r == self.listen) {
             return bad(
                 "resp_listen",
-                format!("{} is also listen's address: the two faces need two ports", self.listen),
+                format!(
+                    "{} is also listen's address: the two faces need two ports",
+                    self.listen
+                ),
             );
         }
         if self.max_body_bytes == 0 {

@@ -58,45 +58,313 @@ const N: &[&str] = &["noscript", "loading", "stale", "fast", "no_auth"];
 
 /// Every command served, in the order `COMMAND` lists them.
 pub(crate) const COMMANDS: &[Spec] = &[
-    spec("set", -3, W, 1, "string", "SET key value NX [EX seconds | PX milliseconds]", "Marks key (an event ID) in resp_namespace: OK when new, nil when seen. NX is required; the expiry is a lower bound, at most the namespace's window (generations - 1) x generation_span; none means the window."),
-    spec("setnx", 3, W, 1, "string", "SETNX key value", "Marks key in resp_namespace: 1 when new, 0 when seen."),
-    spec("bf.add", 3, W, 1, "bf", "BF.ADD namespace item", "Marks item in namespace: 1 when new, 0 when seen (any verdict but new)."),
-    spec("bf.madd", -3, W, 1, "bf", "BF.MADD namespace item [item ...]", "Marks items in namespace in one write: an array of 1 (new) or 0 (seen)."),
-    spec("bf.exists", 3, R, 1, "bf", "BF.EXISTS namespace item", "Whether item was seen in namespace (1) or not (0), without marking."),
-    spec("bf.mexists", -3, R, 1, "bf", "BF.MEXISTS namespace item [item ...]", "BF.EXISTS for several items, without marking."),
-    spec("bf.reserve", 4, &["write", "denyoom"], 1, "bf", "BF.RESERVE namespace error_rate capacity", "Creates namespace with fp_rate error_rate and generation_capacity capacity, the rest by default; an existing namespace is an error and is not changed."),
-    spec("oncely.mark", -4, W, 1, "oncely", "ONCELY.MARK namespace [OWNER owner] IDS id [id ...]", "Check-and-mark: one verdict per ID (new, replayed, duplicate, probable_duplicate, in_progress). The same OWNER (one delivery attempt) marking again gets replayed."),
-    spec("oncely.check", -4, R, 1, "oncely", "ONCELY.CHECK namespace IDS id [id ...]", "Verdicts without marking: new means unseen."),
-    spec("oncely.claim", 7, W, 1, "oncely", "ONCELY.CLAIM namespace id OWNER owner LEASE milliseconds", "Claims id for owner for the lease: verdict acquired, in_progress or duplicate, with until_ms, replayed, taken_over."),
-    spec("oncely.complete", 5, W, 1, "oncely", "ONCELY.COMPLETE namespace id OWNER owner", "Turns owner's claim into a done mark: OK."),
-    spec("oncely.release", 5, W, 1, "oncely", "ONCELY.RELEASE namespace id OWNER owner", "Forgets owner's claim so a redelivery can take it: OK."),
-    spec("oncely.checkpoint", -4, W, 2, "oncely", "ONCELY.CHECKPOINT GET namespace consumer | ONCELY.CHECKPOINT SET namespace consumer position", "Reads (nil when none) or durably stores a consumer's last processed position."),
-    spec("oncely.ns", -2, R, 0, "oncely", "ONCELY.NS INFO namespace | ONCELY.NS LIST", "A namespace's configuration and statistics, or every namespace's name."),
-    spec("ping", -1, C, 0, "connection", "PING [message]", "PONG, or the message."),
-    spec("echo", 2, C, 0, "connection", "ECHO message", "The message."),
-    spec("hello", -1, N, 0, "connection", "HELLO [protover [AUTH username password] [SETNAME clientname]]", "Chooses RESP2 or RESP3, authenticates (the token is the password, any user name), names the connection; answers the server's properties."),
-    spec("auth", -2, N, 0, "connection", "AUTH [username] token", "Authenticates the connection with one of the daemon's tokens."),
-    spec("client", -2, C, 0, "connection", "CLIENT SETNAME name | GETNAME | SETINFO LIB-NAME|LIB-VER value | ID | INFO", "The connection's name, library and ID."),
-    spec("select", 2, C, 0, "connection", "SELECT 0", "Only database 0 exists."),
-    spec("command", -1, &["loading", "stale"], 0, "server", "COMMAND [COUNT | INFO name ... | DOCS [name ...] | LIST]", "These commands."),
-    spec("info", -1, &["loading", "stale"], 0, "server", "INFO [section ...]", "Server information, with a Redis-compatible redis_version."),
-    spec("config", -2, &["loading", "stale"], 0, "server", "CONFIG GET parameter", "Answers no parameters: Oncely's settings are its own (oncelyd serve --help)."),
-    spec("reset", 1, N, 0, "connection", "RESET", "Back to a fresh connection: RESP2, no name, unauthenticated when tokens are set, no transaction."),
-    spec("quit", -1, N, 0, "connection", "QUIT", "OK, then the connection closes."),
-    spec("multi", 1, C, 0, "transactions", "MULTI", "Queues the commands up to EXEC, which runs them as one batch."),
-    spec("exec", 1, &["loading", "stale"], 0, "transactions", "EXEC", "Runs the queued commands (their marks in one write): an array of their answers."),
-    spec("discard", 1, C, 0, "transactions", "DISCARD", "Drops the queued commands."),
-    spec("unwatch", 1, C, 0, "transactions", "UNWATCH", "OK: nothing is ever watched (WATCH is refused)."),
+    spec(
+        "set",
+        -3,
+        W,
+        1,
+        "string",
+        "SET key value NX [EX seconds | PX milliseconds]",
+        "Marks key (an event ID) in resp_namespace: OK when new, nil when seen. NX is required; the expiry is a lower bound, at most the namespace's window (generations - 1) x generation_span; none means the window.",
+    ),
+    spec(
+        "setnx",
+        3,
+        W,
+        1,
+        "string",
+        "SETNX key value",
+        "Marks key in resp_namespace: 1 when new, 0 when seen.",
+    ),
+    spec(
+        "bf.add",
+        3,
+        W,
+        1,
+        "bf",
+        "BF.ADD namespace item",
+        "Marks item in namespace: 1 when new, 0 when seen (any verdict but new).",
+    ),
+    spec(
+        "bf.madd",
+        -3,
+        W,
+        1,
+        "bf",
+        "BF.MADD namespace item [item ...]",
+        "Marks items in namespace in one write: an array of 1 (new) or 0 (seen).",
+    ),
+    spec(
+        "bf.exists",
+        3,
+        R,
+        1,
+        "bf",
+        "BF.EXISTS namespace item",
+        "Whether item was seen in namespace (1) or not (0), without marking.",
+    ),
+    spec(
+        "bf.mexists",
+        -3,
+        R,
+        1,
+        "bf",
+        "BF.MEXISTS namespace item [item ...]",
+        "BF.EXISTS for several items, without marking.",
+    ),
+    spec(
+        "bf.reserve",
+        4,
+        &["write", "denyoom"],
+        1,
+        "bf",
+        "BF.RESERVE namespace error_rate capacity",
+        "Creates namespace with fp_rate error_rate and generation_capacity capacity, the rest by default; an existing namespace is an error and is not changed.",
+    ),
+    spec(
+        "oncely.mark",
+        -4,
+        W,
+        1,
+        "oncely",
+        "ONCELY.MARK namespace [OWNER owner] IDS id [id ...]",
+        "Check-and-mark: one verdict per ID (new, replayed, duplicate, probable_duplicate, in_progress). The same OWNER (one delivery attempt) marking again gets replayed.",
+    ),
+    spec(
+        "oncely.check",
+        -4,
+        R,
+        1,
+        "oncely",
+        "ONCELY.CHECK namespace IDS id [id ...]",
+        "Verdicts without marking: new means unseen.",
+    ),
+    spec(
+        "oncely.claim",
+        7,
+        W,
+        1,
+        "oncely",
+        "ONCELY.CLAIM namespace id OWNER owner LEASE milliseconds",
+        "Claims id for owner for the lease: verdict acquired, in_progress or duplicate, with until_ms, replayed, taken_over.",
+    ),
+    spec(
+        "oncely.complete",
+        5,
+        W,
+        1,
+        "oncely",
+        "ONCELY.COMPLETE namespace id OWNER owner",
+        "Turns owner's claim into a done mark: OK.",
+    ),
+    spec(
+        "oncely.release",
+        5,
+        W,
+        1,
+        "oncely",
+        "ONCELY.RELEASE namespace id OWNER owner",
+        "Forgets owner's claim so a redelivery can take it: OK.",
+    ),
+    spec(
+        "oncely.checkpoint",
+        -4,
+        W,
+        2,
+        "oncely",
+        "ONCELY.CHECKPOINT GET namespace consumer | ONCELY.CHECKPOINT SET namespace consumer position",
+        "Reads (nil when none) or durably stores a consumer's last processed position.",
+    ),
+    spec(
+        "oncely.ns",
+        -2,
+        R,
+        0,
+        "oncely",
+        "ONCELY.NS INFO namespace | ONCELY.NS LIST",
+        "A namespace's configuration and statistics, or every namespace's name.",
+    ),
+    spec(
+        "ping",
+        -1,
+        C,
+        0,
+        "connection",
+        "PING [message]",
+        "PONG, or the message.",
+    ),
+    spec(
+        "echo",
+        2,
+        C,
+        0,
+        "connection",
+        "ECHO message",
+        "The message.",
+    ),
+    spec(
+        "hello",
+        -1,
+        N,
+        0,
+        "connection",
+        "HELLO [protover [AUTH username password] [SETNAME clientname]]",
+        "Chooses RESP2 or RESP3, authenticates (the token is the password, any user name), names the connection; answers the server's properties.",
+    ),
+    spec(
+        "auth",
+        -2,
+        N,
+        0,
+        "connection",
+        "AUTH [username] token",
+        "Authenticates the connection with one of the daemon's tokens.",
+    ),
+    spec(
+        "client",
+        -2,
+        C,
+        0,
+        "connection",
+        "CLIENT SETNAME name | GETNAME | SETINFO LIB-NAME|LIB-VER value | ID | INFO",
+        "The connection's name, library and ID.",
+    ),
+    spec(
+        "select",
+        2,
+        C,
+        0,
+        "connection",
+        "SELECT 0",
+        "Only database 0 exists.",
+    ),
+    spec(
+        "command",
+        -1,
+        &["loading", "stale"],
+        0,
+        "server",
+        "COMMAND [COUNT | INFO name ... | DOCS [name ...] | LIST]",
+        "These commands.",
+    ),
+    spec(
+        "info",
+        -1,
+        &["loading", "stale"],
+        0,
+        "server",
+        "INFO [section ...]",
+        "Server information, with a Redis-compatible redis_version.",
+    ),
+    spec(
+        "config",
+        -2,
+        &["loading", "stale"],
+        0,
+        "server",
+        "CONFIG GET parameter",
+        "Answers no parameters: Oncely's settings are its own (oncelyd serve --help).",
+    ),
+    spec(
+        "reset",
+        1,
+        N,
+        0,
+        "connection",
+        "RESET",
+        "Back to a fresh connection: RESP2, no name, unauthenticated when tokens are set, no transaction.",
+    ),
+    spec(
+        "quit",
+        -1,
+        N,
+        0,
+        "connection",
+        "QUIT",
+        "OK, then the connection closes.",
+    ),
+    spec(
+        "multi",
+        1,
+        C,
+        0,
+        "transactions",
+        "MULTI",
+        "Queues the commands up to EXEC, which runs them as one batch.",
+    ),
+    spec(
+        "exec",
+        1,
+        &["loading", "stale"],
+        0,
+        "transactions",
+        "EXEC",
+        "Runs the queued commands (their marks in one write): an array of their answers.",
+    ),
+    spec(
+        "discard",
+        1,
+        C,
+        0,
+        "transactions",
+        "DISCARD",
+        "Drops the queued commands.",
+    ),
+    spec(
+        "unwatch",
+        1,
+        C,
+        0,
+        "transactions",
+        "UNWATCH",
+        "OK: nothing is ever watched (WATCH is refused).",
+    ),
 ];
 
 /// Redis commands that would overwrite or delete data, or read values Oncely does
 /// not keep: refused by name, changing nothing.
 const REFUSED: &[&str] = &[
-    "get", "getdel", "getex", "getset", "mget", "mset", "msetnx", "setex", "psetex",
-    "setrange", "append", "incr", "incrby", "decr", "decrby", "incrbyfloat", "del",
-    "unlink", "flushall", "flushdb", "expire", "pexpire", "expireat", "pexpireat",
-    "persist", "rename", "renamenx", "copy", "move", "swapdb", "restore", "keys", "scan",
-    "exists", "ttl", "pttl", "type", "dump", "bf.insert", "bf.scandump", "bf.loadchunk",
+    "get",
+    "getdel",
+    "getex",
+    "getset",
+    "mget",
+    "mset",
+    "msetnx",
+    "setex",
+    "psetex",
+    "setrange",
+    "append",
+    "incr",
+    "incrby",
+    "decr",
+    "decrby",
+    "incrbyfloat",
+    "del",
+    "unlink",
+    "flushall",
+    "flushdb",
+    "expire",
+    "pexpire",
+    "expireat",
+    "pexpireat",
+    "persist",
+    "rename",
+    "renamenx",
+    "copy",
+    "move",
+    "swapdb",
+    "restore",
+    "keys",
+    "scan",
+    "exists",
+    "ttl",
+    "pttl",
+    "type",
+    "dump",
+    "bf.insert",
+    "bf.scandump",
+    "bf.loadchunk",
     "watch",
 ];
 
@@ -147,7 +415,11 @@ pub(crate) enum Shape {
 
 impl Shape {
     /// The answer to a mark (`marking`) or a check.
-    pub(crate) fn reply(self, verdicts: Result<Vec<Verdict>, oncely::Error>, marking: bool) -> Reply {
+    pub(crate) fn reply(
+        self,
+        verdicts: Result<Vec<Verdict>, oncely::Error>,
+        marking: bool,
+    ) -> Reply {
         let verdicts = match verdicts {
             Ok(v) => v,
             Err(e) => return e.into(),
@@ -251,7 +523,10 @@ fn lossy(b: &[u8]) -> String {
 
 /// The answer to an unknown command, in Redis's words.
 fn unknown(args: &[Bytes]) -> Reply {
-    let mut text = format!("ERR unknown command '{}', with args beginning with: ", lossy(&args[0]));
+    let mut text = format!(
+        "ERR unknown command '{}', with args beginning with: ",
+        lossy(&args[0])
+    );
     for a in args.iter().skip(1).take(8) {
         text.push_str(&format!("'{}' ", lossy(a)));
     }
@@ -353,7 +628,11 @@ pub(crate) fn classify(session: &mut Session, ctx: &Context<'_>, args: Vec<Bytes
                 ns,
                 ids: args[2..].to_vec(),
                 owner: None,
-                shape: if spec.name == "bf.add" { Shape::One } else { Shape::Many },
+                shape: if spec.name == "bf.add" {
+                    Shape::One
+                } else {
+                    Shape::Many
+                },
             }),
             Err(e) => Step::Reply(e),
         },
@@ -361,7 +640,11 @@ pub(crate) fn classify(session: &mut Session, ctx: &Context<'_>, args: Vec<Bytes
             Ok(ns) => too_many(ctx, args.len() - 2).unwrap_or_else(|| Step::Check {
                 ns,
                 ids: args[2..].to_vec(),
-                shape: if spec.name == "bf.exists" { Shape::One } else { Shape::Many },
+                shape: if spec.name == "bf.exists" {
+                    Shape::One
+                } else {
+                    Shape::Many
+                },
             }),
             Err(e) => Step::Reply(e),
         },
@@ -422,7 +705,11 @@ fn set(ctx: &Context<'_>, args: &[Bytes]) -> Step {
             let Some(n) = positive(n) else {
                 return err("ERR invalid expire time in 'set' command");
             };
-            let ms = if keyword(opt, "EX") { n.checked_mul(1000) } else { Some(n) };
+            let ms = if keyword(opt, "EX") {
+                n.checked_mul(1000)
+            } else {
+                Some(n)
+            };
             let Some(ms) = ms else {
                 return err("ERR invalid expire time in 'set' command");
             };
@@ -501,8 +788,11 @@ fn reserve(ctx: &Context<'_>, args: &[Bytes]) -> Step {
             Err(oncely::Error::UnknownNamespace(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        tracker.configure_namespace_with(&ns, config, oncely::DropPolicy::Refuse)?;
-        Ok(Reply::OK)
+        match tracker.configure_namespace_with(&ns, config, oncely::DropPolicy::Refuse)? {
+            oncely::Configured::Created => Ok(Reply::OK),
+            // Not reachable under the lock; said rather than assumed.
+            oncely::Configured::Updated => Ok(Reply::error("ERR item exists")),
+        }
     }))
 }
 
@@ -567,7 +857,9 @@ pub(crate) fn claim_reply(outcome: ClaimOutcome) -> Reply {
             replayed,
             taken_over,
         } => ("acquired", Some(until.as_millis()), replayed, taken_over),
-        ClaimOutcome::InProgress { until } => ("in_progress", Some(until.as_millis()), false, false),
+        ClaimOutcome::InProgress { until } => {
+            ("in_progress", Some(until.as_millis()), false, false)
+        }
         ClaimOutcome::Duplicate => ("duplicate", None, false, false),
         ClaimOutcome::ProbableDuplicate => ("probable_duplicate", None, false, false),
     };
@@ -575,7 +867,9 @@ pub(crate) fn claim_reply(outcome: ClaimOutcome) -> Reply {
         ("verdict", Reply::word(verdict)),
         (
             "until_ms",
-            until.map_or(Reply::Nil, |u| Reply::Int(i64::try_from(u).unwrap_or(i64::MAX))),
+            until.map_or(Reply::Nil, |u| {
+                Reply::Int(i64::try_from(u).unwrap_or(i64::MAX))
+            }),
         ),
         ("replayed", Reply::Bool(replayed)),
         ("taken_over", Reply::Bool(taken_over)),
@@ -589,7 +883,10 @@ fn claims(ctx: &Context<'_>, which: &'static str, args: &[Bytes]) -> Step {
     };
     let id = args[2].clone();
     if !keyword(&args[3], "OWNER") {
-        return err(format!("ERR syntax error: {}", find(which.as_bytes()).map_or("", |s| s.syntax)));
+        return err(format!(
+            "ERR syntax error: {}",
+            find(which.as_bytes()).map_or("", |s| s.syntax)
+        ));
     }
     let owner = match text(&args[4], "the owner") {
         Ok(o) => o,
@@ -599,7 +896,9 @@ fn claims(ctx: &Context<'_>, which: &'static str, args: &[Bytes]) -> Step {
     match which {
         "oncely.claim" => {
             if !keyword(&args[5], "LEASE") {
-                return err("ERR syntax error: ONCELY.CLAIM namespace id OWNER owner LEASE milliseconds");
+                return err(
+                    "ERR syntax error: ONCELY.CLAIM namespace id OWNER owner LEASE milliseconds",
+                );
             }
             let Some(lease) = positive(&args[6]) else {
                 return err("ERR invalid lease: milliseconds, at least 1");
@@ -612,12 +911,14 @@ fn claims(ctx: &Context<'_>, which: &'static str, args: &[Bytes]) -> Step {
         }
         "oncely.complete" => Step::Call(Box::new(move |tracker| {
             tracker.complete(&ns, &id, &owner)?;
-            m.metrics().count_claim_end(Protocol::Resp, ClaimEnd::Completed);
+            m.metrics()
+                .count_claim_end(Protocol::Resp, ClaimEnd::Completed);
             Ok(Reply::OK)
         })),
         _ => Step::Call(Box::new(move |tracker| {
             tracker.release(&ns, &id, &owner)?;
-            m.metrics().count_claim_end(Protocol::Resp, ClaimEnd::Released);
+            m.metrics()
+                .count_claim_end(Protocol::Resp, ClaimEnd::Released);
             Ok(Reply::OK)
         })),
     }
@@ -626,7 +927,9 @@ fn claims(ctx: &Context<'_>, which: &'static str, args: &[Bytes]) -> Step {
 fn checkpoint(args: &[Bytes]) -> Step {
     let get = keyword(&args[1], "GET");
     if !(get && args.len() == 4 || keyword(&args[1], "SET") && args.len() == 5) {
-        return err("ERR syntax error: ONCELY.CHECKPOINT GET namespace consumer | ONCELY.CHECKPOINT SET namespace consumer position");
+        return err(
+            "ERR syntax error: ONCELY.CHECKPOINT GET namespace consumer | ONCELY.CHECKPOINT SET namespace consumer position",
+        );
     }
     let ns = match namespace(&args[2]) {
         Ok(ns) => ns,
@@ -656,7 +959,9 @@ fn checkpoint(args: &[Bytes]) -> Step {
 fn ns_command(_ctx: &Context<'_>, args: &[Bytes]) -> Step {
     if keyword(&args[1], "LIST") && args.len() == 2 {
         return Step::Call(Box::new(|tracker| {
-            Ok(Reply::Array(tracker.namespaces().into_iter().map(Reply::text).collect()))
+            Ok(Reply::Array(
+                tracker.namespaces().into_iter().map(Reply::text).collect(),
+            ))
         }));
     }
     if !(keyword(&args[1], "INFO") && args.len() == 3) {

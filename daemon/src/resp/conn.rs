@@ -120,7 +120,12 @@ impl Drop for Counted<'_> {
     }
 }
 
-async fn connection(server: Arc<Server>, mut stream: TcpStream, mut phase: watch::Receiver<Phase>, _held: Held) {
+async fn connection(
+    server: Arc<Server>,
+    mut stream: TcpStream,
+    mut phase: watch::Receiver<Phase>,
+    _held: Held,
+) {
     let _ = stream.set_nodelay(true);
     server.connected.fetch_add(1, Ordering::Relaxed);
     let _counted = Counted(&server.connected);
@@ -386,11 +391,12 @@ impl Conn<'_> {
             let mut kept_calls = Vec::with_capacity(calls.len());
             for ((slot, shape), call) in slots.into_iter().zip(calls.drain(..)) {
                 let refused = match (shape, &window) {
-                    (Shape::Set { expiry_ms: Some(ms) }, Ok(w))
-                        if u128::from(ms) > w.as_millis() =>
-                    {
-                        Some(command::expiry_error(&ns, ms, *w))
-                    }
+                    (
+                        Shape::Set {
+                            expiry_ms: Some(ms),
+                        },
+                        Ok(w),
+                    ) if u128::from(ms) > w.as_millis() => Some(command::expiry_error(&ns, ms, *w)),
                     (Shape::Set { expiry_ms: Some(_) }, Err(e)) => Some(e.clone()),
                     _ => None,
                 };

@@ -80,7 +80,11 @@ fn hello(session: &mut Session, ctx: &Context<'_>, args: &[Bytes]) -> Reply {
             b"2" => resp3 = false,
             b"3" => resp3 = true,
             _ => {
-                if std::str::from_utf8(version).ok().and_then(|v| v.parse::<i64>().ok()).is_none() {
+                if std::str::from_utf8(version)
+                    .ok()
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .is_none()
+                {
                     return Reply::error("ERR Protocol version is not an integer or out of range");
                 }
                 return Reply::error("NOPROTO unsupported protocol version");
@@ -126,7 +130,10 @@ fn hello(session: &mut Session, ctx: &Context<'_>, args: &[Bytes]) -> Reply {
         ("server", Reply::word("oncely")),
         ("version", Reply::word(REDIS_VERSION)),
         ("proto", Reply::Int(if resp3 { 3 } else { 2 })),
-        ("id", Reply::Int(i64::try_from(session.id).unwrap_or(i64::MAX))),
+        (
+            "id",
+            Reply::Int(i64::try_from(session.id).unwrap_or(i64::MAX)),
+        ),
         ("mode", Reply::word("standalone")),
         ("role", Reply::word("master")),
         ("modules", Reply::Array(Vec::new())),
@@ -207,7 +214,11 @@ fn client(session: &mut Session, args: &[Bytes]) -> Reply {
 }
 
 fn client_line(session: &Session) -> String {
-    let show = |b: &Option<Bytes>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+    let show = |b: &Option<Bytes>| {
+        b.as_ref()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default()
+    };
     format!(
         "id={} name={} db=0 resp={} lib-name={} lib-ver={}",
         session.id,
@@ -224,7 +235,12 @@ fn info_entry(spec: &Spec) -> Reply {
     Reply::Array(vec![
         Reply::word(spec.name),
         Reply::Int(spec.arity),
-        Reply::Array(spec.flags.iter().map(|f| Reply::Simple((*f).into())).collect()),
+        Reply::Array(
+            spec.flags
+                .iter()
+                .map(|f| Reply::Simple((*f).into()))
+                .collect(),
+        ),
         Reply::Int(key),
         Reply::Int(key),
         Reply::Int(i64::from(key > 0)),
@@ -237,9 +253,19 @@ fn info_entry(spec: &Spec) -> Reply {
 
 fn docs_entry(spec: &Spec) -> Reply {
     Reply::map(vec![
-        ("summary", Reply::text(format!("{} -- {}", spec.syntax, spec.summary))),
+        (
+            "summary",
+            Reply::text(format!("{} -- {}", spec.syntax, spec.summary)),
+        ),
         ("since", Reply::word("1.0.0")),
-        ("group", Reply::word(if spec.group.starts_with("oncely") || spec.group == "bf" { "module" } else { spec.group })),
+        (
+            "group",
+            Reply::word(if spec.group.starts_with("oncely") || spec.group == "bf" {
+                "module"
+            } else {
+                spec.group
+            }),
+        ),
         ("syntax", Reply::word(spec.syntax)),
         ("arguments", Reply::Array(Vec::new())),
     ])

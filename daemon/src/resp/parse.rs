@@ -169,8 +169,7 @@ fn multibulk(buf: &[u8], limits: &FrameLimits) -> Result<Option<Frame>, Protocol
             Err(None) => return Err(ProtocolError("invalid bulk length".into())),
             Err(Some(e)) => return Err(e),
         };
-        let len = usize::try_from(len)
-            .map_err(|_| ProtocolError("invalid bulk length".into()))?;
+        let len = usize::try_from(len).map_err(|_| ProtocolError("invalid bulk length".into()))?;
         if len > limits.max_bulk {
             return Err(ProtocolError(format!(
                 "invalid bulk length: {len} bytes, over the limit of {}",
@@ -213,7 +212,8 @@ fn inline(buf: &[u8], limits: &FrameLimits) -> Result<Option<Frame>, ProtocolErr
         return Err(ProtocolError("too big inline request".into()));
     }
     let line = buf[..nl].strip_suffix(b"\r").unwrap_or(&buf[..nl]);
-    let words = split_args(line).ok_or_else(|| ProtocolError("unbalanced quotes in request".into()))?;
+    let words =
+        split_args(line).ok_or_else(|| ProtocolError("unbalanced quotes in request".into()))?;
     if words.len() > limits.max_args {
         return Err(ProtocolError(format!(
             "invalid multibulk length: {} arguments, over the limit of {}",
@@ -373,8 +373,14 @@ mod tests {
         assert_eq!(err(b"*1\r\n$-1\r\n"), "invalid bulk length");
         assert!(err(b"*17\r\n").contains("over the limit of 16"));
         assert!(err(b"*1\r\n$1025\r\n").contains("over the limit of 1024"));
-        assert_eq!(err(b"*1\r\n$1\r\nab\r\n"), "bulk string not followed by '\\r\\n'");
-        assert_eq!(err(&[b"*".as_slice(), &[b'1'; 40]].concat()), "too big mbulk count string");
+        assert_eq!(
+            err(b"*1\r\n$1\r\nab\r\n"),
+            "bulk string not followed by '\\r\\n'"
+        );
+        assert_eq!(
+            err(&[b"*".as_slice(), &[b'1'; 40]].concat()),
+            "too big mbulk count string"
+        );
         assert_eq!(err(b"*01\r\n"), "invalid multibulk length");
         assert_eq!(err(b"*+1\r\n"), "invalid multibulk length");
     }
@@ -390,6 +396,11 @@ mod tests {
         let mut big = b"*2\r\n$60\r\n".to_vec();
         big.extend([b'x'; 60]);
         big.extend(b"\r\n$60\r\n");
-        assert!(parse(&big, &limits).unwrap_err().0.contains("max_body_bytes"));
+        assert!(
+            parse(&big, &limits)
+                .unwrap_err()
+                .0
+                .contains("max_body_bytes")
+        );
     }
 }

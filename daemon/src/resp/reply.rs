@@ -11,7 +11,7 @@ use crate::server::ApiError;
 
 /// One answer.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// `+OK`.
     Simple(Cow<'static, str>),
     /// `-ERR ...`: the whole line after `-`, its first word the error's code.
@@ -34,10 +34,10 @@ pub enum Reply {
 
 impl Reply {
     /// `+OK`.
-    pub const OK: Self = Self::Simple(Cow::Borrowed("OK"));
+    pub(crate) const OK: Self = Self::Simple(Cow::Borrowed("OK"));
 
     /// An error line; `\r` and `\n` in it become blanks (they would end the line).
-    pub fn error(text: impl Into<Cow<'static, str>>) -> Self {
+    pub(crate) fn error(text: impl Into<Cow<'static, str>>) -> Self {
         let text = text.into();
         if text.contains(['\r', '\n']) {
             return Self::Error(Cow::Owned(text.replace(['\r', '\n'], " ")));
@@ -46,27 +46,32 @@ impl Reply {
     }
 
     /// A bulk string of text.
-    pub fn text(text: impl Into<String>) -> Self {
+    pub(crate) fn text(text: impl Into<String>) -> Self {
         Self::Bulk(Bytes::from(text.into()))
     }
 
     /// A bulk string of static text.
-    pub const fn word(text: &'static str) -> Self {
+    pub(crate) const fn word(text: &'static str) -> Self {
         Self::Bulk(Bytes::from_static(text.as_bytes()))
     }
 
     /// A map with text keys.
-    pub fn map(fields: Vec<(&'static str, Self)>) -> Self {
-        Self::Map(fields.into_iter().map(|(k, v)| (Self::word(k), v)).collect())
+    pub(crate) fn map(fields: Vec<(&'static str, Self)>) -> Self {
+        Self::Map(
+            fields
+                .into_iter()
+                .map(|(k, v)| (Self::word(k), v))
+                .collect(),
+        )
     }
 
     /// Whether this is an error answer.
-    pub const fn is_error(&self) -> bool {
+    pub(crate) const fn is_error(&self) -> bool {
         matches!(self, Self::Error(_))
     }
 
     /// Writes the answer to `out`.
-    pub fn encode(&self, resp3: bool, out: &mut Vec<u8>) {
+    pub(crate) fn encode(&self, resp3: bool, out: &mut Vec<u8>) {
         match self {
             Self::Simple(s) => line(out, b'+', s.as_bytes()),
             Self::Error(s) => line(out, b'-', s.as_bytes()),
@@ -174,7 +179,10 @@ mod tests {
         assert_eq!(both(&Reply::Bool(true)), (":1\r\n".into(), "#t\r\n".into()));
         assert_eq!(
             both(&Reply::map(vec![("a", Reply::Int(1))])),
-            ("*2\r\n$1\r\na\r\n:1\r\n".into(), "%1\r\n$1\r\na\r\n:1\r\n".into())
+            (
+                "*2\r\n$1\r\na\r\n:1\r\n".into(),
+                "%1\r\n$1\r\na\r\n:1\r\n".into()
+            )
         );
         assert_eq!(
             both(&Reply::Double(0.5)),

@@ -78,8 +78,11 @@ impl AppState {
         let verdicts = match self.inline(|tracker| Ok(tracker.try_check(&namespace, &ids)?))? {
             Some(v) => v,
             None => {
-                self.blocking(admitted, move |tracker| Ok(tracker.check(&namespace, &ids)?))
-                    .await?
+                self.blocking(
+                    admitted,
+                    move |tracker| Ok(tracker.check(&namespace, &ids)?),
+                )
+                .await?
             }
         };
         self.metrics()

@@ -88,9 +88,25 @@ impl Protocol {
 /// The RESP commands counted by name in `oncelyd_resp_commands_total`; any other
 /// command is counted as `other`, so clients cannot grow the series.
 pub(crate) const RESP_COMMANDS: [&str; 19] = [
-    "set", "bf.add", "bf.madd", "bf.exists", "bf.mexists", "bf.reserve", "oncely.mark",
-    "oncely.check", "oncely.claim", "oncely.complete", "oncely.release",
-    "oncely.checkpoint", "oncely.ns", "ping", "hello", "auth", "client", "command", "other",
+    "set",
+    "bf.add",
+    "bf.madd",
+    "bf.exists",
+    "bf.mexists",
+    "bf.reserve",
+    "oncely.mark",
+    "oncely.check",
+    "oncely.claim",
+    "oncely.complete",
+    "oncely.release",
+    "oncely.checkpoint",
+    "oncely.ns",
+    "ping",
+    "hello",
+    "auth",
+    "client",
+    "command",
+    "other",
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -287,7 +303,8 @@ impl Metrics {
         };
         let mark_verdicts =
             Protocol::ALL.map(|p| MARK_VERDICTS.map(|v| verdict(p, Op::CheckAndMark, v)));
-        let check_verdicts = Protocol::ALL.map(|p| CHECK_VERDICTS.map(|v| verdict(p, Op::Check, v)));
+        let check_verdicts =
+            Protocol::ALL.map(|p| CHECK_VERDICTS.map(|v| verdict(p, Op::Check, v)));
         let claim_family = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "claims",

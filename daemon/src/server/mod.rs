@@ -55,10 +55,9 @@
 //! (after validating it). For single-ID requests the hop to the blocking pool and
 //! back had been half the CPU; most now never make it.
 
-
 mod auth;
-pub(crate) mod connection;
 mod authority;
+pub(crate) mod connection;
 pub mod descriptors;
 pub(crate) mod error;
 mod extract;
@@ -86,8 +85,8 @@ pub use shutdown::{
     shutdown_signal,
 };
 pub use start::{declare_namespaces, open_tracker, runtime, serve};
-pub use state::{AppState, Limits};
 use state::TASK_PERMITS;
+pub use state::{AppState, Limits};
 
 /// The content type of every JSON answer.
 pub(crate) const JSON: &str = "application/json";

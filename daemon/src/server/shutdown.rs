@@ -223,7 +223,10 @@ pub async fn run_faces(
         Arc::clone(&slots),
     ));
     let resp = resp.map(|face| {
-        let server = Arc::new(crate::resp::conn::Server::new(state.clone(), &face.namespace));
+        let server = Arc::new(crate::resp::conn::Server::new(
+            state.clone(),
+            &face.namespace,
+        ));
         tokio::spawn(crate::resp::conn::serve(
             face.listener,
             server,

@@ -179,10 +179,11 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
                 source,
             })?;
         let resp = match settings.resp_listen {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| Error::Bind {
-                addr,
-                source,
-            })?),
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| Error::Bind { addr, source })?,
+            ),
             None => None,
         };
         // Counted once the store and the listeners are open.

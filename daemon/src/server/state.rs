@@ -270,6 +270,4 @@ impl AppState {
     pub(crate) fn metrics_handle(&self) -> Arc<metrics::Metrics> {
         Arc::clone(&self.inner.metrics)
     }
-
 }
-

@@ -105,6 +105,18 @@ impl Daemon {
         daemon
     }
 
+    /// The RESP face's address, from its start-up line (`resp_listen=...`), which
+    /// follows the HTTP one.
+    pub fn resp_addr(&self) -> SocketAddr {
+        self.wait_log("resp_listen=", Duration::from_secs(10));
+        self.log_text()
+            .lines()
+            .flat_map(str::split_whitespace)
+            .find_map(|w| w.strip_prefix("resp_listen="))
+            .and_then(|a| a.parse().ok())
+            .expect("a resp_listen=ADDR word")
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
