@@ -739,7 +739,8 @@ impl Settings {
         if let Err(e) = NamespaceName::new(self.resp_namespace.as_str()) {
             return bad("resp_namespace", e.to_string());
         }
-        if self.resp_listen.is_some_and(|r| r == self.listen) {
+        // Port 0 on both is two ports the system picks, not one shared.
+        if self.resp_listen.is_some_and(|r| r == self.listen && r.port() != 0) {
             return bad(
                 "resp_listen",
                 format!(

@@ -172,6 +172,9 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
     let tracker = open_tracker(&settings).await?;
     let started = async {
         declare_namespaces(&tracker, &settings).await?;
+        if settings.resp_listen.is_some() {
+            resp_namespace_exists(&tracker, &settings.resp_namespace).await?;
+        }
         let listener = TcpListener::bind(settings.listen)
             .await
             .map_err(|source| Error::Bind {
@@ -296,4 +299,29 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
         None => None,
     };
     run_faces(listener, resp, state, stops, timing).await
+}
+
+/// `SET key value NX` marks in `resp_namespace`: a name no namespace has would make
+/// every such command an error, so it stops start-up instead, naming the setting.
+async fn resp_namespace_exists(tracker: &oncely::Tracker, name: &str) -> Result<(), Error> {
+    let t = tracker.clone();
+    let owned = name.to_owned();
+    match tokio::task::spawn_blocking(move || t.namespace_info(&owned)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(oncely::Error::UnknownNamespace(_))) => Err(Error::Config {
+            setting: "resp_namespace",
+            reason: format!(
+                "no namespace {name:?}: declare it under [namespaces.{name}] in the \
+                 configuration file, or create it over HTTP and restart"
+            ),
+        }),
+        Ok(Err(source)) => Err(Error::Namespace {
+            namespace: name.to_owned(),
+            source,
+        }),
+        Err(join) => Err(Error::Config {
+            setting: "resp_namespace",
+            reason: format!("the check failed: {join}"),
+        }),
+    }
 }
