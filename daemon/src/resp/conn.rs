@@ -419,7 +419,7 @@ impl Conn<'_> {
         match self
             .server
             .state
-            .mark_each(Protocol::Resp, ns, Arc::new(calls))
+            .mark_each(Protocol::Resp, ns, calls)
             .await
         {
             Ok(each) => {

@@ -31,34 +31,21 @@ impl AppState {
         self.requires_token() && auth::matches_any(self.tokens(), given)
     }
 
-    /// Several callers' marks in one namespace as one tracker call, one write
-    /// ([`Tracker::check_and_mark_each`]): tried first on this async worker, then,
-    /// if that would wait, on the blocking pool under admission and the deadline.
-    /// Each call is validated alone (its own `Err` in its place); the whole fails
+    /// Several calls' marks in one namespace, written with the marks other
+    /// callers send at the same moment as one tracker call, one write
+    /// ([`Tracker::check_and_mark_each`], through `combine`): tried first on an
+    /// async worker, then, if that would wait, on the blocking pool under the
+    /// deadline; admitted (one permit) until answered. Each call is validated alone (its own `Err` in its place); the whole fails
     /// only for what fails them all (admission, storage, shutdown), and then
     /// nothing was marked. The verdicts are counted under `protocol`.
     pub(crate) async fn mark_each(
         &self,
         protocol: Protocol,
         namespace: Arc<str>,
-        calls: Arc<Vec<MarkCall>>,
+        calls: Vec<MarkCall>,
     ) -> Result<Vec<oncely::CallVerdicts>, ApiError> {
         let admitted = self.admit()?;
-        let each = {
-            let borrowed = borrow_calls(&calls);
-            self.inline(|tracker| Ok(tracker.try_check_and_mark_each(&namespace, &borrowed)?))?
-        };
-        let each = match each {
-            Some(each) => each,
-            None => {
-                let calls = Arc::clone(&calls);
-                self.blocking(admitted, move |tracker| {
-                    let borrowed = borrow_calls(&calls);
-                    Ok(tracker.check_and_mark_each(&namespace, &borrowed)?)
-                })
-                .await?
-            }
-        };
+        let each = self.combined_marks(admitted, namespace, calls).await?;
         let m = self.metrics();
         for verdicts in each.iter().flatten() {
             m.count_verdicts(protocol, Op::CheckAndMark, verdicts);
@@ -215,7 +202,7 @@ pub(crate) struct MarkCall {
     pub(crate) owner: Option<String>,
 }
 
-fn borrow_calls(calls: &[MarkCall]) -> Vec<(&[bytes::Bytes], Option<&str>)> {
+pub(super) fn borrow_calls(calls: &[MarkCall]) -> Vec<(&[bytes::Bytes], Option<&str>)> {
     calls
         .iter()
         .map(|c| (c.ids.as_slice(), c.owner.as_deref()))

@@ -57,6 +57,7 @@
 
 mod auth;
 mod authority;
+mod combine;
 pub(crate) mod connection;
 pub mod descriptors;
 pub(crate) mod error;

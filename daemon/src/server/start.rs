@@ -303,7 +303,7 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
 
 /// `SET key value NX` marks in `resp_namespace`: a name no namespace has would make
 /// every such command an error, so it stops start-up instead, naming the setting.
-async fn resp_namespace_exists(tracker: &oncely::Tracker, name: &str) -> Result<(), Error> {
+async fn resp_namespace_exists(tracker: &Tracker, name: &str) -> Result<(), Error> {
     let t = tracker.clone();
     let owned = name.to_owned();
     match tokio::task::spawn_blocking(move || t.namespace_info(&owned)).await {

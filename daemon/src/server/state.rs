@@ -9,7 +9,7 @@ use oncely::Tracker;
 use tokio::sync::Semaphore;
 
 use super::error::ApiError;
-use super::{connection, extract, failures, metrics, openapi, store};
+use super::{combine, connection, extract, failures, metrics, openapi, store};
 use crate::config::{AllowedOrigin, DEFAULT_MAX_CONNECTIONS, Settings};
 
 /// Request and connection limits.
@@ -98,6 +98,8 @@ pub(super) struct Shared {
     /// Held while a namespace's configuration is read, changed and written (PUT,
     /// PATCH, DELETE): configuration changes are rare, one lock for all is enough.
     pub(super) config: std::sync::Mutex<()>,
+    /// Small marks of concurrent callers, written together (see `combine`).
+    pub(super) combiner: combine::Combiner,
     /// `/v1/openapi.json`, with these limits in it.
     pub(super) openapi: axum::body::Bytes,
 }
@@ -151,6 +153,7 @@ impl AppState {
                 tasks: Arc::new(Semaphore::new(TASK_PERMITS as usize)),
                 ready,
                 config: std::sync::Mutex::new(()),
+                combiner: combine::Combiner::default(),
                 openapi: openapi::document_bytes(limits),
             }),
         }
