@@ -38,6 +38,8 @@ have_initdb() {
 have_initdb || missing+=(postgresql)
 command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
+# The RESP face's tests drive it with redis-cli and redis-benchmark.
+{ command -v redis-cli && command -v redis-benchmark; } >/dev/null 2>&1 || missing+=(redis-tools)
 command -v make >/dev/null 2>&1 || missing+=(make)
 
 if ! command -v cargo >/dev/null 2>&1; then
