@@ -13,10 +13,11 @@
 # there for callgrind_annotate.
 #
 # With DEPTH=N, wrk pipelines N requests at a time on each connection (single.lua's
-# DEPTH). With REDIS=1, `redis-server` (AOF written every second, as in
-# benches/peers) is counted too, driven by `redis-benchmark -c 8 -P $DEPTH` with the
-# `SET NX PX` of benches/peers: $SECS × 4,000 requests, the same count at any depth,
-# as Redis's cost per key grows with its table. Callgrind counts user-space
+# DEPTH). With REDIS=1, the daemon's RESP face (`resp`) and `redis-server` (AOF
+# written every second, as in benches/peers) are counted too, each driven by
+# `redis-benchmark -c 8 -P $DEPTH` with the `SET NX PX` of benches/peers: $SECS ×
+# 4,000 requests, the same count at any depth, as Redis's cost per key grows with
+# its table. Callgrind counts user-space
 # instructions only: the system calls that pipelining saves are not in them.
 #
 #   benches/callgrind.sh            # 15 s each
@@ -86,30 +87,41 @@ p=$(free_port)
 count ceiling "http://127.0.0.1:$p/v1/namespaces/default/check-and-mark" \
     "$target/ceiling" --listen "127.0.0.1:$p"
 
-if [ "${REDIS:-0}" = 1 ]; then
-    p=$(free_port)
-    mkdir -p "$dir/redis"
-    valgrind --tool=callgrind --callgrind-out-file="$dir/redis.out" redis-server --port "$p" \
-        --bind 127.0.0.1 --save '' --appendonly yes --appendfsync everysec --dir "$dir/redis" \
-        >"$dir/redis.log" 2>&1 &
+# count_resp NAME PORT COMMAND...: the RESP server COMMAND, under callgrind,
+# answering on PORT, driven by redis-benchmark with the SET NX PX of benches/peers:
+# a fixed count, as redis-benchmark has no duration.
+count_resp() {
+    local name="$1" port="$2"
+    shift 2
+    valgrind --tool=callgrind --callgrind-out-file="$dir/$name.out" "$@" >"$dir/$name.log" 2>&1 &
     pid=$!
-    ready=""
+    local ready=""
     for _ in $(seq 600); do
-        if redis-cli -p "$p" ping 2>/dev/null | grep -q PONG; then
+        if redis-cli -p "$port" ping 2>/dev/null | grep -q PONG; then
             ready=1
             break
         fi
         sleep 0.2
     done
-    [ -n "$ready" ] || { echo "redis did not start: $(tail -5 "$dir/redis.log")" >&2; exit 1; }
+    [ -n "$ready" ] || { echo "$name did not start: $(tail -5 "$dir/$name.log")" >&2; exit 1; }
     bench() {
-        redis-benchmark -p "$p" -c 8 -P "$depth" -n "$1" -r 2000000000 -q \
+        redis-benchmark -p "$port" -c 8 --threads 1 -P "$depth" -n "$1" -r 2000000000 -q \
             SET k:__rand_int__ 1 NX PX 3600000 >/dev/null
     }
     bench 20000
     callgrind_control -z "$pid" >/dev/null
-    # A fixed count: redis-benchmark has no duration.
-    n=$((secs * 4000))
+    local n=$((secs * 4000))
     bench "$n"
-    report redis "$n"
+    report "$name" "$n"
+}
+
+if [ "${REDIS:-0}" = 1 ]; then
+    # The same daemon's RESP face (the same tracker as its HTTP face above).
+    p=$(free_port)
+    count_resp resp "$p" "$target/oncelyd" serve --listen "127.0.0.1:$(free_port)" \
+        --resp-listen "127.0.0.1:$p" --data-dir "$dir/resp-data" --drain-delay 0s
+    p=$(free_port)
+    mkdir -p "$dir/redis"
+    count_resp redis "$p" redis-server --port "$p" --bind 127.0.0.1 --save '' \
+        --appendonly yes --appendfsync everysec --dir "$dir/redis"
 fi

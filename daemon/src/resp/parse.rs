@@ -385,6 +385,74 @@ mod tests {
         assert_eq!(err(b"*+1\r\n"), "invalid multibulk length");
     }
 
+    fn encode(commands: &[Vec<Vec<u8>>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for args in commands {
+            out.extend(format!("*{}\r\n", args.len()).as_bytes());
+            for a in args {
+                out.extend(format!("${}\r\n", a.len()).as_bytes());
+                out.extend_from_slice(a);
+                out.extend(b"\r\n");
+            }
+        }
+        out
+    }
+
+    /// Every frame at the front of `buf`, as a connection reads them, and what is
+    /// left unparsed.
+    fn frames(buf: &[u8]) -> Result<(Vec<Vec<Vec<u8>>>, usize), ProtocolError> {
+        let mut at = 0;
+        let mut out = Vec::new();
+        while let Some(frame) = parse(&buf[at..], &LIMITS)? {
+            assert!(frame.len > 0 && frame.len <= buf.len() - at);
+            let args = frame.inline.clone().unwrap_or_else(|| {
+                frame
+                    .args
+                    .iter()
+                    .map(|r| buf[at + r.start..at + r.end].to_vec())
+                    .collect()
+            });
+            out.push(args);
+            at += frame.len;
+            if at == buf.len() {
+                break;
+            }
+        }
+        Ok((out, at))
+    }
+
+    proptest::proptest! {
+        /// Pipelined frames come out as they went in, however the bytes are cut
+        /// into reads: a cut frame waits, the rest of it completes it.
+        #[test]
+        fn frames_survive_any_cut(
+            commands in proptest::collection::vec(
+                proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..40), 1..6),
+                1..8,
+            ),
+            cut in 0_usize..2000,
+        ) {
+            let bytes = encode(&commands);
+            let cut = cut % (bytes.len() + 1);
+            let (first, used) = frames(&bytes[..cut]).unwrap();
+            let rest = bytes[used..].to_vec();
+            let (second, used2) = frames(&rest).unwrap();
+            proptest::prop_assert_eq!(used2, rest.len());
+            let all: Vec<_> = first.into_iter().chain(second).collect();
+            proptest::prop_assert_eq!(all, commands);
+        }
+
+        /// Any bytes at all: a frame, a wait or a framing error, never a panic,
+        /// and a frame never claims more bytes than there are.
+        #[test]
+        fn any_bytes_are_parsed_or_refused(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let _ = frames(&bytes);
+            let mut star = b"*".to_vec();
+            star.extend_from_slice(&bytes);
+            let _ = frames(&star);
+        }
+    }
+
     #[test]
     fn whole_frames_over_the_limit_are_refused_before_they_arrive() {
         let limits = FrameLimits {
