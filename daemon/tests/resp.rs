@@ -23,8 +23,8 @@ enum V {
     Int(i64),
     Bulk(Vec<u8>),
     Nil,
-    Array(Vec<V>),
-    Map(Vec<(V, V)>),
+    Array(Vec<Self>),
+    Map(Vec<(Self, Self)>),
     Bool(bool),
     Double(String),
 }
@@ -276,7 +276,10 @@ async fn redis_words_keep_their_meaning_and_refusals_change_nothing() {
         V::Array(vec![V::Int(1), V::Int(0)])
     );
     // BF.RESERVE makes a namespace, once.
-    assert_eq!(c.call(&["BF.RESERVE", "tenant-1", "0.001", "5000"]), V::ok());
+    assert_eq!(
+        c.call(&["BF.RESERVE", "tenant-1", "0.001", "5000"]),
+        V::ok()
+    );
     assert!(
         c.call(&["BF.RESERVE", "tenant-1", "0.01", "5000"])
             .err_text()
@@ -297,17 +300,36 @@ async fn redis_words_keep_their_meaning_and_refusals_change_nothing() {
         c.call(&["ONCELY.MARK", "default", "IDS", "x"]),
         V::Array(vec![V::Simple("duplicate".into())])
     );
-    let claim = c.call(&["ONCELY.CLAIM", "default", "job", "OWNER", "w1", "LEASE", "60000"]);
+    let claim = c.call(&[
+        "ONCELY.CLAIM",
+        "default",
+        "job",
+        "OWNER",
+        "w1",
+        "LEASE",
+        "60000",
+    ]);
     assert!(
         matches!(&claim, V::Array(f) if f[1] == V::Bulk(b"acquired".to_vec())),
         "{claim:?}"
     );
-    let other = c.call(&["ONCELY.CLAIM", "default", "job", "OWNER", "w2", "LEASE", "60000"]);
+    let other = c.call(&[
+        "ONCELY.CLAIM",
+        "default",
+        "job",
+        "OWNER",
+        "w2",
+        "LEASE",
+        "60000",
+    ]);
     assert!(
         matches!(&other, V::Array(f) if f[1] == V::Bulk(b"in_progress".to_vec())),
         "{other:?}"
     );
-    assert_eq!(c.call(&["ONCELY.COMPLETE", "default", "job", "OWNER", "w1"]), V::ok());
+    assert_eq!(
+        c.call(&["ONCELY.COMPLETE", "default", "job", "OWNER", "w1"]),
+        V::ok()
+    );
     assert_eq!(
         c.call(&["SET", "job", "1", "NX"]),
         V::Nil,
@@ -321,13 +343,19 @@ async fn redis_words_keep_their_meaning_and_refusals_change_nothing() {
         c.call(&["ONCELY.CHECKPOINT", "GET", "default", "c1"]),
         V::Bulk(b"offset-7".to_vec())
     );
-    assert_eq!(c.call(&["ONCELY.CHECKPOINT", "GET", "default", "c2"]), V::Nil);
+    assert_eq!(
+        c.call(&["ONCELY.CHECKPOINT", "GET", "default", "c2"]),
+        V::Nil
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn framing_errors_are_answered_then_the_connection_closes_marking_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (daemon, addr) = start(dir.path(), &["--max-body-bytes", "64KiB", "--max-ids", "100"]);
+    let (daemon, addr) = start(
+        dir.path(),
+        &["--max-body-bytes", "64KiB", "--max-ids", "100"],
+    );
     let cases: [(&[u8], &str); 7] = [
         (b"*1\r\n$99999999999\r\n", "invalid bulk length"),
         (b"*1000000\r\n", "invalid multibulk length"),
@@ -351,7 +379,10 @@ async fn framing_errors_are_answered_then_the_connection_closes_marking_nothing(
             e.err_text().starts_with("ERR Protocol error") && e.err_text().contains(why),
             "case {i}: {e:?}"
         );
-        assert!(c.closed_within(Duration::from_secs(5)), "case {i}: still open");
+        assert!(
+            c.closed_within(Duration::from_secs(5)),
+            "case {i}: still open"
+        );
     }
     let ids: Vec<String> = (0..cases.len())
         .flat_map(|i| [format!("before-{i}"), format!("after-{i}")])
@@ -390,7 +421,10 @@ async fn a_frame_one_byte_short_waits_then_the_header_timeout_closes_it() {
     let mut c = Conn::open(addr);
     for cut in [1, 5, whole.len() - 1] {
         c.raw(&whole[..cut]);
-        assert!(c.silent_for(Duration::from_millis(150)), "answered at {cut} bytes");
+        assert!(
+            c.silent_for(Duration::from_millis(150)),
+            "answered at {cut} bytes"
+        );
         c.raw(&whole[cut..]);
         let want = if cut == 1 { V::ok() } else { V::Nil };
         assert_eq!(c.read(), want, "cut at {cut}");
@@ -402,7 +436,11 @@ async fn a_frame_one_byte_short_waits_then_the_header_timeout_closes_it() {
     stalled.raw(&other[..other.len() - 1]);
     let t = Instant::now();
     assert!(stalled.closed_within(Duration::from_secs(6)), "still open");
-    assert!(t.elapsed() >= Duration::from_millis(1500), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
     assert_eq!(http_check(&daemon, &["stalled".into()]).await, ["new"]);
 }
 
@@ -433,7 +471,10 @@ async fn with_tokens_only_the_handshake_passes_before_auth() {
     );
     assert!(c.call(&["HELLO", "3"]).err_text().starts_with("NOAUTH"));
     // Any user name, the token as the password.
-    assert_eq!(c.call(&["AUTH", "anyone", "s3cret-token-0123456789"]), V::ok());
+    assert_eq!(
+        c.call(&["AUTH", "anyone", "s3cret-token-0123456789"]),
+        V::ok()
+    );
     assert_eq!(c.call(&["SET", "k", "1", "NX"]), V::ok());
     // RESET forgets the authentication.
     assert_eq!(c.call(&["RESET"]), V::Simple("RESET".into()));
@@ -443,7 +484,15 @@ async fn with_tokens_only_the_handshake_passes_before_auth() {
             .starts_with("NOAUTH")
     );
     // HELLO 3 with AUTH: a RESP3 map, then RESP3 answers (nil as `_`).
-    let hello = c.call(&["HELLO", "3", "AUTH", "u", "s3cret-token-0123456789", "SETNAME", "w1"]);
+    let hello = c.call(&[
+        "HELLO",
+        "3",
+        "AUTH",
+        "u",
+        "s3cret-token-0123456789",
+        "SETNAME",
+        "w1",
+    ]);
     let V::Map(fields) = hello else {
         panic!("{hello:?}")
     };
@@ -495,15 +544,29 @@ async fn multi_exec_runs_the_queue_and_a_bad_queue_runs_nothing() {
     assert!(answers[3].err_text().contains("empty"), "{answers:?}");
     // A command refused while queueing discards the whole transaction.
     assert_eq!(c.call(&["MULTI"]), V::ok());
-    assert_eq!(c.call(&["SET", "t3", "1", "NX"]), V::Simple("QUEUED".into()));
-    assert!(c.call(&["NOSUCH"]).err_text().starts_with("ERR unknown command"));
+    assert_eq!(
+        c.call(&["SET", "t3", "1", "NX"]),
+        V::Simple("QUEUED".into())
+    );
+    assert!(
+        c.call(&["NOSUCH"])
+            .err_text()
+            .starts_with("ERR unknown command")
+    );
     assert!(c.call(&["EXEC"]).err_text().starts_with("EXECABORT"));
     assert_eq!(c.call(&["MULTI"]), V::ok());
-    assert_eq!(c.call(&["SET", "t4", "1", "NX"]), V::Simple("QUEUED".into()));
+    assert_eq!(
+        c.call(&["SET", "t4", "1", "NX"]),
+        V::Simple("QUEUED".into())
+    );
     assert_eq!(c.call(&["DISCARD"]), V::ok());
     assert!(c.call(&["EXEC"]).err_text().contains("without MULTI"));
     assert_eq!(
-        http_check(&daemon, &["t1".into(), "t2".into(), "t3".into(), "t4".into()]).await,
+        http_check(
+            &daemon,
+            &["t1".into(), "t2".into(), "t3".into(), "t4".into()]
+        )
+        .await,
         ["duplicate", "duplicate", "new", "new"]
     );
 }
@@ -513,7 +576,12 @@ type Acked = Arc<Mutex<Vec<String>>>;
 
 /// Pipelines 64 fresh `SET NX` at a time until `stop` or the connection dies,
 /// recording every key answered `+OK`.
-fn pipeline_until_killed(addr: SocketAddr, client_no: usize, acked: Acked, stop: Arc<AtomicBool>) {
+fn pipeline_until_killed(
+    addr: SocketAddr,
+    client_no: usize,
+    acked: &Mutex<Vec<String>>,
+    stop: &AtomicBool,
+) {
     let mut c = Conn::open(addr);
     let mut n = 0_u64;
     while !stop.load(Ordering::Relaxed) {
@@ -549,7 +617,7 @@ async fn kill_9_while_pipelining_loses_no_acknowledged_ok() {
     let clients: Vec<_> = (0..4)
         .map(|i| {
             let (acked, stop) = (Arc::clone(&acked), Arc::clone(&stop));
-            std::thread::spawn(move || pipeline_until_killed(addr, i, acked, stop))
+            std::thread::spawn(move || pipeline_until_killed(addr, i, &acked, &stop))
         })
         .collect();
     // Until a good number are acknowledged, then kill -9 in mid-flight.
@@ -600,7 +668,10 @@ async fn sigterm_drains_resp_connections_and_exits_cleanly() {
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     let status = daemon.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "{status:?}\n{}", daemon.log_text());
-    assert!(TcpStream::connect(addr).is_err(), "the RESP listener is closed");
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "the RESP listener is closed"
+    );
     let (_daemon, addr) = start(dir.path(), &[]);
     let mut c = Conn::open(addr);
     assert_eq!(c.call(&["SET", "d1", "1", "NX"]), V::Nil);
@@ -615,7 +686,12 @@ fn a_bad_or_unknown_resp_namespace_or_a_shared_port_is_refused_at_start() {
         (&["--resp-namespace", "bad name"][..], "resp_namespace"),
         (&["--resp-namespace", "nosuch"], "no namespace \"nosuch\""),
         (
-            &["--listen", "127.0.0.1:17999", "--resp-listen", "127.0.0.1:17999"],
+            &[
+                "--listen",
+                "127.0.0.1:17999",
+                "--resp-listen",
+                "127.0.0.1:17999",
+            ],
             "two ports",
         ),
     ] {

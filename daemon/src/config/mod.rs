@@ -740,7 +740,10 @@ impl Settings {
             return bad("resp_namespace", e.to_string());
         }
         // Port 0 on both is two ports the system picks, not one shared.
-        if self.resp_listen.is_some_and(|r| r == self.listen && r.port() != 0) {
+        if self
+            .resp_listen
+            .is_some_and(|r| r == self.listen && r.port() != 0)
+        {
             return bad(
                 "resp_listen",
                 format!(

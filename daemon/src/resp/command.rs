@@ -375,6 +375,9 @@ pub(crate) fn find(name: &[u8]) -> Option<&'static Spec> {
         .find(|s| s.name.as_bytes().eq_ignore_ascii_case(name))
 }
 
+/// A command's tracker call, run on the blocking pool under admission.
+pub(crate) type TrackerCall = Box<dyn FnOnce(&Tracker) -> Result<Reply, ApiError> + Send>;
+
 /// What the connection does for one command.
 pub(crate) enum Step {
     /// Answer at once.
@@ -393,7 +396,7 @@ pub(crate) enum Step {
         shape: Shape,
     },
     /// Any other tracker call.
-    Call(Box<dyn FnOnce(&Tracker) -> Result<Reply, ApiError> + Send>),
+    Call(TrackerCall),
     /// `EXEC`: the queued commands, as one batch.
     Exec(Vec<Vec<Bytes>>),
     /// `QUIT`: `+OK`, then close.

@@ -416,12 +416,7 @@ impl Conn<'_> {
         if calls.is_empty() {
             return;
         }
-        match self
-            .server
-            .state
-            .mark_each(Protocol::Resp, ns, calls)
-            .await
-        {
+        match self.server.state.mark_each(Protocol::Resp, ns, calls).await {
             Ok(each) => {
                 for ((slot, shape), verdicts) in kept.into_iter().zip(each) {
                     replies[slot] = Some(shape.reply(verdicts, true));

@@ -385,7 +385,7 @@ mod tests {
         assert_eq!(err(b"*+1\r\n"), "invalid multibulk length");
     }
 
-    fn encode(commands: &[Vec<Vec<u8>>]) -> Vec<u8> {
+    fn encode(commands: &[Args]) -> Vec<u8> {
         let mut out = Vec::new();
         for args in commands {
             out.extend(format!("*{}\r\n", args.len()).as_bytes());
@@ -400,7 +400,10 @@ mod tests {
 
     /// Every frame at the front of `buf`, as a connection reads them, and what is
     /// left unparsed.
-    fn frames(buf: &[u8]) -> Result<(Vec<Vec<Vec<u8>>>, usize), ProtocolError> {
+    /// One command's arguments.
+    type Args = Vec<Vec<u8>>;
+
+    fn frames(buf: &[u8]) -> Result<(Vec<Args>, usize), ProtocolError> {
         let mut at = 0;
         let mut out = Vec::new();
         while let Some(frame) = parse(&buf[at..], &LIMITS)? {

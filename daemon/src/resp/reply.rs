@@ -23,9 +23,9 @@ pub(crate) enum Reply {
     /// RESP2 `$-1`, RESP3 `_`.
     Nil,
     /// `*N`.
-    Array(Vec<Reply>),
+    Array(Vec<Self>),
     /// RESP3 `%N`; RESP2 a flat array of keys and values.
-    Map(Vec<(Reply, Reply)>),
+    Map(Vec<(Self, Self)>),
     /// RESP3 `#t`/`#f`; RESP2 `:1`/`:0`.
     Bool(bool),
     /// RESP3 `,`; RESP2 a bulk string.

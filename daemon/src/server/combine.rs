@@ -95,9 +95,11 @@ impl AppState {
         if lead {
             self.lead(LEADER_ROUNDS).await;
         }
-        answered
-            .await
-            .unwrap_or_else(|_| Err(ApiError::internal("a combined write was dropped unanswered")))
+        answered.await.unwrap_or_else(|_| {
+            Err(ApiError::internal(
+                "a combined write was dropped unanswered",
+            ))
+        })
     }
 
     /// Serves the queue until it is empty, or for `rounds` rounds and then hands
