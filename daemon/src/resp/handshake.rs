@@ -46,8 +46,7 @@ pub(crate) fn answer(
         "info" => info(session, ctx),
         "config" => {
             if keyword(&args[1], "GET") {
-                // No parameter is Redis's: an empty answer, as for an unknown one.
-                Reply::Map(Vec::new())
+                config_get(ctx, &args[2..])
             } else {
                 Reply::error(format!(
                     "ERR CONFIG {} is not supported: Oncely's settings are its own \
@@ -62,6 +61,29 @@ pub(crate) fn answer(
         }
         _ => Reply::error("ERR unknown command"),
     }
+}
+
+/// `CONFIG GET name...`: the persistence parameters clients and `redis-benchmark`
+/// read to learn what an answer is worth (`appendonly`, `appendfsync`, `save`),
+/// translated from the store's durability; any other name is unknown, answered
+/// with nothing, as Redis answers a name it has not.
+fn config_get(ctx: &Context<'_>, names: &[Bytes]) -> Reply {
+    use oncely::Durability;
+    let durability = ctx.state.tracker().durability();
+    let (appendonly, appendfsync) = match durability {
+        Durability::Memory => ("no", "no"),
+        Durability::Sync => ("yes", "always"),
+        // Written to the OS at every write, fsynced by the OS: Redis's `no`.
+        Durability::Flush => ("yes", "no"),
+    };
+    let known = [("appendonly", appendonly), ("appendfsync", appendfsync), ("save", "")];
+    Reply::Map(
+        known
+            .iter()
+            .filter(|(name, _)| names.iter().any(|n| keyword(n, name) || n.as_ref() == b"*"))
+            .map(|(name, value)| (Reply::word(name), Reply::word(value)))
+            .collect(),
+    )
 }
 
 /// Checks a password against the tokens. With no token configured, every password
