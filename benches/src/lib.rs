@@ -171,3 +171,50 @@ mod tests {
         assert_eq!(count_label(250_000), "250k");
     }
 }
+
+/// What the ceiling servers (`ceiling`, `resp_ceiling`) share: the daemon's
+/// runtime with `worker_threads` as `oncelyd serve --worker-threads` takes it, a
+/// listener on `listen` announced as `listening on ADDR` on standard output once
+/// bound, and `serve` run on it until it fails; errors on standard error under
+/// `name`.
+pub fn serve_ceiling<F, Fut>(
+    name: &str,
+    listen: std::net::SocketAddr,
+    worker_threads: Option<usize>,
+    serve: F,
+) -> std::process::ExitCode
+where
+    F: FnOnce(tokio::net::TcpListener) -> Fut,
+    Fut: Future<Output = std::io::Result<()>>,
+{
+    use std::io::Write;
+    let settings = oncelyd::config::Settings {
+        worker_threads,
+        ..Default::default()
+    };
+    let runtime = match settings
+        .validate()
+        .and_then(|()| oncelyd::server::runtime(&settings))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let served: std::io::Result<()> = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {}", listener.local_addr()?)?;
+        out.flush()?;
+        drop(out);
+        serve(listener).await
+    });
+    match served {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

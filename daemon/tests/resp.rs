@@ -504,22 +504,9 @@ async fn with_tokens_only_the_handshake_passes_before_auth() {
 }
 
 async fn http_check_with_token(daemon: &Daemon) -> Vec<String> {
-    let v: serde_json::Value = client()
-        .post(daemon.url("/v1/namespaces/default/check"))
-        .bearer_auth("s3cret-token-0123456789")
-        .json(&serde_json::json!({ "ids": ["k", "k2"] }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["verdict"].as_str().unwrap().to_owned())
-        .collect()
+    let url = daemon.url("/v1/namespaces/default/check");
+    let ids = ["k".to_owned(), "k2".to_owned()];
+    common::daemon::verdicts_as(&client(), &url, Some("s3cret-token-0123456789"), &ids).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

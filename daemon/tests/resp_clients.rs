@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::daemon::{Daemon, client, metric_value, verdicts};
+use common::daemon::{Daemon, client, metric_value, verdicts, verdicts_as};
 
 const TOKEN: &str = "resp-clients-token-0123456789";
 const REDIS_PY: &str = "5.2.1";
@@ -245,29 +245,9 @@ async fn redis_cli_and_redis_benchmark() {
         "{text}"
     );
     let c = client();
-    let check = |ids: Vec<String>| {
-        let c = c.clone();
-        let url = daemon.url("/v1/namespaces/default/check");
-        async move {
-            let v: serde_json::Value = c
-                .post(url)
-                .bearer_auth(TOKEN)
-                .json(&serde_json::json!({ "ids": ids }))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r["verdict"].as_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
-        }
-    };
-    let piped = check((0..1000).map(|i| format!("pipe-{i}")).collect()).await;
+    let url = daemon.url("/v1/namespaces/default/check");
+    let ids: Vec<String> = (0..1000).map(|i| format!("pipe-{i}")).collect();
+    let piped = verdicts_as(&c, &url, Some(TOKEN), &ids).await;
     assert!(piped.iter().all(|v| v == "duplicate"), "{piped:?}");
     // redis-benchmark, pipelined and not, answers every request without an error.
     for (pipeline, n) in [("16", "20000"), ("1", "4000")] {

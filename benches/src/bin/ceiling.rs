@@ -20,7 +20,6 @@
 //! once bound, then serves until killed.
 
 use std::borrow::Cow;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
@@ -145,40 +144,19 @@ async fn check_and_mark(Path(_ns): Path<String>, headers: HeaderMap, body: Bytes
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let settings = oncelyd::config::Settings {
-        worker_threads: args.worker_threads,
-        ..Default::default()
-    };
-    let runtime = match settings
-        .validate()
-        .and_then(|()| oncelyd::server::runtime(&settings))
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("ceiling: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let served: std::io::Result<()> = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.listen).await?;
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on {}", listener.local_addr()?)?;
-        out.flush()?;
-        drop(out);
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let app = Router::new()
-            .route("/v1/namespaces/{ns}/check-and-mark", post(check_and_mark))
-            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-            .layer(CatchPanicLayer::new());
-        axum::serve(listener, app).await
-    });
-    match served {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ceiling: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    oncely_benches::serve_ceiling(
+        "ceiling",
+        args.listen,
+        args.worker_threads,
+        |listener| async move {
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            let app = Router::new()
+                .route("/v1/namespaces/{ns}/check-and-mark", post(check_and_mark))
+                .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+                .layer(CatchPanicLayer::new());
+            axum::serve(listener, app).await
+        },
+    )
 }

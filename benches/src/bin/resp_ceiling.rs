@@ -15,7 +15,6 @@
 //! `resp_ceiling --listen 127.0.0.1:0 [--worker-threads N]` prints `listening on
 //! ADDR` once bound, then serves until killed.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
@@ -95,36 +94,15 @@ async fn connection(mut stream: TcpStream) {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let settings = oncelyd::config::Settings {
-        worker_threads: args.worker_threads,
-        ..Default::default()
-    };
-    let runtime = match settings
-        .validate()
-        .and_then(|()| oncelyd::server::runtime(&settings))
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("resp_ceiling: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let served: std::io::Result<()> = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.listen).await?;
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on {}", listener.local_addr()?)?;
-        out.flush()?;
-        drop(out);
-        loop {
-            let (stream, _) = listener.accept().await?;
-            tokio::spawn(connection(stream));
-        }
-    });
-    match served {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("resp_ceiling: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    oncely_benches::serve_ceiling(
+        "resp_ceiling",
+        args.listen,
+        args.worker_threads,
+        |listener| async move {
+            loop {
+                let (stream, _) = listener.accept().await?;
+                tokio::spawn(connection(stream));
+            }
+        },
+    )
 }

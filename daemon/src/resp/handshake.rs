@@ -76,7 +76,11 @@ fn config_get(ctx: &Context<'_>, names: &[Bytes]) -> Reply {
         // Written to the OS at every write, fsynced by the OS: Redis's `no`.
         Durability::Flush => ("yes", "no"),
     };
-    let known = [("appendonly", appendonly), ("appendfsync", appendfsync), ("save", "")];
+    let known = [
+        ("appendonly", appendonly),
+        ("appendfsync", appendfsync),
+        ("save", ""),
+    ];
     Reply::Map(
         known
             .iter()

@@ -212,12 +212,21 @@ pub fn client() -> reqwest::Client {
 }
 
 pub async fn verdicts(c: &reqwest::Client, url: &str, ids: &[String]) -> Vec<String> {
-    let r = c
-        .post(url)
-        .json(&json!({ "ids": ids }))
-        .send()
-        .await
-        .unwrap();
+    verdicts_as(c, url, None, ids).await
+}
+
+/// [`verdicts`] with a bearer token when one is given.
+pub async fn verdicts_as(
+    c: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    ids: &[String],
+) -> Vec<String> {
+    let mut request = c.post(url).json(&json!({ "ids": ids }));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let r = request.send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let v: Value = r.json().await.unwrap();
     v["results"]
