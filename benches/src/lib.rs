@@ -136,42 +136,6 @@ pub fn count_label(n: usize) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pool_cycles_and_resets_outside_the_count() {
-        let pool = random_ids(6, 1);
-        let mut cursor = PoolCursor::new(Vec::<Id>::new());
-        let mut resets = 0;
-        for _ in 0..4 {
-            let _ = time_over_pool(
-                2,
-                2,
-                &pool,
-                &mut cursor,
-                |seen| {
-                    resets += 1;
-                    seen.clear();
-                },
-                Vec::extend_from_slice,
-            );
-        }
-        // 16 IDs through a pool of 6: two full passes, then 4 more.
-        assert_eq!(resets, 2);
-        assert_eq!(cursor.subject, pool[..4]);
-    }
-
-    #[test]
-    fn seeded_ids_are_reproducible_and_distinct() {
-        assert_eq!(random_ids(10, 3), random_ids(10, 3));
-        assert_ne!(random_ids(10, 3), random_ids(10, 4));
-        assert_eq!(count_label(100_000_000), "100M");
-        assert_eq!(count_label(250_000), "250k");
-    }
-}
-
 /// What the ceiling servers (`ceiling`, `resp_ceiling`) share: the daemon's
 /// runtime with `worker_threads` as `oncelyd serve --worker-threads` takes it, a
 /// listener on `listen` announced as `listening on ADDR` on standard output once
@@ -216,5 +180,41 @@ where
             eprintln!("{name}: {e}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_cycles_and_resets_outside_the_count() {
+        let pool = random_ids(6, 1);
+        let mut cursor = PoolCursor::new(Vec::<Id>::new());
+        let mut resets = 0;
+        for _ in 0..4 {
+            let _ = time_over_pool(
+                2,
+                2,
+                &pool,
+                &mut cursor,
+                |seen| {
+                    resets += 1;
+                    seen.clear();
+                },
+                Vec::extend_from_slice,
+            );
+        }
+        // 16 IDs through a pool of 6: two full passes, then 4 more.
+        assert_eq!(resets, 2);
+        assert_eq!(cursor.subject, pool[..4]);
+    }
+
+    #[test]
+    fn seeded_ids_are_reproducible_and_distinct() {
+        assert_eq!(random_ids(10, 3), random_ids(10, 3));
+        assert_ne!(random_ids(10, 3), random_ids(10, 4));
+        assert_eq!(count_label(100_000_000), "100M");
+        assert_eq!(count_label(250_000), "250k");
     }
 }
