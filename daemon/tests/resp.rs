@@ -512,7 +512,7 @@ async fn http_check_with_token(daemon: &Daemon) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_exec_runs_the_queue_and_a_bad_queue_runs_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (daemon, addr) = start(dir.path(), &[]);
+    let (daemon, addr) = start(dir.path(), &["--max-ids", "100"]);
     let mut c = Conn::open(addr);
     assert_eq!(c.call(&["MULTI"]), V::ok());
     for args in [
@@ -541,6 +541,18 @@ async fn multi_exec_runs_the_queue_and_a_bad_queue_runs_nothing() {
             .starts_with("ERR unknown command")
     );
     assert!(c.call(&["EXEC"]).err_text().starts_with("EXECABORT"));
+    // A transaction is bounded: past max_ids + 8 commands it is refused whole.
+    assert_eq!(c.call(&["MULTI"]), V::ok());
+    let mut queue = Vec::new();
+    for i in 0..=108 {
+        queue.extend(set_nx(&format!("t5-{i}")));
+    }
+    c.raw(&queue);
+    for i in 0..108 {
+        assert_eq!(c.read(), V::Simple("QUEUED".into()), "command {i}");
+    }
+    assert!(c.read().err_text().contains("at most 108 commands"));
+    assert!(c.call(&["EXEC"]).err_text().starts_with("EXECABORT"));
     assert_eq!(c.call(&["MULTI"]), V::ok());
     assert_eq!(
         c.call(&["SET", "t4", "1", "NX"]),
@@ -551,10 +563,16 @@ async fn multi_exec_runs_the_queue_and_a_bad_queue_runs_nothing() {
     assert_eq!(
         http_check(
             &daemon,
-            &["t1".into(), "t2".into(), "t3".into(), "t4".into()]
+            &[
+                "t1".into(),
+                "t2".into(),
+                "t3".into(),
+                "t4".into(),
+                "t5-0".into()
+            ]
         )
         .await,
-        ["duplicate", "duplicate", "new", "new"]
+        ["duplicate", "duplicate", "new", "new", "new"]
     );
 }
 

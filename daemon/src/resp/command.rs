@@ -465,6 +465,8 @@ pub(crate) const fn verdict_name(v: Verdict) -> &'static str {
 #[derive(Debug, Default)]
 pub(crate) struct Multi {
     pub(crate) queued: Vec<Vec<Bytes>>,
+    /// Bytes of the queued arguments: with the count, bounded (see [`classify`]).
+    pub(crate) bytes: usize,
     /// A queued command was refused: `EXEC` discards them all.
     pub(crate) aborted: bool,
 }
@@ -589,6 +591,23 @@ pub(crate) fn classify(session: &mut Session, ctx: &Context<'_>, args: Vec<Bytes
                 return Step::Reply(arity_error(spec.name));
             }
             if let Some(m) = session.multi.as_mut() {
+                // One transaction holds at most what one command may: `max_ids` + 8
+                // commands and `max_body_bytes` of arguments, so that a client
+                // queueing without end cannot take the daemon's memory.
+                let limits = ctx.state.limits();
+                let size: usize = args.iter().map(Bytes::len).sum();
+                if m.queued.len() >= limits.max_ids.saturating_add(8)
+                    || m.bytes.saturating_add(size) > limits.max_body_bytes
+                {
+                    m.aborted = true;
+                    return err(format!(
+                        "ERR a transaction holds at most {} commands and {} bytes of \
+                         arguments (max_ids + 8, max_body_bytes); EXEC will discard it",
+                        limits.max_ids.saturating_add(8),
+                        limits.max_body_bytes
+                    ));
+                }
+                m.bytes += size;
                 m.queued.push(args);
             }
             return Step::Reply(Reply::Simple("QUEUED".into()));
