@@ -481,11 +481,14 @@ pub(crate) struct Session {
     pub(crate) lib_name: Option<Bytes>,
     pub(crate) lib_ver: Option<Bytes>,
     pub(crate) multi: Option<Multi>,
+    /// When the connection was accepted (`CLIENT INFO`'s `age`; kept by `RESET`).
+    pub(crate) since: std::time::Instant,
 }
 
 impl Session {
     pub(crate) fn new(id: u64, state: &AppState) -> Self {
         Self {
+            since: std::time::Instant::now(),
             id,
             resp3: false,
             authed: !state.requires_token(),
@@ -570,6 +573,32 @@ fn positive(arg: &[u8]) -> Option<u64> {
         .filter(|&n| n > 0)
 }
 
+/// The answer to a command this server does not serve, inside a transaction or
+/// not: a Redis command that would overwrite, delete or read values is refused by
+/// name (after `NOAUTH`, as Redis checks a known command's caller first); any
+/// other name is unknown, as Redis answers it whoever asks.
+fn not_served(session: &Session, args: &[Bytes]) -> Reply {
+    let lower = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+    if !REFUSED.contains(&lower.as_str()) {
+        return unknown(args);
+    }
+    if !session.authed {
+        return Reply::error("NOAUTH Authentication required.");
+    }
+    if lower == "watch" {
+        return Reply::error(
+            "ERR WATCH is not supported: marks need no optimistic locking, since each \
+             mark is atomic (MULTI/EXEC without WATCH runs as one batch)",
+        );
+    }
+    Reply::error(format!(
+        "ERR '{}' is refused: Oncely never overwrites, deletes or returns values \
+         Redis-style (marks: SET key value NX, BF.ADD; claims: ONCELY.CLAIM and \
+         ONCELY.RELEASE); nothing was changed",
+        lower.to_ascii_uppercase()
+    ))
+}
+
 /// Classifies one command (at least one argument) for `session`.
 pub(crate) fn classify(session: &mut Session, ctx: &Context<'_>, args: Vec<Bytes>) -> Step {
     let name = args[0].clone();
@@ -582,7 +611,7 @@ pub(crate) fn classify(session: &mut Session, ctx: &Context<'_>, args: Vec<Bytes
                 if let Some(m) = session.multi.as_mut() {
                     m.aborted = true;
                 }
-                return Step::Reply(unknown(&args));
+                return Step::Reply(not_served(session, &args));
             };
             if !arity_ok(spec, args.len()) {
                 if let Some(m) = session.multi.as_mut() {
@@ -614,22 +643,7 @@ pub(crate) fn classify(session: &mut Session, ctx: &Context<'_>, args: Vec<Bytes
         }
     }
     let Some(spec) = spec else {
-        let lower = String::from_utf8_lossy(&name).to_ascii_lowercase();
-        if REFUSED.contains(&lower.as_str()) {
-            if lower == "watch" {
-                return err(
-                    "ERR WATCH is not supported: marks need no optimistic locking, since each \
-                     mark is atomic (MULTI/EXEC without WATCH runs as one batch)",
-                );
-            }
-            return err(format!(
-                "ERR '{}' is refused: Oncely never overwrites, deletes or returns values \
-                 Redis-style (marks: SET key value NX, BF.ADD; claims: ONCELY.CLAIM and \
-                 ONCELY.RELEASE); nothing was changed",
-                lower.to_ascii_uppercase()
-            ));
-        }
-        return Step::Reply(unknown(&args));
+        return Step::Reply(not_served(session, &args));
     };
     if !arity_ok(spec, args.len()) {
         return Step::Reply(arity_error(spec.name));

@@ -207,18 +207,24 @@ async fn connection(
                 cmds.push(args);
             }
         }
+        // The header timeout bounds one command's arrival: what is left in the
+        // buffer is a command begun now if this read completed any, else still
+        // the one begun before (a busy pipeline is never cut by it).
         partial_since = if buf.is_empty() {
             None
+        } else if at > 0 {
+            Some(Instant::now())
         } else {
             partial_since.or_else(|| Some(Instant::now()))
         };
         let (replies, quit) = conn.execute(cmds).await;
-        let resp3 = conn.session.resp3;
-        for r in &replies {
-            r.encode(resp3, &mut out);
+        // Each answer in the protocol its command ran under (a HELLO or RESET in
+        // the middle of a pipeline changes only the answers after it).
+        for (r, resp3) in &replies {
+            r.encode(*resp3, &mut out);
         }
         if let Some(e) = &fatal {
-            Reply::error(format!("ERR {e}")).encode(resp3, &mut out);
+            Reply::error(format!("ERR {e}")).encode(conn.session.resp3, &mut out);
         }
         if !out.is_empty() {
             if stream.write_all(&out).await.is_err() {
@@ -273,9 +279,10 @@ fn metric_index(name: &[u8]) -> usize {
 
 impl Conn<'_> {
     /// Runs commands in order; their answers, in order, and whether to close.
-    async fn execute(&mut self, cmds: Vec<Vec<Bytes>>) -> (Vec<Reply>, bool) {
+    async fn execute(&mut self, cmds: Vec<Vec<Bytes>>) -> (Vec<(Reply, bool)>, bool) {
         let mut replies: Vec<Option<Reply>> = Vec::with_capacity(cmds.len());
         let mut counted = Vec::with_capacity(cmds.len());
+        let mut protocols = Vec::with_capacity(cmds.len());
         let mut batch = Batch::default();
         let mut quit = false;
         let connected = self.server.connected.load(Ordering::Relaxed);
@@ -291,6 +298,7 @@ impl Conn<'_> {
                 };
                 command::classify(&mut self.session, &ctx, args)
             };
+            protocols.push(self.session.resp3);
             match step {
                 Step::Reply(r) => replies[slot] = Some(r),
                 Step::Mark {
@@ -329,7 +337,7 @@ impl Conn<'_> {
                     self.flush(&mut batch, &mut replies).await;
                     let (inner, inner_quit) = Box::pin(self.execute(queued)).await;
                     quit |= inner_quit;
-                    replies[slot] = Some(Reply::Array(inner));
+                    replies[slot] = Some(Reply::Array(inner.into_iter().map(|(r, _)| r).collect()));
                 }
                 Step::Quit => {
                     replies[slot] = Some(Reply::OK);
@@ -340,13 +348,14 @@ impl Conn<'_> {
         }
         self.flush(&mut batch, &mut replies).await;
         let m = self.server.state.metrics();
-        let replies: Vec<Reply> = replies
+        let replies = replies
             .into_iter()
             .zip(counted)
-            .map(|(r, index)| {
+            .zip(protocols)
+            .map(|((r, index), resp3)| {
                 let r = r.unwrap_or_else(|| Reply::error("ERR internal: no answer"));
                 m.count_resp_command(index, !r.is_error());
-                r
+                (r, resp3)
             })
             .collect();
         (replies, quit)

@@ -56,7 +56,9 @@ pub(crate) fn answer(
             }
         }
         "reset" => {
+            let since = session.since;
             *session = Session::new(session.id, ctx.state);
+            session.since = since;
             Reply::Simple("RESET".into())
         }
         _ => Reply::error("ERR unknown command"),
@@ -239,16 +241,28 @@ fn client(session: &mut Session, args: &[Bytes]) -> Reply {
     }
 }
 
+/// One line of `CLIENT INFO` / `CLIENT LIST` in Redis 7.2's fields and order:
+/// redis-py 5 parses the integer ones (`age`, `idle`, `sub`, `multi`, `qbuf`,
+/// `omem`, ...) and fails on a line without them. What Oncely does not keep
+/// (buffers' sizes, subscriptions) is 0.
 fn client_line(session: &Session) -> String {
     let show = |b: &Option<Bytes>| {
         b.as_ref()
             .map(|b| String::from_utf8_lossy(b).into_owned())
             .unwrap_or_default()
     };
+    let multi = session
+        .multi
+        .as_ref()
+        .map_or(-1, |m| i64::try_from(m.queued.len()).unwrap_or(i64::MAX));
     format!(
-        "id={} name={} db=0 resp={} lib-name={} lib-ver={}",
+        "id={} addr= laddr= fd=-1 name={} age={} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 \
+         multi={multi} watch=0 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 \
+         oll=0 omem=0 tot-mem=0 events=r cmd=client|info user=default redir=-1 resp={} \
+         lib-name={} lib-ver={}",
         session.id,
         show(&session.name),
+        session.since.elapsed().as_secs(),
         if session.resp3 { 3 } else { 2 },
         show(&session.lib_name),
         show(&session.lib_ver)

@@ -87,8 +87,9 @@ impl Protocol {
 
 /// The RESP commands counted by name in `oncelyd_resp_commands_total`; any other
 /// command is counted as `other`, so clients cannot grow the series.
-pub(crate) const RESP_COMMANDS: [&str; 19] = [
+pub(crate) const RESP_COMMANDS: [&str; 20] = [
     "set",
+    "setnx",
     "bf.add",
     "bf.madd",
     "bf.exists",
