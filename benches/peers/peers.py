@@ -37,15 +37,26 @@ calibration run, as redis-benchmark counts requests rather than time):
   * single-1-worker (only when asked for): `single` with Oncely and `ceiling` on one
     worker thread (`--worker-threads 1`), as suits a server sharing two cores with
     its load generator (Redis runs as in `single`: one thread serves its clients).
+  * resp-p1: over RESP, `redis-benchmark -r 1000000000 -n N -c 8 --threads 1 -P 1
+    SET s:__rand_int__ 1 NX PX 3600000` against Redis, Oncely's RESP face (`oncelyd
+    serve --resp-listen`, SET marking in the peers namespace) on one worker thread and
+    on the default workers, and `resp_ceiling` (benches/src/bin/resp_ceiling.rs): the
+    daemon's RESP parser and runtime answering +OK without the tracker. The same N for
+    every server, sized from Redis's calibration; 3 alternating rounds, a fresh server
+    for each run, the median reported, beside Redis's (DESIGN.md, "Targets": RESP).
+  * resp-p16 (only when named): the same at -P 16.
+  * resp-madd (only when named): `BF.MADD peers` with 1,000 fresh IDs per call, 4
+    connections, -P 1, against Oncely's RESP face only (both thread settings), in
+    IDs/s, beside Redis's and Oncely's batched-unique rates when that ran too.
   * client: Oncely through its typed client (benches/src/bin/client_batching.rs): 64
     tasks each marking one fresh ID per call, with the client's auto-batching off and
     on, and the batched reference: 4 tasks marking 1,000 fresh IDs per call. One
     fresh daemon per mode.
 
 Load: `oncelyd load` for Oncely's batched workloads, wrk for single IDs,
-`redis-benchmark` (Redis's own tool) for Redis, and `nats_dedup`
-(benches/src/bin/nats_dedup.rs) for NATS, which has no standard tool that publishes
-with Nats-Msg-Id. Each uses one thread. wrk, like redis-benchmark, times a request
+`redis-benchmark` (Redis's own tool) for Redis and for every server over RESP, and
+`nats_dedup` (benches/src/bin/nats_dedup.rs) for NATS, which has no standard tool
+that publishes with Nats-Msg-Id. Each uses one thread. wrk, like redis-benchmark, times a request
 from its sending, with each connection sending as soon as its last answer is in.
 
 RAM per ID is the server's resident memory after the run minus before it (Redis also
@@ -64,6 +75,7 @@ import os
 import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -539,6 +551,170 @@ def nats(args, workload: str, tmp: Path) -> list[Result]:
         stop(server)
 
 
+# --- RESP ---------------------------------------------------------------------------
+
+# The RESP workloads (DESIGN.md, "Targets": RESP): the same redis-benchmark command
+# against every server, in alternating rounds, a fresh server for each run.
+RESP_ROUNDS = 3
+RESP_CONNECTIONS = 8
+RESP_MADD_CONNECTIONS = 4
+RESP_SET_KEY = "s:__rand_int__"
+RESP_SET_KEYSPACE = 1_000_000_000
+# BF.MADD: BATCH items per call, each with its own two random numbers (redis-benchmark
+# replaces every __rand_int__ on its own), so no two IDs of a run repeat in practice.
+RESP_MADD_ITEM = REDIS_UNIQUE_KEY
+RESP_MADD_KEYSPACE = 2_000_000_000
+# Requests of the short run that sizes BF.MADD runs (no Redis to calibrate against).
+RESP_MADD_PROBE = 300
+
+
+def resp_servers(workload: str, peers: list[str]) -> list[tuple[str, str]]:
+    """The servers a RESP workload drives, in the order of each round: (key, label)."""
+    default_workers = len(os.sched_getaffinity(0))
+    servers = []
+    if "redis" in peers and workload != "resp-madd":
+        servers.append(("redis", "Redis (AOF everysec)"))
+    if "oncely" in peers:
+        servers += [("oncely-w1", "Oncely, --worker-threads 1"),
+                    ("oncely", f"Oncely, {default_workers} workers (the default)")]
+    if "ceiling" in peers and workload != "resp-madd":
+        servers.append(("ceiling", "RESP stack, no tracker (resp_ceiling)"))
+    return servers
+
+
+def start_resp(args, key: str, tmp: Path):
+    """A fresh server speaking RESP: its process, its RESP port, and a function
+    counting the IDs it stored (None for resp_ceiling, which keeps none)."""
+    port = free_port()
+    log = tmp / f"{key}.log"
+    if key == "redis":
+        server = start_redis(port, tmp / "redis-data", log)
+        return server, port, lambda: int(redis_cmd(port, "DBSIZE"))
+    if key == "ceiling":
+        server = start([args.resp_ceiling, "--listen", f"127.0.0.1:{port}"], log)
+        try:
+            wait_port(server, port, log)
+        except BaseException:
+            stop(server)
+            raise
+        return server, port, None
+    # Oncely: RESP's SET marks in the peers namespace (exact for every ID of a run, as
+    # Redis keeps its keys), which must exist at start-up: declared in a configuration
+    # file. BF.MADD names it.
+    config = tmp / "oncely.toml"
+    config.write_text("[namespaces.peers]\n" + "".join(
+        f"{k} = {json.dumps(v)}\n" for k, v in ONCELY_NAMESPACE.items()))
+    workers = ["--worker-threads", "1"] if key == "oncely-w1" else []
+    server, url, _ = start_oncely(args, tmp, ["--config", str(config),
+                                              "--resp-listen", f"127.0.0.1:{port}",
+                                              "--resp-namespace", "peers", *workers])
+    try:
+        wait_port(server, port, tmp / "oncely.log")
+    except BaseException:
+        stop(server)
+        raise
+    return server, port, lambda: oncely_stored(url)
+
+
+def resp_command(workload: str) -> tuple[int, int, int, list[str]]:
+    """A RESP workload's pipeline depth, connections, -r keyspace and command."""
+    if workload == "resp-madd":
+        return (1, RESP_MADD_CONNECTIONS, RESP_MADD_KEYSPACE,
+                ["BF.MADD", "peers", *[RESP_MADD_ITEM] * BATCH])
+    return ({"resp-p1": 1, "resp-p16": PIPELINE_DEPTH}[workload], RESP_CONNECTIONS,
+            RESP_SET_KEYSPACE, ["SET", RESP_SET_KEY, "1", "NX", "PX", REDIS_TTL_MS])
+
+
+def resp_benchmark(port: int, n: int, workload: str, timeout: float) -> dict:
+    """redis-benchmark's CSV line for one run of a RESP workload. It exits non-zero at
+    the first error reply, which then fails the run with that reply."""
+    pipeline, connections, keyspace, cmd = resp_command(workload)
+    out = run(["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-r", str(keyspace),
+               "-n", str(n), "-c", str(connections), "--threads", "1", "-P", str(pipeline),
+               "--csv", "-q", *cmd], timeout=timeout)
+    lines = [line for line in out.splitlines() if line.strip()]
+    header = [h.strip('"') for h in lines[0].split(",")]
+    values = [v.strip('"') for v in lines[-1].split(",")]
+    r = dict(zip(header, values))
+    if "rps" not in r or float(r["rps"]) <= 0:
+        raise RuntimeError(f"redis-benchmark gave no rate:\n{out[-2000:]}")
+    return r
+
+
+def resp_requests(args, workload: str, tmp: Path) -> int:
+    """Requests per run, the same for every server, sized so that a run of Redis (of
+    Oncely, for BF.MADD) lasts about --duration."""
+    if workload == "resp-madd":
+        with tempfile.TemporaryDirectory(prefix="oncely-peers-resp-probe-", dir=tmp) as t:
+            server, port, _ = start_resp(args, "oncely", Path(t))
+            try:
+                rate = float(resp_benchmark(port, RESP_MADD_PROBE, workload, 120)["rps"])
+            finally:
+                stop(server)
+        return max(RESP_MADD_PROBE, int(rate * args.duration))
+    pipeline = resp_command(workload)[0]
+    rate = args.redis_calibration.get(pipeline)
+    if rate is None:
+        # The calibration of `single` (or `pipelined`): the same connections and depth.
+        rate = redis_calibrate(pipeline, RESP_SET_KEY, RESP_CONNECTIONS, tmp / "calibration")
+        args.redis_calibration[pipeline] = rate
+    return max(10_000, int(rate * args.duration))
+
+
+def distinct(n: int, keyspace: int) -> float:
+    """The expected number of distinct values among n uniform draws from keyspace."""
+    return keyspace * -math.expm1(-n / keyspace)
+
+
+def resp(args, workload: str, peers: list[str], tmp: Path) -> list[Result]:
+    servers = resp_servers(workload, peers)
+    if not servers:
+        return []
+    n = resp_requests(args, workload, tmp)
+    pipeline, connections, keyspace, cmd = resp_command(workload)
+    per_request = BATCH if workload == "resp-madd" else 1
+    rounds: dict[str, list[dict]] = {key: [] for key, _ in servers}
+    for round_number in range(1, RESP_ROUNDS + 1):
+        for key, label in servers:
+            print(f"peers: {workload} round {round_number}/{RESP_ROUNDS}: {label} "
+                  f"({n:,} requests) ...", file=sys.stderr, flush=True)
+            with tempfile.TemporaryDirectory(prefix=f"oncely-peers-{key}-", dir=tmp) as t:
+                server, port, stored_ids = start_resp(args, key, Path(t))
+                try:
+                    r = resp_benchmark(port, n, workload, timeout=args.duration * 10 + 120)
+                    stored = stored_ids() if stored_ids else None
+                finally:
+                    stop(server)
+            if stored is not None:
+                # Every request answered marked its IDs once; redis-benchmark may send up
+                # to a pipeline more per connection than -n. SET's keys repeat by chance.
+                ids = n * per_request
+                low = ids if workload == "resp-madd" else 0.995 * distinct(n, keyspace)
+                high = (n + connections * pipeline) * per_request
+                if not low <= stored <= high:
+                    raise RuntimeError(f"{label} / {workload}: {stored:,} IDs stored for "
+                                       f"{n:,} requests (expected {low:,.0f} to {high:,})")
+            rounds[key].append({"rps": float(r["rps"]),
+                                "p50_us": float(r["p50_latency_ms"]) * 1000,
+                                "p99_us": float(r["p99_latency_ms"]) * 1000,
+                                "stored": stored})
+            print(f"peers: {label} / {workload}: {float(r['rps']):,.0f} requests/s, "
+                  f"p50 {r['p50_latency_ms']} ms", file=sys.stderr, flush=True)
+    results = []
+    for key, label in servers:
+        runs = rounds[key]
+        rps = statistics.median(x["rps"] for x in runs)
+        stored = [x["stored"] for x in runs]
+        results.append(Result(
+            label, workload, n * per_request, rps * per_request,
+            statistics.median(x["p50_us"] for x in runs),
+            statistics.median(x["p99_us"] for x in runs),
+            0 if stored[0] is None else int(statistics.median(stored)), 0, 0, None, None,
+            {"server": key, "requests": n, "per_request": per_request, "pipeline": pipeline,
+             "connections": connections, "command": cmd[:2], "rounds": runs}))
+    return results
+
+
 # --- report -------------------------------------------------------------------------
 
 
@@ -558,11 +734,12 @@ def is_oncely(r: Result) -> bool:
 
 def table(results: list[Result]) -> str:
     """The dedup workloads, each peer beside Oncely."""
-    oncely_rate = {r.workload: r.ids_per_sec for r in results if is_oncely(r)}
+    oncely_rate = {r.workload: r.ids_per_sec for r in results
+                   if is_oncely(r) and r.workload not in RESP_WORKLOADS}
     rows = ["| workload | peer | IDs/s | Oncely ÷ peer | p50 | p99 | RAM B/ID | disk B/ID | duplicates found |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        if r.workload == "client":
+        if r.workload == "client" or r.workload in RESP_WORKLOADS:
             continue
         ratio = oncely_rate.get(r.workload)
         ratio_s = "1.00x" if is_oncely(r) else (f"{ratio / r.ids_per_sec:.2f}x" if ratio else "-")
@@ -591,6 +768,94 @@ def client_table(results: list[Result]) -> str:
     return "\n".join(out)
 
 
+def resp_table(results: list[Result]) -> str:
+    """The RESP workloads: each server's median beside Redis's."""
+    rows = [r for r in results if r.workload in RESP_WORKLOADS]
+    redis_rate = {r.workload: r.ids_per_sec for r in rows if r.extra["server"] == "redis"}
+    batched = {r.peer: r for r in results if r.workload == "batched-unique"}
+    redis_batched = batched.get("Redis")
+    out = ["| workload | server | rate | vs Redis | p50 | p99 | each round |",
+           "|---|---|---:|---:|---:|---:|---|"]
+
+    def ratio(rate: float, base: float | None) -> str:
+        return f"{rate / base:.2f}x" if base else "-"
+
+    for r in rows:
+        madd = r.workload == "resp-madd"
+        unit = "IDs/s" if madd else "requests/s"
+        base = (redis_batched.ids_per_sec if redis_batched else None) if madd \
+            else redis_rate.get(r.workload)
+        each = " / ".join(fmt_rate(x["rps"] * r.extra["per_request"]) for x in r.extra["rounds"])
+        out.append(f"| {r.workload} | {r.peer} | {fmt_rate(r.ids_per_sec)} {unit} | "
+                   f"{ratio(r.ids_per_sec, base)} | {fmt_us(r.p50_us)} | {fmt_us(r.p99_us)} | "
+                   f"{each} |")
+    if any(r.workload == "resp-madd" for r in rows):
+        # The same run's batched workload, for reference: one run each, not rounds.
+        for peer, label in (("Oncely", "Oncely over HTTP, batched-unique (one run)"),
+                            ("Redis", "Redis, batched-unique (one run)")):
+            if (r := batched.get(peer)) is not None:
+                base = redis_batched.ids_per_sec if redis_batched else None
+                out.append(f"| resp-madd | {label} | {fmt_rate(r.ids_per_sec)} IDs/s | "
+                           f"{ratio(r.ids_per_sec, base)} | {fmt_us(r.p50_us)} | "
+                           f"{fmt_us(r.p99_us)} | - |")
+    return "\n".join(out)
+
+
+def resp_section(args, results: list[Result], own_header: list[str]) -> str:
+    """The report's RESP section; own_header is its run line when it stands alone."""
+    rows = [r for r in results if r.workload in RESP_WORKLOADS]
+    n = {r.workload: r.extra["requests"] for r in rows}
+    text = ["## Over RESP: SET NX PX and BF.MADD beside Redis", "", *own_header]
+    text += [
+        f"Every server is driven by the same `redis-benchmark` command (one thread), in "
+        f"{RESP_ROUNDS} alternating rounds with a fresh server for each run; reported: the "
+        f"median of the rounds' rates (each round's in order under \"each round\"), p50 and "
+        f"p99 the medians of theirs, and \"vs Redis\", the rate over Redis's in the same "
+        f"workload. Redis with AOF `appendfsync everysec`; Oncely with durability `flush` (the "
+        f"default), RESP's `SET` marking in the peers namespace (exact for every ID, as Redis "
+        f"keeps its keys), on one worker thread and on the default workers (one per core: "
+        f"on two cores shared with the load generator, one worker may answer unpipelined "
+        f"commands faster); \"RESP stack, no tracker\" is benches/src/bin/resp_ceiling.rs, "
+        f"the daemon's RESP parser and runtime answering `+OK` to every command without "
+        f"the tracker: what the RESP stack alone can reach.",
+        "",
+    ]
+    sets = [w for w in ("resp-p1", "resp-p16") if w in n]
+    if sets:
+        sizes = " and ".join(f"{n[w]:,} at -P {resp_command(w)[0]}" for w in sets)
+        depths = "|".join(str(resp_command(w)[0]) for w in sets)
+        depths = f"{{{depths}}}" if len(sets) > 1 else depths
+        text += [
+            f"{', '.join(sets)}: `redis-benchmark -h 127.0.0.1 -p PORT -r {RESP_SET_KEYSPACE} "
+            f"-n N -c {RESP_CONNECTIONS} --threads 1 -P {depths} -q "
+            f"SET {RESP_SET_KEY} 1 NX PX {REDIS_TTL_MS}`, N = {sizes} (a run of Redis "
+            f"lasts about {args.duration} s). Requests/s are IDs/s; p50 and p99 are per request, "
+            f"from its sending.",
+            "",
+        ]
+    if "resp-madd" in n:
+        batched = any(r.workload == "batched-unique" for r in results)
+        text += [
+            f"resp-madd, Oncely only: `redis-benchmark -h 127.0.0.1 -p PORT "
+            f"-r {RESP_MADD_KEYSPACE} -n {n['resp-madd']} -c {RESP_MADD_CONNECTIONS} "
+            f"--threads 1 -P 1 -q BF.MADD peers {RESP_MADD_ITEM} ...`, {BATCH:,} items per "
+            f"call (redis-benchmark gives each __rand_int__ its own random number, so no ID "
+            f"repeats: {len(RESP_MADD_ITEM)} characters, like the batched workloads' IDs), N "
+            f"sized from a short run of Oncely. IDs/s; p50 and p99 per call. "
+            + (f"\"vs Redis\" is over Redis's batched-unique rate in the same run (pipelines "
+               f"of {BATCH:,} SET NX PX over {CONNECTIONS} connections), shown below beside "
+               f"Oncely's over HTTP ({BATCH:,}-ID check-and-mark batches, `oncelyd load`)."
+               if batched else
+               "\"vs Redis\" would be over Redis's batched-unique rate, and Oncely's HTTP "
+               "batched rate would be shown beside it, had batched-unique run."),
+            "",
+        ]
+    return "\n".join(text) + "\n" + resp_table(results) + "\n"
+
+
+RESP_HEADING = "## Over RESP:"
+
+
 def machine() -> str:
     model = "unknown CPU"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -608,10 +873,15 @@ def versions(args) -> str:
 
 
 PEERS = ("oncely", "ceiling", "redis", "nats")
-WORKLOADS = ("batched-unique", "batched-dup10", "single", "client")
-# Run only when named (--only pipelined, --only single-1-worker): not part of the
-# full run's report.
-OPTIONAL_WORKLOADS = ("pipelined", "single-1-worker")
+WORKLOADS = ("batched-unique", "batched-dup10", "single", "resp-p1", "client")
+# Run only when named (--only pipelined, --only single-1-worker, ...): not part of
+# the full run's report. resp-p16 and resp-madd would take the full run, 15 s per
+# workload, past ten minutes.
+OPTIONAL_WORKLOADS = ("pipelined", "single-1-worker", "resp-p16", "resp-madd")
+# Over RESP, against Redis, Oncely's RESP face and resp_ceiling in alternating rounds.
+RESP_WORKLOADS = ("resp-p1", "resp-p16", "resp-madd")
+# The peers a RESP run needs for its report to stand for all of them.
+RESP_PEERS = ("oncely", "ceiling", "redis")
 # One ID per request, against the HTTP servers and Redis not pipelined (or pipelined).
 SINGLE_WORKLOADS = ("single", "single-1-worker", "pipelined")
 
@@ -660,6 +930,7 @@ def main() -> int:
     parser.add_argument("--ceiling", required=True, help="the release ceiling binary")
     parser.add_argument("--client-batching", required=True,
                         help="the release client_batching binary")
+    parser.add_argument("--resp-ceiling", required=True, help="the release resp_ceiling binary")
     parser.add_argument("--wrk-script", default=str(Path(__file__).with_name("single.lua")),
                         help="wrk's script for single-ID requests")
     parser.add_argument("--duration", type=int, default=15, help="seconds per workload (default 15)")
@@ -668,7 +939,7 @@ def main() -> int:
     parser.add_argument("--workloads", "--only", dest="workloads", default=",".join(WORKLOADS),
                         help=f"comma-separated subset of {','.join(WORKLOADS + OPTIONAL_WORKLOADS)} "
                              "(--only single: a quick run of single-ID requests; "
-                             f"{' and '.join(OPTIONAL_WORKLOADS)} run only when named)")
+                             f"{', '.join(OPTIONAL_WORKLOADS)} run only when named)")
     parser.add_argument("--out", help="also write the Markdown report to this file")
     parser.add_argument("--json", help="also write the raw results to this file")
     args = parser.parse_args()
@@ -691,6 +962,11 @@ def main() -> int:
     results: list[Result] = []
     try:
         for w in workloads:
+            if w in RESP_WORKLOADS:
+                # One workload over every server at once: rounds alternate between them.
+                with tempfile.TemporaryDirectory(prefix=f"oncely-peers-{w}-") as tmp:
+                    results.extend(resp(args, w, peers, Path(tmp)))
+                continue
             for p in peers:
                 # The ceiling answers single IDs only; the client workload is Oncely's;
                 # NATS's publishers here await each ack, so they have no pipelined form,
@@ -706,11 +982,14 @@ def main() -> int:
                     print(f"peers: {r.peer} / {w}: {fmt_rate(r.ids_per_sec)} IDs/s",
                           file=sys.stderr, flush=True)
                 results.extend(done)
+        run_lines = [f"Run {started:%Y-%m-%d %H:%M} UTC on {machine()}.",
+                     f"Versions: {versions(args)}."]
+        main_results = [r for r in results if r.workload not in RESP_WORKLOADS]
+        resp_results = [r for r in results if r.workload in RESP_WORKLOADS]
         header = [
             "# Oncely, Redis and NATS JetStream side by side",
             "",
-            f"Run {started:%Y-%m-%d %H:%M} UTC on {machine()}.",
-            f"Versions: {versions(args)}.",
+            *run_lines,
             f"Command: `{command(args)}` ({CONNECTIONS} connections and batches of {BATCH} "
             f"for the batched workloads, {SINGLE_CONNECTIONS} connections for single IDs; one "
             f"load-generator thread each).",
@@ -739,7 +1018,9 @@ def main() -> int:
         for workload, note in workload_notes(args).items():
             if any(r.workload == workload for r in results):
                 header += [note, ""]
-        report = "\n".join(header) + "\n" + table(results) + "\n"
+        report = ""
+        if main_results or not resp_results:
+            report = "\n".join(header) + "\n" + table(results) + "\n"
         if any(r.workload == "client" for r in results):
             report += "\n" + "\n".join([
                 f"Through the typed client (benches/src/bin/client_batching.rs, one thread): "
@@ -751,12 +1032,28 @@ def main() -> int:
                 "",
                 client_table(results),
             ]) + "\n"
+        section = ""
+        if resp_results:
+            # Standing alone, the section says which run it comes from.
+            own = [] if report else [*run_lines, f"Command: `{command(args)}`.", ""]
+            section = resp_section(args, results, own)
+            report = f"{report}\n{section}" if report else section
         print(report)
         # Only a whole run replaces the report: a quick look at one workload must not
-        # overwrite the figures of the others.
-        complete = set(peers) == set(PEERS) and set(workloads) == set(WORKLOADS)
+        # overwrite the figures of the others. A run of every RESP workload against
+        # every RESP peer, and nothing else, replaces the report's RESP section alone.
+        complete = set(peers) == set(PEERS) and set(WORKLOADS) <= set(workloads)
+        resp_complete = (not main_results and set(RESP_PEERS) <= set(peers)
+                         and set(workloads) == set(RESP_WORKLOADS))
         if args.out and complete:
             Path(args.out).write_text(report)
+        elif args.out and resp_complete:
+            out = Path(args.out)
+            kept = out.read_text() if out.exists() else ""
+            if (at := kept.find(f"\n{RESP_HEADING}")) >= 0:
+                kept = kept[:at]
+            out.write_text(f"{kept.rstrip()}\n\n{section}" if kept.strip() else section)
+            print(f"peers: the RESP section of {args.out} replaced", file=sys.stderr)
         elif args.out:
             print(f"peers: a partial run; {args.out} is left as it was", file=sys.stderr)
         if args.json:

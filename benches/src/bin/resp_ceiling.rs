@@ -1,7 +1,7 @@
 //! `resp_ceiling`: a RESP server answering `+OK` to every command, with no state,
-//! for `benches/peers/resp.sh`: what a command costs the RESP stack before any
-//! dedup work, beside `oncelyd serve --resp-listen` in the same run, as `ceiling`
-//! is for HTTP.
+//! for `benches/peers/run.sh` (the resp-* workloads) and `benches/peers/resp.sh`:
+//! what a command costs the RESP stack before any dedup work, beside `oncelyd serve
+//! --resp-listen` in the same run, as `ceiling` is for HTTP.
 //!
 //! What it shares with the daemon's RESP face: the allocator (jemalloc), the
 //! runtime (`oncelyd::server::runtime`, `--worker-threads` as the daemon's), the
