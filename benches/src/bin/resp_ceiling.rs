@@ -1,5 +1,5 @@
 //! `resp_ceiling`: a RESP server answering `+OK` to every command, with no state,
-//! for `benches/peers/run.sh` (the resp-* workloads) and `benches/peers/resp.sh`:
+//! for `benches/peers/run.sh` (the resp-* workloads):
 //! what a command costs the RESP stack before any dedup work, beside `oncelyd serve
 //! --resp-listen` in the same run, as `ceiling` is for HTTP.
 //!
