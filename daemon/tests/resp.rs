@@ -8,7 +8,6 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -149,14 +148,6 @@ fn set_nx(key: &str) -> Vec<u8> {
     frame(&[b"SET", key.as_bytes(), b"1", b"NX"])
 }
 
-fn start(dir: &Path, extra: &[&str]) -> (Daemon, SocketAddr) {
-    let mut args = vec!["--resp-listen", "127.0.0.1:0"];
-    args.extend_from_slice(extra);
-    let daemon = Daemon::start(dir, &args, &[]);
-    let addr = daemon.resp_addr();
-    (daemon, addr)
-}
-
 /// What HTTP's check says of `ids` in `default`.
 async fn http_check(daemon: &Daemon, ids: &[String]) -> Vec<String> {
     verdicts(&client(), &daemon.url("/v1/namespaces/default/check"), ids).await
@@ -165,7 +156,7 @@ async fn http_check(daemon: &Daemon, ids: &[String]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipeline_is_answered_in_order_with_one_winner_per_key() {
     let dir = tempfile::tempdir().unwrap();
-    let (daemon, addr) = start(dir.path(), &[]);
+    let (daemon, addr) = Daemon::start_resp(dir.path(), &[]);
     let mut c = Conn::open(addr);
     // One write: each key four times, interleaved with commands of other kinds and
     // one bad command (an empty ID), which fails alone.
@@ -227,7 +218,7 @@ async fn a_pipeline_is_answered_in_order_with_one_winner_per_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_words_keep_their_meaning_and_refusals_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (daemon, addr) = start(dir.path(), &[]);
+    let (daemon, addr) = Daemon::start_resp(dir.path(), &[]);
     let mut c = Conn::open(addr);
     // Options in any order; EX and PX within the window (3 h by default).
     assert_eq!(c.call(&["set", "a", "1", "PX", "60000", "nx"]), V::ok());
@@ -352,7 +343,7 @@ async fn redis_words_keep_their_meaning_and_refusals_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn framing_errors_are_answered_then_the_connection_closes_marking_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (daemon, addr) = start(
+    let (daemon, addr) = Daemon::start_resp(
         dir.path(),
         &["--max-body-bytes", "64KiB", "--max-ids", "100"],
     );
@@ -415,7 +406,7 @@ async fn framing_errors_are_answered_then_the_connection_closes_marking_nothing(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_one_byte_short_waits_then_the_header_timeout_closes_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (daemon, addr) = start(dir.path(), &["--header-read-timeout", "2s"]);
+    let (daemon, addr) = Daemon::start_resp(dir.path(), &["--header-read-timeout", "2s"]);
     let whole = set_nx("short");
     // Every cut of the frame waits for the rest; the last byte completes it.
     let mut c = Conn::open(addr);
@@ -447,7 +438,7 @@ async fn a_frame_one_byte_short_waits_then_the_header_timeout_closes_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_tokens_only_the_handshake_passes_before_auth() {
     let dir = tempfile::tempdir().unwrap();
-    let (daemon, addr) = start(dir.path(), &["--token", "s3cret-token-0123456789"]);
+    let (daemon, addr) = Daemon::start_resp(dir.path(), &["--token", "s3cret-token-0123456789"]);
     let mut c = Conn::open(addr);
     assert!(
         c.call(&["SET", "k", "1", "NX"])
@@ -512,7 +503,7 @@ async fn http_check_with_token(daemon: &Daemon) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_exec_runs_the_queue_and_a_bad_queue_runs_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (daemon, addr) = start(dir.path(), &["--max-ids", "100"]);
+    let (daemon, addr) = Daemon::start_resp(dir.path(), &["--max-ids", "100"]);
     let mut c = Conn::open(addr);
     assert_eq!(c.call(&["MULTI"]), V::ok());
     for args in [
@@ -616,7 +607,7 @@ fn pipeline_until_killed(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_while_pipelining_loses_no_acknowledged_ok() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut daemon, addr) = start(dir.path(), &[]);
+    let (mut daemon, addr) = Daemon::start_resp(dir.path(), &[]);
     let acked: Acked = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..4)
@@ -638,7 +629,7 @@ async fn kill_9_while_pipelining_loses_no_acknowledged_ok() {
     }
     let acked = std::mem::take(&mut *acked.lock().unwrap());
     assert!(acked.len() >= 20_000, "only {} acknowledged", acked.len());
-    let (_daemon, addr) = start(dir.path(), &[]);
+    let (_daemon, addr) = Daemon::start_resp(dir.path(), &[]);
     let mut c = Conn::open(addr);
     // Every acknowledged key is a duplicate after restart, checked in pipelines.
     for chunk in acked.chunks(1000) {
@@ -653,7 +644,7 @@ async fn kill_9_while_pipelining_loses_no_acknowledged_ok() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_resp_connections_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut daemon, addr) = start(
+    let (mut daemon, addr) = Daemon::start_resp(
         dir.path(),
         &["--drain-delay", "2s", "--shutdown-grace", "5s"],
     );
@@ -677,7 +668,7 @@ async fn sigterm_drains_resp_connections_and_exits_cleanly() {
         TcpStream::connect(addr).is_err(),
         "the RESP listener is closed"
     );
-    let (_daemon, addr) = start(dir.path(), &[]);
+    let (_daemon, addr) = Daemon::start_resp(dir.path(), &[]);
     let mut c = Conn::open(addr);
     assert_eq!(c.call(&["SET", "d1", "1", "NX"]), V::Nil);
     assert_eq!(c.call(&["SET", "d2", "1", "NX"]), V::Nil);

@@ -147,14 +147,6 @@ fn setup(library: &str, version: &str) -> PathBuf {
     PathBuf::from(ran.stdout.trim())
 }
 
-fn start(dir: &Path, extra: &[&str]) -> (Daemon, SocketAddr) {
-    let mut args = vec!["--resp-listen", "127.0.0.1:0"];
-    args.extend_from_slice(extra);
-    let daemon = Daemon::start(dir, &args, &[]);
-    let addr = daemon.resp_addr();
-    (daemon, addr)
-}
-
 /// `redis-cli -h 127.0.0.1 -p PORT ARGS...`, which must exit 0 (redis-cli exits
 /// 0 on error replies too); its standard output, trailing blank lines trimmed.
 fn cli(addr: SocketAddr, args: &[&str]) -> String {
@@ -352,7 +344,7 @@ impl Raw {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cli_marks_with_set_nx_and_bf_and_refuses_what_would_overwrite() {
     let dir = tempfile::tempdir().unwrap();
-    let (daemon, addr) = start(dir.path(), &[]);
+    let (daemon, addr) = Daemon::start_resp(dir.path(), &[]);
     assert_eq!(cli(addr, &["PING"]), "PONG");
     assert_eq!(cli(addr, &["ECHO", "hi"]), "hi");
 
@@ -558,7 +550,7 @@ async fn redis_cli_marks_with_set_nx_and_bf_and_refuses_what_would_overwrite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cli_with_a_token_needs_it_and_refuses_a_wrong_one() {
     let dir = tempfile::tempdir().unwrap();
-    let (daemon, addr) = start(dir.path(), &["--token", TOKEN]);
+    let (daemon, addr) = Daemon::start_resp(dir.path(), &["--token", TOKEN]);
     let a = ["--no-auth-warning", "-a", TOKEN];
     let with = |args: &[&'static str]| -> Vec<&'static str> { [&a[..], args].concat() };
 
@@ -659,7 +651,7 @@ async fn redis_cli_with_a_token_needs_it_and_refuses_a_wrong_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_benchmark_pipelined_and_not_meets_no_error() {
     let dir = tempfile::tempdir().unwrap();
-    let (daemon, addr) = start(dir.path(), &[]);
+    let (daemon, addr) = Daemon::start_resp(dir.path(), &[]);
     let port = addr.port().to_string();
     for (pipeline, n) in [("16", "20000"), ("1", "4000")] {
         // redis-benchmark 7 stops at the first error reply.
@@ -716,9 +708,9 @@ async fn redis_py_in_resp2_and_resp3_with_and_without_a_token() {
         .map(|v| (*v, setup("redis-py", v)))
         .collect();
     let open = tempfile::tempdir().unwrap();
-    let (_open_daemon, open_addr) = start(open.path(), &[]);
+    let (_open_daemon, open_addr) = Daemon::start_resp(open.path(), &[]);
     let closed = tempfile::tempdir().unwrap();
-    let (closed_daemon, closed_addr) = start(closed.path(), &["--token", TOKEN]);
+    let (closed_daemon, closed_addr) = Daemon::start_resp(closed.path(), &["--token", TOKEN]);
     let mut failed = Vec::new();
     for (version, python) in &pythons {
         for (addr, token) in [(open_addr, None), (closed_addr, Some(TOKEN))] {
@@ -784,7 +776,7 @@ async fn redis_py_in_resp2_and_resp3_with_and_without_a_token() {
 fn redis_py_5_reads_client_info_and_client_list() {
     let python = setup("redis-py", REDIS_PY[0]);
     let dir = tempfile::tempdir().unwrap();
-    let (_daemon, addr) = start(dir.path(), &[]);
+    let (_daemon, addr) = Daemon::start_resp(dir.path(), &[]);
     for protocol in ["2", "3"] {
         let ran = run(
             Command::new(&python).args([
@@ -816,9 +808,9 @@ fn redis_py_5_reads_client_info_and_client_list() {
 fn ioredis_in_resp2_and_resp3_with_and_without_a_token() {
     let modules: Vec<(&str, PathBuf)> = IOREDIS.iter().map(|v| (*v, setup("ioredis", v))).collect();
     let open = tempfile::tempdir().unwrap();
-    let (_open_daemon, open_addr) = start(open.path(), &[]);
+    let (_open_daemon, open_addr) = Daemon::start_resp(open.path(), &[]);
     let closed = tempfile::tempdir().unwrap();
-    let (_closed_daemon, closed_addr) = start(closed.path(), &["--token", TOKEN]);
+    let (_closed_daemon, closed_addr) = Daemon::start_resp(closed.path(), &["--token", TOKEN]);
     let mut failed = Vec::new();
     for (version, modules) in &modules {
         for (addr, token) in [(open_addr, None), (closed_addr, Some(TOKEN))] {
@@ -849,7 +841,7 @@ fn ioredis_in_resp2_and_resp3_with_and_without_a_token() {
 async fn resp_and_http_clients_racing_on_the_same_ids_have_one_winner_each() {
     const IDS: usize = 2000;
     let dir = tempfile::tempdir().unwrap();
-    let (daemon, addr) = start(dir.path(), &[]);
+    let (daemon, addr) = Daemon::start_resp(dir.path(), &[]);
     let ids: Vec<String> = (0..IDS).map(|i| format!("race-{i}")).collect();
     let order = |seed: u64| {
         let mut o: Vec<usize> = (0..IDS).collect();
@@ -987,7 +979,7 @@ async fn resp_and_http_clients_racing_on_the_same_ids_have_one_winner_each() {
 #[test]
 fn each_reply_is_encoded_in_the_protocol_its_command_ran_under() {
     let dir = tempfile::tempdir().unwrap();
-    let (_daemon, addr) = start(dir.path(), &[]);
+    let (_daemon, addr) = Daemon::start_resp(dir.path(), &[]);
     let cmds: [&[&str]; 7] = [
         &["SET", "p", "1", "NX"],
         &["SET", "p", "1", "NX"],
@@ -1012,7 +1004,7 @@ fn each_reply_is_encoded_in_the_protocol_its_command_ran_under() {
     assert_eq!(one_by_one, want, "one at a time");
     // The same, pipelined in one write.
     let dir = tempfile::tempdir().unwrap();
-    let (_daemon, addr) = start(dir.path(), &[]);
+    let (_daemon, addr) = Daemon::start_resp(dir.path(), &[]);
     let mut c = Raw::connect(addr);
     c.send(&cmds.iter().flat_map(|a| frame(a)).collect::<Vec<_>>());
     let pipelined: Vec<Frame> = cmds.iter().map(|_| c.read()).collect();
@@ -1027,7 +1019,7 @@ fn each_reply_is_encoded_in_the_protocol_its_command_ran_under() {
 #[test]
 fn a_busy_pipeline_is_not_closed_by_the_header_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let (_daemon, addr) = start(dir.path(), &["--header-read-timeout", "500ms"]);
+    let (_daemon, addr) = Daemon::start_resp(dir.path(), &["--header-read-timeout", "500ms"]);
     let mut c = Raw::connect(addr);
     let mut reader = BufReader::new(c.out.try_clone().unwrap());
     let answers = std::thread::spawn(move || {
@@ -1079,7 +1071,7 @@ fn a_busy_pipeline_is_not_closed_by_the_header_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_command_inside_multi_is_refused_as_outside() {
     let dir = tempfile::tempdir().unwrap();
-    let (daemon, addr) = start(dir.path(), &[]);
+    let (daemon, addr) = Daemon::start_resp(dir.path(), &[]);
     assert_eq!(cli(addr, &["SET", "m", "1", "NX"]), "OK");
     let outside = cli(addr, &["DEL", "m"]);
     assert!(outside.contains("'DEL' is refused"), "{outside}");

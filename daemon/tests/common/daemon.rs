@@ -105,6 +105,15 @@ impl Daemon {
         daemon
     }
 
+    /// [`Self::start`] with the RESP face on 127.0.0.1 port 0 too, and its address.
+    pub fn start_resp(data_dir: &Path, extra: &[&str]) -> (Self, SocketAddr) {
+        let mut args = vec!["--resp-listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let daemon = Self::start(data_dir, &args, &[]);
+        let addr = daemon.resp_addr();
+        (daemon, addr)
+    }
+
     /// The RESP face's address, from its start-up line (`resp_listen=...`), which
     /// follows the HTTP one.
     pub fn resp_addr(&self) -> SocketAddr {
