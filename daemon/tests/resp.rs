@@ -704,3 +704,40 @@ fn a_bad_or_unknown_resp_namespace_or_a_shared_port_is_refused_at_start() {
         assert!(log.contains(why), "{args:?}: {log}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_of_large_batches_never_stall_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, addr) = Daemon::start_resp(dir.path(), &[]);
+    let mut c = Conn::open(addr);
+    // Six transactions of 30 BF.MADDs of 10,000 fresh IDs: each EXEC once went to
+    // the store as one write of 300,000 IDs, which stalled RocksDB's writers for
+    // good (every later call answered DEADLINE_EXCEEDED).
+    for t in 0..6 {
+        assert_eq!(c.call(&["MULTI"]), V::ok());
+        let mut queue = Vec::new();
+        for m in 0..30 {
+            let ids: Vec<String> = (0..10_000).map(|i| format!("big-{t}-{m}-{i}")).collect();
+            let mut args: Vec<&[u8]> = vec![b"BF.MADD", b"default"];
+            args.extend(ids.iter().map(|i| i.as_bytes()));
+            queue.extend(frame(&args));
+        }
+        c.raw(&queue);
+        for _ in 0..30 {
+            assert_eq!(c.read(), V::Simple("QUEUED".into()));
+        }
+        c.raw(&frame(&[b"EXEC"]));
+        let V::Array(answers) = c.read() else {
+            panic!("EXEC answered no array")
+        };
+        for a in answers {
+            let V::Array(bits) = a else {
+                panic!("transaction {t}: {a:?}")
+            };
+            assert!(bits.iter().all(|b| *b == V::Int(1)), "transaction {t}");
+        }
+    }
+    assert_eq!(c.call(&["SET", "probe", "1", "NX"]), V::ok());
+    let ready = client().get(daemon.url("/readyz")).send().await.unwrap();
+    assert!(ready.status().is_success());
+}

@@ -268,6 +268,8 @@ struct Batch {
     /// Each mark's slot in the answers and its shape.
     slots: Vec<(usize, Shape)>,
     calls: Vec<MarkCall>,
+    /// IDs in `calls`: at most `max_ids`.
+    ids: usize,
 }
 
 fn metric_index(name: &[u8]) -> usize {
@@ -307,9 +309,15 @@ impl Conn<'_> {
                     owner,
                     shape,
                 } => {
-                    if batch.ns.as_ref().is_some_and(|b| *b != ns) {
+                    // One tracker call holds at most `max_ids` IDs, as one HTTP
+                    // request does: a write far larger can stall the store.
+                    let max_ids = self.server.state.limits().max_ids;
+                    if batch.ns.as_ref().is_some_and(|b| *b != ns)
+                        || batch.ids + ids.len() > max_ids
+                    {
                         self.flush(&mut batch, &mut replies).await;
                     }
+                    batch.ids += ids.len();
                     batch.ns = Some(ns);
                     batch.slots.push((slot, shape));
                     batch.calls.push(MarkCall { ids, owner });
@@ -384,6 +392,7 @@ impl Conn<'_> {
         let Some(ns) = batch.ns.take() else {
             return;
         };
+        batch.ids = 0;
         let slots = std::mem::take(&mut batch.slots);
         let mut calls = std::mem::take(&mut batch.calls);
         // Expiries beyond the window are refused before anything is marked.

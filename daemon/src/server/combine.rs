@@ -135,7 +135,25 @@ impl AppState {
                     .filter(|w| w.as_ref().is_some_and(|w| w.namespace == namespace))
                     .filter_map(Option::take)
                     .collect();
-                self.write_round(namespace, members).await;
+                // At most `max_ids` IDs per tracker call, as one HTTP request
+                // holds (each member holds at most that many): a write far larger
+                // can stall the store.
+                let max_ids = self.limits().max_ids;
+                let mut chunk = Vec::new();
+                let mut ids = 0;
+                for member in members {
+                    let n: usize = member.calls.iter().map(|c| c.ids.len()).sum();
+                    if !chunk.is_empty() && ids + n > max_ids {
+                        self.write_round(Arc::clone(&namespace), std::mem::take(&mut chunk))
+                            .await;
+                        ids = 0;
+                    }
+                    ids += n;
+                    chunk.push(member);
+                }
+                if !chunk.is_empty() {
+                    self.write_round(namespace, chunk).await;
+                }
             }
         }
         // Still leading: the task takes over the lead.
