@@ -719,7 +719,7 @@ async fn transactions_of_large_batches_never_stall_the_store() {
         for m in 0..30 {
             let ids: Vec<String> = (0..10_000).map(|i| format!("big-{t}-{m}-{i}")).collect();
             let mut args: Vec<&[u8]> = vec![b"BF.MADD", b"default"];
-            args.extend(ids.iter().map(|i| i.as_bytes()));
+            args.extend(ids.iter().map(String::as_bytes));
             queue.extend(frame(&args));
         }
         c.raw(&queue);
