@@ -18,7 +18,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::daemon::{Daemon, client, metric_value, metrics, verdicts};
+use common::daemon::{Daemon, client, metric_value, metrics, metrics_as, verdicts};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -201,18 +201,6 @@ async fn get_json(daemon: &Daemon, path: &str, token: Option<&str>) -> Value {
     let r = req.send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200, "GET {path}");
     r.json().await.unwrap()
-}
-
-async fn metrics_with(daemon: &Daemon, token: &str) -> String {
-    client()
-        .get(daemon.url("/metrics"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 fn resp_ids(text: &str, op: &str, verdict: &str) -> f64 {
@@ -737,7 +725,7 @@ async fn redis_py_in_resp2_and_resp3_with_and_without_a_token() {
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
     // The daemon counted the scripts' claims as RESP's: per run two fresh claims,
     // a renewal, one in progress, one duplicate; a release and a complete.
-    let text = metrics_with(&closed_daemon, TOKEN).await;
+    let text = metrics_as(&client(), &closed_daemon, Some(TOKEN)).await;
     let runs = 2.0 * REDIS_PY.len() as f64;
     for (series, per_run) in [
         (

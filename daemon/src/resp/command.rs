@@ -688,7 +688,7 @@ pub(crate) fn classify(session: &mut Session, ctx: &Context<'_>, args: Vec<Bytes
         "oncely.mark" | "oncely.check" => oncely_ids(ctx, spec.name == "oncely.mark", &args),
         "oncely.claim" | "oncely.complete" | "oncely.release" => claims(ctx, spec.name, &args),
         "oncely.checkpoint" => checkpoint(&args),
-        "oncely.ns" => ns_command(ctx, &args),
+        "oncely.ns" => ns_command(&args),
         "quit" => Step::Quit,
         "exec" => match session.multi.take() {
             None => err("ERR EXEC without MULTI"),
@@ -992,7 +992,7 @@ fn checkpoint(args: &[Bytes]) -> Step {
     }))
 }
 
-fn ns_command(_ctx: &Context<'_>, args: &[Bytes]) -> Step {
+fn ns_command(args: &[Bytes]) -> Step {
     if keyword(&args[1], "LIST") && args.len() == 2 {
         return Step::Call(Box::new(|tracker| {
             Ok(Reply::Array(

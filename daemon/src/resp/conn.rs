@@ -395,16 +395,13 @@ impl Conn<'_> {
         batch.ids = 0;
         let slots = std::mem::take(&mut batch.slots);
         let mut calls = std::mem::take(&mut batch.calls);
-        // Expiries beyond the window are refused before anything is marked.
-        let longest = slots
+        // Expiries beyond the window are refused before anything is marked; the
+        // window is read only for a batch that has an expiry to check.
+        let has_expiry = slots
             .iter()
-            .filter_map(|(_, s)| match s {
-                Shape::Set { expiry_ms } => *expiry_ms,
-                _ => None,
-            })
-            .max();
+            .any(|(_, s)| matches!(s, Shape::Set { expiry_ms: Some(_) }));
         let mut kept = Vec::with_capacity(slots.len());
-        if let Some(longest) = longest {
+        if has_expiry {
             let window = self.window(&ns).await;
             let mut kept_calls = Vec::with_capacity(calls.len());
             for ((slot, shape), call) in slots.into_iter().zip(calls.drain(..)) {
@@ -426,7 +423,6 @@ impl Conn<'_> {
                     }
                 }
             }
-            let _ = longest;
             calls = kept_calls;
         } else {
             kept = slots;

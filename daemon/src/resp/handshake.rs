@@ -43,7 +43,7 @@ pub(crate) fn answer(
             }
         }
         "command" => command(args),
-        "info" => info(session, ctx),
+        "info" => info(ctx),
         "config" => {
             if keyword(&args[1], "GET") {
                 config_get(ctx, &args[2..])
@@ -352,7 +352,7 @@ fn command(args: &[Bytes]) -> Reply {
     ))
 }
 
-fn info(session: &Session, ctx: &Context<'_>) -> Reply {
+fn info(ctx: &Context<'_>) -> Reply {
     let text = format!(
         "# Server\r\nredis_version:{REDIS_VERSION}\r\nredis_mode:standalone\r\n\
          oncely_version:{}\r\nprocess_id:{}\r\nos:{}\r\n\r\n# Clients\r\n\
@@ -363,6 +363,5 @@ fn info(session: &Session, ctx: &Context<'_>) -> Reply {
         std::env::consts::OS,
         ctx.connected,
     );
-    let _ = session;
     Reply::text(text)
 }

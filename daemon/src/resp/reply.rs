@@ -75,21 +75,21 @@ impl Reply {
         match self {
             Self::Simple(s) => line(out, b'+', s.as_bytes()),
             Self::Error(s) => line(out, b'-', s.as_bytes()),
-            Self::Int(n) => line(out, b':', itoa(*n).as_bytes()),
+            Self::Int(n) => header(out, b':', *n),
             Self::Bulk(b) => bulk(out, b),
             Self::Nil if resp3 => out.extend_from_slice(b"_\r\n"),
             Self::Nil => out.extend_from_slice(b"$-1\r\n"),
             Self::Array(items) => {
-                line(out, b'*', itoa(len(items.len())).as_bytes());
+                header(out, b'*', len(items.len()));
                 for item in items {
                     item.encode(resp3, out);
                 }
             }
             Self::Map(pairs) => {
                 if resp3 {
-                    line(out, b'%', itoa(len(pairs.len())).as_bytes());
+                    header(out, b'%', len(pairs.len()));
                 } else {
-                    line(out, b'*', itoa(len(pairs.len() * 2)).as_bytes());
+                    header(out, b'*', len(pairs.len() * 2));
                 }
                 for (k, v) in pairs {
                     k.encode(resp3, out);
@@ -122,8 +122,14 @@ fn len(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn itoa(n: i64) -> String {
-    n.to_string()
+/// `<kind><n>\r\n`, the number written in place: every answer has at least one,
+/// so none allocates a string for it.
+fn header(out: &mut Vec<u8>, kind: u8, n: i64) {
+    use std::io::Write;
+    out.push(kind);
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{n}");
+    out.extend_from_slice(b"\r\n");
 }
 
 fn line(out: &mut Vec<u8>, kind: u8, text: &[u8]) {
@@ -133,7 +139,7 @@ fn line(out: &mut Vec<u8>, kind: u8, text: &[u8]) {
 }
 
 fn bulk(out: &mut Vec<u8>, data: &[u8]) {
-    line(out, b'$', itoa(len(data.len())).as_bytes());
+    header(out, b'$', len(data.len()));
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
 }

@@ -248,13 +248,16 @@ pub async fn verdicts_as(
 
 /// The daemon's `/metrics` page.
 pub async fn metrics(c: &reqwest::Client, daemon: &Daemon) -> String {
-    c.get(daemon.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    metrics_as(c, daemon, None).await
+}
+
+/// [`metrics`] with a bearer token when one is given.
+pub async fn metrics_as(c: &reqwest::Client, daemon: &Daemon, token: Option<&str>) -> String {
+    let mut request = c.get(daemon.url("/metrics"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap().text().await.unwrap()
 }
 
 /// The value of an unlabelled series `name` in a `/metrics` page; panics, showing the
