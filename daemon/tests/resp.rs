@@ -741,3 +741,62 @@ async fn transactions_of_large_batches_never_stall_the_store() {
     let ready = client().get(daemon.url("/readyz")).send().await.unwrap();
     assert!(ready.status().is_success());
 }
+
+/// `BF.ADD ns id` for each of `ids` in one pipeline; the answers.
+fn add_all(c: &mut Conn, ns: &str, ids: &[String]) -> Vec<V> {
+    let bytes: Vec<u8> = ids
+        .iter()
+        .flat_map(|id| frame(&[b"BF.ADD", ns.as_bytes(), id.as_bytes()]))
+        .collect();
+    c.raw(&bytes);
+    ids.iter().map(|_| c.read()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp_marks_hold_across_rotations_a_reconfiguration_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids =
+        |from: usize, to: usize| -> Vec<String> { (from..to).map(|i| format!("r-{i}")).collect() };
+    let ones = |n: usize| vec![V::Int(1); n];
+    let zeros = |n: usize| vec![V::Int(0); n];
+    let (mut daemon, addr) = Daemon::start_resp(
+        dir.path(),
+        &["--drain-delay", "0s", "--shutdown-grace", "5s"],
+    );
+    let mut c = Conn::open(addr);
+    // 100 IDs a generation: 250 marks rotate twice, pipelined through the group
+    // commit; the two exact generations hold IDs 100 to 249.
+    assert_eq!(c.call(&["BF.RESERVE", "rot", "0.01", "100"]), V::ok());
+    assert_eq!(add_all(&mut c, "rot", &ids(0, 250)), ones(250));
+    let info = c.call(&["ONCELY.NS", "INFO", "rot"]);
+    let V::Array(fields) = info else {
+        panic!("{info:?}")
+    };
+    let live = fields
+        .iter()
+        .position(|f| *f == V::Bulk(b"live_generations".to_vec()))
+        .and_then(|i| fields.get(i + 1));
+    assert!(
+        matches!(live, Some(V::Array(g)) if g.len() == 3),
+        "two rotations: {live:?}"
+    );
+    assert_eq!(add_all(&mut c, "rot", &ids(100, 250)), zeros(150));
+    // A reconfiguration (twice the capacity) keeps them; fresh IDs are new.
+    let patched = client()
+        .patch(daemon.url("/v1/namespaces/rot"))
+        .json(&serde_json::json!({ "generation_capacity": 200 }))
+        .send()
+        .await
+        .unwrap();
+    assert!(patched.status().is_success(), "{patched:?}");
+    assert_eq!(add_all(&mut c, "rot", &ids(100, 250)), zeros(150));
+    assert_eq!(add_all(&mut c, "rot", &ids(250, 300)), ones(50));
+    // A restart keeps them all.
+    drop(c);
+    daemon.signal("TERM");
+    assert!(daemon.wait_exit(Duration::from_secs(20)).success());
+    let (_daemon, addr) = Daemon::start_resp(dir.path(), &[]);
+    let mut c = Conn::open(addr);
+    assert_eq!(add_all(&mut c, "rot", &ids(100, 300)), zeros(200));
+    assert_eq!(add_all(&mut c, "rot", &ids(300, 320)), ones(20));
+}
