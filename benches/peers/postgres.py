@@ -19,9 +19,17 @@ Sides:
     `raw_ids (id bytea PRIMARY KEY)`, prepared once per connection: PostgreSQL's own
     cost for what every mark must at least do.
 
+  * Oncely over RESP: the same daemon with `--resp-listen`, its `SET` marking in that
+    namespace, driven by `redis-benchmark -c 8 --threads 1 -P DEPTH SET
+    s:__rand_int__ 1 NX PX 3600000` (random 12-digit keys, so a handful repeat), the
+    number of requests sized from a short probe so that the run lasts --duration.
+
 Workloads, each for --duration seconds, unique IDs (32 hex characters):
   * batched: 1,000 IDs per request or statement, 4 connections.
-  * single: 1 ID per request or statement, 8 connections.
+  * single: 1 ID per request or statement, 8 connections; over RESP, -P 1.
+  * pipelined: 16 IDs in flight per connection, 8 connections: over RESP, -P 16 (the
+    commands a connection's read holds go to the tracker as one call); raw, 16 IDs
+    per statement.
 
 RAM per ID is the daemon's resident memory after the run minus before it, divided by
 the IDs stored (PostgreSQL's own memory is its shared_buffers, fixed by its
@@ -56,7 +64,13 @@ NAMESPACE = {
     "generation_span": "1h",
     "fp_rate": 0.01,
 }
-WORKLOADS = {"batched": (1000, 4), "single": (1, 8)}
+WORKLOADS = {"batched": (1000, 4), "single": (1, 8), "pipelined": (16, 8)}
+# Which Oncely faces drive each workload: HTTP through `oncelyd load` (it sends one
+# request at a time per connection), RESP through redis-benchmark at the workload's
+# depth.
+FACES = {"batched": ("http",), "single": ("http", "resp"), "pipelined": ("resp",)}
+# Requests of the short RESP probe that sizes a run, per request in flight.
+RESP_PROBE_PER_SLOT = 250
 
 children: list[subprocess.Popen] = []
 
@@ -223,25 +237,31 @@ class Result:
         return f"{n / self.stored:.1f}"
 
 
+def start_oncely(args, pg: Postgres, db: str, log: Path, extra: list[str]
+                 ) -> tuple[subprocess.Popen, str]:
+    """`oncelyd serve` on database `db` (created here), once ready; its process and URL."""
+    pg.create(db)
+    port = free_port()
+    server = start([args.oncelyd, "serve", "--listen", f"127.0.0.1:{port}",
+                    "--store", pg.url(db), "--drain-delay", "0s", *extra], log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/readyz", timeout=1).read()
+            return server, url
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                stop(server)
+                raise RuntimeError(f"oncelyd did not start; see {log}:\n{log.read_text()[-2000:]}")
+            time.sleep(0.1)
+
+
 def oncely(args, pg: Postgres, workload: str, tmp: Path) -> Result:
     batch, conns = WORKLOADS[workload]
     db = f"oncely_{workload}"
-    pg.create(db)
-    port = free_port()
-    log = tmp / f"oncely-{workload}.log"
-    server = start([args.oncelyd, "serve", "--listen", f"127.0.0.1:{port}",
-                    "--store", pg.url(db), "--drain-delay", "0s"], log)
+    server, url = start_oncely(args, pg, db, tmp / f"oncely-{workload}.log", [])
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/readyz", timeout=1).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"oncelyd did not start; see {log}:\n{log.read_text()[-2000:]}")
-                time.sleep(0.1)
         req = urllib.request.Request(f"{url}/v1/namespaces/peers", method="PUT",
                                      data=json.dumps(NAMESPACE).encode(),
                                      headers={"Content-Type": "application/json"})
@@ -258,8 +278,56 @@ def oncely(args, pg: Postgres, workload: str, tmp: Path) -> Result:
         if failed or unexpected:
             raise RuntimeError(f"oncely: {failed} failed IDs, {unexpected} unexpected verdicts")
         stored = r["verdicts"]["new"]
-        return Result("Oncely on PostgreSQL", workload, r["ids"], r["ids_per_sec"],
+        return Result("Oncely on PostgreSQL over HTTP", workload, r["ids"], r["ids_per_sec"],
                       r["latency_us"]["p50"], r["latency_us"]["p99"], stored,
+                      after_rss - before_rss, pg.size(db) - before_disk)
+    finally:
+        stop(server)
+
+
+def stored(url: str) -> int:
+    """New IDs the peers namespace holds, over its live generations."""
+    with urllib.request.urlopen(f"{url}/v1/namespaces/peers", timeout=10) as r:
+        view = json.loads(r.read())
+    return sum(g["ids"] for g in view["generations"])
+
+
+def redis_benchmark(port: int, n: int, depth: int, conns: int, timeout: float) -> dict:
+    """redis-benchmark's CSV line for `n` SET NX PX requests. It exits non-zero at the
+    first error reply, which then fails the run with that reply."""
+    out = run(["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-r", "1000000000",
+               "-n", str(n), "-c", str(conns), "--threads", "1", "-P", str(depth), "--csv",
+               "-q", "SET", "s:__rand_int__", "1", "NX", "PX", "3600000"], timeout=timeout)
+    lines = [line for line in out.splitlines() if line.strip()]
+    header = [h.strip('"') for h in lines[0].split(",")]
+    values = [v.strip('"') for v in lines[-1].split(",")]
+    r = dict(zip(header, values))
+    if "rps" not in r or float(r["rps"]) <= 0:
+        raise RuntimeError(f"redis-benchmark gave no rate:\n{out[-2000:]}")
+    return r
+
+
+def oncely_resp(args, pg: Postgres, workload: str, tmp: Path) -> Result:
+    depth, conns = WORKLOADS[workload]
+    db = f"oncely_resp_{workload}"
+    # RESP's SET marks in a namespace that must exist at start-up: declared in a file.
+    config = tmp / f"oncely-resp-{workload}.toml"
+    config.write_text("[namespaces.peers]\n" + "".join(
+        f"{k} = {json.dumps(v)}\n" for k, v in NAMESPACE.items()))
+    resp_port = free_port()
+    server, url = start_oncely(args, pg, db, tmp / f"oncely-resp-{workload}.log",
+                               ["--config", str(config), "--resp-listen",
+                                f"127.0.0.1:{resp_port}", "--resp-namespace", "peers"])
+    try:
+        probe = RESP_PROBE_PER_SLOT * depth * conns
+        rate = float(redis_benchmark(resp_port, probe, depth, conns, 120)["rps"])
+        n = max(probe, int(rate * args.duration))
+        before_rss, before_disk, before = rss_bytes(server.pid), pg.size(db), stored(url)
+        r = redis_benchmark(resp_port, n, depth, conns, args.duration * 4 + 120)
+        after_rss = rss_bytes(server.pid)
+        return Result(f"Oncely on PostgreSQL over RESP (-P {depth})", workload, n,
+                      float(r["rps"]), float(r["p50_latency_ms"]) * 1000,
+                      float(r["p99_latency_ms"]) * 1000, stored(url) - before,
                       after_rss - before_rss, pg.size(db) - before_disk)
     finally:
         stop(server)
@@ -306,7 +374,10 @@ def table(results: list[Result], args, pg_version: str) -> str:
         "thread each).",
         "",
         "Batched: 1,000 IDs per request or statement over 4 connections; single: 1 ID over "
-        "8 connections; unique IDs. \"÷ raw\" is Oncely's IDs/s over the raw inserts' in the "
+        "8 connections (over RESP: `redis-benchmark -c 8 --threads 1 -P 1` sending `SET "
+        "s:__rand_int__ 1 NX PX 3600000`); pipelined: 16 IDs in flight on each of 8 "
+        "connections (RESP `-P 16`; raw: 16 IDs per statement); unique IDs. \"÷ raw\" is "
+        "Oncely's IDs/s over the raw inserts' in the "
         "same workload. RAM per ID is the daemon's RSS growth per stored ID (PostgreSQL's "
         "memory is its fixed shared_buffers); disk per ID is the database's growth per "
         "stored ID, heap and index.",
@@ -331,7 +402,7 @@ def main() -> int:
     ap.add_argument("--pg-insert", required=True, help="the release pg_insert binary")
     ap.add_argument("--bindir", help="PostgreSQL's programs [newest /usr/lib/postgresql/*/bin]")
     ap.add_argument("--duration", type=int, default=15, help="seconds per workload and side")
-    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="batched,single")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="batched,single,pipelined")
     ap.add_argument("--out", help="also write the table here")
     args = ap.parse_args()
     for s in (signal.SIGINT, signal.SIGTERM):
@@ -341,10 +412,13 @@ def main() -> int:
     pg = None
     try:
         pg = Postgres(bindir(args.bindir), tmp)
+        sides = {"http": oncely, "resp": oncely_resp}
         for w in args.workloads.split(","):
-            for side in ("oncely", "raw"):
+            if w not in WORKLOADS:
+                raise SystemExit(f"unknown workload {w!r}; the workloads: {', '.join(WORKLOADS)}")
+            for side in (*FACES[w], "raw"):
                 print(f"{w}: {side} ...", file=sys.stderr, flush=True)
-                r = oncely(args, pg, w, tmp) if side == "oncely" else raw(args, pg, w)
+                r = raw(args, pg, w) if side == "raw" else sides[side](args, pg, w, tmp)
                 print(f"  {r.ids_per_sec:,.0f} IDs/s", file=sys.stderr, flush=True)
                 results.append(r)
         text = table(results, args, pg.version())

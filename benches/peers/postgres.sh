@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Oncely's PostgreSQL store against PostgreSQL itself: IDs per second through one
-# `oncelyd serve --store postgres://...` driven by `oncelyd load`, beside the same
+# `oncelyd serve --store postgres://...` driven by `oncelyd load` (HTTP) and by
+# `redis-benchmark` (RESP's `SET NX`, unpipelined and 16 deep), beside the same
 # batches written as raw `INSERT ... ON CONFLICT DO NOTHING` into a plain keyed table
 # (benches/src/bin/pg_insert.rs), same connections, same server, same run.
 #

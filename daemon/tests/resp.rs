@@ -1,8 +1,9 @@
 //! The RESP face of the real `oncelyd serve` binary, driven by frames written byte
 //! by byte: pipelines (duplicates inside one, a bad command among good ones),
 //! framing errors and frames one byte short, tokens, transactions, kill -9 while
-//! pipelining, and the drain at SIGTERM. Real clients from the registries
-//! (redis-cli, redis-benchmark, redis-py, ioredis) are in `resp_clients.rs`.
+//! pipelining, the drain at SIGTERM, and two daemons on one PostgreSQL database.
+//! Real clients from the registries (redis-cli, redis-benchmark, redis-py, ioredis)
+//! are in `resp_clients.rs`.
 
 mod common;
 
@@ -804,4 +805,91 @@ async fn resp_marks_hold_across_rotations_a_reconfiguration_and_a_restart() {
     let mut c = Conn::open(addr);
     assert_eq!(add_all(&mut c, "rot", &ids(100, 300)), zeros(200));
     assert_eq!(add_all(&mut c, "rot", &ids(300, 320)), ones(20));
+}
+
+/// `SET NX` over RESP on the PostgreSQL store: two daemons on one database are one
+/// authority for pipelined marks. Eight connections, four on each daemon, each
+/// pipelining every ID of one list (shuffled its own way, 50 commands per write,
+/// each write's IDs repeated once within it): exactly one `OK` per ID across both
+/// daemons, and within a pipeline a repeat after an ID's first `SET` answers nil.
+#[test]
+fn two_daemons_on_postgres_answer_pipelined_set_nx_as_one_authority() {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+
+    let url = oncely_testkit::PgServer::shared().fresh_database();
+    let args = [
+        "--store",
+        url.as_str(),
+        "--drain-delay",
+        "0s",
+        "--resp-listen",
+        "127.0.0.1:0",
+    ];
+    let nodes = [
+        Daemon::start_with(&args, &[]),
+        Daemon::start_with(&args, &[]),
+    ];
+    let addrs = [nodes[0].resp_addr(), nodes[1].resp_addr()];
+
+    let mut one = Conn::open(addrs[0]);
+    for cmd in [
+        ["SET", "pg-first", "1", "NX"],
+        ["SET", "pg-first", "1", "NX"],
+    ] {
+        one.send(&cmd.map(str::as_bytes));
+    }
+    assert_eq!(
+        [one.read(), one.read()],
+        [V::ok(), V::Nil],
+        "a pipeline's repeat follows its first"
+    );
+
+    let ids: Arc<Vec<String>> = Arc::new((0..600).map(|i| format!("pg-resp-{i:04}")).collect());
+    let clients: Vec<_> = (0..8u64)
+        .map(|k| {
+            let ids = Arc::clone(&ids);
+            let addr = addrs[usize::try_from(k).unwrap() % 2];
+            std::thread::spawn(move || {
+                let mut order: Vec<&str> = ids.iter().map(String::as_str).collect();
+                order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(k));
+                let mut conn = Conn::open(addr);
+                let mut won = Vec::new();
+                for chunk in order.chunks(25) {
+                    // Each ID of the write twice: first all, then all again.
+                    let sent: Vec<&str> = chunk.iter().chain(chunk.iter()).copied().collect();
+                    let mut bytes = Vec::new();
+                    for id in &sent {
+                        bytes.extend(frame(&[b"SET", id.as_bytes(), b"1", b"NX"]));
+                    }
+                    conn.raw(&bytes);
+                    let answers: Vec<V> = sent.iter().map(|_| conn.read()).collect();
+                    for (i, (id, answer)) in sent.iter().zip(&answers).enumerate() {
+                        match answer {
+                            V::Simple(ok) if ok == "OK" => {
+                                assert!(i < chunk.len(), "{id}: a repeat answered OK");
+                                won.push((*id).to_owned());
+                            }
+                            V::Nil => {}
+                            other => panic!("{id}: {other:?}"),
+                        }
+                    }
+                }
+                won
+            })
+        })
+        .collect();
+    let mut winners: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for c in clients {
+        for id in c.join().unwrap() {
+            *winners.entry(id).or_default() += 1;
+        }
+    }
+    for id in ids.iter() {
+        assert_eq!(
+            winners.get(id),
+            Some(&1),
+            "{id}: OK once across both daemons"
+        );
+    }
 }

@@ -39,7 +39,7 @@
 
 mod common;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -528,6 +528,39 @@ impl Model {
     }
 }
 
+/// The waves in which the PostgreSQL engine sends calls that come in an order
+/// (`Pg::in_order`): the longest runs of calls whose IDs are disjoint, a call of
+/// more distinct IDs than it combines going alone. A call without IDs belongs to
+/// the wave it comes in.
+fn pg_waves(calls: &[(Vec<u8>, Option<usize>)]) -> Vec<&[(Vec<u8>, Option<usize>)]> {
+    // The engine's `combine::MAX_IDS`.
+    const COMBINED_MAX_IDS: usize = 64;
+    let mut waves = Vec::new();
+    let mut start = 0;
+    let mut ids = HashSet::new();
+    for (i, (batch, _)) in calls.iter().enumerate() {
+        let distinct: HashSet<u8> = batch.iter().copied().collect();
+        let alone = distinct.len() > COMBINED_MAX_IDS;
+        if alone || !ids.is_disjoint(&distinct) {
+            if start < i {
+                waves.push(&calls[start..i]);
+            }
+            start = i;
+            ids.clear();
+        }
+        if alone {
+            waves.push(&calls[i..=i]);
+            start = i + 1;
+        } else {
+            ids.extend(distinct);
+        }
+    }
+    if start < calls.len() {
+        waves.push(&calls[start..]);
+    }
+    waves
+}
+
 fn reported_info(t: &Tracker) -> Vec<(Gen, bool)> {
     t.namespace_info(NS)
         .unwrap()
@@ -650,19 +683,24 @@ fn run(engine: Engine, shape: Shape, ops: &[Op]) -> Result<(), TestCaseError> {
                     t.check_and_mark_each(NS, &asked)
                         .and_then(|each| each.into_iter().collect::<Result<Vec<_>, Error>>()),
                 );
-                // PostgreSQL answers each call in its own transaction, in order.
+                // PostgreSQL answers the calls in waves, in order: each wave of
+                // calls with disjoint IDs as one batch.
                 let want = if embedded {
                     predict(&mut model, |m| m.mark_each(calls))
                 } else {
-                    Expect::Ok(
-                        calls
-                            .iter()
-                            .map(|(b, o)| match predict(&mut model, |m| m.mark(b, *o)) {
-                                Expect::Ok(v) => v,
-                                Expect::Fails => unreachable!("PostgreSQL writes do not fail here"),
-                            })
-                            .collect(),
-                    )
+                    let mut each = Vec::with_capacity(calls.len());
+                    for wave in pg_waves(calls) {
+                        // Calls without IDs are answered without a statement.
+                        if wave.iter().all(|(b, _)| b.is_empty()) {
+                            each.extend(wave.iter().map(|_| Vec::new()));
+                            continue;
+                        }
+                        match predict(&mut model, |m| m.mark_each(wave)) {
+                            Expect::Ok(v) => each.extend(v),
+                            Expect::Fails => unreachable!("PostgreSQL writes do not fail here"),
+                        }
+                    }
+                    Expect::Ok(each)
                 };
                 prop_assert_eq!(got, want, "tracker (left) vs model (right) at {}", at());
             }

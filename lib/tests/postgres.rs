@@ -24,14 +24,7 @@ const NS: &str = "default";
 /// Runs `f` with a connection of its own to the place's database, outside any
 /// tracker.
 fn with_db<T>(place: &Place, f: impl AsyncFnOnce(&tokio_postgres::Client) -> T) -> T {
-    let url = place.url().to_owned();
-    runtime().block_on(async move {
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        f(&client).await
-    })
+    with_db_url(place.url(), f)
 }
 
 /// Runs SQL on the place's database, outside any tracker.
@@ -489,4 +482,69 @@ fn two_trackers_on_one_database_are_one_authority() {
     assert!(news.values().all(|&n| n == 1), "and only once");
     let generations = nodes[0].namespace_info(NS).unwrap().generations.len();
     assert!(generations > 10, "rotations ran alongside: {generations}");
+}
+
+/// Several callers' calls decided together on PostgreSQL (a RESP pipeline, the
+/// daemon's group of connections' marks): each answered as it would be alone after
+/// the ones before it, as on the embedded engine (`common::calls_decided_together`),
+/// and calls with disjoint IDs share statements: 128 single-ID calls commit in a
+/// few transactions, not one each. A server of its own, so that no other test's
+/// transactions are counted.
+#[test]
+fn calls_decided_together_answer_in_order_and_share_statements() {
+    let server = PgServer::start();
+    let url = server.fresh_database();
+    let c = clock();
+    let t = Tracker::builder()
+        .clock(Arc::new(c.clone()))
+        .default_config(small_config(10_000))
+        .postgres(PgOptions::new(&url))
+        .open()
+        .unwrap();
+    common::calls_decided_together(&t);
+
+    // 128 fresh single IDs, the last 28 of them repeats of earlier ones.
+    let ids: Vec<String> = (0..100).map(|i| format!("fresh-{i}")).collect();
+    let ids: Vec<&str> = ids
+        .iter()
+        .map(String::as_str)
+        .chain(ids[..28].iter().map(String::as_str))
+        .collect();
+    let singles: Vec<[&str; 1]> = ids.iter().map(|id| [*id]).collect();
+    let calls: Vec<(&[&str], Option<&str>)> = singles.iter().map(|one| (&one[..], None)).collect();
+    let xid = || -> i64 {
+        with_db_url(&url, async |c| {
+            let row = c
+                .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
+                .await
+                .unwrap();
+            row.get(0)
+        })
+    };
+    let before = xid();
+    let each = t.check_and_mark_each(NS, &calls).unwrap();
+    let transactions = xid() - before - 1;
+    let verdicts: Vec<Verdict> = each.into_iter().map(|v| v.unwrap()[0]).collect();
+    assert_eq!(verdicts[..100], [Verdict::New; 100]);
+    assert_eq!(
+        verdicts[100..],
+        [Verdict::Duplicate; 28],
+        "a repeat comes after its first"
+    );
+    assert!(
+        transactions <= 4,
+        "128 calls committed in {transactions} transactions"
+    );
+}
+
+/// Runs `f` with a connection of its own to the database at `url`.
+fn with_db_url<T>(url: &str, f: impl AsyncFnOnce(&tokio_postgres::Client) -> T) -> T {
+    let url = url.to_owned();
+    runtime().block_on(async move {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        f(&client).await
+    })
 }

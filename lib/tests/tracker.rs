@@ -691,66 +691,11 @@ fn a_failed_write_does_not_count_towards_capacity() {
 
 /// Several callers' calls decided together: each gets its own verdicts, a bad call
 /// is refused alone, an ID two calls share is new once, the same owner gets its new
-/// back, and a claim marked by its holder is done for the calls after it.
+/// back, and a claim marked by its holder is done for the calls after it
+/// (`common::calls_decided_together`, which the PostgreSQL engine passes too).
 #[test]
 fn calls_decided_together_answer_each_caller() {
-    let t = memory(small_config(1_000));
-    let _ = t.check_and_mark("default", &["old"], Some("a")).unwrap();
-    let _ = t
-        .claim("default", "held", "a", Duration::from_secs(30))
-        .unwrap();
-    let too_long = ["x".repeat(oncely::MAX_ID_LEN + 1)];
-    let too_long = [too_long[0].as_str()];
-    let calls: Vec<(&[&str], Option<&str>)> = vec![
-        (&["p", "old"], Some("a")),
-        (&["p", "q"], Some("b")),
-        (&too_long, None),
-        (&["p"], Some("a")),
-        (&["held"], Some("b")),
-        (&["held"], Some("a")),
-        (&["held", "q"], Some("b")),
-        (&["held"], Some("a")),
-    ];
-    let each = t.check_and_mark_each("default", &calls).unwrap();
-    assert_eq!(
-        each[0].as_ref().unwrap(),
-        &[Verdict::New, Verdict::Replayed]
-    );
-    assert_eq!(
-        each[1].as_ref().unwrap(),
-        &[Verdict::Duplicate, Verdict::New],
-        "p belongs to the first call"
-    );
-    assert!(
-        matches!(&each[2], Err(Error::InvalidId { .. })),
-        "{:?}",
-        each[2]
-    );
-    assert_eq!(each[3].as_ref().unwrap(), &[Verdict::Replayed]);
-    assert!(
-        matches!(each[4].as_ref().unwrap()[..], [Verdict::InProgress { .. }]),
-        "before its holder marks it, a claimed ID is in progress: {:?}",
-        each[4]
-    );
-    assert_eq!(
-        each[5].as_ref().unwrap(),
-        &[Verdict::New],
-        "the holder marks it"
-    );
-    assert_eq!(
-        each[6].as_ref().unwrap(),
-        &[Verdict::Duplicate, Verdict::Replayed],
-        "after its holder marked it, it is done; q is b's own"
-    );
-    assert_eq!(each[7].as_ref().unwrap(), &[Verdict::Replayed]);
-    assert_eq!(
-        t.check("default", &["p", "q", "held"]).unwrap(),
-        [Verdict::Duplicate; 3]
-    );
-    assert!(matches!(
-        t.check_and_mark_each("nowhere", &calls),
-        Err(Error::UnknownNamespace(_))
-    ));
+    common::calls_decided_together(&memory(small_config(1_000)));
 }
 
 /// One write for all the calls: when it fails, none of them marked anything.

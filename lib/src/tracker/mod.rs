@@ -141,12 +141,17 @@ impl Tracker {
     /// alone, in its place in the answer. A daemon coalesces concurrent small
     /// requests this way, sharing one decision pass and one write among them.
     ///
-    /// On PostgreSQL each call is its own transaction, in order.
+    /// On PostgreSQL the calls go in waves, in order: the longest run of calls
+    /// whose IDs are disjoint is decided as one batch (in shared statements, one
+    /// commit for many calls), the next run once it is decided. So the verdicts are
+    /// the ones above; a wave fails or commits as a whole, and, as in one batch, no
+    /// generation seals between the calls of a wave.
     ///
     /// # Errors
     ///
     /// [`Error::UnknownNamespace`]; a storage error, in which case none of the calls'
-    /// marks was written.
+    /// marks was written (on PostgreSQL, a storage error is the failed wave's
+    /// calls' own `Err`, and the waves before it stand, as their answers say).
     pub fn check_and_mark_each<T: AsRef<[u8]>>(
         &self,
         namespace: &str,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use oncely::store::{Batch, Entries, MarkVisitor, NamespaceId};
 use oncely::{
     BloomFilter, Durability, Error, GenerationId, ManualClock, NamespaceConfig, RocksOptions,
-    RocksStore, Store, Timestamp, Tracker,
+    RocksStore, Store, Timestamp, Tracker, Verdict,
 };
 
 /// Wraps a store: fails writes while told to, and counts scans.
@@ -436,4 +436,67 @@ macro_rules! on_every_store {
             )*
         }
     };
+}
+
+/// Several callers' calls decided together, on a fresh tracker with a `default`
+/// namespace that none of them fills: each call answered as it would be alone after
+/// the ones before it. A bad call is refused alone, an ID two calls share is new
+/// once (for the first), the same owner gets its new back, a claim marked by its
+/// holder is done for the calls after it, a call without IDs gets no verdicts, and
+/// an unknown namespace fails them all.
+pub fn calls_decided_together(t: &Tracker) {
+    let _ = t.check_and_mark("default", &["old"], Some("a")).unwrap();
+    let _ = t
+        .claim("default", "held", "a", Duration::from_secs(30))
+        .unwrap();
+    let too_long = ["x".repeat(oncely::MAX_ID_LEN + 1)];
+    let too_long = [too_long[0].as_str()];
+    let calls: Vec<(&[&str], Option<&str>)> = vec![
+        (&["p", "old"], Some("a")),
+        (&["p", "q"], Some("b")),
+        (&too_long, None),
+        (&["p"], Some("a")),
+        (&["held"], Some("b")),
+        (&["held"], Some("a")),
+        (&["held", "q"], Some("b")),
+        (&["held"], Some("a")),
+        (&[], None),
+        (&["r", "r"], None),
+    ];
+    let each = t.check_and_mark_each("default", &calls).unwrap();
+    let ok = |i: usize| each[i].as_ref().unwrap().clone();
+    assert_eq!(ok(0), [Verdict::New, Verdict::Replayed]);
+    assert_eq!(
+        ok(1),
+        [Verdict::Duplicate, Verdict::New],
+        "p is the first call's"
+    );
+    assert!(
+        matches!(&each[2], Err(Error::InvalidId { .. })),
+        "{:?}",
+        each[2]
+    );
+    assert_eq!(ok(3), [Verdict::Replayed]);
+    assert!(
+        matches!(ok(4)[..], [Verdict::InProgress { .. }]),
+        "before its holder marks it, a claimed ID is in progress: {:?}",
+        each[4]
+    );
+    assert_eq!(ok(5), [Verdict::New], "the holder marks it");
+    assert_eq!(
+        ok(6),
+        [Verdict::Duplicate, Verdict::Replayed],
+        "after its holder marked it, it is done; q is b's own"
+    );
+    assert_eq!(ok(7), [Verdict::Replayed]);
+    assert!(ok(8).is_empty());
+    assert_eq!(ok(9), [Verdict::New, Verdict::Duplicate]);
+    assert_eq!(
+        t.check("default", &["p", "q", "held", "r"]).unwrap(),
+        [Verdict::Duplicate; 4]
+    );
+    assert!(matches!(
+        t.check_and_mark_each("nowhere", &calls),
+        Err(Error::UnknownNamespace(_))
+    ));
 }

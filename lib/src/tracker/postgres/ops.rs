@@ -11,7 +11,7 @@ use super::mark::{self, Answer, Ask as MarkAsk, Distinct, Owners};
 use super::ring::NsCache;
 use super::rotation::Rotated;
 use super::single::{self, Applied, Caller, One};
-use super::{Ctx, Object, Pg, client, lock_timed_out, owner_fp, retryable};
+use super::{Ctx, Object, Pg, affects_health, client, lock_timed_out, owner_fp, retryable};
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::exact::OwnerFp;
@@ -59,10 +59,10 @@ impl Pg {
         Ok(distinct.spread(&decided, false, owner.is_some()))
     }
 
-    /// One call after the other, each decided as it would be alone after the ones
-    /// before it (rotations between them included), as the embedded engine's one
-    /// write decides them. (Calls of *concurrent* callers share statements, see
-    /// `combine`; these come in an order, and each must see the last.)
+    /// Each call decided as it would be alone after the ones before it, as the
+    /// embedded engine's one write decides them: each validated alone, then in
+    /// waves of calls with disjoint IDs that share statements (`combine`'s
+    /// [`Pg::in_order`]; no generation seals within a wave, as within one batch).
     pub(crate) fn check_and_mark_each<T: AsRef<[u8]>>(
         &self,
         namespace: &str,
@@ -73,10 +73,56 @@ impl Pg {
             return Ok(None);
         }
         let _ = self.namespace(namespace)?;
+        let name = NamespaceName::new(namespace)?;
+        let checked: Vec<Result<_, Error>> = calls
+            .iter()
+            .map(|(ids, owner)| {
+                let ids = EventId::batch(ids)?;
+                if let Some(o) = owner {
+                    OwnerFp::check(o)?;
+                }
+                Ok((ids, *owner))
+            })
+            .collect();
+        let distinct: Vec<Option<(Distinct<'_>, Option<&str>)>> = checked
+            .iter()
+            .map(|c| {
+                c.as_ref()
+                    .ok()
+                    .map(|(ids, owner)| (Distinct::new(ids), *owner))
+            })
+            .collect();
+        let asked: Vec<Option<combine::Call<'_>>> = distinct
+            .iter()
+            .map(|d| d.as_ref().map(|(d, owner)| (d.ids.clone(), *owner)))
+            .collect();
+        let decided = self.runtime().block_on(self.in_order(&name, &asked));
+        // The store's health as `block_on` records it, call by call in order
+        // (the last outcome stands), leaving out the calls without IDs, which never
+        // reached the store.
+        for (asked, decided) in asked.iter().zip(&decided) {
+            match (asked, decided) {
+                (Some((ids, _)), Some(result)) if !ids.is_empty() => match result {
+                    Ok(_) => self.record(&Ok(())),
+                    Err(e) if affects_health(e) => {
+                        self.record(&Err(Error::Unavailable(e.to_string())));
+                    }
+                    Err(_) => {}
+                },
+                _ => {}
+            }
+        }
         Ok(Some(
-            calls
-                .iter()
-                .map(|(ids, owner)| self.check_and_mark(namespace, ids, *owner))
+            checked
+                .into_iter()
+                .zip(distinct)
+                .zip(decided)
+                .map(|((checked, distinct), decided)| {
+                    let (_, owner) = checked?;
+                    let (distinct, _) = distinct.expect("a valid call has its distinct IDs");
+                    let verdicts = decided.expect("every valid call is decided")?;
+                    Ok(distinct.spread(&verdicts, false, owner.is_some()))
+                })
                 .collect(),
         ))
     }
