@@ -602,8 +602,7 @@ def start_resp(args, key: str, tmp: Path):
     # Redis keeps its keys), which must exist at start-up: declared in a configuration
     # file. BF.MADD names it.
     config = tmp / "oncely.toml"
-    config.write_text("[namespaces.peers]\n" + "".join(
-        f"{k} = {json.dumps(v)}\n" for k, v in ONCELY_NAMESPACE.items()))
+    config.write_text(namespace_toml("peers", ONCELY_NAMESPACE))
     workers = ["--worker-threads", "1"] if key == "oncely-w1" else []
     server, url, _ = start_oncely(args, tmp, ["--config", str(config),
                                               "--resp-listen", f"127.0.0.1:{port}",
@@ -632,6 +631,12 @@ def resp_benchmark(port: int, n: int, workload: str, timeout: float) -> dict:
     out = run(["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-r", str(keyspace),
                "-n", str(n), "-c", str(connections), "--threads", "1", "-P", str(pipeline),
                "--csv", "-q", *cmd], timeout=timeout)
+    return benchmark_csv(out)
+
+
+def benchmark_csv(out: str) -> dict:
+    """The last line of redis-benchmark's `--csv` output, by its header's names; an
+    error when it gives no rate (benches/peers/postgres.py reads it too)."""
     lines = [line for line in out.splitlines() if line.strip()]
     header = [h.strip('"') for h in lines[0].split(",")]
     values = [v.strip('"') for v in lines[-1].split(",")]
@@ -639,6 +644,12 @@ def resp_benchmark(port: int, n: int, workload: str, timeout: float) -> dict:
     if "rps" not in r or float(r["rps"]) <= 0:
         raise RuntimeError(f"redis-benchmark gave no rate:\n{out[-2000:]}")
     return r
+
+
+def namespace_toml(name: str, config: dict) -> str:
+    """A configuration file declaring namespace `name` (RESP's `SET` namespace must
+    exist at start-up)."""
+    return f"[namespaces.{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items())
 
 
 def resp_requests(args, workload: str, tmp: Path) -> int:

@@ -56,6 +56,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+# Beside this file: redis-benchmark's output and the namespace's file, read and
+# written as benches/peers/run.sh does.
+from peers import benchmark_csv, namespace_toml, oncely_stored
+
 # The Oncely namespace of benches/peers: an exact table for every ID of a run.
 NAMESPACE = {
     "generations": 4,
@@ -285,26 +289,13 @@ def oncely(args, pg: Postgres, workload: str, tmp: Path) -> Result:
         stop(server)
 
 
-def stored(url: str) -> int:
-    """New IDs the peers namespace holds, over its live generations."""
-    with urllib.request.urlopen(f"{url}/v1/namespaces/peers", timeout=10) as r:
-        view = json.loads(r.read())
-    return sum(g["ids"] for g in view["generations"])
-
-
 def redis_benchmark(port: int, n: int, depth: int, conns: int, timeout: float) -> dict:
     """redis-benchmark's CSV line for `n` SET NX PX requests. It exits non-zero at the
     first error reply, which then fails the run with that reply."""
     out = run(["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-r", "1000000000",
                "-n", str(n), "-c", str(conns), "--threads", "1", "-P", str(depth), "--csv",
                "-q", "SET", "s:__rand_int__", "1", "NX", "PX", "3600000"], timeout=timeout)
-    lines = [line for line in out.splitlines() if line.strip()]
-    header = [h.strip('"') for h in lines[0].split(",")]
-    values = [v.strip('"') for v in lines[-1].split(",")]
-    r = dict(zip(header, values))
-    if "rps" not in r or float(r["rps"]) <= 0:
-        raise RuntimeError(f"redis-benchmark gave no rate:\n{out[-2000:]}")
-    return r
+    return benchmark_csv(out)
 
 
 def oncely_resp(args, pg: Postgres, workload: str, tmp: Path) -> Result:
@@ -312,8 +303,7 @@ def oncely_resp(args, pg: Postgres, workload: str, tmp: Path) -> Result:
     db = f"oncely_resp_{workload}"
     # RESP's SET marks in a namespace that must exist at start-up: declared in a file.
     config = tmp / f"oncely-resp-{workload}.toml"
-    config.write_text("[namespaces.peers]\n" + "".join(
-        f"{k} = {json.dumps(v)}\n" for k, v in NAMESPACE.items()))
+    config.write_text(namespace_toml("peers", NAMESPACE))
     resp_port = free_port()
     server, url = start_oncely(args, pg, db, tmp / f"oncely-resp-{workload}.log",
                                ["--config", str(config), "--resp-listen",
@@ -322,12 +312,12 @@ def oncely_resp(args, pg: Postgres, workload: str, tmp: Path) -> Result:
         probe = RESP_PROBE_PER_SLOT * depth * conns
         rate = float(redis_benchmark(resp_port, probe, depth, conns, 120)["rps"])
         n = max(probe, int(rate * args.duration))
-        before_rss, before_disk, before = rss_bytes(server.pid), pg.size(db), stored(url)
+        before_rss, before_disk, before = rss_bytes(server.pid), pg.size(db), oncely_stored(url)
         r = redis_benchmark(resp_port, n, depth, conns, args.duration * 4 + 120)
         after_rss = rss_bytes(server.pid)
         return Result(f"Oncely on PostgreSQL over RESP (-P {depth})", workload, n,
                       float(r["rps"]), float(r["p50_latency_ms"]) * 1000,
-                      float(r["p99_latency_ms"]) * 1000, stored(url) - before,
+                      float(r["p99_latency_ms"]) * 1000, oncely_stored(url) - before,
                       after_rss - before_rss, pg.size(db) - before_disk)
     finally:
         stop(server)

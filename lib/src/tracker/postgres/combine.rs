@@ -232,25 +232,18 @@ impl Pg {
         let lane = Arc::clone(lane);
         let name = name.clone();
         self.runtime().spawn(async move {
-            // Should a statement panic, the slot is handed on still (the calls of
-            // that statement are told they were dropped).
-            let slot = Slot {
+            // Handed on when the queue is empty, and also should a statement panic
+            // (the calls of that statement are told they were dropped).
+            let _slot = Slot {
                 pg: &pg,
                 lane: &lane,
                 name: &name,
             };
             loop {
-                let group = {
-                    let mut state = lane.state();
-                    let group = take_group(&mut state.queue);
-                    if group.is_empty() {
-                        state.in_flight -= 1;
-                        drop(state);
-                        std::mem::forget(slot);
-                        return;
-                    }
-                    group
-                };
+                let group = take_group(&mut lane.state().queue);
+                if group.is_empty() {
+                    return;
+                }
                 let members: Vec<Call<'_>> = group
                     .iter()
                     .map(|w| {

@@ -299,12 +299,19 @@ impl Pg {
     /// for the caller's input, nor a lock another transaction held) records one.
     fn block_on<T>(&self, f: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
         let result = self.runtime().block_on(f);
-        match &result {
+        self.record_write(&result);
+        result
+    }
+
+    /// Records a write's outcome in the store's health: a commit clears a failure;
+    /// a failure for the store's sake (not for the caller's input, nor a lock
+    /// another transaction held) records one.
+    fn record_write<T>(&self, result: &Result<T, Error>) {
+        match result {
             Ok(_) => self.record(&Ok(())),
             Err(e) if affects_health(e) => self.record(&Err(Error::Unavailable(e.to_string()))),
             Err(_) => {}
         }
-        result
     }
 
     /// As [`block_on`](Self::block_on), for calls that only read: their success says

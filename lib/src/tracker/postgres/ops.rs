@@ -11,7 +11,7 @@ use super::mark::{self, Answer, Ask as MarkAsk, Distinct, Owners};
 use super::ring::NsCache;
 use super::rotation::Rotated;
 use super::single::{self, Applied, Caller, One};
-use super::{Ctx, Object, Pg, affects_health, client, lock_timed_out, owner_fp, retryable};
+use super::{Ctx, Object, Pg, client, lock_timed_out, owner_fp, retryable};
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::exact::OwnerFp;
@@ -84,32 +84,24 @@ impl Pg {
                 Ok((ids, *owner))
             })
             .collect();
-        let distinct: Vec<Option<(Distinct<'_>, Option<&str>)>> = checked
+        let distinct: Vec<Option<Distinct<'_>>> = checked
             .iter()
-            .map(|c| {
-                c.as_ref()
-                    .ok()
-                    .map(|(ids, owner)| (Distinct::new(ids), *owner))
-            })
+            .map(|c| c.as_ref().ok().map(|(ids, _)| Distinct::new(ids)))
             .collect();
-        let asked: Vec<Option<combine::Call<'_>>> = distinct
+        let asked: Vec<Option<combine::Call<'_>>> = checked
             .iter()
-            .map(|d| d.as_ref().map(|(d, owner)| (d.ids.clone(), *owner)))
+            .zip(&distinct)
+            .map(|(c, d)| Some((d.as_ref()?.ids.clone(), c.as_ref().ok()?.1)))
             .collect();
         let decided = self.runtime().block_on(self.in_order(&name, &asked));
-        // The store's health as `block_on` records it, call by call in order
-        // (the last outcome stands), leaving out the calls without IDs, which never
-        // reached the store.
+        // The store's health as `block_on` records it, call by call in order (the
+        // last outcome stands), but for the calls without IDs: they never reached
+        // the store.
         for (asked, decided) in asked.iter().zip(&decided) {
-            match (asked, decided) {
-                (Some((ids, _)), Some(result)) if !ids.is_empty() => match result {
-                    Ok(_) => self.record(&Ok(())),
-                    Err(e) if affects_health(e) => {
-                        self.record(&Err(Error::Unavailable(e.to_string())));
-                    }
-                    Err(_) => {}
-                },
-                _ => {}
+            if let (Some((ids, _)), Some(result)) = (asked, decided)
+                && !ids.is_empty()
+            {
+                self.record_write(result);
             }
         }
         Ok(Some(
@@ -119,7 +111,7 @@ impl Pg {
                 .zip(decided)
                 .map(|((checked, distinct), decided)| {
                     let (_, owner) = checked?;
-                    let (distinct, _) = distinct.expect("a valid call has its distinct IDs");
+                    let distinct = distinct.expect("a valid call has its distinct IDs");
                     let verdicts = decided.expect("every valid call is decided")?;
                     Ok(distinct.spread(&verdicts, false, owner.is_some()))
                 })
