@@ -211,6 +211,35 @@ async fn every_method_against_a_real_daemon() {
         c.checkpoint("orders", "ledger").await.unwrap().as_deref(),
         Some("42")
     );
+    // With a precondition: moved only from what was read; a stale read is told
+    // the stored position, typed.
+    c.set_checkpoint_if("orders", "ledger", Some("42"), "43")
+        .await
+        .unwrap();
+    match c
+        .set_checkpoint_if("orders", "ledger", Some("42"), "44")
+        .await
+    {
+        Err(e @ Error::CheckpointConflict { .. }) => {
+            assert_eq!(e.status().map(|s| s.as_u16()), Some(409));
+            assert_eq!(e.code(), Some("checkpoint_conflict"));
+            let Error::CheckpointConflict { current, .. } = e else {
+                unreachable!()
+            };
+            assert_eq!(current.as_deref(), Some("43"));
+        }
+        other => panic!("{other:?}"),
+    }
+    match c.set_checkpoint_if("orders", "fresh", Some("1"), "2").await {
+        Err(Error::CheckpointConflict { current: None, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    c.set_checkpoint_if("orders", "fresh", None, "1")
+        .await
+        .unwrap();
+    c.set_checkpoint_if("orders", "fresh", None, "1")
+        .await
+        .expect("a retry finds its position stored");
 
     // Deleted: gone, with its marks.
     c.delete_namespace("orders").await.unwrap();

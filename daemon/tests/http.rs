@@ -893,6 +893,74 @@ async fn checkpoints_round_trip() {
     .assert_error(StatusCode::NOT_FOUND, "unknown_namespace");
 }
 
+/// `expected` on a checkpoint PUT: absent stores whatever was stored, `null`
+/// only if none is, a position only if it is stored; otherwise 409
+/// `checkpoint_conflict` naming the stored position (`null` when none) and
+/// nothing changes. A retry whose first attempt landed answers 200.
+#[tokio::test]
+async fn checkpoint_preconditions_refuse_a_stale_read_with_409() {
+    let h = Harness::new();
+    let uri = "/v1/namespaces/default/checkpoints/billing";
+    let put = |body: &'static str| h.call(Method::PUT, uri, Some(body));
+    let a = put(r#"{"position": "5", "expected": "4"}"#).await;
+    a.assert_error(StatusCode::CONFLICT, "checkpoint_conflict");
+    assert_eq!(a.json()["error"]["current"], Value::Null);
+    assert!(
+        a.json()["error"]
+            .as_object()
+            .unwrap()
+            .contains_key("current")
+    );
+    h.get(uri)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "checkpoint_not_found");
+    for _ in 0..2 {
+        let a = put(r#"{"position": "5", "expected": null}"#).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+        assert_eq!(a.json()["position"], "5");
+    }
+    let a = put(r#"{"position": "6", "expected": null}"#).await;
+    a.assert_error(StatusCode::CONFLICT, "checkpoint_conflict");
+    assert_eq!(a.json()["error"]["current"], "5");
+    assert!(
+        a.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(r#"is at "5", not unset as expected"#),
+        "{}",
+        a.text
+    );
+    assert_eq!(
+        put(r#"{"position": "6", "expected": "5"}"#).await.status,
+        StatusCode::OK
+    );
+    let a = put(r#"{"position": "7", "expected": "5"}"#).await;
+    a.assert_error(StatusCode::CONFLICT, "checkpoint_conflict");
+    assert_eq!(a.json()["error"]["current"], "6");
+    assert_eq!(h.get(uri).await.json()["position"], "6");
+    // Without `expected`, as before: stored whatever was stored.
+    assert_eq!(put(r#"{"position": "2"}"#).await.status, StatusCode::OK);
+    assert_eq!(h.get(uri).await.json()["position"], "2");
+    // Other errors carry no `current`.
+    let a = put(r#"{"position": "3", "expected": ""}"#).await;
+    a.assert_error(StatusCode::BAD_REQUEST, "invalid_argument");
+    assert!(
+        !a.json()["error"]
+            .as_object()
+            .unwrap()
+            .contains_key("current")
+    );
+    assert!(a.text.contains("expected"), "{}", a.text);
+    put(r#"{"position": "3", "expected": 4}"#)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_request");
+    assert_eq!(
+        h.get(uri).await.json()["position"],
+        "2",
+        "refusals changed nothing"
+    );
+}
+
 #[tokio::test]
 async fn storage_failure_is_503_and_acknowledges_nothing() {
     let h = Harness::new();

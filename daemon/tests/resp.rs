@@ -339,6 +339,43 @@ async fn redis_words_keep_their_meaning_and_refusals_change_nothing() {
         c.call(&["ONCELY.CHECKPOINT", "GET", "default", "c2"]),
         V::Nil
     );
+    // Preconditions, as Redis's SET takes them: NX, IFEQ.
+    let set = ["ONCELY.CHECKPOINT", "SET", "default", "c1"];
+    let with = |rest: &[&'static str]| [&set[..], rest].concat();
+    assert_eq!(c.call(&with(&["offset-8", "IFEQ", "offset-7"])), V::ok());
+    assert_eq!(
+        c.call(&with(&["offset-9", "IFEQ", "offset-7"])),
+        V::Error(
+            r#"CHECKPOINT_CONFLICT the checkpoint of consumer "c1" is at "offset-8", not at "offset-7" as expected; nothing changed"#
+                .into()
+        )
+    );
+    assert!(
+        matches!(c.call(&with(&["offset-9", "NX"])), V::Error(e) if e.starts_with("CHECKPOINT_CONFLICT")),
+    );
+    for bad in [
+        &["offset-9", "IFEQ"][..],
+        &["offset-9", "XX"],
+        &["offset-9", "NX", "IFEQ", "x"],
+    ] {
+        assert!(
+            matches!(c.call(&with(bad)), V::Error(e) if e.starts_with("ERR syntax error")),
+            "{bad:?}"
+        );
+    }
+    assert!(matches!(
+        c.call(&["ONCELY.CHECKPOINT", "SET", "default", "c1"]),
+        V::Error(e) if e.starts_with("ERR syntax error")
+    ));
+    assert_eq!(
+        c.call(&["ONCELY.CHECKPOINT", "GET", "default", "c1"]),
+        V::Bulk(b"offset-8".to_vec()),
+        "refused: nothing changed"
+    );
+    assert_eq!(
+        c.call(&["ONCELY.CHECKPOINT", "SET", "default", "c2", "p", "NX"]),
+        V::ok()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

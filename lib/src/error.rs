@@ -72,6 +72,23 @@ pub enum Error {
     #[error("conflict: {0}")]
     Conflict(String),
 
+    /// A checkpoint write's precondition failed: the stored position is neither the
+    /// one the caller expected nor the one it writes. Nothing changed; read the
+    /// checkpoint again (`current`) and resume from there.
+    #[error(
+        "the checkpoint of consumer {consumer:?} is {}, not {} as expected; nothing changed",
+        describe_position(current.as_deref()),
+        describe_position(expected.as_deref())
+    )]
+    CheckpointConflict {
+        /// The consumer.
+        consumer: String,
+        /// The position the caller expected (`None`: that none was stored).
+        expected: Option<String>,
+        /// The stored position (`None`: none is stored).
+        current: Option<String>,
+    },
+
     /// The namespace does not exist.
     #[error("unknown namespace {0:?}")]
     UnknownNamespace(String),
@@ -193,6 +210,10 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+fn describe_position(position: Option<&str>) -> String {
+    position.map_or_else(|| "unset".to_owned(), |p| format!("at {p:?}"))
 }
 
 fn path_suffix(path: Option<&PathBuf>) -> String {

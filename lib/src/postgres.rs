@@ -168,17 +168,16 @@ use crate::error::Error;
 use crate::exact::OwnerFp;
 use crate::id::{EventId, NamespaceName};
 use crate::tracker::ClaimOutcome;
+use crate::tracker::checkpoint::{validate_checkpoint, validate_conditional, validate_consumer};
 use crate::tracker::decide::{Ask, Decision};
+use crate::tracker::postgres::checkpoint;
 use crate::tracker::postgres::mark::{self, Answer, Ask as MarkAsk, Distinct, Owners};
-use crate::tracker::postgres::ops::{
-    check_lease, checked_id, get_checkpoint, put_checkpoint, settled,
-};
+use crate::tracker::postgres::ops::{check_lease, checked_id, settled};
 use crate::tracker::postgres::ring::NsCache;
 use crate::tracker::postgres::single::{self, Applied, Caller, One};
 use crate::tracker::postgres::{
     DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, Pg, lock_timed_out, owner_fp, retryable,
 };
-use crate::tracker::transaction::{validate_checkpoint, validate_consumer};
 use crate::verdict::Verdict;
 
 /// Where and how to reach PostgreSQL. A consuming builder.
@@ -467,7 +466,34 @@ impl InTransaction {
     ) -> Result<(), Error> {
         validate_checkpoint(consumer, position)?;
         let ns = self.pg.namespace_in(client, namespace).await?;
-        put_checkpoint(client, &self.pg.ctx(), ns.id, consumer, position)
+        checkpoint::put(client, &self.pg.ctx(), ns.id, consumer, position)
+            .await
+            .map_err(in_transaction)
+    }
+
+    /// Stores a consumer's position inside `client`'s transaction if the stored one
+    /// is `expected` (`None`: if none is stored yet), as
+    /// [`Tracker::set_checkpoint_if`](crate::Tracker::set_checkpoint_if) does. The
+    /// row stays locked until the transaction ends, so no other writer moves the
+    /// checkpoint before it commits or rolls back.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CheckpointConflict`] with the stored position (roll back: this
+    /// instance is behind), invalid consumer or positions, unknown namespace,
+    /// [`Error::RetryTransaction`] at REPEATABLE READ or SERIALIZABLE when another
+    /// transaction wrote the checkpoint after this one's snapshot, database errors.
+    pub async fn set_checkpoint_if<C: GenericClient + Sync>(
+        &self,
+        client: &C,
+        namespace: &str,
+        consumer: &str,
+        expected: Option<&str>,
+        position: &str,
+    ) -> Result<(), Error> {
+        validate_conditional(consumer, expected, position)?;
+        let ns = self.pg.namespace_in(client, namespace).await?;
+        checkpoint::put_if(client, &self.pg.ctx(), ns.id, consumer, expected, position)
             .await
             .map_err(in_transaction)
     }
@@ -485,7 +511,7 @@ impl InTransaction {
     ) -> Result<Option<String>, Error> {
         validate_consumer(consumer)?;
         let ns = self.pg.namespace_in(client, namespace).await?;
-        get_checkpoint(client, &self.pg.ctx(), ns.id, consumer).await
+        checkpoint::get(client, &self.pg.ctx(), ns.id, consumer).await
     }
 }
 

@@ -58,6 +58,21 @@ const OWNERS: [&str; 2] = ["alice", "bob"];
 const SPAN_MS: u64 = 5_000;
 const FP: f64 = 1e-9;
 const LEASES_MS: [u64; 3] = [1_000, 4_000, 12_000];
+const CONSUMERS: u8 = 2;
+const POSITIONS: u8 = 4;
+
+fn consumer(c: u8) -> String {
+    format!("consumer-{c}")
+}
+
+fn position(p: u8) -> String {
+    format!("p-{p}")
+}
+
+/// The position a transaction on `id` stores for consumer 0.
+fn transacted_position(id: u8) -> u8 {
+    id % POSITIONS
+}
 
 /// A ring's shape: (generations, exact_generations, capacity, span in ms).
 type Shape = (u32, u32, u64, u64);
@@ -72,8 +87,12 @@ enum Op {
     Claim(u8, usize, u64),
     Complete(u8, usize),
     Release(u8, usize),
-    /// A transaction on one ID whose closure succeeds or fails.
+    /// A transaction on one ID whose closure succeeds or fails; it also stores
+    /// consumer 0's checkpoint (at the ID's position).
     Transact(u8, Option<usize>, bool),
+    /// Stores a consumer's checkpoint position: unconditionally (`None`), or
+    /// expecting none stored (`Some(None)`) or a position.
+    SetCheckpoint(u8, Option<Option<u8>>, u8),
     /// Every write fails from now on (`true`), or succeeds again.
     FailWrites(bool),
     Reconfigure(Shape, bool),
@@ -116,6 +135,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (id(), owner()).prop_map(|(i, o)| Op::Release(i, o)),
         2 => (id(), proptest::option::of(owner()), any::<bool>())
             .prop_map(|(i, o, ok)| Op::Transact(i, o, ok)),
+        2 => (0..CONSUMERS, proptest::option::of(proptest::option::of(0..POSITIONS)), 0..POSITIONS)
+            .prop_map(|(c, e, p)| Op::SetCheckpoint(c, e, p)),
         1 => any::<bool>().prop_map(Op::FailWrites),
         1 => (shape(), any::<bool>()).prop_map(|(s, d)| Op::Reconfigure(s, d)),
         1 => Just(Op::Rotate),
@@ -176,6 +197,8 @@ struct Model {
     /// generation has left the ring.
     marks: HashMap<u8, (u64, Option<usize>)>,
     claims: HashMap<u8, Claim>,
+    /// Each consumer's stored position.
+    checkpoints: HashMap<u8, u8>,
     failing: bool,
 }
 
@@ -224,6 +247,7 @@ impl Model {
             floor: 1,
             marks: HashMap::new(),
             claims: HashMap::new(),
+            checkpoints: HashMap::new(),
             failing: false,
         }
     }
@@ -476,9 +500,30 @@ impl Model {
             Some(v) => (v, wrote),
             None if ok => {
                 self.mark_new(id, owner);
+                self.checkpoints.insert(0, transacted_position(id));
                 (Verdict::New, true)
             }
             None => (Verdict::New, wrote),
+        }
+    }
+
+    /// A checkpoint write: `Err` with the stored position for a failed
+    /// precondition (decided before anything is written, so also while writes
+    /// fail); the new position already stored succeeds without a write.
+    fn set_checkpoint(
+        &mut self,
+        consumer: u8,
+        expected: Option<Option<u8>>,
+        position: u8,
+    ) -> (Result<(), Option<u8>>, bool) {
+        let stored = self.checkpoints.get(&consumer).copied();
+        match expected {
+            Some(_) if stored == Some(position) => (Ok(()), false),
+            Some(e) if e != stored => (Err(stored), false),
+            _ => {
+                self.checkpoints.insert(consumer, position);
+                (Ok(()), true)
+            }
         }
     }
 
@@ -736,7 +781,8 @@ fn run(engine: Engine, shape: Shape, ops: &[Op]) -> Result<(), TestCaseError> {
             }
             Op::Transact(id, owner, ok) => {
                 let result: Result<Transacted<()>, Error> =
-                    t.transact(NS, name(*id), owner.map(|o| OWNERS[o]), |_| {
+                    t.transact(NS, name(*id), owner.map(|o| OWNERS[o]), |tx| {
+                        tx.set_checkpoint(&consumer(0), &position(transacted_position(*id)))?;
                         if *ok {
                             Ok(())
                         } else {
@@ -750,6 +796,23 @@ fn run(engine: Engine, shape: Shape, ops: &[Op]) -> Result<(), TestCaseError> {
                     Err(_) => Expect::Fails,
                 };
                 let want = predict(&mut model, |m| m.transact(*id, *owner, *ok));
+                prop_assert_eq!(got, want, "tracker (left) vs model (right) at {}", at());
+            }
+            Op::SetCheckpoint(c, expected, p) => {
+                let (name, to) = (consumer(*c), position(*p));
+                let result = match expected {
+                    None => t.set_checkpoint(NS, &name, &to),
+                    Some(e) => t.set_checkpoint_if(NS, &name, e.map(position).as_deref(), &to),
+                };
+                let got = match result {
+                    Ok(()) => Expect::Ok(Ok(())),
+                    Err(Error::CheckpointConflict { current, .. }) => Expect::Ok(Err(current)),
+                    Err(_) => Expect::Fails,
+                };
+                let want = match predict(&mut model, |m| m.set_checkpoint(*c, *expected, *p)) {
+                    Expect::Ok(answer) => Expect::Ok(answer.map_err(|e| e.map(position))),
+                    Expect::Fails => Expect::Fails,
+                };
                 prop_assert_eq!(got, want, "tracker (left) vs model (right) at {}", at());
             }
             // Faults are injected into the embedded store only (PostgreSQL's own
@@ -864,6 +927,15 @@ fn run(engine: Engine, shape: Shape, ops: &[Op]) -> Result<(), TestCaseError> {
             "claims held after {}",
             at()
         );
+        for c in 0..CONSUMERS {
+            prop_assert_eq!(
+                h.tracker.checkpoint(NS, &consumer(c)).unwrap(),
+                model.checkpoints.get(&c).copied().map(position),
+                "consumer {}'s checkpoint after {}",
+                c,
+                at()
+            );
+        }
         prop_assert_eq!(
             reported_info(&h.tracker),
             model.expected_info(),

@@ -283,7 +283,7 @@ fn a_newer_schema_is_refused() {
 }
 
 /// A database left by version 1 (`marks` partitioned, keyed on `(ns, gen, id)`) or
-/// version 2 (keyed on `(id, ns, gen)`) is migrated in place to version 3: every
+/// version 2 (keyed on `(id, ns, gen)`) is migrated in place to version 3 (then 4): every
 /// partition becomes a table of its own keyed on `id`, the parent goes, the ring
 /// rows gain what `mark_ids` reads, and the marks and claims stored still count.
 #[test]
@@ -317,7 +317,7 @@ fn older_schemas_are_migrated_with_their_marks() {
                 &place,
                 "SELECT value FROM oncely.meta WHERE key = 'schema_version'"
             ),
-            ["3"]
+            ["4"]
         );
         assert_eq!(
             indexes(&place),
@@ -356,6 +356,39 @@ fn older_schemas_are_migrated_with_their_marks() {
             "version {version}: the claim followed the open generation"
         );
     }
+}
+
+/// A database left by version 3 gains `set_checkpoint_if` (version 4) and keeps
+/// its checkpoints; the functions it had still answer.
+#[test]
+fn a_version_3_schema_gains_conditional_checkpoints() {
+    let place = Place::new(Engine::Postgres);
+    let c = clock();
+    let t = place.open(&c, small_config(1_000));
+    t.set_checkpoint(NS, "ledger", "p-1").unwrap();
+    drop(t);
+    sql(
+        &place,
+        "DROP FUNCTION oncely.set_checkpoint_if(text, text, text, text);
+         DROP FUNCTION oncely.checkpoint_target(text, text, text);
+         UPDATE oncely.meta SET value = '3' WHERE key = 'schema_version'",
+    );
+    let t = place.open(&c, small_config(1_000));
+    assert_eq!(
+        column(
+            &place,
+            "SELECT value FROM oncely.meta WHERE key = 'schema_version'"
+        ),
+        ["4"]
+    );
+    assert_eq!(t.checkpoint(NS, "ledger").unwrap().as_deref(), Some("p-1"));
+    sql(
+        &place,
+        "SELECT oncely.set_checkpoint_if('default', 'ledger', 'p-1', 'p-2');
+         SELECT oncely.set_checkpoint('default', 'other', 'q-1')",
+    );
+    assert_eq!(t.checkpoint(NS, "ledger").unwrap().as_deref(), Some("p-2"));
+    assert_eq!(t.checkpoint(NS, "other").unwrap().as_deref(), Some("q-1"));
 }
 
 /// A database as version 1 or 2 left it: namespace `default` with generations 1

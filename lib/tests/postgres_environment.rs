@@ -819,3 +819,148 @@ fn single_ids_from_many_callers_share_statements_and_stay_exact() {
         "every new was stored"
     );
 }
+
+/// A checkpoint write with a precondition inside the caller's transaction, through
+/// the SQL function and the Rust API alike, at every isolation level: when another
+/// writer moved the checkpoint after the caller read it, the write is refused (at
+/// READ COMMITTED as a conflict naming the stored position, SQLSTATE OC002 with it
+/// in DETAIL; at REPEATABLE READ and SERIALIZABLE, whose snapshot cannot see that
+/// write, as a transaction to retry), never applied over the other's.
+#[test]
+fn a_checkpoint_precondition_holds_at_every_isolation_level() {
+    let place = Place::new(Engine::Postgres);
+    let c = clock();
+    let t = place.open(&c, small_config(1_000_000));
+    let marks = t.in_transaction().unwrap();
+    let session = Session::connect(&place);
+    for (n, level) in LEVELS.iter().enumerate() {
+        for via_sql in [false, true] {
+            let consumer = format!("ledger-{n}-{via_sql}");
+            t.set_checkpoint(NS, &consumer, "p-1").unwrap();
+            session.sql(&format!("BEGIN ISOLATION LEVEL {level}"));
+            let read: Option<String> = session.run(async |c| {
+                c.query_one("SELECT oncely.checkpoint('default', $1)", &[&consumer])
+                    .await
+                    .unwrap()
+                    .get(0)
+            });
+            assert_eq!(read.as_deref(), Some("p-1"));
+            t.set_checkpoint(NS, &consumer, "p-2-other").unwrap();
+            if via_sql {
+                let err = session
+                    .run(async |c| {
+                        c.execute(
+                            "SELECT oncely.set_checkpoint_if('default', $1, $2, 'p-2-mine')",
+                            &[&consumer, &read],
+                        )
+                        .await
+                    })
+                    .expect_err(level);
+                if n == 0 {
+                    assert_eq!(sql_state(&err), Some("OC002"), "{level}: {err:?}");
+                    let db = err.as_db_error().unwrap();
+                    assert_eq!(db.detail(), Some(r#"{"current" : "p-2-other"}"#));
+                    assert!(
+                        db.message().contains("is at 'p-2-other', not at 'p-1'"),
+                        "{db:?}"
+                    );
+                } else {
+                    assert_eq!(sql_state(&err), Some("40001"), "{level}: {err:?}");
+                }
+            } else {
+                let refused = session.run(async |c| {
+                    marks
+                        .set_checkpoint_if(c, NS, &consumer, read.as_deref(), "p-2-mine")
+                        .await
+                });
+                match (n, refused) {
+                    (0, Err(Error::CheckpointConflict { current, .. })) => {
+                        assert_eq!(current.as_deref(), Some("p-2-other"));
+                    }
+                    (1 | 2, Err(Error::RetryTransaction(_))) => {}
+                    (_, other) => panic!("{level}: {other:?}"),
+                }
+            }
+            session.sql("ROLLBACK");
+            assert_eq!(
+                t.checkpoint(NS, &consumer).unwrap().as_deref(),
+                Some("p-2-other"),
+                "{level}, sql {via_sql}: the other writer's position stands"
+            );
+            // Read again in a fresh transaction: the write lands.
+            session.sql(&format!("BEGIN ISOLATION LEVEL {level}"));
+            session.sql(&format!(
+                "SELECT oncely.set_checkpoint_if('default', '{consumer}', 'p-2-other', 'p-3')"
+            ));
+            session.sql("COMMIT");
+            assert_eq!(t.checkpoint(NS, &consumer).unwrap().as_deref(), Some("p-3"));
+        }
+    }
+    // The SQL function refuses bad input as the library does.
+    for (bad, state) in [
+        (
+            "SELECT oncely.set_checkpoint_if('default', 'ledger', '', 'p')",
+            "22023",
+        ),
+        (
+            "SELECT oncely.set_checkpoint_if('default', 'ledger', NULL, '')",
+            "22023",
+        ),
+        (
+            "SELECT oncely.set_checkpoint_if('default', '..', NULL, 'p')",
+            "22023",
+        ),
+        (
+            "SELECT oncely.set_checkpoint_if('nope', 'ledger', NULL, 'p')",
+            "42704",
+        ),
+    ] {
+        let err = session
+            .run(async |c| c.batch_execute(bad).await)
+            .expect_err(bad);
+        assert_eq!(sql_state(&err), Some(state), "{bad}: {err:?}");
+    }
+    assert_eq!(t.checkpoint(NS, "ledger").unwrap(), None);
+}
+
+/// A conditional write holds the checkpoint's row until the caller's transaction
+/// ends: another writer waits for it, then decides on what it committed. So also
+/// when no row existed yet, and both wrote expecting none.
+#[test]
+fn a_checkpoint_written_in_a_transaction_is_held_until_it_ends() {
+    let place = Place::new(Engine::Postgres);
+    let c = clock();
+    let t = place.open(&c, small_config(1_000_000));
+    let session = Session::connect(&place);
+    for (consumer, first) in [("fresh", None), ("stored", Some("p-0"))] {
+        if let Some(p) = first {
+            t.set_checkpoint(NS, consumer, p).unwrap();
+        }
+        session.sql("BEGIN");
+        session.run(async |c| {
+            c.execute(
+                "SELECT oncely.set_checkpoint_if('default', $1, $2, 'p-mine')",
+                &[&consumer, &first],
+            )
+            .await
+            .unwrap()
+        });
+        let other = {
+            let t = t.clone();
+            thread::spawn(move || t.set_checkpoint_if(NS, consumer, first, "p-other"))
+        };
+        thread::sleep(Duration::from_millis(300));
+        assert!(!other.is_finished(), "{consumer}: the other writer waits");
+        session.sql("COMMIT");
+        match other.join().unwrap() {
+            Err(Error::CheckpointConflict { current, .. }) => {
+                assert_eq!(current.as_deref(), Some("p-mine"), "{consumer}");
+            }
+            other => panic!("{consumer}: {other:?}"),
+        }
+        assert_eq!(
+            t.checkpoint(NS, consumer).unwrap().as_deref(),
+            Some("p-mine")
+        );
+    }
+}

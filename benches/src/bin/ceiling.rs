@@ -31,9 +31,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::serve::ListenerExt;
 use clap::Parser;
-use oncely_client::api::{
-    ErrorBody, ErrorResponse, MarkRequest, MarkResponse, MarkResult, VerdictName,
-};
+use oncely_client::api::{ErrorResponse, MarkRequest, MarkResponse, MarkResult, VerdictName};
 use tower_http::catch_panic::CatchPanicLayer;
 
 /// As `oncelyd`'s (see daemon/src/main.rs).
@@ -63,13 +61,7 @@ struct Args {
 }
 
 fn error(status: StatusCode, code: &str, message: String) -> Response {
-    let body = ErrorResponse {
-        error: ErrorBody {
-            code: code.to_owned(),
-            message,
-        },
-    };
-    json(status, &body, 128)
+    json(status, &ErrorResponse::new(code, message), 128)
 }
 
 fn json<T: serde::Serialize>(status: StatusCode, value: &T, capacity: usize) -> Response {

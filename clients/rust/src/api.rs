@@ -243,6 +243,31 @@ pub struct CheckpointBody {
     /// The consumer's last processed position, opaque to Oncely.
     #[cfg_attr(feature = "openapi", schema(value_type = schema::Position))]
     pub position: String,
+    /// A precondition: the position the caller last read, or `null` for "none may
+    /// be stored yet". When the stored position is neither this nor `position`:
+    /// 409 `checkpoint_conflict` with the stored one in `current`, and nothing
+    /// changes. Left out: stored whatever was stored.
+    #[serde(
+        default,
+        deserialize_with = "present::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<schema::Position>))]
+    pub expected: Option<Option<String>>,
+}
+
+/// Tells a field left out (`None`) from one given as `null` (`Some(None)`), for
+/// fields where the two mean different things.
+mod present {
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        Option::<T>::deserialize(d).map(Some)
+    }
 }
 
 /// A stored checkpoint.
@@ -631,6 +656,19 @@ pub struct ErrorResponse {
     pub error: ErrorBody,
 }
 
+impl ErrorResponse {
+    /// An error answer with a code and a message, and no details.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            error: ErrorBody {
+                code: code.into(),
+                message: message.into(),
+                current: None,
+            },
+        }
+    }
+}
+
 /// An error's machine-readable code and human-readable message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -639,7 +677,7 @@ pub struct ErrorBody {
     /// `invalid_namespace`, `invalid_owner`, `invalid_argument`, `invalid_config`,
     /// `missing_fields`, `too_many_ids`, `invalid_path`, `invalid_body`,
     /// `unauthorized`, `not_found`, `unknown_namespace`, `checkpoint_not_found`,
-    /// `method_not_allowed`, `conflict`, `refused`, `would_drop`, `config_conflict`,
+    /// `method_not_allowed`, `conflict`, `checkpoint_conflict`, `refused`, `would_drop`, `config_conflict`,
     /// `payload_too_large`, `unsupported_media_type`, `storage_unavailable`,
     /// `overloaded`, `shutting_down`, `internal`.
     #[cfg_attr(feature = "openapi", schema(example = "invalid_id"))]
@@ -650,6 +688,15 @@ pub struct ErrorBody {
         schema(example = "invalid event id at index 0: empty")
     )]
     pub message: String,
+    /// For `checkpoint_conflict`: the stored position (`null`: none is stored).
+    /// Left out by every other code.
+    #[serde(
+        default,
+        deserialize_with = "present::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<schema::Position>))]
+    pub current: Option<Option<String>>,
 }
 
 /// Schemas of values that travel as plain strings, for the OpenAPI document: each

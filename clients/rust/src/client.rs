@@ -702,9 +702,46 @@ impl Client {
         consumer: &str,
         position: &str,
     ) -> Result<(), Error> {
+        self.put_checkpoint(namespace, consumer, None, position)
+            .await
+    }
+
+    /// Stores `consumer`'s position only if the stored one is `expected` (`None`:
+    /// only if none is stored yet): `PUT .../checkpoints/{consumer}` with
+    /// `"expected"`. Two instances of a consumer then never move its checkpoint
+    /// over each other: each writes expecting the position it last read.
+    ///
+    /// Retries: safe. An attempt whose answer was lost stored `position`, and the
+    /// daemon answers a retry that finds it stored with success.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CheckpointConflict`] with the stored position when it is neither
+    /// `expected` nor `position` (nothing changed: read on from there);
+    /// [`Error::Http`] 400 for a bad consumer name or position, 404 for an unknown
+    /// namespace.
+    pub async fn set_checkpoint_if(
+        &self,
+        namespace: &str,
+        consumer: &str,
+        expected: Option<&str>,
+        position: &str,
+    ) -> Result<(), Error> {
+        self.put_checkpoint(namespace, consumer, Some(expected), position)
+            .await
+    }
+
+    async fn put_checkpoint(
+        &self,
+        namespace: &str,
+        consumer: &str,
+        expected: Option<Option<&str>>,
+        position: &str,
+    ) -> Result<(), Error> {
         let url = self.url(&["v1", "namespaces", namespace, "checkpoints", consumer]);
         let body = CheckpointBody {
             position: position.to_owned(),
+            expected: expected.map(|e| e.map(str::to_owned)),
         };
         let (_, bytes) = self.send_expecting(Method::PUT, &url, Some(&body)).await?;
         let _: CheckpointResponse = decode(&url, &bytes)?;
@@ -965,6 +1002,15 @@ fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
 /// (a proxy's page, say) keeps the status with code `http_<status>`.
 fn http_error(url: &Url, status: StatusCode, body: &[u8], attempts: u32) -> Error {
     match serde_json::from_slice::<ErrorResponse>(body) {
+        Ok(ErrorResponse { error: e })
+            if e.code == "checkpoint_conflict" && e.current.is_some() =>
+        {
+            Error::CheckpointConflict {
+                current: e.current.flatten(),
+                message: e.message,
+                attempts,
+            }
+        }
         Ok(e) => Error::Http {
             status,
             code: e.error.code,

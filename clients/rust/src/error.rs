@@ -25,6 +25,20 @@ pub enum Error {
         attempts: u32,
     },
 
+    /// A checkpoint write's precondition failed (409 `checkpoint_conflict`, from
+    /// [`Client::set_checkpoint_if`](crate::Client::set_checkpoint_if)): another
+    /// writer moved the checkpoint since the caller read it. Nothing changed; resume
+    /// from `current`.
+    #[error("409 checkpoint_conflict: {message}")]
+    CheckpointConflict {
+        /// The stored position (`None`: none is stored).
+        current: Option<String>,
+        /// The daemon's message.
+        message: String,
+        /// Requests made, retries included.
+        attempts: u32,
+    },
+
     /// No answer: the connection failed or broke, or the answer was cut off.
     #[error("cannot reach the daemon at {url} ({attempts} attempts): {source}")]
     Transport {
@@ -70,31 +84,36 @@ pub enum Error {
 }
 
 impl Error {
-    /// The HTTP status, for [`Error::Http`].
+    /// The HTTP status, for [`Error::Http`] and [`Error::CheckpointConflict`].
     #[must_use]
     pub const fn status(&self) -> Option<StatusCode> {
         match self {
             Self::Http { status, .. } => Some(*status),
+            Self::CheckpointConflict { .. } => Some(StatusCode::CONFLICT),
             _ => None,
         }
     }
 
-    /// The daemon's error code, for [`Error::Http`].
+    /// The daemon's error code, for [`Error::Http`] and
+    /// [`Error::CheckpointConflict`].
     #[must_use]
     pub fn code(&self) -> Option<&str> {
         match self {
             Self::Http { code, .. } => Some(code),
+            Self::CheckpointConflict { .. } => Some("checkpoint_conflict"),
             _ => None,
         }
     }
 
     /// Requests made, retries included, for the errors that count them
-    /// ([`Http`](Self::Http), [`Transport`](Self::Transport),
+    /// ([`Http`](Self::Http), [`CheckpointConflict`](Self::CheckpointConflict),
+    /// [`Transport`](Self::Transport),
     /// [`Timeout`](Self::Timeout)); 0 for the others.
     #[must_use]
     pub const fn attempts(&self) -> u32 {
         match self {
             Self::Http { attempts, .. }
+            | Self::CheckpointConflict { attempts, .. }
             | Self::Transport { attempts, .. }
             | Self::Timeout { attempts, .. } => *attempts,
             Self::Decode { .. } | Self::Config { .. } => 0,
@@ -155,6 +174,15 @@ impl Shared {
                 } => Error::Http {
                     status: *status,
                     code: code.clone(),
+                    message: message.clone(),
+                    attempts: *attempts,
+                },
+                Error::CheckpointConflict {
+                    current,
+                    message,
+                    attempts,
+                } => Error::CheckpointConflict {
+                    current: current.clone(),
                     message: message.clone(),
                     attempts: *attempts,
                 },

@@ -172,8 +172,8 @@ pub(crate) const COMMANDS: &[Spec] = &[
         W,
         2,
         "oncely",
-        "ONCELY.CHECKPOINT GET namespace consumer | ONCELY.CHECKPOINT SET namespace consumer position",
-        "Reads (nil when none) or durably stores a consumer's last processed position.",
+        "ONCELY.CHECKPOINT GET namespace consumer | ONCELY.CHECKPOINT SET namespace consumer position [NX | IFEQ expected]",
+        "Reads (nil when none) or durably stores a consumer's last processed position; with NX only if none is stored, with IFEQ only if `expected` is (else CHECKPOINT_CONFLICT, nothing changed).",
     ),
     spec(
         "oncely.ns",
@@ -962,9 +962,18 @@ fn claims(ctx: &Context<'_>, which: &'static str, args: &[Bytes]) -> Step {
 
 fn checkpoint(args: &[Bytes]) -> Step {
     let get = keyword(&args[1], "GET");
-    if !(get && args.len() == 4 || keyword(&args[1], "SET") && args.len() == 5) {
+    // SET's precondition, as Redis's SET takes one: NX (none stored yet) or IFEQ.
+    let precondition = match args.get(5..).unwrap_or_default() {
+        [] => Some(None),
+        [nx] if keyword(nx, "NX") => Some(Some(None)),
+        [ifeq, expected] if keyword(ifeq, "IFEQ") => Some(Some(Some(expected))),
+        _ => None,
+    };
+    if !(get && args.len() == 4
+        || keyword(&args[1], "SET") && args.len() >= 5 && precondition.is_some())
+    {
         return err(
-            "ERR syntax error: ONCELY.CHECKPOINT GET namespace consumer | ONCELY.CHECKPOINT SET namespace consumer position",
+            "ERR syntax error: ONCELY.CHECKPOINT GET namespace consumer | ONCELY.CHECKPOINT SET namespace consumer position [NX | IFEQ expected]",
         );
     }
     let ns = match namespace(&args[2]) {
@@ -986,8 +995,19 @@ fn checkpoint(args: &[Bytes]) -> Step {
         Ok(p) => p,
         Err(e) => return Step::Reply(e),
     };
+    let expected = match precondition.flatten() {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(e)) => match text(e, "the expected position") {
+            Ok(e) => Some(Some(e)),
+            Err(e) => return Step::Reply(e),
+        },
+    };
     Step::Call(Box::new(move |tracker| {
-        tracker.set_checkpoint(&ns, &consumer, &position)?;
+        match &expected {
+            Some(e) => tracker.set_checkpoint_if(&ns, &consumer, e.as_deref(), &position),
+            None => tracker.set_checkpoint(&ns, &consumer, &position),
+        }?;
         Ok(Reply::OK)
     }))
 }

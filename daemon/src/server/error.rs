@@ -7,7 +7,7 @@ use std::fmt;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use oncely_client::api::{ErrorBody, ErrorResponse};
+use oncely_client::api::ErrorResponse;
 
 use crate::config::human_bytes;
 
@@ -17,6 +17,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// For `checkpoint_conflict`: the stored position (`Some(None)`: none).
+    current: Option<Option<String>>,
     /// Whether the answer closes the connection (`Connection: close`): after a body
     /// that was not read whole, the rest of it may still come.
     close: bool,
@@ -29,6 +31,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            current: None,
             close: false,
         }
     }
@@ -214,6 +217,11 @@ impl From<oncely::Error> for ApiError {
                     ),
                 );
             }
+            E::CheckpointConflict { current, .. } => {
+                let mut conflict = Self::new(StatusCode::CONFLICT, "checkpoint_conflict", message);
+                conflict.current = Some(current.clone());
+                return conflict;
+            }
             E::UnknownNamespace(_) => (StatusCode::NOT_FOUND, "unknown_namespace"),
             E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             E::Refused(_) => (StatusCode::CONFLICT, "refused"),
@@ -296,12 +304,8 @@ impl IntoResponse for ApiError {
         if note.is_none() {
             tracing::debug!(status = self.status.as_u16(), code = self.code, message = %self.message, "request refused");
         }
-        let body = ErrorResponse {
-            error: ErrorBody {
-                code: self.code.to_owned(),
-                message: self.message,
-            },
-        };
+        let mut body = ErrorResponse::new(self.code, self.message);
+        body.error.current = self.current;
         let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| {
             br#"{"error":{"code":"internal","message":"cannot encode the error"}}"#.to_vec()
         });

@@ -17,7 +17,7 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use oncely_client::api::{ErrorBody, ErrorResponse};
+use oncely_client::api::ErrorResponse;
 
 /// A socket whose bodyless error answers from hyper are replaced with JSON ones.
 #[derive(Debug)]
@@ -174,12 +174,10 @@ fn json_answer(buf: &[u8]) -> Option<Vec<u8>> {
             "the request could not be read as HTTP/1.1",
         ),
     };
-    let body = serde_json::to_vec(&ErrorResponse {
-        error: ErrorBody {
-            code: code.to_owned(),
-            message: format!("{message}; the connection is closed"),
-        },
-    })
+    let body = serde_json::to_vec(&ErrorResponse::new(
+        code,
+        format!("{message}; the connection is closed"),
+    ))
     .ok()?;
     let mut out = format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: {}\r\ncontent-length: {}\r\n\

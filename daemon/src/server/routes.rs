@@ -573,7 +573,10 @@ pub(crate) async fn list_namespaces(
 }
 
 /// Stores a consumer's last processed position in a namespace, durably (as a mark
-/// is). Resume from it with an inclusive lower bound.
+/// is). Resume from it with an inclusive lower bound. With `expected`, only if the
+/// stored position is that one (or, `null`, if none is stored): two instances of a
+/// consumer then never move its checkpoint over each other. A retry whose first
+/// attempt landed answers 200.
 #[utoipa::path(
     put,
     path = "/v1/namespaces/{ns}/checkpoints/{consumer}",
@@ -584,9 +587,10 @@ pub(crate) async fn list_namespaces(
     ),
     request_body = CheckpointBody,
     responses(
-        (status = 200, description = "Stored", body = CheckpointResponse),
-        (status = 400, description = "Bad consumer name, position (1 to 1024 bytes), namespace name or JSON", body = ErrorResponse),
+        (status = 200, description = "Stored (or stored already)", body = CheckpointResponse),
+        (status = 400, description = "Bad consumer name, position or expected position (1 to 1024 bytes), namespace name or JSON", body = ErrorResponse),
         (status = 404, description = "Unknown namespace", body = ErrorResponse),
+        (status = 409, description = "`checkpoint_conflict`: the stored position (`current`) is neither `expected` nor `position`; nothing changed", body = ErrorResponse),
         (status = 503, description = "Storage failed (nothing stored), overloaded, or shutting down", body = ErrorResponse),
     )
 )]
@@ -599,7 +603,12 @@ pub(crate) async fn put_checkpoint(
     state
         .blocking(admitted, move |tracker| {
             let req: CheckpointBody = body.parse("invalid_request")?;
-            tracker.set_checkpoint(&ns, &consumer, &req.position)?;
+            match &req.expected {
+                Some(expected) => {
+                    tracker.set_checkpoint_if(&ns, &consumer, expected.as_deref(), &req.position)
+                }
+                None => tracker.set_checkpoint(&ns, &consumer, &req.position),
+            }?;
             json(
                 StatusCode::OK,
                 &CheckpointResponse {

@@ -282,6 +282,21 @@ def checkpoints():
     expect("checkpoint get", d(r.execute_command("ONCELY.CHECKPOINT", "GET", "default", f"c-{tag}")), "offset-9")
     r.execute_command("ONCELY.CHECKPOINT", "SET", "default", f"c-{tag}", "offset-10")
     expect("checkpoint moved", d(r.execute_command("ONCELY.CHECKPOINT", "GET", "default", f"c-{tag}")), "offset-10")
+    # Preconditions: IFEQ the position read, NX none stored; a stale one is refused
+    # with the stored position and changes nothing.
+    cp = ("ONCELY.CHECKPOINT", "SET", "default", f"c-{tag}")
+    expect("checkpoint ifeq", d(r.execute_command(*cp, "offset-11", "IFEQ", "offset-10")), "OK")
+    said = refused("checkpoint stale ifeq", lambda: r.execute_command(*cp, "offset-12", "IFEQ", "offset-10"),
+                   contains='is at "offset-11", not at "offset-10"')
+    expect("conflict code", said.split(" ")[0] if said.startswith("CHECKPOINT_CONFLICT") else said,
+           "CHECKPOINT_CONFLICT")
+    refused("checkpoint nx over one stored", lambda: r.execute_command(*cp, "offset-12", "NX"),
+            contains="not unset as expected")
+    expect("checkpoint unmoved", d(r.execute_command("ONCELY.CHECKPOINT", "GET", "default", f"c-{tag}")), "offset-11")
+    fresh = ("ONCELY.CHECKPOINT", "SET", "default", f"n-{tag}")
+    expect("checkpoint nx", d(r.execute_command(*fresh, "p-1", "NX")), "OK")
+    expect("checkpoint nx retried", d(r.execute_command(*fresh, "p-1", "NX")), "OK")
+    refused("checkpoint bad precondition", lambda: r.execute_command(*fresh, "p-2", "IFEQ"), contains="syntax")
 
 
 # --- ONCELY.NS, INFO, COMMAND ---------------------------------------------------------

@@ -17,6 +17,7 @@ use crate::verdict::Verdict;
 
 mod budget;
 mod builder;
+pub(crate) mod checkpoint;
 pub(crate) mod decide;
 mod health;
 mod info;
@@ -28,10 +29,11 @@ pub(crate) mod transaction;
 
 pub use budget::FilterBudget;
 pub use builder::{Durability, TrackerBuilder};
+pub use checkpoint::MAX_POSITION_LEN;
 pub use health::{StorageFailure, StoreProbe};
 pub use info::{GenerationInfo, NamespaceInfo};
 pub use outcome::{CallVerdicts, ClaimOutcome, Configured, DropPolicy, MAX_LEASE, Transacted};
-pub use transaction::{MAX_POSITION_LEN, Transaction};
+pub use transaction::Transaction;
 
 /// The dedup authority: namespaces, their generations and exact tables, claims, and
 /// atomic check-and-mark. Cheap to clone; clones share everything.
@@ -350,6 +352,36 @@ impl Tracker {
         position: &str,
     ) -> Result<(), Error> {
         dispatch!(self, t => t.set_checkpoint(namespace, consumer, position))
+    }
+
+    /// Stores a consumer's position only if the stored one is `expected` (`None`:
+    /// only if none is stored yet): a compare-and-set, so that two instances of one
+    /// consumer never move its checkpoint over each other. Each reads the
+    /// checkpoint, processes from there, and writes its new position expecting the
+    /// one it read; the one that comes second is refused and reads again.
+    ///
+    /// When `position` is stored already the call succeeds whatever was expected
+    /// and writes nothing, so a retry whose first attempt landed is safe. Other
+    /// writes of the checkpoint ([`set_checkpoint`](Self::set_checkpoint),
+    /// [`check_and_mark_with_checkpoint`](Self::check_and_mark_with_checkpoint),
+    /// a transaction's) are ordered with it: none lands between its read and its
+    /// write.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CheckpointConflict`] with the stored position when it is neither
+    /// `expected` nor `position` (nothing changed); [`Error::InvalidArgument`] for a
+    /// bad consumer name, position or expected position; unknown namespace; storage
+    /// errors.
+    pub fn set_checkpoint_if(
+        &self,
+        namespace: &str,
+        consumer: &str,
+        expected: Option<&str>,
+        position: &str,
+    ) -> Result<(), Error> {
+        checkpoint::validate_conditional(consumer, expected, position)?;
+        dispatch!(self, t => t.set_checkpoint_if(namespace, consumer, expected, position))
     }
 
     /// A consumer's stored position, if any.

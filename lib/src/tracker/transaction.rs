@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::error::Error;
-
-/// The longest checkpoint position, in bytes.
-pub const MAX_POSITION_LEN: usize = 1024;
+use crate::tracker::checkpoint::validate_checkpoint;
 
 /// Reads of user keys for a [`Transaction`]: from the store the marks live in.
 pub(crate) trait UserRead {
@@ -87,36 +85,4 @@ impl<'a> Transaction<'a> {
             .push((consumer.to_owned(), position.to_owned()));
         Ok(())
     }
-}
-
-pub(crate) fn validate_consumer(consumer: &str) -> Result<(), Error> {
-    crate::id::NamespaceName::new(consumer)
-        .map(drop)
-        .map_err(|e| match e {
-            Error::InvalidNamespace { reason, .. } => Error::InvalidArgument {
-                field: "consumer",
-                reason: format!("{consumer:?}: {reason}"),
-            },
-            other => other,
-        })
-}
-
-pub(crate) fn validate_checkpoint(consumer: &str, position: &str) -> Result<(), Error> {
-    validate_consumer(consumer)?;
-    if position.is_empty() || position.len() > MAX_POSITION_LEN {
-        return Err(Error::InvalidArgument {
-            field: "position",
-            reason: format!("{} bytes is outside 1..={MAX_POSITION_LEN}", position.len()),
-        });
-    }
-    // PostgreSQL's `text` cannot hold U+0000: refused on every store alike, so that
-    // a position means the same wherever it is kept (and a caller's bad input is
-    // never taken for a failing store).
-    if let Some(at) = position.find('\0') {
-        return Err(Error::InvalidArgument {
-            field: "position",
-            reason: format!("contains U+0000 (NUL) at byte {at}, which positions may not hold"),
-        });
-    }
-    Ok(())
 }

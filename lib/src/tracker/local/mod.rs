@@ -69,6 +69,7 @@ use crate::records::{self, ClockRecord};
 use crate::store::{Batch, Store};
 
 mod admin;
+mod checkpoint;
 mod claims;
 mod flight;
 mod mark;
@@ -113,6 +114,9 @@ struct Inner {
     admin: Mutex<()>,
     /// Serialises transactions, so each reads what the previous ones wrote.
     transactions: Mutex<()>,
+    /// Orders checkpoint writes around those with a precondition (see
+    /// [`checkpoint`]).
+    checkpoints: RwLock<()>,
     closed: AtomicBool,
     /// The last store time put into a batch as the heartbeat, in milliseconds.
     heartbeat: AtomicU64,

@@ -108,6 +108,7 @@ impl Local {
                 namespaces: RwLock::new(namespaces),
                 admin: Mutex::new(()),
                 transactions: Mutex::new(()),
+                checkpoints: RwLock::new(()),
                 closed: AtomicBool::new(false),
                 heartbeat: AtomicU64::new(now.as_millis()),
                 health: health::Health::default(),

@@ -1,20 +1,20 @@
-//! Transactional marks and checkpoints.
+//! Transactional marks.
 //!
-//! A [`Transaction`] marks one event and writes the caller's own keys in the same
-//! atomic RocksDB batch: a read model kept beside the marks changes exactly once per
-//! event, whatever the redeliveries and crashes. A checkpoint is a consumer's last
-//! processed position, written durably, alone or in the same batch as marks.
+//! A [`Transaction`] marks one event and writes the caller's own keys (and
+//! checkpoints) in the same atomic RocksDB batch: a read model kept beside the marks
+//! changes exactly once per event, whatever the redeliveries and crashes. So does a
+//! check-and-mark with a checkpoint.
 
 use super::mark::{Mode, Owners};
 use super::single::One;
-use super::{Local, lock};
+use super::{Local, checkpoint, lock};
 use crate::error::Error;
 use crate::exact::OwnerFp;
 use crate::id::EventId;
-use crate::records::checkpoint_prefix;
 use crate::store::{Batch, NamespaceId};
+use crate::tracker::checkpoint::validate_checkpoint;
 use crate::tracker::decide::{Ask, Decision};
-use crate::tracker::transaction::{UserRead, Writes, validate_checkpoint, validate_consumer};
+use crate::tracker::transaction::{UserRead, Writes};
 use crate::tracker::{Transacted, Transaction};
 use crate::verdict::Verdict;
 
@@ -54,6 +54,7 @@ impl Local {
         let mut tx = Transaction::new(self);
         let value = f(&mut tx)?;
         let writes = tx.into_writes();
+        let _ordered = (!writes.checkpoints.is_empty()).then(|| self.checkpoint_writer());
         held.commit(|batch| put_writes(batch, ns.id, &writes))?;
         Ok(Transacted::Applied(value))
     }
@@ -61,38 +62,6 @@ impl Local {
     /// See [`Tracker::user_get`](crate::Tracker::user_get).
     pub(crate) fn user_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         self.inner.store.get_user(key)
-    }
-
-    /// See [`Tracker::set_checkpoint`](crate::Tracker::set_checkpoint).
-    pub(crate) fn set_checkpoint(
-        &self,
-        namespace: &str,
-        consumer: &str,
-        position: &str,
-    ) -> Result<(), Error> {
-        validate_checkpoint(consumer, position)?;
-        let ns = self.namespace_handle(namespace)?;
-        let mut b = Batch::new();
-        b.put_meta(&checkpoint_key(ns.id, consumer), position.as_bytes());
-        self.inner.write(&b, self.sync_writes())
-    }
-
-    /// See [`Tracker::checkpoint`](crate::Tracker::checkpoint).
-    pub(crate) fn checkpoint(
-        &self,
-        namespace: &str,
-        consumer: &str,
-    ) -> Result<Option<String>, Error> {
-        validate_consumer(consumer)?;
-        let ns = self.namespace_handle(namespace)?;
-        self.inner
-            .store
-            .get_meta(&checkpoint_key(ns.id, consumer))?
-            .map(|bytes| {
-                String::from_utf8(bytes)
-                    .map_err(|_| Error::Corrupt(format!("checkpoint of {consumer:?} is not UTF-8")))
-            })
-            .transpose()
     }
 
     /// See [`Tracker::check_and_mark_with_checkpoint`](crate::Tracker::check_and_mark_with_checkpoint).
@@ -109,7 +78,8 @@ impl Local {
         let ns = self.namespace_handle(namespace)?;
         let owner = owner.map(|o| OwnerFp::new(o, ns.seed)).transpose()?;
         let mut extra = Batch::new();
-        extra.put_meta(&checkpoint_key(ns.id, consumer), position.as_bytes());
+        extra.put_meta(&checkpoint::key(ns.id, consumer), position.as_bytes());
+        let _ordered = self.checkpoint_writer();
         self.run(
             &ns,
             &ids,
@@ -118,10 +88,6 @@ impl Local {
             false,
         )
     }
-}
-
-fn checkpoint_key(ns: NamespaceId, consumer: &str) -> Vec<u8> {
-    [checkpoint_prefix(ns).as_slice(), consumer.as_bytes()].concat()
 }
 
 impl UserRead for Local {
@@ -139,6 +105,6 @@ fn put_writes(batch: &mut Batch, ns: NamespaceId, writes: &Writes) {
         }
     }
     for (consumer, position) in &writes.checkpoints {
-        batch.put_meta(&checkpoint_key(ns, consumer), position.as_bytes());
+        batch.put_meta(&checkpoint::key(ns, consumer), position.as_bytes());
     }
 }

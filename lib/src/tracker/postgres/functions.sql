@@ -10,10 +10,10 @@
 -- in-transaction API from the caller's transaction, and the public functions below
 -- it (`check_and_mark`, `check_and_mark_bytes`, `check`, `check_bytes`) for callers
 -- in any language. It decides as `decide.rs` does for the embedded engine: the
--- model test runs both engines against one exact model. `set_checkpoint` and
--- `checkpoint` keep consumers' positions beside the marks. (Claims stay with the
--- library and the daemon: their decisions are `decide.rs`'s, on the library's side
--- of one transaction.)
+-- model test runs both engines against one exact model. `set_checkpoint`,
+-- `set_checkpoint_if` and `checkpoint` keep consumers' positions beside the marks.
+-- (Claims stay with the library and the daemon: their decisions are `decide.rs`'s,
+-- on the library's side of one transaction.)
 
 -- An owner token's fingerprint as stored: the first 8 bytes of
 -- SHA-256(namespace seed, big-endian || token), as a bigint. Tokens never reach the
@@ -517,12 +517,11 @@ LANGUAGE sql VOLATILE AS $fn$
      ORDER BY a.pos
 $fn$;
 
--- Stores a consumer's last processed position in a namespace, inside the caller's
--- transaction (with the marks it made): names and positions as the library
--- validates them.
-CREATE OR REPLACE FUNCTION @schema@.set_checkpoint(
+-- The namespace a checkpoint write names, once its consumer and position are
+-- validated as the library validates them.
+CREATE OR REPLACE FUNCTION @schema@.checkpoint_target(
     p_namespace text, p_consumer text, p_position text)
-RETURNS void LANGUAGE plpgsql VOLATILE AS $fn$
+RETURNS integer LANGUAGE plpgsql STABLE AS $fn$
 DECLARE
     v_id integer;
 BEGIN
@@ -539,9 +538,71 @@ BEGIN
         RAISE EXCEPTION 'oncely: unknown namespace %', quote_nullable(p_namespace)
             USING ERRCODE = '42704';
     END IF;
+    RETURN v_id;
+END
+$fn$;
+
+-- Stores a consumer's last processed position in a namespace, inside the caller's
+-- transaction (with the marks it made).
+CREATE OR REPLACE FUNCTION @schema@.set_checkpoint(
+    p_namespace text, p_consumer text, p_position text)
+RETURNS void LANGUAGE sql VOLATILE AS $fn$
     INSERT INTO @schema@.checkpoints AS c (ns, consumer, position)
-    VALUES (v_id, p_consumer, p_position)
-    ON CONFLICT (ns, consumer) DO UPDATE SET position = excluded.position;
+    VALUES (@schema@.checkpoint_target(p_namespace, p_consumer, p_position), p_consumer, p_position)
+    ON CONFLICT (ns, consumer) DO UPDATE SET position = excluded.position
+$fn$;
+
+-- As `set_checkpoint`, only if the stored position is `p_expected` (NULL: only if
+-- none is stored yet): the library's `set_checkpoint_if`, so that two instances of
+-- a consumer never move its checkpoint over each other. The new position stored
+-- already succeeds (a retry whose first attempt landed). Otherwise it raises
+-- SQLSTATE OC002, which aborts the caller's transaction, with the stored position
+-- in DETAIL as JSON: {"current": "<position>"} or {"current": null}. The row stays
+-- locked until the caller's transaction ends.
+CREATE OR REPLACE FUNCTION @schema@.set_checkpoint_if(
+    p_namespace text, p_consumer text, p_expected text, p_position text)
+RETURNS void LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    v_id integer;
+    v_stored text;
+    v_found boolean;
+BEGIN
+    v_id := @schema@.checkpoint_target(p_namespace, p_consumer, p_position);
+    IF octet_length(p_expected) NOT BETWEEN 1 AND 1024 THEN
+        RAISE EXCEPTION 'oncely: invalid expected: % bytes is outside 1..=1024',
+            octet_length(p_expected) USING ERRCODE = '22023';
+    END IF;
+    -- Twice at most: a first round that found no row may lose the insert to
+    -- another transaction's; the second finds that row, and locks it.
+    FOR round IN 1..2 LOOP
+        SELECT c.position INTO v_stored FROM @schema@.checkpoints c
+         WHERE c.ns = v_id AND c.consumer = p_consumer FOR UPDATE;
+        v_found := FOUND;
+        IF v_stored = p_position THEN
+            RETURN;
+        END IF;
+        IF v_stored IS DISTINCT FROM p_expected THEN
+            RAISE EXCEPTION 'oncely: the checkpoint of consumer % is %, not % as expected; nothing changed',
+                quote_literal(p_consumer),
+                coalesce('at ' || quote_literal(v_stored), 'unset'),
+                coalesce('at ' || quote_literal(p_expected), 'unset')
+                USING ERRCODE = 'OC002',
+                      DETAIL = json_build_object('current', v_stored)::text;
+        END IF;
+        IF v_found THEN
+            UPDATE @schema@.checkpoints c SET position = p_position
+             WHERE c.ns = v_id AND c.consumer = p_consumer;
+            RETURN;
+        END IF;
+        INSERT INTO @schema@.checkpoints (ns, consumer, position)
+        VALUES (v_id, p_consumer, p_position)
+        ON CONFLICT (ns, consumer) DO NOTHING;
+        IF FOUND THEN
+            RETURN;
+        END IF;
+    END LOOP;
+    RAISE EXCEPTION 'oncely: the checkpoint of consumer % was written and removed meanwhile; retry',
+        quote_literal(p_consumer) USING ERRCODE = '40001';
 END
 $fn$;
 

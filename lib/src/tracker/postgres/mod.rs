@@ -44,6 +44,7 @@ use crate::tracker::budget::Limits;
 use crate::tracker::health::Health;
 
 mod admin;
+pub(crate) mod checkpoint;
 mod combine;
 mod connect;
 pub(crate) mod mark;

@@ -6,19 +6,20 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::combine;
 use super::mark::{self, Answer, Ask as MarkAsk, Distinct, Owners};
 use super::ring::NsCache;
 use super::rotation::Rotated;
 use super::single::{self, Applied, Caller, One};
-use super::{Ctx, Object, Pg, client, lock_timed_out, owner_fp, retryable};
+use super::{Object, Pg, client, lock_timed_out, owner_fp, retryable};
+use super::{checkpoint, combine};
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::exact::OwnerFp;
 use crate::generation::SealReason;
 use crate::id::{EventId, NamespaceName};
+use crate::tracker::checkpoint::validate_checkpoint;
 use crate::tracker::decide::{Ask, Decision};
-use crate::tracker::transaction::{UserRead, Writes, validate_checkpoint, validate_consumer};
+use crate::tracker::transaction::{UserRead, Writes};
 use crate::tracker::{CallVerdicts, ClaimOutcome, MAX_LEASE, Transacted, Transaction};
 use crate::verdict::Verdict;
 
@@ -522,31 +523,6 @@ impl Pg {
         }))
     }
 
-    pub(crate) fn set_checkpoint(
-        &self,
-        namespace: &str,
-        consumer: &str,
-        position: &str,
-    ) -> Result<(), Error> {
-        validate_checkpoint(consumer, position)?;
-        let ns = self.namespace(namespace)?;
-        self.block_on(self.session(self.deadline(), async |conn| {
-            put_checkpoint(client(conn), &self.ctx(), ns.id, consumer, position).await
-        }))
-    }
-
-    pub(crate) fn checkpoint(
-        &self,
-        namespace: &str,
-        consumer: &str,
-    ) -> Result<Option<String>, Error> {
-        validate_consumer(consumer)?;
-        let ns = self.namespace(namespace)?;
-        self.block_on_read(self.session(self.deadline(), async |conn| {
-            get_checkpoint(client(conn), &self.ctx(), ns.id, consumer).await
-        }))
-    }
-
     pub(crate) fn tick(&self) -> Result<(), Error> {
         let names = self.block_on_read(self.session(self.deadline(), async |conn| {
             let rows = conn
@@ -700,7 +676,7 @@ impl OpenTransaction<'_> {
                     }
                 }
                 for (consumer, position) in &writes.checkpoints {
-                    put_checkpoint(client(&conn), &ctx, ns, consumer, position).await?;
+                    checkpoint::put(client(&conn), &ctx, ns, consumer, position).await?;
                 }
                 conn.batch_execute("COMMIT").await?;
                 Ok(())
@@ -776,44 +752,6 @@ async fn user_value_locked<C: tokio_postgres::GenericClient + Sync>(
         .query_opt(
             &format!("SELECT value FROM {schema}.user_kv WHERE key = $1 FOR UPDATE"),
             &[&key],
-        )
-        .await?
-        .map(|r| r.get(0)))
-}
-
-pub(crate) async fn put_checkpoint<C: tokio_postgres::GenericClient + Sync>(
-    client: &C,
-    ctx: &Ctx<'_>,
-    ns: i32,
-    consumer: &str,
-    position: &str,
-) -> Result<(), Error> {
-    client
-        .execute(
-            &format!(
-                "INSERT INTO {}.checkpoints (ns, consumer, position) VALUES ($1, $2, $3)
-                 ON CONFLICT (ns, consumer) DO UPDATE SET position = excluded.position",
-                ctx.schema
-            ),
-            &[&ns, &consumer, &position],
-        )
-        .await?;
-    Ok(())
-}
-
-pub(crate) async fn get_checkpoint<C: tokio_postgres::GenericClient + Sync>(
-    client: &C,
-    ctx: &Ctx<'_>,
-    ns: i32,
-    consumer: &str,
-) -> Result<Option<String>, Error> {
-    Ok(client
-        .query_opt(
-            &format!(
-                "SELECT position FROM {}.checkpoints WHERE ns = $1 AND consumer = $2",
-                ctx.schema
-            ),
-            &[&ns, &consumer],
         )
         .await?
         .map(|r| r.get(0)))
