@@ -9,12 +9,12 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: run test deps fmt lint unit doc examples schemathesis bench peers
+.PHONY: run test deps fmt lint unit doc examples schemathesis python bench peers
 
 run: deps
 	$(CARGO) run --release --locked -p oncelyd -- serve $(ARGS)
 
-test: deps fmt lint unit doc examples schemathesis
+test: deps fmt lint unit doc examples schemathesis python
 
 deps:
 	@./scripts/ensure-deps.sh
@@ -41,6 +41,10 @@ examples:
 # The daemon against its own OpenAPI document, every check (about 10 s once built).
 schemathesis:
 	./scripts/schemathesis.sh
+
+# The Python client (clients/python): ruff, mypy --strict, pytest against a real daemon.
+python:
+	./scripts/python-client.sh
 
 bench: deps
 	$(CARGO) bench --locked -p oncely-benches $(ARGS)

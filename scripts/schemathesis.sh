@@ -7,12 +7,16 @@
 # token and a temporary data directory, runs a seeded, bounded schemathesis run
 # against /v1/openapi.json (about 10 s), then kills the daemon and removes the
 # directory. schemathesis is installed into a virtualenv under ~/.cache/oncely the
-# first time (PyPI), pinned to the version this was written against.
+# first time (PyPI), pinned to the version this was written against
+# (ONCELY_SCHEMATHESIS_VENV places it elsewhere; the daemon, which refuses unknown
+# ONCELY_* settings, is started without it).
 #
 #   scripts/schemathesis.sh                      # the run make test makes
 #   scripts/schemathesis.sh --max-examples 300   # extra arguments go to `st run`
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/venv.sh
+. scripts/venv.sh
 
 ST_VERSION=4.32.5
 VENV="${ONCELY_SCHEMATHESIS_VENV:-${HOME:-/root}/.cache/oncely/schemathesis-$ST_VERSION}"
@@ -20,18 +24,7 @@ CARGO="${CARGO:-cargo}"
 TARGET="${CARGO_TARGET_DIR:-target}"
 
 if [ ! -x "$VENV/bin/st" ]; then
-    if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
-        if [ "$(id -u)" -eq 0 ]; then
-            export DEBIAN_FRONTEND=noninteractive
-            apt-get install -y --no-install-recommends python3-venv >/dev/null \
-                || { apt-get update >/dev/null && apt-get install -y --no-install-recommends python3-venv >/dev/null; }
-            rm -rf "$VENV"
-            python3 -m venv "$VENV"
-        else
-            echo "error: cannot create a Python virtualenv; install python3-venv" >&2
-            exit 1
-        fi
-    fi
+    make_venv "$VENV"
     "$VENV/bin/pip" install --quiet "schemathesis==$ST_VERSION"
 fi
 
@@ -48,7 +41,7 @@ cleanup() {
 trap cleanup EXIT
 
 token="st-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-"$TARGET/debug/oncelyd" serve --listen 127.0.0.1:0 --data-dir "$work/data" \
+env -u ONCELY_SCHEMATHESIS_VENV "$TARGET/debug/oncelyd" serve --listen 127.0.0.1:0 --data-dir "$work/data" \
     --token "$token" >"$work/daemon.log" 2>&1 &
 daemon=$!
 # Killed on purpose at the end: no job report for it.

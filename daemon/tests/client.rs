@@ -241,6 +241,20 @@ async fn every_method_against_a_real_daemon() {
         .await
         .expect("a retry finds its position stored");
 
+    // Forget: the mark given back, once.
+    let marked = c.check_and_mark("orders", &["fg-1"], None).await.unwrap();
+    assert!(marked.verdicts[0].is_new());
+    assert_eq!(
+        c.forget("orders", &["fg-1", "fg-1", "fg-unseen"])
+            .await
+            .unwrap(),
+        [true, false, false]
+    );
+    assert_eq!(c.forget("orders", &["fg-1"]).await.unwrap(), [false]);
+    assert!(c.check("orders", &["fg-1"]).await.unwrap()[0].is_new());
+    let e = c.forget("orders", &[""]).await.unwrap_err();
+    assert_eq!(e.code(), Some("invalid_id"));
+
     // Deleted: gone, with its marks.
     c.delete_namespace("orders").await.unwrap();
     assert_eq!(c.namespaces().await.unwrap(), ["default"]);

@@ -962,6 +962,67 @@ async fn checkpoint_preconditions_refuse_a_stale_read_with_409() {
 }
 
 #[tokio::test]
+async fn forget_gives_marks_back_and_refuses_bad_input_whole() {
+    let h = Harness::new();
+    const FORGET: &str = "/v1/namespaces/default/forget";
+    assert_eq!(h.mark(&["f-1", "f-2"], None).await, ["new", "new"]);
+    let claim = h
+        .post(
+            "/v1/namespaces/default/claims",
+            r#"{"id": "f-held", "owner": "w", "lease_ms": 60000}"#,
+        )
+        .await;
+    assert_eq!(claim.status, StatusCode::OK, "{}", claim.text);
+    let a = h
+        .post(FORGET, r#"{"ids": ["f-1", "f-1", "f-held", "f-unseen"]}"#)
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(
+        a.json(),
+        serde_json::json!({"results": [
+            {"id": "f-1", "forgotten": true},
+            {"id": "f-1", "forgotten": false},
+            {"id": "f-held", "forgotten": false},
+            {"id": "f-unseen", "forgotten": false},
+        ]})
+    );
+    assert_eq!(h.check(&["f-1", "f-2"]).await, ["new", "duplicate"]);
+    assert_eq!(h.check(&["f-held"]).await, ["in_progress"]);
+    // A retry answers false: nothing is left to forget.
+    let again = h.post(FORGET, r#"{"ids": ["f-1"]}"#).await;
+    assert_eq!(again.json()["results"][0]["forgotten"], false);
+    assert_eq!(h.mark(&["f-1"], None).await, ["new"], "given back");
+
+    // Refused whole, nothing forgotten.
+    for (body, code) in [
+        (r#"{"ids": ["f-2", ""]}"#, "invalid_id"),
+        (r#"{"ids": "f-2"}"#, "invalid_request"),
+        (r#"{"ids": ["f-2"], "owner": "o"}"#, "invalid_request"),
+    ] {
+        h.post(FORGET, body)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, code);
+    }
+    h.post("/v1/namespaces/nowhere/forget", r#"{"ids": ["f-2"]}"#)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "unknown_namespace");
+    assert_eq!(
+        h.check(&["f-2"]).await,
+        ["duplicate"],
+        "refusals changed nothing"
+    );
+    let metrics = h.get("/metrics").await.text;
+    assert!(
+        metrics.contains(r#"oncelyd_forgets_total{protocol="http",outcome="forgotten"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"oncelyd_forgets_total{protocol="http",outcome="kept"} 4"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn storage_failure_is_503_and_acknowledges_nothing() {
     let h = Harness::new();
     h.faults
@@ -1429,7 +1490,7 @@ async fn failing_storage_makes_the_daemon_unready_until_a_write_succeeds() {
 }
 
 /// Every route of the contract, as (method, path pattern).
-const ROUTES: [(&str, &str); 16] = [
+const ROUTES: [(&str, &str); 17] = [
     ("post", "/v1/namespaces/{ns}/check-and-mark"),
     ("post", "/v1/namespaces/{ns}/check"),
     ("post", "/v1/namespaces/{ns}/claims"),
@@ -1442,6 +1503,7 @@ const ROUTES: [(&str, &str); 16] = [
     ("get", "/v1/namespaces"),
     ("put", "/v1/namespaces/{ns}/checkpoints/{consumer}"),
     ("get", "/v1/namespaces/{ns}/checkpoints/{consumer}"),
+    ("post", "/v1/namespaces/{ns}/forget"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -1480,9 +1542,24 @@ async fn openapi_document_lists_every_route_and_every_listed_route_is_served() {
         "NamespaceView",
         "NamespaceConfig",
         "ClaimResponse",
+        "ForgetRequest",
+        "ForgetResponse",
+        "ErrorCode",
     ] {
         assert!(schemas.contains_key(s), "schema {s} missing");
     }
+    // The error codes are listed once, as the daemon defines them.
+    let codes: Vec<&str> = schemas["ErrorCode"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let defined: Vec<&str> = oncely_client::api::ErrorCode::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
+    assert_eq!(codes, defined);
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     let check_and_mark = &paths["/v1/namespaces/{ns}/check-and-mark"]["post"];
     for status in ["200", "400", "401", "404", "413", "503"] {

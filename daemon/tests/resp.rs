@@ -376,6 +376,34 @@ async fn redis_words_keep_their_meaning_and_refusals_change_nothing() {
         c.call(&["ONCELY.CHECKPOINT", "SET", "default", "c2", "p", "NX"]),
         V::ok()
     );
+    // Forget: 1 where an exact mark went, 0 for a live claim, the unseen, a repeat.
+    assert_eq!(c.call(&["SET", "gone", "1", "NX"]), V::ok());
+    assert!(!matches!(
+        c.call(&[
+            "ONCELY.CLAIM",
+            "default",
+            "held",
+            "OWNER",
+            "w1",
+            "LEASE",
+            "60000"
+        ]),
+        V::Error(_)
+    ));
+    assert_eq!(
+        c.call(&["ONCELY.FORGET", "default", "gone", "gone", "held", "unseen"]),
+        V::Array(vec![V::Int(1), V::Int(0), V::Int(0), V::Int(0)])
+    );
+    assert_eq!(c.call(&["SET", "gone", "1", "NX"]), V::ok(), "given back");
+    assert!(matches!(
+        c.call(&["ONCELY.FORGET", "default"]),
+        V::Error(e) if e.starts_with("ERR wrong number of arguments")
+    ));
+    assert!(matches!(
+        c.call(&["ONCELY.FORGET", "nowhere", "gone"]),
+        V::Error(_)
+    ));
+    assert_eq!(c.call(&["SET", "gone", "1", "NX"]), V::Nil, "refused: kept");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -93,7 +93,13 @@
 //!   `oncely.check(namespace, ids)` and `oncely.check_bytes` answer without marking;
 //!   `oncely.set_checkpoint(namespace, consumer, position)` and
 //!   `oncely.checkpoint(namespace, consumer)` keep a consumer's position in the same
-//!   transaction. (Claims are the library's and the daemon's only.)
+//!   transaction. `oncely.forget(namespace text, ids text[])` (and
+//!   `oncely.forget_bytes` for `bytea[]`) forgets IDs, as
+//!   [`Tracker::forget`](crate::Tracker::forget) does, when the transaction
+//!   commits: one row per ID, in order, `id` and `forgotten` (`true` where it
+//!   deleted an exact mark; `false` where nothing exact remembered the ID, where a
+//!   live claim holds it, and for a repeat). (Claims are the library's and the
+//!   daemon's only.)
 //! * The function sorts the IDs and takes its row locks in that order, so batches
 //!   in any order from any number of transactions wait for one another and never
 //!   deadlock; it takes the namespace's lock and, at REPEATABLE READ and
@@ -171,6 +177,7 @@ use crate::tracker::ClaimOutcome;
 use crate::tracker::checkpoint::{validate_checkpoint, validate_conditional, validate_consumer};
 use crate::tracker::decide::{Ask, Decision};
 use crate::tracker::postgres::checkpoint;
+use crate::tracker::postgres::forget::{self, Forgot};
 use crate::tracker::postgres::mark::{self, Answer, Ask as MarkAsk, Distinct, Owners};
 use crate::tracker::postgres::ops::{check_lease, checked_id, settled};
 use crate::tracker::postgres::ring::NsCache;
@@ -444,6 +451,54 @@ impl InTransaction {
                                 .into(),
                         )),
                     };
+                }
+            }
+        }
+        Err(Error::RetryTransaction(format!(
+            "namespace {name} kept changing under the call"
+        )))
+    }
+
+    /// [`Tracker::forget`](crate::Tracker::forget), inside `client`'s transaction,
+    /// at any isolation level: the marks are deleted when the transaction commits,
+    /// and stay if it rolls back. The rows of the IDs, and of the generations they
+    /// were forgotten from, stay locked until it ends. One answer per ID, in order:
+    /// `true` where an exact mark was deleted; `false` where nothing exact
+    /// remembered it, where a live claim holds it (left alone), and for a repeat.
+    ///
+    /// # Errors
+    ///
+    /// Invalid IDs, unknown namespace; [`Error::RetryTransaction`] when PostgreSQL
+    /// could not serialise the transaction (at REPEATABLE READ or SERIALIZABLE, a
+    /// snapshot taken before another node rotated the namespace, or changed one of
+    /// these IDs or a generation they are in); [`Error::Busy`] when a lock wait
+    /// timed out; database errors. After an error, roll the transaction back (and
+    /// retry it).
+    pub async fn forget<C: GenericClient + Sync, T: AsRef<[u8]>>(
+        &self,
+        client: &C,
+        namespace: &str,
+        ids: &[T],
+    ) -> Result<Vec<bool>, Error> {
+        let ids = EventId::batch(ids)?;
+        let name = NamespaceName::new(namespace)?;
+        let distinct = Distinct::new(&ids);
+        let ctx = self.pg.ctx();
+        for _ in 0..ATTEMPTS {
+            let ns = self.pg.namespace_in(client, name.as_str()).await?;
+            if distinct.ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            match forget::forget_ids(client, &ctx, &self.pg, &ns, &distinct.ids, Caller::Theirs)
+                .await
+                .map_err(in_transaction)?
+            {
+                Forgot::RotateFirst(_) => unreachable!("never asked to rotate"),
+                Forgot::Stale => {
+                    self.pg.load(client, &ctx, &name).await?;
+                }
+                Forgot::Done { forgotten, .. } => {
+                    return Ok(distinct.spread_forgotten(&forgotten));
                 }
             }
         }

@@ -48,6 +48,18 @@ pub(crate) fn claim_key(ns: NamespaceId, id: &[u8]) -> Vec<u8> {
     [claim_prefix(ns).as_slice(), id].concat()
 }
 
+/// Marks a generation that IDs were forgotten from: its filter, snapshot
+/// included, may still hold their bits, so it is rebuilt from the exact table
+/// before that goes (see `tracker::local::namespace`). The value is a
+/// [`ForgetsRecord`].
+pub(crate) fn forgets_key(ns: NamespaceId, generation: GenerationId) -> Vec<u8> {
+    [forgets_prefix(ns).as_slice(), &generation.0.to_be_bytes()].concat()
+}
+
+pub(crate) fn forgets_prefix(ns: NamespaceId) -> Vec<u8> {
+    [b"forgot:".as_slice(), &ns.0.to_be_bytes(), b":"].concat()
+}
+
 pub(crate) fn checkpoint_prefix(ns: NamespaceId) -> Vec<u8> {
     [b"ckpt:".as_slice(), &ns.0.to_be_bytes(), b":"].concat()
 }
@@ -97,6 +109,13 @@ pub(crate) struct CleanRecord {
     pub(crate) v: u32,
     pub(crate) generation: u64,
     pub(crate) ids: u64,
+}
+
+/// A generation that IDs were forgotten from (see [`forgets_key`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct ForgetsRecord {
+    pub(crate) v: u32,
+    pub(crate) generation: u64,
 }
 
 /// The tracker clock's last reading that reached the store (the "heartbeat"),
@@ -191,6 +210,12 @@ impl Versioned for RingRecord {
 }
 
 impl Versioned for ClockRecord {
+    fn version(&self) -> u32 {
+        self.v
+    }
+}
+
+impl Versioned for ForgetsRecord {
     fn version(&self) -> u32 {
         self.v
     }

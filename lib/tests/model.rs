@@ -3,7 +3,7 @@
 //!
 //! The operations mix everything that meets at the boundaries: marks (with and without
 //! an owner), checks, claims (acquired, renewed, taken over, expired), completions,
-//! releases, transactions that apply or fail, writes that fail (a store that refuses
+//! releases, forgets, transactions that apply or fail, writes that fail (a store that refuses
 //! every write while told to), reconfigurations (capacity, ring size, exact horizon,
 //! span, with and without `drop_now`), manual and timed rotations, ticks, and reopens
 //! after a clean close or a drop, with the wall clock stepped forward or back while
@@ -19,13 +19,16 @@
 //!   capacity in force, never past its own filter's capacity, and earlier when its
 //!   filter would exceed the rate each generation must meet (after `generations` is
 //!   raised);
-//! * marks: an ID's latest landed mark, its generation and owner;
+//! * marks: an ID's latest landed mark, its generation and owner; a forget takes an
+//!   exact mark without a live claim away (the generation keeps its count, but the
+//!   embedded engine recounts the open generation from its table after a crash);
 //! * claims: owner, lease end and lease, apart from the generations; an expired
 //!   claim is forgotten by the tick after it has been expired as long as its lease;
 //! * time: store time, which resumes across a reopen where it stopped whatever the
 //!   wall clock did, and the offset of the caller's clock from it.
 //!
-//! Every answer must be exact: `New` for IDs never marked, given back, or whose
+//! Every answer must be exact: `New` for IDs never marked, given back, forgotten
+//! (also once their generation is Bloom-only), or whose
 //! generation left the ring; `Duplicate` (`Replayed` for the same owner) in an exact
 //! generation; `ProbableDuplicate` exactly in a Bloom-only one; `InProgress` while
 //! another owner's lease runs, with its end; a call that fails changes nothing. The
@@ -93,6 +96,8 @@ enum Op {
     /// Stores a consumer's checkpoint position: unconditionally (`None`), or
     /// expecting none stored (`Some(None)`) or a position.
     SetCheckpoint(u8, Option<Option<u8>>, u8),
+    /// Forgets a batch of IDs.
+    Forget(Vec<u8>),
     /// Every write fails from now on (`true`), or succeeds again.
     FailWrites(bool),
     Reconfigure(Shape, bool),
@@ -137,6 +142,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(i, o, ok)| Op::Transact(i, o, ok)),
         2 => (0..CONSUMERS, proptest::option::of(proptest::option::of(0..POSITIONS)), 0..POSITIONS)
             .prop_map(|(c, e, p)| Op::SetCheckpoint(c, e, p)),
+        2 => batch().prop_map(Op::Forget),
         1 => any::<bool>().prop_map(Op::FailWrites),
         1 => (shape(), any::<bool>()).prop_map(|(s, d)| Op::Reconfigure(s, d)),
         1 => Just(Op::Rotate),
@@ -168,6 +174,8 @@ struct ModelGen {
     /// The capacity and per-generation rate its filter was sized for.
     sized: (u64, f64),
     seal_at: u64,
+    /// IDs forgotten from it: a recount of its table misses them.
+    forgotten: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -243,6 +251,7 @@ impl Model {
                 },
                 sized,
                 seal_at: sized_seal_at(embedded, sized, shape),
+                forgotten: 0,
             }]),
             floor: 1,
             marks: HashMap::new(),
@@ -281,6 +290,7 @@ impl Model {
             },
             sized,
             seal_at: sized_seal_at(self.embedded, sized, self.shape),
+            forgotten: 0,
         });
         while self.ring.len() > self.shape.0 as usize {
             let _ = self.ring.pop_front();
@@ -524,6 +534,40 @@ impl Model {
                 self.checkpoints.insert(consumer, position);
                 (Ok(()), true)
             }
+        }
+    }
+
+    /// One answer per ID: whether an exact mark without a live claim was taken
+    /// away (once per ID per call); and whether it wrote.
+    fn forget(&mut self, batch: &[u8]) -> (Vec<bool>, bool) {
+        let mut wrote = self.rotate_if_due();
+        let mut seen = HashSet::new();
+        let answers = batch
+            .iter()
+            .map(|&id| {
+                let forgettable = seen.insert(id)
+                    && matches!(self.mark_of(id), Some((true, _)))
+                    && self.live_claim(id).is_none();
+                if forgettable {
+                    let (generation, _) = self.marks.remove(&id).unwrap();
+                    if let Some(g) = self.ring.iter_mut().find(|g| g.shown.id == generation) {
+                        g.forgotten += 1;
+                    }
+                    wrote = true;
+                }
+                forgettable
+            })
+            .collect();
+        (answers, wrote)
+    }
+
+    /// A restart after a crash: the embedded engine recounts the open
+    /// generation from its table, which the forgotten IDs have left.
+    fn recount_open(&mut self) {
+        if self.embedded {
+            let open = self.ring.back_mut().unwrap();
+            open.shown.ids -= open.forgotten;
+            open.forgotten = 0;
         }
     }
 
@@ -815,6 +859,12 @@ fn run(engine: Engine, shape: Shape, ops: &[Op]) -> Result<(), TestCaseError> {
                 };
                 prop_assert_eq!(got, want, "tracker (left) vs model (right) at {}", at());
             }
+            Op::Forget(batch) => {
+                let names: Vec<String> = batch.iter().map(|&i| name(i)).collect();
+                let got = outcome(t.forget(NS, &names));
+                let want = predict(&mut model, |m| m.forget(batch));
+                prop_assert_eq!(got, want, "tracker (left) vs model (right) at {}", at());
+            }
             // Faults are injected into the embedded store only (PostgreSQL's own
             // failures have tests of their own).
             Op::FailWrites(_) if !embedded => {}
@@ -888,11 +938,23 @@ fn run(engine: Engine, shape: Shape, ops: &[Op]) -> Result<(), TestCaseError> {
                     tracker,
                     fault,
                 };
+                let recounted = if *close {
+                    0
+                } else {
+                    let forgotten = model.open().forgotten;
+                    model.recount_open();
+                    forgotten - model.open().forgotten
+                };
                 let shifted: Vec<(Gen, bool)> = before
                     .into_iter()
-                    .map(|(mut g, exact)| {
+                    .enumerate()
+                    .map(|(i, (mut g, exact))| {
                         g.opened_at = g.opened_at.saturating_add_signed(*step);
                         g.sealed_at = g.sealed_at.map(|s| s.saturating_add_signed(*step));
+                        // Newest first: the open generation is recounted.
+                        if i == 0 {
+                            g.ids -= recounted;
+                        }
                         (g, exact)
                     })
                     .collect();

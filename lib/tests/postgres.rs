@@ -283,7 +283,7 @@ fn a_newer_schema_is_refused() {
 }
 
 /// A database left by version 1 (`marks` partitioned, keyed on `(ns, gen, id)`) or
-/// version 2 (keyed on `(id, ns, gen)`) is migrated in place to version 3 (then 4): every
+/// version 2 (keyed on `(id, ns, gen)`) is migrated in place to version 3 (then 4 and 5): every
 /// partition becomes a table of its own keyed on `id`, the parent goes, the ring
 /// rows gain what `mark_ids` reads, and the marks and claims stored still count.
 #[test]
@@ -317,7 +317,7 @@ fn older_schemas_are_migrated_with_their_marks() {
                 &place,
                 "SELECT value FROM oncely.meta WHERE key = 'schema_version'"
             ),
-            ["4"]
+            ["5"]
         );
         assert_eq!(
             indexes(&place),
@@ -358,8 +358,8 @@ fn older_schemas_are_migrated_with_their_marks() {
     }
 }
 
-/// A database left by version 3 gains `set_checkpoint_if` (version 4) and keeps
-/// its checkpoints; the functions it had still answer.
+/// A database left by version 3 gains `set_checkpoint_if` (version 4, then 5) and
+/// keeps its checkpoints; the functions it had still answer.
 #[test]
 fn a_version_3_schema_gains_conditional_checkpoints() {
     let place = Place::new(Engine::Postgres);
@@ -379,7 +379,7 @@ fn a_version_3_schema_gains_conditional_checkpoints() {
             &place,
             "SELECT value FROM oncely.meta WHERE key = 'schema_version'"
         ),
-        ["4"]
+        ["5"]
     );
     assert_eq!(t.checkpoint(NS, "ledger").unwrap().as_deref(), Some("p-1"));
     sql(
@@ -389,6 +389,294 @@ fn a_version_3_schema_gains_conditional_checkpoints() {
     );
     assert_eq!(t.checkpoint(NS, "ledger").unwrap().as_deref(), Some("p-2"));
     assert_eq!(t.checkpoint(NS, "other").unwrap().as_deref(), Some("q-1"));
+}
+
+/// A database left by version 4 gains forgets (version 5): the count of forgets
+/// per generation that filter builds go by, and the SQL functions; its marks
+/// still count, and forgets work through the library and SQL alike.
+#[test]
+fn a_version_4_schema_gains_forget() {
+    let place = Place::new(Engine::Postgres);
+    let c = clock();
+    let t = place.open(&c, small_config(1_000));
+    assert_eq!(
+        t.check_and_mark(NS, &["a", "b"], None).unwrap(),
+        [Verdict::New; 2]
+    );
+    t.rotate_namespace(NS).unwrap();
+    drop(t);
+    sql(
+        &place,
+        "DROP FUNCTION oncely.forget(text, text[]);
+         DROP FUNCTION oncely.forget_bytes(text, bytea[]);
+         DROP FUNCTION oncely.forget_ids(text, bytea[]);
+         ALTER TABLE oncely.generations DROP COLUMN forgets;
+         UPDATE oncely.meta SET value = '4' WHERE key = 'schema_version'",
+    );
+    let t = place.open(&c, small_config(1_000));
+    assert_eq!(
+        column(
+            &place,
+            "SELECT value FROM oncely.meta WHERE key = 'schema_version'"
+        ),
+        ["5"]
+    );
+    assert_eq!(
+        column(
+            &place,
+            "SELECT gen || ': ' || forgets || ', ' || (filter IS NOT NULL)
+               FROM oncely.generations ORDER BY gen"
+        ),
+        ["1: 0, true", "2: 0, false"],
+        "every generation counts no forgets yet; the sealed one keeps its filter"
+    );
+    assert_eq!(
+        t.check(NS, &["a", "b"]).unwrap(),
+        [Verdict::Duplicate; 2],
+        "the stored marks still count"
+    );
+    assert_eq!(t.forget(NS, &["a"]).unwrap(), [true]);
+    assert_eq!(
+        column(
+            &place,
+            "SELECT id || ' ' || forgotten FROM oncely.forget('default', ARRAY['b', 'c'])"
+        ),
+        ["b true", "c false"]
+    );
+    assert_eq!(
+        column(
+            &place,
+            "SELECT gen || ': ' || forgets || ', ' || (filter IS NOT NULL)
+               FROM oncely.generations ORDER BY gen"
+        ),
+        ["1: 2, false", "2: 0, false"]
+    );
+    assert_eq!(t.check(NS, &["a", "b"]).unwrap(), [Verdict::New; 2]);
+}
+
+/// Forget: a forgotten ID answers new to the next caller (an owner's retry of its
+/// first mark too: new, not replayed); the answer is false for an ID never seen,
+/// one a live claim holds (the claim is left alone, and still in progress), one
+/// whose claim ran out uncompleted, a repeat within the call, and a retried forget
+/// whose first attempt worked. A completed claim is a mark, and can be forgotten.
+#[test]
+fn forget_gives_marks_back_and_says_what_it_did() {
+    let place = Place::new(Engine::Postgres);
+    let c = clock();
+    let t = place.open(&c, small_config(1_000));
+    assert_eq!(
+        t.check_and_mark(NS, &["a", "b"], Some("o1")).unwrap(),
+        [Verdict::New; 2]
+    );
+    assert!(matches!(
+        t.claim(NS, "job", "w1", Duration::from_secs(60)).unwrap(),
+        ClaimOutcome::Acquired { .. }
+    ));
+    assert!(matches!(
+        t.claim(NS, "late", "w1", Duration::from_secs(1)).unwrap(),
+        ClaimOutcome::Acquired { .. }
+    ));
+    c.advance(Duration::from_secs(2));
+    assert_eq!(
+        t.forget(NS, &["a", "unseen", "job", "late", "b", "a"])
+            .unwrap(),
+        [true, false, false, false, true, false]
+    );
+    assert!(
+        matches!(
+            t.claim(NS, "job", "w2", Duration::from_secs(60)).unwrap(),
+            ClaimOutcome::InProgress { .. }
+        ),
+        "the live claim is left alone"
+    );
+    assert_eq!(
+        t.forget(NS, &["a", "b"]).unwrap(),
+        [false, false],
+        "a retried forget: its first attempt worked"
+    );
+    assert!(matches!(
+        t.check(NS, &["a", "b", "job"]).unwrap()[..],
+        [Verdict::New, Verdict::New, Verdict::InProgress { .. }]
+    ));
+    assert_eq!(
+        t.check_and_mark(NS, &["a"], Some("o1")).unwrap(),
+        [Verdict::New],
+        "the owner's retry of its first mark: new, not replayed"
+    );
+    assert_eq!(
+        t.check_and_mark(NS, &["a"], Some("o1")).unwrap(),
+        [Verdict::Replayed]
+    );
+    assert_eq!(t.check_and_mark(NS, &["b"], None).unwrap(), [Verdict::New]);
+    t.complete(NS, "job", "w1").unwrap();
+    assert_eq!(t.forget(NS, &["job"]).unwrap(), [true]);
+    assert!(matches!(
+        t.claim(NS, "job", "w3", Duration::from_secs(60)).unwrap(),
+        ClaimOutcome::Acquired {
+            replayed: false,
+            taken_over: false,
+            ..
+        }
+    ));
+    assert!(t.forget(NS, &[] as &[&str]).unwrap().is_empty());
+    assert!(matches!(
+        t.forget("nowhere", &["a"]),
+        Err(oncely::Error::UnknownNamespace(_))
+    ));
+    assert!(matches!(
+        t.forget(NS, &["a", ""]),
+        Err(oncely::Error::InvalidId { index: 1, .. })
+    ));
+    assert_eq!(t.check(NS, &["a"]).unwrap(), [Verdict::Duplicate]);
+}
+
+/// Given back means given back, Bloom-only generations included: an ID forgotten
+/// from a sealed generation whose filter is already built answers new once that
+/// generation has turned Bloom-only (the filter is taken away by the forget and
+/// built again without it before the table goes), while its neighbour answers
+/// probable_duplicate from the same filter. An ID forgotten while its generation
+/// was open, likewise. Marked again, a forgotten ID lands in the open generation.
+#[test]
+fn a_forget_in_a_sealed_generation_holds_once_it_turns_bloom_only() {
+    let place = Place::new(Engine::Postgres);
+    let c = clock();
+    let t = place.open(
+        &c,
+        ring_config(4, 2, 1_000, Duration::from_secs(3600), 1e-6),
+    );
+    let state = |generation: i64| {
+        column(
+            &place,
+            &format!(
+                "SELECT (filter IS NOT NULL) || ' ' || forgets FROM oncely.generations
+                  WHERE gen = {generation}"
+            ),
+        )
+    };
+    assert_eq!(
+        t.check_and_mark(NS, &["gone", "kept", "gone-while-open"], None)
+            .unwrap(),
+        [Verdict::New; 3]
+    );
+    assert_eq!(t.forget(NS, &["gone-while-open"]).unwrap(), [true]);
+    t.rotate_namespace(NS).unwrap();
+    assert_eq!(state(1), ["true 1"], "sealed, its filter built");
+    assert_eq!(t.forget(NS, &["gone"]).unwrap(), [true]);
+    assert_eq!(
+        state(1),
+        ["false 2"],
+        "the filter, which holds the ID, taken away; the forget counted"
+    );
+    assert_eq!(
+        t.check(NS, &["gone", "kept"]).unwrap(),
+        [Verdict::New, Verdict::Duplicate]
+    );
+    // Generation 1 leaves the exact horizon: only once its filter is built again.
+    t.rotate_namespace(NS).unwrap();
+    assert_eq!(state(1), ["true 2"]);
+    assert_eq!(
+        column(
+            &place,
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'oncely'
+              AND tablename LIKE 'marks\\_%' ORDER BY 1"
+        ),
+        ["marks_1_2", "marks_1_3"],
+        "generation 1 is Bloom-only"
+    );
+    assert_eq!(
+        t.check(NS, &["gone", "kept", "gone-while-open"]).unwrap(),
+        [Verdict::New, Verdict::ProbableDuplicate, Verdict::New]
+    );
+    assert_eq!(
+        t.forget(NS, &["kept"]).unwrap(),
+        [false],
+        "nothing exact to delete: a Bloom-only filter's bits stay"
+    );
+    assert_eq!(
+        t.check_and_mark(NS, &["gone", "kept"], None).unwrap(),
+        [Verdict::New, Verdict::ProbableDuplicate]
+    );
+    assert_eq!(
+        column(
+            &place,
+            "SELECT convert_from(id, 'UTF8') FROM oncely.marks_1_3"
+        ),
+        ["gone"],
+        "marked again in the open generation"
+    );
+    assert_eq!(t.check(NS, &["gone"]).unwrap(), [Verdict::Duplicate]);
+}
+
+/// The same through SQL (`oncely.forget`): an ID forgotten from a sealed
+/// generation whose filter is built answers new once the generation is
+/// Bloom-only, its neighbour probable_duplicate.
+#[test]
+fn a_forget_through_sql_holds_once_its_generation_turns_bloom_only() {
+    let place = Place::new(Engine::Postgres);
+    let c = clock();
+    let t = place.open(
+        &c,
+        ring_config(4, 2, 1_000, Duration::from_secs(3600), 1e-6),
+    );
+    assert_eq!(
+        t.check_and_mark(NS, &["gone", "kept"], None).unwrap(),
+        [Verdict::New; 2]
+    );
+    t.rotate_namespace(NS).unwrap();
+    assert_eq!(
+        column(
+            &place,
+            "SELECT id || ' ' || forgotten FROM oncely.forget('default', ARRAY['gone', 'gone'])"
+        ),
+        ["gone true", "gone false"]
+    );
+    t.rotate_namespace(NS).unwrap();
+    assert_eq!(
+        t.check(NS, &["gone", "kept"]).unwrap(),
+        [Verdict::New, Verdict::ProbableDuplicate]
+    );
+}
+
+/// A node holding a generation's filter from before a forget loads the filter
+/// built again without the ID, although it is as long as the one it holds: the ID
+/// answers new on that node too, once the generation is Bloom-only.
+#[test]
+fn a_filter_built_again_after_a_forget_reaches_every_node() {
+    let place = Place::new(Engine::Postgres);
+    let c = clock();
+    let config = ring_config(4, 2, 1_000, Duration::from_secs(3600), 1e-6);
+    let forgetter = place.open(&c, config.clone());
+    let ids = common::ids(0..100);
+    let _ = forgetter.check_and_mark(NS, &ids, None).unwrap();
+    forgetter.rotate_namespace(NS).unwrap();
+    let length = || {
+        column(
+            &place,
+            "SELECT octet_length(filter)::text FROM oncely.generations WHERE gen = 1",
+        )
+    };
+    let built = length();
+    // Another node, holding generation 1's filter.
+    let other = place.open(&c, config);
+    assert_eq!(
+        other.check(NS, &[&ids[0], &ids[1]]).unwrap(),
+        [Verdict::Duplicate; 2]
+    );
+    assert_eq!(forgetter.forget(NS, &[&ids[0]]).unwrap(), [true]);
+    forgetter.rotate_namespace(NS).unwrap();
+    assert_eq!(
+        length(),
+        built,
+        "built again without the ID, and as long as the one the other node holds"
+    );
+    assert_eq!(
+        other.check(NS, &[&ids[0], &ids[1]]).unwrap(),
+        [Verdict::New, Verdict::ProbableDuplicate]
+    );
+    assert_eq!(
+        forgetter.check(NS, &[&ids[0], &ids[1]]).unwrap(),
+        [Verdict::New, Verdict::ProbableDuplicate]
+    );
 }
 
 /// A database as version 1 or 2 left it: namespace `default` with generations 1

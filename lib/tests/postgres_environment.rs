@@ -964,3 +964,314 @@ fn a_checkpoint_written_in_a_transaction_is_held_until_it_ends() {
         );
     }
 }
+
+/// A forget inside the caller's transaction, through the Rust API and the SQL
+/// function alike, at every isolation level: it lands with the transaction's
+/// commit and not with its rollback (the mark stays: duplicate), it answers false
+/// for an ID another node forgot meanwhile (at REPEATABLE READ and SERIALIZABLE,
+/// whose snapshot still holds the mark, it is refused as a transaction to retry:
+/// never two forgets of one mark), and it never acts on a snapshot from before
+/// another node's rotation.
+#[test]
+fn a_forget_in_a_callers_transaction_holds_at_every_isolation_level() {
+    let place = Place::new(Engine::Postgres);
+    let c = clock();
+    let config = ring_config(8, 8, 1_000_000, Duration::from_secs(3600), 0.01);
+    let caller = place.open(&c, config.clone());
+    let other = place.open(&c, config);
+    let marks = caller.in_transaction().unwrap();
+    let session = Session::connect(&place);
+    // A forget's answers, or the SQLSTATE (40001 for `RetryTransaction`).
+    let forget = |ids: &[&str], via_sql: bool| -> Result<Vec<bool>, String> {
+        if via_sql {
+            let ids: Vec<String> = ids.iter().map(|i| (*i).to_owned()).collect();
+            session
+                .run(async |c| {
+                    c.query(
+                        "SELECT forgotten FROM oncely.forget('default', $1)",
+                        &[&ids],
+                    )
+                    .await
+                })
+                .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+                .map_err(|e| sql_state(&e).unwrap_or("none").to_owned())
+        } else {
+            session
+                .run(async |c| marks.forget(c, NS, ids).await)
+                .map_err(|e| match e {
+                    Error::RetryTransaction(_) => "40001".to_owned(),
+                    other => other.to_string(),
+                })
+        }
+    };
+    for (n, level) in LEVELS.iter().enumerate() {
+        let strict = n > 0;
+        for via_sql in [false, true] {
+            let id = format!("event-{n}-{via_sql}");
+            let id = id.as_str();
+            let begin = || session.sql(&format!("BEGIN ISOLATION LEVEL {level}"));
+            assert_eq!(
+                other.check_and_mark(NS, &[id], None).unwrap(),
+                [Verdict::New]
+            );
+            // Rolled back with the caller's transaction: the mark stays.
+            begin();
+            assert_eq!(
+                forget(&[id, id, "unseen"], via_sql),
+                Ok(vec![true, false, false]),
+                "{level}, sql {via_sql}"
+            );
+            session.sql("ROLLBACK");
+            assert_eq!(
+                other.check(NS, &[id]).unwrap(),
+                [Verdict::Duplicate],
+                "{level}, sql {via_sql}: rolled back, the mark stays"
+            );
+            // Committed: given back.
+            begin();
+            assert_eq!(forget(&[id], via_sql), Ok(vec![true]));
+            session.sql("COMMIT");
+            assert_eq!(
+                other.check_and_mark(NS, &[id], None).unwrap(),
+                [Verdict::New],
+                "{level}, sql {via_sql}: committed, the ID is new again"
+            );
+            // Forgotten by another node after the snapshot was taken.
+            begin();
+            session.sql("SELECT count(*) FROM oncely.namespaces");
+            assert_eq!(other.forget(NS, &[id]).unwrap(), [true]);
+            let again = forget(&[id], via_sql);
+            if strict {
+                assert_eq!(again, Err("40001".to_owned()), "{level}, sql {via_sql}");
+            } else {
+                assert_eq!(again, Ok(vec![false]), "{level}, sql {via_sql}");
+            }
+            session.sql("ROLLBACK");
+            // Rotated by another node after the snapshot was taken: the ID is in a
+            // sealed generation now.
+            assert_eq!(
+                other.check_and_mark(NS, &[id], None).unwrap(),
+                [Verdict::New]
+            );
+            begin();
+            session.sql("SELECT count(*) FROM oncely.namespaces");
+            other.rotate_namespace(NS).unwrap();
+            let after = forget(&[id], via_sql);
+            if strict {
+                assert_eq!(after, Err("40001".to_owned()), "{level}, sql {via_sql}");
+                session.sql("ROLLBACK");
+                begin();
+                assert_eq!(forget(&[id], via_sql), Ok(vec![true]), "{level}: retried");
+            } else {
+                assert_eq!(after, Ok(vec![true]), "{level}, sql {via_sql}");
+            }
+            session.sql("COMMIT");
+            assert_eq!(
+                other.check(NS, &[id]).unwrap(),
+                [Verdict::New],
+                "{level}, sql {via_sql}: forgotten from the sealed generation"
+            );
+        }
+    }
+}
+
+/// A filter build that read a generation's table before a forget of one of its
+/// IDs committed stores nothing (the forget moved the generation's count of
+/// forgets after the build read it): the generation stays exact until a filter is
+/// built without the ID, and the ID answers new once it is Bloom-only.
+#[test]
+fn a_filter_built_while_a_forget_commits_is_not_stored() {
+    let place = Place::new(Engine::Postgres);
+    let c = clock();
+    let config = ring_config(4, 2, 1_000, Duration::from_secs(3600), 1e-6);
+    let t = place.open(&c, config.clone());
+    assert_eq!(
+        t.check_and_mark(NS, &["gone", "kept"], None).unwrap(),
+        [Verdict::New; 2]
+    );
+    t.rotate_namespace(NS).unwrap();
+    let session = Session::connect(&place);
+    let watch = Session::connect(&place);
+    // Generation 1 sealed without its filter yet, as when the node that sealed it
+    // stopped before building it; a node that opens now finds it to build.
+    session.sql("UPDATE oncely.generations SET filter = NULL WHERE gen = 1");
+    let builder = place.open(&c, config);
+    session.sql("BEGIN");
+    let forgotten: Vec<bool> = session.run(async |c| {
+        c.query(
+            "SELECT forgotten FROM oncely.forget('default', ARRAY['gone'])",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    });
+    assert_eq!(forgotten, [true]);
+    // The build reads the table (the forget not committed: `gone` still in it),
+    // then waits for the forget's lock on the generation's row to store.
+    let build = {
+        let b = builder.clone();
+        thread::spawn(move || b.tick())
+    };
+    let waiting = || -> i64 {
+        watch.run(async |c| {
+            c.query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE wait_event_type = 'Lock' AND query LIKE '%SET filter = $3%'
+                    AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+        })
+    };
+    let since = Instant::now();
+    while waiting() == 0 {
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "the build never waited"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    session.sql("COMMIT");
+    build.join().unwrap().unwrap();
+    let filter_is_null: bool = watch.run(async |c| {
+        c.query_one(
+            "SELECT filter IS NULL FROM oncely.generations WHERE gen = 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+    });
+    assert!(
+        filter_is_null,
+        "the build that still held `gone` stored nothing"
+    );
+    t.rotate_namespace(NS).unwrap();
+    for node in [&t, &builder] {
+        assert_eq!(
+            node.check(NS, &["gone", "kept"]).unwrap(),
+            [Verdict::New, Verdict::ProbableDuplicate]
+        );
+    }
+}
+
+/// Other languages forget with one SQL call and get the library's answers: a
+/// forgotten ID is new to the library, a live claim (taken through the library)
+/// is left alone, repeats and unknown IDs are false, IDs in a sealed generation
+/// are found; bytes through `forget_bytes`. Bad input is refused as by
+/// `check_and_mark`.
+#[test]
+fn sql_callers_forget_as_the_library_does() {
+    let place = Place::new(Engine::Postgres);
+    // The SQL functions read the database's clock: the tracker's must agree, for
+    // the lease of a claim taken through the library to be live for SQL.
+    let c = oncely::ManualClock::new(oncely::Clock::now(&oncely::SystemClock::new()));
+    let t = place.open(
+        &c,
+        ring_config(4, 4, 1_000_000, Duration::from_secs(3600), 0.01),
+    );
+    let s = Session::connect(&place);
+    let forget = |ids: &[&str]| -> Vec<String> {
+        let ids: Vec<String> = ids.iter().map(|i| (*i).to_owned()).collect();
+        s.run(async |c| {
+            c.query(
+                "SELECT id, forgotten FROM oncely.forget('default', $1)",
+                &[&ids],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| format!("{}:{}", r.get::<_, String>(0), r.get::<_, bool>(1)))
+            .collect()
+        })
+    };
+    assert_eq!(
+        t.check_and_mark(NS, &["a", "b", "sealed"], Some("d1"))
+            .unwrap(),
+        [Verdict::New; 3]
+    );
+    t.rotate_namespace(NS).unwrap();
+    assert_eq!(t.check_and_mark(NS, &["c"], None).unwrap(), [Verdict::New]);
+    assert!(matches!(
+        t.claim(NS, "job", "w1", Duration::from_secs(60)).unwrap(),
+        ClaimOutcome::Acquired { .. }
+    ));
+    assert_eq!(
+        forget(&["c", "x", "job", "c", "sealed"]),
+        ["c:true", "x:false", "job:false", "c:false", "sealed:true"]
+    );
+    let generations: Vec<String> = s.run(async |c| {
+        c.query(
+            "SELECT gen || ': ' || forgets || ', ' || (filter IS NOT NULL)
+               FROM oncely.generations ORDER BY gen",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    });
+    assert_eq!(
+        generations,
+        ["1: 1, false", "2: 1, false"],
+        "each generation counts its forget; the sealed one's filter, which holds \
+         the ID, is taken away"
+    );
+    assert!(matches!(
+        t.check(NS, &["c", "job", "sealed", "a"]).unwrap()[..],
+        [
+            Verdict::New,
+            Verdict::InProgress { .. },
+            Verdict::New,
+            Verdict::Duplicate
+        ]
+    ));
+    assert_eq!(forget(&["c"]), ["c:false"], "a retried forget");
+    assert!(forget(&[]).is_empty());
+    let bytes: Vec<(Vec<u8>, bool)> = s.run(async |c| {
+        c.query(
+            "SELECT id, forgotten FROM oncely.forget_bytes('default', $1)",
+            &[&vec![b"a".to_vec(), b"b".to_vec()]],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+    });
+    assert_eq!(bytes, [(b"a".to_vec(), true), (b"b".to_vec(), true)]);
+    assert_eq!(
+        t.check_and_mark(NS, &["a"], Some("d1")).unwrap(),
+        [Verdict::New],
+        "forgotten through SQL: new to the library, not replayed"
+    );
+    let too_long = format!(
+        "SELECT * FROM oncely.forget('default', ARRAY['{}'])",
+        "x".repeat(257)
+    );
+    for (bad, state) in [
+        ("SELECT * FROM oncely.forget('default', ARRAY[''])", "22023"),
+        (
+            "SELECT * FROM oncely.forget('default', ARRAY[NULL]::text[])",
+            "22023",
+        ),
+        (too_long.as_str(), "22023"),
+        ("SELECT * FROM oncely.forget('default', NULL)", "22004"),
+        ("SELECT * FROM oncely.forget(NULL, ARRAY['a'])", "22004"),
+        ("SELECT * FROM oncely.forget('nope', ARRAY['a'])", "42704"),
+        (
+            "SELECT * FROM oncely.forget_bytes('default', ARRAY[''::bytea])",
+            "22023",
+        ),
+    ] {
+        let err = s.run(async |c| c.batch_execute(bad).await).expect_err(bad);
+        assert_eq!(sql_state(&err), Some(state), "{bad}: {err:?}");
+    }
+    assert_eq!(t.check(NS, &["a"]).unwrap(), [Verdict::Duplicate]);
+}

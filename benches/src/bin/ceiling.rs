@@ -31,7 +31,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::serve::ListenerExt;
 use clap::Parser;
-use oncely_client::api::{ErrorResponse, MarkRequest, MarkResponse, MarkResult, VerdictName};
+use oncely_client::api::{
+    ErrorCode, ErrorResponse, MarkRequest, MarkResponse, MarkResult, VerdictName,
+};
 use tower_http::catch_panic::CatchPanicLayer;
 
 /// As `oncelyd`'s (see daemon/src/main.rs).
@@ -60,7 +62,7 @@ struct Args {
     worker_threads: Option<usize>,
 }
 
-fn error(status: StatusCode, code: &str, message: String) -> Response {
+fn error(status: StatusCode, code: ErrorCode, message: String) -> Response {
     json(status, &ErrorResponse::new(code, message), 128)
 }
 
@@ -88,18 +90,24 @@ async fn check_and_mark(Path(_ns): Path<String>, headers: HeaderMap, body: Bytes
     {
         return error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "the body must be JSON".into(),
         );
     }
     let request: MarkRequest<'_> = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request", e.to_string()),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidRequest,
+                e.to_string(),
+            );
+        }
     };
     if request.ids.len() > MAX_IDS {
         return error(
             StatusCode::BAD_REQUEST,
-            "too_many_ids",
+            ErrorCode::TooManyIds,
             format!(
                 "{} IDs in one request, over the limit of {MAX_IDS}",
                 request.ids.len()
@@ -113,7 +121,7 @@ async fn check_and_mark(Path(_ns): Path<String>, headers: HeaderMap, body: Bytes
     {
         return error(
             StatusCode::BAD_REQUEST,
-            "invalid_id",
+            ErrorCode::InvalidId,
             format!("invalid event id at index {index}"),
         );
     }

@@ -30,6 +30,7 @@
 //! ```
 
 use std::borrow::Cow;
+use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -65,6 +66,44 @@ pub struct CheckRequest<'a> {
     #[serde(borrow)]
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<schema::EventId>, example = json!(["order-1041"])))]
     pub ids: Vec<Cow<'a, str>>,
+}
+
+/// `POST /v1/namespaces/{ns}/forget`: IDs to forget, so that the next caller
+/// marking one gets it as new (for replays an operator orders, and erasure
+/// requests).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ForgetRequest<'a> {
+    /// Event IDs, at most `max_ids` of them (this server's limit is in `maxItems`).
+    #[serde(borrow)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<schema::EventId>, example = json!(["order-1041"])))]
+    pub ids: Vec<Cow<'a, str>>,
+}
+
+/// The answer to forget: one result per ID, in the order of `ids`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ForgetResponse<'a> {
+    /// One result per requested ID, in request order.
+    #[serde(borrow)]
+    pub results: Vec<ForgetResult<'a>>,
+}
+
+/// One ID's forget result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ForgetResult<'a> {
+    /// The ID, as sent.
+    #[serde(borrow)]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub id: Cow<'a, str>,
+    /// `true`: an exact mark was deleted, and the ID answers `new` to the next
+    /// caller. `false`: nothing exact remembered it (never seen, or only a
+    /// Bloom-only generation holds it), a live claim holds it (the claim is left
+    /// alone), the ID came earlier in the same request, or an earlier forget
+    /// already took it.
+    pub forgotten: bool,
 }
 
 /// A verdict as named over HTTP.
@@ -648,6 +687,131 @@ pub struct Health {
     pub status: String,
 }
 
+/// Defines [`ErrorCode`] from one list: each variant with its wire name, once.
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $variant:ident = $wire:literal,)*) => {
+        /// The stable code of an error answer (`{"error": {"code": ...}}`): what
+        /// the daemon sends and what clients branch on, defined once for both.
+        /// Over the wire it is a string ([`ErrorBody::code`]), so that a client
+        /// reads the codes of a newer daemon too; [`ErrorCode::parse`] reads the
+        /// ones this version knows.
+        ///
+        /// (Serde and the OpenAPI document name the variants in snake case, which
+        /// is what [`ErrorCode::as_str`] spells out; a test holds the two equal.)
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+        #[serde(rename_all = "snake_case")]
+        #[non_exhaustive]
+        pub enum ErrorCode {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in the order defined.
+            pub const ALL: &'static [Self] = &[$(Self::$variant,)*];
+
+            /// The code as sent.
+            #[must_use]
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $wire,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// The body is not JSON.
+    InvalidJson = "invalid_json",
+    /// The body is JSON of the wrong shape (a missing, unknown or mistyped field).
+    InvalidRequest = "invalid_request",
+    /// An event ID is empty or over 256 bytes.
+    InvalidId = "invalid_id",
+    /// A namespace name breaks the naming rules.
+    InvalidNamespace = "invalid_namespace",
+    /// An owner token is empty or over 256 bytes.
+    InvalidOwner = "invalid_owner",
+    /// Another argument (a lease, a consumer, a position) is out of range.
+    InvalidArgument = "invalid_argument",
+    /// A namespace configuration field is missing, mistyped or out of range.
+    InvalidConfig = "invalid_config",
+    /// A `PUT` of a namespace left fields out.
+    MissingFields = "missing_fields",
+    /// More IDs in one request than `max_ids`.
+    TooManyIds = "too_many_ids",
+    /// A path parameter is malformed.
+    InvalidPath = "invalid_path",
+    /// The body could not be read.
+    InvalidBody = "invalid_body",
+    /// No token, or a wrong one.
+    Unauthorized = "unauthorized",
+    /// A state-changing request from a foreign `Origin` (the browser guard).
+    ForbiddenOrigin = "forbidden_origin",
+    /// No such route.
+    NotFound = "not_found",
+    /// No such namespace.
+    UnknownNamespace = "unknown_namespace",
+    /// The consumer has no checkpoint.
+    CheckpointNotFound = "checkpoint_not_found",
+    /// The route does not answer this method.
+    MethodNotAllowed = "method_not_allowed",
+    /// The body did not arrive within `body_read_timeout`.
+    RequestTimeout = "request_timeout",
+    /// An ID's state does not allow the operation (a claim held or completed by
+    /// another owner).
+    Conflict = "conflict",
+    /// A checkpoint's stored position is not the `expected` one.
+    CheckpointConflict = "checkpoint_conflict",
+    /// The operation is refused as such (deleting `default`, a closed tracker's
+    /// administration).
+    Refused = "refused",
+    /// A configuration change would drop remembered IDs without `drop_now`.
+    WouldDrop = "would_drop",
+    /// Configuration fields in range that do not fit together.
+    ConfigConflict = "config_conflict",
+    /// The filter memory budget has no room for the namespace.
+    OverBudget = "over_budget",
+    /// The namespace cap is reached.
+    TooManyNamespaces = "too_many_namespaces",
+    /// The body is over `max_body_bytes`.
+    PayloadTooLarge = "payload_too_large",
+    /// A state-changing request without `Content-Type: application/json`.
+    UnsupportedMediaType = "unsupported_media_type",
+    /// The request target is too long.
+    UriTooLong = "uri_too_long",
+    /// The request's headers are too large.
+    HeadersTooLarge = "headers_too_large",
+    /// The request is not HTTP/1.1.
+    MalformedRequest = "malformed_request",
+    /// Storage failed: nothing in the request was acknowledged.
+    StorageUnavailable = "storage_unavailable",
+    /// Too many requests or bodies in flight: nothing was done.
+    Overloaded = "overloaded",
+    /// Another transaction held what the call needed: nothing was done.
+    Busy = "busy",
+    /// The daemon is shutting down.
+    ShuttingDown = "shutting_down",
+    /// The tracker did not answer within `tracker_timeout`: the outcome is unknown.
+    DeadlineExceeded = "deadline_exceeded",
+    /// A bug or damaged data.
+    Internal = "internal",
+}
+
+impl ErrorCode {
+    /// The code sent as `code`, if this version knows it.
+    #[must_use]
+    pub fn parse(code: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|c| c.as_str() == code)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Every error answer: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -658,10 +822,10 @@ pub struct ErrorResponse {
 
 impl ErrorResponse {
     /// An error answer with a code and a message, and no details.
-    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             error: ErrorBody {
-                code: code.into(),
+                code: code.as_str().to_owned(),
                 message: message.into(),
                 current: None,
             },
@@ -673,14 +837,9 @@ impl ErrorResponse {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
-    /// A stable code: `invalid_json`, `invalid_request`, `invalid_id`,
-    /// `invalid_namespace`, `invalid_owner`, `invalid_argument`, `invalid_config`,
-    /// `missing_fields`, `too_many_ids`, `invalid_path`, `invalid_body`,
-    /// `unauthorized`, `not_found`, `unknown_namespace`, `checkpoint_not_found`,
-    /// `method_not_allowed`, `conflict`, `checkpoint_conflict`, `refused`, `would_drop`, `config_conflict`,
-    /// `payload_too_large`, `unsupported_media_type`, `storage_unavailable`,
-    /// `overloaded`, `shutting_down`, `internal`.
-    #[cfg_attr(feature = "openapi", schema(example = "invalid_id"))]
+    /// A stable code, one of [`ErrorCode`]'s (a string, so that codes a newer
+    /// daemon adds still read).
+    #[cfg_attr(feature = "openapi", schema(value_type = ErrorCode, example = "invalid_id"))]
     pub code: String,
     /// What went wrong, naming the offending field or index.
     #[cfg_attr(
@@ -831,4 +990,33 @@ pub mod schema {
 
     /// What the string form of [`Span`] matches.
     pub const SPAN_PATTERN: &str = "^0*[1-9][0-9]{0,8}(ms|s|m|h|d)?$";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_read_back_as_sent() {
+        let mut seen = std::collections::HashSet::new();
+        for &code in ErrorCode::ALL {
+            assert!(seen.insert(code.as_str()), "{code} twice");
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+            let wire = serde_json::to_string(&code).unwrap();
+            assert_eq!(wire, format!("\"{code}\""));
+            assert_eq!(serde_json::from_str::<ErrorCode>(&wire).unwrap(), code);
+            assert!(
+                code.as_str()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{code}: snake case, so that RESP can send it in capitals"
+            );
+        }
+        assert_eq!(ErrorCode::parse("http_502"), None);
+        let body = ErrorResponse::new(ErrorCode::UnknownNamespace, "no such namespace");
+        assert_eq!(
+            serde_json::to_value(&body).unwrap(),
+            serde_json::json!({"error": {"code": "unknown_namespace", "message": "no such namespace"}})
+        );
+    }
 }

@@ -13,9 +13,9 @@ use tokio::time::Instant;
 
 use crate::api::{
     CheckRequest, CheckResponse, CheckpointBody, CheckpointResponse, ClaimAction,
-    ClaimActionResponse, ClaimRequest, ClaimResponse, ClaimVerdict, ErrorResponse, Health,
-    MarkRequest, MarkResponse, NamespaceConfig, NamespaceList, NamespacePatch, NamespacePut,
-    NamespaceView, VerdictName,
+    ClaimActionResponse, ClaimRequest, ClaimResponse, ClaimVerdict, ErrorCode, ErrorResponse,
+    ForgetRequest, ForgetResponse, Health, MarkRequest, MarkResponse, NamespaceConfig,
+    NamespaceList, NamespacePatch, NamespacePut, NamespaceView, VerdictName,
 };
 use crate::batch::{self, BatchStats, Batcher, Batching};
 use crate::error::Error;
@@ -229,8 +229,8 @@ impl Settled {
     fn matches(self, e: &Error) -> bool {
         match self {
             Self::Never => false,
-            Self::ByUnknownNamespace => e.code() == Some("unknown_namespace"),
-            Self::ByConflict => e.code() == Some("conflict"),
+            Self::ByUnknownNamespace => e.error_code() == Some(ErrorCode::UnknownNamespace),
+            Self::ByConflict => e.error_code() == Some(ErrorCode::Conflict),
         }
     }
 }
@@ -449,6 +449,51 @@ impl Client {
             .results
             .iter()
             .map(|r| verdict(&url, r.verdict, false, r.until_ms))
+            .collect()
+    }
+
+    /// Forgets IDs (`POST .../forget`), so that the next caller marking one gets
+    /// [`Verdict::New`]: for replays an operator orders, and for erasure requests.
+    /// One answer per ID, in order: `true` where an exact mark was deleted;
+    /// `false` where nothing exact remembered the ID (never seen, or only a
+    /// Bloom-only generation's filter holds it), where a live claim holds it (the
+    /// claim is left alone), for a repeated ID, and where it was forgotten already.
+    ///
+    /// Retries: safe, a forget done twice leaves what it left once. A retry whose
+    /// lost first attempt had landed answers `false` for the IDs that attempt
+    /// forgot: they are forgotten all the same.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Http`] 400 for a bad ID or too many IDs (nothing forgotten), 404 for
+    /// an unknown namespace; transport errors as for
+    /// [`check_and_mark`](Self::check_and_mark).
+    pub async fn forget<S: AsRef<str>>(
+        &self,
+        namespace: &str,
+        ids: &[S],
+    ) -> Result<Vec<bool>, Error> {
+        let body = ForgetRequest {
+            ids: ids.iter().map(|id| Cow::Borrowed(id.as_ref())).collect(),
+        };
+        let url = self.url(&["v1", "namespaces", namespace, "forget"]);
+        let (_, bytes) = self.send_expecting(Method::POST, &url, Some(&body)).await?;
+        let answer: ForgetResponse<'_> = decode(&url, &bytes)?;
+        if answer.results.len() != ids.len() {
+            return Err(mismatch(&url, ids.len(), answer.results.len()));
+        }
+        ids.iter()
+            .zip(&answer.results)
+            .map(|(id, r)| {
+                if r.id == id.as_ref() {
+                    Ok(r.forgotten)
+                } else {
+                    Err(Error::Decode {
+                        url: url.to_string(),
+                        reason: format!("result for {:?} where {:?} was sent", r.id, id.as_ref()),
+                    })
+                }
+            })
             .collect()
     }
 
@@ -1003,7 +1048,7 @@ fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
 fn http_error(url: &Url, status: StatusCode, body: &[u8], attempts: u32) -> Error {
     match serde_json::from_slice::<ErrorResponse>(body) {
         Ok(ErrorResponse { error: e })
-            if e.code == "checkpoint_conflict" && e.current.is_some() =>
+            if e.code == ErrorCode::CheckpointConflict.as_str() && e.current.is_some() =>
         {
             Error::CheckpointConflict {
                 current: e.current.flatten(),

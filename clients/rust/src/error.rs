@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
+use crate::api::ErrorCode;
+
 /// Everything a call can fail with.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -100,9 +102,16 @@ impl Error {
     pub fn code(&self) -> Option<&str> {
         match self {
             Self::Http { code, .. } => Some(code),
-            Self::CheckpointConflict { .. } => Some("checkpoint_conflict"),
+            Self::CheckpointConflict { .. } => Some(ErrorCode::CheckpointConflict.as_str()),
             _ => None,
         }
+    }
+
+    /// [`code`](Self::code) as an [`ErrorCode`], where this version knows it (a
+    /// proxy's `http_<status>`, or a code from a newer daemon, is `None`).
+    #[must_use]
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        self.code().and_then(ErrorCode::parse)
     }
 
     /// Requests made, retries included, for the errors that count them

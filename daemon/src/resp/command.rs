@@ -176,6 +176,15 @@ pub(crate) const COMMANDS: &[Spec] = &[
         "Reads (nil when none) or durably stores a consumer's last processed position; with NX only if none is stored, with IFEQ only if `expected` is (else CHECKPOINT_CONFLICT, nothing changed).",
     ),
     spec(
+        "oncely.forget",
+        -3,
+        W,
+        1,
+        "oncely",
+        "ONCELY.FORGET namespace id [id ...]",
+        "Forgets IDs so that the next caller marking one gets it as new: 1 where an exact mark was deleted, 0 where nothing exact remembered it, a live claim holds it (left alone), or it was forgotten already.",
+    ),
+    spec(
         "oncely.ns",
         -2,
         R,
@@ -688,6 +697,7 @@ pub(crate) fn classify(session: &mut Session, ctx: &Context<'_>, args: Vec<Bytes
         "oncely.mark" | "oncely.check" => oncely_ids(ctx, spec.name == "oncely.mark", &args),
         "oncely.claim" | "oncely.complete" | "oncely.release" => claims(ctx, spec.name, &args),
         "oncely.checkpoint" => checkpoint(&args),
+        "oncely.forget" => forget(ctx, &args),
         "oncely.ns" => ns_command(&args),
         "quit" => Step::Quit,
         "exec" => match session.multi.take() {
@@ -717,7 +727,7 @@ fn too_many(ctx: &Context<'_>, n: usize) -> Option<Step> {
     let max = ctx.state.limits().max_ids;
     (n > max).then(|| {
         err(format!(
-            "ERR {n} IDs in one command, over the limit of {max} (max_ids); nothing was marked"
+            "ERR {n} IDs in one command, over the limit of {max} (max_ids); nothing was done"
         ))
     })
 }
@@ -1009,6 +1019,28 @@ fn checkpoint(args: &[Bytes]) -> Step {
             None => tracker.set_checkpoint(&ns, &consumer, &position),
         }?;
         Ok(Reply::OK)
+    }))
+}
+
+fn forget(ctx: &Context<'_>, args: &[Bytes]) -> Step {
+    let ns = match namespace(&args[1]) {
+        Ok(ns) => ns,
+        Err(e) => return Step::Reply(e),
+    };
+    if let Some(refused) = too_many(ctx, args.len() - 2) {
+        return refused;
+    }
+    let ids = args[2..].to_vec();
+    let m = ctx.state.clone();
+    Step::Call(Box::new(move |tracker| {
+        let forgotten = tracker.forget(&ns, &ids)?;
+        m.metrics().count_forgets(Protocol::Resp, &forgotten);
+        Ok(Reply::Array(
+            forgotten
+                .into_iter()
+                .map(|f| Reply::Int(i64::from(f)))
+                .collect(),
+        ))
     }))
 }
 

@@ -153,7 +153,11 @@ impl From<ApiError> for Reply {
         if e.status() == axum::http::StatusCode::BAD_REQUEST {
             return Self::error(format!("ERR {}", e.message()));
         }
-        Self::error(format!("{} {}", e.code().to_ascii_uppercase(), e.message()))
+        Self::error(format!(
+            "{} {}",
+            e.code().as_str().to_ascii_uppercase(),
+            e.message()
+        ))
     }
 }
 

@@ -12,6 +12,7 @@ use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::error::ApiError;
+use oncely_client::api::ErrorCode;
 
 /// Paths reachable without a token.
 pub(super) const PUBLIC: [&str; 2] = ["/healthz", "/readyz"];
@@ -39,7 +40,7 @@ pub(super) fn proves_token(state: &AppState, headers: &HeaderMap) -> bool {
 }
 
 fn unauthorized(message: &str) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
 }
 
 /// The token of an `Authorization: Bearer <token>` header (the scheme is

@@ -18,6 +18,7 @@ use super::AppState;
 use super::auth;
 use super::error::ApiError;
 use super::metrics::{Op, Protocol};
+use oncely_client::api::ErrorCode;
 
 impl AppState {
     /// Whether callers must prove a token (tokens are configured).
@@ -101,7 +102,9 @@ impl AppState {
         // answers it with a 500.)
         match f(&self.inner.tracker) {
             // After close, the tracker refuses calls: that is a shutdown.
-            Err(e) if e.code() == "refused" && !self.is_ready() => Err(ApiError::shutting_down()),
+            Err(e) if e.code() == ErrorCode::Refused && !self.is_ready() => {
+                Err(ApiError::shutting_down())
+            }
             result => result,
         }
     }
@@ -183,7 +186,7 @@ impl AppState {
             Ok(Ok(t)) => Ok(t),
             // After close, the tracker refuses calls: that is a shutdown, not a
             // conflict.
-            Ok(Err(e)) if e.code() == "refused" && !self.is_ready() => {
+            Ok(Err(e)) if e.code() == ErrorCode::Refused && !self.is_ready() => {
                 Err(ApiError::shutting_down())
             }
             Ok(Err(e)) => Err(e),

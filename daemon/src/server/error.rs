@@ -7,7 +7,7 @@ use std::fmt;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use oncely_client::api::ErrorResponse;
+use oncely_client::api::{ErrorCode, ErrorResponse};
 
 use crate::config::human_bytes;
 
@@ -15,7 +15,7 @@ use crate::config::human_bytes;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
     /// For `checkpoint_conflict`: the stored position (`Some(None)`: none).
     current: Option<Option<String>>,
@@ -26,7 +26,7 @@ pub struct ApiError {
 
 impl ApiError {
     /// An error with any status and code.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -44,20 +44,24 @@ impl ApiError {
     }
 
     /// 400 with a code naming the kind of bad input.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
     /// 500: a bug or damaged data, never bad input.
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            message,
+        )
     }
 
     /// 503 while the daemon shuts down.
     pub fn shutting_down() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
+            ErrorCode::ShuttingDown,
             "the daemon is shutting down; retry against another instance or after restart",
         )
     }
@@ -66,7 +70,7 @@ impl ApiError {
     pub fn overloaded(limit: usize) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
+            ErrorCode::Overloaded,
             format!(
                 "{limit} requests are already in progress (max_concurrency); nothing in \
                  this request was done, retry later"
@@ -79,7 +83,7 @@ impl ApiError {
     pub fn body_timeout(timeout: std::time::Duration) -> Self {
         Self::new(
             StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
+            ErrorCode::RequestTimeout,
             format!(
                 "the request body did not arrive within {timeout:?} (body_read_timeout); \
                  nothing in this request was done, send it again"
@@ -94,7 +98,7 @@ impl ApiError {
     pub fn payload_too_large(max_body_bytes: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!(
                 "the request body is over the limit of {max_body_bytes} bytes \
                  (max_body_bytes); nothing was done"
@@ -104,21 +108,17 @@ impl ApiError {
     }
 
     /// 503 `overloaded` when the bodies being read and handled hold the whole
-    /// `max_body_bytes_in_flight` budget: a new body found no room within
-    /// `BODY_BUDGET_WAIT` (`waited`), or a body being read could not grow at once.
-    /// The body was not read whole, so the connection is closed.
-    pub fn bodies_over_budget(budget: usize, waited: bool) -> Self {
-        let when = if waited {
-            format!(
-                "none came back within {:?}",
-                super::extract::BODY_BUDGET_WAIT
-            )
-        } else {
-            "this body could not grow".to_owned()
+    /// `max_body_bytes_in_flight` budget: a new body found no room within the wait
+    /// it was given (`waited`), or a body being read could not grow at once
+    /// (`None`). The body was not read whole, so the connection is closed.
+    pub fn bodies_over_budget(budget: usize, waited: Option<std::time::Duration>) -> Self {
+        let when = match waited {
+            Some(wait) => format!("none came back within {wait:?}"),
+            None => "this body could not grow".to_owned(),
         };
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
+            ErrorCode::Overloaded,
             format!(
                 "the request bodies in flight hold all {budget} bytes they may \
                  (max_body_bytes_in_flight), and {when}; nothing in this request was done, \
@@ -134,7 +134,7 @@ impl ApiError {
     pub fn deadline_exceeded(timeout: std::time::Duration) -> Self {
         Self::new(
             StatusCode::GATEWAY_TIMEOUT,
-            "deadline_exceeded",
+            ErrorCode::DeadlineExceeded,
             format!(
                 "the tracker did not answer within {timeout:?} (tracker_timeout); the outcome \
                  is unknown: the call was not abandoned, and whatever it marks, claims or \
@@ -154,7 +154,7 @@ impl ApiError {
 
     /// The code.
     #[must_use]
-    pub const fn code(&self) -> &'static str {
+    pub const fn code(&self) -> ErrorCode {
         self.code
     }
 
@@ -189,13 +189,13 @@ impl From<oncely::Error> for ApiError {
             other => other.to_string(),
         };
         let (status, code) = match &e {
-            E::InvalidConfig { .. } => (StatusCode::BAD_REQUEST, "invalid_config"),
-            E::InvalidId { .. } => (StatusCode::BAD_REQUEST, "invalid_id"),
-            E::InvalidNamespace { .. } => (StatusCode::BAD_REQUEST, "invalid_namespace"),
-            E::InvalidOwner(_) => (StatusCode::BAD_REQUEST, "invalid_owner"),
-            E::InvalidArgument { .. } => (StatusCode::BAD_REQUEST, "invalid_argument"),
-            E::MissingFields(_) => (StatusCode::BAD_REQUEST, "missing_fields"),
-            E::WouldDrop { .. } => (StatusCode::CONFLICT, "would_drop"),
+            E::InvalidConfig { .. } => (StatusCode::BAD_REQUEST, ErrorCode::InvalidConfig),
+            E::InvalidId { .. } => (StatusCode::BAD_REQUEST, ErrorCode::InvalidId),
+            E::InvalidNamespace { .. } => (StatusCode::BAD_REQUEST, ErrorCode::InvalidNamespace),
+            E::InvalidOwner(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidOwner),
+            E::InvalidArgument { .. } => (StatusCode::BAD_REQUEST, ErrorCode::InvalidArgument),
+            E::MissingFields(_) => (StatusCode::BAD_REQUEST, ErrorCode::MissingFields),
+            E::WouldDrop { .. } => (StatusCode::CONFLICT, ErrorCode::WouldDrop),
             E::OverBudget {
                 asked,
                 in_use,
@@ -203,14 +203,14 @@ impl From<oncely::Error> for ApiError {
             } => {
                 return Self::new(
                     StatusCode::CONFLICT,
-                    "over_budget",
+                    ErrorCode::OverBudget,
                     over_budget(*asked, *in_use, *budget),
                 );
             }
             E::TooManyNamespaces { max } => {
                 return Self::new(
                     StatusCode::CONFLICT,
-                    "too_many_namespaces",
+                    ErrorCode::TooManyNamespaces,
                     format!(
                         "there are already {max} namespaces, the most this daemon allows \
                          (max_namespaces); nothing changed: delete one, or raise the cap"
@@ -218,23 +218,26 @@ impl From<oncely::Error> for ApiError {
                 );
             }
             E::CheckpointConflict { current, .. } => {
-                let mut conflict = Self::new(StatusCode::CONFLICT, "checkpoint_conflict", message);
+                let mut conflict =
+                    Self::new(StatusCode::CONFLICT, ErrorCode::CheckpointConflict, message);
                 conflict.current = Some(current.clone());
                 return conflict;
             }
-            E::UnknownNamespace(_) => (StatusCode::NOT_FOUND, "unknown_namespace"),
-            E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            E::Refused(_) => (StatusCode::CONFLICT, "refused"),
-            E::Closed => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            E::UnknownNamespace(_) => (StatusCode::NOT_FOUND, ErrorCode::UnknownNamespace),
+            E::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
+            E::Refused(_) => (StatusCode::CONFLICT, ErrorCode::Refused),
+            E::Closed => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ShuttingDown),
             // Another transaction held what the call needed, or the namespace waits
             // for its rotation: nothing was done, and a retry soon will do.
-            E::Busy(_) | E::RetryTransaction(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            E::Busy(_) | E::RetryTransaction(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Busy)
+            }
             // The library acknowledges nothing from a call whose write failed: the
             // client may retry, here or elsewhere, once storage recovers.
             E::Storage(_) | E::Io { .. } => {
                 return Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "storage_unavailable",
+                    ErrorCode::StorageUnavailable,
                     format!("{message}; nothing in this request was acknowledged"),
                 );
             }
@@ -246,7 +249,7 @@ impl From<oncely::Error> for ApiError {
             E::Postgres(_) | E::Unavailable(_) => {
                 return Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "storage_unavailable",
+                    ErrorCode::StorageUnavailable,
                     format!(
                         "{message}; nothing in this request was acknowledged, unless the \
                          connection was lost while committing: retry with the same owner \
@@ -256,7 +259,7 @@ impl From<oncely::Error> for ApiError {
             }
             // Damaged data and anything new in the library are ours to fix, not the
             // caller's.
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
         };
         Self::new(status, code, message)
     }
@@ -284,7 +287,7 @@ fn over_budget(asked: u64, in_use: u64, budget: u64) -> String {
 /// answer here.
 #[derive(Clone, Debug)]
 pub(crate) struct FailureNote {
-    pub(crate) code: &'static str,
+    pub(crate) code: ErrorCode,
     pub(crate) message: String,
 }
 
@@ -302,7 +305,7 @@ impl IntoResponse for ApiError {
             message: self.message.clone(),
         });
         if note.is_none() {
-            tracing::debug!(status = self.status.as_u16(), code = self.code, message = %self.message, "request refused");
+            tracing::debug!(status = self.status.as_u16(), code = self.code.as_str(), message = %self.message, "request refused");
         }
         let mut body = ErrorResponse::new(self.code, self.message);
         body.error.current = self.current;
@@ -347,12 +350,12 @@ impl IntoResponse for ApiError {
 
 /// Maps serde_json's errors: syntax to `invalid_json`, types and fields to
 /// `invalid_request` (or `data_code`, e.g. `invalid_config` for a namespace body).
-pub(crate) fn json_error(e: &serde_json::Error, data_code: &'static str) -> ApiError {
+pub(crate) fn json_error(e: &serde_json::Error, data_code: ErrorCode) -> ApiError {
     use serde_json::error::Category;
     match e.classify() {
         Category::Data => ApiError::bad_request(data_code, e.to_string()),
         Category::Syntax | Category::Eof | Category::Io => {
-            ApiError::bad_request("invalid_json", format!("malformed JSON: {e}"))
+            ApiError::bad_request(ErrorCode::InvalidJson, format!("malformed JSON: {e}"))
         }
     }
 }
@@ -365,7 +368,7 @@ mod tests {
     fn postgres_failures_are_retryable_storage_errors() {
         let e = ApiError::from(oncely::Error::Unavailable("the pool's wait ran out".into()));
         assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(e.code(), "storage_unavailable");
+        assert_eq!(e.code(), ErrorCode::StorageUnavailable);
         assert!(e.message().starts_with("PostgreSQL unavailable: the pool's wait ran out; nothing in this request was acknowledged"), "{e}");
         assert!(
             e.message().contains("retry with the same owner token"),

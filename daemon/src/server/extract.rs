@@ -64,6 +64,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::AppState;
 use super::error::{ApiError, json_error};
+use oncely_client::api::ErrorCode;
 
 /// Bodies whose buffer is at most this size are not charged against the budget
 /// (see the module docs). It is also the size up to which a check-and-mark is first
@@ -121,7 +122,7 @@ impl JsonBody {
     /// `data_code`.
     pub(crate) fn parse<'a, T: Deserialize<'a>>(
         &'a self,
-        data_code: &'static str,
+        data_code: ErrorCode,
     ) -> Result<T, ApiError> {
         // Every body is an object; serde would also read a struct from an array of
         // its fields in order (`[null, null]`), which no schema promises.
@@ -200,7 +201,10 @@ async fn read(body: Body, state: &AppState) -> Result<JsonBody, ApiError> {
     let mut body = pin!(body);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
-            ApiError::bad_request("invalid_body", format!("cannot read the request body: {e}"))
+            ApiError::bad_request(
+                ErrorCode::InvalidBody,
+                format!("cannot read the request body: {e}"),
+            )
         })?;
         // Trailers carry nothing a request needs.
         let Ok(chunk) = frame.into_data() else {
@@ -283,7 +287,10 @@ impl Buffer {
         };
         let Some(permit) = taken else {
             state.metrics().body_shed();
-            return Err(ApiError::bodies_over_budget(budget.bytes(), wait));
+            return Err(ApiError::bodies_over_budget(
+                budget.bytes(),
+                wait.then_some(BODY_BUDGET_WAIT),
+            ));
         };
         match &mut self.charge {
             Some(charge) => charge.merge(permit),
@@ -309,7 +316,10 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         match Path::<T>::from_request_parts(parts, state).await {
             Ok(Path(t)) => Ok(Self(t)),
-            Err(rejection) => Err(ApiError::bad_request("invalid_path", rejection.body_text())),
+            Err(rejection) => Err(ApiError::bad_request(
+                ErrorCode::InvalidPath,
+                rejection.body_text(),
+            )),
         }
     }
 }

@@ -75,13 +75,13 @@ impl FailureLog {
 
     /// Logs a failed request, or counts it for a later line.
     pub(crate) fn record(&self, status: u16, note: &FailureNote) {
-        if let Logged::Line { unlogged } = self.admit(note.code, self.now_ms()) {
+        if let Logged::Line { unlogged } = self.admit(note.code.as_str(), self.now_ms()) {
             if unlogged == 0 {
-                tracing::warn!(status, code = note.code, message = %note.message, "request failed");
+                tracing::warn!(status, code = note.code.as_str(), message = %note.message, "request failed");
             } else {
                 tracing::warn!(
                     status,
-                    code = note.code,
+                    code = note.code.as_str(),
                     message = %note.message,
                     more = unlogged,
                     window_s = WINDOW.as_secs(),

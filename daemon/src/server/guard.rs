@@ -34,6 +34,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 
 use super::AppState;
 use super::error::ApiError;
+use oncely_client::api::ErrorCode;
 
 /// Refuses requests from foreign origins (403) and state-changing requests without
 /// a JSON content type (415), before anything else is done (run by
@@ -53,7 +54,7 @@ pub(super) fn check(
         if !state.allowed_origins().iter().any(|o| o.matches(origin)) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
-                "forbidden_origin",
+                ErrorCode::ForbiddenOrigin,
                 format!(
                     "requests from web pages of origin {:?} are not allowed; list the origin \
                      in allowed_origins to allow them",
@@ -74,7 +75,7 @@ pub(super) fn check(
     );
     Err(ApiError::new(
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
+        ErrorCode::UnsupportedMediaType,
         format!(
             "{method} requests must declare Content-Type: application/json (got {got}); with \
              curl, use --json or -H 'content-type: application/json'; nothing was done"

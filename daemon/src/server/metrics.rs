@@ -87,7 +87,7 @@ impl Protocol {
 
 /// The RESP commands counted by name in `oncelyd_resp_commands_total`; any other
 /// command is counted as `other`, so clients cannot grow the series.
-pub(crate) const RESP_COMMANDS: [&str; 20] = [
+pub(crate) const RESP_COMMANDS: [&str; 21] = [
     "set",
     "setnx",
     "bf.add",
@@ -101,6 +101,7 @@ pub(crate) const RESP_COMMANDS: [&str; 20] = [
     "oncely.complete",
     "oncely.release",
     "oncely.checkpoint",
+    "oncely.forget",
     "oncely.ns",
     "ping",
     "hello",
@@ -216,6 +217,8 @@ pub(crate) struct Metrics {
     check_verdicts: [[Counter; 4]; 2],
     claims: [[Counter; 6]; 2],
     claim_ends: [[Counter; 2]; 2],
+    /// IDs of forget requests: forgotten, kept.
+    forgets: [[Counter; 2]; 2],
     /// Per [`RESP_COMMANDS`] entry: answered, refused with an error.
     resp_commands: [[Counter; 2]; RESP_COMMANDS.len()],
     shed: Counter,
@@ -336,6 +339,21 @@ impl Metrics {
                 })
             })
         });
+        let forgets_family = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "forgets",
+            "IDs in forget requests, by outcome: forgotten (its exact mark deleted) or kept \
+             (nothing exact remembered it, a live claim holds it, or it was forgotten already)",
+            forgets_family.clone(),
+        );
+        let forgets = Protocol::ALL.map(|p| {
+            ["forgotten", "kept"].map(|outcome| {
+                forgets_family.get_or_create_owned(&OutcomeLabels {
+                    protocol: p.as_str(),
+                    outcome,
+                })
+            })
+        });
         let commands_family = Family::<CommandLabels, Counter>::default();
         registry.register(
             "resp_commands",
@@ -424,6 +442,7 @@ impl Metrics {
             check_verdicts,
             claims,
             claim_ends,
+            forgets,
             resp_commands,
             shed,
             bodies_shed,
@@ -484,6 +503,14 @@ impl Metrics {
     /// Counts a claim ended by its owner.
     pub(crate) fn count_claim_end(&self, protocol: Protocol, end: ClaimEnd) {
         self.claim_ends[protocol as usize][end as usize].inc();
+    }
+
+    /// Counts the IDs of a forget request by their answer.
+    pub(crate) fn count_forgets(&self, protocol: Protocol, forgotten: &[bool]) {
+        let done = forgotten.iter().filter(|&&f| f).count() as u64;
+        let counters = &self.forgets[protocol as usize];
+        counters[0].inc_by(done);
+        counters[1].inc_by(forgotten.len() as u64 - done);
     }
 
     /// Counts a RESP command's answer, by the command's index in [`RESP_COMMANDS`].

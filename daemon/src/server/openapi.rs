@@ -70,7 +70,7 @@ pub(crate) fn document(limits: Limits) -> Value {
         // Cannot happen (the document is plain data), but an error body beats a panic.
         serde_json::json!({"error": {"code": "internal", "message": format!("cannot encode the OpenAPI document: {e}")}})
     });
-    for request in ["MarkRequest", "CheckRequest"] {
+    for request in ["MarkRequest", "CheckRequest", "ForgetRequest"] {
         if let Some(ids) = doc.pointer_mut(&format!("/components/schemas/{request}/properties/ids"))
             && let Some(ids) = ids.as_object_mut()
         {
@@ -79,7 +79,7 @@ pub(crate) fn document(limits: Limits) -> Value {
     }
     if let Some(Value::String(description)) = doc.pointer_mut("/info/description") {
         description.push_str(&format!(
-            " This server takes at most {} IDs per check or check-and-mark (more: 400 \
+            " This server takes at most {} IDs per check, check-and-mark or forget (more: 400 \
              `too_many_ids`) and request bodies of at most {} bytes (more: 413 \
              `payload_too_large`, at once for a declared Content-Length). The bodies being \
              read and handled may hold {} bytes between them: a body over 4 KiB that finds \

@@ -17,7 +17,7 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use oncely_client::api::ErrorResponse;
+use oncely_client::api::{ErrorCode, ErrorResponse};
 
 /// A socket whose bodyless error answers from hyper are replaced with JSON ones.
 #[derive(Debug)]
@@ -155,22 +155,22 @@ fn json_answer(buf: &[u8]) -> Option<Vec<u8>> {
     let (reason, code, message) = match status {
         414 => (
             "URI Too Long",
-            "uri_too_long",
+            ErrorCode::UriTooLong,
             "the request target is longer than this server accepts",
         ),
         431 => (
             "Request Header Fields Too Large",
-            "headers_too_large",
+            ErrorCode::HeadersTooLarge,
             "the request's headers are larger than this server accepts",
         ),
         400 => (
             "Bad Request",
-            "malformed_request",
+            ErrorCode::MalformedRequest,
             "the request is not valid HTTP/1.1 (a malformed request line or header)",
         ),
         _ => (
             "Error",
-            "malformed_request",
+            ErrorCode::MalformedRequest,
             "the request could not be read as HTTP/1.1",
         ),
     };

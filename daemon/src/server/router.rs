@@ -18,6 +18,7 @@ pub(super) fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(document::ApiDoc::openapi())
         .routes(routes!(routes::check_and_mark))
         .routes(routes!(routes::check))
+        .routes(routes!(routes::forget))
         .routes(routes!(routes::claim))
         .routes(routes!(routes::complete))
         .routes(routes!(routes::release))

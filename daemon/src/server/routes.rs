@@ -15,8 +15,9 @@ use oncely::{DropPolicy, Tracker};
 use oncely_client::api::schema::Name;
 use oncely_client::api::{
     CheckRequest, CheckResponse, CheckpointBody, CheckpointResponse, ClaimAction,
-    ClaimActionResponse, ClaimRequest, ClaimResponse, ClaimState, ErrorResponse, Health,
-    MarkRequest, MarkResponse, NamespaceList, NamespacePatch, NamespacePut, NamespaceView,
+    ClaimActionResponse, ClaimRequest, ClaimResponse, ClaimState, ErrorCode, ErrorResponse,
+    ForgetRequest, ForgetResponse, ForgetResult, Health, MarkRequest, MarkResponse, NamespaceList,
+    NamespacePatch, NamespacePut, NamespaceView,
 };
 use serde::Serialize;
 
@@ -47,10 +48,8 @@ pub(crate) fn json<T: Serialize>(
 fn check_count(n: usize, max: usize) -> Result<(), ApiError> {
     if n > max {
         return Err(ApiError::bad_request(
-            "too_many_ids",
-            format!(
-                "{n} IDs in one request, over the limit of {max} (max_ids); nothing was marked"
-            ),
+            ErrorCode::TooManyIds,
+            format!("{n} IDs in one request, over the limit of {max} (max_ids); nothing was done"),
         ));
     }
     Ok(())
@@ -133,7 +132,7 @@ fn mark(
     m: &metrics::Metrics,
     call: impl FnOnce(&[&str], Option<&str>) -> Result<Option<Vec<oncely::Verdict>>, oncely::Error>,
 ) -> Result<Option<Response>, ApiError> {
-    let req: MarkRequest<'_> = body.parse("invalid_request")?;
+    let req: MarkRequest<'_> = body.parse(ErrorCode::InvalidRequest)?;
     check_count(req.ids.len(), max_ids)?;
     let ids = id_refs(&req.ids);
     let Some(verdicts) = call(&ids, req.owner.as_deref())? else {
@@ -198,7 +197,7 @@ fn check_ids(
     m: &metrics::Metrics,
     call: impl FnOnce(&[&str]) -> Result<Option<Vec<oncely::Verdict>>, oncely::Error>,
 ) -> Result<Option<Response>, ApiError> {
-    let req: CheckRequest<'_> = body.parse("invalid_request")?;
+    let req: CheckRequest<'_> = body.parse(ErrorCode::InvalidRequest)?;
     check_count(req.ids.len(), max_ids)?;
     let ids = id_refs(&req.ids);
     let Some(verdicts) = call(&ids)? else {
@@ -216,6 +215,61 @@ fn check_ids(
         ids.len() * RESULT_BYTES + 16,
     )
     .map(Some)
+}
+
+/// Forgets IDs, so that the next caller marking one gets `new`: for replays an
+/// operator orders, and for erasure requests.
+///
+/// `forgotten: true` where an exact mark was deleted. `false` where nothing exact
+/// remembered the ID (never seen, or only a Bloom-only generation's filter holds
+/// it, which cannot be taken out), where a live claim holds it (the claim is left
+/// alone), for an ID repeated in the request, and for a retried forget whose first
+/// attempt worked, so a retry is safe. A forgotten ID stays forgotten once its
+/// generation turns Bloom-only. A refused request forgets nothing; a storage
+/// failure (503) forgets nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/namespaces/{ns}/forget",
+    tag = "dedup",
+    params(("ns" = Name, Path, description = "Namespace name")),
+    request_body = ForgetRequest<'_>,
+    responses(
+        (status = 200, description = "One result per ID, in request order", body = ForgetResponse<'_>),
+        (status = 400, description = "Bad ID, namespace name, JSON, or too many IDs; nothing was forgotten", body = ErrorResponse),
+        (status = 404, description = "Unknown namespace", body = ErrorResponse),
+        (status = 503, description = "Storage failed (nothing forgotten), overloaded, or shutting down", body = ErrorResponse),
+    )
+)]
+pub(crate) async fn forget(
+    State(state): State<AppState>,
+    ApiPath(ns): ApiPath<String>,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    let admitted = state.admit()?;
+    let max_ids = state.limits().max_ids;
+    let m = state.metrics_handle();
+    state
+        .blocking(admitted, move |tracker| {
+            let req: ForgetRequest<'_> = body.parse(ErrorCode::InvalidRequest)?;
+            check_count(req.ids.len(), max_ids)?;
+            let ids = id_refs(&req.ids);
+            let forgotten = tracker.forget(&ns, &ids)?;
+            m.count_forgets(Protocol::Http, &forgotten);
+            let results = ids
+                .iter()
+                .zip(forgotten)
+                .map(|(id, forgotten)| ForgetResult {
+                    id: (*id).into(),
+                    forgotten,
+                })
+                .collect();
+            json(
+                StatusCode::OK,
+                &ForgetResponse { results },
+                ids.len() * RESULT_BYTES + 16,
+            )
+        })
+        .await
 }
 
 /// Claims an ID for `owner` for `lease_ms`: exclusive processing rights.
@@ -247,7 +301,7 @@ pub(crate) async fn claim(
     let m = state.metrics_handle();
     state
         .blocking(admitted, move |tracker| {
-            let req: ClaimRequest = body.parse("invalid_request")?;
+            let req: ClaimRequest = body.parse(ErrorCode::InvalidRequest)?;
             let lease = std::time::Duration::from_millis(req.lease_ms);
             let outcome = tracker.claim(&ns, &req.id, &req.owner, lease)?;
             m.count_claim(Protocol::Http, outcome);
@@ -316,7 +370,7 @@ async fn claim_action(
     let m = state.metrics_handle();
     state
         .blocking(admitted, move |tracker| {
-            let req: ClaimAction = body.parse("invalid_request")?;
+            let req: ClaimAction = body.parse(ErrorCode::InvalidRequest)?;
             match action {
                 ClaimState::Completed => {
                     tracker.complete(&ns, &req.id, &req.owner)?;
@@ -380,7 +434,7 @@ pub(crate) async fn put_namespace(
             let patch: NamespacePatch = if body.is_blank() {
                 NamespacePatch::default()
             } else {
-                body.parse("invalid_config")?
+                body.parse(ErrorCode::InvalidConfig)?
             };
             let missing = patch.missing();
             if !missing.is_empty() {
@@ -433,7 +487,7 @@ pub(crate) async fn patch_namespace(
     state
         .blocking(admitted, move |tracker| {
             oncely::NamespaceName::new(ns.as_str())?;
-            let patch: NamespacePatch = body.parse("invalid_config")?;
+            let patch: NamespacePatch = body.parse(ErrorCode::InvalidConfig)?;
             in_range(&patch)?;
             // Read, change, write under the lock, so that two PATCHes of different
             // fields both land, and no PUT or DELETE falls in between.
@@ -454,7 +508,7 @@ pub(crate) async fn patch_namespace(
 fn in_range(patch: &NamespacePatch) -> Result<(), ApiError> {
     match patch.out_of_range() {
         Some((field, reason)) => Err(ApiError::bad_request(
-            "invalid_config",
+            ErrorCode::InvalidConfig,
             format!("invalid {field}: {reason}"),
         )),
         None => Ok(()),
@@ -468,9 +522,11 @@ fn in_range(patch: &NamespacePatch) -> Result<(), ApiError> {
 /// state.
 fn config_conflict(e: oncely::Error) -> ApiError {
     match e {
-        oncely::Error::InvalidConfig { .. } => {
-            ApiError::new(StatusCode::CONFLICT, "config_conflict", e.to_string())
-        }
+        oncely::Error::InvalidConfig { .. } => ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::ConfigConflict,
+            e.to_string(),
+        ),
         other => other.into(),
     }
 }
@@ -602,7 +658,7 @@ pub(crate) async fn put_checkpoint(
     let admitted = state.admit()?;
     state
         .blocking(admitted, move |tracker| {
-            let req: CheckpointBody = body.parse("invalid_request")?;
+            let req: CheckpointBody = body.parse(ErrorCode::InvalidRequest)?;
             match &req.expected {
                 Some(expected) => {
                     tracker.set_checkpoint_if(&ns, &consumer, expected.as_deref(), &req.position)
@@ -648,7 +704,7 @@ pub(crate) async fn get_checkpoint(
             let Some(position) = tracker.checkpoint(&ns, &consumer)? else {
                 return Err(ApiError::new(
                     StatusCode::NOT_FOUND,
-                    "checkpoint_not_found",
+                    ErrorCode::CheckpointNotFound,
                     format!("consumer {consumer:?} has no checkpoint in namespace {ns:?}"),
                 ));
             };
@@ -776,7 +832,7 @@ pub(crate) async fn openapi_json(State(state): State<AppState>) -> Response {
 pub(crate) async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "not_found",
+        ErrorCode::NotFound,
         format!("no route for {method} {}", uri.path()),
     )
 }
@@ -789,7 +845,7 @@ pub(crate) async fn method_not_allowed(
 ) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         format!("{} does not accept {method}", uri.path()),
     )
 }

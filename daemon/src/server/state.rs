@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 use super::error::ApiError;
 use super::{combine, connection, extract, failures, metrics, openapi, store};
 use crate::config::{AllowedOrigin, DEFAULT_MAX_CONNECTIONS, Settings};
+use oncely_client::api::ErrorCode;
 
 /// Request and connection limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,7 +227,7 @@ impl AppState {
             };
             return Err(ApiError::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "storage_unavailable",
+                ErrorCode::StorageUnavailable,
                 message,
             ));
         }

@@ -299,6 +299,16 @@ def checkpoints():
     refused("checkpoint bad precondition", lambda: r.execute_command(*fresh, "p-2", "IFEQ"), contains="syntax")
 
 
+# --- ONCELY.FORGET ---------------------------------------------------------------------
+def forget():
+    expect("mark before forget", r.set(f"fg-{tag}", 1, nx=True), True)
+    expect("forget", r.execute_command("ONCELY.FORGET", "default", f"fg-{tag}", f"fg-{tag}", f"fg-unseen-{tag}"),
+           [1, 0, 0])
+    expect("given back", r.set(f"fg-{tag}", 1, nx=True), True)
+    expect("forget retried after the mark", r.execute_command("ONCELY.FORGET", "default", f"fg-{tag}"), [1])
+    expect("forget retried", r.execute_command("ONCELY.FORGET", "default", f"fg-{tag}"), [0])
+
+
 # --- ONCELY.NS, INFO, COMMAND ---------------------------------------------------------
 def introspection():
     ns = NS
@@ -319,7 +329,7 @@ def introspection():
     docs = as_dict(r.execute_command("COMMAND DOCS"))
     for name in ["set", "bf.add", "bf.madd", "bf.exists", "bf.mexists", "bf.reserve",
                  "oncely.mark", "oncely.check", "oncely.claim", "oncely.complete",
-                 "oncely.release", "oncely.checkpoint", "oncely.ns"]:
+                 "oncely.release", "oncely.checkpoint", "oncely.forget", "oncely.ns"]:
         if name not in docs:
             fail(f"COMMAND DOCS has no {name}: {sorted(docs)}")
     mark_doc = as_dict(docs["oncely.mark"])
@@ -335,7 +345,7 @@ def reset():
     expect("reset", d(client(**auth).execute_command("RESET")), "RESET")
 
 
-for run in [handshake, set_nx, pipeline, transaction, bloom, marks, claims, checkpoints, introspection, reset]:
+for run in [handshake, set_nx, pipeline, transaction, bloom, marks, claims, checkpoints, forget, introspection, reset]:
     section(run)
 if FAILURES:
     print(f"{len(FAILURES)} failures")

@@ -1,5 +1,5 @@
 //! What the tracker knows of an ID means for a caller: the one decision every path
-//! makes (check, check-and-mark, claim, complete, release, transaction), in one
+//! makes (check, check-and-mark, claim, complete, release, forget, transaction), in one
 //! function, so that no path can read a record differently from another.
 //!
 //! An ID's state lives in three places, gathered into [`Known`] before deciding:
@@ -61,6 +61,8 @@ pub(crate) enum Ask {
     Complete(OwnerFp),
     /// Give `owner`'s claim back.
     Release(OwnerFp),
+    /// Forget its done mark, so that the next caller gets it as new.
+    Forget,
 }
 
 /// The decision, and whether it needs a write.
@@ -78,6 +80,8 @@ pub(crate) enum Decision {
     PutClaim(ClaimOutcome),
     /// Delete the asker's claim.
     DeleteClaim,
+    /// Delete its done mark (a forget): it answers new from then on.
+    DeleteMark,
     /// Nothing to do: completing what the asker already completed, or releasing
     /// what the asker does not hold.
     Nothing,
@@ -180,6 +184,13 @@ pub(crate) fn decide(ask: Ask, known: Known, now: Timestamp) -> Decision {
             (None, Some(_)) => {
                 Decision::Conflict("the ID is done; a completed ID cannot be released".into())
             }
+        },
+        // Only an exact mark can be forgotten: a Bloom-only hit has nothing to
+        // delete, and a live claim belongs to its owner (it is left alone). An
+        // expired claim beside a mark does not stand in the way.
+        Ask::Forget => match (live, known.done) {
+            (None, Some(_)) => Decision::DeleteMark,
+            _ => Decision::Nothing,
         },
     }
 }
@@ -355,5 +366,30 @@ mod tests {
         assert_eq!(release(Known::default()), Decision::Nothing);
         assert_eq!(release(BLOOM), Decision::Nothing);
         assert!(matches!(release(done(Some("a"))), Decision::Conflict(_)));
+    }
+
+    #[test]
+    fn forgets() {
+        let forget = |k| decide(Ask::Forget, k, t(NOW));
+        assert_eq!(forget(done(None)), Decision::DeleteMark);
+        assert_eq!(forget(done(Some("a"))), Decision::DeleteMark);
+        assert_eq!(forget(Known::default()), Decision::Nothing);
+        assert_eq!(forget(BLOOM), Decision::Nothing, "nothing exact to delete");
+        assert_eq!(
+            forget(claim("a", NOW + 5)),
+            Decision::Nothing,
+            "a live claim is left alone"
+        );
+        assert_eq!(forget(claim("a", NOW - 5)), Decision::Nothing);
+        let expired_beside_mark = Known {
+            done: Some(None),
+            ..claim("a", NOW - 5)
+        };
+        assert_eq!(forget(expired_beside_mark), Decision::DeleteMark);
+        let live_beside_mark = Known {
+            done: Some(None),
+            ..claim("a", NOW + 5)
+        };
+        assert_eq!(forget(live_beside_mark), Decision::Nothing);
     }
 }

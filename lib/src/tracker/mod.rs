@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::clock::Clock;
 use crate::config::NamespaceConfig;
 use crate::error::Error;
+use crate::id::EventId;
 use crate::verdict::Verdict;
 
 mod budget;
@@ -274,6 +275,27 @@ impl Tracker {
     /// validation and storage errors as for [`claim`](Self::claim).
     pub fn release(&self, namespace: &str, id: impl AsRef<[u8]>, owner: &str) -> Result<(), Error> {
         dispatch!(self, t => t.release(namespace, id, owner))
+    }
+
+    /// Forgets IDs, so that the next caller marking one gets it as new: for replays
+    /// an operator orders, and for erasure requests. One answer per ID, in order:
+    /// `true` where an exact mark was deleted; `false` where nothing exact
+    /// remembered the ID (never seen, or only a Bloom-only generation's filter
+    /// holds it: its bits cannot be taken out), where a live claim holds it (the
+    /// claim is left alone), for a repeated ID, and for a retried forget whose
+    /// first attempt worked.
+    ///
+    /// A forgotten ID stays forgotten once its generation turns Bloom-only: the
+    /// generation's filter is rebuilt from its exact table, without the forgotten
+    /// IDs, before that table is dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidId`] or [`Error::UnknownNamespace`] before anything changes;
+    /// storage errors, in which case nothing was forgotten (a call writes once).
+    pub fn forget<T: AsRef<[u8]>>(&self, namespace: &str, ids: &[T]) -> Result<Vec<bool>, Error> {
+        let ids = EventId::batch(ids)?;
+        dispatch!(self, t => t.forget(namespace, &ids))
     }
 
     /// Marks one event and applies the closure's writes in the same atomic batch,

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 
-use super::claims::ClaimTable;
+use super::claim_table::ClaimTable;
 use super::namespace::{Namespace, State};
 use super::{Local, StorageFailure, lock};
 use crate::clock::Timestamp;
@@ -269,13 +269,13 @@ impl Local {
             &records::encode(&RingRecord::of(&st.ring, floor)),
         );
         if floor > old_floor {
-            b.drop_marks(ns.id, floor);
+            st.drop_tables_below(&mut b, ns.id, floor);
         }
         if let Err(e) = self.inner.write(&b, self.sync_writes()) {
             st.ring.undo_reconfigure(old_config, dropped);
             return Err(e);
         }
-        st.exact_floor = floor;
+        st.floor_moved(floor);
         for g in &dropped {
             st.unsaved.remove(&g.id());
         }
@@ -309,6 +309,7 @@ impl Local {
         b.delete_meta(&clean_key(ns.id));
         b.delete_meta_prefix(&records::checkpoint_prefix(ns.id));
         b.delete_meta_prefix(&records::claim_prefix(ns.id));
+        b.delete_meta_prefix(&records::forgets_prefix(ns.id));
         b.drop_namespace(ns.id);
         self.inner.write(&b, self.sync_writes())?;
         st.deleted = true;

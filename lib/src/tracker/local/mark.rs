@@ -6,7 +6,7 @@ use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::claims;
+use super::claim_table;
 use super::flight::{Flight, FlightId, IdentityHasher, key_of};
 use super::namespace::{Namespace, State};
 use super::{Local, lock, lock_briefly};
@@ -526,7 +526,7 @@ impl Local {
             pass.batch
                 .put_mark(ns.id, g, id, MarkValue::Done { owner }.encode().as_slice());
             if clears_claim {
-                claims::delete_record(&mut pass.batch, ns.id, id);
+                claim_table::delete_record(&mut pass.batch, ns.id, id);
                 pass.clears.push(i);
             }
             st.flights.hold(key, pass.flight_id);

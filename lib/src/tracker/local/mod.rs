@@ -70,8 +70,10 @@ use crate::store::{Batch, Store};
 
 mod admin;
 mod checkpoint;
+mod claim_table;
 mod claims;
 mod flight;
+mod forget;
 mod mark;
 mod namespace;
 mod recovery;

@@ -16,8 +16,17 @@
 //! settled, and the exact floor moves past a generation only once its snapshot is
 //! saved. Until then the generation simply stays exact, which answers more
 //! precisely, never less.
+//!
+//! # Forgotten IDs leave their bits behind
+//!
+//! A forget deletes an ID's mark from its exact table, but a Bloom filter's bits
+//! cannot be taken out. While the generation keeps its table, the table rules the
+//! hit out; before the table goes, the filter is rebuilt from it (see
+//! [`State::needs_resize`]), so the ID answers new once the generation is
+//! Bloom-only too. A generation with forgets is recorded in the store (a marker
+//! record, written with the forget) so that a restart rebuilds it as well.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Condvar, Mutex};
 
@@ -25,10 +34,11 @@ use crate::error::Error;
 use crate::generation::{Generation, GenerationId, GenerationRing};
 use crate::hash::HashSeed;
 use crate::id::NamespaceName;
+use crate::records;
 use crate::sizing::Layout;
-use crate::store::NamespaceId;
+use crate::store::{Batch, NamespaceId};
 
-use super::claims::ClaimTable;
+use super::claim_table::ClaimTable;
 use super::flight::Flights;
 
 pub(super) struct Namespace {
@@ -79,6 +89,18 @@ pub(super) struct State {
     pub(super) deleted: bool,
     /// Set by close: no mark may land after the open generation's final snapshot.
     pub(super) closed: bool,
+    /// Exact generations that IDs were forgotten from (see the module docs).
+    pub(super) forgets: BTreeMap<GenerationId, Forgets>,
+}
+
+/// The forgets in one generation, counted since the tracker opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Forgets {
+    /// Forgets made (at start-up: 1 for a generation the store has a marker for,
+    /// whose filter may predate its forgets).
+    pub(super) made: u64,
+    /// How many of them the generation's filter was last rebuilt without.
+    pub(super) rebuilt_without: u64,
 }
 
 impl State {
@@ -94,7 +116,37 @@ impl State {
             catch_up_due: false,
             deleted: false,
             closed: false,
+            forgets: BTreeMap::new(),
         }
+    }
+
+    /// Records a forget in `g`, whose filter still holds the ID's bits.
+    pub(super) fn forgot_in(&mut self, g: GenerationId) {
+        self.forgets.entry(g).or_default().made += 1;
+    }
+
+    /// Forgets in `g` its filter still holds the bits of.
+    pub(super) fn forgets_unbuilt(&self, g: GenerationId) -> u64 {
+        self.forgets
+            .get(&g)
+            .map_or(0, |f| f.made.saturating_sub(f.rebuilt_without))
+    }
+
+    /// Moves the exact floor up to `floor` in `b`: the tables below it go, and
+    /// with them the markers of their forgets. [`floor_moved`](Self::floor_moved)
+    /// once `b` is written.
+    pub(super) fn drop_tables_below(&self, b: &mut Batch, ns: NamespaceId, floor: GenerationId) {
+        b.drop_marks(ns, floor);
+        for g in self.forgets.range(..floor).map(|(g, _)| *g) {
+            b.delete_meta(&records::forgets_key(ns, g));
+        }
+    }
+
+    /// The floor `floor` is written: generations below it have no table to
+    /// forget from any more.
+    pub(super) fn floor_moved(&mut self, floor: GenerationId) {
+        self.exact_floor = floor;
+        self.forgets.retain(|g, _| *g >= floor);
     }
 
     /// Refuses operations on a deleted namespace or a closed tracker.
@@ -181,14 +233,16 @@ impl State {
     /// now in force: it holds more IDs than it was sized for (a store from before
     /// filters were sized per generation), was filled for a looser rate (before the
     /// target was lowered or `generations` raised), or lays its bits out the first
-    /// standard way, which misses low rates ([`Layout::StandardV1`]). Such a filter is rebuilt from
-    /// its exact table while it still has one.
+    /// standard way, which misses low rates ([`Layout::StandardV1`]), or still
+    /// holds the bits of IDs forgotten since it was built. Such a filter is rebuilt
+    /// from its exact table while it still has one.
     pub(super) fn needs_resize(&self, g: &Generation) -> bool {
         let sizing = g.filter().sizing();
         let target = self.ring.config().generation_fp_rate();
         g.sealed_at().is_some()
             && (g.ids() > sizing.capacity
                 || sizing.layout == Layout::StandardV1
-                || (sizing.fp_rate > target && sizing.fp_after(g.ids()) > target))
+                || (sizing.fp_rate > target && sizing.fp_after(g.ids()) > target)
+                || self.forgets_unbuilt(g.id()) > 0)
     }
 }

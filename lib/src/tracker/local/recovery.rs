@@ -11,14 +11,14 @@
 //! table is sized as the one it replaces was, or for as many IDs as the table holds
 //! when those are more.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use super::claims::{self, Claim, ClaimTable};
+use super::claim_table::{self, Claim, ClaimTable};
 use super::flight::key_of;
-use super::namespace::{Namespace, State};
+use super::namespace::{Forgets, Namespace, State};
 use super::rotation::rebuild_filter;
 use super::time::StoreTime;
 use super::{Durability, Inner, Local, health, lock};
@@ -30,8 +30,8 @@ use crate::generation::{Generation, GenerationId, GenerationRing};
 use crate::hash::HashSeed;
 use crate::id::NamespaceName;
 use crate::records::{
-    self, CleanRecord, ClockRecord, GenerationRecord, NamespaceRecord, RingRecord, clean_key,
-    ring_key,
+    self, CleanRecord, ClockRecord, ForgetsRecord, GenerationRecord, NamespaceRecord, RingRecord,
+    clean_key, ring_key,
 };
 use crate::sizing::{FilterSizing, size_filter};
 use crate::store::{Batch, NamespaceId, Store};
@@ -227,8 +227,46 @@ fn load_namespace(
     tracing::info!(namespace = %name, generations = ring.len(), claims = claims.len(), "namespace recovered");
     let mut state = State::new(ring, floor, claims);
     state.unsaved = unsaved;
+    state.forgets = load_forgets(store, id, floor, startup)?;
     state.catch_up_due = true;
     Ok(Namespace::new(name, id, seed, state))
+}
+
+/// The exact generations IDs were forgotten from. Whether a filter (a snapshot)
+/// was rebuilt since is not known, so each counts one forget still in its filter:
+/// it is rebuilt again before its table goes. Markers of generations whose tables
+/// are gone (a forget that settled after its generation left the ring) are
+/// removed.
+fn load_forgets(
+    store: &dyn Store,
+    ns: NamespaceId,
+    floor: GenerationId,
+    startup: &mut Batch,
+) -> Result<BTreeMap<GenerationId, Forgets>, Error> {
+    let mut forgets = BTreeMap::new();
+    for (key, value) in store.scan_meta(&records::forgets_prefix(ns))? {
+        let record: ForgetsRecord = records::decode(&key, &value)?;
+        let g = GenerationId(record.generation);
+        if key != records::forgets_key(ns, g) {
+            return Err(Error::Corrupt(format!(
+                "record {:?} names generation {}, another one",
+                String::from_utf8_lossy(&key),
+                g.0
+            )));
+        }
+        if g >= floor {
+            forgets.insert(
+                g,
+                Forgets {
+                    made: 1,
+                    rebuilt_without: 0,
+                },
+            );
+        } else {
+            startup.delete_meta(&key);
+        }
+    }
+    Ok(forgets)
 }
 
 fn load_claims(store: &dyn Store, ns: NamespaceId, seed: HashSeed) -> Result<ClaimTable, Error> {
@@ -236,7 +274,7 @@ fn load_claims(store: &dyn Store, ns: NamespaceId, seed: HashSeed) -> Result<Cla
     let mut table = ClaimTable::default();
     for (key, value) in store.scan_meta(&prefix)? {
         let id = &key[prefix.len()..];
-        let claim = claims::decode(&key, id, &value)?;
+        let claim = claim_table::decode(&key, id, &value)?;
         table.put(key_of(seed.hash(id)), claim);
     }
     Ok(table)
@@ -263,7 +301,7 @@ fn move_claims_out_of_exact_tables(
         store.scan_marks(id, gid, &mut |event, value| {
             if let MarkValue::Claimed { owner, until } = MarkValue::decode(value)? {
                 b.delete_mark(id, gid, event);
-                claims::put_record(
+                claim_table::put_record(
                     &mut b,
                     id,
                     &Claim {

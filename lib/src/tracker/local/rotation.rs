@@ -48,6 +48,7 @@ impl Local {
         let old_floor = st.exact_floor;
         let rotation = st.ring.rotate(now, reason)?;
         let sealed = rotation.sealed;
+        self.rebuild_forgotten_now(ns, st, persistent);
         let live = st.ring.generation(sealed).is_some();
         let save_now = persistent && live && st.pending_in(sealed) == 0;
         if persistent && live && !save_now {
@@ -65,7 +66,7 @@ impl Local {
                 &records::encode(&RingRecord::of(&st.ring, floor)),
             );
             if floor > old_floor {
-                b.drop_marks(ns.id, floor);
+                st.drop_tables_below(&mut b, ns.id, floor);
             }
             // The new generation's age starts now: a heartbeat of now lets a
             // restart count it from here.
@@ -77,7 +78,7 @@ impl Local {
             st.ring.undo(rotation);
             return Err(e);
         }
-        st.exact_floor = floor;
+        st.floor_moved(floor);
         for g in &rotation.dropped {
             st.unsaved.remove(&g.id());
         }
@@ -123,8 +124,15 @@ impl Local {
                     st.resizing = None;
                     match rebuilt {
                         Ok(filter) => {
-                            if st.ring.replace_filter(resize.generation, filter) && persistent {
-                                st.unsaved.insert(resize.generation);
+                            if st.ring.replace_filter(resize.generation, filter) {
+                                if persistent {
+                                    st.unsaved.insert(resize.generation);
+                                }
+                                // Forgets made since the scan began may still be in
+                                // it: those ask for another rebuild.
+                                if let Some(f) = st.forgets.get_mut(&resize.generation) {
+                                    f.rebuilt_without = resize.forgets;
+                                }
                             }
                         }
                         Err(e) => {
@@ -137,6 +145,60 @@ impl Local {
                 Err(e) => {
                     st.catch_up_due = true;
                     return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Rebuilds, now, the filters of generations that this rotation takes out of
+    /// the exact horizon while they still hold the bits of IDs forgotten from them
+    /// (see `namespace`), and saves their snapshots: the floor then moves past them
+    /// in this rotation, as it would have without the forgets. Only a generation
+    /// forgotten from since its filter was last rebuilt pays this: one scan of its
+    /// table, under the lock. (Most are rebuilt by the catching up that follows a
+    /// forget; this is for a forget in the open generation of a namespace that
+    /// keeps one exact table, or one whose catching up has not run yet.) A rebuild
+    /// that fails leaves the generation exact until catching up retries it.
+    fn rebuild_forgotten_now(&self, ns: &Namespace, st: &mut State, persistent: bool) {
+        let wanted = st.wanted_floor();
+        let due: Vec<Resize> = st
+            .ring
+            .iter()
+            .filter(|g| {
+                g.id() >= st.exact_floor
+                    && g.id() < wanted
+                    && g.sealed_at().is_some()
+                    && st.pending_in(g.id()) == 0
+                    && st.forgets_unbuilt(g.id()) > 0
+            })
+            .map(|g| Resize {
+                generation: g.id(),
+                ids: g.ids(),
+                fp_rate: st.ring.config().generation_fp_rate(),
+                seed: ns.seed,
+                forgets: st.forgets.get(&g.id()).map_or(0, |f| f.made),
+            })
+            .collect();
+        for resize in due {
+            let rebuilt = resize.run(&*self.inner.store, ns.id).and_then(|filter| {
+                if persistent {
+                    self.inner
+                        .store
+                        .save_snapshot(ns.id, resize.generation, &filter)?;
+                }
+                Ok(filter)
+            });
+            match rebuilt {
+                Ok(filter) => {
+                    if st.ring.replace_filter(resize.generation, filter) {
+                        st.unsaved.remove(&resize.generation);
+                        if let Some(f) = st.forgets.get_mut(&resize.generation) {
+                            f.rebuilt_without = resize.forgets;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(namespace = %ns.name, generation = resize.generation.0, error = %e, "could not rebuild a filter without its forgotten IDs yet; the generation stays exact until it is");
                 }
             }
         }
@@ -194,6 +256,7 @@ impl Local {
                 ids: g.ids(),
                 fp_rate: st.ring.config().generation_fp_rate(),
                 seed: ns.seed,
+                forgets: st.forgets.get(&g.id()).map_or(0, |f| f.made),
             }));
         }
         let floor = st.ready_floor(persistent);
@@ -203,10 +266,10 @@ impl Local {
                 &ring_key(ns.id),
                 &records::encode(&RingRecord::of(&st.ring, floor)),
             );
-            b.drop_marks(ns.id, floor);
+            st.drop_tables_below(&mut b, ns.id, floor);
             self.inner.heartbeat(&mut b, false);
             self.inner.write(&b, self.sync_writes())?;
-            st.exact_floor = floor;
+            st.floor_moved(floor);
         }
         st.catch_up_due = st.exact_floor < st.wanted_floor() || !st.unsaved.is_empty();
         Ok(None)
@@ -317,6 +380,9 @@ struct Resize {
     ids: u64,
     fp_rate: f64,
     seed: HashSeed,
+    /// Forgets made in the generation before its table is scanned: the rebuilt
+    /// filter holds none of them.
+    forgets: u64,
 }
 
 impl Resize {

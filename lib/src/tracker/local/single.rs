@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::claims::{self, Claim};
+use super::claim_table::{self, Claim};
 use super::flight::{Flight, FlightId, key_of};
 use super::namespace::{Namespace, State};
 use super::{ClaimOutcome, Local, lock};
@@ -80,7 +80,7 @@ impl Held<'_> {
                     counted = Some(g);
                     batch.put_mark(ns.id, g, id, MarkValue::Done { owner }.encode().as_slice());
                     if *clears_claim {
-                        claims::delete_record(&mut batch, ns.id, id);
+                        claim_table::delete_record(&mut batch, ns.id, id);
                     }
                 }
                 (
@@ -95,10 +95,10 @@ impl Held<'_> {
                         },
                         lease,
                     };
-                    claims::put_record(&mut batch, ns.id, &held);
+                    claim_table::put_record(&mut batch, ns.id, &held);
                     claim = Some(held);
                 }
-                (Decision::DeleteClaim, _) => claims::delete_record(&mut batch, ns.id, id),
+                (Decision::DeleteClaim, _) => claim_table::delete_record(&mut batch, ns.id, id),
                 (other, ask) => unreachable!("{ask:?} decided {other:?}, which writes nothing"),
             }
         }
@@ -215,6 +215,18 @@ impl Local {
     /// Everything known of one ID: its claim, its newest mark in an exact table (read
     /// where a filter hits), and whether a Bloom-only filter holds it.
     fn known(&self, ns: &Namespace, st: &State, id: &[u8], h: IdHash) -> Result<Known, Error> {
+        Ok(self.known_where(ns, st, id, h)?.0)
+    }
+
+    /// [`known`](Self::known), with the exact generations that hold a mark of the
+    /// ID, newest first.
+    pub(super) fn known_where(
+        &self,
+        ns: &Namespace,
+        st: &State,
+        id: &[u8],
+        h: IdHash,
+    ) -> Result<(Known, Vec<GenerationId>), Error> {
         let mut exact: Vec<(GenerationId, &[u8])> = Vec::new();
         let mut bloom_only = false;
         for g in st.ring.iter() {
@@ -227,23 +239,24 @@ impl Local {
             }
         }
         let mut done = None;
+        let mut marked_in = Vec::new();
         if !exact.is_empty() {
             // Newest generation first: the first value found is the one that counts.
-            let newest = self
-                .inner
-                .store
-                .get_marks(ns.id, &exact)?
-                .into_iter()
-                .flatten()
-                .next();
-            if let Some(value) = newest {
-                done = Some(MarkValue::done_by(&value)?);
+            let values = self.inner.store.get_marks(ns.id, &exact)?;
+            for ((g, _), value) in exact.iter().zip(values) {
+                if let Some(value) = value {
+                    if done.is_none() {
+                        done = Some(MarkValue::done_by(&value)?);
+                    }
+                    marked_in.push(*g);
+                }
             }
         }
-        Ok(Known {
+        let known = Known {
             claim: st.claims.get(key_of(h)),
             done,
             bloom_only,
-        })
+        };
+        Ok((known, marked_in))
     }
 }

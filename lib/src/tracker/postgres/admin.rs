@@ -294,7 +294,7 @@ impl Pg {
         if let Err(e) = self.block_on(self.cleanup()) {
             tracing::debug!(namespace, error = %e, "its tables are left for the next tick");
         }
-        self.forget(namespace);
+        self.uncache(namespace);
         tracing::info!(namespace, "namespace deleted");
         Ok(())
     }

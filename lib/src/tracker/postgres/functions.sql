@@ -1,4 +1,4 @@
--- Oncely's functions in PostgreSQL (schema version 3), created with the schema.
+-- Oncely's functions in PostgreSQL (schema version 5), created with the schema.
 --
 -- `@schema@` is the schema's name and `@lock_key@` the first half of every advisory
 -- lock key of the schema (see `lock_key` in mod.rs); Oncely puts them in before it
@@ -11,7 +11,9 @@
 -- it (`check_and_mark`, `check_and_mark_bytes`, `check`, `check_bytes`) for callers
 -- in any language. It decides as `decide.rs` does for the embedded engine: the
 -- model test runs both engines against one exact model. `set_checkpoint`,
--- `set_checkpoint_if` and `checkpoint` keep consumers' positions beside the marks.
+-- `set_checkpoint_if` and `checkpoint` keep consumers' positions beside the marks;
+-- `forget` and `forget_bytes` (through `forget_ids`) forget IDs as the library's
+-- `forget` does.
 -- (Claims stay with the library and the daemon: their decisions are `decide.rs`'s,
 -- on the library's side of one transaction.)
 
@@ -612,4 +614,163 @@ RETURNS text LANGUAGE sql STABLE AS $fn$
     SELECT c.position FROM @schema@.checkpoints c
       JOIN @schema@.namespaces n ON n.id = c.ns
      WHERE n.name = p_namespace AND c.consumer = p_consumer
+$fn$;
+
+-- Forgets IDs in a namespace, as the library's `forget` does (`forget.rs`; one
+-- rule, `decide.rs`'s): a done mark in an exact table with no live claim beside it
+-- is deleted, so that the next caller gets the ID as new; a live claim is left
+-- alone; an ID only a Bloom-only generation's filter holds has nothing to delete.
+-- Answers one boolean per position of `p_ids`: true where it deleted a mark (a
+-- repeat: false). Validation as `answer`'s.
+--
+-- The locks, in order, as the library's: the namespace's advisory lock, shared (no
+-- rotation, no move of the exact floor meanwhile); at REPEATABLE READ and
+-- SERIALIZABLE a share lock on the ring row (40001 for a snapshot that predates a
+-- change of the ring); the IDs' rows in the open generation, then in each sealed
+-- generation that keeps its table, newest first, in ID order; then the rows of the
+-- generations it deletes from, newest first. `lock_timeout` bounds every wait.
+--
+-- Each generation it deletes from counts the forgets (`generations.forgets`) and
+-- loses its stored Bloom filter, which may hold the IDs: the exact floor never
+-- passes a generation without a filter, and the filter is built again from the
+-- table (without the IDs) before the generation turns Bloom-only; a build that
+-- read the table before this commits stores nothing, for the count moved.
+CREATE OR REPLACE FUNCTION @schema@.forget_ids(p_namespace text, p_ids bytea[])
+RETURNS boolean[]
+LANGUAGE plpgsql VOLATILE
+SET lock_timeout = '@lock_timeout@'
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_id integer;
+    ring record;
+    rr record;
+    v_now bigint;
+    v_uniq bytea[];
+    v_live bytea[] := '{}';
+    v_at_gen bigint[] := '{}';
+    v_at_id bytea[] := '{}';
+    v_found bytea[];
+    v_gone bytea[];
+    v_forgotten bytea[] := '{}';
+    v_gen bigint;
+    k integer;
+BEGIN
+    IF p_namespace IS NULL THEN
+        RAISE EXCEPTION 'oncely: the namespace is NULL' USING ERRCODE = '22004';
+    END IF;
+    IF p_ids IS NULL THEN
+        RAISE EXCEPTION 'oncely: the IDs are NULL' USING ERRCODE = '22004';
+    END IF;
+    FOR k IN 1 .. coalesce(cardinality(p_ids), 0) LOOP
+        IF p_ids[k] IS NULL OR octet_length(p_ids[k]) NOT BETWEEN 1 AND 256 THEN
+            RAISE EXCEPTION 'oncely: invalid event id at index %: %', k - 1,
+                CASE WHEN p_ids[k] IS NULL THEN 'NULL'
+                     WHEN octet_length(p_ids[k]) = 0 THEN 'empty'
+                     ELSE octet_length(p_ids[k]) || ' bytes, over the limit of 256' END
+                USING ERRCODE = '22023';
+        END IF;
+    END LOOP;
+    SELECT n.id INTO v_id FROM @schema@.namespaces n WHERE n.name = p_namespace;
+    IF FOUND THEN
+        PERFORM pg_advisory_xact_lock_shared(@lock_key@, v_id);
+        IF current_setting('transaction_isolation') = 'read committed' THEN
+            SELECT n.open_gen, n.exact_floor, n.oldest_gen INTO ring
+              FROM @schema@.namespaces n WHERE n.id = v_id AND n.name = p_namespace;
+        ELSE
+            SELECT n.open_gen, n.exact_floor, n.oldest_gen INTO ring
+              FROM @schema@.namespaces n WHERE n.id = v_id AND n.name = p_namespace
+               FOR SHARE OF n;
+        END IF;
+    END IF;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'oncely: unknown namespace %', quote_literal(p_namespace)
+            USING ERRCODE = '42704';
+    END IF;
+    v_now := (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
+    SELECT array_agg(DISTINCT x ORDER BY x) INTO v_uniq FROM unnest(p_ids) u(x);
+    IF v_uniq IS NULL THEN
+        RETURN '{}'::boolean[];
+    END IF;
+    -- The open generation: a done mark, or a claim's placeholder (live or not).
+    FOR rr IN EXECUTE format(
+        'SELECT m.id AS x, m.owner, m.claim, c.until_ms
+           FROM @schema@.%I m
+           LEFT JOIN @schema@.claims c ON c.ns = $2 AND c.id = m.id
+          WHERE m.id = ANY($1)
+          ORDER BY m.id FOR UPDATE OF m', 'marks_' || v_id || '_' || ring.open_gen)
+      USING v_uniq, v_id LOOP
+        IF NOT rr.claim THEN
+            v_at_gen := v_at_gen || ring.open_gen;
+            v_at_id := v_at_id || rr.x;
+        ELSIF rr.owner IS NOT NULL AND coalesce(rr.until_ms, 0) > v_now THEN
+            v_live := v_live || rr.x;
+        END IF;
+    END LOOP;
+    -- The sealed generations that keep their tables, newest first.
+    FOR v_gen IN SELECT g FROM generate_series(ring.open_gen - 1,
+                                               greatest(ring.exact_floor, ring.oldest_gen), -1) g LOOP
+        EXECUTE format(
+            'SELECT array_agg(s.x ORDER BY s.x)
+               FROM (SELECT m.id AS x FROM @schema@.%I m WHERE m.id = ANY($1) AND NOT m.claim
+                      ORDER BY m.id FOR UPDATE) s', 'marks_' || v_id || '_' || v_gen)
+          INTO v_found USING v_uniq;
+        FOR k IN 1 .. coalesce(cardinality(v_found), 0) LOOP
+            v_at_gen := v_at_gen || v_gen;
+            v_at_id := v_at_id || v_found[k];
+        END LOOP;
+    END LOOP;
+    -- A done mark with no live claim beside it is forgotten, from every exact
+    -- table that holds it, newest generation first.
+    FOR v_gen IN SELECT DISTINCT a.g FROM unnest(v_at_gen) a(g) ORDER BY a.g DESC LOOP
+        SELECT array_agg(a.x ORDER BY a.x) INTO v_gone
+          FROM unnest(v_at_gen, v_at_id) a(g, x)
+         WHERE a.g = v_gen AND NOT (a.x = ANY(v_live));
+        CONTINUE WHEN v_gone IS NULL;
+        EXECUTE format('DELETE FROM @schema@.%I m WHERE m.id = ANY($1) AND NOT m.claim',
+                       'marks_' || v_id || '_' || v_gen)
+          USING v_gone;
+        UPDATE @schema@.generations g
+           SET forgets = g.forgets + cardinality(v_gone), filter = NULL
+         WHERE g.ns = v_id AND g.gen = v_gen;
+        v_forgotten := v_forgotten || v_gone;
+    END LOOP;
+    RETURN ARRAY(
+        SELECT u.x = ANY(v_forgotten) AND u.o = min(u.o) OVER (PARTITION BY u.x)
+          FROM unnest(p_ids) WITH ORDINALITY u(x, o)
+         ORDER BY u.o);
+END
+$fn$;
+
+-- Forgets IDs (text, as UTF-8) inside the caller's transaction: one row per ID, in
+-- order, `forgotten` true where its done mark was deleted (the next caller gets it
+-- as new), false where nothing exact remembered it, where a live claim holds it
+-- (left alone), and for a repeat. The marks are gone when the transaction commits.
+CREATE OR REPLACE FUNCTION @schema@.forget(p_namespace text, p_ids text[])
+RETURNS TABLE (id text, forgotten boolean)
+LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    v_answers boolean[];
+BEGIN
+    v_answers := @schema@.forget_ids(p_namespace,
+        CASE WHEN p_ids IS NOT NULL THEN
+            coalesce((SELECT array_agg(convert_to(u.x, 'UTF8') ORDER BY u.o)
+                        FROM unnest(p_ids) WITH ORDINALITY u(x, o)), '{}'::bytea[])
+        END);
+    RETURN QUERY SELECT p_ids[k], v_answers[k]
+                   FROM generate_series(1, coalesce(cardinality(p_ids), 0)) k ORDER BY k;
+END
+$fn$;
+
+-- As `forget`, for IDs as raw bytes.
+CREATE OR REPLACE FUNCTION @schema@.forget_bytes(p_namespace text, p_ids bytea[])
+RETURNS TABLE (id bytea, forgotten boolean)
+LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    v_answers boolean[];
+BEGIN
+    v_answers := @schema@.forget_ids(p_namespace, p_ids);
+    RETURN QUERY SELECT p_ids[k], v_answers[k]
+                   FROM generate_series(1, coalesce(cardinality(p_ids), 0)) k ORDER BY k;
+END
 $fn$;

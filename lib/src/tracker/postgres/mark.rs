@@ -114,6 +114,16 @@ impl<'a> Distinct<'a> {
             })
             .collect()
     }
+
+    /// The batch's answers to a forget from the distinct IDs': a repeat is `false`
+    /// (its first occurrence forgot it, if anything did).
+    pub(crate) fn spread_forgotten(&self, decided: &[bool]) -> Vec<bool> {
+        let mut seen = vec![false; self.ids.len()];
+        self.first
+            .iter()
+            .map(|&k| !std::mem::replace(&mut seen[k], true) && decided[k])
+            .collect()
+    }
 }
 
 /// The hints for `ids` from the ring's filters: (ID, generation) pairs to look up,

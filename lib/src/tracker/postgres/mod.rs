@@ -47,6 +47,7 @@ mod admin;
 pub(crate) mod checkpoint;
 mod combine;
 mod connect;
+pub(crate) mod forget;
 pub(crate) mod mark;
 pub(crate) mod ops;
 pub(crate) mod ring;
@@ -463,7 +464,7 @@ impl Pg {
     ) -> Result<Arc<NsCache>, Error> {
         let cached = self.cached(name.as_str());
         let Some(read) = ring::read(client, ctx, name, cached.as_deref()).await? else {
-            self.forget(name.as_str());
+            self.uncache(name.as_str());
             return Err(Error::UnknownNamespace(name.to_string()));
         };
         let ns = match cached {
@@ -482,8 +483,8 @@ impl Pg {
         Ok(ns)
     }
 
-    /// Forgets a namespace another node deleted.
-    fn forget(&self, name: &str) {
+    /// Drops a namespace another node deleted from this node's cache.
+    pub(crate) fn uncache(&self, name: &str) {
         self.inner
             .namespaces
             .write()

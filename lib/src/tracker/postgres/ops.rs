@@ -163,7 +163,7 @@ impl Pg {
     }
 
     /// A namespace's cache entry, loaded within `deadline` when this node has none.
-    async fn ns(
+    pub(crate) async fn ns(
         &self,
         name: &NamespaceName,
         deadline: Instant,
@@ -175,7 +175,7 @@ impl Pg {
     }
 
     /// Reads a namespace's ring again.
-    async fn reload(
+    pub(crate) async fn reload(
         &self,
         name: &NamespaceName,
         deadline: Instant,
@@ -227,7 +227,7 @@ impl Pg {
                     self.reload(name, deadline).await?;
                 }
                 Answer::Unknown => {
-                    self.forget(name.as_str());
+                    self.uncache(name.as_str());
                     return Err(Error::UnknownNamespace(name.to_string()));
                 }
                 Answer::Full => {
@@ -371,7 +371,7 @@ impl Pg {
                 Err(e) if retryable(&e) => {}
                 Err(e) if lock_timed_out(&e) => return Err(held(name)),
                 Err(Error::UnknownNamespace(n)) => {
-                    self.forget(name.as_str());
+                    self.uncache(name.as_str());
                     return Err(Error::UnknownNamespace(n));
                 }
                 Err(e) => return Err(e),
@@ -510,7 +510,7 @@ impl Pg {
             Err(e) if retryable(&e) => Ok(Hold::Again),
             Err(e) if lock_timed_out(&e) => Err(held(name)),
             Err(Error::UnknownNamespace(n)) => {
-                self.forget(name.as_str());
+                self.uncache(name.as_str());
                 Err(Error::UnknownNamespace(n))
             }
             Err(e) => Err(e),

@@ -5,7 +5,8 @@
 //! namespace's exclusive advisory lock, its `version` bumped each time). What a node
 //! keeps is what never changes once written: the Bloom filters of sealed
 //! generations, built once from their exact tables and stored in the database, valid
-//! on every node. A node's hints (which sealed generations to look an ID up in) are
+//! on every node (a forget makes one be built again, without the IDs it forgot: a
+//! node loads it again when the generation's count of forgets moves). A node's hints (which sealed generations to look an ID up in) are
 //! good only for the ring version it read them for; `mark_ids` answers `stale` for
 //! any other, and the node reads the ring again ([`read`]).
 
@@ -111,7 +112,12 @@ impl Ring {
     }
 }
 
-/// A sealed generation: immutable, so its filter, once built, is valid everywhere.
+/// A sealed generation: nothing is added to it any more, so its filter, once
+/// built, is valid everywhere. A forget may take IDs out of its table (and its
+/// stored filter with them, until rebuilt): a filter built before holds more
+/// than the table, which as a hint for a generation that keeps its table costs
+/// a lookup and no more; the floor never passes a generation whose filter holds
+/// forgotten IDs (see `forget`).
 #[derive(Clone, Debug)]
 pub(crate) struct SealedGen {
     pub(crate) generation: i64,
@@ -123,6 +129,10 @@ pub(crate) struct SealedGen {
     /// The stored filter's size in bytes: a filter rebuilt for a stricter rate is
     /// another size, and is loaded again.
     stored_len: Option<i32>,
+    /// IDs forgotten from the generation's table so far (`generations.forgets`):
+    /// a filter rebuilt without them may be as long as the one this node holds,
+    /// which still holds them, so a change of this count loads the filter again.
+    forgets: i64,
 }
 
 /// A namespace's identity and ring, as one statement read them.
@@ -149,7 +159,7 @@ pub(crate) async fn read<C: GenericClient + Sync>(
             &format!(
                 "SELECT n.id, n.seed, n.version, n.config, n.open_gen, n.exact_floor,
                         n.oldest_gen, n.opened_at, g.gen, g.opened_at, g.sealed_at, g.ids,
-                        octet_length(g.filter)
+                        octet_length(g.filter), g.forgets
                    FROM {s}.namespaces n
                    LEFT JOIN {s}.generations g
                      ON g.ns = n.id AND g.gen >= n.oldest_gen AND g.gen < n.open_gen
@@ -172,10 +182,11 @@ pub(crate) async fn read<C: GenericClient + Sync>(
     for g in rows.iter().filter(|r| r.get::<_, Option<i64>>(8).is_some()) {
         let generation: i64 = g.get(8);
         let stored_len: Option<i32> = g.get(12);
+        let forgets: i64 = g.get(13);
         let filter = known
             .as_ref()
             .and_then(|k| k.sealed.iter().find(|c| c.generation == generation))
-            .filter(|c| c.stored_len == stored_len)
+            .filter(|c| c.stored_len == stored_len && c.forgets == forgets)
             .and_then(|c| c.filter.clone());
         if filter.is_none() && stored_len.is_some() {
             wanted.push(generation);
@@ -187,6 +198,7 @@ pub(crate) async fn read<C: GenericClient + Sync>(
             ids: g.get(11),
             filter,
             stored_len,
+            forgets,
         });
     }
     if !wanted.is_empty() {

@@ -7,11 +7,13 @@
 //! tables that left the exact horizon are dropped afterwards ([`Pg::cleanup`]),
 //! each waiting at most a moment for whoever still reads it (a report, `pg_dump`),
 //! and tried again at the next tick when it could not. The sealed generation's
-//! Bloom filter is built afterwards too, outside the lock, from its exact table (it
-//! never changes again); only once the filter is stored may the generation lose
-//! its table. Until then it simply stays exact. The call that rotated does both
-//! before it goes on, as the embedded engine does: a generation turns Bloom-only as
-//! it leaves the exact horizon, not a tick later.
+//! Bloom filter is built afterwards too, outside the lock, from its exact table
+//! (nothing is added to it again; a forget takes IDs out, and the filter away
+//! until it is built again without them, see `forget`); only once the filter is
+//! stored may the generation lose its table. Until then it simply stays exact.
+//! The call that rotated does both before it goes on, as the embedded engine
+//! does: a generation turns Bloom-only as it leaves the exact horizon, not a tick
+//! later.
 //!
 //! The exclusive lock waits for every transaction marking in the namespace, a
 //! consumer's long one included, and while it waits, new marks of the namespace
@@ -177,11 +179,12 @@ impl Pg {
         Ok(rotated)
     }
 
-    /// Builds the filters of sealed generations that have none yet, rebuilds those
-    /// looser than the configuration now asks, and moves the exact floor past every
-    /// generation ready for it. Safe on every node at once: a filter is stored only
-    /// where none is (or replaces a looser one), and the floor moves under the
-    /// exclusive lock.
+    /// Builds the filters of sealed generations that have none yet (never built, or
+    /// taken away by a forget), rebuilds those looser than the configuration now
+    /// asks, and moves the exact floor past every generation ready for it. Safe on
+    /// every node at once: a filter is stored only where none is (or replaces a
+    /// looser one), and only if no forget in the generation committed since its
+    /// IDs were read; the floor moves under the exclusive lock.
     pub(crate) async fn catch_up(&self, ns: &NsCache) -> Result<(), Error> {
         let ctx = self.ctx();
         let s = ctx.schema;
@@ -204,6 +207,24 @@ impl Pg {
             self.session(deadline, async |conn| {
                 let tx = conn.transaction().await?;
                 tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
+                // The generation's forgets first, then its IDs, each statement on
+                // a snapshot of its own (READ COMMITTED): a forget that commits
+                // after the count was read moves it, and the filter, which may
+                // still hold the forgotten ID, is not stored (the next catch-up
+                // builds again). A forget deletes and counts in one transaction.
+                let Some((forgets, counted)) = tx
+                    .query_opt(
+                        &format!(
+                            "SELECT forgets, ids FROM {s}.generations WHERE ns = $1 AND gen = $2"
+                        ),
+                        &[&ns.id, &g.generation],
+                    )
+                    .await?
+                    .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)))
+                else {
+                    // Gone from the ring meanwhile: nothing to build.
+                    return Ok(());
+                };
                 let rows = tx
                     .query(
                         &format!(
@@ -213,7 +234,9 @@ impl Pg {
                         &[],
                     )
                     .await?;
-                let ids = rows.len() as u64;
+                // Forgotten IDs leave the table, not the count (as on the embedded
+                // engine): the filter is sized for every ID the generation took.
+                let ids = (rows.len() as u64).max(u64::try_from(counted).unwrap_or(0));
                 let mut filter = BloomFilter::new(size_filter(ids.max(1), target)?, ns.seed)?;
                 for row in &rows {
                     let id: &[u8] = row.get(0);
@@ -222,7 +245,7 @@ impl Pg {
                 tx.execute(
                     &format!(
                         "UPDATE {s}.generations SET filter = $3, ids = $4
-                          WHERE ns = $1 AND gen = $2 AND (filter IS NULL OR $5)"
+                          WHERE ns = $1 AND gen = $2 AND (filter IS NULL OR $5) AND forgets = $6"
                     ),
                     &[
                         &ns.id,
@@ -230,6 +253,7 @@ impl Pg {
                         &filter.to_snapshot(),
                         &(ids as i64),
                         &g.filter.is_some(),
+                        &forgets,
                     ],
                 )
                 .await?;

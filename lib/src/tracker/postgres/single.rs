@@ -9,10 +9,12 @@
 //! only, and a rotation carries every placeholder into the new open generation, so
 //! a claim never depends on the generation it started in.
 
+use std::sync::Arc;
+
 use tokio_postgres::GenericClient;
 use tokio_postgres::types::Type;
 
-use super::ring::{NsCache, RowRead, ring_row};
+use super::ring::{NsCache, Ring, RingRow, RowRead, ring_row};
 use super::schema::table;
 use super::{Ctx, owner_param};
 use crate::clock::Timestamp;
@@ -87,7 +89,7 @@ pub(crate) async fn lock<C: GenericClient + Sync>(
 /// `generation_span` passed (on the database's clock).
 pub(crate) fn due(
     config: &crate::config::NamespaceConfig,
-    row: &super::ring::RingRow,
+    row: &RingRow,
 ) -> Option<SealReason> {
     let (capacity, span) = super::schema::limits(config);
     if row.open_ids >= capacity {
@@ -111,6 +113,51 @@ pub(crate) enum Caller {
     Theirs,
 }
 
+/// What a call finds once it holds its namespace's shared lock: the ring as of
+/// its transaction, and whether it may seal a due generation.
+pub(crate) struct Locked {
+    pub(crate) ring: Arc<Ring>,
+    pub(crate) row: RingRow,
+    pub(crate) may_rotate: bool,
+}
+
+/// Takes the namespace's shared lock in `client`'s transaction and reads its
+/// ring row (guarded in a caller's transaction), with this node's ring, read
+/// again where the row is newer. `None` when the ring cannot be had as of the row
+/// (the namespace was deleted and created again, or, in a caller's transaction at
+/// READ COMMITTED, the ring read from another snapshot than the row): decide
+/// afresh.
+pub(crate) async fn lock_ring<C: GenericClient + Sync>(
+    client: &C,
+    ctx: &Ctx<'_>,
+    pg: &super::Pg,
+    ns: &NsCache,
+    caller: Caller,
+) -> Result<Option<Locked>, Error> {
+    let (may_rotate, how) = match caller {
+        Caller::Pool { may_rotate } => (may_rotate, RowRead::Current),
+        Caller::Theirs => (false, RowRead::Guarded),
+    };
+    lock(client, ctx, ns.id, false).await?;
+    let row = ring_row(client, ctx, ns, how).await?;
+    let mut ring = ns.ring();
+    if ring.version != row.version {
+        let read = pg.load(client, ctx, &ns.name).await?;
+        if read.id != ns.id {
+            return Ok(None);
+        }
+        ring = read.ring();
+        if ring.version != row.version {
+            return Ok(None);
+        }
+    }
+    Ok(Some(Locked {
+        ring,
+        row,
+        may_rotate,
+    }))
+}
+
 /// Decides `ask` (given the transaction's time and the namespace) for one ID. In
 /// the pool's transactions a due generation answers [`One::RotateFirst`]; in a
 /// caller's, a completion or mark into a full one is refused ([`Error::Busy`]).
@@ -123,25 +170,14 @@ pub(crate) async fn decide_one<C: GenericClient + Sync>(
     ask: impl Fn(Timestamp, &NsCache) -> Result<Ask, Error>,
     caller: Caller,
 ) -> Result<One, Error> {
-    let (may_rotate, how) = match caller {
-        Caller::Pool { may_rotate } => (may_rotate, RowRead::Current),
-        Caller::Theirs => (false, RowRead::Guarded),
+    let Some(Locked {
+        ring,
+        row,
+        may_rotate,
+    }) = lock_ring(client, ctx, pg, ns, caller).await?
+    else {
+        return Ok(One::Stale);
     };
-    lock(client, ctx, ns.id, false).await?;
-    let row = ring_row(client, ctx, ns, how).await?;
-    let mut ring = ns.ring();
-    if ring.version != row.version {
-        let read = pg.load(client, ctx, &ns.name).await?;
-        if read.id != ns.id {
-            return Ok(One::Stale);
-        }
-        ring = read.ring();
-        if ring.version != row.version {
-            // Read from another snapshot than the row (only a caller's transaction
-            // at READ COMMITTED could): decide afresh.
-            return Ok(One::Stale);
-        }
-    }
     let now = Timestamp::from_millis(row.now.max(0) as u64);
     let ask = ask(now, ns)?;
     let marks = matches!(ask, Ask::Mark(_) | Ask::Complete(_));
