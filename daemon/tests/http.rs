@@ -2034,3 +2034,33 @@ async fn names_follow_the_documented_rules() {
         }
     }
 }
+
+/// One duration grammar: the HTTP API reads `"2 h"` as settings do, and writes
+/// it back without the space; what the grammar refuses is a 400 naming the field.
+#[tokio::test]
+async fn a_span_with_a_space_before_its_unit_reads_as_settings_read_it() {
+    let h = Harness::new();
+    let a = h
+        .call(
+            Method::PATCH,
+            "/v1/namespaces/default",
+            Some(r#"{"generation_span": "2 h"}"#),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(
+        h.get("/v1/namespaces/default").await.json()["config"]["generation_span"],
+        "2h"
+    );
+    for bad in [r#""2  h""#, r#"" 2h""#, r#""2 ""#, r#""2 hours""#] {
+        let a = h
+            .call(
+                Method::PATCH,
+                "/v1/namespaces/default",
+                Some(&format!(r#"{{"generation_span": {bad}}}"#)),
+            )
+            .await;
+        a.assert_error(StatusCode::BAD_REQUEST, "invalid_config");
+        assert!(a.text.contains("generation_span"), "{bad}: {}", a.text);
+    }
+}

@@ -431,8 +431,9 @@ impl From<&NamespaceConfig> for ConfigFields {
     }
 }
 
-/// A duration written for humans: `"250ms"`, `"30s"`, `"15m"`, `"1h"`, `"7d"`, or a
-/// bare number of seconds.
+/// A duration written for humans, in the one grammar of [`oncely_duration`]:
+/// `"250ms"`, `"30s"`, `"15m"`, `"1h"`, `"1 h"`, `"7d"`, or a bare number of
+/// seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct HumanDuration(pub Duration);
 
@@ -443,40 +444,13 @@ impl HumanDuration {
     ///
     /// A message saying what was expected.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("{s:?} is not a duration like 250ms, 30s, 15m, 1h or 7d"))?;
-        let ms_per = match unit.trim() {
-            "ms" => 1,
-            "" | "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            other => return Err(format!("unknown duration unit {other:?} in {s:?}")),
-        };
-        n.checked_mul(ms_per)
-            .map(|ms| Self(Duration::from_millis(ms)))
-            .ok_or_else(|| format!("{s:?} is too long"))
+        oncely_duration::parse(s).map(Self)
     }
 }
 
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = crate::clock::duration_millis(self.0);
-        for (unit, per) in [
-            ("d", 86_400_000),
-            ("h", 3_600_000),
-            ("m", 60_000),
-            ("s", 1_000),
-        ] {
-            if ms >= per && ms.is_multiple_of(per) {
-                return write!(f, "{}{unit}", ms / per);
-            }
-        }
-        write!(f, "{ms}ms")
+        oncely_duration::Display(self.0).fmt(f)
     }
 }
 

@@ -989,7 +989,7 @@ pub mod schema {
     pub const NAME_PATTERN: &str = r"^([A-Za-z0-9_-][A-Za-z0-9._-]{0,63}|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,62}|\.\.[A-Za-z0-9._-]{1,62})$";
 
     /// What the string form of [`Span`] matches.
-    pub const SPAN_PATTERN: &str = "^0*[1-9][0-9]{0,8}(ms|s|m|h|d)?$";
+    pub const SPAN_PATTERN: &str = crate::span::PATTERN;
 }
 
 #[cfg(test)]

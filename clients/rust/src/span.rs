@@ -1,70 +1,29 @@
-//! Durations on the wire: `"250ms"`, `"30s"`, `"15m"`, `"1h"`, `"7d"`, or an integer
-//! number of seconds; written back in the largest unit that divides them evenly.
-//!
-//! The grammar is strict so that the OpenAPI document can state it exactly (see
-//! `api::schema::Span`): up to 9 significant digits (leading zeros aside) and an
-//! optional unit, no spaces, at least 1 ms. 999,999,999 days still fits a `u64` of
-//! milliseconds, so nothing that matches can overflow.
+//! Durations on the wire: `"250ms"`, `"30s"`, `"15m"`, `"1h"`, `"1 h"`, `"7d"`,
+//! or an integer number of seconds, in the one grammar of [`oncely_duration`]
+//! (which settings read too), at least 1 ms; written back in the largest unit that
+//! divides them evenly.
 
 use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserializer, Serializer};
 
-/// The largest number a duration may carry, in its unit.
-pub(crate) const MAX_NUMBER: u64 = 999_999_999;
+pub(crate) use oncely_duration::MAX_NUMBER;
+use oncely_duration::{Display, POSITIVE_PATTERN};
 
-const UNITS: [(&str, u64); 5] = [
-    ("d", 86_400_000),
-    ("h", 3_600_000),
-    ("m", 60_000),
-    ("s", 1_000),
-    ("ms", 1),
-];
+/// What the string form matches, for the OpenAPI document.
+pub(crate) const PATTERN: &str = POSITIVE_PATTERN;
 
-/// Parses the string form.
+/// Parses the string form: the grammar, at least 1 ms.
 pub(crate) fn parse(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let significant = digits.trim_start_matches('0');
-    if digits.is_empty() || significant.len() > 9 {
-        return Err(format!(
-            "{s:?} is not a duration like \"250ms\", \"30s\", \"15m\", \"1h\" or \"7d\" \
-             (at most 9 significant digits)"
-        ));
-    }
-    let n: u64 = significant.parse().unwrap_or(0);
-    let per = match unit {
-        "" | "s" => 1_000,
-        "ms" => 1,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        other => return Err(format!("unknown duration unit {other:?} in {s:?}")),
-    };
-    from_millis(n * per)
+    from_millis(oncely_duration::parse(s)?)
 }
 
-fn from_millis(ms: u64) -> Result<Duration, String> {
-    if ms == 0 {
+fn from_millis(d: Duration) -> Result<Duration, String> {
+    if d.is_zero() {
         return Err("a duration must be at least 1ms".into());
     }
-    Ok(Duration::from_millis(ms))
-}
-
-/// A duration in its shortest exact form (sub-millisecond parts are dropped).
-pub(crate) struct Display(pub(crate) Duration);
-
-impl fmt::Display for Display {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = u64::try_from(self.0.as_millis()).unwrap_or(u64::MAX);
-        for (unit, per) in UNITS {
-            if ms >= per && ms.is_multiple_of(per) {
-                return write!(f, "{}{unit}", ms / per);
-            }
-        }
-        write!(f, "{ms}ms")
-    }
+    Ok(d)
 }
 
 pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -100,7 +59,7 @@ impl serde::de::Visitor<'_> for Visitor {
                 "{v} seconds is over the limit of {MAX_NUMBER}"
             )));
         }
-        from_millis(v * 1_000).map_err(named)
+        from_millis(Duration::from_secs(v)).map_err(named)
     }
 
     fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
@@ -159,6 +118,7 @@ mod tests {
             ("60m", 3_600_000, "1h"),
             ("1h", 3_600_000, "1h"),
             ("7d", 604_800_000, "7d"),
+            ("1 h", 3_600_000, "1h"),
             ("0001s", 1_000, "1s"),
             ("999999999d", 999_999_999 * 86_400_000, "999999999d"),
         ] {
@@ -174,7 +134,6 @@ mod tests {
             "000s",
             "1w",
             "-1s",
-            "1 h",
             " 1h",
             "1h ",
             "1.5h",

@@ -258,7 +258,7 @@ mod tests {
             ("ONCELY_CACHE_BYTES", "64MiB"),
             ("ONCELY_MEMTABLE_BYTES", "32MiB"),
             ("ONCELY_SHUTDOWN_GRACE", "3s"),
-            ("ONCELY_DRAIN_DELAY", "250ms"),
+            ("ONCELY_DRAIN_DELAY", "250 ms"),
             ("ONCELY_TRACKER_TIMEOUT", "2s"),
             ("ONCELY_BODY_READ_TIMEOUT", "3s"),
             ("ONCELY_HEADER_READ_TIMEOUT", "4s"),

@@ -1088,7 +1088,7 @@ mod tests {
             listen = "0.0.0.0:9000"
             max_ids = 5
             max_body_bytes = "1MiB"
-            shutdown_grace = "3s"
+            shutdown_grace = "3 s"
             drain_delay = "1s"
             tokens = ["{}"]
             durability = "sync"

@@ -143,16 +143,19 @@ mod tests {
 
     use super::*;
 
-    /// The client crate's defaults and duration forms are the library's: the two
-    /// are written separately (the client must not depend on the library), so this
-    /// test keeps them together.
+    /// The client crate's defaults are the library's: the two are written
+    /// separately (the client must not depend on the library), so this test keeps
+    /// them together. Durations share one grammar (`oncely-duration`); this checks
+    /// that both read and write it alike.
     #[test]
     fn the_wire_agrees_with_the_library() {
         assert_eq!(
             config(&oncely::NamespaceConfig::default()),
             NamespaceConfig::default()
         );
-        for span in ["250ms", "1500ms", "30s", "90", "15m", "1h", "7d", "0001s"] {
+        for span in [
+            "250ms", "1500ms", "30s", "90", "15m", "1h", "1 h", "7d", "0001s",
+        ] {
             let wire: NamespacePatch =
                 serde_json::from_str(&format!(r#"{{"generation_span": "{span}"}}"#)).unwrap();
             let library = HumanDuration::parse(span).unwrap();

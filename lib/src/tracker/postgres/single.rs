@@ -87,10 +87,7 @@ pub(crate) async fn lock<C: GenericClient + Sync>(
 
 /// Why the open generation must seal now, if it must: `capacity` IDs marked, or
 /// `generation_span` passed (on the database's clock).
-pub(crate) fn due(
-    config: &crate::config::NamespaceConfig,
-    row: &RingRow,
-) -> Option<SealReason> {
+pub(crate) fn due(config: &crate::config::NamespaceConfig, row: &RingRow) -> Option<SealReason> {
     let (capacity, span) = super::schema::limits(config);
     if row.open_ids >= capacity {
         Some(SealReason::Capacity)
