@@ -27,6 +27,29 @@ const TAG_CLAIMED: u8 = 0x02;
 /// Keeps owner fingerprints apart from ID hashes made with the same seed.
 const OWNER_DOMAIN: u64 = 0x6f77_6e65_7273_2121;
 
+/// An owner token the front door has validated (1 to [`MAX_OWNER_LEN`] bytes),
+/// for an engine to fingerprint its own way with its namespace's seed (the
+/// embedded engine with [`OwnerFp::of`], PostgreSQL as its SQL functions do).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Owner<'a>(&'a str);
+
+impl<'a> Owner<'a> {
+    /// Validates an owner token.
+    pub(crate) fn new(owner: &'a str) -> Result<Self, Error> {
+        OwnerFp::check(owner)?;
+        Ok(Self(owner))
+    }
+
+    /// Validates an optional owner token.
+    pub(crate) fn maybe(owner: Option<&'a str>) -> Result<Option<Self>, Error> {
+        owner.map(Self::new).transpose()
+    }
+
+    pub(crate) const fn as_str(self) -> &'a str {
+        self.0
+    }
+}
+
 /// An owner token's fingerprint within one namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct OwnerFp(u64);
@@ -53,13 +76,19 @@ impl OwnerFp {
         Ok(())
     }
 
-    /// Validates and fingerprints an owner token.
+    /// Validates and fingerprints an owner token (tests; the engines get validated
+    /// tokens from the front door).
+    #[cfg(test)]
     pub(crate) fn new(owner: &str, seed: HashSeed) -> Result<Self, Error> {
-        Self::check(owner)?;
-        Ok(Self(xxh3_64_with_seed(
-            owner.as_bytes(),
+        Ok(Self::of(Owner::new(owner)?, seed))
+    }
+
+    /// The embedded engine's fingerprint of a validated owner token.
+    pub(crate) fn of(owner: Owner<'_>, seed: HashSeed) -> Self {
+        Self(xxh3_64_with_seed(
+            owner.0.as_bytes(),
             seed.to_u64() ^ OWNER_DOMAIN,
-        )))
+        ))
     }
 }
 

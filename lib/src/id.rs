@@ -41,6 +41,15 @@ impl<'a> EventId<'a> {
         self.0
     }
 
+    /// Validates the ID of a single-ID call (its error names index 0).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidId`].
+    pub(crate) fn one(id: &'a [u8]) -> Result<Self, Error> {
+        Self::new(id).map_err(|reason| Error::InvalidId { index: 0, reason })
+    }
+
     /// Validates a whole batch, so that one bad ID refuses the batch before anything
     /// in it is marked.
     ///

@@ -174,12 +174,13 @@ use crate::error::Error;
 use crate::exact::OwnerFp;
 use crate::id::{EventId, NamespaceName};
 use crate::tracker::ClaimOutcome;
+use crate::tracker::check_lease;
 use crate::tracker::checkpoint::{validate_checkpoint, validate_conditional, validate_consumer};
 use crate::tracker::decide::{Ask, Decision};
 use crate::tracker::postgres::checkpoint;
 use crate::tracker::postgres::forget::{self, Forgot};
 use crate::tracker::postgres::mark::{self, Answer, Ask as MarkAsk, Distinct, Owners};
-use crate::tracker::postgres::ops::{check_lease, checked_id, settled};
+use crate::tracker::postgres::ops::settled;
 use crate::tracker::postgres::ring::NsCache;
 use crate::tracker::postgres::single::{self, Applied, Caller, One};
 use crate::tracker::postgres::{
@@ -426,7 +427,7 @@ impl InTransaction {
         id: &[u8],
         ask: impl Fn(crate::clock::Timestamp, &NsCache) -> Result<Ask, Error>,
     ) -> Result<Decision, Error> {
-        let id = checked_id(id)?;
+        let id = EventId::one(id)?.as_bytes();
         let name = NamespaceName::new(namespace)?;
         let ctx = self.pg.ctx();
         for _ in 0..ATTEMPTS {

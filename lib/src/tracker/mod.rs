@@ -13,13 +13,16 @@ use std::time::Duration;
 use crate::clock::Clock;
 use crate::config::NamespaceConfig;
 use crate::error::Error;
+use crate::exact::Owner;
 use crate::id::EventId;
 use crate::verdict::Verdict;
+use engine::{Engine, MarkCall};
 
 mod budget;
 mod builder;
 pub(crate) mod checkpoint;
 pub(crate) mod decide;
+mod engine;
 mod health;
 mod info;
 mod local;
@@ -33,6 +36,7 @@ pub use builder::{Durability, TrackerBuilder};
 pub use checkpoint::MAX_POSITION_LEN;
 pub use health::{StorageFailure, StoreProbe};
 pub use info::{GenerationInfo, NamespaceInfo};
+pub(crate) use outcome::check_lease;
 pub use outcome::{CallVerdicts, ClaimOutcome, Configured, DropPolicy, MAX_LEASE, Transacted};
 pub use transaction::Transaction;
 
@@ -69,21 +73,52 @@ enum Backend {
     Postgres(postgres::Pg),
 }
 
-/// Runs the same call on whichever engine the tracker has.
-macro_rules! dispatch {
-    ($self:ident, $t:ident => $call:expr) => {
-        match &$self.backend {
-            Backend::Local($t) => $call,
+impl Backend {
+    /// The engine, through the seam every call but `transact` goes by.
+    fn engine(&self) -> &dyn Engine {
+        match self {
+            Self::Local(t) => t,
             #[cfg(feature = "postgres")]
-            Backend::Postgres($t) => $call,
+            Self::Postgres(t) => t,
         }
-    };
+    }
 }
 
 impl fmt::Debug for Tracker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        dispatch!(self, t => t.fmt(f))
+        self.backend.engine().fmt(f)
     }
+}
+
+/// A blocking call's answer (only non-blocking calls give up).
+fn answered<T>(answer: Result<Option<T>, Error>) -> Result<T, Error> {
+    answer.map(|a| a.expect("a blocking call answers"))
+}
+
+/// Validates each call of a [`Tracker::check_and_mark_each`] on its own: the valid
+/// ones, in order, and each call's refusal or its place among them.
+fn validate_each<'a, T: AsRef<[u8]>>(
+    calls: &'a [(&'a [T], Option<&'a str>)],
+) -> (Vec<MarkCall<'a>>, Vec<Result<(), Error>>) {
+    let mut valid = Vec::with_capacity(calls.len());
+    let checked = calls
+        .iter()
+        .map(|(ids, owner)| {
+            valid.push((EventId::batch(ids)?, Owner::maybe(*owner)?));
+            Ok(())
+        })
+        .collect();
+    (valid, checked)
+}
+
+/// The answers of the valid calls put back among the refusals, in the callers'
+/// order.
+fn merge_each(checked: Vec<Result<(), Error>>, answers: Vec<CallVerdicts>) -> Vec<CallVerdicts> {
+    let mut answers = answers.into_iter();
+    checked
+        .into_iter()
+        .map(|c| c.and_then(|()| answers.next().expect("one answer per valid call")))
+        .collect()
 }
 
 impl Tracker {
@@ -109,7 +144,12 @@ impl Tracker {
         ids: &[T],
         owner: Option<&str>,
     ) -> Result<Vec<Verdict>, Error> {
-        dispatch!(self, t => t.check_and_mark(namespace, ids, owner))
+        let (ids, owner) = (EventId::batch(ids)?, Owner::maybe(owner)?);
+        answered(
+            self.backend
+                .engine()
+                .check_and_mark(namespace, &ids, owner, false),
+        )
     }
 
     /// [`check_and_mark`](Self::check_and_mark) for a caller that must not block,
@@ -133,7 +173,10 @@ impl Tracker {
         ids: &[T],
         owner: Option<&str>,
     ) -> Result<Option<Vec<Verdict>>, Error> {
-        dispatch!(self, t => t.try_check_and_mark(namespace, ids, owner))
+        let (ids, owner) = (EventId::batch(ids)?, Owner::maybe(owner)?);
+        self.backend
+            .engine()
+            .check_and_mark(namespace, &ids, owner, true)
     }
 
     /// Several callers' [`check_and_mark`](Self::check_and_mark) calls on one
@@ -160,8 +203,13 @@ impl Tracker {
         namespace: &str,
         calls: &[(&[T], Option<&str>)],
     ) -> Result<Vec<CallVerdicts>, Error> {
-        let each = dispatch!(self, t => t.check_and_mark_each(namespace, calls, false))?;
-        Ok(each.expect("a blocking call answers"))
+        let (valid, checked) = validate_each(calls);
+        let answers = answered(
+            self.backend
+                .engine()
+                .check_and_mark_each(namespace, &valid, false),
+        )?;
+        Ok(merge_each(checked, answers))
     }
 
     /// [`check_and_mark_each`](Self::check_and_mark_each) for a caller that must not
@@ -176,7 +224,12 @@ impl Tracker {
         namespace: &str,
         calls: &[(&[T], Option<&str>)],
     ) -> Result<Option<Vec<CallVerdicts>>, Error> {
-        dispatch!(self, t => t.check_and_mark_each(namespace, calls, true))
+        let (valid, checked) = validate_each(calls);
+        Ok(self
+            .backend
+            .engine()
+            .check_and_mark_each(namespace, &valid, true)?
+            .map(|answers| merge_each(checked, answers)))
     }
 
     /// Answers like [`check_and_mark`](Self::check_and_mark) without marking: `New`
@@ -186,7 +239,11 @@ impl Tracker {
     ///
     /// As [`check_and_mark`](Self::check_and_mark).
     pub fn check<T: AsRef<[u8]>>(&self, namespace: &str, ids: &[T]) -> Result<Vec<Verdict>, Error> {
-        dispatch!(self, t => t.check(namespace, ids))
+        answered(
+            self.backend
+                .engine()
+                .check(namespace, &EventId::batch(ids)?, false),
+        )
     }
 
     /// [`check`](Self::check) for a caller that must not block: `Ok(None)` when
@@ -202,7 +259,9 @@ impl Tracker {
         namespace: &str,
         ids: &[T],
     ) -> Result<Option<Vec<Verdict>>, Error> {
-        dispatch!(self, t => t.try_check(namespace, ids))
+        self.backend
+            .engine()
+            .check(namespace, &EventId::batch(ids)?, true)
     }
 
     /// [`check_and_mark`](Self::check_and_mark) that also stores a checkpoint in the
@@ -221,7 +280,11 @@ impl Tracker {
         consumer: &str,
         position: &str,
     ) -> Result<Vec<Verdict>, Error> {
-        dispatch!(self, t => t.check_and_mark_with_checkpoint(namespace, ids, owner, consumer, position))
+        checkpoint::validate_checkpoint(consumer, position)?;
+        let (ids, owner) = (EventId::batch(ids)?, Owner::maybe(owner)?);
+        self.backend
+            .engine()
+            .check_and_mark_with_checkpoint(namespace, &ids, owner, consumer, position)
     }
 
     /// Claims an ID for `owner` for `lease`.
@@ -244,7 +307,9 @@ impl Tracker {
         owner: &str,
         lease: Duration,
     ) -> Result<ClaimOutcome, Error> {
-        dispatch!(self, t => t.claim(namespace, id, owner, lease))
+        let (id, owner) = (EventId::one(id.as_ref())?, Owner::new(owner)?);
+        check_lease(lease)?;
+        self.backend.engine().claim(namespace, id, owner, lease)
     }
 
     /// Turns `owner`'s claim into a done mark, in the open generation. Completing
@@ -262,7 +327,8 @@ impl Tracker {
         id: impl AsRef<[u8]>,
         owner: &str,
     ) -> Result<(), Error> {
-        dispatch!(self, t => t.complete(namespace, id, owner))
+        let (id, owner) = (EventId::one(id.as_ref())?, Owner::new(owner)?);
+        self.backend.engine().complete(namespace, id, owner)
     }
 
     /// Forgets `owner`'s claim so that a redelivery can take the ID. Releasing an ID
@@ -274,7 +340,8 @@ impl Tracker {
     /// [`Error::Conflict`] when another owner holds a live claim or the ID is done;
     /// validation and storage errors as for [`claim`](Self::claim).
     pub fn release(&self, namespace: &str, id: impl AsRef<[u8]>, owner: &str) -> Result<(), Error> {
-        dispatch!(self, t => t.release(namespace, id, owner))
+        let (id, owner) = (EventId::one(id.as_ref())?, Owner::new(owner)?);
+        self.backend.engine().release(namespace, id, owner)
     }
 
     /// Forgets IDs, so that the next caller marking one gets it as new: for replays
@@ -294,8 +361,9 @@ impl Tracker {
     /// [`Error::InvalidId`] or [`Error::UnknownNamespace`] before anything changes;
     /// storage errors, in which case nothing was forgotten (a call writes once).
     pub fn forget<T: AsRef<[u8]>>(&self, namespace: &str, ids: &[T]) -> Result<Vec<bool>, Error> {
-        let ids = EventId::batch(ids)?;
-        dispatch!(self, t => t.forget(namespace, &ids))
+        self.backend
+            .engine()
+            .forget(namespace, &EventId::batch(ids)?)
     }
 
     /// Marks one event and applies the closure's writes in the same atomic batch,
@@ -346,7 +414,13 @@ impl Tracker {
         E: From<Error>,
         F: FnOnce(&mut Transaction<'_>) -> Result<T, E>,
     {
-        dispatch!(self, t => t.transact(namespace, id, owner, f))
+        let id = EventId::one(id.as_ref())?;
+        let owner = Owner::maybe(owner)?;
+        match &self.backend {
+            Backend::Local(t) => t.transact(namespace, id, owner, f),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(t) => t.transact(namespace, id, owner, f),
+        }
     }
 
     /// A user key's value, as transactions left it.
@@ -355,7 +429,7 @@ impl Tracker {
     ///
     /// Storage errors.
     pub fn user_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        dispatch!(self, t => t.user_get(key))
+        self.backend.engine().user_get(key)
     }
 
     /// Stores a consumer's last processed position in a namespace, durably (as a
@@ -373,7 +447,10 @@ impl Tracker {
         consumer: &str,
         position: &str,
     ) -> Result<(), Error> {
-        dispatch!(self, t => t.set_checkpoint(namespace, consumer, position))
+        checkpoint::validate_checkpoint(consumer, position)?;
+        self.backend
+            .engine()
+            .set_checkpoint(namespace, consumer, position)
     }
 
     /// Stores a consumer's position only if the stored one is `expected` (`None`:
@@ -403,7 +480,9 @@ impl Tracker {
         position: &str,
     ) -> Result<(), Error> {
         checkpoint::validate_conditional(consumer, expected, position)?;
-        dispatch!(self, t => t.set_checkpoint_if(namespace, consumer, expected, position))
+        self.backend
+            .engine()
+            .set_checkpoint_if(namespace, consumer, expected, position)
     }
 
     /// A consumer's stored position, if any.
@@ -412,13 +491,14 @@ impl Tracker {
     ///
     /// Invalid consumer name, unknown namespace, storage errors.
     pub fn checkpoint(&self, namespace: &str, consumer: &str) -> Result<Option<String>, Error> {
-        dispatch!(self, t => t.checkpoint(namespace, consumer))
+        checkpoint::validate_consumer(consumer)?;
+        self.backend.engine().checkpoint(namespace, consumer)
     }
 
     /// Names of all namespaces, sorted.
     #[must_use]
     pub fn namespaces(&self) -> Vec<String> {
-        dispatch!(self, t => t.namespaces())
+        self.backend.engine().namespaces()
     }
 
     /// Configuration and live statistics of a namespace.
@@ -427,7 +507,7 @@ impl Tracker {
     ///
     /// [`Error::UnknownNamespace`].
     pub fn namespace_info(&self, namespace: &str) -> Result<NamespaceInfo, Error> {
-        dispatch!(self, t => t.namespace_info(namespace))
+        self.backend.engine().namespace_info(namespace)
     }
 
     /// Creates a namespace, or reconfigures an existing one.
@@ -466,7 +546,7 @@ impl Tracker {
         namespace: &str,
         config: NamespaceConfig,
     ) -> Result<Configured, Error> {
-        dispatch!(self, t => t.configure_namespace(namespace, config))
+        self.configure_namespace_with(namespace, config, DropPolicy::Refuse)
     }
 
     /// [`configure_namespace`](Self::configure_namespace), saying whether the change
@@ -481,7 +561,9 @@ impl Tracker {
         config: NamespaceConfig,
         policy: DropPolicy,
     ) -> Result<Configured, Error> {
-        dispatch!(self, t => t.configure_namespace_with(namespace, config, policy))
+        self.backend
+            .engine()
+            .configure_namespace_with(namespace, config, policy)
     }
 
     /// Deletes a namespace with all its marks, claims, snapshots and checkpoints.
@@ -491,7 +573,7 @@ impl Tracker {
     /// [`Error::UnknownNamespace`]; [`Error::Refused`] for `default`, which always
     /// exists; storage errors (then nothing changed).
     pub fn delete_namespace(&self, namespace: &str) -> Result<(), Error> {
-        dispatch!(self, t => t.delete_namespace(namespace))
+        self.backend.engine().delete_namespace(namespace)
     }
 
     /// Seals every generation whose span has passed, catches up what rotations and
@@ -506,7 +588,7 @@ impl Tracker {
     ///
     /// The first storage error; other namespaces are still ticked.
     pub fn tick(&self) -> Result<(), Error> {
-        dispatch!(self, t => t.tick())
+        self.backend.engine().tick()
     }
 
     /// Seals the open generation of a namespace now.
@@ -515,27 +597,27 @@ impl Tracker {
     ///
     /// [`Error::UnknownNamespace`], or a storage error (the ring is then unchanged).
     pub fn rotate_namespace(&self, namespace: &str) -> Result<(), Error> {
-        dispatch!(self, t => t.rotate_namespace(namespace))
+        self.backend.engine().rotate_namespace(namespace)
     }
 
     /// The filter memory budget, what namespaces are charged against it, and what
     /// their filters take now. Cheap: a few reads per namespace.
     #[must_use]
     pub fn filter_budget(&self) -> FilterBudget {
-        dispatch!(self, t => t.filter_budget())
+        self.backend.engine().filter_budget()
     }
 
     /// Whether the store's writes are failing: `Some` from a failed write until a
     /// later one succeeds. (A daemon reports itself unready meanwhile.)
     #[must_use]
     pub fn storage_failure(&self) -> Option<StorageFailure> {
-        dispatch!(self, t => t.storage_failure())
+        self.backend.engine().storage_failure()
     }
 
     /// Writes that failed since the tracker opened.
     #[must_use]
     pub fn storage_errors(&self) -> u64 {
-        dispatch!(self, t => t.storage_errors())
+        self.backend.engine().storage_errors()
     }
 
     /// Rotations left for later because their namespace was held (on PostgreSQL, a
@@ -544,17 +626,13 @@ impl Tracker {
     /// embedded store, whose rotations never wait for another process.
     #[must_use]
     pub fn rotations_deferred(&self) -> u64 {
-        match &self.backend {
-            Backend::Local(_) => 0,
-            #[cfg(feature = "postgres")]
-            Backend::Postgres(pg) => pg.rotations_deferred(),
-        }
+        self.backend.engine().rotations_deferred()
     }
 
     /// Space the store uses on disk, in bytes, where known.
     #[must_use]
     pub fn disk_bytes(&self) -> Option<u64> {
-        dispatch!(self, t => t.disk_bytes())
+        self.backend.engine().disk_bytes()
     }
 
     /// Lets the writes in flight settle, then flushes everything to disk and
@@ -566,20 +644,20 @@ impl Tracker {
     /// Storage errors. Marks acknowledged earlier are safe regardless: they are in
     /// the write-ahead log.
     pub fn close(&self) -> Result<(), Error> {
-        dispatch!(self, t => t.close())
+        self.backend.engine().close()
     }
 
     /// The durability mode.
     #[must_use]
     pub fn durability(&self) -> Durability {
-        dispatch!(self, t => t.durability())
+        self.backend.engine().durability()
     }
 
     /// The clock the tracker reads. (Times the tracker reports, lease ends and
     /// generation opening times, are on this clock.)
     #[must_use]
     pub fn clock(&self) -> &Arc<dyn Clock> {
-        dispatch!(self, t => t.clock())
+        self.backend.engine().clock()
     }
 
     /// Oncely's operations inside a transaction you opened on your own PostgreSQL
@@ -606,6 +684,6 @@ impl Tracker {
     /// The store cannot be reached (recorded in
     /// [`storage_failure`](Self::storage_failure) too).
     pub fn probe_store(&self) -> Result<StoreProbe, Error> {
-        dispatch!(self, t => t.probe_store())
+        self.backend.engine().probe_store()
     }
 }

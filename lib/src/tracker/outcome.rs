@@ -10,6 +10,17 @@ use crate::verdict::Verdict;
 /// The longest lease a claim may ask for: 7 days.
 pub const MAX_LEASE: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Refuses a lease outside 1 ms ..= [`MAX_LEASE`].
+pub(crate) fn check_lease(lease: Duration) -> Result<(), Error> {
+    if lease.is_zero() || lease > MAX_LEASE {
+        return Err(Error::InvalidArgument {
+            field: "lease_ms",
+            reason: format!("{} ms is outside 1 ms ..= 7 days", lease.as_millis()),
+        });
+    }
+    Ok(())
+}
+
 /// The answer to [`Tracker::claim`](crate::Tracker::claim).
 #[must_use = "a claim says whether to process the event"]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use super::Local;
 use crate::error::Error;
 use crate::records::checkpoint_prefix;
 use crate::store::{Batch, NamespaceId};
-use crate::tracker::checkpoint::{Write, precondition, validate_checkpoint, validate_consumer};
+use crate::tracker::checkpoint::{Write, precondition};
 
 impl Local {
     /// See [`Tracker::set_checkpoint`](crate::Tracker::set_checkpoint).
@@ -24,7 +24,6 @@ impl Local {
         consumer: &str,
         position: &str,
     ) -> Result<(), Error> {
-        validate_checkpoint(consumer, position)?;
         let ns = self.namespace_handle(namespace)?;
         let _ordered = self.checkpoint_writer();
         self.put(ns.id, consumer, position)
@@ -57,7 +56,6 @@ impl Local {
         namespace: &str,
         consumer: &str,
     ) -> Result<Option<String>, Error> {
-        validate_consumer(consumer)?;
         let ns = self.namespace_handle(namespace)?;
         self.stored(ns.id, consumer)
     }

@@ -26,31 +26,24 @@ use super::claim_table::delete_record;
 use super::single::One;
 use super::{Local, lock};
 use crate::error::Error;
-use crate::exact::OwnerFp;
+use crate::exact::{Owner, OwnerFp};
 use crate::id::EventId;
 use crate::store::Batch;
+use crate::tracker::ClaimOutcome;
 use crate::tracker::decide::{Ask, Decision};
-use crate::tracker::{ClaimOutcome, MAX_LEASE};
 
 impl Local {
     /// See [`Tracker::claim`](crate::Tracker::claim).
     pub(crate) fn claim(
         &self,
         namespace: &str,
-        id: impl AsRef<[u8]>,
-        owner: &str,
+        id: EventId<'_>,
+        owner: Owner<'_>,
         lease: Duration,
     ) -> Result<ClaimOutcome, Error> {
-        let id = checked_id(id.as_ref())?;
-        if lease.is_zero() || lease > MAX_LEASE {
-            return Err(Error::InvalidArgument {
-                field: "lease_ms",
-                reason: format!("{} ms is outside 1 ms ..= 7 days", lease.as_millis()),
-            });
-        }
         let ns = self.namespace_handle(namespace)?;
-        let me = OwnerFp::new(owner, ns.seed)?;
-        let outcome = match self.decide_one(&ns, id, |now| Ask::Claim {
+        let me = OwnerFp::of(owner, ns.seed);
+        let outcome = match self.decide_one(&ns, id.as_bytes(), |now| Ask::Claim {
             owner: me,
             until: now.saturating_add(lease),
             lease,
@@ -73,26 +66,24 @@ impl Local {
     pub(crate) fn complete(
         &self,
         namespace: &str,
-        id: impl AsRef<[u8]>,
-        owner: &str,
+        id: EventId<'_>,
+        owner: Owner<'_>,
     ) -> Result<(), Error> {
-        let id = checked_id(id.as_ref())?;
         let ns = self.namespace_handle(namespace)?;
-        let me = OwnerFp::new(owner, ns.seed)?;
-        settle_simple(self.decide_one(&ns, id, |_| Ask::Complete(me))?)
+        let me = OwnerFp::of(owner, ns.seed);
+        settle_simple(self.decide_one(&ns, id.as_bytes(), |_| Ask::Complete(me))?)
     }
 
     /// See [`Tracker::release`](crate::Tracker::release).
     pub(crate) fn release(
         &self,
         namespace: &str,
-        id: impl AsRef<[u8]>,
-        owner: &str,
+        id: EventId<'_>,
+        owner: Owner<'_>,
     ) -> Result<(), Error> {
-        let id = checked_id(id.as_ref())?;
         let ns = self.namespace_handle(namespace)?;
-        let me = OwnerFp::new(owner, ns.seed)?;
-        settle_simple(self.decide_one(&ns, id, |_| Ask::Release(me))?)
+        let me = OwnerFp::of(owner, ns.seed);
+        settle_simple(self.decide_one(&ns, id.as_bytes(), |_| Ask::Release(me))?)
     }
 
     /// Forgets claims that have been expired for as long as their lease was (see the
@@ -136,10 +127,4 @@ fn settle_simple(one: One<'_>) -> Result<(), Error> {
         One::Answered(other) => unreachable!("decided {other:?} without a write"),
         One::Held(held) => held.commit(|_| {}),
     }
-}
-
-fn checked_id(id: &[u8]) -> Result<&[u8], Error> {
-    EventId::new(id)
-        .map(EventId::as_bytes)
-        .map_err(|reason| Error::InvalidId { index: 0, reason })
 }

@@ -11,13 +11,14 @@ use super::flight::{Flight, FlightId, IdentityHasher, key_of};
 use super::namespace::{Namespace, State};
 use super::{Local, lock, lock_briefly};
 use crate::error::Error;
-use crate::exact::{MarkValue, OwnerFp};
+use crate::exact::{MarkValue, Owner, OwnerFp};
 use crate::generation::{GenerationId, SealReason};
 use crate::hash::IdHash;
 use crate::id::EventId;
 use crate::store::Batch;
 use crate::tracker::CallVerdicts;
 use crate::tracker::decide::{Ask, Decision, Known, decide};
+use crate::tracker::engine::MarkCall;
 use crate::verdict::Verdict;
 
 #[derive(Clone, Copy)]
@@ -187,98 +188,69 @@ impl Drop for Pass<'_> {
 }
 
 impl Local {
-    /// See [`Tracker::check_and_mark`](crate::Tracker::check_and_mark).
-    pub(crate) fn check_and_mark<T: AsRef<[u8]>>(
+    /// See [`Tracker::check_and_mark`](crate::Tracker::check_and_mark) and
+    /// [`Tracker::try_check_and_mark`](crate::Tracker::try_check_and_mark).
+    pub(crate) fn check_and_mark(
         &self,
         namespace: &str,
-        ids: &[T],
-        owner: Option<&str>,
-    ) -> Result<Vec<Verdict>, Error> {
-        let ids = EventId::batch(ids)?;
-        let ns = self.namespace_handle(namespace)?;
-        let owner = owner.map(|o| OwnerFp::new(o, ns.seed)).transpose()?;
-        self.run(&ns, &ids, Mode::Mark(Owners::One(owner)), None, false)
-    }
-
-    /// See [`Tracker::try_check_and_mark`](crate::Tracker::try_check_and_mark).
-    pub(crate) fn try_check_and_mark<T: AsRef<[u8]>>(
-        &self,
-        namespace: &str,
-        ids: &[T],
-        owner: Option<&str>,
+        ids: &[EventId<'_>],
+        owner: Option<Owner<'_>>,
+        nonblocking: bool,
     ) -> Result<Option<Vec<Verdict>>, Error> {
-        let ids = EventId::batch(ids)?;
         let ns = self.namespace_handle(namespace)?;
-        let owner = owner.map(|o| OwnerFp::new(o, ns.seed)).transpose()?;
-        gave_up(self.run(&ns, &ids, Mode::Mark(Owners::One(owner)), None, true))
+        let owner = owner.map(|o| OwnerFp::of(o, ns.seed));
+        gave_up(self.run(&ns, ids, Mode::Mark(Owners::One(owner)), None, nonblocking))
     }
 
-    /// See [`Tracker::check_and_mark_each`](crate::Tracker::check_and_mark_each).
-    pub(crate) fn check_and_mark_each<T: AsRef<[u8]>>(
+    /// See [`Tracker::check_and_mark_each`](crate::Tracker::check_and_mark_each):
+    /// the valid calls, decided in one pass and written in one write.
+    pub(crate) fn check_and_mark_each(
         &self,
         namespace: &str,
-        calls: &[(&[T], Option<&str>)],
+        calls: &[MarkCall<'_>],
         nonblocking: bool,
     ) -> Result<Option<Vec<CallVerdicts>>, Error> {
         let ns = self.namespace_handle(namespace)?;
-        // Each call is validated on its own: a bad one is refused alone.
-        let checked: Vec<Result<_, Error>> = calls
-            .iter()
-            .map(|(ids, owner)| {
-                let ids = EventId::batch(ids)?;
-                Ok((ids, owner.map(|o| OwnerFp::new(o, ns.seed)).transpose()?))
-            })
-            .collect();
         let mut ids: Vec<EventId<'_>> = Vec::new();
         let mut owners: Vec<Option<OwnerFp>> = Vec::new();
-        for (call_ids, owner) in checked.iter().flatten() {
+        for (call_ids, owner) in calls {
             ids.extend_from_slice(call_ids);
-            owners.extend(std::iter::repeat_n(*owner, call_ids.len()));
+            let owner = owner.map(|o| OwnerFp::of(o, ns.seed));
+            owners.extend(std::iter::repeat_n(owner, call_ids.len()));
         }
         let all = if ids.is_empty() {
             Vec::new()
         } else {
-            match self.run(
+            match gave_up(self.run(
                 &ns,
                 &ids,
                 Mode::Mark(Owners::Each(&owners)),
                 None,
                 nonblocking,
-            ) {
-                Ok(v) => v,
-                Err(Error::WouldBlock) => return Ok(None),
-                Err(e) => return Err(e),
+            ))? {
+                Some(v) => v,
+                None => return Ok(None),
             }
         };
         let mut rest = all.into_iter();
         Ok(Some(
-            checked
-                .into_iter()
-                .map(|c| c.map(|(call_ids, _)| rest.by_ref().take(call_ids.len()).collect()))
+            calls
+                .iter()
+                .map(|(call_ids, _)| Ok(rest.by_ref().take(call_ids.len()).collect()))
                 .collect(),
         ))
     }
 
-    /// See [`Tracker::check`](crate::Tracker::check).
-    pub(crate) fn check<T: AsRef<[u8]>>(
+    /// See [`Tracker::check`](crate::Tracker::check) and
+    /// [`Tracker::try_check`](crate::Tracker::try_check).
+    pub(crate) fn check(
         &self,
         namespace: &str,
-        ids: &[T],
-    ) -> Result<Vec<Verdict>, Error> {
-        let ids = EventId::batch(ids)?;
-        let ns = self.namespace_handle(namespace)?;
-        self.run(&ns, &ids, Mode::Check, None, false)
-    }
-
-    /// See [`Tracker::try_check`](crate::Tracker::try_check).
-    pub(crate) fn try_check<T: AsRef<[u8]>>(
-        &self,
-        namespace: &str,
-        ids: &[T],
+        ids: &[EventId<'_>],
+        nonblocking: bool,
     ) -> Result<Option<Vec<Verdict>>, Error> {
-        let ids = EventId::batch(ids)?;
         let ns = self.namespace_handle(namespace)?;
-        gave_up(self.run(&ns, &ids, Mode::Check, None, true))
+        gave_up(self.run(&ns, ids, Mode::Check, None, nonblocking))
     }
 
     /// Decides a batch, writing at most once: its new marks and `extra` (a

@@ -72,6 +72,7 @@ mod admin;
 mod checkpoint;
 mod claim_table;
 mod claims;
+mod engine;
 mod flight;
 mod forget;
 mod mark;

@@ -417,6 +417,9 @@ mod tests {
             })
             .unwrap();
         assert_eq!(left, [b"done".to_vec()], "the claim left the exact table");
+        let tracker = crate::tracker::Tracker {
+            backend: crate::tracker::Backend::Local(tracker.clone()),
+        };
         assert_eq!(
             tracker
                 .claim("default", "job", "w2", Duration::from_secs(5))

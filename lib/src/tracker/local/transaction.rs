@@ -9,10 +9,9 @@ use super::mark::{Mode, Owners};
 use super::single::One;
 use super::{Local, checkpoint, lock};
 use crate::error::Error;
-use crate::exact::OwnerFp;
+use crate::exact::{Owner, OwnerFp};
 use crate::id::EventId;
 use crate::store::{Batch, NamespaceId};
-use crate::tracker::checkpoint::validate_checkpoint;
 use crate::tracker::decide::{Ask, Decision};
 use crate::tracker::transaction::{UserRead, Writes};
 use crate::tracker::{Transacted, Transaction};
@@ -23,18 +22,16 @@ impl Local {
     pub(crate) fn transact<T, E, F>(
         &self,
         namespace: &str,
-        id: impl AsRef<[u8]>,
-        owner: Option<&str>,
+        id: EventId<'_>,
+        owner: Option<Owner<'_>>,
         f: F,
     ) -> Result<Transacted<T>, E>
     where
         E: From<Error>,
         F: FnOnce(&mut Transaction<'_>) -> Result<T, E>,
     {
-        let id =
-            EventId::new(id.as_ref()).map_err(|reason| Error::InvalidId { index: 0, reason })?;
         let ns = self.namespace_handle(namespace)?;
-        let me = owner.map(|o| OwnerFp::new(o, ns.seed)).transpose()?;
+        let me = owner.map(|o| OwnerFp::of(o, ns.seed));
         let _serial = lock(&self.inner.transactions);
         let held = match self.decide_one(&ns, id.as_bytes(), |_| Ask::Mark(me))? {
             One::Answered(Decision::Verdict(verdict)) => {
@@ -65,24 +62,22 @@ impl Local {
     }
 
     /// See [`Tracker::check_and_mark_with_checkpoint`](crate::Tracker::check_and_mark_with_checkpoint).
-    pub(crate) fn check_and_mark_with_checkpoint<T: AsRef<[u8]>>(
+    pub(crate) fn check_and_mark_with_checkpoint(
         &self,
         namespace: &str,
-        ids: &[T],
-        owner: Option<&str>,
+        ids: &[EventId<'_>],
+        owner: Option<Owner<'_>>,
         consumer: &str,
         position: &str,
     ) -> Result<Vec<Verdict>, Error> {
-        validate_checkpoint(consumer, position)?;
-        let ids = EventId::batch(ids)?;
         let ns = self.namespace_handle(namespace)?;
-        let owner = owner.map(|o| OwnerFp::new(o, ns.seed)).transpose()?;
+        let owner = owner.map(|o| OwnerFp::of(o, ns.seed));
         let mut extra = Batch::new();
         extra.put_meta(&checkpoint::key(ns.id, consumer), position.as_bytes());
         let _ordered = self.checkpoint_writer();
         self.run(
             &ns,
-            &ids,
+            ids,
             Mode::Mark(Owners::One(owner)),
             Some(&extra),
             false,

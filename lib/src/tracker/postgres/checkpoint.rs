@@ -14,7 +14,7 @@ use tokio_postgres::GenericClient;
 
 use super::{Ctx, Pg, client, lock_timed_out};
 use crate::error::Error;
-use crate::tracker::checkpoint::{Write, precondition, validate_checkpoint, validate_consumer};
+use crate::tracker::checkpoint::{Write, precondition};
 
 impl Pg {
     pub(crate) fn set_checkpoint(
@@ -23,7 +23,6 @@ impl Pg {
         consumer: &str,
         position: &str,
     ) -> Result<(), Error> {
-        validate_checkpoint(consumer, position)?;
         let ns = self.namespace(namespace)?;
         self.block_on(self.session(self.deadline(), async |conn| {
             put(client(conn), &self.ctx(), ns.id, consumer, position).await
@@ -62,7 +61,6 @@ impl Pg {
         namespace: &str,
         consumer: &str,
     ) -> Result<Option<String>, Error> {
-        validate_consumer(consumer)?;
         let ns = self.namespace(namespace)?;
         self.block_on_read(self.session(self.deadline(), async |conn| {
             get(client(conn), &self.ctx(), ns.id, consumer).await

@@ -37,7 +37,7 @@ use crate::config::NamespaceConfig;
 use crate::error::Error;
 use crate::exact::OwnerFp;
 use crate::hash::HashSeed;
-use crate::id::{EventId, NamespaceName};
+use crate::id::NamespaceName;
 use crate::postgres::PgOptions;
 use crate::tracker::Durability;
 use crate::tracker::budget::Limits;
@@ -47,6 +47,7 @@ mod admin;
 pub(crate) mod checkpoint;
 mod combine;
 mod connect;
+mod engine;
 pub(crate) mod forget;
 pub(crate) mod mark;
 pub(crate) mod ops;
@@ -503,35 +504,6 @@ impl Pg {
     /// Rotations left for later because their namespace's lock was held too long.
     pub(crate) fn rotations_deferred(&self) -> u64 {
         self.inner.rotations_deferred.load(Ordering::Relaxed)
-    }
-
-    /// Never answers without the database: gives up at once, having marked nothing.
-    // The engines share one call shape; this one needs nothing of itself.
-    #[allow(clippy::unused_self)]
-    pub(crate) fn try_check_and_mark<T: AsRef<[u8]>>(
-        &self,
-        namespace: &str,
-        ids: &[T],
-        owner: Option<&str>,
-    ) -> Result<Option<Vec<crate::Verdict>>, Error> {
-        let _ = EventId::batch(ids)?;
-        if let Some(o) = owner {
-            OwnerFp::check(o)?;
-        }
-        NamespaceName::new(namespace)?;
-        Ok(None)
-    }
-
-    /// As [`try_check_and_mark`](Self::try_check_and_mark).
-    #[allow(clippy::unused_self)]
-    pub(crate) fn try_check<T: AsRef<[u8]>>(
-        &self,
-        namespace: &str,
-        ids: &[T],
-    ) -> Result<Option<Vec<crate::Verdict>>, Error> {
-        let _ = EventId::batch(ids)?;
-        NamespaceName::new(namespace)?;
-        Ok(None)
     }
 }
 

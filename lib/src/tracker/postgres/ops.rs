@@ -14,13 +14,13 @@ use super::{Object, Pg, client, lock_timed_out, owner_fp, retryable};
 use super::{checkpoint, combine};
 use crate::clock::Timestamp;
 use crate::error::Error;
-use crate::exact::OwnerFp;
+use crate::exact::Owner;
 use crate::generation::SealReason;
 use crate::id::{EventId, NamespaceName};
-use crate::tracker::checkpoint::validate_checkpoint;
 use crate::tracker::decide::{Ask, Decision};
+use crate::tracker::engine::MarkCall;
 use crate::tracker::transaction::{UserRead, Writes};
-use crate::tracker::{CallVerdicts, ClaimOutcome, MAX_LEASE, Transacted, Transaction};
+use crate::tracker::{CallVerdicts, ClaimOutcome, Transacted, Transaction};
 use crate::verdict::Verdict;
 
 /// How many times an operation starts over (the ring read again, a rotation first,
@@ -33,18 +33,21 @@ const ATTEMPTS: usize = 8;
 const FULL_WAIT: Duration = Duration::from_secs(1);
 
 impl Pg {
-    pub(crate) fn check_and_mark<T: AsRef<[u8]>>(
+    /// Never answers without the database: a non-blocking call gives up at once,
+    /// having marked nothing.
+    pub(crate) fn check_and_mark(
         &self,
         namespace: &str,
-        ids: &[T],
-        owner: Option<&str>,
-    ) -> Result<Vec<Verdict>, Error> {
-        let ids = EventId::batch(ids)?;
-        if let Some(o) = owner {
-            OwnerFp::check(o)?;
-        }
+        ids: &[EventId<'_>],
+        owner: Option<Owner<'_>>,
+        nonblocking: bool,
+    ) -> Result<Option<Vec<Verdict>>, Error> {
         let name = NamespaceName::new(namespace)?;
-        let distinct = Distinct::new(&ids);
+        if nonblocking {
+            return Ok(None);
+        }
+        let owner = owner.map(Owner::as_str);
+        let distinct = Distinct::new(ids);
         let decided = if distinct.ids.len() <= combine::MAX_IDS {
             // Small calls of many callers at once share statements (see `combine`).
             self.block_on(self.combined(&name, &distinct.ids, owner))?
@@ -57,17 +60,17 @@ impl Pg {
             let owners = owner.map_or(Owners::None, Owners::One);
             self.block_on(self.decide(&name, &distinct.ids, owners, ask))?
         };
-        Ok(distinct.spread(&decided, false, owner.is_some()))
+        Ok(Some(distinct.spread(&decided, false, owner.is_some())))
     }
 
     /// Each call decided as it would be alone after the ones before it, as the
     /// embedded engine's one write decides them: each validated alone, then in
     /// waves of calls with disjoint IDs that share statements (`combine`'s
     /// [`Pg::in_order`]; no generation seals within a wave, as within one batch).
-    pub(crate) fn check_and_mark_each<T: AsRef<[u8]>>(
+    pub(crate) fn check_and_mark_each(
         &self,
         namespace: &str,
-        calls: &[(&[T], Option<&str>)],
+        calls: &[MarkCall<'_>],
         nonblocking: bool,
     ) -> Result<Option<Vec<CallVerdicts>>, Error> {
         if nonblocking {
@@ -75,24 +78,11 @@ impl Pg {
         }
         let _ = self.namespace(namespace)?;
         let name = NamespaceName::new(namespace)?;
-        let checked: Vec<Result<_, Error>> = calls
-            .iter()
-            .map(|(ids, owner)| {
-                let ids = EventId::batch(ids)?;
-                if let Some(o) = owner {
-                    OwnerFp::check(o)?;
-                }
-                Ok((ids, *owner))
-            })
-            .collect();
-        let distinct: Vec<Option<Distinct<'_>>> = checked
-            .iter()
-            .map(|c| c.as_ref().ok().map(|(ids, _)| Distinct::new(ids)))
-            .collect();
-        let asked: Vec<Option<combine::Call<'_>>> = checked
+        let distinct: Vec<Distinct<'_>> = calls.iter().map(|(ids, _)| Distinct::new(ids)).collect();
+        let asked: Vec<Option<combine::Call<'_>>> = calls
             .iter()
             .zip(&distinct)
-            .map(|(c, d)| Some((d.as_ref()?.ids.clone(), c.as_ref().ok()?.1)))
+            .map(|((_, owner), d)| Some((d.ids.clone(), owner.map(Owner::as_str))))
             .collect();
         let decided = self.runtime().block_on(self.in_order(&name, &asked));
         // The store's health as `block_on` records it, call by call in order (the
@@ -106,57 +96,55 @@ impl Pg {
             }
         }
         Ok(Some(
-            checked
-                .into_iter()
+            calls
+                .iter()
                 .zip(distinct)
                 .zip(decided)
-                .map(|((checked, distinct), decided)| {
-                    let (_, owner) = checked?;
-                    let distinct = distinct.expect("a valid call has its distinct IDs");
-                    let verdicts = decided.expect("every valid call is decided")?;
+                .map(|(((_, owner), distinct), decided)| {
+                    let verdicts = decided.expect("every call is decided")?;
                     Ok(distinct.spread(&verdicts, false, owner.is_some()))
                 })
                 .collect(),
         ))
     }
 
-    pub(crate) fn check<T: AsRef<[u8]>>(
+    /// As [`check_and_mark`](Self::check_and_mark): a non-blocking call gives up.
+    pub(crate) fn check(
         &self,
         namespace: &str,
-        ids: &[T],
-    ) -> Result<Vec<Verdict>, Error> {
-        let ids = EventId::batch(ids)?;
+        ids: &[EventId<'_>],
+        nonblocking: bool,
+    ) -> Result<Option<Vec<Verdict>>, Error> {
         let name = NamespaceName::new(namespace)?;
+        if nonblocking {
+            return Ok(None);
+        }
         let ask = MarkAsk {
             check: true,
             rotate: true,
             checkpoint: None,
         };
-        let distinct = Distinct::new(&ids);
+        let distinct = Distinct::new(ids);
         let decided = self.block_on_read(self.decide(&name, &distinct.ids, Owners::None, ask))?;
-        Ok(distinct.spread(&decided, true, false))
+        Ok(Some(distinct.spread(&decided, true, false)))
     }
 
-    pub(crate) fn check_and_mark_with_checkpoint<T: AsRef<[u8]>>(
+    pub(crate) fn check_and_mark_with_checkpoint(
         &self,
         namespace: &str,
-        ids: &[T],
-        owner: Option<&str>,
+        ids: &[EventId<'_>],
+        owner: Option<Owner<'_>>,
         consumer: &str,
         position: &str,
     ) -> Result<Vec<Verdict>, Error> {
-        validate_checkpoint(consumer, position)?;
-        let ids = EventId::batch(ids)?;
-        if let Some(o) = owner {
-            OwnerFp::check(o)?;
-        }
+        let owner = owner.map(Owner::as_str);
         let name = NamespaceName::new(namespace)?;
         let ask = MarkAsk {
             check: false,
             rotate: true,
             checkpoint: Some((consumer, position)),
         };
-        let distinct = Distinct::new(&ids);
+        let distinct = Distinct::new(ids);
         let owners = owner.map_or(Owners::None, Owners::One);
         let decided = self.block_on(self.decide(&name, &distinct.ids, owners, ask))?;
         Ok(distinct.spread(&decided, false, owner.is_some()))
@@ -276,21 +264,22 @@ impl Pg {
     pub(crate) fn claim(
         &self,
         namespace: &str,
-        id: impl AsRef<[u8]>,
-        owner: &str,
+        id: EventId<'_>,
+        owner: Owner<'_>,
         lease: Duration,
     ) -> Result<ClaimOutcome, Error> {
-        let id = checked_id(id.as_ref())?;
-        check_lease(lease)?;
-        OwnerFp::check(owner)?;
+        let owner = owner.as_str();
         let name = NamespaceName::new(namespace)?;
-        let decision = self.block_on(self.one(&name, id, |now: Timestamp, ns: &NsCache| {
-            Ok(Ask::Claim {
-                owner: owner_fp(owner, ns.seed)?,
-                until: now.saturating_add(lease),
-                lease,
-            })
-        }))?;
+        let decision =
+            self.block_on(
+                self.one(&name, id.as_bytes(), |now: Timestamp, ns: &NsCache| {
+                    Ok(Ask::Claim {
+                        owner: owner_fp(owner, ns.seed)?,
+                        until: now.saturating_add(lease),
+                        lease,
+                    })
+                }),
+            )?;
         match decision {
             Decision::Claim(outcome) | Decision::PutClaim(outcome) => Ok(outcome),
             other => unreachable!("a claim decided {other:?}"),
@@ -300,29 +289,31 @@ impl Pg {
     pub(crate) fn complete(
         &self,
         namespace: &str,
-        id: impl AsRef<[u8]>,
-        owner: &str,
+        id: EventId<'_>,
+        owner: Owner<'_>,
     ) -> Result<(), Error> {
-        let id = checked_id(id.as_ref())?;
-        OwnerFp::check(owner)?;
+        let owner = owner.as_str();
         let name = NamespaceName::new(namespace)?;
-        settled(self.block_on(self.one(&name, id, |_, ns: &NsCache| {
-            Ok(Ask::Complete(owner_fp(owner, ns.seed)?))
-        }))?)
+        settled(
+            self.block_on(self.one(&name, id.as_bytes(), |_, ns: &NsCache| {
+                Ok(Ask::Complete(owner_fp(owner, ns.seed)?))
+            }))?,
+        )
     }
 
     pub(crate) fn release(
         &self,
         namespace: &str,
-        id: impl AsRef<[u8]>,
-        owner: &str,
+        id: EventId<'_>,
+        owner: Owner<'_>,
     ) -> Result<(), Error> {
-        let id = checked_id(id.as_ref())?;
-        OwnerFp::check(owner)?;
+        let owner = owner.as_str();
         let name = NamespaceName::new(namespace)?;
-        settled(self.block_on(self.one(&name, id, |_, ns: &NsCache| {
-            Ok(Ask::Release(owner_fp(owner, ns.seed)?))
-        }))?)
+        settled(
+            self.block_on(self.one(&name, id.as_bytes(), |_, ns: &NsCache| {
+                Ok(Ask::Release(owner_fp(owner, ns.seed)?))
+            }))?,
+        )
     }
 
     /// One single-ID operation: decided and written in one transaction.
@@ -396,18 +387,15 @@ impl Pg {
     pub(crate) fn transact<T, E, F>(
         &self,
         namespace: &str,
-        id: impl AsRef<[u8]>,
-        owner: Option<&str>,
+        id: EventId<'_>,
+        owner: Option<Owner<'_>>,
         f: F,
     ) -> Result<Transacted<T>, E>
     where
         E: From<Error>,
         F: FnOnce(&mut Transaction<'_>) -> Result<T, E>,
     {
-        let id = checked_id(id.as_ref())?;
-        if let Some(o) = owner {
-            OwnerFp::check(o)?;
-        }
+        let (id, owner) = (id.as_bytes(), owner.map(Owner::as_str));
         let name = NamespaceName::new(namespace)?;
         let mut held = None;
         for _ in 0..ATTEMPTS {
@@ -764,20 +752,4 @@ pub(crate) fn settled(decision: Decision) -> Result<(), Error> {
         Decision::Conflict(why) => Err(Error::Conflict(why)),
         other => unreachable!("a completion or release decided {other:?}"),
     }
-}
-
-pub(crate) fn checked_id(id: &[u8]) -> Result<&[u8], Error> {
-    EventId::new(id)
-        .map(EventId::as_bytes)
-        .map_err(|reason| Error::InvalidId { index: 0, reason })
-}
-
-pub(crate) fn check_lease(lease: Duration) -> Result<(), Error> {
-    if lease.is_zero() || lease > MAX_LEASE {
-        return Err(Error::InvalidArgument {
-            field: "lease_ms",
-            reason: format!("{} ms is outside 1 ms ..= 7 days", lease.as_millis()),
-        });
-    }
-    Ok(())
 }
