@@ -504,13 +504,14 @@ impl GenerationRing {
     }
 }
 
-/// The IDs after which a generation with `filter` seals under `config`: the
-/// configured capacity, and never more than the filter holds within the rate each
-/// generation must meet.
+/// The IDs after which a generation with `filter` seals under `config` (see
+/// `ring_policy::seal_limit`).
 fn seal_limit(config: &NamespaceConfig, filter: &BloomFilter) -> u64 {
-    config
-        .generation_capacity()
-        .min(filter.sizing().capacity_at(config.generation_fp_rate()))
+    crate::ring_policy::seal_limit(
+        config.generation_capacity(),
+        Some(filter.sizing()),
+        config.generation_fp_rate(),
+    )
 }
 
 #[cfg(test)]

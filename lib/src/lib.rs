@@ -62,6 +62,7 @@ mod id;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 mod records;
+mod ring_policy;
 pub mod sizing;
 pub mod store;
 mod tracker;

@@ -77,7 +77,7 @@ pub struct TrackerBuilder {
     /// the database's clock (tests drive time by hand).
     clock_given: bool,
     #[cfg(feature = "postgres")]
-    postgres: Option<crate::postgres::PgOptions>,
+    postgres: Option<super::postgres::PgOptions>,
 }
 
 impl fmt::Debug for TrackerBuilder {
@@ -114,7 +114,7 @@ impl TrackerBuilder {
     /// authority. Exclusive with [`path`](Self::path) and [`store`](Self::store).
     /// Time is the database's clock unless a [`clock`](Self::clock) is given.
     #[cfg(feature = "postgres")]
-    pub fn postgres(mut self, options: crate::postgres::PgOptions) -> Self {
+    pub fn postgres(mut self, options: super::postgres::PgOptions) -> Self {
         self.postgres = Some(options);
         self
     }

@@ -22,7 +22,7 @@ pub struct NamespaceInfo {
     pub claims: u64,
     /// What the namespace is charged against the filter budget: the most filter
     /// memory it can hold over its life under its configuration (see
-    /// [`FilterBudget`]).
+    /// [`FilterBudget`](crate::FilterBudget)).
     pub charged_bytes: u64,
 }
 

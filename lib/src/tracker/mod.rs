@@ -667,9 +667,9 @@ impl Tracker {
     ///
     /// [`Error::Refused`] for a tracker that is not on PostgreSQL.
     #[cfg(feature = "postgres")]
-    pub fn in_transaction(&self) -> Result<crate::postgres::InTransaction, Error> {
+    pub fn in_transaction(&self) -> Result<postgres::InTransaction, Error> {
         match &self.backend {
-            Backend::Postgres(pg) => Ok(crate::postgres::InTransaction { pg: pg.clone() }),
+            Backend::Postgres(pg) => Ok(postgres::InTransaction { pg: pg.clone() }),
             Backend::Local(_) => Err(Error::Refused(
                 "marks inside your transaction need the PostgreSQL store".into(),
             )),

@@ -35,7 +35,7 @@ use crate::generation::{Generation, GenerationId, GenerationRing};
 use crate::hash::HashSeed;
 use crate::id::NamespaceName;
 use crate::records;
-use crate::sizing::Layout;
+use crate::ring_policy;
 use crate::store::{Batch, NamespaceId};
 
 use super::claim_table::ClaimTable;
@@ -193,29 +193,28 @@ impl State {
     /// keep tables, tables never come back, and nothing below the oldest live
     /// generation has one.
     pub(super) fn wanted_floor(&self) -> GenerationId {
-        let newest = self.ring.current().id().0;
-        let horizon = newest.saturating_sub(u64::from(self.ring.config().exact_generations()) - 1);
-        GenerationId(
-            self.exact_floor
-                .0
-                .max(horizon)
-                .max(self.ring.oldest().id().0),
-        )
+        GenerationId(ring_policy::wanted_floor(
+            self.exact_floor.0,
+            self.ring.current().id().0,
+            self.ring.oldest().id().0,
+            self.ring.config().exact_generations(),
+        ))
     }
 
     /// The highest floor, up to the wanted one, that every generation it passes is
     /// ready for (see [`ready_to_lose_table`](Self::ready_to_lose_table)); never
     /// below the oldest live generation.
     pub(super) fn ready_floor(&self, persistent: bool) -> GenerationId {
-        let wanted = self.wanted_floor();
-        let mut floor = GenerationId(self.exact_floor.0.max(self.ring.oldest().id().0));
-        while floor < wanted {
-            match self.ring.generation(floor) {
-                Some(g) if self.ready_to_lose_table(g, persistent) => floor.0 += 1,
-                _ => break,
-            }
-        }
-        floor
+        GenerationId(ring_policy::ready_floor(
+            self.exact_floor.0,
+            self.ring.oldest().id().0,
+            self.wanted_floor().0,
+            |g| {
+                self.ring
+                    .generation(GenerationId(g))
+                    .is_some_and(|g| self.ready_to_lose_table(g, persistent))
+            },
+        ))
     }
 
     /// Whether a generation may lose its exact table now: sealed, every write into
@@ -237,12 +236,9 @@ impl State {
     /// holds the bits of IDs forgotten since it was built. Such a filter is rebuilt
     /// from its exact table while it still has one.
     pub(super) fn needs_resize(&self, g: &Generation) -> bool {
-        let sizing = g.filter().sizing();
         let target = self.ring.config().generation_fp_rate();
         g.sealed_at().is_some()
-            && (g.ids() > sizing.capacity
-                || sizing.layout == Layout::StandardV1
-                || (sizing.fp_rate > target && sizing.fp_after(g.ids()) > target)
+            && (ring_policy::filter_too_loose(g.filter().sizing(), g.ids(), target)
                 || self.forgets_unbuilt(g.id()) > 0)
     }
 }

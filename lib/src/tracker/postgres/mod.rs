@@ -38,24 +38,27 @@ use crate::error::Error;
 use crate::exact::OwnerFp;
 use crate::hash::HashSeed;
 use crate::id::NamespaceName;
-use crate::postgres::PgOptions;
 use crate::tracker::Durability;
 use crate::tracker::budget::Limits;
 use crate::tracker::health::Health;
 
 mod admin;
-pub(crate) mod checkpoint;
+mod checkpoint;
 mod combine;
 mod connect;
 mod engine;
-pub(crate) mod forget;
-pub(crate) mod mark;
-pub(crate) mod ops;
-pub(crate) mod ring;
+mod forget;
+mod in_transaction;
+mod mark;
+mod ops;
+mod options;
+mod ring;
 mod rotation;
-pub(crate) mod schema;
-pub(crate) mod single;
+mod schema;
+mod single;
 
+pub use in_transaction::InTransaction;
+pub use options::PgOptions;
 use ring::NsCache;
 
 /// A pooled connection.

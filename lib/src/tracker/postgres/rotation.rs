@@ -36,7 +36,8 @@ use super::{Pg, client, lock_timed_out};
 use crate::error::Error;
 use crate::filter::BloomFilter;
 use crate::generation::SealReason;
-use crate::sizing::{Layout, size_filter};
+use crate::ring_policy;
+use crate::sizing::size_filter;
 
 /// How long a rotation waits for its namespace's exclusive lock before it gives
 /// up for now. New marks of the namespace queue behind a waiting rotation, so the
@@ -470,31 +471,27 @@ impl Pg {
 /// The highest floor, up to what the configuration asks with `open` open, that every
 /// generation it passes is ready for: its filter stored and within the rate.
 pub(crate) fn ready_floor(ring: &Ring, open: i64, oldest: i64) -> i64 {
-    let exact = i64::from(ring.config.exact_generations());
-    let wanted = ring.floor.max(open - (exact - 1)).max(oldest);
+    let n = |g: i64| u64::try_from(g).unwrap_or(0);
+    let wanted = ring_policy::wanted_floor(
+        n(ring.floor),
+        n(open),
+        n(oldest),
+        ring.config.exact_generations(),
+    );
     let target = ring.config.generation_fp_rate();
-    let mut floor = ring.floor.max(oldest);
-    while floor < wanted {
-        let ready = ring.sealed.iter().any(|g| {
-            g.generation == floor
+    let floor = ring_policy::ready_floor(n(ring.floor), n(oldest), wanted, |floor| {
+        ring.sealed.iter().any(|g| {
+            n(g.generation) == floor
                 && g.filter
                     .as_ref()
                     .is_some_and(|f| !needs_resize(f, g.ids, target))
-        });
-        if !ready {
-            break;
-        }
-        floor += 1;
-    }
-    floor
+        })
+    });
+    i64::try_from(floor).unwrap_or(i64::MAX)
 }
 
-/// The same rule as the embedded engine's: a filter holding more than it was sized
-/// for, filled past the rate asked, or laid out the first standard way.
+/// A stored filter the configuration now asks to be rebuilt
+/// (`ring_policy::filter_too_loose`).
 fn needs_resize(filter: &BloomFilter, ids: i64, target: f64) -> bool {
-    let sizing = filter.sizing();
-    let ids = u64::try_from(ids).unwrap_or(0);
-    ids > sizing.capacity
-        || sizing.layout == Layout::StandardV1
-        || (sizing.fp_rate > target && sizing.fp_after(ids) > target)
+    ring_policy::filter_too_loose(filter.sizing(), u64::try_from(ids).unwrap_or(0), target)
 }

@@ -85,11 +85,17 @@ pub(crate) async fn lock<C: GenericClient + Sync>(
     Ok(())
 }
 
-/// Why the open generation must seal now, if it must: `capacity` IDs marked, or
-/// `generation_span` passed (on the database's clock).
+/// Why the open generation must seal now, if it must: as many IDs marked as it
+/// seals at (`ring_policy::seal_limit`: the capacity, the open generation having
+/// no filter here), or `generation_span` passed (on the database's clock).
 pub(crate) fn due(config: &crate::config::NamespaceConfig, row: &RingRow) -> Option<SealReason> {
-    let (capacity, span) = super::schema::limits(config);
-    if row.open_ids >= capacity {
+    let (_, span) = super::schema::limits(config);
+    let seal_at = crate::ring_policy::seal_limit(
+        config.generation_capacity(),
+        None,
+        config.generation_fp_rate(),
+    );
+    if u64::try_from(row.open_ids).unwrap_or(0) >= seal_at {
         Some(SealReason::Capacity)
     } else if row.now.saturating_sub(row.open_opened_at) >= span {
         Some(SealReason::Span)
