@@ -2,8 +2,10 @@
 # Installs what building and testing Oncely needs on a Debian machine with Rust, when
 # missing: libclang (the rocksdb crate generates its bindings with bindgen), a C++
 # compiler, PostgreSQL's server programs (the PostgreSQL store's tests and examples
-# start throwaway servers with initdb; none is left running) and nats-server (the
-# JetStream example starts its own). As root it installs with apt-get; otherwise it
+# start throwaway servers with initdb; none is left running), nats-server (the
+# JetStream example starts its own) and promtool (daemon/tests/prometheus.rs checks
+# /metrics and the rules in deploy/prometheus/ with it; Debian ships it in the
+# prometheus package, whose server is not started by the tests). As root it installs with apt-get; otherwise it
 # names the packages to install.
 #
 # Arguments COMMAND=PACKAGE add tools a caller needs (benches/peers/run.sh: the peers):
@@ -41,6 +43,10 @@ command -v c++ >/dev/null 2>&1 || missing+=(g++)
 # The RESP face's tests drive it with redis-cli and redis-benchmark.
 { command -v redis-cli && command -v redis-benchmark; } >/dev/null 2>&1 || missing+=(redis-tools)
 command -v make >/dev/null 2>&1 || missing+=(make)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# daemon/tests/systemd.rs checks deploy/oncelyd.service with systemd-analyze (verify,
+# and security --offline); no running systemd is needed.
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 
 if ! command -v cargo >/dev/null 2>&1; then
     echo "error: cargo is not on PATH; install Rust first (https://rustup.rs)" >&2

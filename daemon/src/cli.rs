@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use oncely::{Durability, HumanDuration};
 
-use crate::config::{ByteSize, Layer, StoreUrl, parse_duration};
+use crate::config::{ByteSize, Layer, LogFormat, StoreUrl, parse_duration};
 
 /// `oncelyd`: the Oncely dedup daemon and its tools.
 #[derive(Debug, Parser)]
@@ -75,6 +75,16 @@ pub struct ServeArgs {
     /// The namespace RESP's `SET key value NX` marks keys in [default: default].
     #[arg(long, value_name = "NAME")]
     pub resp_namespace: Option<String>,
+
+    /// Serve HTTP (and RESP, with --resp-listen) over TLS with this PEM certificate
+    /// chain, leaf first; needs --tls-key. Both files are read again at SIGHUP
+    /// [default: none, plain HTTP].
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert (PKCS#8, RSA or EC); needs --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 
     /// Most connections to the PostgreSQL store [default: 16].
     #[arg(long, value_name = "N")]
@@ -181,6 +191,11 @@ pub struct ServeArgs {
     /// [default: one per CPU the process may use].
     #[arg(long, value_name = "N")]
     pub worker_threads: Option<usize>,
+
+    /// How log lines are written to standard error: text (for people) or json (one
+    /// object a line, for log collectors) [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
 }
 
 impl ServeArgs {
@@ -192,6 +207,8 @@ impl ServeArgs {
             listen: self.listen,
             resp_listen: self.resp_listen,
             resp_namespace: self.resp_namespace.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
             data_dir: self.data_dir.clone(),
             store: self.store.clone(),
             store_pool_size: self.store_pool_size,
@@ -214,6 +231,7 @@ impl ServeArgs {
             shutdown_grace: self.shutdown_grace,
             drain_delay: self.drain_delay,
             worker_threads: self.worker_threads,
+            log_format: self.log_format,
             namespaces: std::collections::BTreeMap::new(),
         }
     }

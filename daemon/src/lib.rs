@@ -18,6 +18,7 @@
 //! * [`tune`]: `oncelyd tune`: sizing report, measurement, text and JSON output, plot.
 //! * [`load`]: `oncelyd load`: a load generator for a running daemon, IDs per
 //!   second, latency percentiles, verdict counts.
+//! * [`logging`]: where log lines go and how they are written (`log_format`).
 //!
 //! The HTTP API's wire types and the typed client live in their own light crate,
 //! [`oncely_client`]: the server parses its requests and writes its answers with
@@ -31,6 +32,7 @@ use std::path::PathBuf;
 pub mod cli;
 pub mod config;
 pub mod load;
+pub mod logging;
 pub mod resp;
 pub mod server;
 pub mod tune;

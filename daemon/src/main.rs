@@ -1,14 +1,14 @@
 //! The `oncelyd` binary: parses the command line, sets up logging and hands over to
 //! the `oncelyd` library, where every command lives.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use oncelyd::cli::{Cli, Command};
-use tracing_subscriber::EnvFilter;
+use oncelyd::config::LogFormat;
 
 /// jemalloc for every allocation in the process, RocksDB's C++ ones included (the
 /// allocator is linked unprefixed). With glibc's malloc, the daemon's many threads
@@ -22,7 +22,6 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -37,11 +36,14 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
+            // Nothing is logged before the settings are resolved (a bad one is an
+            // error on standard error), so the first line is in `log_format` too.
             let settings = oncelyd::config::Settings::resolve(
                 args.layer(),
                 args.config.clone(),
                 std::env::vars_os(),
             )?;
+            oncelyd::logging::init(settings.log_format);
             let runtime = oncelyd::server::runtime(&settings)?;
             let served = runtime.block_on(oncelyd::server::serve(settings));
             // The tracker is closed by now; don't let a stuck blocking task (a
@@ -50,11 +52,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             served?;
         }
         Command::Tune(args) => {
+            oncelyd::logging::init(LogFormat::Text);
             let mut out = std::io::stdout().lock();
             oncelyd::tune::run(&args, &mut out)?;
             out.flush().context("cannot write the report")?;
         }
         Command::Load(args) => {
+            oncelyd::logging::init(LogFormat::Text);
             let report = oncelyd::load::run(&args)?;
             let mut out = std::io::stdout().lock();
             oncelyd::load::write_report(&report, args.json, &mut out)?;
@@ -64,16 +68,4 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Logs go to standard error so that standard output carries only a command's result
-/// (`tune --json` must print exactly one JSON object). `RUST_LOG` overrides the level.
-fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only for people: log files and pipes get plain `key=value`.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }

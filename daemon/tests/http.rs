@@ -1238,17 +1238,20 @@ async fn metrics_have_the_expected_families() {
         r#"oncelyd_http_requests_total{method="POST",route="/v1/namespaces/{ns}/check-and-mark",status="200"} 3"#,
         r#"oncelyd_http_requests_total{method="GET",route="unmatched",status="404"} 1"#,
         "# TYPE oncelyd_http_request_duration_seconds histogram",
-        r#"oncelyd_http_request_duration_seconds_count{method="POST",route="/v1/namespaces/{ns}/check",status="200"} 1"#,
-        r#"oncelyd_ids_total{protocol="http",op="check_and_mark",verdict="new"} 4"#,
-        r#"oncelyd_ids_total{protocol="http",op="check_and_mark",verdict="duplicate"} 1"#,
-        r#"oncelyd_ids_total{protocol="http",op="check_and_mark",verdict="replayed"} 1"#,
-        r#"oncelyd_ids_total{protocol="http",op="check",verdict="duplicate"} 1"#,
-        r#"oncelyd_ids_total{protocol="http",op="check",verdict="new"} 1"#,
-        r#"oncelyd_ids_total{protocol="http",op="check",verdict="in_progress"} 0"#,
+        r#"oncelyd_http_request_duration_seconds_count{method="POST",route="/v1/namespaces/{ns}/check",outcome="ok"} 1"#,
+        r#"oncelyd_http_request_duration_seconds_count{method="GET",route="unmatched",outcome="client_error"} 1"#,
+        r#"oncelyd_ids_total{namespace="default",protocol="http",op="check_and_mark",verdict="new"} 4"#,
+        r#"oncelyd_ids_total{namespace="default",protocol="http",op="check_and_mark",verdict="duplicate"} 1"#,
+        r#"oncelyd_ids_total{namespace="default",protocol="http",op="check_and_mark",verdict="replayed"} 1"#,
+        r#"oncelyd_ids_total{namespace="default",protocol="http",op="check",verdict="duplicate"} 1"#,
+        r#"oncelyd_ids_total{namespace="default",protocol="http",op="check",verdict="new"} 1"#,
+        r#"oncelyd_ids_total{namespace="default",protocol="http",op="check",verdict="in_progress"} 0"#,
+        r#"oncelyd_ids_total{namespace="default",protocol="resp",op="check_and_mark",verdict="new"} 0"#,
         "# TYPE oncelyd_namespace_fill_ratio gauge",
         r#"oncelyd_namespace_fill_ratio{namespace="default"}"#,
-        r#"oncelyd_namespace_estimated_fp{namespace="default"}"#,
-        r#"oncelyd_namespace_fp_rate{namespace="default"} 0.0001"#,
+        "# TYPE oncelyd_namespace_estimated_fp_ratio gauge",
+        r#"oncelyd_namespace_estimated_fp_ratio{namespace="default"}"#,
+        r#"oncelyd_namespace_target_fp_ratio{namespace="default"} 0.0001"#,
         r#"oncelyd_namespace_generations{namespace="default"} 1"#,
         r#"oncelyd_namespace_ids{namespace="default"} 4"#,
         r#"oncelyd_namespace_open_ids{namespace="default"} 4"#,
@@ -1259,9 +1262,16 @@ async fn metrics_have_the_expected_families() {
         "oncelyd_storage_failing 0",
         "oncelyd_storage_write_errors_total 0",
         "oncelyd_ready 1",
-        r#"oncelyd_claims_total{protocol="http",outcome="acquired"} 0"#,
-        r#"oncelyd_claims_ended_total{protocol="http",outcome="completed"} 0"#,
+        r#"oncelyd_claims_total{namespace="default",protocol="http",outcome="acquired"} 0"#,
+        r#"oncelyd_claims_ended_total{namespace="default",protocol="http",outcome="completed"} 0"#,
         r#"oncelyd_namespace_charged_bytes{namespace="default"}"#,
+        "# TYPE oncelyd_build_info gauge",
+        &format!(
+            r#"oncelyd_build_info{{version="{}"}} 1"#,
+            env!("CARGO_PKG_VERSION")
+        ),
+        "oncelyd_connections_max 4096",
+        "oncelyd_ticks_failed_total 0",
         "oncelyd_filter_charged_bytes ",
         "oncelyd_filter_allocated_bytes ",
         "oncelyd_namespaces 1",
@@ -1274,6 +1284,44 @@ async fn metrics_have_the_expected_families() {
     }
     // A check marks nothing, so it never replays: no such series.
     assert!(!text.contains(r#"op="check",verdict="replayed""#), "{text}");
+    // The process's own figures, under the names every Prometheus client gives them
+    // (no prefix), on Linux.
+    if cfg!(target_os = "linux") {
+        for family in [
+            "process_cpu_seconds_total counter",
+            "process_open_fds gauge",
+            "process_max_fds gauge",
+            "process_virtual_memory_bytes gauge",
+            "process_resident_memory_bytes gauge",
+            "process_start_time_seconds gauge",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family}\n")),
+                "missing {family:?} in\n{text}"
+            );
+        }
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        };
+        assert!(value("process_open_fds") >= 3.0);
+        assert!(value("process_max_fds") >= value("process_open_fds"));
+        assert!(value("process_resident_memory_bytes") > f64::from(1 << 20));
+        assert!(value("process_start_time_seconds") > 1.6e9);
+    }
+    // No ratio without `_ratio`: every namespace gauge between 0 and 1 says so.
+    for l in text
+        .lines()
+        .filter(|l| l.starts_with("# TYPE oncelyd_namespace_"))
+    {
+        let family = l.split(' ').nth(2).unwrap();
+        assert!(
+            !family.contains("fp") || family.ends_with("_ratio"),
+            "{family} is a ratio not named _ratio"
+        );
+    }
     // docs/metrics.md describes exactly the families served (disk_bytes is absent
     // with memory durability, as here, filter_budget_bytes for a tracker with no
     // budget, as this one, and the store's families until the ticker, which this
@@ -1303,7 +1351,7 @@ async fn metrics_have_the_expected_families() {
 }
 
 #[tokio::test]
-async fn latency_buckets_resolve_single_id_requests_and_statuses_are_apart() {
+async fn latency_buckets_resolve_single_id_requests_and_refusals_are_apart() {
     let h = Harness::with(Limits::default(), &["a-token-of-sixteen+"]);
     let auth = [("authorization", "Bearer a-token-of-sixteen+")];
     for i in 0..20 {
@@ -1319,15 +1367,18 @@ async fn latency_buckets_resolve_single_id_requests_and_statuses_are_apart() {
     let text = h.send(Method::GET, "/metrics", None, &auth).await.text;
     let series = r#"method="POST",route="/v1/namespaces/{ns}/check-and-mark""#;
     for needle in [
-        format!("oncelyd_http_request_duration_seconds_count{{{series},status=\"200\"}} 20"),
-        format!("oncelyd_http_request_duration_seconds_count{{{series},status=\"401\"}} 1"),
+        format!("oncelyd_http_request_duration_seconds_count{{{series},outcome=\"ok\"}} 20"),
+        format!(
+            "oncelyd_http_request_duration_seconds_count{{{series},outcome=\"client_error\"}} 1"
+        ),
+        format!("oncelyd_http_requests_total{{{series},status=\"401\"}} 1"),
     ] {
         assert!(text.contains(&needle), "missing {needle:?} in\n{text}");
     }
     // Buckets below 100 µs, the old lowest, where single-ID requests fall.
     let bound = |le: &str| {
         let needle = format!(
-            "oncelyd_http_request_duration_seconds_bucket{{{series},status=\"200\",le=\"{le}\"}} "
+            "oncelyd_http_request_duration_seconds_bucket{{{series},outcome=\"ok\",le=\"{le}\"}} "
         );
         let line = text
             .lines()
@@ -1378,14 +1429,14 @@ async fn claims_are_counted_by_outcome() {
     .assert_error(StatusCode::CONFLICT, "conflict");
     let text = h.get("/metrics").await.text;
     for needle in [
-        r#"oncelyd_claims_total{protocol="http",outcome="acquired"} 3"#,
-        r#"oncelyd_claims_total{protocol="http",outcome="renewed"} 1"#,
-        r#"oncelyd_claims_total{protocol="http",outcome="taken_over"} 1"#,
-        r#"oncelyd_claims_total{protocol="http",outcome="in_progress"} 1"#,
-        r#"oncelyd_claims_total{protocol="http",outcome="duplicate"} 1"#,
-        r#"oncelyd_claims_total{protocol="http",outcome="probable_duplicate"} 0"#,
-        r#"oncelyd_claims_ended_total{protocol="http",outcome="completed"} 1"#,
-        r#"oncelyd_claims_ended_total{protocol="http",outcome="released"} 1"#,
+        r#"oncelyd_claims_total{namespace="default",protocol="http",outcome="acquired"} 3"#,
+        r#"oncelyd_claims_total{namespace="default",protocol="http",outcome="renewed"} 1"#,
+        r#"oncelyd_claims_total{namespace="default",protocol="http",outcome="taken_over"} 1"#,
+        r#"oncelyd_claims_total{namespace="default",protocol="http",outcome="in_progress"} 1"#,
+        r#"oncelyd_claims_total{namespace="default",protocol="http",outcome="duplicate"} 1"#,
+        r#"oncelyd_claims_total{namespace="default",protocol="http",outcome="probable_duplicate"} 0"#,
+        r#"oncelyd_claims_ended_total{namespace="default",protocol="http",outcome="completed"} 1"#,
+        r#"oncelyd_claims_ended_total{namespace="default",protocol="http",outcome="released"} 1"#,
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
@@ -2063,4 +2114,184 @@ async fn a_span_with_a_space_before_its_unit_reads_as_settings_read_it() {
         a.assert_error(StatusCode::BAD_REQUEST, "invalid_config");
         assert!(a.text.contains("generation_span"), "{bad}: {}", a.text);
     }
+}
+
+/// The series of a family, without their values: `name{labels}`.
+fn series_of(text: &str, family: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")))
+        .map(|l| l.rsplit_once(' ').unwrap().0.to_owned())
+        .collect()
+}
+
+/// A fuzzing run sends every kind of bad request, with paths, methods and bodies of
+/// its choosing: the latency histogram keeps one series per route pattern, method
+/// and outcome (ok, client_error, server_error), whatever the statuses, so its
+/// lines stay bounded however long the run.
+#[tokio::test]
+async fn bad_requests_cannot_grow_the_latency_histogram() {
+    let h = Harness::with(
+        Limits {
+            max_body_bytes: 256,
+            ..Limits::default()
+        },
+        &[],
+    );
+    h.mark(&["fine"], None).await;
+    // The scrape's own series (counted once answered) exist from here on.
+    h.get("/metrics").await;
+    let mut statuses = std::collections::BTreeSet::new();
+    let mut lines_after = Vec::new();
+    for round in 0..3 {
+        for i in 0..40 {
+            let tag = format!("{round}-{i}");
+            let no_json = Request::post(MARK)
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(Body::from(format!(r#"{{"ids": ["{tag}"]}}"#)))
+                .unwrap();
+            let method =
+                Method::from_bytes(format!("FUZZ{tag}").replace('-', "X").as_bytes()).unwrap();
+            for a in [
+                h.post(MARK, &format!(r#"{{"ids": ["{tag}""#)).await,
+                h.post(MARK, &format!(r#"{{"ids": [""], "x{tag}": 1}}"#))
+                    .await,
+                h.post(MARK, &format!(r#"{{"ids": ["{}"]}}"#, "x".repeat(300)))
+                    .await,
+                h.post(
+                    &format!("/v1/namespaces/nope-{tag}/check-and-mark"),
+                    r#"{"ids": ["a"]}"#,
+                )
+                .await,
+                h.post(
+                    &format!("/v1/namespaces/bad%20{tag}/check"),
+                    r#"{"ids": ["a"]}"#,
+                )
+                .await,
+                h.raw(no_json).await,
+                h.get(&format!("/fuzz/{tag}?q={i}")).await,
+                h.call(method, MARK, None).await,
+                h.call(Method::DELETE, MARK, None).await,
+            ] {
+                assert!(a.status.is_client_error(), "{} {}", a.status, a.text);
+                statuses.insert(a.status.as_u16());
+            }
+        }
+        let text = h.get("/metrics").await.text;
+        let histogram: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("oncelyd_http_request_duration_seconds"))
+            .collect();
+        lines_after.push(histogram.len());
+        // The check-and-mark route: one series for its answers, one for its
+        // refusals, whatever their statuses.
+        let mark: Vec<String> = series_of(&text, "oncelyd_http_request_duration_seconds_count")
+            .into_iter()
+            .filter(|s| s.contains(r#"method="POST",route="/v1/namespaces/{ns}/check-and-mark""#))
+            .collect();
+        assert_eq!(
+            mark,
+            [
+                r#"oncelyd_http_request_duration_seconds_count{method="POST",route="/v1/namespaces/{ns}/check-and-mark",outcome="ok"}"#,
+                r#"oncelyd_http_request_duration_seconds_count{method="POST",route="/v1/namespaces/{ns}/check-and-mark",outcome="client_error"}"#,
+            ],
+            "{text}"
+        );
+        for s in series_of(&text, "oncelyd_http_request_duration_seconds_count") {
+            assert!(!s.contains("status="), "{s}");
+        }
+    }
+    // Refusals of five different statuses (400, 404, 405, 413, 415) went in ...
+    for status in [400, 404, 405, 413, 415] {
+        assert!(statuses.contains(&status), "{statuses:?}");
+    }
+    // ... and the histogram holds the few series they share (each 22 buckets, +Inf,
+    // sum and count), the same number after every round.
+    assert!(
+        lines_after.iter().all(|&n| n == lines_after[0]),
+        "{lines_after:?}"
+    );
+    assert!(lines_after[0] <= 8 * 25, "{lines_after:?}");
+}
+
+/// `oncelyd_ids_total` and the claim counters carry the namespace, so duplicates per
+/// consumer group show; a namespace's series are there from its creation (zeros
+/// included) and go with it, whether it is deleted through this daemon or not.
+#[tokio::test]
+async fn verdicts_are_counted_per_namespace_and_leave_with_it() {
+    let h = Harness::new();
+    for ns in ["orders", "idle"] {
+        let a = h
+            .call(
+                Method::PUT,
+                &format!("/v1/namespaces/{ns}"),
+                Some(&whole_config(json!({}))),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    }
+    let orders = "/v1/namespaces/orders/check-and-mark";
+    for ids in [r#"{"ids": ["o-1", "o-2"]}"#, r#"{"ids": ["o-1"]}"#] {
+        assert_eq!(h.post(orders, ids).await.status, StatusCode::OK);
+    }
+    h.mark(&["d-1"], None).await;
+    let claim = json!({"id": "c-1", "owner": "w1", "lease_ms": 5_000}).to_string();
+    assert_eq!(
+        h.post("/v1/namespaces/orders/claims", &claim).await.status,
+        StatusCode::OK
+    );
+    let text = h.get("/metrics").await.text;
+    let ids = |ns: &str, verdict: &str| {
+        format!(
+            r#"oncelyd_ids_total{{namespace="{ns}",protocol="http",op="check_and_mark",verdict="{verdict}"}}"#
+        )
+    };
+    for needle in [
+        format!("{} 2\n", ids("orders", "new")),
+        format!("{} 1\n", ids("orders", "duplicate")),
+        format!("{} 1\n", ids("default", "new")),
+        format!("{} 0\n", ids("default", "duplicate")),
+        format!("{} 0\n", ids("idle", "new")),
+        r#"oncelyd_claims_total{namespace="orders",protocol="http",outcome="acquired"} 1"#.into(),
+        r#"oncelyd_claims_total{namespace="default",protocol="http",outcome="acquired"} 0"#.into(),
+        r#"oncelyd_claims_ended_total{namespace="idle",protocol="resp",outcome="released"} 0"#
+            .into(),
+    ] {
+        assert!(text.contains(&needle), "missing {needle:?} in\n{text}");
+    }
+    // Deleted over HTTP: gone from the next scrape.
+    let a = h.call(Method::DELETE, "/v1/namespaces/orders", None).await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.text);
+    // Deleted behind this daemon's back (another daemon on the same database):
+    // gone once a scrape no longer finds it.
+    h.tracker().delete_namespace("idle").unwrap();
+    let text = h.get("/metrics").await.text;
+    for gone in [r#"namespace="orders""#, r#"namespace="idle""#] {
+        assert!(!text.contains(gone), "{gone} lingers in\n{text}");
+    }
+    assert!(
+        text.contains(&format!("{} 1\n", ids("default", "new"))),
+        "{text}"
+    );
+    // A namespace made again under the name starts from zero.
+    let a = h
+        .call(
+            Method::PUT,
+            "/v1/namespaces/orders",
+            Some(&whole_config(json!({}))),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    assert_eq!(
+        h.post(orders, r#"{"ids": ["o-1"]}"#).await.status,
+        StatusCode::OK
+    );
+    let text = h.get("/metrics").await.text;
+    assert!(
+        text.contains(&format!("{} 1\n", ids("orders", "new"))),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{} 0\n", ids("orders", "duplicate"))),
+        "{text}"
+    );
 }

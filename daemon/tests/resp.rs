@@ -202,7 +202,7 @@ async fn a_pipeline_is_answered_in_order_with_one_winner_per_key() {
     assert_eq!(
         metric_value(
             &text,
-            r#"oncelyd_ids_total{protocol="resp",op="check_and_mark",verdict="new"}"#
+            r#"oncelyd_ids_total{namespace="default",protocol="resp",op="check_and_mark",verdict="new"}"#
         ),
         52.0,
         "{text}"

@@ -18,7 +18,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::daemon::{Daemon, client, metric_value, metrics, metrics_as, verdicts};
+use common::daemon::{Daemon, client, metric_sum, metric_value, metrics, metrics_as, verdicts};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -203,10 +203,12 @@ async fn get_json(daemon: &Daemon, path: &str, token: Option<&str>) -> Value {
     r.json().await.unwrap()
 }
 
+/// RESP's count of a verdict, over all namespaces.
 fn resp_ids(text: &str, op: &str, verdict: &str) -> f64 {
-    metric_value(
+    metric_sum(
         text,
-        &format!(r#"oncelyd_ids_total{{protocol="resp",op="{op}",verdict="{verdict}"}}"#),
+        "oncelyd_ids_total",
+        &[("protocol", "resp"), ("op", op), ("verdict", verdict)],
     )
 }
 
@@ -729,27 +731,27 @@ async fn redis_py_in_resp2_and_resp3_with_and_without_a_token() {
     let runs = 2.0 * REDIS_PY.len() as f64;
     for (series, per_run) in [
         (
-            r#"oncelyd_claims_total{protocol="resp",outcome="acquired"}"#,
+            r#"oncelyd_claims_total{namespace="default",protocol="resp",outcome="acquired"}"#,
             2.0,
         ),
         (
-            r#"oncelyd_claims_total{protocol="resp",outcome="renewed"}"#,
+            r#"oncelyd_claims_total{namespace="default",protocol="resp",outcome="renewed"}"#,
             1.0,
         ),
         (
-            r#"oncelyd_claims_total{protocol="resp",outcome="in_progress"}"#,
+            r#"oncelyd_claims_total{namespace="default",protocol="resp",outcome="in_progress"}"#,
             1.0,
         ),
         (
-            r#"oncelyd_claims_total{protocol="resp",outcome="duplicate"}"#,
+            r#"oncelyd_claims_total{namespace="default",protocol="resp",outcome="duplicate"}"#,
             1.0,
         ),
         (
-            r#"oncelyd_claims_ended_total{protocol="resp",outcome="completed"}"#,
+            r#"oncelyd_claims_ended_total{namespace="default",protocol="resp",outcome="completed"}"#,
             1.0,
         ),
         (
-            r#"oncelyd_claims_ended_total{protocol="resp",outcome="released"}"#,
+            r#"oncelyd_claims_ended_total{namespace="default",protocol="resp",outcome="released"}"#,
             1.0,
         ),
     ] {
@@ -952,7 +954,9 @@ async fn resp_and_http_clients_racing_on_the_same_ids_have_one_winner_each() {
     let new = |p: &str| {
         metric_value(
             &text,
-            &format!(r#"oncelyd_ids_total{{protocol="{p}",op="check_and_mark",verdict="new"}}"#),
+            &format!(
+                r#"oncelyd_ids_total{{namespace="default",protocol="{p}",op="check_and_mark",verdict="new"}}"#
+            ),
         )
     };
     assert_eq!(new("resp") + new("http"), IDS as f64);

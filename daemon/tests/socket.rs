@@ -65,6 +65,7 @@ impl Server {
 }
 
 fn client() -> reqwest::Client {
+    common::daemon::install_crypto();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))

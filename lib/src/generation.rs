@@ -463,12 +463,19 @@ impl GenerationRing {
     /// (sized for the rate a Bloom-only generation must meet). `false` when the
     /// generation is gone or open.
     pub(crate) fn replace_filter(&mut self, id: GenerationId, filter: BloomFilter) -> bool {
+        self.swap_filter(id, filter).is_some()
+    }
+
+    /// [`replace_filter`](Self::replace_filter), handing the filter it replaced
+    /// back (to put back if what replaced it is undone).
+    pub(crate) fn swap_filter(
+        &mut self,
+        id: GenerationId,
+        filter: BloomFilter,
+    ) -> Option<BloomFilter> {
         match self.generation_mut(id) {
-            Some(g) if g.sealed_at.is_some() => {
-                g.filter = filter;
-                true
-            }
-            _ => false,
+            Some(g) if g.sealed_at.is_some() => Some(std::mem::replace(&mut g.filter, filter)),
+            _ => None,
         }
     }
 

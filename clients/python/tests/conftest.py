@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +36,9 @@ class Daemon:
     log: Path
 
 
-def _start(tmp: Path, token: str | None) -> tuple[subprocess.Popen[bytes], Daemon]:
+def _start(
+    tmp: Path, token: str | None, extra: Sequence[str] = (), scheme: str = "http"
+) -> tuple[subprocess.Popen[bytes], Daemon]:
     binary = oncelyd_binary()
     if not binary.exists():
         pytest.fail(
@@ -47,6 +49,7 @@ def _start(tmp: Path, token: str | None) -> tuple[subprocess.Popen[bytes], Daemo
     cmd = [str(binary), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp / "data")]
     if token is not None:
         cmd += ["--token", token]
+    cmd += list(extra)
     # oncelyd reads every ONCELY_* variable as a setting and refuses unknown ones
     # (ONCELY_URL, which the examples read, say): it gets none of the caller's.
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONCELY_")}
@@ -56,7 +59,7 @@ def _start(tmp: Path, token: str | None) -> tuple[subprocess.Popen[bytes], Daemo
     while time.monotonic() < deadline:
         m = re.search(r"listen=([0-9.]+:[0-9]+)", log.read_text(errors="replace"))
         if m:
-            return proc, Daemon(f"http://{m.group(1)}", token, log)
+            return proc, Daemon(f"{scheme}://{m.group(1)}", token, log)
         if proc.poll() is not None:
             pytest.fail(f"oncelyd exited with {proc.returncode}:\n{log.read_text()}")
         time.sleep(0.05)

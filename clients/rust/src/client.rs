@@ -32,6 +32,8 @@ pub struct ClientBuilder {
     retry: RetryPolicy,
     jitter_seed: Option<u64>,
     batching: Option<Batching>,
+    /// PEM text of root certificates trusted besides the system's.
+    roots: Vec<Vec<u8>>,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -45,6 +47,7 @@ impl fmt::Debug for ClientBuilder {
             .field("retry", &self.retry)
             .field("jitter_seed", &self.jitter_seed)
             .field("batching", &self.batching)
+            .field("root_certificates", &self.roots.len())
             .finish()
     }
 }
@@ -99,33 +102,66 @@ impl ClientBuilder {
         self
     }
 
+    /// Trusts the certificate authorities in `pem` (PEM text: one or more
+    /// `-----BEGIN CERTIFICATE-----` blocks), besides the system's roots, for an
+    /// `https://` base URL: a daemon serving a certificate of your own CA
+    /// (`oncelyd serve --tls-cert --tls-key`). Call it again for more. Checked by
+    /// [`build`](Self::build).
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ca = std::fs::read("/etc/oncely/ca.pem")?;
+    /// let client = oncely_client::Client::builder("https://oncely.internal:7070")
+    ///     .add_root_certificate(ca)
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn add_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.roots.push(pem.into());
+        self
+    }
+
     /// Builds the client. Nothing is sent yet.
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for a base URL that is not `http://host[:port][/prefix]`, a
-    /// token that cannot be a header, zero attempts, a zero deadline, or batching
-    /// limits of 0.
+    /// [`Error::Config`] for a base URL that is not `http://` or
+    /// `https://host[:port][/prefix]`, a token that cannot be a header, zero
+    /// attempts, a zero deadline, batching limits of 0, or a root certificate that
+    /// is not PEM (or, for `https://`, no root certificate at all: none given and
+    /// none on the system).
     pub fn build(self) -> Result<Client, Error> {
         let mut base = Url::parse(&self.base_url).map_err(|e| Error::Config {
             setting: "base_url",
             reason: format!("{:?}: {e}", self.base_url),
         })?;
-        if base.scheme() != "http" {
+        let https = match base.scheme() {
+            "http" => false,
+            "https" => true,
+            _ => {
+                return Err(Error::Config {
+                    setting: "base_url",
+                    reason: format!(
+                        "{:?}: want http:// or https://host[:port][/prefix]",
+                        self.base_url
+                    ),
+                });
+            }
+        };
+        if base.cannot_be_a_base() || base.query().is_some() || base.fragment().is_some() {
             return Err(Error::Config {
                 setting: "base_url",
                 reason: format!(
-                    "{:?}: only http:// is supported (put TLS in a proxy in front)",
+                    "{:?}: want http:// or https://host[:port][/prefix]",
                     self.base_url
                 ),
             });
         }
-        if base.cannot_be_a_base() || base.query().is_some() || base.fragment().is_some() {
-            return Err(Error::Config {
-                setting: "base_url",
-                reason: format!("{:?}: want http://host[:port][/prefix]", self.base_url),
-            });
+        let mut roots = Vec::new();
+        for pem in &self.roots {
+            roots.extend(crate::tls::roots_of_pem(pem)?);
         }
+        let tls = crate::tls::client_config(https, roots)?;
         // Paths are appended segment by segment; a trailing slash would add an
         // empty one.
         if let Ok(mut segments) = base.path_segments_mut() {
@@ -143,6 +179,7 @@ impl ClientBuilder {
             // The daemon never redirects, and a followed redirect would send a
             // check-and-mark again, somewhere else: a redirect is an error here.
             .redirect(reqwest::redirect::Policy::none())
+            .tls_backend_preconfigured(tls)
             .build()
             .map_err(|e| Error::Config {
                 setting: "http",
@@ -247,6 +284,7 @@ impl Client {
             retry: RetryPolicy::default(),
             jitter_seed: None,
             batching: Some(Batching::default()),
+            roots: Vec::new(),
         }
     }
 
@@ -945,6 +983,11 @@ impl Client {
                     }
                 }
                 Err(e) => {
+                    // A certificate the client does not trust is refused again by
+                    // every retry: the call fails at once.
+                    if crate::tls::is_certificate_error(&e) {
+                        return Err(transport(url, attempt, timeout, e));
+                    }
                     // A connection that never opened carried no request.
                     maybe_done |= !e.is_connect();
                     (transport(url, attempt, timeout, e), None)
@@ -1145,12 +1188,25 @@ mod tests {
         );
         let c = Client::new("http://gw:80/oncely/").unwrap();
         assert_eq!(c.url(&["healthz"]).as_str(), "http://gw/oncely/healthz");
-        for bad in ["https://x", "127.0.0.1:7070", "http://x/?q=1", "not a url"] {
+        for bad in ["ftp://x", "127.0.0.1:7070", "http://x/?q=1", "not a url"] {
             assert!(
                 matches!(Client::new(bad), Err(Error::Config { .. })),
                 "{bad} should be refused"
             );
         }
+        let bad_root = Client::builder("https://x")
+            .add_root_certificate("not PEM")
+            .build();
+        assert!(
+            matches!(
+                bad_root,
+                Err(Error::Config {
+                    setting: "root_certificate",
+                    ..
+                })
+            ),
+            "{bad_root:?}"
+        );
         let zero = Client::builder("http://x")
             .retry(RetryPolicy::default().attempts(0))
             .build();

@@ -90,6 +90,19 @@
 //! whose earlier attempt may have done the work counts the daemon's "no claim of
 //! yours" (409) or "no such namespace" (404) as success, and only then. Each method
 //! documents its retries.
+//!
+//! # TLS
+//!
+//! An `https://` base URL connects with TLS (rustls, with its ring provider),
+//! checking the daemon's certificate against the system's root certificates and
+//! any given with [`ClientBuilder::add_root_certificate`], such as your own
+//! certificate authority's for a daemon started with `oncelyd serve --tls-cert
+//! FILE --tls-key FILE`. A certificate the client does not trust fails the call at
+//! once with [`Error::Transport`], without retries: no request was sent, and
+//! asking again would be refused again. (reqwest's rustls backend is built without
+//! a process-wide crypto provider: this client brings its own configuration, but a
+//! plain `reqwest::Client` elsewhere in your program, built with no TLS feature of
+//! its own, then needs `rustls::crypto::ring::default_provider().install_default()`.)
 
 mod batch;
 mod client;
@@ -97,6 +110,7 @@ mod error;
 mod outcome;
 mod retry;
 mod span;
+mod tls;
 mod whole;
 
 pub mod api;

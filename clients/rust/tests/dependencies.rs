@@ -45,6 +45,10 @@ fn the_client_depends_on_nothing_of_the_server() {
         packages.contains("reqwest"),
         "the tree was read: {packages:?}"
     );
+    assert!(
+        packages.contains("rustls") && packages.contains("ring"),
+        "https:// is rustls on ring: {packages:?}"
+    );
     for banned in [
         "librocksdb-sys",
         "rocksdb",
@@ -53,6 +57,12 @@ fn the_client_depends_on_nothing_of_the_server() {
         "oncelyd",
         // Only the daemon's `openapi` feature builds it.
         "utoipa",
+        // TLS is rustls with ring: no C library (aws-lc needs cmake, OpenSSL its
+        // headers) is built for https://.
+        "aws-lc-rs",
+        "aws-lc-sys",
+        "native-tls",
+        "openssl-sys",
     ] {
         assert!(
             !packages.contains(banned),

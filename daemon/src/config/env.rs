@@ -78,6 +78,8 @@ pub fn read(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Result<From
             "ONCELY_RESP_NAMESPACE" => {
                 l.resp_namespace = Some(utf8("resp_namespace", name, value)?);
             }
+            "ONCELY_TLS_CERT" => l.tls_cert = Some(utf8("tls_cert", name, value)?.into()),
+            "ONCELY_TLS_KEY" => l.tls_key = Some(utf8("tls_key", name, value)?.into()),
             "ONCELY_DATA_DIR" => l.data_dir = Some(utf8("data_dir", name, value)?.into()),
             "ONCELY_STORE" => l.store = Some(store(name, value)?),
             "ONCELY_STORE_POOL_SIZE" => {
@@ -131,6 +133,7 @@ pub fn read(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Result<From
                 l.shutdown_grace = Some(duration("shutdown_grace", name, value)?);
             }
             "ONCELY_DRAIN_DELAY" => l.drain_delay = Some(duration("drain_delay", name, value)?),
+            "ONCELY_LOG_FORMAT" => l.log_format = Some(parse("log_format", name, value)?),
             _ => unknown.push(match suggest(name) {
                 Some(known) => format!("{name} (did you mean {known}?)"),
                 None => name.to_owned(),
@@ -242,6 +245,8 @@ mod tests {
         let env = read(vars(&[
             ("ONCELY_LISTEN", "127.0.0.1:9"),
             ("ONCELY_DATA_DIR", "/d"),
+            ("ONCELY_TLS_CERT", "/etc/oncely/cert.pem"),
+            ("ONCELY_TLS_KEY", "/etc/oncely/key.pem"),
             ("ONCELY_STORE", "postgres://o:pw@db1:5432,db2:5432/app"),
             ("ONCELY_STORE_POOL_SIZE", "8"),
             ("ONCELY_CONFIG", "/c.toml"),
@@ -273,6 +278,8 @@ mod tests {
         let l = &env.layer;
         assert_eq!(l.listen, Some("127.0.0.1:9".parse().unwrap()));
         assert_eq!(l.data_dir, Some(PathBuf::from("/d")));
+        assert_eq!(l.tls_cert, Some(PathBuf::from("/etc/oncely/cert.pem")));
+        assert_eq!(l.tls_key, Some(PathBuf::from("/etc/oncely/key.pem")));
         assert_eq!(
             l.store.as_ref().map(super::super::StoreUrl::expose),
             Some("postgres://o:pw@db1:5432,db2:5432/app")

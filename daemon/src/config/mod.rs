@@ -62,7 +62,7 @@ const fn setting(key: &'static str, flag: &'static str, env: &'static str) -> Se
 }
 
 /// Every setting of `oncelyd serve`, in the order the reference lists them.
-pub const SETTINGS: [Setting; 26] = [
+pub const SETTINGS: [Setting; 29] = [
     setting("listen", "--listen", "ONCELY_LISTEN"),
     setting("resp_listen", "--resp-listen", "ONCELY_RESP_LISTEN"),
     setting(
@@ -70,6 +70,8 @@ pub const SETTINGS: [Setting; 26] = [
         "--resp-namespace",
         "ONCELY_RESP_NAMESPACE",
     ),
+    setting("tls_cert", "--tls-cert", "ONCELY_TLS_CERT"),
+    setting("tls_key", "--tls-key", "ONCELY_TLS_KEY"),
     setting("data_dir", "--data-dir", "ONCELY_DATA_DIR"),
     setting("store", "--store", "ONCELY_STORE"),
     setting(
@@ -154,7 +156,49 @@ pub const SETTINGS: [Setting; 26] = [
         "--worker-threads",
         "ONCELY_WORKER_THREADS",
     ),
+    setting("log_format", "--log-format", "ONCELY_LOG_FORMAT"),
 ];
+
+/// How log lines are written (`log_format`): `text` for people, `json` (one object
+/// a line) for log collectors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `2025-01-01T00:00:00.000000Z  WARN request{request_id=...}: oncelyd::...: ...`
+    #[default]
+    Text,
+    /// One JSON object a line, the request's ID under `span.request_id`.
+    Json,
+}
+
+impl LogFormat {
+    /// The value as written.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => Err(format!("{s:?} is no log format: text or json")),
+        }
+    }
+}
 
 /// The default listen address: loopback only, so that a daemon started without
 /// thought is not reachable from the network.
@@ -257,6 +301,10 @@ pub struct Layer {
     pub resp_listen: Option<SocketAddr>,
     /// `resp_namespace`.
     pub resp_namespace: Option<String>,
+    /// `tls_cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `tls_key`.
+    pub tls_key: Option<PathBuf>,
     /// `data_dir`.
     pub data_dir: Option<PathBuf>,
     /// `store`.
@@ -301,6 +349,8 @@ pub struct Layer {
     pub drain_delay: Option<HumanDuration>,
     /// `worker_threads`.
     pub worker_threads: Option<usize>,
+    /// `log_format`.
+    pub log_format: Option<LogFormat>,
     /// `[namespaces.NAME]` tables: created or updated at start-up.
     #[serde(default)]
     pub namespaces: BTreeMap<String, NamespaceTable>,
@@ -312,6 +362,8 @@ impl fmt::Debug for Layer {
             .field("listen", &self.listen)
             .field("resp_listen", &self.resp_listen)
             .field("resp_namespace", &self.resp_namespace)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
             .field("data_dir", &self.data_dir)
             .field("store", &self.store)
             .field("store_pool_size", &self.store_pool_size)
@@ -340,6 +392,7 @@ impl fmt::Debug for Layer {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("drain_delay", &self.drain_delay)
             .field("worker_threads", &self.worker_threads)
+            .field("log_format", &self.log_format)
             .field("namespaces", &self.namespaces)
             .finish()
     }
@@ -364,6 +417,9 @@ pub struct Settings {
     pub resp_listen: Option<SocketAddr>,
     /// The namespace RESP's `SET key value NX` marks in.
     pub resp_namespace: String,
+    /// The certificate chain and key both faces serve TLS with; `None`: plain
+    /// HTTP and RESP.
+    pub tls: Option<TlsFiles>,
     /// Where RocksDB and the filter snapshots live (unused with `memory` durability
     /// and with a `store`).
     pub data_dir: PathBuf,
@@ -415,6 +471,8 @@ pub struct Settings {
     /// decide most small ones); `None`: one per CPU the process may use. Applied by
     /// the runtime [`crate::server::runtime`] builds.
     pub worker_threads: Option<usize>,
+    /// How log lines are written (applied by the binary as it sets up logging).
+    pub log_format: LogFormat,
     /// Namespaces to create or update at start-up (`default` included, if given).
     pub namespaces: BTreeMap<String, DeclaredNamespace>,
     /// The file the settings were read from, if any.
@@ -431,6 +489,7 @@ impl fmt::Debug for Settings {
             .field("listen", &self.listen)
             .field("resp_listen", &self.resp_listen)
             .field("resp_namespace", &self.resp_namespace)
+            .field("tls", &self.tls)
             .field("data_dir", &self.data_dir)
             .field("store", &self.store)
             .field("store_pool_size", &self.store_pool_size)
@@ -452,6 +511,7 @@ impl fmt::Debug for Settings {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("drain_delay", &self.drain_delay)
             .field("worker_threads", &self.worker_threads)
+            .field("log_format", &self.log_format)
             .field("namespaces", &self.namespaces)
             .field("config_file", &self.config_file)
             .field("warnings", &self.warnings)
@@ -466,6 +526,7 @@ impl Default for Settings {
             listen: DEFAULT_LISTEN,
             resp_listen: None,
             resp_namespace: NamespaceName::DEFAULT.to_owned(),
+            tls: None,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             store: None,
             store_pool_size: DEFAULT_STORE_POOL_SIZE,
@@ -490,6 +551,7 @@ impl Default for Settings {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             drain_delay: DEFAULT_DRAIN_DELAY,
             worker_threads: None,
+            log_format: LogFormat::Text,
             namespaces: BTreeMap::new(),
             config_file: None,
             warnings: Vec::new(),
@@ -627,6 +689,8 @@ impl Settings {
         let listen = pick!(listen, ToString::to_string);
         let resp_listen = pick!(resp_listen, ToString::to_string);
         let resp_namespace = pick!(resp_namespace, Clone::clone);
+        let tls_cert = pick!(tls_cert, |p| p.display().to_string());
+        let tls_key = pick!(tls_key, |p| p.display().to_string());
         let data_dir = pick!(data_dir, |p| p.display().to_string());
         let store = pick!(store, ToString::to_string);
         let store_pool_size = pick!(store_pool_size, ToString::to_string);
@@ -649,6 +713,7 @@ impl Settings {
         let shutdown_grace = pick!(shutdown_grace, show_duration);
         let drain_delay = pick!(drain_delay, show_duration);
         let worker_threads = pick!(worker_threads, ToString::to_string);
+        let log_format = pick!(log_format, ToString::to_string);
 
         let allowed_origins = origins
             .unwrap_or_default()
@@ -670,6 +735,7 @@ impl Settings {
             ],
         };
         stores.check(&mut m.warnings)?;
+        let tls = TlsFiles::pair(tls_cert, tls_key)?;
         let max_body_bytes = size("max_body_bytes", max_body_bytes, d.max_body_bytes)?;
         // Derived from the largest body unless given (see `machine`).
         let max_body_bytes_in_flight = match max_body_bytes_in_flight {
@@ -688,6 +754,7 @@ impl Settings {
             listen: listen.unwrap_or(d.listen),
             resp_listen,
             resp_namespace: resp_namespace.unwrap_or(d.resp_namespace),
+            tls,
             data_dir: data_dir.unwrap_or(d.data_dir),
             store,
             store_pool_size: store_pool_size.unwrap_or(d.store_pool_size),
@@ -712,6 +779,7 @@ impl Settings {
             shutdown_grace: shutdown_grace.map_or(d.shutdown_grace, |g| g.0),
             drain_delay: drain_delay.map_or(d.drain_delay, |g| g.0),
             worker_threads,
+            log_format: log_format.unwrap_or(d.log_format),
             namespaces: declared_namespaces(&file.namespaces)?,
             config_file,
             warnings: m.warnings,
@@ -922,6 +990,51 @@ impl Settings {
             return bad("data_dir", "must not be empty".into());
         }
         Ok(())
+    }
+}
+
+/// The PEM files TLS is served with (`tls_cert`, `tls_key`): read at start-up, and
+/// again at each SIGHUP (see `server::tls`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first (`tls_cert`).
+    pub cert: PathBuf,
+    /// The private key: PKCS#8, RSA (PKCS#1) or EC (SEC1) (`tls_key`).
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Both files or neither: one without the other is a half-done configuration,
+    /// and serving plain text then would put tokens on the network in clear.
+    fn pair(cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<Option<Self>, Error> {
+        let empty = |setting: &'static str| Error::Config {
+            setting,
+            reason: "must not be empty".into(),
+        };
+        match (cert, key) {
+            (None, None) => Ok(None),
+            (Some(cert), _) if cert.as_os_str().is_empty() => Err(empty("tls_cert")),
+            (_, Some(key)) if key.as_os_str().is_empty() => Err(empty("tls_key")),
+            (Some(cert), Some(key)) => Ok(Some(Self { cert, key })),
+            (Some(cert), None) => Err(Error::Config {
+                setting: "tls_key",
+                reason: format!(
+                    "tls_cert ({}) is given without tls_key: TLS needs both the \
+                     certificate chain and its private key (--tls-cert and --tls-key, \
+                     ONCELY_TLS_CERT and ONCELY_TLS_KEY), or neither for plain HTTP",
+                    cert.display()
+                ),
+            }),
+            (None, Some(key)) => Err(Error::Config {
+                setting: "tls_cert",
+                reason: format!(
+                    "tls_key ({}) is given without tls_cert: TLS needs both the \
+                     certificate chain and its private key (--tls-cert and --tls-key, \
+                     ONCELY_TLS_CERT and ONCELY_TLS_KEY), or neither for plain HTTP",
+                    key.display()
+                ),
+            }),
+        }
     }
 }
 
@@ -1274,6 +1387,44 @@ mod tests {
               postgres://b:***@db2/app in the file"
             ]
         );
+    }
+
+    #[test]
+    fn tls_takes_a_certificate_and_a_key_or_neither() {
+        let s = from_file("tls_cert = \"/etc/oncely/cert.pem\"\ntls_key = \"/etc/oncely/key.pem\"")
+            .unwrap();
+        assert_eq!(
+            s.tls,
+            Some(TlsFiles {
+                cert: "/etc/oncely/cert.pem".into(),
+                key: "/etc/oncely/key.pem".into(),
+            })
+        );
+        assert_eq!(from_file("").unwrap().tls, None);
+        for (file, setting, says) in [
+            ("tls_cert = \"c.pem\"", "tls_key", "without tls_key"),
+            ("tls_key = \"k.pem\"", "tls_cert", "without tls_cert"),
+            ("tls_cert = \"\"\ntls_key = \"k.pem\"", "tls_cert", "empty"),
+        ] {
+            match from_file(file) {
+                Err(Error::Config { setting: s, reason }) => {
+                    assert_eq!(s, setting, "{file}");
+                    assert!(reason.contains(says), "{file}: {reason}");
+                }
+                other => panic!("{file}: {other:?}"),
+            }
+        }
+        // From different places, the two make one pair.
+        let flags = Layer {
+            tls_cert: Some("a.pem".into()),
+            ..Layer::default()
+        };
+        let env = Layer {
+            tls_key: Some("b.pem".into()),
+            ..Layer::default()
+        };
+        let s = Settings::merge(flags, env, Layer::default(), None).unwrap();
+        assert_eq!(s.tls.map(|t| t.key), Some("b.pem".into()));
     }
 
     #[test]

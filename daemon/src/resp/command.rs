@@ -951,20 +951,20 @@ fn claims(ctx: &Context<'_>, which: &'static str, args: &[Bytes]) -> Step {
             };
             Step::Call(Box::new(move |tracker| {
                 let outcome = tracker.claim(&ns, &id, &owner, Duration::from_millis(lease))?;
-                m.metrics().count_claim(Protocol::Resp, outcome);
+                m.metrics().count_claim(Protocol::Resp, &ns, outcome);
                 Ok(claim_reply(outcome))
             }))
         }
         "oncely.complete" => Step::Call(Box::new(move |tracker| {
             tracker.complete(&ns, &id, &owner)?;
             m.metrics()
-                .count_claim_end(Protocol::Resp, ClaimEnd::Completed);
+                .count_claim_end(Protocol::Resp, &ns, ClaimEnd::Completed);
             Ok(Reply::OK)
         })),
         _ => Step::Call(Box::new(move |tracker| {
             tracker.release(&ns, &id, &owner)?;
             m.metrics()
-                .count_claim_end(Protocol::Resp, ClaimEnd::Released);
+                .count_claim_end(Protocol::Resp, &ns, ClaimEnd::Released);
             Ok(Reply::OK)
         })),
     }

@@ -6,6 +6,8 @@
 //! listeners), its idle timeout (no command under way for `idle_timeout`), and its
 //! header timeout: a command begun and not complete within `header_read_timeout`
 //! closes the connection, so a client trickling bytes holds nothing for long.
+//! With TLS on, the handshake runs in the connection's task within
+//! `header_read_timeout` (see `crate::server::tls`), as on the HTTP face.
 //!
 //! # Shutdown
 //!
@@ -23,7 +25,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -34,6 +36,7 @@ use super::parse::{self, FrameLimits};
 use super::reply::Reply;
 use crate::server::connection::{DRAIN_IDLE, Held, Phase, accept_failed, until};
 use crate::server::metrics::{Closed, Protocol, RESP_COMMANDS};
+use crate::server::tls::{self, Tls};
 use crate::server::{AppState, MarkCall};
 
 /// What every RESP connection shares.
@@ -73,6 +76,7 @@ pub(crate) async fn serve(
     server: Arc<Server>,
     mut phase: watch::Receiver<Phase>,
     slots: Arc<Semaphore>,
+    tls: Option<Tls>,
 ) {
     let metrics = server.state.metrics_handle();
     let mut connections = JoinSet::new();
@@ -89,7 +93,13 @@ pub(crate) async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let held = Held::new(Some(permit), &metrics);
-                    connections.spawn(connection(Arc::clone(&server), stream, phase.clone(), held));
+                    connections.spawn(connection(
+                        Arc::clone(&server),
+                        stream,
+                        phase.clone(),
+                        held,
+                        tls.clone(),
+                    ));
                 }
                 Err(e) => accept_failed(&e).await,
             },
@@ -120,13 +130,35 @@ impl Drop for Counted<'_> {
     }
 }
 
+/// Serves one connection; with TLS, after its handshake.
 async fn connection(
     server: Arc<Server>,
-    mut stream: TcpStream,
+    stream: TcpStream,
+    mut phase: watch::Receiver<Phase>,
+    held: Held,
+    tls: Option<Tls>,
+) {
+    let _ = stream.set_nodelay(true);
+    match tls {
+        None => serve_on(server, stream, phase, held).await,
+        Some(tls) => {
+            let limit = server.state.limits().header_read_timeout;
+            let metrics = server.state.metrics_handle();
+            if let Some(stream) =
+                tls::handshake(tls.resp(), stream, limit, &mut phase, &metrics).await
+            {
+                serve_on(server, stream, phase, held).await;
+            }
+        }
+    }
+}
+
+async fn serve_on(
+    server: Arc<Server>,
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
     mut phase: watch::Receiver<Phase>,
     _held: Held,
 ) {
-    let _ = stream.set_nodelay(true);
     server.connected.fetch_add(1, Ordering::Relaxed);
     let _counted = Counted(&server.connected);
     let limits = server.state.limits();

@@ -46,10 +46,12 @@ impl AppState {
         calls: Vec<MarkCall>,
     ) -> Result<Vec<oncely::CallVerdicts>, ApiError> {
         let admitted = self.admit()?;
-        let each = self.combined_marks(admitted, namespace, calls).await?;
+        let each = self
+            .combined_marks(admitted, Arc::clone(&namespace), calls)
+            .await?;
         let m = self.metrics();
         for verdicts in each.iter().flatten() {
-            m.count_verdicts(protocol, Op::CheckAndMark, verdicts);
+            m.count_verdicts(protocol, &namespace, Op::CheckAndMark, verdicts);
         }
         Ok(each)
     }
@@ -66,15 +68,13 @@ impl AppState {
         let verdicts = match self.inline(|tracker| Ok(tracker.try_check(&namespace, &ids)?))? {
             Some(v) => v,
             None => {
-                self.blocking(
-                    admitted,
-                    move |tracker| Ok(tracker.check(&namespace, &ids)?),
-                )
-                .await?
+                let ns = Arc::clone(&namespace);
+                self.blocking(admitted, move |tracker| Ok(tracker.check(&ns, &ids)?))
+                    .await?
             }
         };
         self.metrics()
-            .count_verdicts(protocol, Op::Check, &verdicts);
+            .count_verdicts(protocol, &namespace, Op::Check, &verdicts);
         Ok(verdicts)
     }
 
@@ -153,7 +153,10 @@ impl AppState {
         let race = Arc::new(AtomicU8::new(RUNNING));
         let worker_race = Arc::clone(&race);
         let metrics = self.metrics_handle();
+        // The request's span (its ID) on the blocking pool too.
+        let span = tracing::Span::current();
         let mut handle = tokio::task::spawn_blocking(move || {
+            let _span = span.entered();
             let _task = task;
             let result = f(&tracker);
             if worker_race

@@ -8,6 +8,9 @@
 //!   grace period it held with `axum::serve`.
 //! * Each socket is wrapped in [`RawErrors`], so that the answers hyper writes itself
 //!   have the JSON error shape too.
+//! * With TLS on (`super::tls`), each connection's handshake runs in its own task,
+//!   within `header_read_timeout`, so a client that never finishes one holds up no
+//!   other; the connection's timeouts below then count from the handshake's end.
 //! * No client can hold the daemon's connections or descriptors:
 //!   - at most `max_connections` are open at once. At the cap the loop stops
 //!     accepting until one closes: new clients wait in the kernel's accept queue (up
@@ -74,6 +77,7 @@ use tower::ServiceExt;
 use super::error::BodyUnread;
 use super::metrics::{Closed, Metrics};
 use super::raw_errors::RawErrors;
+use super::tls::{self, Tls};
 
 /// What the connections are told to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,6 +144,7 @@ pub(super) async fn serve(
     limits: ConnectionLimits,
     metrics: Arc<Metrics>,
     slots: Arc<Semaphore>,
+    tls: Option<Tls>,
 ) {
     let mut connections = JoinSet::new();
     let mut closing = phase.clone();
@@ -175,6 +180,7 @@ pub(super) async fn serve(
                 phase.clone(),
                 limits,
                 held,
+                tls.clone(),
             ));
         };
         tokio::select! {
@@ -456,18 +462,24 @@ impl Drop for Busy {
     }
 }
 
+/// What a connection is served on: a TCP stream, or a TLS stream over one.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
+
 /// A connection's socket: it tells the connection's [`Activity`] when bytes
-/// arrive, and holds the connection's slot under the cap until it is closed, which
-/// can be after the connection's task: see [`Watched::drop`].
-struct Watched {
+/// arrive (decrypted ones, with TLS), and holds the connection's slot under the cap
+/// until it is closed, which can be after the connection's task: see
+/// [`Watched::drop`].
+struct Watched<S: Stream> {
     /// `None` only once dropped.
-    inner: Option<TcpStream>,
+    inner: Option<S>,
     activity: Arc<Activity>,
     held: Option<Held>,
 }
 
-impl Watched {
-    fn stream(&mut self) -> std::io::Result<Pin<&mut TcpStream>> {
+impl<S: Stream> Watched<S> {
+    fn stream(&mut self) -> std::io::Result<Pin<&mut S>> {
         self.inner
             .as_mut()
             .map(Pin::new)
@@ -485,7 +497,7 @@ macro_rules! on_stream {
     };
 }
 
-impl AsyncRead for Watched {
+impl<S: Stream> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -500,7 +512,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: Stream> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -532,7 +544,7 @@ impl AsyncWrite for Watched {
     }
 }
 
-impl Drop for Watched {
+impl<S: Stream> Drop for Watched<S> {
     /// Closes the socket; but after an answer that left its request's body unread
     /// (413, a body the budget had no room for, 408), first reads and discards what
     /// the client still sends, for at most [`LINGER`]. A client writing its whole
@@ -562,9 +574,9 @@ impl Drop for Watched {
 /// for a client to send a few MiB more, and read the answer, on any link.
 pub(super) const LINGER: Duration = Duration::from_secs(2);
 
-/// Half-closes `stream` (the answer is written) and discards what comes until the
-/// client closes, or [`LINGER`] has passed.
-async fn linger(mut stream: TcpStream) {
+/// Half-closes `stream` (the answer is written; with TLS, after a `close_notify`)
+/// and discards what comes until the client closes, or [`LINGER`] has passed.
+async fn linger(mut stream: impl Stream) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = tokio::time::timeout(LINGER, async {
         let _ = stream.shutdown().await;
@@ -575,19 +587,42 @@ async fn linger(mut stream: TcpStream) {
 }
 
 /// Serves one connection until it ends or a deadline passes, and through the
-/// shutdown's phases (see "Shutdown" in the module docs).
+/// shutdown's phases (see "Shutdown" in the module docs); with TLS, after its
+/// handshake.
 async fn connection(
     stream: TcpStream,
     router: Router,
     mut phase: watch::Receiver<Phase>,
     limits: ConnectionLimits,
     held: Held,
+    tls: Option<Tls>,
 ) {
     // Small answers must not wait for Nagle's algorithm (and the client's delayed
     // ACK): that would cost up to 40 ms per request on a keep-alive connection.
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
+    match tls {
+        None => serve_on(stream, router, phase, limits, held).await,
+        Some(tls) => {
+            let limit = limits.header_read_timeout;
+            if let Some(stream) =
+                tls::handshake(tls.http(), stream, limit, &mut phase, &held.metrics).await
+            {
+                serve_on(stream, router, phase, limits, held).await;
+            }
+        }
+    }
+}
+
+/// [`connection`] on its stream, once any handshake is done.
+async fn serve_on(
+    stream: impl Stream,
+    router: Router,
+    mut phase: watch::Receiver<Phase>,
+    limits: ConnectionLimits,
+    held: Held,
+) {
     let activity = Arc::new(Activity::new());
     let service = {
         let activity = Arc::clone(&activity);

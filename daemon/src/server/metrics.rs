@@ -2,14 +2,18 @@
 //!
 //! `docs/metrics.md` is the reference: every family, its labels, and the questions
 //! it answers. Routes are labelled by their pattern (`/v1/namespaces/{ns}/check`),
-//! never the concrete path, so clients cannot grow the series; IDs are counted once
-//! per request per verdict, not once per ID. The namespace and storage gauges are
-//! read from the tracker at scrape time.
+//! never the concrete path, and the latency histogram by the class of the answer
+//! (`ok`, `client_error`, `server_error`), never its status, so clients cannot grow
+//! the series; IDs are counted once per request per verdict, not once per ID. The
+//! verdict and claim counters are kept per namespace ([`ByNamespace`]): a namespace
+//! has series only while it exists, and namespaces are capped. The namespace and
+//! storage gauges are read from the tracker at scrape time, the `process_*` ones
+//! from `/proc` ([`super::process_metrics`]).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
@@ -18,7 +22,7 @@ use axum::http::Method;
 use axum::response::Response;
 use oncely::{ClaimOutcome, Tracker, Verdict};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
@@ -30,6 +34,7 @@ use super::error::FailureNote;
 use super::extract::BodyBudget;
 use super::failures::FailureLog;
 use super::openapi;
+use super::process_metrics::{BuildInfo, ProcessCollector};
 use super::store::StoreWatch;
 
 /// The content type of the Prometheus text format.
@@ -42,11 +47,24 @@ struct RequestLabels {
     status: u16,
 }
 
+/// The latency histogram's labels: by the class of the answer, not its status, so
+/// that its series (25 lines each) stay few whatever clients send.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct VerdictLabels {
-    protocol: &'static str,
-    op: &'static str,
-    verdict: &'static str,
+struct LatencyLabels {
+    method: &'static str,
+    route: Cow<'static, str>,
+    outcome: &'static str,
+}
+
+/// The latency histogram's `outcome` of an answer's status: fast refusals (401,
+/// 400, a shed 503) would otherwise pull the percentiles of real work down exactly
+/// when the daemon sheds load.
+const fn outcome_of(status: u16) -> &'static str {
+    match status {
+        0..=399 => "ok",
+        400..=499 => "client_error",
+        _ => "server_error",
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -199,7 +217,7 @@ pub(crate) enum ClaimEnd {
     Released,
 }
 
-type HistogramFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
+type HistogramFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
 
 /// The daemon's metrics and the registry that encodes them.
 #[derive(Debug)]
@@ -212,11 +230,8 @@ pub(crate) struct Metrics {
     /// under a lock, and doing that for both families took 2,700 of a single-ID
     /// request's 52,100 instructions in its profile (`benches/callgrind.sh`).
     series: RwLock<HashMap<u64, Series, BuildHasherDefault<KeyHasher>>>,
-    /// Per verdict: resolved once, so counting takes no lock.
-    mark_verdicts: [[Counter; 5]; 2],
-    check_verdicts: [[Counter; 4]; 2],
-    claims: [[Counter; 6]; 2],
-    claim_ends: [[Counter; 2]; 2],
+    /// Verdicts, claims and claim ends, per namespace.
+    by_namespace: Arc<ByNamespace>,
     /// IDs of forget requests: forgotten, kept.
     forgets: [[Counter; 2]; 2],
     /// Per [`RESP_COMMANDS`] entry: answered, refused with an error.
@@ -230,6 +245,7 @@ pub(crate) struct Metrics {
     /// Per [`Closed`] reason, in its order.
     connections_closed: [Counter; 3],
     late: Counter,
+    ticks_failed: Counter,
 }
 
 /// Upper bounds of the latency buckets, in seconds: 1, 2.5 and 5 per decade from
@@ -272,14 +288,20 @@ impl Metrics {
     /// Metrics of a daemon around `tracker`; `accepting` is the daemon's flag that
     /// turns false when shutdown begins (readiness reads it with the storage health);
     /// `store` holds the ticker's last probe of the store; `bodies` is the budget of
-    /// request bodies in flight.
+    /// request bodies in flight; `limits` are the daemon's (`max_namespaces` bounds
+    /// the namespaces counted apart).
     pub(crate) fn new(
         tracker: Tracker,
         accepting: Arc<AtomicBool>,
         store: Arc<StoreWatch>,
         bodies: BodyBudget,
+        limits: &super::Limits,
     ) -> Self {
-        let mut registry = Registry::with_prefix("oncelyd");
+        // `process_*` without the prefix, as every Prometheus client names them.
+        let mut root = Registry::default();
+        root.register_collector(Box::new(ProcessCollector));
+        let registry = root.sub_registry_with_prefix("oncelyd");
+        registry.register_collector(Box::new(BuildInfo));
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "http_requests",
@@ -289,56 +311,11 @@ impl Metrics {
         let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
         registry.register(
             "http_request_duration_seconds",
-            "Time from request to response head, by route pattern, method and status",
+            "Time from request to response head, by route pattern, method and outcome \
+             (ok, client_error, server_error)",
             latency.clone(),
         );
-        let ids = Family::<VerdictLabels, Counter>::default();
-        registry.register(
-            "ids",
-            "Event IDs answered, by operation and verdict",
-            ids.clone(),
-        );
-        let verdict = |protocol: Protocol, op: Op, verdict| {
-            ids.get_or_create_owned(&VerdictLabels {
-                protocol: protocol.as_str(),
-                op: op.as_str(),
-                verdict,
-            })
-        };
-        let mark_verdicts =
-            Protocol::ALL.map(|p| MARK_VERDICTS.map(|v| verdict(p, Op::CheckAndMark, v)));
-        let check_verdicts =
-            Protocol::ALL.map(|p| CHECK_VERDICTS.map(|v| verdict(p, Op::Check, v)));
-        let claim_family = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "claims",
-            "Claim requests answered, by outcome: acquired (a fresh claim), renewed (by its \
-             owner), taken_over (another owner's lease had run out), in_progress, duplicate, \
-             probable_duplicate",
-            claim_family.clone(),
-        );
-        let claims = Protocol::ALL.map(|p| {
-            CLAIM_OUTCOMES.map(|outcome| {
-                claim_family.get_or_create_owned(&OutcomeLabels {
-                    protocol: p.as_str(),
-                    outcome,
-                })
-            })
-        });
-        let ends_family = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "claims_ended",
-            "Claims ended by their owner: completed (now a done mark) or released (given back)",
-            ends_family.clone(),
-        );
-        let claim_ends = Protocol::ALL.map(|p| {
-            ["completed", "released"].map(|outcome| {
-                ends_family.get_or_create_owned(&OutcomeLabels {
-                    protocol: p.as_str(),
-                    outcome,
-                })
-            })
-        });
+        let by_namespace = Arc::new(ByNamespace::new(limits.max_namespaces));
         let forgets_family = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "forgets",
@@ -391,6 +368,13 @@ impl Metrics {
             "Client connections open now",
             connections_open.clone(),
         );
+        let connections_max = Gauge::<i64, AtomicI64>::default();
+        connections_max.set(i64::try_from(limits.max_connections).unwrap_or(i64::MAX));
+        registry.register(
+            "connections_max",
+            "Most client connections open at once (max_connections), HTTP and RESP together",
+            connections_max,
+        );
         let connections_accepted = Counter::default();
         registry.register(
             "connections_accepted",
@@ -419,6 +403,14 @@ impl Metrics {
                     reason: reason.as_str(),
                 })
             });
+        let ticks_failed = Counter::default();
+        registry.register(
+            "ticks_failed",
+            "Rounds of the once-a-second ticker (sealing generations whose span has passed, \
+             catching up rotations, expiring claims) that failed; each is tried again a \
+             second later",
+            ticks_failed.clone(),
+        );
         let late = Counter::default();
         registry.register(
             "tracker_calls_late",
@@ -432,16 +424,14 @@ impl Metrics {
             accepting,
             store,
             bodies,
+            by_namespace: Arc::clone(&by_namespace),
         }));
         Self {
-            registry,
+            registry: root,
             requests,
             latency,
             series: RwLock::default(),
-            mark_verdicts,
-            check_verdicts,
-            claims,
-            claim_ends,
+            by_namespace,
             forgets,
             resp_commands,
             shed,
@@ -451,6 +441,7 @@ impl Metrics {
             connections_accepted,
             cap_reached,
             connections_closed,
+            ticks_failed,
             late,
         }
     }
@@ -472,37 +463,61 @@ impl Metrics {
         self.connections_closed[why as usize].inc();
     }
 
+    /// A round of the ticker failed.
+    pub(crate) fn tick_failed(&self) {
+        self.ticks_failed.inc();
+    }
+
     /// A tracker call finished after its request was answered 504.
     pub(crate) fn late_call(&self) {
         self.late.inc();
     }
 
-    /// Counts a request's verdicts: one tally per request, then one add per verdict
-    /// present, so a 1,000-ID batch costs at most five atomic adds.
-    pub(crate) fn count_verdicts(&self, protocol: Protocol, op: Op, verdicts: &[Verdict]) {
+    /// Counts a request's verdicts in `namespace`: one tally per request, then one
+    /// add per verdict present, so a 1,000-ID batch costs one map lookup (under a
+    /// shared lock) and at most five atomic adds.
+    pub(crate) fn count_verdicts(
+        &self,
+        protocol: Protocol,
+        namespace: &str,
+        op: Op,
+        verdicts: &[Verdict],
+    ) {
         let mut tally = [0_u64; 5];
         for &v in verdicts {
             tally[verdict_index(op, v)] += 1;
         }
-        let counters: &[Counter] = match op {
-            Op::CheckAndMark => &self.mark_verdicts[protocol as usize],
-            Op::Check => &self.check_verdicts[protocol as usize],
-        };
-        for (counter, n) in counters.iter().zip(tally) {
-            if n > 0 {
-                counter.inc_by(n);
+        self.by_namespace.count(namespace, |c| {
+            let counters: &[AtomicU64] = match op {
+                Op::CheckAndMark => &c.marks[protocol as usize],
+                Op::Check => &c.checks[protocol as usize],
+            };
+            for (counter, n) in counters.iter().zip(tally) {
+                if n > 0 {
+                    counter.fetch_add(n, Ordering::Relaxed);
+                }
             }
-        }
+        });
     }
 
-    /// Counts a claim's outcome.
-    pub(crate) fn count_claim(&self, protocol: Protocol, outcome: ClaimOutcome) {
-        self.claims[protocol as usize][claim_index(outcome)].inc();
+    /// Counts a claim's outcome in `namespace`.
+    pub(crate) fn count_claim(&self, protocol: Protocol, namespace: &str, outcome: ClaimOutcome) {
+        self.by_namespace.count(namespace, |c| {
+            c.claims[protocol as usize][claim_index(outcome)].fetch_add(1, Ordering::Relaxed);
+        });
     }
 
-    /// Counts a claim ended by its owner.
-    pub(crate) fn count_claim_end(&self, protocol: Protocol, end: ClaimEnd) {
-        self.claim_ends[protocol as usize][end as usize].inc();
+    /// Counts a claim ended by its owner in `namespace`.
+    pub(crate) fn count_claim_end(&self, protocol: Protocol, namespace: &str, end: ClaimEnd) {
+        self.by_namespace.count(namespace, |c| {
+            c.claim_ends[protocol as usize][end as usize].fetch_add(1, Ordering::Relaxed);
+        });
+    }
+
+    /// A namespace was deleted: its series go with it (a namespace created again
+    /// under the name starts from 0, which Prometheus reads as a counter reset).
+    pub(crate) fn namespace_deleted(&self, namespace: &str) {
+        self.by_namespace.remove(namespace);
     }
 
     /// Counts the IDs of a forget request by their answer.
@@ -589,7 +604,12 @@ impl Metrics {
     }
 
     /// Counts one answer and its latency in the series of `labels`.
-    fn observe(&self, key: Option<u64>, labels: impl FnOnce() -> RequestLabels, secs: f64) {
+    fn observe(
+        &self,
+        key: Option<u64>,
+        labels: impl FnOnce() -> (RequestLabels, LatencyLabels),
+        secs: f64,
+    ) {
         if let Some(key) = key
             && let Some(series) = self
                 .series
@@ -601,17 +621,17 @@ impl Metrics {
             series.requests.inc();
             return;
         }
-        let labels = labels();
+        let (counted, timed) = labels();
         let series = Series {
-            latency: self.latency.get_or_create(&labels).clone(),
-            requests: self.requests.get_or_create(&labels).clone(),
+            latency: self.latency.get_or_create(&timed).clone(),
+            requests: self.requests.get_or_create(&counted).clone(),
         };
         series.latency.observe(secs);
         series.requests.inc();
         if let Some(key) = key {
             let mut cache = self.series.write().unwrap_or_else(PoisonError::into_inner);
-            // Bounded by the served routes, methods and statuses; the cap only
-            // guards against a status code per request.
+            // Bounded by the served routes, methods and the statuses the daemon
+            // answers with; the cap only guards against a status code per request.
             if cache.len() < MAX_CACHED_SERIES {
                 let _ = cache.insert(key, series);
             }
@@ -625,8 +645,7 @@ impl Timed<'_> {
     pub(crate) fn end(self, failures: &FailureLog, mut response: Response) -> Response {
         let secs = self.start.elapsed().as_secs_f64();
         let status = response.status().as_u16();
-        // By status too: fast refusals (401, 400, a shed 503) would otherwise pull the
-        // percentiles of real work down exactly when the daemon sheds load.
+        // The counter by status, the histogram by its class (`outcome_of`).
         let key = self
             .route
             .index()
@@ -635,10 +654,20 @@ impl Timed<'_> {
         let method = METHODS[self.method];
         self.metrics.observe(
             key,
-            || RequestLabels {
-                method,
-                route: route.label(),
-                status,
+            || {
+                let route = route.label();
+                (
+                    RequestLabels {
+                        method,
+                        route: route.clone(),
+                        status,
+                    },
+                    LatencyLabels {
+                        method,
+                        route,
+                        outcome: outcome_of(status),
+                    },
+                )
             },
             secs,
         );
@@ -649,8 +678,8 @@ impl Timed<'_> {
     }
 }
 
-/// The latency histogram and request counter of one (method, route, status), shared
-/// with their families.
+/// The latency histogram of one (method, route, outcome) and the request counter of
+/// one (method, route, status), shared with their families.
 #[derive(Clone, Debug)]
 struct Series {
     latency: Histogram,
@@ -760,6 +789,7 @@ struct TrackerCollector {
     accepting: Arc<AtomicBool>,
     store: Arc<StoreWatch>,
     bodies: BodyBudget,
+    by_namespace: Arc<ByNamespace>,
 }
 
 type NsGauge = (
@@ -775,12 +805,12 @@ const NAMESPACE_GAUGES: [NsGauge; 9] = [
         |i| i.generations.first().map_or(0.0, |g| g.filter.fill_ratio),
     ),
     (
-        "namespace_estimated_fp",
+        "namespace_estimated_fp_ratio",
         "Estimated chance that an unseen ID is answered probable_duplicate now.",
         |i| i.estimated_fp,
     ),
     (
-        "namespace_fp_rate",
+        "namespace_target_fp_ratio",
         "The namespace's target false-positive rate (fp_rate).",
         |i| i.config.fp_rate(),
     ),
@@ -827,12 +857,12 @@ impl Collector for TrackerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         // A namespace deleted between listing and reading simply drops out. Reading
         // stats locks each namespace briefly; the scrape runs on the blocking pool.
-        let infos: Vec<oncely::NamespaceInfo> = self
-            .tracker
-            .namespaces()
+        let names = self.tracker.namespaces();
+        let infos: Vec<oncely::NamespaceInfo> = names
             .iter()
             .filter_map(|ns| self.tracker.namespace_info(ns).ok())
             .collect();
+        self.by_namespace.encode(&names, &mut encoder)?;
         for (name, help, value) in NAMESPACE_GAUGES {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             for info in &infos {
@@ -960,6 +990,198 @@ impl TrackerCollector {
                 gauge.metric_type(),
             )?;
             gauge.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
+/// The verdict and claim counters of one namespace, by [`Protocol`] first.
+#[derive(Debug, Default)]
+struct NamespaceCounters {
+    /// By [`MARK_VERDICTS`].
+    marks: [[AtomicU64; 5]; 2],
+    /// By [`CHECK_VERDICTS`].
+    checks: [[AtomicU64; 4]; 2],
+    /// By [`CLAIM_OUTCOMES`].
+    claims: [[AtomicU64; 6]; 2],
+    /// By [`ClaimEnd`].
+    claim_ends: [[AtomicU64; 2]; 2],
+}
+
+/// The label value of counts that found the map full (see [`ByNamespace`]): no
+/// namespace can be named so (parentheses are not allowed in names).
+const OTHER_NAMESPACE: &str = "(other)";
+
+/// Verdict and claim counters per namespace: `oncelyd_ids_total`,
+/// `oncelyd_claims_total` and `oncelyd_claims_ended_total` carry a `namespace`
+/// label, so duplicates per consumer group show.
+///
+/// Bounded: a namespace gets counters when a call in it is counted (the tracker
+/// answered it, so it existed) or when a scrape lists it, and loses them when it
+/// is deleted through this daemon and at the next scrape that no longer lists it
+/// (another daemon on the same database may delete it). Namespaces are capped by
+/// `max_namespaces`; should counts ever find the map at twice that (namespaces
+/// created and deleted elsewhere between scrapes), they are counted under
+/// `namespace="(other)"` until a scrape prunes the map.
+#[derive(Debug)]
+struct ByNamespace {
+    map: RwLock<HashMap<Box<str>, Arc<NamespaceCounters>>>,
+    cap: usize,
+    other: NamespaceCounters,
+    /// Whether anything was counted under `(other)`: its series show from then on.
+    overflowed: AtomicBool,
+}
+
+impl ByNamespace {
+    fn new(max_namespaces: u32) -> Self {
+        Self {
+            map: RwLock::default(),
+            cap: usize::try_from(max_namespaces)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(2)
+                .max(16),
+            other: NamespaceCounters::default(),
+            overflowed: AtomicBool::new(false),
+        }
+    }
+
+    /// Runs `f` on `namespace`'s counters, made if new.
+    fn count(&self, namespace: &str, f: impl FnOnce(&NamespaceCounters)) {
+        if let Some(c) = self
+            .map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(namespace)
+        {
+            return f(c);
+        }
+        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        if !map.contains_key(namespace) && map.len() >= self.cap {
+            drop(map);
+            self.overflowed.store(true, Ordering::Relaxed);
+            return f(&self.other);
+        }
+        let c = Arc::clone(map.entry(namespace.into()).or_default());
+        drop(map);
+        f(&c);
+    }
+
+    fn remove(&self, namespace: &str) {
+        self.map
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(namespace);
+    }
+
+    /// Makes the map hold exactly the namespaces `live` names (sorted), then
+    /// encodes their counters: every verdict and outcome of each, zeros included,
+    /// so a rate sees a namespace's first counts.
+    fn encode(&self, live: &[String], encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        let mut rows: Vec<(&str, Arc<NamespaceCounters>)> = Vec::with_capacity(live.len() + 1);
+        {
+            let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+            // A store that cannot list its namespaces lists none (`default` always
+            // exists): keep the counters rather than reset them all.
+            if !live.is_empty() {
+                map.retain(|name, _| live.binary_search_by(|l| l.as_str().cmp(name)).is_ok());
+            }
+            for name in live {
+                if map.len() >= self.cap && !map.contains_key(name.as_str()) {
+                    break;
+                }
+                let c = map.entry(name.as_str().into()).or_default();
+                rows.push((name.as_str(), Arc::clone(c)));
+            }
+        }
+        let other = self
+            .overflowed
+            .load(Ordering::Relaxed)
+            .then_some(&self.other);
+        let all = || {
+            rows.iter()
+                .map(|(name, c)| (*name, &**c))
+                .chain(other.map(|c| (OTHER_NAMESPACE, c)))
+        };
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        {
+            let mut family = encoder.encode_descriptor(
+                "ids",
+                "Event IDs answered, by namespace, face (protocol), operation and verdict",
+                None,
+                MetricType::Counter,
+            )?;
+            for (namespace, c) in all() {
+                for p in Protocol::ALL {
+                    let rows = MARK_VERDICTS
+                        .iter()
+                        .zip(&c.marks[p as usize])
+                        .map(|(v, n)| (Op::CheckAndMark, v, n))
+                        .chain(
+                            CHECK_VERDICTS
+                                .iter()
+                                .zip(&c.checks[p as usize])
+                                .map(|(v, n)| (Op::Check, v, n)),
+                        );
+                    for (op, verdict, n) in rows {
+                        let labels = [
+                            ("namespace", namespace),
+                            ("protocol", p.as_str()),
+                            ("op", op.as_str()),
+                            ("verdict", verdict),
+                        ];
+                        family
+                            .encode_family(&labels)?
+                            .encode_counter::<NoLabelSet, _, u64>(&load(n), None)?;
+                    }
+                }
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "claims",
+                "Claim requests answered, by outcome: acquired (a fresh claim), renewed (by its \
+                 owner), taken_over (another owner's lease had run out), in_progress, duplicate, \
+                 probable_duplicate",
+                None,
+                MetricType::Counter,
+            )?;
+            for (namespace, c) in all() {
+                for p in Protocol::ALL {
+                    for (outcome, n) in CLAIM_OUTCOMES.iter().zip(&c.claims[p as usize]) {
+                        let labels = [
+                            ("namespace", namespace),
+                            ("protocol", p.as_str()),
+                            ("outcome", outcome),
+                        ];
+                        family
+                            .encode_family(&labels)?
+                            .encode_counter::<NoLabelSet, _, u64>(&load(n), None)?;
+                    }
+                }
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "claims_ended",
+            "Claims ended by their owner: completed (now a done mark) or released (given back)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (namespace, c) in all() {
+            for p in Protocol::ALL {
+                for (outcome, n) in ["completed", "released"]
+                    .iter()
+                    .zip(&c.claim_ends[p as usize])
+                {
+                    let labels = [
+                        ("namespace", namespace),
+                        ("protocol", p.as_str()),
+                        ("outcome", outcome),
+                    ];
+                    family
+                        .encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&load(n), None)?;
+                }
+            }
         }
         Ok(())
     }

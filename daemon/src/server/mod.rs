@@ -66,7 +66,9 @@ mod failures;
 mod gate;
 mod guard;
 pub(crate) mod metrics;
+mod notify;
 mod openapi;
+mod process_metrics;
 mod raw_errors;
 mod router;
 mod routes;
@@ -74,6 +76,7 @@ mod shutdown;
 mod start;
 mod state;
 mod store;
+pub(crate) mod tls;
 mod wire;
 
 use std::time::Duration;
@@ -88,6 +91,7 @@ pub use shutdown::{
 pub use start::{declare_namespaces, open_tracker, runtime, serve};
 use state::TASK_PERMITS;
 pub use state::{AppState, Limits};
+pub use tls::Tls;
 
 /// The content type of every JSON answer.
 pub(crate) const JSON: &str = "application/json";

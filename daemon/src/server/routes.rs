@@ -103,7 +103,7 @@ pub(crate) async fn check_and_mark(
     // single-ID request's CPU. One that would have to wait goes to the pool.
     if body.len() <= INLINE_BODY_BYTES
         && let Some(response) = state.inline(|tracker| {
-            mark(&body, max_ids, &m, |ids, owner| {
+            mark(&body, &ns, max_ids, &m, |ids, owner| {
                 tracker.try_check_and_mark(&ns, ids, owner)
             })
         })?
@@ -112,7 +112,7 @@ pub(crate) async fn check_and_mark(
     }
     state
         .blocking(admitted, move |tracker| {
-            let answered = mark(&body, max_ids, &m, |ids, owner| {
+            let answered = mark(&body, &ns, max_ids, &m, |ids, owner| {
                 tracker.check_and_mark(&ns, ids, owner).map(Some)
             })?;
             answered.ok_or_else(|| ApiError::internal("a blocking call gave up"))
@@ -128,6 +128,7 @@ const INLINE_BODY_BYTES: usize = 4 << 10;
 /// `None` when `call` gave up.
 fn mark(
     body: &JsonBody,
+    ns: &str,
     max_ids: usize,
     m: &metrics::Metrics,
     call: impl FnOnce(&[&str], Option<&str>) -> Result<Option<Vec<oncely::Verdict>>, oncely::Error>,
@@ -138,7 +139,7 @@ fn mark(
     let Some(verdicts) = call(&ids, req.owner.as_deref())? else {
         return Ok(None);
     };
-    m.count_verdicts(Protocol::Http, Op::CheckAndMark, &verdicts);
+    m.count_verdicts(Protocol::Http, ns, Op::CheckAndMark, &verdicts);
     let results = ids
         .iter()
         .zip(verdicts)
@@ -176,14 +177,17 @@ pub(crate) async fn check(
     let m = state.metrics_handle();
     // As for check-and-mark: small requests are first tried on the async worker.
     if body.len() <= INLINE_BODY_BYTES
-        && let Some(response) = state
-            .inline(|tracker| check_ids(&body, max_ids, &m, |ids| tracker.try_check(&ns, ids)))?
+        && let Some(response) = state.inline(|tracker| {
+            check_ids(&body, &ns, max_ids, &m, |ids| tracker.try_check(&ns, ids))
+        })?
     {
         return Ok(response);
     }
     state
         .blocking(admitted, move |tracker| {
-            let answered = check_ids(&body, max_ids, &m, |ids| tracker.check(&ns, ids).map(Some))?;
+            let answered = check_ids(&body, &ns, max_ids, &m, |ids| {
+                tracker.check(&ns, ids).map(Some)
+            })?;
             answered.ok_or_else(|| ApiError::internal("a blocking call gave up"))
         })
         .await
@@ -193,6 +197,7 @@ pub(crate) async fn check(
 /// `call` gave up.
 fn check_ids(
     body: &JsonBody,
+    ns: &str,
     max_ids: usize,
     m: &metrics::Metrics,
     call: impl FnOnce(&[&str]) -> Result<Option<Vec<oncely::Verdict>>, oncely::Error>,
@@ -203,7 +208,7 @@ fn check_ids(
     let Some(verdicts) = call(&ids)? else {
         return Ok(None);
     };
-    m.count_verdicts(Protocol::Http, Op::Check, &verdicts);
+    m.count_verdicts(Protocol::Http, ns, Op::Check, &verdicts);
     let results = ids
         .iter()
         .zip(verdicts)
@@ -304,7 +309,7 @@ pub(crate) async fn claim(
             let req: ClaimRequest = body.parse(ErrorCode::InvalidRequest)?;
             let lease = std::time::Duration::from_millis(req.lease_ms);
             let outcome = tracker.claim(&ns, &req.id, &req.owner, lease)?;
-            m.count_claim(Protocol::Http, outcome);
+            m.count_claim(Protocol::Http, &ns, outcome);
             json(StatusCode::OK, &wire::claim_response(outcome), 64)
         })
         .await
@@ -374,11 +379,11 @@ async fn claim_action(
             match action {
                 ClaimState::Completed => {
                     tracker.complete(&ns, &req.id, &req.owner)?;
-                    m.count_claim_end(Protocol::Http, ClaimEnd::Completed);
+                    m.count_claim_end(Protocol::Http, &ns, ClaimEnd::Completed);
                 }
                 ClaimState::Released => {
                     tracker.release(&ns, &req.id, &req.owner)?;
-                    m.count_claim_end(Protocol::Http, ClaimEnd::Released);
+                    m.count_claim_end(Protocol::Http, &ns, ClaimEnd::Released);
                 }
             }
             json(
@@ -601,6 +606,7 @@ pub(crate) async fn delete_namespace(
             // namespace anew.
             let _config = shared.config_lock();
             tracker.delete_namespace(&ns)?;
+            shared.metrics().namespace_deleted(&ns);
             Ok(StatusCode::NO_CONTENT.into_response())
         })
         .await

@@ -37,6 +37,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::connection::{self, Phase};
+use super::tls::Tls;
 use super::{AppState, TASK_PERMITS, TICK_INTERVAL, app};
 use crate::Error;
 
@@ -183,7 +184,7 @@ pub async fn run_with(
     stops: Stops,
     timing: ShutdownTiming,
 ) -> Result<(), Error> {
-    run_faces(listener, None, state, stops, timing).await
+    run_faces(listener, None, None, state, stops, timing).await
 }
 
 /// The RESP face: its listener and the namespace `SET NX` marks in.
@@ -197,7 +198,8 @@ pub struct RespFace {
 
 /// [`run_with`], with the RESP face beside HTTP when `resp` is given: both share
 /// the state, the connection cap and the shutdown's phases (each connection of
-/// either face is drained and closed as its protocol allows).
+/// either face is drained and closed as its protocol allows). With `tls`, both
+/// faces serve TLS only.
 ///
 /// # Errors
 ///
@@ -205,6 +207,7 @@ pub struct RespFace {
 pub async fn run_faces(
     listener: TcpListener,
     resp: Option<RespFace>,
+    tls: Option<Tls>,
     state: AppState,
     mut stops: Stops,
     timing: ShutdownTiming,
@@ -221,6 +224,7 @@ pub async fn run_faces(
         state.limits().connections(),
         state.metrics_handle(),
         Arc::clone(&slots),
+        tls.clone(),
     ));
     let resp = resp.map(|face| {
         let server = Arc::new(crate::resp::conn::Server::new(
@@ -232,6 +236,7 @@ pub async fn run_faces(
             server,
             phase_rx.clone(),
             Arc::clone(&slots),
+            tls,
         ))
     });
     let mut connections = tokio::spawn(async move {
@@ -247,6 +252,7 @@ pub async fn run_faces(
     stops.next().await;
     state.set_ready(false);
     let _ = phase.send(Phase::Draining);
+    super::notify::notify("STOPPING=1\nSTATUS=draining");
     tracing::info!(
         drain_ms = millis(timing.drain_delay),
         grace_ms = millis(timing.grace),
@@ -360,8 +366,14 @@ async fn tick(state: AppState, mut stop: watch::Receiver<bool>) {
         });
         match ticked.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "sealing due generations failed; will retry"),
-            Err(e) => tracing::error!(error = %e, "the ticker panicked"),
+            Ok(Err(e)) => {
+                state.metrics().tick_failed();
+                tracing::warn!(error = %e, "sealing due generations failed; will retry");
+            }
+            Err(e) => {
+                state.metrics().tick_failed();
+                tracing::error!(error = %e, "the ticker panicked");
+            }
         }
         failing = log_storage_health(state.tracker(), failing);
         state.failures().flush();

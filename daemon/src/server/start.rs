@@ -4,7 +4,7 @@
 use oncely::{DropPolicy, Durability, Tracker};
 use tokio::net::TcpListener;
 
-use super::{AppState, RespFace, ShutdownTiming, Stops, descriptors, run_faces};
+use super::{AppState, RespFace, ShutdownTiming, Stops, Tls, descriptors, run_faces};
 use crate::Error;
 use crate::config::{Settings, human_bytes};
 
@@ -165,6 +165,9 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
     for warning in &settings.warnings {
         tracing::warn!("{warning}");
     }
+    // Before anything is opened: a certificate or key that cannot be used stops
+    // start-up with nothing created, as any other bad setting does.
+    let tls = settings.tls.as_ref().map(Tls::load).transpose()?;
     let files = descriptors::raise_limit();
     if let Some(from) = files.raised_from {
         tracing::info!(from, to = ?files.soft, "raised the limit on open files to the hard limit");
@@ -228,6 +231,11 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
     } else {
         "bearer"
     };
+    let (tls_on, scheme) = if tls.is_some() {
+        ("on", "https")
+    } else {
+        ("off", "http")
+    };
     if let Some(warning) = cap_warning {
         tracing::warn!("{warning}");
     }
@@ -251,13 +259,14 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
             store_host = %host.as_deref().unwrap_or("(not reached)"),
             store_pool_size = settings.store_pool_size,
             auth,
+            tls = tls_on,
             max_concurrency = settings.max_concurrency,
             max_body_bytes_in_flight = settings.max_body_bytes_in_flight,
             max_connections,
             worker_threads,
             max_filter_bytes = settings.max_filter_bytes,
             filter_bytes_charged = budget.charged,
-            "oncelyd listening on http://{addr}"
+            "oncelyd listening on {scheme}://{addr}"
         );
     } else {
         let data_dir = if settings.durability == Durability::Memory {
@@ -270,25 +279,35 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
             data_dir = %data_dir,
             durability = %settings.durability,
             auth,
+            tls = tls_on,
             max_concurrency = settings.max_concurrency,
             max_body_bytes_in_flight = settings.max_body_bytes_in_flight,
             max_connections,
             worker_threads,
             max_filter_bytes = settings.max_filter_bytes,
             filter_bytes_charged = budget.charged,
-            "oncelyd listening on http://{addr}"
+            "oncelyd listening on {scheme}://{addr}"
         );
     }
     let timing = ShutdownTiming {
         drain_delay: settings.drain_delay,
         grace: settings.shutdown_grace,
     };
+    if let (Some(tls), Some(files)) = (&tls, &settings.tls) {
+        tracing::info!(
+            tls_cert = %files.cert.display(),
+            tls_key = %files.key.display(),
+            "TLS on for every face; SIGHUP reloads the certificate and key"
+        );
+        tls.reload_on_sighup();
+    }
     let resp = match resp {
         Some(listener) => {
             let resp_addr = listener.local_addr().map_err(Error::Serve)?;
             tracing::info!(
                 resp_listen = %resp_addr,
                 resp_namespace = %settings.resp_namespace,
+                tls = tls_on,
                 "oncelyd serving RESP (the Redis protocol) on {resp_addr}"
             );
             Some(RespFace {
@@ -298,7 +317,10 @@ pub async fn serve(settings: Settings) -> Result<(), Error> {
         }
         None => None,
     };
-    run_faces(listener, resp, state, stops, timing).await
+    // Both listeners are bound (connections queue until the accept loops take
+    // them) and the tracker has opened: systemd may consider the service started.
+    super::notify::notify("READY=1\nSTATUS=serving");
+    run_faces(listener, resp, tls, state, stops, timing).await
 }
 
 /// `SET key value NX` marks in `resp_namespace`: a name no namespace has would make

@@ -36,6 +36,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Most connections open at once.
     pub max_connections: usize,
+    /// Most namespaces, `default` included (the tracker refuses one more); it
+    /// bounds the metrics' namespace series too.
+    pub max_namespaces: u32,
 }
 
 impl Limits {
@@ -50,6 +53,7 @@ impl Limits {
             header_read_timeout: s.header_read_timeout,
             idle_timeout: s.idle_timeout,
             max_connections: s.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            max_namespaces: s.max_namespaces,
         }
     }
 
@@ -139,6 +143,7 @@ impl AppState {
             Arc::clone(&ready),
             Arc::clone(&store),
             bodies.clone(),
+            &limits,
         ));
         Self {
             inner: Arc::new(Shared {

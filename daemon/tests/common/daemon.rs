@@ -205,14 +205,27 @@ pub fn run_to_exit(mut cmd: Command, limit: Duration) -> (ExitStatus, String) {
     (status, reader.join().unwrap())
 }
 
-/// The address in `... listen=127.0.0.1:PORT ...`.
+/// The address in `... listen=127.0.0.1:PORT ...`, or in a JSON line's
+/// `"fields": {"listen": "127.0.0.1:PORT"}` (`--log-format json`).
 pub fn listen_addr(line: &str) -> Option<SocketAddr> {
+    if line.starts_with('{') {
+        let v: Value = serde_json::from_str(line).ok()?;
+        return v["fields"]["listen"].as_str()?.parse().ok();
+    }
     line.split_whitespace()
         .find_map(|word| word.strip_prefix("listen="))
         .and_then(|a| a.parse().ok())
 }
 
+/// Installs rustls's ring provider as the process's default, once: reqwest's rustls
+/// backend (which the typed client compiles in, without a provider) needs one for a
+/// plain `reqwest::Client`.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub fn client() -> reqwest::Client {
+    install_crypto();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(20))
@@ -267,4 +280,20 @@ pub fn metric_value(text: &str, name: &str) -> f64 {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+/// The sum of every series of family `name` whose labels include all of `labels`
+/// (a counter kept per namespace, summed over the namespaces, for instance); 0 when
+/// none matches.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let prefix = format!("{name}{{");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

@@ -119,10 +119,7 @@ pub(crate) trait Engine: fmt::Debug + Send + Sync {
 
     fn storage_errors(&self) -> u64;
 
-    /// Always 0 on an engine whose rotations never wait for another process.
-    fn rotations_deferred(&self) -> u64 {
-        0
-    }
+    fn rotations_deferred(&self) -> u64;
 
     fn disk_bytes(&self) -> Option<u64>;
 
@@ -134,3 +131,190 @@ pub(crate) trait Engine: fmt::Debug + Send + Sync {
 
     fn probe_store(&self) -> Result<StoreProbe, Error>;
 }
+
+/// Implements [`Engine`] for an engine whose inherent methods of the same names
+/// take the same validated inputs: every call forwards, so that the trait states
+/// the contract and each engine keeps each call in the module of its concern.
+macro_rules! forward_engine {
+    ($engine:ty) => {
+        impl $crate::tracker::engine::Engine for $engine {
+            fn check_and_mark(
+                &self,
+                namespace: &str,
+                ids: &[$crate::id::EventId<'_>],
+                owner: Option<$crate::exact::Owner<'_>>,
+                nonblocking: bool,
+            ) -> Result<Option<Vec<$crate::verdict::Verdict>>, $crate::error::Error> {
+                <$engine>::check_and_mark(self, namespace, ids, owner, nonblocking)
+            }
+
+            fn check_and_mark_each(
+                &self,
+                namespace: &str,
+                calls: &[$crate::tracker::engine::MarkCall<'_>],
+                nonblocking: bool,
+            ) -> Result<Option<Vec<$crate::tracker::CallVerdicts>>, $crate::error::Error> {
+                <$engine>::check_and_mark_each(self, namespace, calls, nonblocking)
+            }
+
+            fn check(
+                &self,
+                namespace: &str,
+                ids: &[$crate::id::EventId<'_>],
+                nonblocking: bool,
+            ) -> Result<Option<Vec<$crate::verdict::Verdict>>, $crate::error::Error> {
+                <$engine>::check(self, namespace, ids, nonblocking)
+            }
+
+            fn check_and_mark_with_checkpoint(
+                &self,
+                namespace: &str,
+                ids: &[$crate::id::EventId<'_>],
+                owner: Option<$crate::exact::Owner<'_>>,
+                consumer: &str,
+                position: &str,
+            ) -> Result<Vec<$crate::verdict::Verdict>, $crate::error::Error> {
+                <$engine>::check_and_mark_with_checkpoint(
+                    self, namespace, ids, owner, consumer, position,
+                )
+            }
+
+            fn claim(
+                &self,
+                namespace: &str,
+                id: $crate::id::EventId<'_>,
+                owner: $crate::exact::Owner<'_>,
+                lease: ::std::time::Duration,
+            ) -> Result<$crate::tracker::ClaimOutcome, $crate::error::Error> {
+                <$engine>::claim(self, namespace, id, owner, lease)
+            }
+
+            fn complete(
+                &self,
+                namespace: &str,
+                id: $crate::id::EventId<'_>,
+                owner: $crate::exact::Owner<'_>,
+            ) -> Result<(), $crate::error::Error> {
+                <$engine>::complete(self, namespace, id, owner)
+            }
+
+            fn release(
+                &self,
+                namespace: &str,
+                id: $crate::id::EventId<'_>,
+                owner: $crate::exact::Owner<'_>,
+            ) -> Result<(), $crate::error::Error> {
+                <$engine>::release(self, namespace, id, owner)
+            }
+
+            fn forget(
+                &self,
+                namespace: &str,
+                ids: &[$crate::id::EventId<'_>],
+            ) -> Result<Vec<bool>, $crate::error::Error> {
+                <$engine>::forget(self, namespace, ids)
+            }
+
+            fn user_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, $crate::error::Error> {
+                <$engine>::user_get(self, key)
+            }
+
+            fn set_checkpoint(
+                &self,
+                namespace: &str,
+                consumer: &str,
+                position: &str,
+            ) -> Result<(), $crate::error::Error> {
+                <$engine>::set_checkpoint(self, namespace, consumer, position)
+            }
+
+            fn set_checkpoint_if(
+                &self,
+                namespace: &str,
+                consumer: &str,
+                expected: Option<&str>,
+                position: &str,
+            ) -> Result<(), $crate::error::Error> {
+                <$engine>::set_checkpoint_if(self, namespace, consumer, expected, position)
+            }
+
+            fn checkpoint(
+                &self,
+                namespace: &str,
+                consumer: &str,
+            ) -> Result<Option<String>, $crate::error::Error> {
+                <$engine>::checkpoint(self, namespace, consumer)
+            }
+
+            fn namespaces(&self) -> Vec<String> {
+                <$engine>::namespaces(self)
+            }
+
+            fn namespace_info(
+                &self,
+                namespace: &str,
+            ) -> Result<$crate::tracker::NamespaceInfo, $crate::error::Error> {
+                <$engine>::namespace_info(self, namespace)
+            }
+
+            fn configure_namespace_with(
+                &self,
+                namespace: &str,
+                config: $crate::config::NamespaceConfig,
+                policy: $crate::tracker::DropPolicy,
+            ) -> Result<$crate::tracker::Configured, $crate::error::Error> {
+                <$engine>::configure_namespace_with(self, namespace, config, policy)
+            }
+
+            fn delete_namespace(&self, namespace: &str) -> Result<(), $crate::error::Error> {
+                <$engine>::delete_namespace(self, namespace)
+            }
+
+            fn tick(&self) -> Result<(), $crate::error::Error> {
+                <$engine>::tick(self)
+            }
+
+            fn rotate_namespace(&self, namespace: &str) -> Result<(), $crate::error::Error> {
+                <$engine>::rotate_namespace(self, namespace)
+            }
+
+            fn filter_budget(&self) -> $crate::tracker::FilterBudget {
+                <$engine>::filter_budget(self)
+            }
+
+            fn storage_failure(&self) -> Option<$crate::tracker::StorageFailure> {
+                <$engine>::storage_failure(self)
+            }
+
+            fn storage_errors(&self) -> u64 {
+                <$engine>::storage_errors(self)
+            }
+
+            fn rotations_deferred(&self) -> u64 {
+                <$engine>::rotations_deferred(self)
+            }
+
+            fn disk_bytes(&self) -> Option<u64> {
+                <$engine>::disk_bytes(self)
+            }
+
+            fn close(&self) -> Result<(), $crate::error::Error> {
+                <$engine>::close(self)
+            }
+
+            fn durability(&self) -> $crate::tracker::Durability {
+                <$engine>::durability(self)
+            }
+
+            fn clock(&self) -> &::std::sync::Arc<dyn $crate::clock::Clock> {
+                <$engine>::clock(self)
+            }
+
+            fn probe_store(&self) -> Result<$crate::tracker::StoreProbe, $crate::error::Error> {
+                <$engine>::probe_store(self)
+            }
+        }
+    };
+}
+
+pub(crate) use forward_engine;

@@ -354,7 +354,9 @@ impl Tracker {
     ///
     /// A forgotten ID stays forgotten once its generation turns Bloom-only: the
     /// generation's filter is rebuilt from its exact table, without the forgotten
-    /// IDs, before that table is dropped.
+    /// IDs, before that table is dropped. (An older Bloom-only generation whose
+    /// filter happens to hold the ID too, a false positive at most `fp_rate`
+    /// likely, still answers `probable_duplicate` for it.)
     ///
     /// # Errors
     ///

@@ -12,7 +12,7 @@ from typing import Any, Callable, TypeVar
 import httpx
 
 from . import _core
-from ._core import UNSET, Lease, Op, _Unset
+from ._core import UNSET, Lease, Op, Verify, _Unset
 from ._errors import HttpError, InProgress
 from ._retry import RetryPolicy
 from ._types import Claim, ClaimVerdict, Marked, NamespaceConfig, NamespaceView, Result
@@ -64,8 +64,9 @@ class BatchStats:
 class AsyncClient(_core.Base):
     """The asyncio twin of :class:`Client`: the same methods, awaited, and
     auto-batching of concurrent owner-less ``check_and_mark`` calls (``batching``;
-    ``None`` turns it off). Use it as an async context manager, or await
-    :meth:`aclose`. ``sleep`` replaces ``asyncio.sleep`` for the retry waits (tests)."""
+    ``None`` turns it off). ``verify`` is :class:`Client`'s. Use it as an async
+    context manager, or await :meth:`aclose`. ``sleep`` replaces ``asyncio.sleep``
+    for the retry waits (tests)."""
 
     def __init__(
         self,
@@ -76,6 +77,7 @@ class AsyncClient(_core.Base):
         *,
         connect_timeout: float = 2.0,
         batching: Batching | None = Batching(),
+        verify: Verify = True,
         transport: httpx.AsyncBaseTransport | None = None,
         jitter_seed: int | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
@@ -85,7 +87,12 @@ class AsyncClient(_core.Base):
             url, token, timeout, connect_timeout, retry or RetryPolicy(), jitter_seed, clock
         )
         self._sleep = asyncio.sleep if sleep is None else sleep
-        self._http = httpx.AsyncClient(transport=transport, follow_redirects=False, trust_env=False)
+        self._http = httpx.AsyncClient(
+            transport=transport,
+            verify=_core.ssl_context(verify),
+            follow_redirects=False,
+            trust_env=False,
+        )
         self._batcher = None if batching is None else _Batcher(self, batching)
 
     async def aclose(self) -> None:

@@ -8,8 +8,10 @@ import dataclasses
 import datetime as _dt
 import enum
 import json
+import os
 import random
 import secrets
+import ssl
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -170,6 +172,15 @@ class Attempts(Generic[T]):
         return self._again(final, parse_retry_after(retry_after))
 
     def failed(self, exc: httpx.TransportError, timeout: float) -> Step[T]:
+        if _certificate_refused(exc):
+            # The daemon's certificate is not trusted (or the handshake was refused):
+            # no request was sent, and every retry would be refused the same way.
+            raise Unavailable(
+                f"cannot reach the daemon at {self.url}: TLS certificate verification "
+                f"failed ({exc!r}); pass verify= a CA bundle the daemon's certificate "
+                "is signed by",
+                attempts=self.attempt,
+            ) from exc
         # A connection that never opened, or never came from the pool, carried no
         # request; anything later may have reached the daemon.
         if not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
@@ -203,6 +214,37 @@ class Attempts(Generic[T]):
         return Step(False, wait=wait)
 
 
+Verify = Union[ssl.SSLContext, str, "os.PathLike[str]", bool]
+"""What ``verify=`` takes: ``True`` (the system's CA certificates), ``False`` (no
+verification: never outside tests), the path of a PEM CA bundle (or of a directory
+of hashed CA certificates), or an :class:`ssl.SSLContext` of your own."""
+
+
+def ssl_context(verify: Verify) -> ssl.SSLContext | bool:
+    """``verify`` as httpx takes it: a path becomes an SSL context trusting that
+    bundle (httpx deprecates paths)."""
+    if isinstance(verify, (bool, ssl.SSLContext)):
+        return verify
+    path = os.fspath(verify)
+    if os.path.isdir(path):
+        return ssl.create_default_context(capath=path)
+    if not os.path.isfile(path):
+        raise ValueError(f"verify={path!r}: no such CA file or directory")
+    return ssl.create_default_context(cafile=path)
+
+
+def _certificate_refused(exc: BaseException) -> bool:
+    """Whether a transport error is, at its root, a TLS certificate failure."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 class Base:
     """Settings and helpers both clients share."""
 
@@ -218,9 +260,9 @@ class Base:
     ) -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ValueError(f"url {url!r}: want http://host[:port][/prefix]")
+            raise ValueError(f"url {url!r}: want http(s)://host[:port][/prefix]")
         if parsed.query or parsed.fragment:
-            raise ValueError(f"url {url!r}: want http://host[:port][/prefix], no query")
+            raise ValueError(f"url {url!r}: want http(s)://host[:port][/prefix], no query")
         if not timeout > 0 or not connect_timeout > 0:
             raise ValueError("timeouts must be more than 0")
         self._base = url.rstrip("/")

@@ -10,7 +10,7 @@ from typing import Any, Callable, TypeVar
 import httpx
 
 from . import _core
-from ._core import UNSET, Lease, Op, _Unset
+from ._core import UNSET, Lease, Op, Verify, _Unset
 from ._errors import InProgress
 from ._retry import RetryPolicy
 from ._types import Claim, ClaimVerdict, Marked, NamespaceConfig, NamespaceView, Result
@@ -24,9 +24,14 @@ class Client(_core.Base):
 
     ``timeout`` bounds one attempt (connecting and reading the answer), never more than
     what is left of the call's deadline (``retry.deadline``); ``connect_timeout``
-    bounds connecting. ``transport`` replaces httpx's (tests use
-    ``httpx.MockTransport``). ``jitter_seed``, ``sleep`` and ``clock`` make the retry
-    waits reproducible in tests; owner tokens never come from the seed.
+    bounds connecting. ``verify`` checks an ``https://`` daemon's certificate: ``True``
+    (the system's CA certificates, the default), the path of a PEM CA bundle (your own
+    CA's, for ``oncelyd serve --tls-cert``), an :class:`ssl.SSLContext`, or ``False``
+    (no check; tests only). A certificate that fails the check raises
+    :class:`Unavailable` at once, without retries. ``transport`` replaces httpx's
+    (tests use ``httpx.MockTransport``; ``verify`` does not apply then).
+    ``jitter_seed``, ``sleep`` and ``clock`` make the retry waits reproducible in
+    tests; owner tokens never come from the seed.
 
     Every method retries per :class:`RetryPolicy` where a retry is safe, which is
     everywhere: see the README's "Retries" section.
@@ -40,6 +45,7 @@ class Client(_core.Base):
         retry: RetryPolicy | None = None,
         *,
         connect_timeout: float = 2.0,
+        verify: Verify = True,
         transport: httpx.BaseTransport | None = None,
         jitter_seed: int | None = None,
         sleep: Callable[[float], None] | None = None,
@@ -49,7 +55,12 @@ class Client(_core.Base):
             url, token, timeout, connect_timeout, retry or RetryPolicy(), jitter_seed, clock
         )
         self._sleep = time.sleep if sleep is None else sleep
-        self._http = httpx.Client(transport=transport, follow_redirects=False, trust_env=False)
+        self._http = httpx.Client(
+            transport=transport,
+            verify=_core.ssl_context(verify),
+            follow_redirects=False,
+            trust_env=False,
+        )
 
     def close(self) -> None:
         """Closes the connection pool."""

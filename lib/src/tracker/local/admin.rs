@@ -303,6 +303,13 @@ impl Local {
         let _admin = lock(&self.inner.admin);
         let ns = self.namespace_handle(namespace)?;
         let mut st = lock(&ns.state);
+        // Writes already on their way (marks, forgets) land first, so that none
+        // lands after the records below are gone and leaves one behind. The lock
+        // is held from then on: no new one starts.
+        while st.has_pending() {
+            st = ns.settled.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+        st.usable(&ns.name)?;
         let mut b = Batch::new();
         b.delete_meta(&ns_key(namespace));
         b.delete_meta(&ring_key(ns.id));
@@ -380,6 +387,12 @@ impl Local {
     /// See [`Tracker::storage_errors`](crate::Tracker::storage_errors).
     pub(crate) fn storage_errors(&self) -> u64 {
         self.inner.health.errors()
+    }
+
+    /// Always 0: rotations here never wait for another process.
+    #[allow(clippy::unused_self)]
+    pub(crate) const fn rotations_deferred(&self) -> u64 {
+        0
     }
 
     #[must_use]

@@ -48,7 +48,7 @@ impl Local {
         let old_floor = st.exact_floor;
         let rotation = st.ring.rotate(now, reason)?;
         let sealed = rotation.sealed;
-        self.rebuild_forgotten_now(ns, st, persistent);
+        let rebuilt = self.rebuild_forgotten_now(ns, st, persistent);
         let live = st.ring.generation(sealed).is_some();
         let save_now = persistent && live && st.pending_in(sealed) == 0;
         if persistent && live && !save_now {
@@ -75,6 +75,14 @@ impl Local {
         })();
         if let Err(e) = persisted {
             st.unsaved.remove(&sealed);
+            // Filters rebuilt for this rotation go back first: the generation it
+            // sealed opens again, and its filter must be the one it was sized for.
+            for (g, filter, rebuilt_without) in rebuilt {
+                let _ = st.ring.swap_filter(g, filter);
+                if let Some(f) = st.forgets.get_mut(&g) {
+                    f.rebuilt_without = rebuilt_without;
+                }
+            }
             st.ring.undo(rotation);
             return Err(e);
         }
@@ -123,7 +131,12 @@ impl Local {
                     let mut st = lock(&ns.state);
                     st.resizing = None;
                     match rebuilt {
-                        Ok(filter) => {
+                        // Only while the generation keeps its table: once the floor
+                        // has passed it (a rotation rebuilt it meanwhile, see
+                        // `rebuild_forgotten_now`), its filter is final, and this
+                        // one, read from the table earlier, may hold IDs forgotten
+                        // since.
+                        Ok(filter) if resize.generation >= st.exact_floor => {
                             if st.ring.replace_filter(resize.generation, filter) {
                                 if persistent {
                                     st.unsaved.insert(resize.generation);
@@ -135,6 +148,7 @@ impl Local {
                                 }
                             }
                         }
+                        Ok(_) => {}
                         Err(e) => {
                             st.catch_up_due = true;
                             return Err(e);
@@ -159,7 +173,15 @@ impl Local {
     /// forget; this is for a forget in the open generation of a namespace that
     /// keeps one exact table, or one whose catching up has not run yet.) A rebuild
     /// that fails leaves the generation exact until catching up retries it.
-    fn rebuild_forgotten_now(&self, ns: &Namespace, st: &mut State, persistent: bool) {
+    ///
+    /// Returns what each rebuilt generation had before (its filter, and how many
+    /// forgets that filter was without), for a rotation that fails to put back.
+    fn rebuild_forgotten_now(
+        &self,
+        ns: &Namespace,
+        st: &mut State,
+        persistent: bool,
+    ) -> Vec<(GenerationId, BloomFilter, u64)> {
         let wanted = st.wanted_floor();
         let due: Vec<Resize> = st
             .ring
@@ -179,6 +201,7 @@ impl Local {
                 forgets: st.forgets.get(&g.id()).map_or(0, |f| f.made),
             })
             .collect();
+        let mut replaced = Vec::new();
         for resize in due {
             let rebuilt = resize.run(&*self.inner.store, ns.id).and_then(|filter| {
                 if persistent {
@@ -190,10 +213,11 @@ impl Local {
             });
             match rebuilt {
                 Ok(filter) => {
-                    if st.ring.replace_filter(resize.generation, filter) {
+                    if let Some(old) = st.ring.swap_filter(resize.generation, filter) {
                         st.unsaved.remove(&resize.generation);
                         if let Some(f) = st.forgets.get_mut(&resize.generation) {
-                            f.rebuilt_without = resize.forgets;
+                            let before = std::mem::replace(&mut f.rebuilt_without, resize.forgets);
+                            replaced.push((resize.generation, old, before));
                         }
                     }
                 }
@@ -202,6 +226,7 @@ impl Local {
                 }
             }
         }
+        replaced
     }
 
     /// [`catch_up`](Self::catch_up) for callers that have already answered: a failure
@@ -236,6 +261,7 @@ impl Local {
                 self.inner
                     .store
                     .save_snapshot(ns.id, g, generation.filter())?;
+                self.forgets_in_snapshot(ns, st, g)?;
             }
             st.unsaved.remove(&g);
         }
@@ -273,6 +299,25 @@ impl Local {
         }
         st.catch_up_due = st.exact_floor < st.wanted_floor() || !st.unsaved.is_empty();
         Ok(None)
+    }
+
+    /// A snapshot of `g` was saved: if its filter holds no forgotten ID any more,
+    /// the generation's marker goes (see `namespace`), so that a restart need not
+    /// rebuild it again. (Were the process to stop between the two writes, a
+    /// restart would rebuild it once more: only a scan lost.)
+    fn forgets_in_snapshot(
+        &self,
+        ns: &Namespace,
+        st: &mut State,
+        g: GenerationId,
+    ) -> Result<(), Error> {
+        if st.forgets.contains_key(&g) && st.forgets_unbuilt(g) == 0 {
+            let mut b = Batch::new();
+            b.delete_meta(&records::forgets_key(ns.id, g));
+            self.inner.write(&b, false)?;
+            st.forgets.remove(&g);
+        }
+        Ok(())
     }
 
     pub(super) fn delete_snapshot_logged(&self, ns: &Namespace, g: GenerationId) {
