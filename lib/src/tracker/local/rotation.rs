@@ -9,7 +9,7 @@ use super::{Local, lock};
 use crate::clock::{Timestamp, duration_millis};
 use crate::error::Error;
 use crate::filter::BloomFilter;
-use crate::generation::{GenerationId, SealReason};
+use crate::generation::{Generation, GenerationId, SealReason};
 use crate::hash::HashSeed;
 use crate::records::{self, RingRecord, ring_key};
 use crate::sizing::{FilterSizing, size_filter};
@@ -193,13 +193,7 @@ impl Local {
                     && st.pending_in(g.id()) == 0
                     && st.forgets_unbuilt(g.id()) > 0
             })
-            .map(|g| Resize {
-                generation: g.id(),
-                ids: g.ids(),
-                fp_rate: st.ring.config().generation_fp_rate(),
-                seed: ns.seed,
-                forgets: st.forgets.get(&g.id()).map_or(0, |f| f.made),
-            })
+            .map(|g| Resize::of(ns, st, g))
             .collect();
         let mut replaced = Vec::new();
         for resize in due {
@@ -277,13 +271,7 @@ impl Local {
                 .filter(|g| g.id() >= st.exact_floor && st.pending_in(g.id()) == 0)
                 .find(|g| st.needs_resize(g))
         {
-            return Ok(Some(Resize {
-                generation: g.id(),
-                ids: g.ids(),
-                fp_rate: st.ring.config().generation_fp_rate(),
-                seed: ns.seed,
-                forgets: st.forgets.get(&g.id()).map_or(0, |f| f.made),
-            }));
+            return Ok(Some(Resize::of(ns, st, g)));
         }
         let floor = st.ready_floor(persistent);
         if floor > st.exact_floor {
@@ -431,6 +419,17 @@ struct Resize {
 }
 
 impl Resize {
+    /// The rebuild of `g`'s filter that the namespace's state asks for now.
+    fn of(ns: &Namespace, st: &State, g: &Generation) -> Self {
+        Self {
+            generation: g.id(),
+            ids: g.ids(),
+            fp_rate: st.ring.config().generation_fp_rate(),
+            seed: ns.seed,
+            forgets: st.forgets.get(&g.id()).map_or(0, |f| f.made),
+        }
+    }
+
     fn run(&self, store: &dyn Store, ns: NamespaceId) -> Result<BloomFilter, Error> {
         let sizing = size_filter(self.ids.max(1), self.fp_rate)?;
         let (filter, _) = rebuild_filter(store, ns, self.generation, sizing, self.seed)?;
